@@ -1,0 +1,1 @@
+//! AMI client (being written).

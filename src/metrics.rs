@@ -1,0 +1,138 @@
+//! Every Prometheus metric callhook exports is declared here, and only here.
+//!
+//! Naming: `callhook_` prefix, `_total` for counters, `_seconds` for
+//! durations. Labels are bounded: PBX ids come from the config, event names
+//! are folded into a fixed set ([`event_label`]), and caller numbers or call
+//! ids never become labels.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// All metrics, registered in one registry.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// AMI events received, by PBX and event name (bounded set).
+    pub ami_events: IntCounterVec,
+    /// AMI connection state by PBX: 0 down, 1 connecting, 2 logged in.
+    pub ami_connection_state: IntGaugeVec,
+    /// AMI connection attempts that followed a lost or failed connection.
+    pub ami_reconnects: IntCounterVec,
+    /// AMI packets skipped by the framer (reason: oversized, garbage).
+    pub ami_packets_skipped: IntCounterVec,
+    /// Events dropped because the queue to the normalizer was full.
+    pub ami_queue_dropped: IntCounterVec,
+    /// Actions sent, by PBX, action and outcome (success, error, timeout, disconnected).
+    pub ami_actions: IntCounterVec,
+    /// Calls currently tracked by the normalizer, by PBX.
+    pub live_calls: IntGaugeVec,
+    /// Leg transitions emitted, by state and direction.
+    pub leg_transitions: IntCounterVec,
+    /// Calls finished, by direction and disposition.
+    pub calls_finished: IntCounterVec,
+    /// Calls closed without a hangup: reason `max_age` or `reconnect`.
+    pub calls_closed_abnormally: IntCounterVec,
+    /// Events the normalizer ignored, by reason (late, unknown_channel, …).
+    pub normalizer_ignored: IntCounterVec,
+    /// Time the normalizer spends on one event.
+    pub normalize_seconds: Histogram,
+    /// Lines of replay/daemon output that could not be written.
+    pub output_errors: IntCounter,
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &M
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    g
+}
+
+impl Metrics {
+    // The panics below can only fire on a programming error in this file
+    // (a malformed or duplicated metric name), never on input.
+    fn new() -> Self {
+        let r = Registry::new();
+        let normalize_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "callhook_normalize_seconds",
+                "Time spent normalizing one source event",
+            )
+            .buckets(vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 1e-2]),
+        )
+        .unwrap_or_else(|e| panic!("histogram: {e}"));
+        r.register(Box::new(normalize_seconds.clone()))
+            .unwrap_or_else(|e| panic!("histogram: {e}"));
+        let output_errors = IntCounter::new(
+            "callhook_output_errors_total",
+            "Model events that could not be written to the output",
+        )
+        .unwrap_or_else(|e| panic!("counter: {e}"));
+        r.register(Box::new(output_errors.clone()))
+            .unwrap_or_else(|e| panic!("counter: {e}"));
+        Self {
+            ami_events: counter_vec(&r, "callhook_ami_events_total", "AMI events received", &["pbx", "event"]),
+            ami_connection_state: gauge_vec(&r, "callhook_ami_connection_state", "AMI connection state: 0 down, 1 connecting, 2 logged in", &["pbx"]),
+            ami_reconnects: counter_vec(&r, "callhook_ami_reconnects_total", "AMI reconnection attempts", &["pbx"]),
+            ami_packets_skipped: counter_vec(&r, "callhook_ami_packets_skipped_total", "AMI packets skipped by the framer", &["pbx", "reason"]),
+            ami_queue_dropped: counter_vec(&r, "callhook_ami_queue_dropped_total", "AMI events dropped because the normalizer queue was full", &["pbx"]),
+            ami_actions: counter_vec(&r, "callhook_ami_actions_total", "AMI actions sent, by outcome", &["pbx", "action", "outcome"]),
+            live_calls: gauge_vec(&r, "callhook_live_calls", "Calls currently tracked", &["pbx"]),
+            leg_transitions: counter_vec(&r, "callhook_leg_transitions_total", "Leg state transitions emitted", &["state", "direction"]),
+            calls_finished: counter_vec(&r, "callhook_calls_finished_total", "Calls finished", &["direction", "disposition"]),
+            calls_closed_abnormally: counter_vec(&r, "callhook_calls_closed_abnormally_total", "Calls closed without a hangup event", &["pbx", "reason"]),
+            normalizer_ignored: counter_vec(&r, "callhook_normalizer_ignored_total", "Events the normalizer ignored", &["reason"]),
+            normalize_seconds,
+            output_errors,
+            registry: r,
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if enc.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Folds an AMI event name into a bounded label set: the events callhook
+/// uses keep their name, everything else is `other`.
+pub fn event_label(event: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "Newchannel", "Newstate", "NewCallerid", "NewConnectedLine", "Newexten", "DialBegin",
+        "DialState", "DialEnd", "Dial", "BridgeCreate", "BridgeEnter", "BridgeLeave",
+        "BridgeDestroy", "Bridge", "Link", "Unlink", "LocalBridge", "Hangup", "HangupRequest",
+        "SoftHangupRequest", "QueueCallerJoin", "QueueCallerLeave", "QueueCallerAbandon", "Join",
+        "Leave", "AgentCalled", "AgentConnect", "AgentComplete", "AgentRingNoAnswer", "AgentDump",
+        "Masquerade", "Rename", "BlindTransfer", "AttendedTransfer", "Transfer",
+        "OriginateResponse", "Cdr", "VarSet", "FullyBooted", "LocalOptimizationBegin",
+        "LocalOptimizationEnd",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(event))
+        .copied()
+        .unwrap_or("other")
+}
