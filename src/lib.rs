@@ -14,6 +14,7 @@
 //! - [`metrics`]: every Prometheus metric.
 
 pub mod ami;
+pub mod app;
 pub mod config;
 pub mod metrics;
 pub mod model;

@@ -1,1 +1,342 @@
-//! TODO
+//! The call model: what callhook tells the rest of the world about calls.
+//!
+//! One call is one session id (the PBX's `Linkedid`, or on Asterisk ≤ 11 the
+//! Uniqueid of the call's first channel). A call has *legs*, one per extension
+//! that took part (a ringing phone, the phone that placed an outgoing call),
+//! and each leg and the call itself move monotonically through
+//! `ringing → answered → hungup` (states may be skipped, never revisited).
+//!
+//! The model speaks for the people on the call: a machine answering (the PBX
+//! before a queue, an IVR, voicemail) is not the call being answered; the
+//! caller on every leg of an incoming call is the outside caller, never the
+//! agent's own number; an outgoing call belongs to the extension that placed
+//! it (even when a CRM click-to-call made the PBX ring that phone first).
+//!
+//! These types are pure data. Their JSON form is the stable `replay` /
+//! webhook schema documented in the README; field names are part of it.
+
+use serde::{Serialize, Serializer};
+
+/// Where a leg or call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The PBX offered the call to the extension (or, for the calling
+    /// extension, the call is ringing out).
+    Ringing,
+    /// A person answered.
+    Answered,
+    /// The leg or call is over.
+    Hungup,
+}
+
+impl State {
+    /// Lower-case name (`ringing`, `answered`, `hungup`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Ringing => "ringing",
+            State::Answered => "answered",
+            State::Hungup => "hungup",
+        }
+    }
+}
+
+/// Which way the call goes, as a CRM user reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From outside (a trunk) to extensions.
+    Incoming,
+    /// From an extension to an outside number (including click-to-call).
+    Outgoing,
+    /// Between extensions.
+    Internal,
+}
+
+impl Direction {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Incoming => "incoming",
+            Direction::Outgoing => "outgoing",
+            Direction::Internal => "internal",
+        }
+    }
+}
+
+/// How a call (or leg) ended, in CDR vocabulary plus `ABANDONED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Disposition {
+    /// A person answered.
+    Answered,
+    /// Nobody answered (rang out, caller gave up while ringing, cancelled).
+    NoAnswer,
+    /// The called party was busy.
+    Busy,
+    /// The call could not be placed (unavailable, congestion).
+    Failed,
+    /// The caller gave up while waiting in a queue.
+    Abandoned,
+}
+
+impl Disposition {
+    /// The CDR-style spelling (`ANSWERED`, `NO ANSWER`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disposition::Answered => "ANSWERED",
+            Disposition::NoAnswer => "NO ANSWER",
+            Disposition::Busy => "BUSY",
+            Disposition::Failed => "FAILED",
+            Disposition::Abandoned => "ABANDONED",
+        }
+    }
+}
+
+impl Serialize for Disposition {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// The part an extension plays in a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The extension placed the call (outgoing/internal, click-to-call).
+    Caller,
+    /// The call was offered to the extension.
+    Callee,
+}
+
+/// Why a call record was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Every party hung up (the normal case).
+    Hangup,
+    /// The PBX no longer had the call after a reconnect: it ended while we
+    /// were disconnected; the end time is approximate.
+    Reconnect,
+    /// No hangup was seen within the configured maximum call age.
+    MaxAge,
+}
+
+/// Epoch seconds, serialized as RFC 3339 with microseconds (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Timestamp(pub f64);
+
+impl Timestamp {
+    /// RFC 3339 text, e.g. `2026-11-22T19:10:48.127205Z`.
+    pub fn to_rfc3339(self) -> String {
+        let nanos = (self.0 * 1e9).round() as i128;
+        match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+            Ok(t) => {
+                let fmt = time::macros::format_description!(
+                    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+                );
+                t.format(&fmt).unwrap_or_else(|_| format!("{}", self.0))
+            }
+            Err(_) => format!("{}", self.0),
+        }
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+/// Seconds rounded to milliseconds (a float in JSON).
+fn ser_secs<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((v * 1000.0).round() / 1000.0)
+}
+
+fn ser_opt_secs<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => ser_secs(v, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// A leg changed state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LegEvent {
+    /// The call's session id (the PBX's Linkedid).
+    pub session_id: String,
+    /// The PBX id from the config (or the push source's team).
+    pub pbx: String,
+    /// Stable id of this leg within the call (`SESSION/EXT`, `SESSION/EXT#2`
+    /// when the same extension is offered the call again after its leg ended).
+    pub leg_id: String,
+    /// The new state.
+    pub state: State,
+    /// The call's direction as known at this moment.
+    pub direction: Direction,
+    /// Caller or callee.
+    pub role: Role,
+    /// The extension (from the channel name, e.g. `SIP/1001-0000000a` → `1001`).
+    pub extension: String,
+    /// The real caller's number (the outside caller on incoming calls, the
+    /// calling extension on outgoing and internal ones).
+    pub caller_number: Option<String>,
+    /// The real caller's name.
+    pub caller_name: Option<String>,
+    /// The number that was dialed (DID on incoming calls).
+    pub dialed_number: Option<String>,
+    /// The queue the call came through, if any.
+    pub queue: Option<String>,
+    /// When it happened.
+    pub at: Timestamp,
+    /// On `hungup`: seconds from the leg's first state to its end.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_secs")]
+    pub duration: Option<f64>,
+    /// On `hungup`: seconds the extension talked (0 when it never answered).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_secs")]
+    pub billsec: Option<f64>,
+    /// On `hungup`: how the leg ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<Disposition>,
+    /// True when the time is an estimate (learned after a reconnect).
+    pub approximate: bool,
+}
+
+/// The call as a whole started ringing or was answered by a person.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallStateEvent {
+    /// The call's session id.
+    pub session_id: String,
+    /// The PBX id.
+    pub pbx: String,
+    /// `ringing` or `answered` (the end of a call is a [`CallRecord`]).
+    pub state: State,
+    /// The call's direction as known at this moment.
+    pub direction: Direction,
+    /// The real caller's number.
+    pub caller_number: Option<String>,
+    /// The real caller's name.
+    pub caller_name: Option<String>,
+    /// The dialed number.
+    pub dialed_number: Option<String>,
+    /// The queue, if any.
+    pub queue: Option<String>,
+    /// On `answered`: the extension that answered, or `external`.
+    pub answered_by: Option<String>,
+    /// When it happened.
+    pub at: Timestamp,
+    /// True when the time is an estimate.
+    pub approximate: bool,
+}
+
+/// A finished call: the record a call log wants.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CallRecord {
+    /// The call's session id (the PBX's Linkedid).
+    pub session_id: String,
+    /// The PBX id.
+    pub pbx: String,
+    /// Direction.
+    pub direction: Direction,
+    /// The real caller's number.
+    pub caller_number: Option<String>,
+    /// The real caller's name.
+    pub caller_name: Option<String>,
+    /// The dialed number (DID on incoming calls).
+    pub dialed_number: Option<String>,
+    /// The queue, if the call went through one.
+    pub queue: Option<String>,
+    /// Extensions that were offered the call, in order (outside parties excluded).
+    pub extensions_rung: Vec<String>,
+    /// The first person who answered: an extension, `external` (the outside
+    /// party of an outgoing call), or null.
+    pub answered_by: Option<String>,
+    /// Who had the call at the end (after transfers).
+    pub final_answered_by: Option<String>,
+    /// First channel created.
+    pub started_at: Timestamp,
+    /// The human answer (never the PBX answering a queue or IVR).
+    pub answered_at: Option<Timestamp>,
+    /// Last party gone.
+    pub ended_at: Timestamp,
+    /// `ended_at − started_at`, seconds.
+    #[serde(serialize_with = "ser_secs")]
+    pub duration: f64,
+    /// `ended_at − answered_at`, seconds (0 when unanswered).
+    #[serde(serialize_with = "ser_secs")]
+    pub billsec: f64,
+    /// How the call ended.
+    pub disposition: Disposition,
+    /// Why the record was closed.
+    pub end_reason: EndReason,
+    /// True when some times are estimates (reconnect, maximum age).
+    pub approximate: bool,
+}
+
+/// Everything the normalizer emits, in order.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type")]
+pub enum ModelEvent {
+    /// A leg transition.
+    #[serde(rename = "leg")]
+    Leg(LegEvent),
+    /// A call-scope `ringing`/`answered` transition.
+    #[serde(rename = "call_state")]
+    CallState(CallStateEvent),
+    /// A finished call (the call-scope `hungup` transition).
+    #[serde(rename = "call")]
+    Call(CallRecord),
+}
+
+impl ModelEvent {
+    /// The session id the event belongs to.
+    pub fn session_id(&self) -> &str {
+        match self {
+            ModelEvent::Leg(l) => &l.session_id,
+            ModelEvent::CallState(c) => &c.session_id,
+            ModelEvent::Call(c) => &c.session_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_micros() {
+        assert_eq!(
+            Timestamp(1795374648.127205).to_rfc3339(),
+            "2026-11-22T19:10:48.127205Z"
+        );
+    }
+
+    #[test]
+    fn record_json_uses_documented_names() {
+        let r = CallRecord {
+            session_id: "1.0".into(),
+            pbx: "main".into(),
+            direction: Direction::Incoming,
+            caller_number: Some("5551234567".into()),
+            caller_name: None,
+            dialed_number: Some("2125550100".into()),
+            queue: None,
+            extensions_rung: vec!["1001".into()],
+            answered_by: Some("1001".into()),
+            final_answered_by: Some("1001".into()),
+            started_at: Timestamp(10.0),
+            answered_at: Some(Timestamp(12.0)),
+            ended_at: Timestamp(15.0004),
+            duration: 5.0004,
+            billsec: 3.0,
+            disposition: Disposition::NoAnswer,
+            end_reason: EndReason::Hangup,
+            approximate: false,
+        };
+        let v = serde_json::to_value(ModelEvent::Call(r)).unwrap();
+        assert_eq!(v["type"], "call");
+        assert_eq!(v["direction"], "incoming");
+        assert_eq!(v["disposition"], "NO ANSWER");
+        assert_eq!(v["duration"], 5.0);
+        assert_eq!(v["end_reason"], "hangup");
+    }
+}

@@ -1,1 +1,134 @@
-//! TODO
+//! The normalizer: source events in, call model out.
+//!
+//! [`Normalizer::handle`] takes one [`SourceEvent`] and appends the
+//! [`ModelEvent`]s it causes; [`Normalizer::tick`] closes what time alone
+//! settles (calls past their maximum age, undecided Asterisk ≤ 11 channels).
+//! It is synchronous, does no I/O and never fails: an event it cannot use is
+//! ignored and counted (`callhook_normalizer_ignored_total{reason}`).
+//!
+//! Pipeline: [`canonical`] maps every AMI generation's spellings to one
+//! shape; [`channel`] says who is on a channel; [`calls`] keeps the per-PBX
+//! channel and call tables and emits transitions.
+
+pub mod calls;
+pub mod canonical;
+pub mod channel;
+
+use std::collections::HashMap;
+
+use crate::metrics::metrics;
+use crate::model::ModelEvent;
+use crate::source::{PbxId, SourceEvent};
+
+pub use channel::{Classifier, ClassifierConfig, Party};
+
+/// Normalizer settings.
+#[derive(Debug, Clone)]
+pub struct NormalizerConfig {
+    /// Extension vs trunk decisions.
+    pub classifier: Classifier,
+    /// A call with no hangup after this many seconds is closed (`max_age`).
+    pub max_call_age: f64,
+    /// Asterisk ≤ 11 only: how long a ringing channel that nothing ties to a
+    /// call yet may wait for its `Dial`/`AgentCalled` before callhook decides
+    /// alone (queue member by connected line, or an originated call).
+    pub orphan_grace: f64,
+    /// How long a finished call's channel ids are remembered, so that late
+    /// or duplicated events never open a second call.
+    pub late_event_window: f64,
+    /// Upper bound on remembered finished channel ids.
+    pub max_tombstones: usize,
+}
+
+impl Default for NormalizerConfig {
+    fn default() -> Self {
+        Self {
+            classifier: Classifier::default(),
+            max_call_age: 4.0 * 3600.0,
+            orphan_grace: 0.5,
+            late_event_window: 300.0,
+            max_tombstones: 100_000,
+        }
+    }
+}
+
+/// Turns source events into the call model, for any number of PBXs.
+#[derive(Debug)]
+pub struct Normalizer {
+    cfg: NormalizerConfig,
+    pbxs: HashMap<PbxId, calls::PbxCalls>,
+}
+
+impl Normalizer {
+    /// A normalizer with the given settings.
+    pub fn new(cfg: NormalizerConfig) -> Self {
+        Self {
+            cfg,
+            pbxs: HashMap::new(),
+        }
+    }
+
+    fn pbx<'a>(
+        pbxs: &'a mut HashMap<PbxId, calls::PbxCalls>,
+        id: &PbxId,
+    ) -> &'a mut calls::PbxCalls {
+        pbxs.entry(id.clone())
+            .or_insert_with(|| calls::PbxCalls::new(id.clone()))
+    }
+
+    /// Handles one source event, appending what it causes to `out`.
+    pub fn handle(&mut self, ev: &SourceEvent, out: &mut Vec<ModelEvent>) {
+        let started = std::time::Instant::now();
+        let Self { cfg, pbxs } = self;
+        match ev {
+            SourceEvent::Ami {
+                pbx,
+                received_at,
+                msg,
+            } => {
+                let t = msg.timestamp().unwrap_or(*received_at);
+                match canonical::canonicalize(msg) {
+                    Some(c) => Self::pbx(pbxs, pbx).apply(cfg, &c, t, out),
+                    None => {
+                        // Not a call event (VarSet, Cdr, RTCP, …): only time advances.
+                        Self::pbx(pbxs, pbx).advance(cfg, t, out);
+                    }
+                }
+            }
+            SourceEvent::AmiSnapshot {
+                pbx,
+                received_at,
+                channels,
+            } => Self::pbx(pbxs, pbx).snapshot(cfg, channels, *received_at, out),
+            SourceEvent::AmiDisconnected { pbx, at } => Self::pbx(pbxs, pbx).disconnected(*at),
+        }
+        metrics()
+            .normalize_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.update_gauges();
+    }
+
+    /// Settles what time alone decides (maximum call age, undecided ≤ 11
+    /// channels). `now` is epoch seconds on the events' clock.
+    pub fn tick(&mut self, now: f64, out: &mut Vec<ModelEvent>) {
+        for p in self.pbxs.values_mut() {
+            p.advance(&self.cfg, now, out);
+            p.expire(&self.cfg, now, out);
+        }
+        self.update_gauges();
+    }
+
+    /// Number of calls currently tracked (all PBXs).
+    pub fn live_calls(&self) -> usize {
+        self.pbxs.values().map(calls::PbxCalls::live_calls).sum()
+    }
+
+    fn update_gauges(&self) {
+        for (id, p) in &self.pbxs {
+            metrics()
+                .live_calls
+                .with_label_values(&[id])
+                .set(p.live_calls() as i64);
+        }
+    }
+}
