@@ -297,20 +297,21 @@ impl RawConfig {
     /// Checks everything and builds the usable config, reporting every problem.
     pub fn validate(self, base_dir: &Path) -> Result<Config, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let dur = |v: &Option<String>, path: String, default: Duration, errors: &mut Vec<ConfigError>| {
-            match v {
-                None => default,
-                Some(s) => parse_duration(s).unwrap_or_else(|| {
-                    errors.push(ConfigError {
-                        path,
-                        location: None,
-                        message: format!("{s:?} is not a duration"),
-                        hint: Some("write e.g. 500ms, 20s, 5m, 4h".into()),
-                    });
-                    default
-                }),
-            }
-        };
+        let dur =
+            |v: &Option<String>, path: String, default: Duration, errors: &mut Vec<ConfigError>| {
+                match v {
+                    None => default,
+                    Some(s) => parse_duration(s).unwrap_or_else(|| {
+                        errors.push(ConfigError {
+                            path,
+                            location: None,
+                            message: format!("{s:?} is not a duration"),
+                            hint: Some("write e.g. 500ms, 20s, 5m, 4h".into()),
+                        });
+                        default
+                    }),
+                }
+            };
         let mut seen = std::collections::HashSet::new();
         let mut pbx = Vec::new();
         for (i, p) in self.pbx.into_iter().enumerate() {
@@ -343,7 +344,11 @@ impl RawConfig {
                 }
                 (Some(s), None) => Secret::new(expand_env(s, &at("ami.secret"), &mut errors)),
                 (None, Some(f)) => {
-                    let f = if f.is_relative() { base_dir.join(f) } else { f.clone() };
+                    let f = if f.is_relative() {
+                        base_dir.join(f)
+                    } else {
+                        f.clone()
+                    };
                     match std::fs::read_to_string(&f) {
                         Ok(s) => Secret::new(s.trim_end_matches(['\r', '\n'])),
                         Err(e) => {
@@ -388,9 +393,24 @@ impl RawConfig {
                 secret,
                 md5,
                 events: a.events.unwrap_or_else(|| "on".into()),
-                ping_interval: dur(&a.ping_interval, at("ami.ping_interval"), Duration::from_secs(20), &mut errors),
-                ping_timeout: dur(&a.ping_timeout, at("ami.ping_timeout"), Duration::from_secs(5), &mut errors),
-                connect_timeout: dur(&a.connect_timeout, at("ami.connect_timeout"), Duration::from_secs(5), &mut errors),
+                ping_interval: dur(
+                    &a.ping_interval,
+                    at("ami.ping_interval"),
+                    Duration::from_secs(20),
+                    &mut errors,
+                ),
+                ping_timeout: dur(
+                    &a.ping_timeout,
+                    at("ami.ping_timeout"),
+                    Duration::from_secs(5),
+                    &mut errors,
+                ),
+                connect_timeout: dur(
+                    &a.connect_timeout,
+                    at("ami.connect_timeout"),
+                    Duration::from_secs(5),
+                    &mut errors,
+                ),
                 max_packet: a.max_packet.unwrap_or(1024 * 1024),
                 queue_capacity: a.queue_capacity.unwrap_or(10_000).max(1),
             });
@@ -422,8 +442,20 @@ impl RawConfig {
         let defaults = NormalizerConfig::default();
         let normalizer = NormalizerConfig {
             classifier,
-            max_call_age: dur(&self.calls.max_age, "calls.max_age".into(), Duration::from_secs_f64(defaults.max_call_age), &mut errors).as_secs_f64(),
-            orphan_grace: dur(&self.calls.orphan_grace, "calls.orphan_grace".into(), Duration::from_secs_f64(defaults.orphan_grace), &mut errors).as_secs_f64(),
+            max_call_age: dur(
+                &self.calls.max_age,
+                "calls.max_age".into(),
+                Duration::from_secs_f64(defaults.max_call_age),
+                &mut errors,
+            )
+            .as_secs_f64(),
+            orphan_grace: dur(
+                &self.calls.orphan_grace,
+                "calls.orphan_grace".into(),
+                Duration::from_secs_f64(defaults.orphan_grace),
+                &mut errors,
+            )
+            .as_secs_f64(),
             ..defaults
         };
         if errors.is_empty() {

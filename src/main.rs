@@ -147,7 +147,10 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config, format } => {
             let cfg = Config::load(&config).map_err(|e| anyhow::anyhow!("{e}"))?;
             if cfg.pbx.is_empty() {
-                bail!("{}: no PBX configured (add a `pbx:` entry)", config.display());
+                bail!(
+                    "{}: no PBX configured (add a `pbx:` entry)",
+                    config.display()
+                );
             }
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
             rt.block_on(callhook::app::run(cfg, format.into()))

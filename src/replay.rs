@@ -91,7 +91,8 @@ impl Router {
                 if msg.action_id().is_some() && !name.eq_ignore_ascii_case("OriginateResponse") {
                     return Routed::Dropped;
                 }
-                if msg.timestamp().is_some() {
+                if !self.saw_call_event && crate::normalize::canonical::canonicalize(&msg).is_some()
+                {
                     self.saw_call_event = true;
                 }
                 Routed::Event(msg)

@@ -189,10 +189,16 @@ pub struct LegEvent {
     /// When it happened.
     pub at: Timestamp,
     /// On `hungup`: seconds from the leg's first state to its end.
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_secs")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_secs"
+    )]
     pub duration: Option<f64>,
     /// On `hungup`: seconds the extension talked (0 when it never answered).
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_opt_secs")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "ser_opt_secs"
+    )]
     pub billsec: Option<f64>,
     /// On `hungup`: how the leg ended.
     #[serde(skip_serializing_if = "Option::is_none")]

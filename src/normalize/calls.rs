@@ -157,6 +157,7 @@ pub struct PbxCalls {
     /// ≤ 11 ringing channels not tied to anything yet: (uid, decide at, rang at).
     pending: Vec<(String, f64, f64)>,
     disconnected_at: Option<f64>,
+    live_gauge: prometheus::IntGauge,
 }
 
 fn meaningful_exten(e: &str) -> bool {
@@ -180,7 +181,6 @@ impl PbxCalls {
     /// Empty tables for one PBX.
     pub fn new(pbx: PbxId) -> Self {
         Self {
-            pbx,
             chans: HashMap::new(),
             by_name: HashMap::new(),
             calls: HashMap::new(),
@@ -188,12 +188,29 @@ impl PbxCalls {
             tomb_order: VecDeque::new(),
             pending: Vec::new(),
             disconnected_at: None,
+            live_gauge: metrics().live_calls.with_label_values(&[&pbx]),
+            pbx,
         }
+    }
+
+    /// Publishes the live-call gauge.
+    pub fn publish(&self) {
+        self.live_gauge.set(self.calls.len() as i64);
     }
 
     /// Calls currently tracked.
     pub fn live_calls(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Channels currently tracked.
+    pub fn channels(&self) -> usize {
+        self.chans.len()
+    }
+
+    /// Finished channel ids remembered for late events.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
     }
 
     fn ignored(reason: &str) {
@@ -242,6 +259,14 @@ impl PbxCalls {
             Self::ignored("unknown_channel");
             return None;
         }
+        // A new leg of a call that is already over is a late event too.
+        if info
+            .linkedid
+            .is_some_and(|l| self.tombstones.contains_key(l))
+        {
+            Self::ignored("late");
+            return None;
+        }
         let name = info.name.unwrap_or(uid).to_string();
         let party = cfg.classifier.classify(&name, info.context);
         let session = info.linkedid.unwrap_or(uid).to_string();
@@ -286,10 +311,7 @@ impl PbxCalls {
         }
         // ≤ 11 Local halves: `;1` and `;2` of the same name are one pair.
         if !self.chans[uid].linked {
-            if let Some(stem) = name
-                .strip_suffix(";2")
-                .or_else(|| name.strip_suffix(";1"))
-            {
+            if let Some(stem) = name.strip_suffix(";2").or_else(|| name.strip_suffix(";1")) {
                 let other = if name.ends_with(";2") {
                     format!("{stem};1")
                 } else {
@@ -316,7 +338,7 @@ impl PbxCalls {
                 ch.connected_num = Some(c.to_string());
             }
             if let Some(l) = info.linkedid {
-                if ch.linked && l != ch.call {
+                if ch.linked && l != ch.call && !self.tombstones.contains_key(l) {
                     move_to = Some(l.to_string());
                 }
             }
@@ -569,9 +591,11 @@ impl PbxCalls {
             Disposition::Busy
         } else if any(&["CHANUNAVAIL", "CONGESTION"]) {
             Disposition::Failed
-        } else if call.members.iter().any(|m| {
-            m != &call.root && self.chans.get(m).is_some_and(|c| c.cause == Some(17))
-        }) {
+        } else if call
+            .members
+            .iter()
+            .any(|m| m != &call.root && self.chans.get(m).is_some_and(|c| c.cause == Some(17)))
+        {
             Disposition::Busy
         } else {
             Disposition::NoAnswer
@@ -793,14 +817,22 @@ impl PbxCalls {
         }
         self.pending.retain(|(u, _, _)| u != uid);
         let Some(ext) = ext else {
-            if let Some(call) = self.chans.get(uid).and_then(|c| self.calls.get_mut(&c.call)) {
+            if let Some(call) = self
+                .chans
+                .get(uid)
+                .and_then(|c| self.calls.get_mut(&c.call))
+            {
                 call.announced = true;
             }
             return;
         };
         let role = if is_root { Role::Caller } else { Role::Callee };
         if is_root {
-            if let Some(call) = self.chans.get(uid).and_then(|c| self.calls.get_mut(&c.call)) {
+            if let Some(call) = self
+                .chans
+                .get(uid)
+                .and_then(|c| self.calls.get_mut(&c.call))
+            {
                 call.originated = true;
             }
         }
@@ -837,7 +869,14 @@ impl PbxCalls {
     }
 
     /// Channel `uid` is up.
-    fn up(&mut self, cfg: &NormalizerConfig, uid: &str, t: f64, approx: bool, out: &mut Vec<ModelEvent>) {
+    fn up(
+        &mut self,
+        cfg: &NormalizerConfig,
+        uid: &str,
+        t: f64,
+        approx: bool,
+        out: &mut Vec<ModelEvent>,
+    ) {
         let Some(ch) = self.chans.get_mut(uid) else {
             return;
         };
@@ -908,7 +947,14 @@ impl PbxCalls {
     }
 
     /// Channel `uid` hung up.
-    fn hangup(&mut self, uid: &str, cause: Option<u16>, t: f64, approx: bool, out: &mut Vec<ModelEvent>) {
+    fn hangup(
+        &mut self,
+        uid: &str,
+        cause: Option<u16>,
+        t: f64,
+        approx: bool,
+        out: &mut Vec<ModelEvent>,
+    ) {
         let Some(ch) = self.chans.get_mut(uid) else {
             return;
         };
@@ -1014,6 +1060,11 @@ impl PbxCalls {
             out.push(ModelEvent::Call(rec));
         }
         if let Some(call) = self.calls.remove(session) {
+            // The session id itself: a late channel or Linkedid naming it
+            // must not reopen the call.
+            if !call.members.iter().any(|m| m == session) {
+                self.tombstone(session.to_string(), t);
+            }
             for m in call.members {
                 if let Some(ch) = self.chans.remove(&m) {
                     if self.by_name.get(&ch.name).is_some_and(|u| *u == m) {
@@ -1091,7 +1142,9 @@ impl PbxCalls {
             }
         }
         let final_answered_by = if call.answered_at.is_some() {
-            final_by.map(|(_, _, w)| w).or_else(|| call.answered_by.clone())
+            final_by
+                .map(|(_, _, w)| w)
+                .or_else(|| call.answered_by.clone())
         } else {
             None
         };
@@ -1130,7 +1183,13 @@ impl PbxCalls {
         self.prune_tombstones(cfg, now);
     }
 
-    fn decide_orphan(&mut self, cfg: &NormalizerConfig, uid: &str, rang_at: f64, out: &mut Vec<ModelEvent>) {
+    fn decide_orphan(
+        &mut self,
+        cfg: &NormalizerConfig,
+        uid: &str,
+        rang_at: f64,
+        out: &mut Vec<ModelEvent>,
+    ) {
         let Some(ch) = self.chans.get(uid) else {
             return;
         };
@@ -1172,14 +1231,22 @@ impl PbxCalls {
             .calls
             .values()
             .filter(|c| {
-                let started = self.chans.get(&c.root).map_or(c.last_activity, |r| r.created_at);
+                let started = self
+                    .chans
+                    .get(&c.root)
+                    .map_or(c.last_activity, |r| r.created_at);
                 now - started > cfg.max_call_age
             })
             .map(|c| (c.session.clone(), c.last_activity))
             .collect();
         for (session, last) in old {
             debug!(pbx = %self.pbx, session, "closing a call past its maximum age");
-            self.end_call(&session, last.max(now - cfg.max_call_age).min(now), EndReason::MaxAge, out);
+            self.end_call(
+                &session,
+                last.max(now - cfg.max_call_age).min(now),
+                EndReason::MaxAge,
+                out,
+            );
         }
     }
 
@@ -1193,7 +1260,13 @@ impl PbxCalls {
     // ------------------------------------------------------------------
 
     /// Applies one canonical event at time `t`.
-    pub fn apply(&mut self, cfg: &NormalizerConfig, ev: &Canon<'_>, t: f64, out: &mut Vec<ModelEvent>) {
+    pub fn apply(
+        &mut self,
+        cfg: &NormalizerConfig,
+        ev: &Canon<'_>,
+        t: f64,
+        out: &mut Vec<ModelEvent>,
+    ) {
         self.advance(cfg, t, out);
         match ev {
             Canon::NewChannel(info) => {
@@ -1237,7 +1310,11 @@ impl PbxCalls {
                 let dest_uid = dest.as_ref().and_then(|d| self.resolve(d));
                 if let Some(d) = &dest_uid {
                     if let Some(ch) = self.chans.get_mut(d) {
-                        if ch.dial_status.as_deref().is_none_or(|s| status_rank(status) > status_rank(s)) {
+                        if ch
+                            .dial_status
+                            .as_deref()
+                            .is_none_or(|s| status_rank(status) > status_rank(s))
+                        {
                             ch.dial_status = Some(status.to_string());
                         }
                     }
@@ -1294,12 +1371,15 @@ impl PbxCalls {
                 if let (Some(c), Some(d)) = (&caller_uid, &dest_uid) {
                     self.tie(c, d, t);
                     let session = self.chans.get(d).map(|ch| ch.call.clone());
-                    if let (Some(q), Some(call)) = (queue, session.and_then(|s| self.calls.get_mut(&s))) {
+                    if let (Some(q), Some(call)) =
+                        (queue, session.and_then(|s| self.calls.get_mut(&s)))
+                    {
                         if call.queue.is_none() {
                             call.queue = Some(q.to_string());
                         }
                     }
-                    let hint = interface.and_then(|i| super::channel::interface_extension(&cfg.classifier, i));
+                    let hint = interface
+                        .and_then(|i| super::channel::interface_extension(&cfg.classifier, i));
                     let d = d.clone();
                     self.offer(cfg, &d, hint, t, out);
                 }
@@ -1341,7 +1421,11 @@ impl PbxCalls {
                     _ => Self::ignored("late"),
                 }
             }
-            Canon::OriginateResponse { uid, exten, success: _ } => {
+            Canon::OriginateResponse {
+                uid,
+                exten,
+                success: _,
+            } => {
                 if let Some(u) = uid.filter(|u| self.chans.contains_key(*u)) {
                     let session = self.chans.get(u).map(|c| c.call.clone());
                     let is_root = session
@@ -1394,7 +1478,8 @@ impl PbxCalls {
                     self.offer(cfg, uid, None, t, out);
                 } else if !self.pending.iter().any(|(u, _, _)| u == uid) {
                     // ≤ 11: wait briefly for the event that ties it.
-                    self.pending.push((uid.to_string(), t + cfg.orphan_grace, t));
+                    self.pending
+                        .push((uid.to_string(), t + cfg.orphan_grace, t));
                 }
             }
             ChanState::Up => self.up(cfg, uid, t, false, out),
@@ -1500,10 +1585,7 @@ impl PbxCalls {
         out: &mut Vec<ModelEvent>,
     ) {
         self.advance(cfg, t, out);
-        let present: HashSet<&str> = items
-            .iter()
-            .filter_map(|m| m.get("Uniqueid"))
-            .collect();
+        let present: HashSet<&str> = items.iter().filter_map(|m| m.get("Uniqueid")).collect();
         // 1. Channels that ended while we were away.
         let gone: Vec<String> = self
             .chans
@@ -1520,7 +1602,9 @@ impl PbxCalls {
         // 2. Channels that started while we were away.
         let mut new = Vec::new();
         for m in items {
-            let Some(uid) = m.get("Uniqueid") else { continue };
+            let Some(uid) = m.get("Uniqueid") else {
+                continue;
+            };
             if self.chans.contains_key(uid) || self.tombstones.contains_key(uid) {
                 continue;
             }

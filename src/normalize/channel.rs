@@ -96,7 +96,10 @@ pub fn parse_channel(name: &str) -> ParsedChannel {
     if tech.is_empty() || rest.is_empty() {
         return ParsedChannel::Placeholder;
     }
-    if PLACEHOLDER_TECHS.iter().any(|t| t.eq_ignore_ascii_case(tech)) {
+    if PLACEHOLDER_TECHS
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(tech))
+    {
         return ParsedChannel::Placeholder;
     }
     if tech.eq_ignore_ascii_case("Local") {
@@ -251,10 +254,27 @@ impl Classifier {
         match parse_channel(name) {
             ParsedChannel::Placeholder => Party::Placeholder,
             ParsedChannel::Local { exten, .. } => Party::Local(exten),
-            ParsedChannel::Device { endpoint, .. } => {
-                self.classify_endpoint(name, &endpoint, context)
+            ParsedChannel::Device { tech, endpoint } => {
+                self.classify_device(name, &tech, &endpoint, context)
             }
         }
+    }
+
+    fn classify_device(
+        &self,
+        name: &str,
+        tech: &str,
+        endpoint: &str,
+        context: Option<&str>,
+    ) -> Party {
+        let explicit = self.endpoint_extensions.contains_key(endpoint)
+            || self.extension_channels.iter().any(|r| r.is_match(name));
+        // Telephony cards (DAHDI, Zap) carry lines from the carrier unless
+        // the config says a channel is an analog extension.
+        if !explicit && (tech.eq_ignore_ascii_case("DAHDI") || tech.eq_ignore_ascii_case("Zap")) {
+            return Party::Trunk(endpoint.to_string());
+        }
+        self.classify_endpoint(name, endpoint, context)
     }
 
     fn classify_endpoint(&self, name: &str, endpoint: &str, context: Option<&str>) -> Party {
@@ -309,13 +329,27 @@ mod tests {
             ("SIP/192.168.1.5-00000001", None, trunk("192.168.1.5")),
             ("DAHDI/i2/5551234-770d", None, trunk("i2/5551234")),
             ("IAX2/1003-123", None, ext("1003")),
+            ("DAHDI/12-1", None, trunk("12")),
+            ("Zap/1-1", None, trunk("1")),
             ("IAX2/provider-7", None, trunk("provider")),
             ("SIP/1002", None, ext("1002")),
             // A phone-looking endpoint created in a trunk context is a trunk.
             ("SIP/5000-00000001", Some("from-trunk"), trunk("5000")),
-            ("Local/1001@from-queue-0000002a;1", None, Party::Local("1001".into())),
-            ("Local/1001@from-queue-0000abcd;2", None, Party::Local("1001".into())),
-            ("Local/1001@from-queue-abcd,1", None, Party::Local("1001".into())),
+            (
+                "Local/1001@from-queue-0000002a;1",
+                None,
+                Party::Local("1001".into()),
+            ),
+            (
+                "Local/1001@from-queue-0000abcd;2",
+                None,
+                Party::Local("1001".into()),
+            ),
+            (
+                "Local/1001@from-queue-abcd,1",
+                None,
+                Party::Local("1001".into()),
+            ),
             ("SIP/100-0001<ZOMBIE>", None, Party::Placeholder),
             ("SIP/pstn-000000c4<MASQ>", None, Party::Placeholder),
             ("Transfered/SIP/pstn-000000c4", None, Party::Placeholder),
@@ -337,8 +371,14 @@ mod tests {
         cfg.endpoint_extensions
             .insert("ana-phone".into(), "1001".into());
         let c = Classifier::new(&cfg).unwrap();
-        assert_eq!(c.classify("PJSIP/1999-00000001", None), Party::Trunk("1999".into()));
-        assert_eq!(c.classify("PJSIP/desk-00000001", None), Party::Extension("desk".into()));
+        assert_eq!(
+            c.classify("PJSIP/1999-00000001", None),
+            Party::Trunk("1999".into())
+        );
+        assert_eq!(
+            c.classify("PJSIP/desk-00000001", None),
+            Party::Extension("desk".into())
+        );
         assert_eq!(
             c.classify("PJSIP/ana-phone-00000001", None),
             Party::Extension("1001".into())

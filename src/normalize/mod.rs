@@ -52,6 +52,17 @@ impl Default for NormalizerConfig {
     }
 }
 
+/// Memory held by the normalizer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked {
+    /// Calls in progress.
+    pub calls: usize,
+    /// Channels of calls in progress.
+    pub channels: usize,
+    /// Finished channel ids remembered for late events.
+    pub tombstones: usize,
+}
+
 /// Turns source events into the call model, for any number of PBXs.
 #[derive(Debug)]
 pub struct Normalizer {
@@ -105,7 +116,14 @@ impl Normalizer {
         metrics()
             .normalize_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.update_gauges();
+        let pbx = match ev {
+            SourceEvent::Ami { pbx, .. }
+            | SourceEvent::AmiSnapshot { pbx, .. }
+            | SourceEvent::AmiDisconnected { pbx, .. } => pbx,
+        };
+        if let Some(p) = self.pbxs.get(pbx) {
+            p.publish();
+        }
     }
 
     /// Settles what time alone decides (maximum call age, undecided ≤ 11
@@ -114,8 +132,8 @@ impl Normalizer {
         for p in self.pbxs.values_mut() {
             p.advance(&self.cfg, now, out);
             p.expire(&self.cfg, now, out);
+            p.publish();
         }
-        self.update_gauges();
     }
 
     /// Number of calls currently tracked (all PBXs).
@@ -123,12 +141,14 @@ impl Normalizer {
         self.pbxs.values().map(calls::PbxCalls::live_calls).sum()
     }
 
-    fn update_gauges(&self) {
-        for (id, p) in &self.pbxs {
-            metrics()
-                .live_calls
-                .with_label_values(&[id])
-                .set(p.live_calls() as i64);
+    /// What the normalizer holds in memory (all PBXs).
+    pub fn tracked(&self) -> Tracked {
+        let mut t = Tracked::default();
+        for p in self.pbxs.values() {
+            t.calls += p.live_calls();
+            t.channels += p.channels();
+            t.tombstones += p.tombstones();
         }
+        t
     }
 }
