@@ -153,7 +153,8 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             let rt = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            rt.block_on(callhook::app::run(cfg, format.into()))
+            rt.block_on(callhook::app::run(cfg, format.into()))?;
+            Ok(())
         }
     }
 }

@@ -148,11 +148,7 @@ pub fn replay(
         let mut router = Router::default();
         let mut codec = AmiCodec::new();
         let mut buf = BytesMut::from(&bytes[..]);
-        loop {
-            let frame = match codec.decode_eof(&mut buf) {
-                Ok(Some(f)) => f,
-                Ok(None) | Err(_) => break,
-            };
+        while let Ok(Some(frame)) = codec.decode_eof(&mut buf) {
             stats.frames += 1;
             let msg = match frame {
                 AmiFrame::Message(m) => m,

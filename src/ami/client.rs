@@ -1,1 +1,1613 @@
-//! AMI client (being written).
+//! The AMI client task: one long-lived connection to one PBX.
+//!
+//! [`spawn`] starts a tokio task that owns the TCP connection to one Asterisk
+//! manager interface and runs until its [`CancellationToken`] is cancelled.
+//! It turns the wire into [`SourceEvent`]s for the normalizer and serves
+//! [`Action`]s for the rest of the service through a cloneable [`AmiHandle`].
+//!
+//! # Connection life cycle
+//!
+//! 1. **Connect** (bounded by [`ClientConfig::connect_timeout`]), read the
+//!    banner (`Asterisk Call Manager/<AMI version>`).
+//! 2. **Log in**: MD5 challenge by default (`Challenge` → `Login` with
+//!    `Key: md5(challenge + secret)`), or plain `Secret` ([`AuthMode::Plain`]).
+//!    A `Response: Error` to the login is logged as
+//!    `authentication failed for pbx X as user Y` and retried with the normal
+//!    backoff: a wrong password never hammers the PBX. The secret is never
+//!    logged ([`ClientConfig`]'s `Debug` redacts it).
+//! 3. **Resync** ([`ClientConfig::resync`]): right after every login the
+//!    client lists the live channels, `CoreShowChannels` when the banner says
+//!    AMI ≥ 2 (Asterisk 12+) and `Status` for AMI 1.x (Asterisk ≤ 11); if that
+//!    action is rejected the other one is tried. The list items are delivered
+//!    as ONE [`SourceEvent::AmiSnapshot`]. Unsolicited events that arrive
+//!    while the list is being collected are held back (bounded by
+//!    [`ClientConfig::queue_capacity`]) and delivered right *after* the
+//!    snapshot, so the normalizer always sees "state at login, then changes".
+//! 4. **Keepalive**: a `Ping` every [`ClientConfig::ping_interval`]; no answer
+//!    within [`ClientConfig::ping_timeout`] means the connection is dead
+//!    (half-open TCP). A read error or EOF is dead too.
+//! 5. **Loss**: [`SourceEvent::AmiDisconnected`] is emitted whenever an
+//!    established (logged-in) connection is lost, then the client reconnects
+//!    forever with exponential backoff and *equal jitter* (a delay in
+//!    `[c/2, c]`, `c = backoff_initial · 2^attempt` capped at
+//!    [`ClientConfig::backoff_max`]). The attempt counter resets once a
+//!    connection has stayed logged in for 30 s.
+//!
+//! Each state change (connecting, logged in, down) is one log line and one
+//! update of `ami_connection_state` (0 down, 1 connecting, 2 logged in);
+//! every connection attempt after the first counts in `ami_reconnects`.
+//!
+//! # Actions
+//!
+//! [`AmiHandle::send`] gives every action a unique ActionID
+//! `"{pbx}-{connection_seq}-{n}"` and resolves with an [`ActionResponse`]:
+//! the response plus, for lists, the items. A list starts with a
+//! `Response: Success` that has `EventList: start`, or — when `EventList` is
+//! absent, as in Asterisk 11's `Status`/`QueueStatus` — whose `Message`
+//! contains "will follow"; it ends with the event carrying the same ActionID
+//! whose name ends in `Complete` (or that has `EventList: Complete`), which is
+//! not part of the items. (Asterisk 14+'s `Message: Command output follows`
+//! is a single response, not a list.) Responses and list items are routed by
+//! ActionID to the waiting caller and never reach the events channel;
+//! answers for unknown ActionIDs (another client, a late answer after a
+//! timeout) are dropped with a debug log. `Event: OriginateResponse` is the
+//! exception: Asterisk broadcasts it, so it is forwarded as an event *and*
+//! resolves a pending action with that ActionID, if one is still waiting.
+//!
+//! Outcomes: [`AmiError::Rejected`] for `Response: Error`,
+//! [`AmiError::Timeout`] when nothing answered within
+//! [`ClientConfig::action_timeout`] (counted from submission, waiting for a
+//! login included), [`AmiError::Shutdown`] once the client is stopping.
+//! Actions submitted while the client is not logged in wait for the next
+//! login. When a connection is lost with actions in flight:
+//!
+//! * read-only actions from a small allow-list ([`is_idempotent`]: `Ping`,
+//!   `Status`, `CoreShowChannels`, `QueueStatus`, …) are re-sent after the
+//!   next login, still within their original deadline;
+//! * every other action (`Originate`, `Redirect`, `Atxfer`, `Hangup`,
+//!   `Command`, …) is **never re-sent**: its caller gets
+//!   [`AmiError::Disconnected`] (outcome unknown) — re-sending could place a
+//!   duplicate call.
+//!
+//! # Backpressure policy
+//!
+//! The socket reader never awaits the normalizer: writes go through a
+//! separate writer task and events are forwarded with `try_send`.
+//!
+//! * Pure noise that the normalizer never uses is dropped first
+//!   ([`is_noise_event`]: `VarSet`, `RTCPSent`, `RTCPReceived`,
+//!   `DeviceStateChange`, unsolicited `ExtensionStatus`, `QueueMemberStatus`,
+//!   `SuccessfulAuth`, `ChallengeSent`, `RequestBadFormat`). `Newexten` and
+//!   `Cdr` are kept.
+//! * When the events channel is full the event is dropped and counted in
+//!   `ami_queue_dropped`; one warning is logged per overflow episode. Once
+//!   the channel is at least half empty again (and at most once per second)
+//!   the client re-runs the resync action and delivers a fresh
+//!   [`SourceEvent::AmiSnapshot`], so the normalizer can repair what it
+//!   missed. A snapshot that itself cannot be queued starts a new episode.
+//!
+//! Every received `Event:` packet counts in `ami_events{pbx,event}` (event
+//! names folded by [`crate::metrics::event_label`]); packets the framer
+//! skipped count in `ami_packets_skipped{pbx,reason}` with a warning.
+//!
+//! # Shutdown
+//!
+//! On cancellation the client sends `Logoff` (best effort, waits at most 1 s
+//! for the `Goodbye`), closes the socket and ends; pending and later
+//! [`AmiHandle::send`] calls return [`AmiError::Shutdown`]. No
+//! `AmiDisconnected` is emitted for a deliberate shutdown.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use md5::{Digest, Md5};
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::codec::{AmiCodec, AmiFrame};
+use super::message::{Action, ActionError, AmiMessage, MessageKind};
+use crate::metrics::{event_label, metrics};
+use crate::source::{now_epoch, PbxId, SourceEvent};
+
+/// How often deadlines (actions, ping) and the overflow state are checked.
+const HOUSEKEEPING: Duration = Duration::from_millis(50);
+/// Commands waiting for the client task.
+const COMMAND_QUEUE: usize = 1024;
+/// Encoded actions waiting for the writer task.
+const WRITE_QUEUE: usize = 1024;
+/// A connection logged in for this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(30);
+/// Minimum time between two resyncs triggered by queue overflows.
+const OVERFLOW_RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a graceful shutdown waits for the `Logoff` answer.
+const LOGOFF_TIMEOUT: Duration = Duration::from_secs(1);
+/// Floor of every reconnect delay (guards against a zero backoff config).
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+
+/// How the client authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// `Challenge` + `Login` with `Key: md5(challenge + secret)` (default).
+    #[default]
+    Md5,
+    /// `Login` with the secret in clear text.
+    Plain,
+}
+
+/// Configuration of one AMI connection.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The PBX id (labels, logs, ActionIDs, source events).
+    pub pbx: PbxId,
+    /// Host name or address of the manager interface.
+    pub host: String,
+    /// TCP port (5038 by default on Asterisk).
+    pub port: u16,
+    /// Manager user.
+    pub username: String,
+    /// Manager secret (never logged).
+    pub secret: String,
+    /// Authentication method.
+    pub auth: AuthMode,
+    /// `Events:` value sent with the login: `on` or a class mask (`call,agent`).
+    pub events: String,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Interval between keepalive pings.
+    pub ping_interval: Duration,
+    /// A ping unanswered for this long means the connection is dead.
+    pub ping_timeout: Duration,
+    /// Deadline of every action, counted from submission.
+    pub action_timeout: Duration,
+    /// First reconnect delay (before jitter).
+    pub backoff_initial: Duration,
+    /// Maximum reconnect delay.
+    pub backoff_max: Duration,
+    /// Maximum AMI packet size accepted by the framer.
+    pub max_packet: usize,
+    /// Recommended capacity of the events channel; also bounds the events
+    /// held back while a resync list is being collected.
+    pub queue_capacity: usize,
+    /// List the live channels after every login (and after overflows).
+    pub resync: bool,
+}
+
+impl ClientConfig {
+    /// A configuration with the defaults: MD5 auth, `Events: on`, connect
+    /// timeout 5 s, ping every 20 s with a 5 s deadline, action timeout 10 s,
+    /// backoff 500 ms → 30 s, 1 MiB packets, queue capacity 10 000, resync on.
+    pub fn new(
+        pbx: impl Into<PbxId>,
+        host: impl Into<String>,
+        port: u16,
+        username: impl Into<String>,
+        secret: impl Into<String>,
+    ) -> Self {
+        Self {
+            pbx: pbx.into(),
+            host: host.into(),
+            port,
+            username: username.into(),
+            secret: secret.into(),
+            auth: AuthMode::Md5,
+            events: "on".to_string(),
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(20),
+            ping_timeout: Duration::from_secs(5),
+            action_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            max_packet: AmiCodec::DEFAULT_MAX_PACKET,
+            queue_capacity: 10_000,
+            resync: true,
+        }
+    }
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("pbx", &self.pbx)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("secret", &"<redacted>")
+            .field("auth", &self.auth)
+            .field("events", &self.events)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
+            .field("action_timeout", &self.action_timeout)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("max_packet", &self.max_packet)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("resync", &self.resync)
+            .finish()
+    }
+}
+
+/// The answer to an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionResponse {
+    /// The `Response:` packet (or the `OriginateResponse` event that resolved
+    /// a still-pending `Originate`). A legacy `Response: Follows` carries its
+    /// text in [`AmiMessage::body`].
+    pub response: AmiMessage,
+    /// List items, in order, without the closing `…Complete` event.
+    pub items: Vec<AmiMessage>,
+}
+
+/// Why an action did not produce a response.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AmiError {
+    /// Nothing answered within the action timeout.
+    #[error("no answer within the action timeout")]
+    Timeout,
+    /// The connection was lost after the action was sent: outcome unknown.
+    #[error("connection lost while the action was pending (outcome unknown)")]
+    Disconnected,
+    /// Asterisk answered `Response: Error` with this message.
+    #[error("action rejected: {0}")]
+    Rejected(String),
+    /// The client is shut down.
+    #[error("AMI client is shut down")]
+    Shutdown,
+    /// The action cannot be encoded.
+    #[error("action cannot be encoded: {0}")]
+    Encode(#[from] ActionError),
+}
+
+/// Connection state as seen through [`AmiHandle::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Not connected (waiting for the next attempt).
+    Down,
+    /// Connecting or logging in.
+    Connecting,
+    /// Logged in.
+    LoggedIn,
+    /// The task has ended (shutdown).
+    Stopped,
+}
+
+impl ConnectionState {
+    fn gauge(self) -> i64 {
+        match self {
+            ConnectionState::Down | ConnectionState::Stopped => 0,
+            ConnectionState::Connecting => 1,
+            ConnectionState::LoggedIn => 2,
+        }
+    }
+}
+
+/// A handle to a running client: sends actions, observes the state.
+#[derive(Clone)]
+pub struct AmiHandle {
+    inner: Arc<HandleInner>,
+}
+
+struct HandleInner {
+    pbx: PbxId,
+    commands: mpsc::Sender<Command>,
+    state: watch::Receiver<ConnectionState>,
+    action_timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl fmt::Debug for AmiHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmiHandle")
+            .field("pbx", &self.inner.pbx)
+            .field("state", &*self.inner.state.borrow())
+            .finish()
+    }
+}
+
+impl AmiHandle {
+    /// Sends an action and waits for its response (and list items).
+    ///
+    /// The ActionID is assigned by the client. See the module documentation
+    /// for the outcomes and the re-send policy.
+    pub async fn send(&self, action: Action) -> Result<ActionResponse, AmiError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(AmiError::Shutdown);
+        }
+        // Reject header injection before anything is queued.
+        action.encode("probe")?;
+        let started = Instant::now();
+        let deadline = started + self.inner.action_timeout;
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command {
+            action,
+            reply,
+            deadline,
+        };
+        // The task enforces the deadline; this outer bound is a safety net.
+        let safety = deadline + Duration::from_millis(500);
+        match tokio::time::timeout_at(safety, self.inner.commands.send(cmd)).await {
+            Err(_) => return Err(AmiError::Timeout),
+            Ok(Err(_)) => return Err(AmiError::Shutdown),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout_at(safety, rx).await {
+            Err(_) => Err(AmiError::Timeout),
+            Ok(Err(_)) => Err(AmiError::Shutdown),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// The PBX this handle talks to.
+    pub fn pbx(&self) -> &PbxId {
+        &self.inner.pbx
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ConnectionState {
+        *self.inner.state.borrow()
+    }
+
+    /// A receiver that observes every state change.
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.state.clone()
+    }
+
+    /// Waits until the client task has ended (after shutdown).
+    pub async fn stopped(&self) {
+        let mut rx = self.inner.state.clone();
+        // An error means the task (the sender) is gone: stopped as well.
+        let _ = rx.wait_for(|s| *s == ConnectionState::Stopped).await;
+    }
+}
+
+/// Starts the client task for one PBX. It runs until `shutdown` is cancelled.
+///
+/// Unsolicited events, snapshots and disconnect notices go to `events` with
+/// `try_send` (see the backpressure policy in the module documentation).
+pub fn spawn(
+    cfg: ClientConfig,
+    events: mpsc::Sender<SourceEvent>,
+    shutdown: CancellationToken,
+) -> AmiHandle {
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (state_tx, state_rx) = watch::channel(ConnectionState::Down);
+    metrics()
+        .ami_connection_state
+        .with_label_values(&[&cfg.pbx])
+        .set(0);
+    let handle = AmiHandle {
+        inner: Arc::new(HandleInner {
+            pbx: cfg.pbx.clone(),
+            commands: cmd_tx,
+            state: state_rx,
+            action_timeout: cfg.action_timeout,
+            shutdown: shutdown.clone(),
+        }),
+    };
+    let client = Client {
+        pbx: cfg.pbx.clone(),
+        cfg,
+        events,
+        shutdown,
+        commands: cmd_rx,
+        commands_closed: false,
+        state: state_tx,
+        waiting: VecDeque::new(),
+        conn_seq: 0,
+        overflow: Overflow::default(),
+        events_closed_logged: false,
+    };
+    tokio::spawn(client.run());
+    handle
+}
+
+/// True for the read-only actions that may be re-sent after a reconnect.
+pub fn is_idempotent(action: &str) -> bool {
+    const READ_ONLY: &[&str] = &[
+        "Ping",
+        "Status",
+        "CoreShowChannels",
+        "CoreStatus",
+        "CoreSettings",
+        "QueueStatus",
+        "QueueSummary",
+        "Queues",
+        "ExtensionState",
+        "ExtensionStateList",
+        "DeviceStateList",
+        "PresenceState",
+        "PresenceStateList",
+        "Getvar",
+        "DBGet",
+        "ListCommands",
+        "SIPpeers",
+        "SIPshowpeer",
+        "SIPpeerstatus",
+        "IAXpeers",
+        "IAXpeerlist",
+        "PJSIPShowEndpoints",
+        "PJSIPShowEndpoint",
+        "PJSIPShowContacts",
+        "PJSIPShowAors",
+        "PJSIPShowRegistrationsOutbound",
+        "BridgeList",
+        "BridgeInfo",
+        "ConfbridgeList",
+        "ConfbridgeListRooms",
+        "MeetmeList",
+        "MailboxCount",
+        "MailboxStatus",
+        "Agents",
+        "ShowDialPlan",
+        "CoreShowChannelMap",
+    ];
+    READ_ONLY.iter().any(|a| a.eq_ignore_ascii_case(action))
+}
+
+/// True for unsolicited events the normalizer never uses (dropped before the
+/// queue). Only called for events without an ActionID.
+pub fn is_noise_event(event: &str) -> bool {
+    const NOISE: &[&str] = &[
+        "VarSet",
+        "RTCPSent",
+        "RTCPReceived",
+        "DeviceStateChange",
+        "ExtensionStatus",
+        "QueueMemberStatus",
+        "SuccessfulAuth",
+        "ChallengeSent",
+        "RequestBadFormat",
+    ];
+    NOISE.iter().any(|n| n.eq_ignore_ascii_case(event))
+}
+
+/// `hex(md5(challenge + secret))`, the `Key` of an MD5 login.
+pub(crate) fn md5_key(challenge: &str, secret: &str) -> String {
+    let mut h = Md5::new();
+    h.update(challenge.as_bytes());
+    h.update(secret.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The ActionID of action `n` on connection `seq`.
+fn action_id(pbx: &str, seq: u64, n: u64) -> String {
+    format!("{pbx}-{seq}-{n}")
+}
+
+/// True when `resp` opens a list: `Response: Success` with `EventList: start`,
+/// or without `EventList` a `Message` containing "will follow".
+pub(crate) fn starts_list(resp: &AmiMessage) -> bool {
+    let success = resp
+        .get("Response")
+        .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
+    if !success {
+        return false;
+    }
+    if let Some(el) = resp.get("EventList") {
+        return el.eq_ignore_ascii_case("start");
+    }
+    resp.get("Message")
+        .is_some_and(|m| m.to_ascii_lowercase().contains("will follow"))
+}
+
+/// True when `ev` closes a list: an event named `…Complete` or carrying
+/// `EventList: Complete`.
+pub(crate) fn ends_list(ev: &AmiMessage) -> bool {
+    if ev
+        .get("EventList")
+        .is_some_and(|v| v.eq_ignore_ascii_case("Complete"))
+    {
+        return true;
+    }
+    ev.event().is_some_and(|e| {
+        e.len() >= 8
+            && e.is_char_boundary(e.len() - 8)
+            && e[e.len() - 8..].eq_ignore_ascii_case("Complete")
+    })
+}
+
+/// Major AMI version from the banner (`Asterisk Call Manager/1.3` → 1).
+fn ami_major(banner: &str) -> Option<u32> {
+    let v = banner.rsplit('/').next()?.trim();
+    v.split('.').next()?.trim().parse().ok()
+}
+
+/// Exponential backoff with equal jitter.
+#[derive(Debug, Clone)]
+pub(crate) struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The un-jittered delay of the current attempt: `initial · 2^attempt`,
+    /// capped at `max`.
+    pub(crate) fn ceiling(&self) -> Duration {
+        let factor = 1u32 << self.attempt.min(24);
+        self.initial
+            .checked_mul(factor)
+            .unwrap_or(self.max)
+            .min(self.max)
+            .max(MIN_BACKOFF)
+    }
+
+    /// The next delay, in `[c/2, c]` for the current ceiling `c`.
+    pub(crate) fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let c = self.ceiling();
+        self.attempt = self.attempt.saturating_add(1);
+        let half = c / 2;
+        let span = (c - half).as_nanos().min(u64::MAX as u128) as u64;
+        half + Duration::from_nanos(rng.gen_range(0..=span))
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+struct Command {
+    action: Action,
+    reply: oneshot::Sender<Result<ActionResponse, AmiError>>,
+    deadline: Instant,
+}
+
+#[derive(Default)]
+struct Overflow {
+    /// An overflow episode is going on (a warning was logged).
+    active: bool,
+    /// Events dropped in the current episode.
+    dropped: u64,
+    /// A resync must run once the queue has room.
+    resync_needed: bool,
+    /// When the last overflow-triggered resync was started.
+    last_resync: Option<Instant>,
+}
+
+enum PendingKind {
+    User(Command),
+    Ping,
+    Resync {
+        action: &'static str,
+        fell_back: bool,
+    },
+}
+
+struct Pending {
+    kind: PendingKind,
+    /// Sequence number of the ActionID (keeps re-send order).
+    n: u64,
+    deadline: Instant,
+    response: Option<AmiMessage>,
+    items: Vec<AmiMessage>,
+}
+
+/// One logged-in connection.
+struct Session {
+    framed: FramedRead<OwnedReadHalf, AmiCodec>,
+    writer_tx: mpsc::Sender<Vec<u8>>,
+    writer: JoinHandle<()>,
+    seq: u64,
+    next_n: u64,
+    pending: HashMap<String, Pending>,
+    /// `CoreShowChannels` (AMI ≥ 2) rather than `Status` for resyncs.
+    modern: bool,
+    /// ActionID of the keepalive ping in flight.
+    ping: Option<String>,
+    resync_in_flight: bool,
+    held: VecDeque<SourceEvent>,
+}
+
+impl Session {
+    fn next_id(&mut self, pbx: &str) -> (String, u64) {
+        self.next_n += 1;
+        (action_id(pbx, self.seq, self.next_n), self.next_n)
+    }
+}
+
+enum ConnectError {
+    Shutdown,
+    Io(String),
+    Auth(String),
+    Protocol(String),
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// The connection is dead for this reason.
+struct Lost(String);
+
+struct Client {
+    pbx: PbxId,
+    cfg: ClientConfig,
+    events: mpsc::Sender<SourceEvent>,
+    shutdown: CancellationToken,
+    commands: mpsc::Receiver<Command>,
+    commands_closed: bool,
+    state: watch::Sender<ConnectionState>,
+    /// Actions not written yet (waiting for a login).
+    waiting: VecDeque<Command>,
+    conn_seq: u64,
+    overflow: Overflow,
+    events_closed_logged: bool,
+}
+
+impl Client {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max);
+        let mut first = true;
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            if !first {
+                metrics()
+                    .ami_reconnects
+                    .with_label_values(&[&self.pbx])
+                    .inc();
+            }
+            first = false;
+            self.conn_seq += 1;
+            self.set_state(ConnectionState::Connecting);
+            info!(pbx = %self.pbx, "connecting to AMI at {}:{}", self.cfg.host, self.cfg.port);
+            match self.connect().await {
+                Ok(sess) => {
+                    self.set_state(ConnectionState::LoggedIn);
+                    let since = Instant::now();
+                    match self.session(sess).await {
+                        SessionEnd::Shutdown => break,
+                        SessionEnd::Lost(reason) => {
+                            self.set_state(ConnectionState::Down);
+                            warn!(pbx = %self.pbx, "AMI connection lost: {reason}");
+                            self.deliver(SourceEvent::AmiDisconnected {
+                                pbx: self.pbx.clone(),
+                                at: now_epoch(),
+                            });
+                            if since.elapsed() >= STABLE_SESSION {
+                                backoff.reset();
+                            }
+                        }
+                    }
+                }
+                Err(ConnectError::Shutdown) => break,
+                Err(ConnectError::Auth(msg)) => {
+                    self.set_state(ConnectionState::Down);
+                    warn!(
+                        pbx = %self.pbx,
+                        "authentication failed for pbx {} as user {}: {msg}",
+                        self.pbx, self.cfg.username
+                    );
+                }
+                Err(ConnectError::Io(msg)) | Err(ConnectError::Protocol(msg)) => {
+                    self.set_state(ConnectionState::Down);
+                    warn!(pbx = %self.pbx, "cannot connect to AMI at {}:{}: {msg}", self.cfg.host, self.cfg.port);
+                }
+            }
+            let delay = backoff.next_delay(&mut rand::thread_rng());
+            debug!(pbx = %self.pbx, "next AMI connection attempt in {delay:?}");
+            if !self.wait(delay).await {
+                break;
+            }
+        }
+        self.stop();
+    }
+
+    fn set_state(&self, s: ConnectionState) {
+        metrics()
+            .ami_connection_state
+            .with_label_values(&[&self.pbx])
+            .set(s.gauge());
+        self.state.send_replace(s);
+    }
+
+    /// Waits `delay` while queueing commands and expiring them. False on shutdown.
+    async fn wait(&mut self, delay: Duration) -> bool {
+        let until = Instant::now() + delay;
+        let shutdown = self.shutdown.clone();
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = sleep_until(until) => return true,
+                cmd = self.commands.recv(), if !self.commands_closed => match cmd {
+                    Some(c) => self.waiting.push_back(c),
+                    None => self.commands_closed = true,
+                },
+                _ = tick.tick() => self.expire_waiting(),
+            }
+        }
+    }
+
+    fn expire_waiting(&mut self) {
+        let now = Instant::now();
+        let mut keep = VecDeque::with_capacity(self.waiting.len());
+        for c in self.waiting.drain(..) {
+            if c.reply.is_closed() {
+                continue;
+            }
+            if c.deadline <= now {
+                count_action(&self.pbx, c.action.name(), "timeout");
+                let _ = c.reply.send(Err(AmiError::Timeout));
+                continue;
+            }
+            keep.push_back(c);
+        }
+        self.waiting = keep;
+    }
+
+    /// Ends the task: every waiting caller gets `Shutdown`.
+    fn stop(mut self) {
+        self.commands.close();
+        while let Ok(c) = self.commands.try_recv() {
+            let _ = c.reply.send(Err(AmiError::Shutdown));
+        }
+        for c in self.waiting.drain(..) {
+            let _ = c.reply.send(Err(AmiError::Shutdown));
+        }
+        self.set_state(ConnectionState::Stopped);
+        info!(pbx = %self.pbx, "AMI client stopped");
+    }
+
+    async fn connect(&mut self) -> Result<Session, ConnectError> {
+        let shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = shutdown.cancelled() => Err(ConnectError::Shutdown),
+            r = self.connect_and_login() => r,
+        }
+    }
+
+    async fn connect_and_login(&mut self) -> Result<Session, ConnectError> {
+        let cfg = &self.cfg;
+        let pbx = &self.pbx;
+        let seq = self.conn_seq;
+        let step = cfg.action_timeout;
+        let stream = match timeout(
+            cfg.connect_timeout,
+            TcpStream::connect((cfg.host.as_str(), cfg.port)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(ConnectError::Io(format!(
+                    "connect timed out after {:?}",
+                    cfg.connect_timeout
+                )))
+            }
+            Ok(Err(e)) => return Err(ConnectError::Io(e.to_string())),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (rd, mut wr) = stream.into_split();
+        let mut framed = FramedRead::new(rd, AmiCodec::with_max_packet(cfg.max_packet));
+
+        let banner = read_banner(&mut framed, pbx, step).await?;
+        let modern = banner.as_deref().and_then(ami_major).is_none_or(|m| m >= 2);
+        let mut n = 0u64;
+
+        let login = match cfg.auth {
+            AuthMode::Md5 => {
+                n += 1;
+                let id = action_id(pbx, seq, n);
+                let challenge = Action::new("Challenge").field("AuthType", "MD5");
+                write_raw(&mut wr, &challenge, &id, step).await?;
+                let resp = read_response(&mut framed, pbx, &id, step).await?;
+                if !is_success(&resp) {
+                    return Err(ConnectError::Auth(format!(
+                        "MD5 challenge refused: {}",
+                        resp.get("Message").unwrap_or("no message")
+                    )));
+                }
+                let Some(ch) = resp.get("Challenge") else {
+                    return Err(ConnectError::Protocol(
+                        "challenge response without a Challenge".into(),
+                    ));
+                };
+                Action::new("Login")
+                    .field("AuthType", "MD5")
+                    .field("Username", cfg.username.as_str())
+                    .field("Key", md5_key(ch, &cfg.secret))
+                    .field("Events", cfg.events.as_str())
+            }
+            AuthMode::Plain => Action::new("Login")
+                .field("Username", cfg.username.as_str())
+                .field("Secret", cfg.secret.as_str())
+                .field("Events", cfg.events.as_str()),
+        };
+        n += 1;
+        let id = action_id(pbx, seq, n);
+        write_raw(&mut wr, &login, &id, step).await?;
+        let resp = read_response(&mut framed, pbx, &id, step).await?;
+        if !is_success(&resp) {
+            count_action(pbx, "Login", "error");
+            return Err(ConnectError::Auth(
+                resp.get("Message").unwrap_or("no message").to_string(),
+            ));
+        }
+        count_action(pbx, "Login", "success");
+        info!(
+            pbx = %pbx,
+            "logged in to AMI at {}:{} as {} ({})",
+            cfg.host,
+            cfg.port,
+            cfg.username,
+            banner.as_deref().unwrap_or("no banner")
+        );
+
+        let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE);
+        let writer = tokio::spawn(write_loop(wr, writer_rx));
+        Ok(Session {
+            framed,
+            writer_tx,
+            writer,
+            seq,
+            next_n: n,
+            pending: HashMap::new(),
+            modern,
+            ping: None,
+            resync_in_flight: false,
+            held: VecDeque::new(),
+        })
+    }
+
+    async fn session(&mut self, mut sess: Session) -> SessionEnd {
+        let end = match self.session_start(&mut sess) {
+            Ok(()) => self.session_loop(&mut sess).await,
+            Err(Lost(r)) => SessionEnd::Lost(r),
+        };
+        match &end {
+            SessionEnd::Shutdown => {
+                self.logoff(&mut sess).await;
+                self.fail_pending(&mut sess, false);
+            }
+            SessionEnd::Lost(_) => {
+                self.fail_pending(&mut sess, true);
+                // Events received before the loss still go out, in order.
+                while let Some(ev) = sess.held.pop_front() {
+                    self.deliver(ev);
+                }
+            }
+        }
+        sess.writer.abort();
+        end
+    }
+
+    fn session_start(&mut self, sess: &mut Session) -> Result<(), Lost> {
+        if self.cfg.resync || self.overflow.resync_needed {
+            self.overflow.resync_needed = false;
+            self.start_resync(sess)?;
+        }
+        self.expire_waiting();
+        while let Some(cmd) = self.waiting.pop_front() {
+            self.submit(sess, cmd)?;
+        }
+        Ok(())
+    }
+
+    async fn session_loop(&mut self, sess: &mut Session) -> SessionEnd {
+        let shutdown = self.shutdown.clone();
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
+        housekeeping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let ping_every = self.cfg.ping_interval.max(Duration::from_millis(1));
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let step = tokio::select! {
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                frame = sess.framed.next() => match frame {
+                    Some(Ok(f)) => self.on_frame(sess, f),
+                    Some(Err(e)) => Err(Lost(format!("read error: {e}"))),
+                    None => Err(Lost("connection closed by the PBX".into())),
+                },
+                cmd = self.commands.recv(), if !self.commands_closed => match cmd {
+                    Some(c) => self.submit(sess, c),
+                    None => { self.commands_closed = true; Ok(()) }
+                },
+                _ = housekeeping.tick() => self.housekeeping(sess),
+                _ = ping.tick() => self.send_ping(sess),
+            };
+            if let Err(Lost(reason)) = step {
+                return SessionEnd::Lost(reason);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, sess: &mut Session, frame: AmiFrame) -> Result<(), Lost> {
+        match frame {
+            AmiFrame::Message(msg) => self.on_message(sess, msg),
+            AmiFrame::Skipped { reason, bytes } => {
+                metrics()
+                    .ami_packets_skipped
+                    .with_label_values(&[&self.pbx, reason.as_str()])
+                    .inc();
+                warn!(pbx = %self.pbx, "skipped an AMI packet of {bytes} bytes ({})", reason.as_str());
+                Ok(())
+            }
+            AmiFrame::Banner(b) => {
+                debug!(pbx = %self.pbx, "ignoring a banner in the middle of the stream: {b}");
+                Ok(())
+            }
+        }
+    }
+
+    fn on_message(&mut self, sess: &mut Session, msg: AmiMessage) -> Result<(), Lost> {
+        match msg.kind() {
+            MessageKind::Event(name) => {
+                metrics()
+                    .ami_events
+                    .with_label_values(&[&self.pbx, event_label(name)])
+                    .inc();
+                let originate = name.eq_ignore_ascii_case("OriginateResponse");
+                let noise = is_noise_event(name);
+                if let Some(id) = msg.action_id() {
+                    if originate {
+                        // Broadcast: an event for everyone, and maybe the
+                        // answer to a pending (synchronous) Originate.
+                        if let Some(p) = sess.pending.remove(id) {
+                            let id = id.to_string();
+                            let items = p.items.clone();
+                            let resp = ActionResponse {
+                                response: msg.clone(),
+                                items,
+                            };
+                            let result = if is_error(&msg) {
+                                Err(AmiError::Rejected(
+                                    msg.get("Reason").unwrap_or("originate failed").to_string(),
+                                ))
+                            } else {
+                                Ok(resp)
+                            };
+                            self.complete(sess, &id, p, result)?;
+                        }
+                        self.forward(sess, msg);
+                        return Ok(());
+                    }
+                    return self.list_item(sess, msg);
+                }
+                if !noise {
+                    self.forward(sess, msg);
+                }
+                Ok(())
+            }
+            MessageKind::Response(_) => {
+                let Some(id) = msg.action_id().map(str::to_string) else {
+                    debug!(pbx = %self.pbx, "dropping a response without ActionID");
+                    return Ok(());
+                };
+                let Some(p) = sess.pending.get_mut(&id) else {
+                    debug!(pbx = %self.pbx, "dropping a response for unknown ActionID {id}");
+                    return Ok(());
+                };
+                if p.response.is_some() {
+                    debug!(pbx = %self.pbx, "dropping a second response for ActionID {id}");
+                    return Ok(());
+                }
+                if starts_list(&msg) {
+                    p.response = Some(msg);
+                    return Ok(());
+                }
+                let Some(mut p) = sess.pending.remove(&id) else {
+                    return Ok(());
+                };
+                let result = if is_error(&msg) {
+                    Err(AmiError::Rejected(
+                        msg.get("Message").unwrap_or("error").to_string(),
+                    ))
+                } else {
+                    Ok(ActionResponse {
+                        response: msg,
+                        items: std::mem::take(&mut p.items),
+                    })
+                };
+                self.complete(sess, &id, p, result)
+            }
+            MessageKind::Other => {
+                debug!(pbx = %self.pbx, "dropping a packet that is neither an event nor a response");
+                Ok(())
+            }
+        }
+    }
+
+    /// An event carrying an ActionID: a list item for a pending action.
+    fn list_item(&mut self, sess: &mut Session, msg: AmiMessage) -> Result<(), Lost> {
+        let Some(id) = msg.action_id().map(str::to_string) else {
+            return Ok(());
+        };
+        let Some(p) = sess.pending.get_mut(&id) else {
+            debug!(
+                pbx = %self.pbx,
+                "dropping event {} for unknown ActionID {id}",
+                msg.event().unwrap_or("?")
+            );
+            return Ok(());
+        };
+        let in_list = p.response.as_ref().is_some_and(starts_list);
+        let has_eventlist = p.response.as_ref().is_some_and(|r| r.has("EventList"));
+        if in_list && ends_list(&msg) {
+            // fall through to completion below
+        } else if in_list
+            && !has_eventlist
+            && msg
+                .event()
+                .is_some_and(|e| e.eq_ignore_ascii_case("DBGetResponse"))
+        {
+            // Old DBGet: a single answer event, no Complete.
+            p.items.push(msg);
+        } else {
+            p.items.push(msg);
+            return Ok(());
+        }
+        let Some(mut p) = sess.pending.remove(&id) else {
+            return Ok(());
+        };
+        let Some(response) = p.response.take() else {
+            return Ok(());
+        };
+        let items = std::mem::take(&mut p.items);
+        self.complete(sess, &id, p, Ok(ActionResponse { response, items }))
+    }
+
+    /// Resolves a pending action removed from the table.
+    fn complete(
+        &mut self,
+        sess: &mut Session,
+        id: &str,
+        p: Pending,
+        result: Result<ActionResponse, AmiError>,
+    ) -> Result<(), Lost> {
+        match p.kind {
+            PendingKind::User(cmd) => {
+                count_action(&self.pbx, cmd.action.name(), outcome(&result));
+                let _ = cmd.reply.send(result);
+                Ok(())
+            }
+            PendingKind::Ping => {
+                count_action(&self.pbx, "Ping", outcome(&result));
+                if sess.ping.as_deref() == Some(id) {
+                    sess.ping = None;
+                }
+                if let Err(AmiError::Timeout) = result {
+                    return Err(Lost(format!(
+                        "no answer to Ping within {:?}",
+                        self.cfg.ping_timeout
+                    )));
+                }
+                Ok(())
+            }
+            PendingKind::Resync { action, fell_back } => {
+                count_action(&self.pbx, action, outcome(&result));
+                match result {
+                    Ok(r) => {
+                        self.finish_resync(sess, Some(r.items));
+                        Ok(())
+                    }
+                    Err(AmiError::Rejected(m)) if !fell_back => {
+                        let other = if action == "Status" {
+                            "CoreShowChannels"
+                        } else {
+                            "Status"
+                        };
+                        info!(pbx = %self.pbx, "{action} rejected ({m}); resyncing with {other}");
+                        self.send_resync(sess, other, true)
+                    }
+                    Err(e) => {
+                        warn!(pbx = %self.pbx, "channel resync with {action} failed: {e}");
+                        self.finish_resync(sess, None);
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes an action and registers it as pending.
+    fn write(
+        &mut self,
+        sess: &mut Session,
+        action: &Action,
+        kind: PendingKind,
+        deadline: Instant,
+    ) -> Result<Option<String>, Lost> {
+        let (id, n) = sess.next_id(&self.pbx);
+        let bytes = match action.encode(&id) {
+            Ok(b) => b,
+            Err(e) => {
+                if let PendingKind::User(cmd) = kind {
+                    let _ = cmd.reply.send(Err(AmiError::Encode(e)));
+                }
+                return Ok(None);
+            }
+        };
+        if sess.writer_tx.try_send(bytes).is_err() {
+            if let PendingKind::User(cmd) = kind {
+                // Not written: it may go out after the next login.
+                self.waiting.push_front(cmd);
+            }
+            return Err(Lost("the writer to the PBX is stuck or closed".into()));
+        }
+        sess.pending.insert(
+            id.clone(),
+            Pending {
+                kind,
+                n,
+                deadline,
+                response: None,
+                items: Vec::new(),
+            },
+        );
+        Ok(Some(id))
+    }
+
+    fn submit(&mut self, sess: &mut Session, cmd: Command) -> Result<(), Lost> {
+        if cmd.reply.is_closed() {
+            return Ok(());
+        }
+        if cmd.deadline <= Instant::now() {
+            count_action(&self.pbx, cmd.action.name(), "timeout");
+            let _ = cmd.reply.send(Err(AmiError::Timeout));
+            return Ok(());
+        }
+        let action = cmd.action.clone();
+        let deadline = cmd.deadline;
+        self.write(sess, &action, PendingKind::User(cmd), deadline)
+            .map(|_| ())
+    }
+
+    fn send_ping(&mut self, sess: &mut Session) -> Result<(), Lost> {
+        if sess.ping.is_some() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.cfg.ping_timeout;
+        sess.ping = self.write(sess, &Action::new("Ping"), PendingKind::Ping, deadline)?;
+        Ok(())
+    }
+
+    fn start_resync(&mut self, sess: &mut Session) -> Result<(), Lost> {
+        let action = if sess.modern {
+            "CoreShowChannels"
+        } else {
+            "Status"
+        };
+        self.send_resync(sess, action, false)
+    }
+
+    fn send_resync(
+        &mut self,
+        sess: &mut Session,
+        action: &'static str,
+        fell_back: bool,
+    ) -> Result<(), Lost> {
+        sess.resync_in_flight = true;
+        let deadline = Instant::now() + self.cfg.action_timeout;
+        self.write(
+            sess,
+            &Action::new(action),
+            PendingKind::Resync { action, fell_back },
+            deadline,
+        )
+        .map(|_| ())
+    }
+
+    /// Delivers the snapshot (if any), then the events held meanwhile.
+    fn finish_resync(&mut self, sess: &mut Session, channels: Option<Vec<AmiMessage>>) {
+        sess.resync_in_flight = false;
+        if let Some(channels) = channels {
+            let n = channels.len();
+            if self.deliver(SourceEvent::AmiSnapshot {
+                pbx: self.pbx.clone(),
+                received_at: now_epoch(),
+                channels,
+            }) {
+                debug!(pbx = %self.pbx, "delivered a snapshot of {n} channels");
+            }
+        }
+        while let Some(ev) = sess.held.pop_front() {
+            self.deliver(ev);
+        }
+    }
+
+    fn housekeeping(&mut self, sess: &mut Session) -> Result<(), Lost> {
+        let now = Instant::now();
+        let expired: Vec<String> = sess
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.deadline <= now || matches!(&p.kind, PendingKind::User(c) if c.reply.is_closed())
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(p) = sess.pending.remove(&id) {
+                if matches!(&p.kind, PendingKind::User(c) if c.reply.is_closed()) {
+                    debug!(pbx = %self.pbx, "caller of {id} is gone; a late answer will be dropped");
+                    continue;
+                }
+                self.complete(sess, &id, p, Err(AmiError::Timeout))?;
+            }
+        }
+        if sess.writer.is_finished() {
+            return Err(Lost("writing to the PBX failed".into()));
+        }
+        if self.overflow.resync_needed && !sess.resync_in_flight && self.queue_has_room() {
+            let recent = self
+                .overflow
+                .last_resync
+                .is_some_and(|t| t.elapsed() < OVERFLOW_RESYNC_MIN_INTERVAL);
+            if !recent {
+                info!(
+                    pbx = %self.pbx,
+                    "normalizer queue has room again after {} dropped events; resyncing channels",
+                    self.overflow.dropped
+                );
+                self.overflow.active = false;
+                self.overflow.dropped = 0;
+                self.overflow.resync_needed = false;
+                self.overflow.last_resync = Some(now);
+                self.start_resync(sess)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_has_room(&self) -> bool {
+        let max = self.events.max_capacity().max(1);
+        self.events.capacity() * 2 >= max
+    }
+
+    /// Forwards an unsolicited event (held back while a resync runs).
+    fn forward(&mut self, sess: &mut Session, msg: AmiMessage) {
+        let ev = SourceEvent::Ami {
+            pbx: self.pbx.clone(),
+            received_at: now_epoch(),
+            msg,
+        };
+        if sess.resync_in_flight {
+            if sess.held.len() < self.cfg.queue_capacity.max(1) {
+                sess.held.push_back(ev);
+            } else {
+                self.dropped();
+            }
+        } else {
+            self.deliver(ev);
+        }
+    }
+
+    /// `try_send` to the normalizer; never waits. True when queued.
+    fn deliver(&mut self, ev: SourceEvent) -> bool {
+        match self.events.try_send(ev) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                if !self.events_closed_logged {
+                    self.events_closed_logged = true;
+                    warn!(pbx = %self.pbx, "the events channel is closed; AMI events are discarded");
+                }
+                false
+            }
+        }
+    }
+
+    fn dropped(&mut self) {
+        metrics()
+            .ami_queue_dropped
+            .with_label_values(&[&self.pbx])
+            .inc();
+        if !self.overflow.active {
+            self.overflow.active = true;
+            warn!(
+                pbx = %self.pbx,
+                "normalizer queue is full: dropping AMI events until it drains, then resyncing"
+            );
+        }
+        self.overflow.dropped += 1;
+        self.overflow.resync_needed = true;
+    }
+
+    /// Settles the actions in flight when a session ends.
+    fn fail_pending(&mut self, sess: &mut Session, lost: bool) {
+        let now = Instant::now();
+        let mut requeue: Vec<(u64, Command)> = Vec::new();
+        for (_, p) in sess.pending.drain() {
+            let PendingKind::User(cmd) = p.kind else {
+                continue;
+            };
+            if lost
+                && is_idempotent(cmd.action.name())
+                && !cmd.reply.is_closed()
+                && cmd.deadline > now
+            {
+                requeue.push((p.n, cmd));
+            } else if lost {
+                count_action(&self.pbx, cmd.action.name(), "disconnected");
+                let _ = cmd.reply.send(Err(AmiError::Disconnected));
+            } else {
+                let _ = cmd.reply.send(Err(AmiError::Shutdown));
+            }
+        }
+        requeue.sort_by_key(|(n, _)| *n);
+        for (_, cmd) in requeue.into_iter().rev() {
+            self.waiting.push_front(cmd);
+        }
+        sess.ping = None;
+        if sess.resync_in_flight {
+            // Interrupted: the next login must resync even if `resync` is off.
+            self.overflow.resync_needed = true;
+            sess.resync_in_flight = false;
+        }
+    }
+
+    /// Best-effort `Logoff`: waits briefly for the `Goodbye` (or EOF).
+    async fn logoff(&mut self, sess: &mut Session) {
+        let (id, _) = sess.next_id(&self.pbx);
+        let Ok(bytes) = Action::new("Logoff").encode(&id) else {
+            return;
+        };
+        if sess.writer_tx.try_send(bytes).is_err() {
+            return;
+        }
+        let wait = LOGOFF_TIMEOUT.min(self.cfg.action_timeout);
+        let framed = &mut sess.framed;
+        let _ = timeout(wait, async {
+            while let Some(Ok(frame)) = framed.next().await {
+                if let AmiFrame::Message(m) = frame {
+                    if matches!(m.kind(), MessageKind::Response(_)) && m.action_id() == Some(&id) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+        debug!(pbx = %self.pbx, "logged off");
+    }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(buf) = rx.recv().await {
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn write_raw(
+    wr: &mut OwnedWriteHalf,
+    action: &Action,
+    id: &str,
+    step: Duration,
+) -> Result<(), ConnectError> {
+    let bytes = action
+        .encode(id)
+        .map_err(|e| ConnectError::Protocol(format!("cannot encode {}: {e}", action.name())))?;
+    match timeout(step, wr.write_all(&bytes)).await {
+        Err(_) => Err(ConnectError::Io("write timed out".into())),
+        Ok(Err(e)) => Err(ConnectError::Io(e.to_string())),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+async fn read_banner(
+    framed: &mut FramedRead<OwnedReadHalf, AmiCodec>,
+    pbx: &PbxId,
+    step: Duration,
+) -> Result<Option<String>, ConnectError> {
+    let read = async {
+        loop {
+            match framed.next().await {
+                None => return Err(ConnectError::Io("closed before the banner".into())),
+                Some(Err(e)) => return Err(ConnectError::Io(e.to_string())),
+                Some(Ok(AmiFrame::Banner(b))) => return Ok(Some(b)),
+                Some(Ok(AmiFrame::Message(_))) => return Ok(None),
+                Some(Ok(AmiFrame::Skipped { reason, .. })) => {
+                    metrics()
+                        .ami_packets_skipped
+                        .with_label_values(&[pbx, reason.as_str()])
+                        .inc();
+                }
+            }
+        }
+    };
+    match timeout(step, read).await {
+        Err(_) => Err(ConnectError::Protocol("no banner".into())),
+        Ok(r) => r,
+    }
+}
+
+async fn read_response(
+    framed: &mut FramedRead<OwnedReadHalf, AmiCodec>,
+    pbx: &PbxId,
+    id: &str,
+    step: Duration,
+) -> Result<AmiMessage, ConnectError> {
+    let read = async {
+        loop {
+            match framed.next().await {
+                None => return Err(ConnectError::Io("closed during login".into())),
+                Some(Err(e)) => return Err(ConnectError::Io(e.to_string())),
+                Some(Ok(AmiFrame::Message(m))) => {
+                    if matches!(m.kind(), MessageKind::Response(_)) && m.action_id() == Some(id) {
+                        return Ok(m);
+                    }
+                }
+                Some(Ok(AmiFrame::Skipped { reason, .. })) => {
+                    metrics()
+                        .ami_packets_skipped
+                        .with_label_values(&[pbx, reason.as_str()])
+                        .inc();
+                }
+                Some(Ok(AmiFrame::Banner(_))) => {}
+            }
+        }
+    };
+    match timeout(step, read).await {
+        Err(_) => Err(ConnectError::Io("no answer during login".into())),
+        Ok(r) => r,
+    }
+}
+
+fn is_success(m: &AmiMessage) -> bool {
+    m.get("Response")
+        .is_some_and(|r| r.eq_ignore_ascii_case("Success"))
+}
+
+fn is_error(m: &AmiMessage) -> bool {
+    m.get("Response")
+        .is_some_and(|r| r.eq_ignore_ascii_case("Error") || r.eq_ignore_ascii_case("Failure"))
+}
+
+fn outcome(r: &Result<ActionResponse, AmiError>) -> &'static str {
+    match r {
+        Ok(_) => "success",
+        Err(AmiError::Timeout) => "timeout",
+        Err(AmiError::Disconnected) => "disconnected",
+        Err(_) => "error",
+    }
+}
+
+fn count_action(pbx: &str, action: &str, outcome: &str) {
+    metrics()
+        .ami_actions
+        .with_label_values(&[pbx, action, outcome])
+        .inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn md5_key_is_hex_of_challenge_plus_secret() {
+        assert_eq!(
+            md5_key("1234", "secret"),
+            "10b168cd4f742410888c3c110f7a7e71"
+        );
+        assert_eq!(md5_key("", "").len(), 32);
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut ceilings = Vec::new();
+        for _ in 0..8 {
+            let c = b.ceiling();
+            let d = b.next_delay(&mut rng);
+            assert!(d >= c / 2 && d <= c, "{d:?} outside [{:?}, {c:?}]", c / 2);
+            ceilings.push(c.as_millis());
+        }
+        assert_eq!(ceilings, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        for _ in 0..100 {
+            b.next_delay(&mut rng);
+        }
+        assert_eq!(b.ceiling(), Duration::from_secs(2));
+        b.reset();
+        assert_eq!(b.ceiling(), Duration::from_millis(100));
+        let mut z = Backoff::new(Duration::ZERO, Duration::ZERO);
+        assert!(z.next_delay(&mut rng) >= MIN_BACKOFF / 2);
+    }
+
+    #[test]
+    fn list_detection() {
+        let start = AmiMessage::from_pairs([
+            ("Response", "Success"),
+            ("ActionID", "a"),
+            ("EventList", "start"),
+            ("Message", "Channels will follow"),
+        ]);
+        assert!(starts_list(&start));
+        // Asterisk 11 Status: no EventList, "will follow".
+        let old = AmiMessage::from_pairs([
+            ("Response", "Success"),
+            ("ActionID", "a"),
+            ("Message", "Channel status will follow"),
+        ]);
+        assert!(starts_list(&old));
+        // 14+ Command output is a single response.
+        let cmd = AmiMessage::from_pairs([
+            ("Response", "Success"),
+            ("Message", "Command output follows"),
+            ("Output", "x"),
+        ]);
+        assert!(!starts_list(&cmd));
+        let err = AmiMessage::from_pairs([("Response", "Error"), ("Message", "x will follow")]);
+        assert!(!starts_list(&err));
+
+        let item = AmiMessage::from_pairs([("Event", "Status"), ("ActionID", "a")]);
+        assert!(!ends_list(&item));
+        let done11 = AmiMessage::from_pairs([("Event", "StatusComplete"), ("Items", "2")]);
+        assert!(ends_list(&done11));
+        let qdone = AmiMessage::from_pairs([("Event", "QueueSummaryComplete")]);
+        assert!(ends_list(&qdone));
+        let peers =
+            AmiMessage::from_pairs([("Event", "PeerlistComplete"), ("EventList", "Complete")]);
+        assert!(ends_list(&peers));
+        let marked = AmiMessage::from_pairs([("Event", "Whatever"), ("EventList", "Complete")]);
+        assert!(ends_list(&marked));
+        let short = AmiMessage::from_pairs([("Event", "Cdr")]);
+        assert!(!ends_list(&short));
+    }
+
+    #[test]
+    fn action_id_format_and_banner_versions() {
+        assert_eq!(action_id("pbx1", 3, 17), "pbx1-3-17");
+        assert_eq!(ami_major("Asterisk Call Manager/9.0.0"), Some(9));
+        assert_eq!(ami_major("Asterisk Call Manager/1.3"), Some(1));
+        assert_eq!(ami_major("2.10.4"), Some(2));
+        assert_eq!(ami_major("garbage/x"), None);
+    }
+
+    #[test]
+    fn policies() {
+        assert!(is_idempotent("ping"));
+        assert!(is_idempotent("CoreShowChannels"));
+        for a in [
+            "Originate",
+            "Redirect",
+            "Atxfer",
+            "Hangup",
+            "Command",
+            "Logoff",
+        ] {
+            assert!(!is_idempotent(a), "{a}");
+        }
+        assert!(is_noise_event("VarSet"));
+        assert!(!is_noise_event("Newexten"));
+        assert!(!is_noise_event("Cdr"));
+    }
+
+    #[test]
+    fn config_debug_redacts_secret() {
+        let c = ClientConfig::new("p", "h", 5038, "u", "hunter2");
+        let s = format!("{c:?}");
+        assert!(!s.contains("hunter2"));
+        assert!(s.contains("<redacted>"));
+        assert_eq!(c.auth, AuthMode::Md5);
+        assert_eq!(c.events, "on");
+    }
+}

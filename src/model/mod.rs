@@ -128,7 +128,8 @@ pub struct Timestamp(pub f64);
 impl Timestamp {
     /// RFC 3339 text, e.g. `2026-11-22T19:10:48.127205Z`.
     pub fn to_rfc3339(self) -> String {
-        let nanos = (self.0 * 1e9).round() as i128;
+        // Microseconds first: epoch µs fit exactly in an f64, epoch ns do not.
+        let nanos = (self.0 * 1e6).round() as i128 * 1000;
         match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
             Ok(t) => {
                 let fmt = time::macros::format_description!(

@@ -158,6 +158,10 @@ pub struct PbxCalls {
     pending: Vec<(String, f64, f64)>,
     disconnected_at: Option<f64>,
     live_gauge: prometheus::IntGauge,
+    /// PBX clock minus local clock, from the last event with a `Timestamp`:
+    /// time-driven decisions ([`Normalizer::tick`](super::Normalizer::tick))
+    /// run on the PBX's clock, whatever the local one says.
+    skew: f64,
 }
 
 fn meaningful_exten(e: &str) -> bool {
@@ -189,8 +193,19 @@ impl PbxCalls {
             pending: Vec::new(),
             disconnected_at: None,
             live_gauge: metrics().live_calls.with_label_values(&[&pbx]),
+            skew: 0.0,
             pbx,
         }
+    }
+
+    /// Records the PBX clock's offset from the local clock.
+    pub fn observe_clock(&mut self, event_time: f64, received_at: f64) {
+        self.skew = event_time - received_at;
+    }
+
+    /// Local time → this PBX's clock.
+    pub fn pbx_time(&self, local: f64) -> f64 {
+        local + self.skew
     }
 
     /// Publishes the live-call gauge.

@@ -97,21 +97,34 @@ impl Normalizer {
                 received_at,
                 msg,
             } => {
-                let t = msg.timestamp().unwrap_or(*received_at);
-                match canonical::canonicalize(msg) {
-                    Some(c) => Self::pbx(pbxs, pbx).apply(cfg, &c, t, out),
-                    None => {
-                        // Not a call event (VarSet, Cdr, RTCP, …): only time advances.
-                        Self::pbx(pbxs, pbx).advance(cfg, t, out);
+                let p = Self::pbx(pbxs, pbx);
+                let t = match msg.timestamp() {
+                    Some(t) => {
+                        p.observe_clock(t, *received_at);
+                        t
                     }
+                    None => p.pbx_time(*received_at),
+                };
+                match canonical::canonicalize(msg) {
+                    Some(c) => p.apply(cfg, &c, t, out),
+                    // Not a call event (VarSet, Cdr, RTCP, …): only time advances.
+                    None => p.advance(cfg, t, out),
                 }
             }
             SourceEvent::AmiSnapshot {
                 pbx,
                 received_at,
                 channels,
-            } => Self::pbx(pbxs, pbx).snapshot(cfg, channels, *received_at, out),
-            SourceEvent::AmiDisconnected { pbx, at } => Self::pbx(pbxs, pbx).disconnected(*at),
+            } => {
+                let p = Self::pbx(pbxs, pbx);
+                let t = p.pbx_time(*received_at);
+                p.snapshot(cfg, channels, t, out)
+            }
+            SourceEvent::AmiDisconnected { pbx, at } => {
+                let p = Self::pbx(pbxs, pbx);
+                let t = p.pbx_time(*at);
+                p.disconnected(t)
+            }
         }
         metrics()
             .normalize_seconds
@@ -127,9 +140,12 @@ impl Normalizer {
     }
 
     /// Settles what time alone decides (maximum call age, undecided ≤ 11
-    /// channels). `now` is epoch seconds on the events' clock.
+    /// channels). `now` is local epoch seconds; each PBX's decisions run on
+    /// that PBX's clock (its events' `Timestamp`s), so a PBX whose clock is
+    /// off never has its calls expired early or late.
     pub fn tick(&mut self, now: f64, out: &mut Vec<ModelEvent>) {
         for p in self.pbxs.values_mut() {
+            let now = p.pbx_time(now);
             p.advance(&self.cfg, now, out);
             p.expire(&self.cfg, now, out);
             p.publish();

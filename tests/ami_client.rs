@@ -1,0 +1,532 @@
+//! The AMI client against the simulated PBX (real captures) on 127.0.0.1.
+//!
+//! Synchronisation is by signals only (events on the channel, simulator
+//! counters, connection state); `tokio::time::timeout` is a safety net.
+
+mod support;
+
+use std::time::Duration;
+
+use callhook::ami::client::{self, AmiError, AuthMode, ConnectionState};
+use callhook::ami::simulator::{AfterCapture, SimSession, Simulator};
+use callhook::ami::{Action, AmiMessage};
+use callhook::metrics::metrics;
+use callhook::source::SourceEvent;
+use support::*;
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn sim(sessions: Vec<SimSession>) -> Simulator {
+    let mut s = Simulator::new(USER, SECRET);
+    s.sessions = sessions;
+    s
+}
+
+async fn stop(handle: &client::AmiHandle, token: &CancellationToken) {
+    token.cancel();
+    timeout(WAIT, handle.stopped())
+        .await
+        .expect("client did not stop");
+}
+
+/// 1. MD5 login, then exactly the non-noise unsolicited events, in order.
+#[tokio::test]
+async fn md5_login_then_unsolicited_events_in_order() {
+    let cap = fixture("asterisk-20/incoming-answered.ami");
+    let expected = expected_events(&cap);
+    assert!(expected.len() > 20, "fixture too small: {}", expected.len());
+    let sim = sim(vec![SimSession::new(cap, AfterCapture::StayOpen)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let token = CancellationToken::new();
+    let h = client::spawn(config("t-md5", sim.local_addr()), tx, token.clone());
+
+    // The post-login resync comes first (no call up: empty).
+    assert!(next_snapshot(&mut rx).await.is_empty());
+    let got = next_ami(&mut rx, expected.len()).await;
+    assert_eq!(names(&got), names(&expected));
+    assert_eq!(got, expected);
+
+    // Nothing else: once the replay is written, a Ping answer (which follows
+    // every replayed byte on the wire) proves the client has read it all.
+    sim.wait_for(|s| s.replays_completed >= 1).await;
+    let pong = h.send(Action::new("Ping")).await.unwrap();
+    assert_eq!(pong.response.get("Ping"), Some("Pong"));
+    assert!(rx.try_recv().is_err(), "unexpected extra event");
+
+    let stats = sim.stats();
+    assert_eq!(stats.action_count("Challenge"), 1);
+    assert_eq!(stats.logins, 1);
+    assert_eq!(h.state(), ConnectionState::LoggedIn);
+    let m = metrics();
+    assert_eq!(
+        m.ami_connection_state.with_label_values(&["t-md5"]).get(),
+        2
+    );
+    assert!(
+        m.ami_events
+            .with_label_values(&["t-md5", "Newchannel"])
+            .get()
+            >= 2
+    );
+    stop(&h, &token).await;
+}
+
+/// 2a. Plain login works.
+#[tokio::test]
+async fn plain_login() {
+    let sim = sim(vec![SimSession::empty(AfterCapture::StayOpen)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(100);
+    let token = CancellationToken::new();
+    let mut cfg = config("t-plain", sim.local_addr());
+    cfg.auth = AuthMode::Plain;
+    let h = client::spawn(cfg, tx, token.clone());
+    next_snapshot(&mut rx).await;
+    assert_eq!(h.state(), ConnectionState::LoggedIn);
+    let stats = sim.stats();
+    assert_eq!(stats.logins, 1);
+    assert_eq!(stats.action_count("Challenge"), 0);
+    assert_eq!(stats.action_count("Login"), 1);
+    stop(&h, &token).await;
+}
+
+/// 2b. A wrong secret: state down, retries with backoff, no hammering.
+#[tokio::test]
+async fn wrong_secret_backs_off() {
+    let sim = sim(vec![]).start().await.unwrap();
+    let (tx, mut rx) = mpsc::channel(100);
+    let token = CancellationToken::new();
+    let mut cfg = config("t-badauth", sim.local_addr());
+    cfg.secret = "wrong".into();
+    cfg.backoff_initial = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_secs(1);
+    let h = client::spawn(cfg, tx, token.clone());
+
+    let first = timeout(WAIT, sim.wait_for(|s| s.failed_logins >= 1))
+        .await
+        .unwrap();
+    assert_eq!(first.logins, 0);
+    let t0 = Instant::now();
+    let mut state = h.watch_state();
+    timeout(WAIT, state.wait_for(|s| *s == ConnectionState::Down))
+        .await
+        .unwrap()
+        .unwrap();
+    // Three more attempts: equal jitter waits at least 50 + 100 + 200 ms.
+    timeout(WAIT, sim.wait_for(|s| s.failed_logins >= 4))
+        .await
+        .unwrap();
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300),
+        "retried too fast: {elapsed:?}"
+    );
+    // Measure the attempt rate over 2 s from the first failure.
+    tokio::time::sleep_until(t0 + Duration::from_secs(2)).await;
+    let attempts = sim.stats().failed_logins;
+    assert!(attempts < 20, "hammering: {attempts} logins in 2 s");
+    assert_eq!(sim.stats().logins, 0);
+    assert_ne!(h.state(), ConnectionState::LoggedIn);
+    assert!(
+        metrics()
+            .ami_reconnects
+            .with_label_values(&["t-badauth"])
+            .get()
+            >= 3
+    );
+    // No events at all, not even a disconnect (never logged in).
+    assert!(rx.try_recv().is_err());
+    stop(&h, &token).await;
+}
+
+/// 3. Reconnect: part 1, disconnect, snapshot of the live channels, part 2.
+async fn reconnect_scenario(dir: &str, pbx: &str, list_item: &str) {
+    let before = fixture(&format!("{dir}/reconnect-before.ami"));
+    let after = fixture(&format!("{dir}/reconnect-after.ami"));
+    let exp1 = expected_events(&before);
+    let exp2 = expected_events(&after);
+    let snapshot: Vec<AmiMessage> = list_items(&after, list_item)
+        .iter()
+        .map(without_action_id)
+        .collect();
+    assert_eq!(snapshot.len(), 2);
+    let sim = sim(vec![
+        SimSession::new(before, AfterCapture::Close),
+        SimSession::new(after, AfterCapture::StayOpen),
+    ])
+    .start()
+    .await
+    .unwrap();
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let token = CancellationToken::new();
+    let h = client::spawn(config(pbx, sim.local_addr()), tx, token.clone());
+
+    assert!(next_snapshot(&mut rx).await.is_empty());
+    assert_eq!(next_ami(&mut rx, exp1.len()).await, exp1);
+    next_disconnect(&mut rx).await;
+    let channels = next_snapshot(&mut rx).await;
+    assert!(channels.iter().all(|c| c.event() == Some(list_item)));
+    let channels: Vec<AmiMessage> = channels.iter().map(without_action_id).collect();
+    assert_eq!(channels, snapshot);
+    assert_eq!(next_ami(&mut rx, exp2.len()).await, exp2);
+
+    let stats = sim.stats();
+    assert_eq!(stats.connections, 2);
+    assert_eq!(stats.logins, 2);
+    let resync_action = if list_item == "Status" {
+        "Status"
+    } else {
+        "CoreShowChannels"
+    };
+    assert_eq!(stats.action_count(resync_action), 2);
+    assert!(metrics().ami_reconnects.with_label_values(&[pbx]).get() >= 1);
+    stop(&h, &token).await;
+}
+
+#[tokio::test]
+async fn reconnect_resyncs_asterisk_20() {
+    reconnect_scenario("asterisk-20", "t-rec20", "CoreShowChannel").await;
+}
+
+#[tokio::test]
+async fn reconnect_resyncs_asterisk_11_with_status() {
+    reconnect_scenario("asterisk-11", "t-rec11", "Status").await;
+}
+
+/// 4. Responses and list items go to the caller, never to the events channel.
+async fn action_routing(dir: &str, pbx: &str, snapshot_item: &str) {
+    let cap = fixture(&format!("{dir}/status-actions.ami"));
+    let expected = expected_events(&cap);
+    let sim = sim(vec![SimSession::new(cap, AfterCapture::StayOpen)])
+        .speed(Some(20.0))
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let token = CancellationToken::new();
+    let h = client::spawn(config(pbx, sim.local_addr()), tx, token.clone());
+
+    let snap = next_snapshot(&mut rx).await;
+    assert_eq!(snap.len(), 4, "{snap:?}");
+    assert!(snap.iter().all(|c| c.event() == Some(snapshot_item)));
+
+    // Events are flowing: send actions now.
+    let mut received = next_ami(&mut rx, 1).await;
+    let (csc, ping, other) = tokio::join!(
+        h.send(Action::new("CoreShowChannels")),
+        h.send(Action::new("Ping")),
+        h.send(Action::new("QueueStatus").field("Queue", "ventas")),
+    );
+    assert_eq!(
+        sim.stats().replays_completed,
+        0,
+        "the replay should still be running"
+    );
+    let csc = csc.unwrap();
+    let id = csc.response.action_id().unwrap().to_string();
+    assert!(id.starts_with(&format!("{pbx}-")), "{id}");
+    assert_eq!(csc.items.len(), 4);
+    assert!(csc
+        .items
+        .iter()
+        .all(|i| i.event() == Some("CoreShowChannel") && i.action_id() == Some(id.as_str())));
+    let ping = ping.unwrap();
+    assert_eq!(ping.response.get("Ping"), Some("Pong"));
+    assert!(ping.items.is_empty());
+    let other = other.unwrap();
+    assert_eq!(other.response.get("Response"), Some("Success"));
+    assert!(!other.items.is_empty(), "QueueStatus is a canned list");
+
+    sim.wait_for(|s| s.replays_completed >= 1).await;
+    h.send(Action::new("Ping")).await.unwrap();
+    while let Ok(ev) = rx.try_recv() {
+        match ev {
+            SourceEvent::Ami { msg, .. } => received.push(msg),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for m in &received {
+        assert!(
+            m.action_id().is_none() || m.event() == Some("OriginateResponse"),
+            "a response or list item leaked: {m:?}"
+        );
+    }
+    assert_eq!(names(&received), names(&expected));
+    assert_eq!(received, expected);
+    stop(&h, &token).await;
+}
+
+#[tokio::test]
+async fn actions_are_routed_by_action_id_asterisk_20() {
+    action_routing("asterisk-20", "t-route20", "CoreShowChannel").await;
+}
+
+#[tokio::test]
+async fn actions_are_routed_by_action_id_asterisk_11() {
+    action_routing("asterisk-11", "t-route11", "Status").await;
+}
+
+/// 4b. OriginateResponse is broadcast: forwarded as an event.
+#[tokio::test]
+async fn originate_response_is_forwarded() {
+    let cap = fixture("asterisk-20/click-to-call.ami");
+    let expected = expected_events(&cap);
+    assert!(expected
+        .iter()
+        .any(|m| m.event() == Some("OriginateResponse")));
+    let sim = sim(vec![SimSession::new(cap, AfterCapture::StayOpen)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(10_000);
+    let token = CancellationToken::new();
+    let h = client::spawn(config("t-orig", sim.local_addr()), tx, token.clone());
+    next_snapshot(&mut rx).await;
+    assert_eq!(next_ami(&mut rx, expected.len()).await, expected);
+    stop(&h, &token).await;
+}
+
+/// 5. A peer that stops answering Ping is declared dead and replaced.
+#[tokio::test]
+async fn ping_timeout_reconnects() {
+    let sim = sim(vec![
+        SimSession::empty(AfterCapture::Unresponsive),
+        SimSession::empty(AfterCapture::StayOpen),
+    ])
+    .start()
+    .await
+    .unwrap();
+    let (tx, mut rx) = mpsc::channel(100);
+    let token = CancellationToken::new();
+    let mut cfg = config("t-ping", sim.local_addr());
+    cfg.ping_interval = Duration::from_millis(200);
+    cfg.ping_timeout = Duration::from_millis(200);
+    let h = client::spawn(cfg, tx, token.clone());
+
+    next_snapshot(&mut rx).await;
+    let t0 = Instant::now();
+    next_disconnect(&mut rx).await;
+    let dead_after = t0.elapsed();
+    assert!(
+        dead_after >= Duration::from_millis(300) && dead_after < Duration::from_millis(1000),
+        "declared dead after {dead_after:?}"
+    );
+    next_snapshot(&mut rx).await;
+    let stats = sim.stats();
+    assert_eq!(stats.connections, 2);
+    assert!(stats.action_count("Ping") >= 1);
+    stop(&h, &token).await;
+}
+
+/// 6. An Originate in flight when the connection drops is never re-sent; one
+///    submitted while disconnected is sent once after the next login.
+#[tokio::test]
+async fn originate_is_not_resent_after_reconnect() {
+    let sim = sim(vec![
+        SimSession::empty(AfterCapture::CloseOnAction("Originate".into())),
+        SimSession::empty(AfterCapture::StayOpen),
+    ])
+    .start()
+    .await
+    .unwrap();
+    let (tx, mut rx) = mpsc::channel(100);
+    let token = CancellationToken::new();
+    let mut cfg = config("t-noresend", sim.local_addr());
+    cfg.backoff_initial = Duration::from_millis(400);
+    let h = client::spawn(cfg, tx, token.clone());
+    next_snapshot(&mut rx).await;
+
+    let originate = || {
+        Action::new("Originate")
+            .field("Channel", "SIP/1001")
+            .field("Context", "from-internal")
+            .field("Exten", "02122853348")
+            .field("Priority", "1")
+            .field("Async", "true")
+    };
+    let r = h.send(originate()).await;
+    assert_eq!(r, Err(AmiError::Disconnected));
+    // The client is now backing off (>= 200 ms): this one waits for the login.
+    let second = h.send(originate());
+    let (second, ()) = tokio::join!(second, async {
+        next_disconnect(&mut rx).await;
+        next_snapshot(&mut rx).await;
+    });
+    let second = second.unwrap();
+    assert_eq!(second.response.get("Message"), Some("queued (simulated)"));
+    // A Ping round trip after the reconnect: anything re-sent would be before it.
+    h.send(Action::new("Ping")).await.unwrap();
+    let stats = sim.stats();
+    assert_eq!(stats.connections, 2);
+    assert_eq!(stats.action_count("Originate"), 2, "{stats:?}");
+    assert_eq!(
+        metrics()
+            .ami_actions
+            .with_label_values(&["t-noresend", "Originate", "disconnected"])
+            .get(),
+        1
+    );
+    stop(&h, &token).await;
+}
+
+/// 7. A full events queue never stalls the reader; a resync follows.
+#[tokio::test]
+async fn full_queue_drops_then_resyncs() {
+    let cap = fixture("asterisk-20/incoming-answered.ami");
+    let expected = expected_events(&cap);
+    let sim = sim(vec![SimSession::new(cap, AfterCapture::StayOpen)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(1);
+    let token = CancellationToken::new();
+    let h = client::spawn(config("t-full", sim.local_addr()), tx, token.clone());
+
+    // Nobody reads: the login snapshot fills the queue, the replay still
+    // completes and the client still answers actions.
+    timeout(WAIT, sim.wait_for(|s| s.replays_completed >= 1))
+        .await
+        .unwrap();
+    let pong = h.send(Action::new("Ping")).await.unwrap();
+    assert_eq!(pong.response.get("Ping"), Some("Pong"));
+    let dropped = metrics()
+        .ami_queue_dropped
+        .with_label_values(&["t-full"])
+        .get();
+    assert_eq!(dropped, expected.len() as u64);
+    assert_eq!(sim.stats().action_count("CoreShowChannels"), 1);
+
+    // The consumer wakes up: the old snapshot, then a fresh one (resync).
+    assert!(next_snapshot(&mut rx).await.is_empty());
+    next_snapshot(&mut rx).await;
+    assert_eq!(sim.stats().action_count("CoreShowChannels"), 2);
+    stop(&h, &token).await;
+}
+
+/// 8. Shutdown: Logoff reaches the PBX, the task ends, sends fail.
+#[tokio::test]
+async fn shutdown_logs_off() {
+    let sim = sim(vec![SimSession::empty(AfterCapture::StayOpen)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(100);
+    let token = CancellationToken::new();
+    let h = client::spawn(config("t-shutdown", sim.local_addr()), tx, token.clone());
+    next_snapshot(&mut rx).await;
+
+    token.cancel();
+    timeout(WAIT, h.stopped()).await.expect("task did not end");
+    timeout(
+        WAIT,
+        sim.wait_for(|s| s.action_count("Logoff") == 1 && s.closed == 1),
+    )
+    .await
+    .expect("no Logoff");
+    assert_eq!(h.state(), ConnectionState::Stopped);
+    assert_eq!(h.send(Action::new("Ping")).await, Err(AmiError::Shutdown));
+    // A deliberate shutdown is not a lost connection.
+    assert!(rx.try_recv().is_err());
+    assert_eq!(
+        metrics()
+            .ami_connection_state
+            .with_label_values(&["t-shutdown"])
+            .get(),
+        0
+    );
+    sim.shutdown().await;
+}
+
+/// 9. Oversized packets are skipped and counted; the stream goes on.
+#[tokio::test]
+async fn oversized_packet_is_skipped() {
+    let big = "x".repeat(4096);
+    let cap = format!(
+        "Asterisk Call Manager/9.0.0\r\n\
+         Event: Newchannel\r\nChannel: SIP/1-1\r\nUniqueid: 1.1\r\n\r\n\
+         Event: Newexten\r\nChannel: SIP/1-1\r\nAppData: {big}\r\n\r\n\
+         Event: Hangup\r\nChannel: SIP/1-1\r\nUniqueid: 1.1\r\n\r\n"
+    );
+    let sim = sim(vec![SimSession::new(cap, AfterCapture::StayOpen)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(100);
+    let token = CancellationToken::new();
+    let mut cfg = config("t-skip", sim.local_addr());
+    cfg.max_packet = 1024;
+    let h = client::spawn(cfg, tx, token.clone());
+    next_snapshot(&mut rx).await;
+    let got = next_ami(&mut rx, 2).await;
+    assert_eq!(names(&got), ["Newchannel", "Hangup"]);
+    assert_eq!(
+        metrics()
+            .ami_packets_skipped
+            .with_label_values(&["t-skip", "oversized"])
+            .get(),
+        1
+    );
+    stop(&h, &token).await;
+}
+
+/// Actions time out when nothing answers; the connection is declared dead
+/// by the ping deadline meanwhile.
+#[tokio::test]
+async fn action_timeout() {
+    let sim = sim(vec![SimSession::empty(AfterCapture::Unresponsive)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(100);
+    let token = CancellationToken::new();
+    let mut cfg = config("t-timeout", sim.local_addr());
+    cfg.action_timeout = Duration::from_millis(300);
+    let h = client::spawn(cfg, tx, token.clone());
+    next_snapshot(&mut rx).await;
+    let t0 = Instant::now();
+    let r = h.send(Action::new("QueueStatus")).await;
+    assert_eq!(r, Err(AmiError::Timeout));
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(900),
+        "{took:?}"
+    );
+    stop(&h, &token).await;
+}
+
+/// 6b. A read-only action in flight when the connection drops is re-sent
+///     after the next login, within its deadline.
+#[tokio::test]
+async fn idempotent_action_is_resent_after_reconnect() {
+    let sim = sim(vec![
+        SimSession::empty(AfterCapture::CloseOnAction("QueueStatus".into())),
+        SimSession::empty(AfterCapture::StayOpen),
+    ])
+    .start()
+    .await
+    .unwrap();
+    let (tx, mut rx) = mpsc::channel(100);
+    let token = CancellationToken::new();
+    let h = client::spawn(config("t-resend", sim.local_addr()), tx, token.clone());
+    next_snapshot(&mut rx).await;
+    let r = h
+        .send(Action::new("QueueStatus").field("Queue", "ventas"))
+        .await
+        .unwrap();
+    assert_eq!(r.response.get("Message"), Some("queued (simulated)"));
+    let id = r.response.action_id().unwrap();
+    assert!(
+        id.starts_with("t-resend-2-"),
+        "sent on the 2nd connection: {id}"
+    );
+    assert_eq!(sim.stats().action_count("QueueStatus"), 2);
+    next_disconnect(&mut rx).await;
+    next_snapshot(&mut rx).await;
+    stop(&h, &token).await;
+}
