@@ -16,8 +16,11 @@
 pub mod ami;
 pub mod app;
 pub mod config;
+pub mod deliver;
 pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod replay;
+pub mod rules;
 pub mod source;
+pub mod template;

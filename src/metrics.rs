@@ -8,8 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics, registered in one registry.
@@ -42,6 +42,40 @@ pub struct Metrics {
     pub normalize_seconds: Histogram,
     /// Lines of replay/daemon output that could not be written.
     pub output_errors: IntCounter,
+    /// Rule matches, by rule.
+    pub rule_matches: IntCounterVec,
+    /// Templates that failed to render at fire time, by rule.
+    pub render_errors: IntCounterVec,
+    /// Deliveries written to the outbox, by target.
+    pub deliveries_enqueued: IntCounterVec,
+    /// Deliveries not enqueued because their idempotency key was already there, by target.
+    pub deliveries_duplicate: IntCounterVec,
+    /// Deliveries by final outcome (delivered, dead, expired, rejected), counted once each.
+    pub deliveries: IntCounterVec,
+    /// HTTP attempts by target and status (`200`, `429`, `5xx`…, or `error`/`timeout`).
+    pub delivery_attempts: IntCounterVec,
+    /// Attempts scheduled again after a failure, by target.
+    pub delivery_retries: IntCounterVec,
+    /// Deliveries waiting in the outbox.
+    pub outbox_depth: IntGauge,
+    /// Age of the oldest waiting delivery.
+    pub outbox_oldest_age_seconds: Gauge,
+    /// Deliveries refused because the outbox was at its cap.
+    pub outbox_full: IntCounter,
+    /// HTTP request latency by target.
+    pub delivery_seconds: HistogramVec,
+    /// From the call event to the first attempt, by target.
+    pub event_to_request_seconds: HistogramVec,
+    /// Times a delivery waited for its target's rate limit.
+    pub rate_limit_waits: IntCounterVec,
+    /// Breaker state by target: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// 1 when a target was disabled by a `410 Gone`.
+    pub target_disabled: IntGaugeVec,
+    /// 1 when the last configuration reload succeeded.
+    pub config_last_reload_successful: IntGauge,
+    /// Reloads by outcome (success, failure).
+    pub config_reloads: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -64,6 +98,18 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
     r.register(Box::new(g.clone()))
         .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
     g
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, name: &str, m: T) -> T {
+    r.register(Box::new(m.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    m
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    register(r, name, h)
 }
 
 impl Metrics {
@@ -157,6 +203,23 @@ impl Metrics {
             ),
             normalize_seconds,
             output_errors,
+            rule_matches: counter_vec(&r, "callhook_rule_matches_total", "Rule matches", &["rule"]),
+            render_errors: counter_vec(&r, "callhook_render_errors_total", "Templates that failed to render", &["rule"]),
+            deliveries_enqueued: counter_vec(&r, "callhook_deliveries_enqueued_total", "Deliveries written to the outbox", &["target"]),
+            deliveries_duplicate: counter_vec(&r, "callhook_deliveries_duplicate_total", "Deliveries skipped: idempotency key already enqueued", &["target"]),
+            deliveries: counter_vec(&r, "callhook_deliveries_total", "Deliveries by final outcome", &["target", "outcome"]),
+            delivery_attempts: counter_vec(&r, "callhook_delivery_attempts_total", "HTTP attempts by status", &["target", "status"]),
+            delivery_retries: counter_vec(&r, "callhook_delivery_retries_total", "Attempts scheduled again after a failure", &["target"]),
+            outbox_depth: register(&r, "callhook_outbox_depth", IntGauge::new("callhook_outbox_depth", "Deliveries waiting in the outbox").unwrap_or_else(|e| panic!("{e}"))),
+            outbox_oldest_age_seconds: register(&r, "callhook_outbox_oldest_age_seconds", Gauge::new("callhook_outbox_oldest_age_seconds", "Age of the oldest waiting delivery").unwrap_or_else(|e| panic!("{e}"))),
+            outbox_full: register(&r, "callhook_outbox_full_total", IntCounter::new("callhook_outbox_full_total", "Deliveries refused: outbox at its cap").unwrap_or_else(|e| panic!("{e}"))),
+            delivery_seconds: histogram_vec(&r, "callhook_delivery_seconds", "HTTP request latency", &["target"], vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            event_to_request_seconds: histogram_vec(&r, "callhook_event_to_request_seconds", "From the call event to the first attempt", &["target"], vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0]),
+            rate_limit_waits: counter_vec(&r, "callhook_rate_limit_waits_total", "Deliveries that waited for the rate limit", &["target"]),
+            breaker_state: gauge_vec(&r, "callhook_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", &["target"]),
+            target_disabled: gauge_vec(&r, "callhook_target_disabled", "1 when a target answered 410 Gone and was disabled", &["target"]),
+            config_last_reload_successful: register(&r, "callhook_config_last_reload_successful", IntGauge::new("callhook_config_last_reload_successful", "1 when the last reload succeeded").unwrap_or_else(|e| panic!("{e}"))),
+            config_reloads: counter_vec(&r, "callhook_config_reloads_total", "Configuration reloads by outcome", &["outcome"]),
             registry: r,
         }
     }
