@@ -106,7 +106,13 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, name
     m
 }
 
-fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
         .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
     register(r, name, h)
@@ -204,22 +210,117 @@ impl Metrics {
             normalize_seconds,
             output_errors,
             rule_matches: counter_vec(&r, "callhook_rule_matches_total", "Rule matches", &["rule"]),
-            render_errors: counter_vec(&r, "callhook_render_errors_total", "Templates that failed to render", &["rule"]),
-            deliveries_enqueued: counter_vec(&r, "callhook_deliveries_enqueued_total", "Deliveries written to the outbox", &["target"]),
-            deliveries_duplicate: counter_vec(&r, "callhook_deliveries_duplicate_total", "Deliveries skipped: idempotency key already enqueued", &["target"]),
-            deliveries: counter_vec(&r, "callhook_deliveries_total", "Deliveries by final outcome", &["target", "outcome"]),
-            delivery_attempts: counter_vec(&r, "callhook_delivery_attempts_total", "HTTP attempts by status", &["target", "status"]),
-            delivery_retries: counter_vec(&r, "callhook_delivery_retries_total", "Attempts scheduled again after a failure", &["target"]),
-            outbox_depth: register(&r, "callhook_outbox_depth", IntGauge::new("callhook_outbox_depth", "Deliveries waiting in the outbox").unwrap_or_else(|e| panic!("{e}"))),
-            outbox_oldest_age_seconds: register(&r, "callhook_outbox_oldest_age_seconds", Gauge::new("callhook_outbox_oldest_age_seconds", "Age of the oldest waiting delivery").unwrap_or_else(|e| panic!("{e}"))),
-            outbox_full: register(&r, "callhook_outbox_full_total", IntCounter::new("callhook_outbox_full_total", "Deliveries refused: outbox at its cap").unwrap_or_else(|e| panic!("{e}"))),
-            delivery_seconds: histogram_vec(&r, "callhook_delivery_seconds", "HTTP request latency", &["target"], vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            event_to_request_seconds: histogram_vec(&r, "callhook_event_to_request_seconds", "From the call event to the first attempt", &["target"], vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0]),
-            rate_limit_waits: counter_vec(&r, "callhook_rate_limit_waits_total", "Deliveries that waited for the rate limit", &["target"]),
-            breaker_state: gauge_vec(&r, "callhook_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", &["target"]),
-            target_disabled: gauge_vec(&r, "callhook_target_disabled", "1 when a target answered 410 Gone and was disabled", &["target"]),
-            config_last_reload_successful: register(&r, "callhook_config_last_reload_successful", IntGauge::new("callhook_config_last_reload_successful", "1 when the last reload succeeded").unwrap_or_else(|e| panic!("{e}"))),
-            config_reloads: counter_vec(&r, "callhook_config_reloads_total", "Configuration reloads by outcome", &["outcome"]),
+            render_errors: counter_vec(
+                &r,
+                "callhook_render_errors_total",
+                "Templates that failed to render",
+                &["rule"],
+            ),
+            deliveries_enqueued: counter_vec(
+                &r,
+                "callhook_deliveries_enqueued_total",
+                "Deliveries written to the outbox",
+                &["target"],
+            ),
+            deliveries_duplicate: counter_vec(
+                &r,
+                "callhook_deliveries_duplicate_total",
+                "Deliveries skipped: idempotency key already enqueued",
+                &["target"],
+            ),
+            deliveries: counter_vec(
+                &r,
+                "callhook_deliveries_total",
+                "Deliveries by final outcome",
+                &["target", "outcome"],
+            ),
+            delivery_attempts: counter_vec(
+                &r,
+                "callhook_delivery_attempts_total",
+                "HTTP attempts by status",
+                &["target", "status"],
+            ),
+            delivery_retries: counter_vec(
+                &r,
+                "callhook_delivery_retries_total",
+                "Attempts scheduled again after a failure",
+                &["target"],
+            ),
+            outbox_depth: register(
+                &r,
+                "callhook_outbox_depth",
+                IntGauge::new("callhook_outbox_depth", "Deliveries waiting in the outbox")
+                    .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            outbox_oldest_age_seconds: register(
+                &r,
+                "callhook_outbox_oldest_age_seconds",
+                Gauge::new(
+                    "callhook_outbox_oldest_age_seconds",
+                    "Age of the oldest waiting delivery",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            outbox_full: register(
+                &r,
+                "callhook_outbox_full_total",
+                IntCounter::new(
+                    "callhook_outbox_full_total",
+                    "Deliveries refused: outbox at its cap",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            delivery_seconds: histogram_vec(
+                &r,
+                "callhook_delivery_seconds",
+                "HTTP request latency",
+                &["target"],
+                vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            ),
+            event_to_request_seconds: histogram_vec(
+                &r,
+                "callhook_event_to_request_seconds",
+                "From the call event to the first attempt",
+                &["target"],
+                vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+                ],
+            ),
+            rate_limit_waits: counter_vec(
+                &r,
+                "callhook_rate_limit_waits_total",
+                "Deliveries that waited for the rate limit",
+                &["target"],
+            ),
+            breaker_state: gauge_vec(
+                &r,
+                "callhook_breaker_state",
+                "Circuit breaker: 0 closed, 1 half-open, 2 open",
+                &["target"],
+            ),
+            target_disabled: gauge_vec(
+                &r,
+                "callhook_target_disabled",
+                "1 when a target answered 410 Gone and was disabled",
+                &["target"],
+            ),
+            config_last_reload_successful: register(
+                &r,
+                "callhook_config_last_reload_successful",
+                IntGauge::new(
+                    "callhook_config_last_reload_successful",
+                    "1 when the last reload succeeded",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "callhook_config_reloads_total",
+                "Configuration reloads by outcome",
+                &["outcome"],
+            ),
             registry: r,
         }
     }

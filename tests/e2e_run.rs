@@ -115,8 +115,14 @@ fn is_call(v: &Value) -> bool {
 async fn reconnect_mid_call_gives_one_call_closed_once() {
     for v in ["asterisk-20", "asterisk-11"] {
         let sim = Simulator::new(USER, SECRET)
-            .session(fixture(&format!("{v}/reconnect-before.ami")), AfterCapture::Close)
-            .session(fixture(&format!("{v}/reconnect-after.ami")), AfterCapture::StayOpen)
+            .session(
+                fixture(&format!("{v}/reconnect-before.ami")),
+                AfterCapture::Close,
+            )
+            .session(
+                fixture(&format!("{v}/reconnect-after.ami")),
+                AfterCapture::StayOpen,
+            )
             .start()
             .await
             .unwrap();
@@ -130,10 +136,8 @@ async fn reconnect_mid_call_gives_one_call_closed_once() {
         let calls: Vec<&Value> = all.iter().filter(|e| is_call(e)).collect();
         assert_eq!(calls.len(), 1, "{v}: closed once: {all:#?}");
         let c = calls[0];
-        let truth: Value = serde_json::from_slice(&fixture(&format!(
-            "{v}/reconnect-after.truth.json"
-        )))
-        .unwrap();
+        let truth: Value =
+            serde_json::from_slice(&fixture(&format!("{v}/reconnect-after.truth.json"))).unwrap();
         let w = &truth["calls"][0];
         assert_eq!(c["session_id"], w["linkedid"], "{v}");
         assert_eq!(c["pbx"], "main");
@@ -143,9 +147,15 @@ async fn reconnect_mid_call_gives_one_call_closed_once() {
         assert_eq!(c["disposition"], "ANSWERED");
         assert_eq!(c["end_reason"], "hangup");
         let dur = c["duration"].as_f64().unwrap();
-        assert!((dur - w["duration_s"].as_f64().unwrap()).abs() <= 1.0, "{v}: {c}");
+        assert!(
+            (dur - w["duration_s"].as_f64().unwrap()).abs() <= 1.0,
+            "{v}: {c}"
+        );
         let bill = c["billsec"].as_f64().unwrap();
-        assert!((bill - w["billsec_s"].as_f64().unwrap()).abs() <= 1.0, "{v}: {c}");
+        assert!(
+            (bill - w["billsec_s"].as_f64().unwrap()).abs() <= 1.0,
+            "{v}: {c}"
+        );
         // The ringing leg before the drop, the hangup after it: one leg id.
         let legs: Vec<&Value> = all.iter().filter(|e| e["type"] == "leg").collect();
         let states: Vec<&str> = legs.iter().map(|l| l["state"].as_str().unwrap()).collect();
@@ -161,12 +171,18 @@ async fn reconnect_mid_call_gives_one_call_closed_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_pbxs_in_one_process_keep_their_ids() {
     let a = Simulator::new(USER, SECRET)
-        .session(fixture("asterisk-20/queue-answered.ami"), AfterCapture::StayOpen)
+        .session(
+            fixture("asterisk-20/queue-answered.ami"),
+            AfterCapture::StayOpen,
+        )
         .start()
         .await
         .unwrap();
     let b = Simulator::new(USER, SECRET)
-        .session(fixture("asterisk-11/queue-answered.ami"), AfterCapture::StayOpen)
+        .session(
+            fixture("asterisk-11/queue-answered.ami"),
+            AfterCapture::StayOpen,
+        )
         .start()
         .await
         .unwrap();
@@ -184,7 +200,12 @@ async fn several_pbxs_in_one_process_keep_their_ids() {
     let calls: Vec<&Value> = got.iter().filter(|e| is_call(e)).collect();
     let mut by_pbx: Vec<(String, String)> = calls
         .iter()
-        .map(|c| (c["pbx"].as_str().unwrap().to_string(), c["session_id"].as_str().unwrap().to_string()))
+        .map(|c| {
+            (
+                c["pbx"].as_str().unwrap().to_string(),
+                c["session_id"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     by_pbx.sort();
     assert_eq!(
@@ -195,7 +216,10 @@ async fn several_pbxs_in_one_process_keep_their_ids() {
         ]
     );
     // Every ringing leg carries the outside caller and its PBX's id.
-    for l in got.iter().filter(|e| e["type"] == "leg" && e["state"] == "ringing") {
+    for l in got
+        .iter()
+        .filter(|e| e["type"] == "leg" && e["state"] == "ringing")
+    {
         assert_eq!(l["caller_number"], "5559876543", "{l}");
         assert!(l["pbx"] == "sede-a" || l["pbx"] == "sede-b");
     }
@@ -220,13 +244,24 @@ fn check_reports_every_error_and_exits_non_zero() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("2 errors"), "{err}");
-    assert!(err.contains("E2E_UNSET_VAR_X") && err.contains("kerberos"), "{err}");
+    assert!(
+        err.contains("E2E_UNSET_VAR_X") && err.contains("kerberos"),
+        "{err}"
+    );
     let good = dir.join("good.yaml");
-    std::fs::write(&good, "pbx:\n  - id: main\n    ami: { host: 127.0.0.1, username: u, secret: plain-for-test }\n").unwrap();
+    std::fs::write(
+        &good,
+        "pbx:\n  - id: main\n    ami: { host: 127.0.0.1, username: u, secret: plain-for-test }\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_callhook"))
         .args(["check", "--config"])
         .arg(&good)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
