@@ -2,7 +2,7 @@
 //! 127.0.0.1 replaying real captures, reading the call model it prints.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -33,7 +33,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(config: &str, dir: &PathBuf) -> Daemon {
+    fn start(config: &str, dir: &Path) -> Daemon {
         let path = dir.join("callhook.yaml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_callhook"))
