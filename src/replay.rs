@@ -16,6 +16,7 @@ use std::io::Write;
 use bytes::BytesMut;
 use tokio_util::codec::Decoder;
 
+use crate::ami::client::{ends_list, starts_list};
 use crate::ami::{AmiCodec, AmiFrame, AmiMessage, MessageKind};
 use crate::model::{ModelEvent, State};
 use crate::normalize::Normalizer;
@@ -50,13 +51,7 @@ impl Router {
     pub fn route(&mut self, msg: AmiMessage) -> Routed {
         match msg.kind() {
             MessageKind::Response(_) => {
-                let starts_list = msg
-                    .get("EventList")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("start"))
-                    || msg
-                        .get("Message")
-                        .is_some_and(|m| m.to_ascii_lowercase().contains("will follow"));
-                if starts_list {
+                if starts_list(&msg) {
                     if let Some(id) = msg.action_id() {
                         self.list = Some((id.to_string(), Vec::new()));
                     }
@@ -69,7 +64,7 @@ impl Router {
                     _ => false,
                 };
                 if in_list {
-                    if name.to_ascii_lowercase().ends_with("complete") {
+                    if ends_list(&msg) {
                         let items = self.list.take().map(|(_, i)| i).unwrap_or_default();
                         let is_channels = items.iter().all(|m| {
                             m.event().is_some_and(|e| {

@@ -487,7 +487,7 @@ fn action_id(pbx: &str, seq: u64, n: u64) -> String {
 
 /// True when `resp` opens a list: `Response: Success` with `EventList: start`,
 /// or without `EventList` a `Message` containing "will follow".
-pub(crate) fn starts_list(resp: &AmiMessage) -> bool {
+pub fn starts_list(resp: &AmiMessage) -> bool {
     let success = resp
         .get("Response")
         .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
@@ -503,7 +503,7 @@ pub(crate) fn starts_list(resp: &AmiMessage) -> bool {
 
 /// True when `ev` closes a list: an event named `…Complete` or carrying
 /// `EventList: Complete`.
-pub(crate) fn ends_list(ev: &AmiMessage) -> bool {
+pub fn ends_list(ev: &AmiMessage) -> bool {
     if ev
         .get("EventList")
         .is_some_and(|v| v.eq_ignore_ascii_case("Complete"))
