@@ -1,33 +1,73 @@
-//! The one wiring function: sources → normalizer → output, and shutdown.
+//! The one wiring function: sources → normalizer → rules → outbox →
+//! dispatcher, plus the HTTP listener, reloads and shutdown.
 //!
 //! ```text
-//! AMI client (one task per PBX) ──try_send──▶ bounded queue ──▶ normalizer task ──▶ output
+//! AMI clients ─try_send─▶ bounded queue ─▶ normalizer task ─▶ rules ─▶ outbox.submit (await commit) ─▶ dispatcher ─▶ HTTP
+//!                                              │
+//!                                              └─▶ optional printout of the call model (stdout)
 //! ```
 //!
-//! Shutdown order (SIGINT or SIGTERM): the clients log off and stop reading,
-//! the normalizer drains what they already queued, the output is flushed.
+//! **Durability.** The normalizer task evaluates the rules for a batch of
+//! events and waits until the resulting deliveries are committed to the
+//! outbox before it takes the next batch: once a delivery exists, it
+//! survives `kill -9`. The AMI socket readers never wait for this (they feed
+//! a bounded queue; see `ami::client`), and nothing here waits for HTTP.
+//!
+//! **Reload** (SIGHUP or `POST /-/reload`): the file is read and validated
+//! again; on success the rules and targets are swapped atomically (in-flight
+//! deliveries continue), on failure every error is logged/returned and the
+//! old configuration stays. PBX, classification and `listen` changes need a
+//! restart (logged).
+//!
+//! **Shutdown** (SIGINT/SIGTERM): clients log off and stop reading; the
+//! normalizer drains what they queued and commits its deliveries; the
+//! dispatcher lets requests in flight finish (up to a deadline) and leaves
+//! the rest pending in the outbox; the HTTP listener closes.
 
-use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::ami::client::{self, AuthMode, ClientConfig};
+use crate::ami::client::{self, AmiHandle, AuthMode, ClientConfig, ConnectionState};
 use crate::config::Config;
+use crate::deliver::outbox::Outbox;
+use crate::deliver::{self, DeliveryRequest};
+use crate::http::{self, ApiState, Readiness, ReloadReply};
 use crate::metrics::metrics;
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
-use crate::replay::{write_event, Format};
+use crate::rules::RuleSet;
 use crate::source::{now_epoch, SourceEvent};
 
 /// The daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// Installing the signal handler failed.
+    /// Installing a signal handler failed.
     #[error("cannot install the signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    /// The outbox could not be opened.
+    #[error("cannot open the outbox in {dir}: {source}")]
+    Outbox {
+        /// The state directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: deliver::outbox::OutboxError,
+    },
+    /// The HTTP listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// How often time-driven decisions run (maximum call age, undecided ≤ 11 channels).
@@ -61,61 +101,103 @@ pub fn client_configs(cfg: &Config) -> Vec<ClientConfig> {
         .collect()
 }
 
-/// Completes when SIGINT or SIGTERM arrives.
-async fn shutdown_signal() -> Result<(), AppError> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.map_err(AppError::Signal)?;
-    }
-    Ok(())
+/// Receives every batch of model events, in order.
+pub type Observer = Box<dyn FnMut(&[ModelEvent]) + Send>;
+
+/// What the daemon was started with, besides the config.
+pub struct RunOptions {
+    /// The config file, for reloads (none: reload unavailable).
+    pub config_path: Option<PathBuf>,
+    /// Called with every batch of model events, in order (printing, demo timeline).
+    pub observer: Option<Observer>,
+    /// Bound HTTP listener to use instead of binding `cfg.listen` (tests, demo).
+    pub listener: Option<tokio::net::TcpListener>,
 }
 
-/// Runs the daemon until SIGINT/SIGTERM, printing the call model on stdout.
-pub async fn run(cfg: Config, format: Format) -> Result<(), AppError> {
+/// Handles the daemon hands out while it runs.
+#[derive(Clone)]
+pub struct Running {
+    /// Ask for a reload.
+    pub reload: mpsc::Sender<ReloadReply>,
+    /// The outbox.
+    pub outbox: Arc<Outbox>,
+}
+
+/// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads.
+pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), AppError> {
     let token = CancellationToken::new();
-    let signal_token = token.clone();
-    let signals = tokio::spawn(async move {
-        let r = shutdown_signal().await;
-        info!("shutting down");
-        signal_token.cancel();
-        r
-    });
-    let stdout = std::io::stdout();
-    let result = run_until(cfg, token.clone(), move |events| {
-        let mut w = stdout.lock();
-        for ev in events {
-            if write_event(&mut w, ev, format).is_err() {
-                metrics().output_errors.inc();
+    let (reload_tx, reload_rx) = mpsc::channel::<ReloadReply>(8);
+    let signals = spawn_signals(token.clone(), reload_tx.clone())?;
+    let r = run_until(cfg, opts, token, reload_tx, reload_rx, |_| {}).await;
+    signals.abort();
+    r
+}
+
+#[cfg(unix)]
+fn spawn_signals(
+    token: CancellationToken,
+    reload: mpsc::Sender<ReloadReply>,
+) -> Result<tokio::task::JoinHandle<()>, AppError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => {
+                    let (tx, _rx) = tokio::sync::oneshot::channel();
+                    if reload.send(tx).await.is_err() {
+                        break;
+                    }
+                }
             }
         }
-        if w.flush().is_err() {
-            metrics().output_errors.inc();
-        }
-    })
-    .await;
-    signals.abort();
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::ZERO, signals).await {
-        return Err(e);
-    }
-    result
+        info!("shutting down");
+        token.cancel();
+    }))
 }
 
-/// Runs clients and the normalizer until `token` is cancelled, handing every
-/// batch of model events to `output` in order. Used by `run` and by tests.
+#[cfg(not(unix))]
+fn spawn_signals(
+    token: CancellationToken,
+    _reload: mpsc::Sender<ReloadReply>,
+) -> Result<tokio::task::JoinHandle<()>, AppError> {
+    Ok(tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    }))
+}
+
+/// Runs everything until `token` is cancelled. `started` receives the
+/// handles once the outbox is open (tests and the demo use them).
 pub async fn run_until(
     cfg: Config,
+    mut opts: RunOptions,
     token: CancellationToken,
-    mut output: impl FnMut(&[ModelEvent]) + Send,
+    reload_tx: mpsc::Sender<ReloadReply>,
+    mut reload_rx: mpsc::Receiver<ReloadReply>,
+    started: impl FnOnce(Running),
 ) -> Result<(), AppError> {
+    let outbox =
+        Outbox::open(&cfg.state_dir, cfg.outbox.clone()).map_err(|source| AppError::Outbox {
+            dir: cfg.state_dir.clone(),
+            source,
+        })?;
+    let outbox = Arc::new(outbox);
+    info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
+    let (targets_tx, targets_rx) = watch::channel(cfg.targets.clone());
+    let (rules_tx, mut rules_rx) = watch::channel(cfg.rules.clone());
+    let deliver_token = CancellationToken::new();
+    let dispatcher = deliver::spawn(outbox.clone(), targets_rx, deliver_token.clone());
+    started(Running {
+        reload: reload_tx.clone(),
+        outbox: outbox.clone(),
+    });
+
+    // AMI clients.
+    let sources_token = token.child_token();
     let clients = client_configs(&cfg);
     let capacity: usize = clients
         .iter()
@@ -123,22 +205,104 @@ pub async fn run_until(
         .sum::<usize>()
         .max(1);
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity);
-    let mut handles = Vec::new();
+    let mut handles: Vec<AmiHandle> = Vec::new();
     for c in clients {
         info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
-        handles.push(client::spawn(c, tx.clone(), token.child_token()));
+        handles.push(client::spawn(c, tx.clone(), sources_token.clone()));
     }
     drop(tx);
+
+    // HTTP.
+    let outbox_ok = Arc::new(AtomicBool::new(true));
+    let http_token = CancellationToken::new();
+    let listener = match (opts.listener.take(), cfg.listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Listen { addr, source })?,
+        ),
+        (None, None) => None,
+    };
+    let http_task = listener.map(|l| {
+        let ready_handles = handles.clone();
+        let ok = outbox_ok.clone();
+        let readiness = move || {
+            let pbx: std::collections::BTreeMap<String, bool> = ready_handles
+                .iter()
+                .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
+                .collect();
+            let outbox_writable = ok.load(Ordering::Relaxed);
+            Readiness {
+                ready: outbox_writable && pbx.values().all(|v| *v),
+                pbx,
+                outbox_writable,
+            }
+        };
+        let state = ApiState {
+            readiness: Arc::new(readiness),
+            reload: Some(reload_tx.clone()),
+            admin_token: cfg.admin_token.clone(),
+            outbox: Some(outbox.clone()),
+        };
+        if let Ok(a) = l.local_addr() {
+            info!(addr = %a, "HTTP listening (/metrics, /healthz, /readyz, /-/reload, /api)");
+        }
+        let t = http_token.clone();
+        tokio::spawn(async move {
+            if let Err(e) = http::serve(l, http::router(state), t).await {
+                error!(error = %e, "HTTP listener failed");
+            }
+        })
+    });
+    drop(reload_tx);
+
+    // Reloads.
+    let config_path = opts.config_path.clone();
+    let reload_task = tokio::spawn(async move {
+        while let Some(reply) = reload_rx.recv().await {
+            let result = match &config_path {
+                None => Err(vec!["no configuration file to reload".to_string()]),
+                Some(p) => match Config::load(p) {
+                    Ok(new) => {
+                        targets_tx.send_replace(new.targets.clone());
+                        rules_tx.send_replace(new.rules.clone());
+                        info!(rules = new.rules.len(), targets = new.targets.len(), "configuration reloaded (PBX, classify and listen changes need a restart)");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let errors: Vec<String> =
+                            e.errors.iter().map(|x| x.render(&e.file)).collect();
+                        for x in &errors {
+                            error!(error = %x, "reload rejected, the previous configuration stays");
+                        }
+                        Err(errors)
+                    }
+                },
+            };
+            let ok = result.is_ok();
+            metrics().config_last_reload_successful.set(ok as i64);
+            metrics()
+                .config_reloads
+                .with_label_values(&[if ok { "success" } else { "failure" }])
+                .inc();
+            let _ = reply.send(result);
+        }
+    });
+    metrics().config_last_reload_successful.set(1);
+
+    // The normalizer task (this one).
     let mut normalizer = Normalizer::new(cfg.normalizer);
+    let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut open = true;
+    while open {
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(ev) => {
                     normalizer.handle(&ev, &mut out);
-                    // Drain what is already queued before writing.
                     while out.len() < 1024 {
                         match rx.try_recv() {
                             Ok(ev) => normalizer.handle(&ev, &mut out),
@@ -146,17 +310,26 @@ pub async fn run_until(
                         }
                     }
                 }
-                None => break,
+                None => open = false,
             },
             _ = tick.tick() => normalizer.tick(now_epoch(), &mut out),
-            _ = token.cancelled() => break,
+            _ = token.cancelled() => open = false,
+            Ok(()) = rules_rx.changed() => rules = rules_rx.borrow_and_update().clone(),
         }
         if !out.is_empty() {
-            output(&out);
+            deliver_batch(&rules, &outbox, &outbox_ok, &out, |p| {
+                normalizer.clock_offset(p)
+            })
+            .await;
+            if let Some(o) = opts.observer.as_mut() {
+                o(&out);
+            }
             out.clear();
         }
     }
-    // Let the clients log off, then drain what they had queued.
+
+    // Shutdown: sources first, then what they queued, then delivery.
+    sources_token.cancel();
     for h in &handles {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
             .await
@@ -169,14 +342,61 @@ pub async fn run_until(
         normalizer.handle(&ev, &mut out);
     }
     if !out.is_empty() {
-        output(&out);
+        deliver_batch(&rules, &outbox, &outbox_ok, &out, |p| {
+            normalizer.clock_offset(p)
+        })
+        .await;
+        if let Some(o) = opts.observer.as_mut() {
+            o(&out);
+        }
     }
     let live = normalizer.live_calls();
     if live > 0 {
-        info!(
-            live,
-            "stopping with calls in progress (they are not reported)"
-        );
+        info!(live, "stopping with calls in progress (the reconnect snapshot settles them at the next start)");
     }
+    deliver_token.cancel();
+    dispatcher.stopped().await;
+    http_token.cancel();
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
+    reload_task.abort();
+    outbox.close();
     Ok(())
+}
+
+/// Evaluates the rules for a batch of model events and commits the
+/// deliveries; returns once they are durable (or failed, logged).
+/// `clock_offset(pbx)` converts event time to local time (freshness limits
+/// and latency metrics run on the local clock).
+pub async fn deliver_batch(
+    rules: &RuleSet,
+    outbox: &Outbox,
+    ok: &AtomicBool,
+    events: &[ModelEvent],
+    clock_offset: impl Fn(&str) -> f64,
+) {
+    let mut reqs: Vec<DeliveryRequest> = events.iter().flat_map(|e| rules.evaluate(e)).collect();
+    for r in &mut reqs {
+        let local = r.created_at - clock_offset(&r.pbx);
+        r.rebase(local);
+    }
+    if reqs.is_empty() {
+        return;
+    }
+    match outbox.submit(reqs).await {
+        Ok(o) => {
+            ok.store(true, Ordering::Relaxed);
+            if o.rejected_full > 0 {
+                warn!(
+                    rejected = o.rejected_full,
+                    "outbox full: deliveries refused"
+                );
+            }
+        }
+        Err(e) => {
+            ok.store(false, Ordering::Relaxed);
+            error!(error = %e, "cannot write deliveries to the outbox");
+        }
+    }
 }

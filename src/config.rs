@@ -10,14 +10,19 @@
 //! environment variable, `secret_file: /run/secrets/ami` reads a file. A
 //! [`Secret`] prints as `<redacted>` in `Debug` output and logs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::deliver::outbox::OutboxOptions;
+use crate::deliver::target::{validate_targets, RawTarget, Target};
 use crate::normalize::{Classifier, ClassifierConfig, NormalizerConfig};
+use crate::rules::{RewriteSpec, RuleSet, RuleSpec, RulesSpec};
 
 /// A secret value (never printed).
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -44,15 +49,83 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`, the admin API (and push
+    /// endpoints), e.g. `127.0.0.1:9188`. Unset: no HTTP listener.
+    pub listen: Option<String>,
+    /// Directory of the outbox database (default `./callhook-data`,
+    /// relative to the working directory).
+    pub state_dir: Option<PathBuf>,
     /// PBXs to connect to.
     #[serde(default)]
     pub pbx: Vec<RawPbx>,
+    /// Where deliveries go (see `deliver::target`).
+    #[serde(default)]
+    pub targets: BTreeMap<String, RawTarget>,
+    /// Environment variables templates may read (`{{env.NAME}}`).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Number rewriting applied before matching and templating.
+    #[serde(default)]
+    pub rewrite: Vec<RewriteSpec>,
+    /// Rules, evaluated in order (after those of `include` files? no: the
+    /// file's own rules first, then each included file's, in order).
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+    /// Rule-set files (`rules/screen-pop.yaml`) whose `targets`, `env`,
+    /// `rewrite` and `rules` are added to this file's; paths are relative to
+    /// this file.
+    #[serde(default)]
+    pub include: Vec<PathBuf>,
+    /// Admin API settings.
+    pub admin: Option<RawAdmin>,
+    /// Outbox limits.
+    pub outbox: Option<RawOutbox>,
     /// Extension vs trunk classification.
     #[serde(default)]
     pub classify: RawClassify,
     /// Call tracking limits.
     #[serde(default)]
     pub calls: RawCalls,
+}
+
+/// A rule-set file named by `include`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleFile {
+    /// Targets.
+    #[serde(default)]
+    pub targets: BTreeMap<String, RawTarget>,
+    /// Environment variables for templates.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Number rewriting.
+    #[serde(default)]
+    pub rewrite: Vec<RewriteSpec>,
+    /// Rules.
+    #[serde(default)]
+    pub rules: Vec<RuleSpec>,
+}
+
+/// Admin API settings.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Bearer token, usually `${CALLHOOK_ADMIN_TOKEN}`.
+    pub token: Option<String>,
+    /// A file holding the token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Outbox limits.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbox {
+    /// Waiting deliveries beyond which new ones are refused (default 1000000).
+    pub max_rows: Option<usize>,
+    /// How long delivered rows are kept (default `24h`).
+    pub done_retention: Option<String>,
+    /// How long an idempotency key blocks a second enqueue (default `7d`).
+    pub dedupe_window: Option<String>,
 }
 
 /// One PBX.
@@ -170,15 +243,29 @@ pub struct PbxConfig {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// HTTP listener address.
+    pub listen: Option<SocketAddr>,
+    /// Outbox directory.
+    pub state_dir: PathBuf,
     /// PBXs.
     pub pbx: Vec<PbxConfig>,
     /// Normalizer settings.
     pub normalizer: NormalizerConfig,
+    /// Targets, ready to use (HTTP clients built).
+    pub targets: Arc<BTreeMap<String, Target>>,
+    /// Compiled rules.
+    pub rules: Arc<RuleSet>,
+    /// Admin API token (none: admin routes disabled).
+    pub admin_token: Option<Secret>,
+    /// Outbox limits.
+    pub outbox: OutboxOptions,
 }
 
 /// A configuration problem, with where it is when known.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The file it is in, when not the main config file.
+    pub file: Option<PathBuf>,
     /// Dotted path of the setting (`pbx[0].ami.secret`).
     pub path: String,
     /// 1-based line and column in the file, when known.
@@ -189,11 +276,22 @@ pub struct ConfigError {
     pub hint: Option<String>,
 }
 
+impl ConfigError {
+    /// `FILE:LINE:COL: path: message (hint: …)`, with `main` as the file
+    /// when the error is not about an included one.
+    pub fn render(&self, main: &Path) -> String {
+        let mut out = self.file.as_deref().unwrap_or(main).display().to_string();
+        if let Some((l, c)) = self.location {
+            out.push_str(&format!(":{l}:{c}"));
+        }
+        out.push_str(": ");
+        out.push_str(&self.to_string());
+        out
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some((l, c)) = self.location {
-            write!(f, "line {l}, column {c}: ")?;
-        }
         if !self.path.is_empty() {
             write!(f, "{}: ", self.path)?;
         }
@@ -224,7 +322,7 @@ impl fmt::Display for ConfigErrors {
             if n == 1 { "" } else { "s" }
         )?;
         for e in &self.errors {
-            writeln!(f, "  {}: {e}", self.file.display())?;
+            writeln!(f, "  {}", e.render(&self.file))?;
         }
         Ok(())
     }
@@ -262,6 +360,7 @@ fn expand_env(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> String {
                 match std::env::var(var) {
                     Ok(v) => out.push_str(&v),
                     Err(_) => errors.push(ConfigError {
+                        file: None,
                         path: path.to_string(),
                         location: None,
                         message: format!("environment variable {var} is not set"),
@@ -287,6 +386,7 @@ impl RawConfig {
             return Ok(Self::default());
         }
         serde_yaml::from_str(text).map_err(|e| ConfigError {
+            file: None,
             path: String::new(),
             location: e.location().map(|l| (l.line(), l.column())),
             message: e.to_string(),
@@ -294,7 +394,9 @@ impl RawConfig {
         })
     }
 
-    /// Checks everything and builds the usable config, reporting every problem.
+    /// Checks the PBX, classification and call settings and builds the
+    /// usable config (targets and rules come from `Config::load`), reporting
+    /// every problem.
     pub fn validate(self, base_dir: &Path) -> Result<Config, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let dur =
@@ -303,6 +405,7 @@ impl RawConfig {
                     None => default,
                     Some(s) => parse_duration(s).unwrap_or_else(|| {
                         errors.push(ConfigError {
+                            file: None,
                             path,
                             location: None,
                             message: format!("{s:?} is not a duration"),
@@ -318,6 +421,7 @@ impl RawConfig {
             let at = |k: &str| format!("pbx[{i}].{k}");
             if p.id.trim().is_empty() {
                 errors.push(ConfigError {
+                    file: None,
                     path: at("id"),
                     location: None,
                     message: "is empty".into(),
@@ -325,6 +429,7 @@ impl RawConfig {
                 });
             } else if !seen.insert(p.id.clone()) {
                 errors.push(ConfigError {
+                    file: None,
                     path: at("id"),
                     location: None,
                     message: format!("duplicate PBX id {:?}", p.id),
@@ -335,6 +440,7 @@ impl RawConfig {
             let secret = match (&a.secret, &a.secret_file) {
                 (Some(_), Some(_)) => {
                     errors.push(ConfigError {
+                        file: None,
                         path: at("ami"),
                         location: None,
                         message: "both secret and secret_file are set".into(),
@@ -353,6 +459,7 @@ impl RawConfig {
                         Ok(s) => Secret::new(s.trim_end_matches(['\r', '\n'])),
                         Err(e) => {
                             errors.push(ConfigError {
+                                file: None,
                                 path: at("ami.secret_file"),
                                 location: None,
                                 message: format!("cannot read {}: {e}", f.display()),
@@ -364,6 +471,7 @@ impl RawConfig {
                 }
                 (None, None) => {
                     errors.push(ConfigError {
+                        file: None,
                         path: at("ami.secret"),
                         location: None,
                         message: "no secret".into(),
@@ -377,6 +485,7 @@ impl RawConfig {
                 "plain" => false,
                 other => {
                     errors.push(ConfigError {
+                        file: None,
                         path: at("ami.auth"),
                         location: None,
                         message: format!("unknown auth {other:?}"),
@@ -430,6 +539,7 @@ impl RawConfig {
             Err(es) => {
                 for e in es {
                     errors.push(ConfigError {
+                        file: None,
                         path: format!("classify.{}", e.field),
                         location: None,
                         message: format!("invalid regex {:?}: {}", e.pattern, e.source),
@@ -459,9 +569,343 @@ impl RawConfig {
             ..defaults
         };
         if errors.is_empty() {
-            Ok(Config { pbx, normalizer })
+            Ok(Config {
+                pbx,
+                normalizer,
+                ..Config::default_replay()
+            })
         } else {
             Err(errors)
+        }
+    }
+}
+
+/// Where each part of a merged configuration came from, to point errors at
+/// a file, line and column.
+struct Sources {
+    /// (path, text) of the main file (index 0) and each included file.
+    files: Vec<(PathBuf, String)>,
+    /// For each merged rule: the file it came from.
+    rule_file: Vec<usize>,
+    /// For each merged rewrite: the file it came from.
+    rewrite_file: Vec<usize>,
+    /// Target name → file.
+    target_file: HashMap<String, usize>,
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Finds `needle` in `text`, preferring the first occurrence after `anchor`.
+fn locate(text: &str, needle: &str, anchor: Option<&str>) -> Option<(usize, usize)> {
+    if needle.is_empty() {
+        return None;
+    }
+    let start = anchor.and_then(|a| text.find(a)).unwrap_or(0);
+    text.get(start..)
+        .and_then(|t| t.find(needle))
+        .map(|i| i + start)
+        .or_else(|| text.find(needle))
+        .map(|i| line_col(text, i))
+}
+
+impl Sources {
+    /// Fills `file` and `location` of an error about `file_idx` using `needle`.
+    fn place(
+        &self,
+        mut e: ConfigError,
+        file_idx: usize,
+        needle: Option<&str>,
+        anchor: Option<&str>,
+    ) -> ConfigError {
+        if let Some((path, text)) = self.files.get(file_idx) {
+            if file_idx > 0 {
+                e.file = Some(path.clone());
+            }
+            if let Some(n) = needle {
+                e.location = locate(text, n, anchor);
+            }
+        }
+        e
+    }
+}
+
+impl RawConfig {
+    /// Merges the included rule-set files into this config, then validates
+    /// everything; errors carry their file, line and column when found.
+    fn validate_with_sources(
+        mut self,
+        base: &Path,
+        main: (PathBuf, String),
+    ) -> Result<Config, Vec<ConfigError>> {
+        let mut src = Sources {
+            files: vec![main],
+            rule_file: vec![0; self.rules.len()],
+            rewrite_file: vec![0; self.rewrite.len()],
+            target_file: self.targets.keys().map(|k| (k.clone(), 0)).collect(),
+        };
+        let mut errors = Vec::new();
+        for (i, inc) in std::mem::take(&mut self.include).into_iter().enumerate() {
+            let path = if inc.is_relative() {
+                base.join(&inc)
+            } else {
+                inc.clone()
+            };
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    let err = ConfigError {
+                        file: None,
+                        path: format!("include[{i}]"),
+                        location: None,
+                        message: format!("cannot read {}: {e}", path.display()),
+                        hint: None,
+                    };
+                    errors.push(src.place(err, 0, inc.to_str(), None));
+                    continue;
+                }
+            };
+            let parsed: Result<RawRuleFile, _> = if text.trim().is_empty() {
+                Ok(RawRuleFile::default())
+            } else {
+                serde_yaml::from_str(&text)
+            };
+            let idx = src.files.len();
+            src.files.push((path.clone(), text));
+            match parsed {
+                Ok(f) => {
+                    for (name, t) in f.targets {
+                        if self.targets.contains_key(&name) {
+                            let err = ConfigError {
+                                file: None,
+                                path: format!("targets.{name}"),
+                                location: None,
+                                message: format!("target {name:?} is defined twice"),
+                                hint: Some("rename one of them".into()),
+                            };
+                            errors.push(src.place(err, idx, Some(&format!("{name}:")), None));
+                            continue;
+                        }
+                        src.target_file.insert(name.clone(), idx);
+                        self.targets.insert(name, t);
+                    }
+                    self.env.extend(f.env);
+                    src.rewrite_file
+                        .extend(std::iter::repeat_n(idx, f.rewrite.len()));
+                    self.rewrite.extend(f.rewrite);
+                    src.rule_file
+                        .extend(std::iter::repeat_n(idx, f.rules.len()));
+                    self.rules.extend(f.rules);
+                }
+                Err(e) => errors.push(ConfigError {
+                    file: Some(path),
+                    path: String::new(),
+                    location: e.location().map(|l| (l.line(), l.column())),
+                    message: e.to_string(),
+                    hint: None,
+                }),
+            }
+        }
+        let listen = match self.listen.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(l) => match l.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let err = ConfigError {
+                        file: None,
+                        path: "listen".into(),
+                        location: None,
+                        message: format!("{l:?} is not an address: {e}"),
+                        hint: Some("write host:port, e.g. 127.0.0.1:9188".into()),
+                    };
+                    errors.push(src.place(err, 0, Some(l), None));
+                    None
+                }
+            },
+        };
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./callhook-data"));
+        // Targets.
+        let targets = match validate_targets(&self.targets, base) {
+            Ok(t) => t,
+            Err(es) => {
+                for e in es {
+                    let name = e
+                        .path
+                        .strip_prefix("targets.")
+                        .and_then(|r| r.split('.').next())
+                        .unwrap_or("");
+                    let idx = src.target_file.get(name).copied().unwrap_or(0);
+                    let err = ConfigError {
+                        file: None,
+                        path: e.path.clone(),
+                        location: None,
+                        message: e.message.clone(),
+                        hint: e.hint.clone(),
+                    };
+                    let anchor = format!("{name}:");
+                    errors.push(src.place(err, idx, e.needle.as_deref(), Some(&anchor)));
+                }
+                BTreeMap::new()
+            }
+        };
+        // Rules.
+        let spec = RulesSpec {
+            env: std::mem::take(&mut self.env),
+            rewrite: std::mem::take(&mut self.rewrite),
+            rules: std::mem::take(&mut self.rules),
+        };
+        let known: std::collections::HashSet<String> = self.targets.keys().cloned().collect();
+        let rules = match crate::rules::compile(&spec, &|t| known.contains(t)) {
+            Ok(r) => r,
+            Err(es) => {
+                for e in es {
+                    let idx = match e.rule_index {
+                        Some(i) => src.rule_file.get(i).copied().unwrap_or(0),
+                        None => e
+                            .field
+                            .strip_prefix("rewrite[")
+                            .and_then(|r| r.split(']').next())
+                            .and_then(|n| n.parse::<usize>().ok())
+                            .and_then(|i| src.rewrite_file.get(i).copied())
+                            .unwrap_or(0),
+                    };
+                    let local = e.rule_index.map(|i| {
+                        let before = src.rule_file.iter().take(i).filter(|f| **f == idx).count();
+                        (i, before)
+                    });
+                    let path = match local {
+                        // Name the rule by its position in its own file.
+                        Some((i, l)) if idx > 0 => {
+                            e.field
+                                .replacen(&format!("rules[{i}]"), &format!("rules[{l}]"), 1)
+                        }
+                        _ => e.field.clone(),
+                    };
+                    let message = match &e.rule_name {
+                        Some(n) => format!("(rule {n:?}) {}", e.message),
+                        None => e.message.clone(),
+                    };
+                    let err = ConfigError {
+                        file: None,
+                        path,
+                        location: None,
+                        message,
+                        hint: e.hint.clone(),
+                    };
+                    let anchor = e.rule_name.as_ref().map(|n| format!("name: {n}"));
+                    errors.push(src.place(err, idx, e.needle.as_deref(), anchor.as_deref()));
+                }
+                RuleSet::default()
+            }
+        };
+        let admin_token = match self.admin.take() {
+            None => None,
+            Some(RawAdmin {
+                token: Some(_),
+                token_file: Some(_),
+            }) => {
+                errors.push(ConfigError {
+                    file: None,
+                    path: "admin".into(),
+                    location: None,
+                    message: "both token and token_file are set".into(),
+                    hint: Some("keep one".into()),
+                });
+                None
+            }
+            Some(RawAdmin { token: Some(t), .. }) => {
+                let t = expand_env(&t, "admin.token", &mut errors);
+                (!t.is_empty()).then(|| Secret::new(t))
+            }
+            Some(RawAdmin {
+                token_file: Some(f),
+                ..
+            }) => {
+                let f = if f.is_relative() { base.join(f) } else { f };
+                match std::fs::read_to_string(&f) {
+                    Ok(t) => Some(Secret::new(t.trim_end_matches(['\r', '\n']))),
+                    Err(e) => {
+                        errors.push(ConfigError {
+                            file: None,
+                            path: "admin.token_file".into(),
+                            location: None,
+                            message: format!("cannot read {}: {e}", f.display()),
+                            hint: None,
+                        });
+                        None
+                    }
+                }
+            }
+            Some(_) => None,
+        };
+        let mut outbox = OutboxOptions::default();
+        if let Some(o) = self.outbox.take() {
+            if let Some(m) = o.max_rows {
+                outbox.max_rows = m.max(1);
+            }
+            for (v, field, slot) in [
+                (
+                    o.done_retention,
+                    "outbox.done_retention",
+                    &mut outbox.done_retention,
+                ),
+                (
+                    o.dedupe_window,
+                    "outbox.dedupe_window",
+                    &mut outbox.dedupe_window,
+                ),
+            ] {
+                if let Some(v) = v {
+                    match parse_duration(&v) {
+                        Some(d) => *slot = d,
+                        None => errors.push(ConfigError {
+                            file: None,
+                            path: field.into(),
+                            location: None,
+                            message: format!("{v:?} is not a duration"),
+                            hint: Some("write e.g. 24h, 7d".into()),
+                        }),
+                    }
+                }
+            }
+        }
+        let main_text = src.files.first().map(|f| f.1.clone()).unwrap_or_default();
+        match self.validate(base) {
+            Ok(mut cfg) => {
+                if errors.is_empty() {
+                    cfg.listen = listen;
+                    cfg.state_dir = state_dir;
+                    cfg.targets = Arc::new(targets);
+                    cfg.rules = Arc::new(rules);
+                    cfg.admin_token = admin_token;
+                    cfg.outbox = outbox;
+                    Ok(cfg)
+                } else {
+                    Err(errors)
+                }
+            }
+            Err(es) => {
+                // Point base-section errors at their setting when it is unique.
+                let es = es.into_iter().map(|mut e| {
+                    if e.location.is_none() {
+                        let key = e.path.rsplit('.').next().unwrap_or("");
+                        if !key.is_empty() && main_text.matches(&format!("{key}:")).count() == 1 {
+                            e.location = locate(&main_text, &format!("{key}:"), None);
+                        }
+                    }
+                    e
+                });
+                errors.extend(es);
+                Err(errors)
+            }
         }
     }
 }
@@ -475,6 +919,7 @@ impl Config {
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
             fail(vec![ConfigError {
+                file: None,
                 path: String::new(),
                 location: None,
                 message: format!("cannot read the file: {e}"),
@@ -483,14 +928,27 @@ impl Config {
         })?;
         let raw = RawConfig::parse(&text).map_err(|e| fail(vec![e]))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        raw.validate(base).map_err(fail)
+        raw.validate_with_sources(base, (path.to_path_buf(), text))
+            .map_err(fail)
+    }
+
+    /// Parses and validates configuration text (tests, the demo).
+    pub fn from_text(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
+        let raw = RawConfig::parse(text).map_err(|e| vec![e])?;
+        raw.validate_with_sources(base, (base.join("<config>"), text.to_string()))
     }
 
     /// The configuration used when none is given (replay without `--config`).
     pub fn default_replay() -> Config {
         Config {
+            listen: None,
+            state_dir: PathBuf::from("./callhook-data"),
             pbx: Vec::new(),
             normalizer: NormalizerConfig::default(),
+            targets: Arc::new(BTreeMap::new()),
+            rules: Arc::new(RuleSet::default()),
+            admin_token: None,
+            outbox: OutboxOptions::default(),
         }
     }
 }

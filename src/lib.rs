@@ -17,6 +17,8 @@ pub mod ami;
 pub mod app;
 pub mod config;
 pub mod deliver;
+pub mod demo;
+pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod normalize;

@@ -271,3 +271,53 @@ pub fn text_line(ev: &ModelEvent) -> String {
         ),
     }
 }
+
+/// Writes one rendered request (for `replay --dry-run`): text shows it as an
+/// HTTP request would look; jsonl gives one object per line with the body as
+/// text.
+pub fn write_request(
+    w: &mut impl Write,
+    r: &crate::deliver::DeliveryRequest,
+    format: Format,
+) -> std::io::Result<()> {
+    let body = r
+        .body
+        .as_ref()
+        .map(|b| String::from_utf8_lossy(b).into_owned());
+    match format {
+        Format::Jsonl => {
+            let v = serde_json::json!({
+                "rule": r.rule,
+                "target": r.target,
+                "session_id": r.session_id,
+                "event_id": r.event_id,
+                "method": r.method,
+                "url": r.url,
+                "headers": r.headers,
+                "body": body,
+                "idempotency_key": r.idempotency_key,
+                "expires_at": r.expires_at,
+            });
+            writeln!(w, "{v}")
+        }
+        Format::Text => {
+            writeln!(
+                w,
+                "# rule {} → target {} ({})",
+                r.rule, r.target, r.event_id
+            )?;
+            writeln!(w, "{} {}", r.method, r.url)?;
+            for (k, v) in &r.headers {
+                writeln!(w, "{k}: {v}")?;
+            }
+            if let Some(k) = &r.idempotency_key {
+                writeln!(w, "Idempotency-Key: {k}")?;
+            }
+            if let Some(b) = body {
+                writeln!(w)?;
+                writeln!(w, "{b}")?;
+            }
+            writeln!(w)
+        }
+    }
+}

@@ -39,7 +39,7 @@ impl Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_callhook"))
             .args(["run", "--config"])
             .arg(&path)
-            .args(["--format", "jsonl"])
+            .args(["--print", "jsonl"])
             .env("E2E_AMI_SECRET", SECRET)
             .env("CALLHOOK_LOG", "info")
             .stdout(Stdio::piped())
@@ -96,8 +96,8 @@ impl Daemon {
     }
 }
 
-fn config(pbxs: &[(&str, &SimulatorHandle)]) -> String {
-    let mut s = String::from("pbx:\n");
+fn config(dir: &Path, pbxs: &[(&str, &SimulatorHandle)]) -> String {
+    let mut s = format!("state_dir: {}\npbx:\n", dir.join("state").display());
     for (id, sim) in pbxs {
         s.push_str(&format!(
             "  - id: {id}\n    ami: {{ host: 127.0.0.1, port: {}, username: {USER}, secret: \"${{E2E_AMI_SECRET}}\", ping_interval: 2s, ping_timeout: 2s, connect_timeout: 2s }}\n",
@@ -127,7 +127,7 @@ async fn reconnect_mid_call_gives_one_call_closed_once() {
             .await
             .unwrap();
         let dir = temp_dir(&format!("reconnect-{v}"));
-        let daemon = Daemon::start(&config(&[("main", &sim)]), &dir);
+        let daemon = Daemon::start(&config(&dir, &[("main", &sim)]), &dir);
         let before = tokio::task::block_in_place(|| daemon.until(is_call));
         sim.wait_for(|s| s.replays_completed >= 2).await;
         let (rest, status, stderr) = tokio::task::block_in_place(|| daemon.stop());
@@ -187,7 +187,7 @@ async fn several_pbxs_in_one_process_keep_their_ids() {
         .await
         .unwrap();
     let dir = temp_dir("multi");
-    let daemon = Daemon::start(&config(&[("sede-a", &a), ("sede-b", &b)]), &dir);
+    let daemon = Daemon::start(&config(&dir, &[("sede-a", &a), ("sede-b", &b)]), &dir);
     let mut seen = 0;
     let got = tokio::task::block_in_place(|| {
         daemon.until(|v| {

@@ -3,6 +3,46 @@
 //! The contract with the rules engine is [`DeliveryRequest`]: a fully
 //! rendered HTTP request plus what delivery needs to order, deduplicate,
 //! expire and sign it. Everything downstream of the rules works on these.
+//!
+//! ```text
+//! rules ──DeliveryRequest──▶ Outbox::submit/enqueue ──(group commit, SQLite WAL)──▶ outbox.sqlite3
+//!                                                                                     │ poll: ready heads
+//! CRM ◀──HTTP── attempt task ◀── rate limit ◀── breaker ◀── dispatcher loop ◀────────────┘
+//! ```
+//!
+//! One concept per module:
+//!
+//! - [`target`]: target settings (`targets:` in the config) and their validation;
+//! - [`outbox`]: the durable SQLite outbox (dedupe, cap, order, crash recovery, admin);
+//! - [`dispatcher`]: the loop that claims ready deliveries and runs attempts;
+//! - [`retry`]: outcome classification, backoff, `Retry-After`;
+//! - [`limit`]: per-target rate limit;
+//! - [`breaker`]: per-target circuit breaker;
+//! - [`sign`]: Standard Webhooks signatures;
+//! - [`http`]: building and sending one attempt.
+//!
+//! Guarantees, in short: a request is acknowledged to the caller only once
+//! committed to disk; every delivery ends exactly once as `done`, `dead`
+//! (kept, retryable by an operator) or `expired` (never sent after its
+//! `expires_at`); delivery is at-least-once (the same `webhook-id` and
+//! `Idempotency-Key` on every attempt, including after a crash); deliveries
+//! of one call to one target leave strictly in creation order.
+
+pub mod breaker;
+pub mod dispatcher;
+pub mod http;
+pub mod limit;
+pub mod outbox;
+pub mod retry;
+pub mod sign;
+pub mod target;
+
+pub use dispatcher::{spawn, DispatcherHandle};
+pub use outbox::{
+    DeliveryRow, Durability, EnqueueOutcome, EnqueueReceipt, ListFilter, Outbox, OutboxError,
+    OutboxOptions, OutboxStats, Status,
+};
+pub use target::{validate_targets, RawTarget, Target, TargetError};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,4 +79,18 @@ pub struct DeliveryRequest {
     /// Freshness limit (epoch seconds): not delivered after this instant,
     /// marked `expired` instead (rule `max_age`, e.g. a screen-pop).
     pub expires_at: Option<f64>,
+}
+
+impl DeliveryRequest {
+    /// Moves the request to another clock: `created_at` becomes `at` and
+    /// `expires_at` keeps its distance from it. The outbox and dispatcher run
+    /// on the local clock; events carry the PBX's clock (see
+    /// `Normalizer::clock_offset`), and replays of old captures count as
+    /// fresh.
+    pub fn rebase(&mut self, at: f64) {
+        if let Some(e) = self.expires_at.as_mut() {
+            *e = at + (*e - self.created_at);
+        }
+        self.created_at = at;
+    }
 }

@@ -157,6 +157,13 @@ impl Normalizer {
         self.pbxs.values().map(calls::PbxCalls::live_calls).sum()
     }
 
+    /// How far this PBX's clock (its events' `Timestamp`s) is ahead of the
+    /// local clock, in seconds (0 for an unknown PBX). Event time minus this
+    /// is local time.
+    pub fn clock_offset(&self, pbx: &str) -> f64 {
+        self.pbxs.get(pbx).map_or(0.0, |p| p.pbx_time(0.0))
+    }
+
     /// What the normalizer holds in memory (all PBXs).
     pub fn tracked(&self) -> Tracked {
         let mut t = Tracked::default();

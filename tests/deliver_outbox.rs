@@ -1,0 +1,501 @@
+//! The outbox on its own: deduplication, the cap, per-call heads, crash
+//! recovery, admin operations and retention.
+
+mod support_http;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callhook::deliver::outbox::{ClaimWant, Completion, ListFilter, OutboxOptions, Status};
+use callhook::deliver::{spawn, Durability, Outbox};
+use callhook::metrics::metrics;
+use support_http::*;
+use tokio_util::sync::CancellationToken;
+
+fn want(target: &str, limit: usize) -> Vec<ClaimWant> {
+    vec![ClaimWant {
+        target: target.into(),
+        limit,
+    }]
+}
+
+#[tokio::test]
+async fn dedupe_by_key_and_by_waiting_event() {
+    let dir = state_dir("dedupe");
+    let ob = Outbox::open(&dir, OutboxOptions::default()).unwrap();
+    let url = "http://127.0.0.1:9/x";
+    let a = request("t-dedupe", "s1", "ringing", url);
+    let dup_before = metrics()
+        .deliveries_duplicate
+        .with_label_values(&["t-dedupe"])
+        .get();
+    // The same request twice in one batch, and again in a later batch.
+    let o = ob.enqueue(&[a.clone(), a.clone()]).await.unwrap();
+    assert_eq!((o.inserted, o.duplicates, o.rejected_full), (1, 1, 0));
+    let o = ob.enqueue(std::slice::from_ref(&a)).await.unwrap();
+    assert_eq!((o.inserted, o.duplicates), (0, 1));
+
+    // Same event without a key: a duplicate while the first still waits…
+    let mut nokey = request("t-dedupe", "s2", "ringing", url);
+    nokey.idempotency_key = None;
+    assert_eq!(ob.enqueue(&[nokey.clone()]).await.unwrap().inserted, 1);
+    assert_eq!(ob.enqueue(&[nokey.clone()]).await.unwrap().duplicates, 1);
+    // …and sent again once the first has finished (a deliberate replay).
+    let p = ob.poll(now(), want("t-dedupe", 10)).await.unwrap();
+    assert_eq!(p.claimed.len(), 2, "two sessions, two heads");
+    for c in &p.claimed {
+        assert!(ob
+            .complete(c.id, Completion::Delivered { status: 200 })
+            .await
+            .unwrap());
+    }
+    assert_eq!(ob.enqueue(&[nokey]).await.unwrap().inserted, 1);
+    // With a key, even a done delivery blocks the same key.
+    assert_eq!(
+        ob.enqueue(std::slice::from_ref(&a))
+            .await
+            .unwrap()
+            .duplicates,
+        1
+    );
+    // A different target with the same key is another delivery.
+    let mut other = a.clone();
+    other.target = "t-dedupe-2".into();
+    assert_eq!(ob.enqueue(&[other]).await.unwrap().inserted, 1);
+    assert_eq!(
+        metrics()
+            .deliveries_duplicate
+            .with_label_values(&["t-dedupe"])
+            .get()
+            - dup_before,
+        4
+    );
+    drop(ob);
+
+    // Keys outlive the rows (pruned after done_retention) for the whole window.
+    let ob = Outbox::open(
+        &dir,
+        OutboxOptions {
+            done_retention: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    ob.prune(now() + 1.0).await.unwrap();
+    assert!(rows(&ob).await.iter().all(|r| r.status != Status::Done));
+    assert_eq!(
+        ob.enqueue(std::slice::from_ref(&a))
+            .await
+            .unwrap()
+            .duplicates,
+        1
+    );
+    drop(ob);
+    // A window of zero lets it through.
+    let ob = Outbox::open(
+        &dir,
+        OutboxOptions {
+            dedupe_window: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(ob.enqueue(&[a]).await.unwrap().inserted, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn cap_rejects_new_rows_and_keeps_old_ones() {
+    let dir = state_dir("cap");
+    let ob = Outbox::open(
+        &dir,
+        OutboxOptions {
+            max_rows: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let full_before = metrics().outbox_full.get();
+    let rejected_before = metrics()
+        .deliveries
+        .with_label_values(&["t-cap", "rejected"])
+        .get();
+    let url = "http://127.0.0.1:9/x";
+    let reqs: Vec<_> = (0..5)
+        .map(|i| request("t-cap", &format!("s{i}"), "ringing", url))
+        .collect();
+    let o = ob.enqueue(&reqs).await.unwrap();
+    assert_eq!((o.inserted, o.duplicates, o.rejected_full), (3, 0, 2));
+    assert_eq!(metrics().outbox_full.get() - full_before, 2);
+    assert_eq!(
+        metrics()
+            .deliveries
+            .with_label_values(&["t-cap", "rejected"])
+            .get()
+            - rejected_before,
+        2
+    );
+    let r = rows(&ob).await;
+    let sessions: Vec<&str> = r.iter().map(|r| r.session_id.as_str()).collect();
+    assert_eq!(sessions, ["s0", "s1", "s2"], "the first three are intact");
+    assert!(all(&r, Status::Pending));
+    // A rejected request was not remembered as a duplicate: once there is
+    // room it goes in.
+    let p = ob.poll(now(), want("t-cap", 1)).await.unwrap();
+    ob.complete(p.claimed[0].id, Completion::Delivered { status: 200 })
+        .await
+        .unwrap();
+    let o = ob.enqueue(&reqs[3..]).await.unwrap();
+    assert_eq!((o.inserted, o.rejected_full), (1, 1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn one_head_per_call_and_target() {
+    let dir = state_dir("heads");
+    let ob = Outbox::open(&dir, OutboxOptions::default()).unwrap();
+    let url = "http://127.0.0.1:9/x";
+    let mut reqs = Vec::new();
+    for state in ["ringing", "answered", "hungup"] {
+        for s in ["a", "b"] {
+            reqs.push(request("t-heads", s, state, url));
+        }
+    }
+    // Same call, other target: its own chain.
+    reqs.push(request("t-heads-2", "a", "ringing", url));
+    ob.enqueue(&reqs).await.unwrap();
+
+    let p = ob.poll(now(), want("t-heads", 100)).await.unwrap();
+    let got: Vec<(String, String)> = p
+        .claimed
+        .iter()
+        .map(|c| (c.session_id.clone(), c.event_id.clone()))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|(_, e)| e.contains("ringing")));
+    // Nothing more while they are in flight.
+    assert!(ob
+        .poll(now(), want("t-heads", 100))
+        .await
+        .unwrap()
+        .claimed
+        .is_empty());
+    let a = p.claimed.iter().find(|c| c.session_id == "a").unwrap().id;
+    let b = p.claimed.iter().find(|c| c.session_id == "b").unwrap().id;
+    // a is retried later: its chain stays blocked; b is dead: b's next goes.
+    ob.complete(
+        a,
+        Completion::Retry {
+            at: now() + 3600.0,
+            status: "500".into(),
+            error: Some("boom".into()),
+        },
+    )
+    .await
+    .unwrap();
+    ob.complete(
+        b,
+        Completion::Dead {
+            status: "400".into(),
+            error: Some("bad".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let p = ob.poll(now(), want("t-heads", 100)).await.unwrap();
+    assert_eq!(p.claimed.len(), 1);
+    assert_eq!(p.claimed[0].session_id, "b");
+    assert!(p.claimed[0].event_id.contains("answered"));
+    let next_a = p.next_ready["t-heads"];
+    assert!(next_a > now() + 3000.0, "a's retry is the next ready head");
+    // The other target has its own head for call a.
+    let p2 = ob.poll(now(), want("t-heads-2", 100)).await.unwrap();
+    assert_eq!(p2.claimed.len(), 1);
+
+    // Reviving b's dead head while b's later row is in flight must not
+    // put two of b's rows on the wire.
+    assert!(ob.retry(b).await.unwrap());
+    assert!(ob
+        .poll(now(), want("t-heads", 100))
+        .await
+        .unwrap()
+        .claimed
+        .is_empty());
+    // When the in-flight row ends, the revived (older) one goes first.
+    ob.complete(p.claimed[0].id, Completion::Delivered { status: 200 })
+        .await
+        .unwrap();
+    let p = ob.poll(now(), want("t-heads", 100)).await.unwrap();
+    assert_eq!(p.claimed.len(), 1);
+    assert_eq!(p.claimed[0].id, b);
+    assert_eq!(p.claimed[0].attempts, 0, "attempts reset by retry");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn crash_recovery_requeues_inflight_and_keeps_keys() {
+    let sink = Sink::start().await;
+    let dir = state_dir("crash");
+    let ob = Outbox::open(&dir, OutboxOptions::default()).unwrap();
+    let reqs: Vec<_> = (0..3)
+        .map(|i| request("t-crash", &format!("s{i}"), "ringing", &sink.url("/crash")))
+        .collect();
+    assert_eq!(ob.enqueue(&reqs).await.unwrap().inserted, 3);
+    let p = ob.poll(now(), want("t-crash", 2)).await.unwrap();
+    assert_eq!(p.claimed.len(), 2);
+    let r = rows(&ob).await;
+    assert_eq!(r.iter().filter(|r| r.status == Status::Inflight).count(), 2);
+    // "kill -9": the process vanishes with two rows in flight. Nothing else
+    // is written; the file is simply opened again.
+    drop(ob);
+
+    let ob = Arc::new(Outbox::open(&dir, OutboxOptions::default()).unwrap());
+    let r = rows(&ob).await;
+    assert!(all(&r, Status::Pending), "{r:#?}");
+    assert!(r.iter().all(|r| r.attempts == 0));
+    // Keys survive the restart.
+    let o = ob.enqueue(&reqs).await.unwrap();
+    assert_eq!((o.inserted, o.duplicates), (0, 3));
+
+    let (_tx, rx) = target_channel("t-crash: { retry: { initial_backoff: 20ms } }");
+    let shutdown = CancellationToken::new();
+    let h = spawn(ob.clone(), rx, shutdown.clone());
+    let got = sink.wait_for(3).await;
+    wait_rows(&ob, "all done", |r| all(r, Status::Done)).await;
+    assert_eq!(got.len(), 3);
+    let mut ids: Vec<String> = got
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap_or_default())
+        .collect();
+    ids.extend(got.iter().map(|r| r.header("idempotency-key").unwrap()));
+    assert!(ids.contains(&"s0-ringing".to_string()));
+    shutdown.cancel();
+    h.stopped().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Child half of `a_real_crash_loses_nothing`: only acts when started by it.
+#[tokio::test]
+async fn crash_child() {
+    let Ok(dir) = std::env::var("CALLHOOK_CRASH_CHILD_DIR") else {
+        return;
+    };
+    let ob = Outbox::open(std::path::Path::new(&dir), OutboxOptions::default()).unwrap();
+    let reqs: Vec<_> = (0..50)
+        .map(|i| {
+            request(
+                "t-real-crash",
+                &format!("s{}", i % 10),
+                &format!("e{i}"),
+                "http://127.0.0.1:9/x",
+            )
+        })
+        .collect();
+    // Acknowledged = committed; then ten heads go in flight.
+    assert_eq!(ob.enqueue(&reqs).await.unwrap().inserted, 50);
+    assert_eq!(
+        ob.poll(now(), want("t-real-crash", 100))
+            .await
+            .unwrap()
+            .claimed
+            .len(),
+        10
+    );
+    // Like kill -9: no destructor, no checkpoint, no clean close.
+    std::process::abort();
+}
+
+#[tokio::test]
+async fn a_real_crash_loses_nothing() {
+    let dir = state_dir("real-crash");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env("CALLHOOK_CRASH_CHILD_DIR", &dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child aborts");
+    let ob = Outbox::open(&dir, OutboxOptions::default()).unwrap();
+    let r = rows(&ob).await;
+    assert_eq!(r.len(), 50, "every acknowledged delivery survived");
+    assert!(all(&r, Status::Pending), "in-flight rows are pending again");
+    // Order is intact: per call, the first row is the only ready head.
+    let p = ob.poll(now(), want("t-real-crash", 100)).await.unwrap();
+    assert_eq!(p.claimed.len(), 10);
+    for c in &p.claimed {
+        let first = r.iter().find(|x| x.session_id == c.session_id).unwrap();
+        assert_eq!(c.id, first.id);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn admin_list_stats_retry_and_prune() {
+    let dir = state_dir("admin");
+    let ob = Outbox::open(
+        &dir,
+        OutboxOptions {
+            done_retention: Duration::from_secs(60),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let url = "https://crm.example/hook?api_key=s3cr3t&x=1";
+    let mut reqs: Vec<_> = (0..4)
+        .map(|i| request("t-admin", &format!("s{i}"), "ringing", url))
+        .collect();
+    reqs[0]
+        .headers
+        .push(("Authorization".into(), "Bearer hunter2".into()));
+    reqs[0].body = Some(vec![b'x'; 5000]);
+    ob.enqueue(&reqs).await.unwrap();
+    let p = ob.poll(now(), want("t-admin", 3)).await.unwrap();
+    let mut ids: Vec<i64> = p.claimed.iter().map(|c| c.id).collect();
+    ids.sort();
+    ob.complete(ids[0], Completion::Delivered { status: 204 })
+        .await
+        .unwrap();
+    for id in &ids[1..] {
+        ob.complete(
+            *id,
+            Completion::Dead {
+                status: "422".into(),
+                error: Some("y".repeat(10_000)),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let s = ob.stats().await.unwrap();
+    assert_eq!(
+        (s.pending, s.inflight, s.done, s.dead, s.expired),
+        (1, 0, 1, 2, 0)
+    );
+    assert_eq!(s.waiting_by_target.get("t-admin"), Some(&1));
+    assert!(s.oldest_pending_age.unwrap() >= 0.0);
+
+    let dead = ob
+        .list(ListFilter {
+            status: Some(Status::Dead),
+            target: Some("t-admin".into()),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2);
+    assert!(dead[0].id > dead[1].id, "newest first");
+    assert!(dead[0].last_error.as_ref().unwrap().len() <= 2048);
+    assert_eq!(dead[0].last_status.as_deref(), Some("422"));
+    let first = ob.get(ids[0]).await.unwrap().unwrap();
+    let json = serde_json::to_string(&first).unwrap();
+    assert!(
+        !json.contains("hunter2") && !json.contains("s3cr3t"),
+        "{json}"
+    );
+    assert_eq!(first.body_len, 5000);
+    assert_eq!(first.body_excerpt.as_ref().unwrap().len(), 2048);
+    assert_eq!(first.status, Status::Done);
+    assert!(json.contains(r#""status":"done""#));
+
+    // Retry: one, then all.
+    assert!(ob.retry(ids[1]).await.unwrap());
+    assert!(!ob.retry(ids[1]).await.unwrap(), "no longer dead");
+    assert!(!ob.retry(999_999).await.unwrap());
+    assert_eq!(ob.retry_all_dead().await.unwrap(), 1);
+    let s = ob.stats().await.unwrap();
+    assert_eq!((s.pending, s.dead, s.done), (3, 0, 1));
+    let revived = ob.get(ids[1]).await.unwrap().unwrap();
+    assert_eq!((revived.status, revived.attempts), (Status::Pending, 0));
+
+    // Prune: done rows older than the retention go, waiting and dead stay.
+    assert_eq!(ob.prune(now()).await.unwrap(), 0);
+    assert_eq!(ob.prune(now() + 61.0).await.unwrap(), 1);
+    let s = ob.stats().await.unwrap();
+    assert_eq!((s.pending, s.done), (3, 0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn schema_version_is_checked() {
+    let dir = state_dir("schema");
+    drop(Outbox::open(&dir, OutboxOptions::default()).unwrap());
+    {
+        let c = rusqlite::Connection::open(dir.join("outbox.sqlite3")).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+    }
+    let e = Outbox::open(&dir, OutboxOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("99"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Figures for the report: enqueue latency with FULL vs NORMAL and the
+/// effect of group commit. `cargo test --release --test deliver_outbox -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn measure_enqueue_latency() {
+    for durability in [Durability::Full, Durability::Normal] {
+        let dir = state_dir("measure");
+        let ob = Arc::new(
+            Outbox::open(
+                &dir,
+                OutboxOptions {
+                    durability,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        );
+        let url = "http://127.0.0.1:9/x";
+        // Sequential single-request batches (one caller awaiting each).
+        let n = 300;
+        let mut lat = Vec::new();
+        for i in 0..n {
+            let r = request("t-measure", &format!("seq{i}"), "ringing", url);
+            let t = Instant::now();
+            ob.enqueue(&[r]).await.unwrap();
+            lat.push(t.elapsed());
+        }
+        lat.sort();
+        let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
+        println!(
+            "{durability:?}: sequential enqueue of 1: p50 {:?} p99 {:?}",
+            p(0.5),
+            p(0.99)
+        );
+        // Batches of 10.
+        let t = Instant::now();
+        for i in 0..100 {
+            let reqs: Vec<_> = (0..10)
+                .map(|j| request("t-measure", &format!("b{i}-{j}"), "ringing", url))
+                .collect();
+            ob.enqueue(&reqs).await.unwrap();
+        }
+        println!(
+            "{durability:?}: batch of 10: {:?} per batch",
+            t.elapsed() / 100
+        );
+        // Submit cost on the caller and group commit with many submits in flight.
+        let t = Instant::now();
+        let mut receipts = Vec::new();
+        let mut submit_cost = Duration::ZERO;
+        for i in 0..20_000 {
+            let r = request("t-measure", &format!("g{i}"), "ringing", url);
+            let s = Instant::now();
+            receipts.push(ob.submit(vec![r]));
+            submit_cost += s.elapsed();
+        }
+        for r in receipts {
+            r.await.unwrap();
+        }
+        let took = t.elapsed();
+        println!(
+            "{durability:?}: 20000 submits: {:.1} µs per submit on the caller, all committed in {took:?} ({:.0} rows/s)",
+            submit_cost.as_secs_f64() * 1e6 / 20_000.0,
+            20_000.0 / took.as_secs_f64()
+        );
+        drop(ob);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
