@@ -1,99 +1,19 @@
 //! End to end: the real `callhook run` binary against simulated PBXs on
 //! 127.0.0.1 replaying real captures, reading the call model it prints.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod support_daemon;
+
+use std::path::Path;
 
 use callhook::ami::simulator::{AfterCapture, Simulator, SimulatorHandle};
 use serde_json::Value;
+use support_daemon::{fixture, temp_dir, Daemon};
 
 const USER: &str = "amiuser";
 const SECRET: &str = "e2e-secret-42";
-const WAIT: Duration = Duration::from_secs(20);
 
-fn fixture(rel: &str) -> Vec<u8> {
-    let p = format!("{}/tests/fixtures/ami/{rel}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("callhook-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// The daemon, its stdout lines arriving on a channel.
-struct Daemon {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    fn start(config: &str, dir: &Path) -> Daemon {
-        let path = dir.join("callhook.yaml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_callhook"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .args(["--print", "jsonl"])
-            .env("E2E_AMI_SECRET", SECRET)
-            .env("CALLHOOK_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Daemon { child, lines: rx }
-    }
-
-    /// Lines until one satisfies `pred` (panics after WAIT).
-    fn until(&self, mut pred: impl FnMut(&Value) -> bool) -> Vec<Value> {
-        let mut got = Vec::new();
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(WAIT)
-                .unwrap_or_else(|_| panic!("timed out; so far: {got:#?}"));
-            let v: Value = serde_json::from_str(&line).unwrap();
-            let done = pred(&v);
-            got.push(v);
-            if done {
-                return got;
-            }
-        }
-    }
-
-    /// SIGTERM, then every remaining line until stdout closes; the exit status.
-    fn stop(mut self) -> (Vec<Value>, std::process::ExitStatus, String) {
-        let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let mut rest = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(WAIT) {
-            rest.push(serde_json::from_str(&line).unwrap());
-        }
-        let status = self.child.wait().unwrap();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use std::io::Read;
-            e.read_to_string(&mut err).ok();
-        }
-        (rest, status, err)
-    }
+fn start(config: &str, dir: &Path) -> Daemon {
+    Daemon::start(config, dir, &[("E2E_AMI_SECRET", SECRET)])
 }
 
 fn config(dir: &Path, pbxs: &[(&str, &SimulatorHandle)]) -> String {
@@ -127,7 +47,7 @@ async fn reconnect_mid_call_gives_one_call_closed_once() {
             .await
             .unwrap();
         let dir = temp_dir(&format!("reconnect-{v}"));
-        let daemon = Daemon::start(&config(&dir, &[("main", &sim)]), &dir);
+        let daemon = start(&config(&dir, &[("main", &sim)]), &dir);
         let before = tokio::task::block_in_place(|| daemon.until(is_call));
         sim.wait_for(|s| s.replays_completed >= 2).await;
         let (rest, status, stderr) = tokio::task::block_in_place(|| daemon.stop());
@@ -187,7 +107,7 @@ async fn several_pbxs_in_one_process_keep_their_ids() {
         .await
         .unwrap();
     let dir = temp_dir("multi");
-    let daemon = Daemon::start(&config(&dir, &[("sede-a", &a), ("sede-b", &b)]), &dir);
+    let daemon = start(&config(&dir, &[("sede-a", &a), ("sede-b", &b)]), &dir);
     let mut seen = 0;
     let got = tokio::task::block_in_place(|| {
         daemon.until(|v| {
@@ -236,7 +156,7 @@ fn check_reports_every_error_and_exits_non_zero() {
         "pbx:\n  - id: main\n    ami: { host: 127.0.0.1, username: u, secret: \"${E2E_UNSET_VAR_X}\", auth: kerberos }\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_callhook"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
         .args(["check", "--config"])
         .arg(&path)
         .output()
@@ -254,7 +174,7 @@ fn check_reports_every_error_and_exits_non_zero() {
         "pbx:\n  - id: main\n    ami: { host: 127.0.0.1, username: u, secret: plain-for-test }\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_callhook"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
         .args(["check", "--config"])
         .arg(&good)
         .output()
