@@ -103,8 +103,8 @@
 //! evaluation for that event. A rule's request carries:
 //!
 //! - `event_id`: stable across retries, restarts and replays:
-//!   `{session_id}/{leg_id}/{state}/{rule}` for leg events (note that
-//!   `leg_id` itself starts with the session id),
+//!   `{leg_id}/{state}/{rule}` for leg events (`leg_id` is
+//!   `{session_id}/{extension}`),
 //!   `{session_id}/call/{state}/{rule}` for call_state events,
 //!   `{session_id}/call/hungup/{rule}` for call records.
 //! - `created_at`: the event's time (leg/call_state `at`, record
@@ -223,7 +223,7 @@ pub struct RuleSet {
     env: Map<String, Value>,
 }
 
-/// `{session}/{leg_id}/{state}/{rule}`, `{session}/call/{state}/{rule}`.
+/// `{leg_id}/{state}/{rule}`, `{session}/call/{state}/{rule}`.
 pub fn event_id(ev: &ModelEvent, rule: &str) -> String {
     match ev {
         // `leg_id` already starts with the session id (`SESSION/EXT`).
