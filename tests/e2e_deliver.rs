@@ -601,3 +601,45 @@ async fn dead_deliveries_are_listed_and_retried_through_the_admin_api() {
         .await;
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_sends_through_the_outbox_and_a_second_run_creates_no_second_record() {
+    let sink = Sink::start().await;
+    let dir = temp_dir("replay-send");
+    let cfg = format!(
+        "state_dir: {}\ntargets:\n  crm: {{ timeout: 2s }}\nrules:\n{}",
+        dir.join("state").display(),
+        POP_AND_LOG.replace("SINK", &sink.addr.to_string())
+    );
+    let path = dir.join("replay.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+            .arg("replay")
+            .arg(format!(
+                "{}/tests/fixtures/ami/asterisk-20/queue-answered.ami",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .arg("--config")
+            .arg(&path)
+            .env("CALLHOOK_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let first = tokio::task::block_in_place(run);
+    assert!(first.contains("3 requests: 3 enqueued"), "{first}");
+    assert!(first.contains("done: 3 delivered"), "{first}");
+    assert_eq!(sink.count(), 3);
+    // Again: the call log has an idempotency key and is not sent twice; the
+    // screen-pops (no key) are sent again on purpose.
+    let second = tokio::task::block_in_place(run);
+    assert!(second.contains("2 enqueued, 1 already there"), "{second}");
+    assert_eq!(sink.for_path("/calls").len(), 1);
+    assert_eq!(sink.count(), 5);
+}

@@ -185,3 +185,75 @@ fn check_reports_every_error_and_exits_non_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_names_file_line_and_column_with_a_hint() {
+    let dir = temp_dir("check-rules");
+    let path = dir.join("bad-rules.yaml");
+    std::fs::write(
+        &path,
+        r#"pbx: []
+targets:
+  crm: { rate_limit: 20/sec }
+rules:
+  - name: pop
+    when: { state: ringing }
+    target: crn
+    url: "http://127.0.0.1:8080/x?pi=%CALLER_IDD%"
+  - name: evil
+    target: crm
+    url: "http://%CALLER_ID%.example.com/x"
+"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = path.display().to_string();
+    for (line_col, what) in [
+        (":3:22:", "write 20/s"),
+        (":7:13:", "unknown target \"crn\""),
+        (":8:", "did you mean %CALLER_ID%"),
+        (":11:", "must be written literally"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("{f}{line_col}")) && l.contains(what)),
+            "missing {line_col} {what} in:\n{err}"
+        );
+    }
+    assert!(err.contains("4 errors"), "{err}");
+}
+
+#[test]
+fn demo_plays_the_captures_and_stops_by_itself() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+        .args(["demo", "--speed", "50"])
+        .env("CALLHOOK_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1002  ringing   ← 5559876543 \"Maria Lopez\" via queue ventas"),
+        "{text}"
+    );
+    assert!(
+        text.contains("→ GET /CRM/forms/general/DbFind.aspx?pi=5559876543&ext=1002 → 200"),
+        "{text}"
+    );
+    assert!(
+        text.contains("all calls played and every webhook delivered"),
+        "{text}"
+    );
+    let calls = text.lines().filter(|l| l.contains("  call ")).count();
+    assert_eq!(calls, 8, "{text}");
+}
