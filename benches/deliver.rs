@@ -28,14 +28,20 @@ async fn sink() -> (String, Arc<Mutex<BTreeMap<String, Instant>>>) {
     let app = Router::new().fallback(move |req: Request| {
         let s = s.clone();
         async move {
-            let key = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
+            let key = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
             if let Ok(mut m) = s.lock() {
                 m.insert(key, Instant::now());
             }
             "ok"
         }
     });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
@@ -87,13 +93,25 @@ async fn baseline_throughput(base: &str) -> f64 {
 }
 
 async fn outbox_run(base: &str, durability: Durability) -> (f64, Vec<f64>) {
-    let dir = std::env::temp_dir().join(format!("callhook-bench-{}-{durability:?}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "callhook-bench-{}-{durability:?}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let outbox = Arc::new(
-        Outbox::open(&dir, OutboxOptions { durability, ..Default::default() }).expect("outbox"),
+        Outbox::open(
+            &dir,
+            OutboxOptions {
+                durability,
+                ..Default::default()
+            },
+        )
+        .expect("outbox"),
     );
-    let raw: BTreeMap<String, RawTarget> =
-        serde_yaml::from_str(&format!("crm: {{ concurrency: {CONCURRENCY}, timeout: 5s }}")).expect("yaml");
+    let raw: BTreeMap<String, RawTarget> = serde_yaml::from_str(&format!(
+        "crm: {{ concurrency: {CONCURRENCY}, timeout: 5s }}"
+    ))
+    .expect("yaml");
     let targets = Arc::new(validate_targets(&raw, std::path::Path::new(".")).expect("targets"));
     let (_tx, rx) = tokio::sync::watch::channel(targets);
     let token = CancellationToken::new();
@@ -124,7 +142,12 @@ async fn outbox_run(base: &str, durability: Durability) -> (f64, Vec<f64>) {
         let due = start + Duration::from_secs_f64(i as f64 / RATE);
         tokio::time::sleep_until(due.into()).await;
         let at = Instant::now();
-        let _ = outbox.submit(vec![request(&lat_base, N + i, callhook::source::now_epoch())]);
+        // Queued at once; the receipt (commit) is not awaited: latency is measured at the sink.
+        drop(outbox.submit(vec![request(
+            &lat_base,
+            N + i,
+            callhook::source::now_epoch(),
+        )]));
         sent.push((format!("/pop?i={}", N + i), at));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -134,7 +157,10 @@ async fn outbox_run(base: &str, durability: Durability) -> (f64, Vec<f64>) {
     let m = seen.lock().map(|m| m.clone()).unwrap_or_default();
     let lat: Vec<f64> = sent
         .iter()
-        .filter_map(|(k, at)| m.get(k).map(|t| t.duration_since(*at).as_secs_f64() * 1000.0))
+        .filter_map(|(k, at)| {
+            m.get(k)
+                .map(|t| t.duration_since(*at).as_secs_f64() * 1000.0)
+        })
         .collect();
     token.cancel();
     d.stopped().await;
@@ -182,8 +208,14 @@ fn main() {
         let mut lat_direct = baseline_latency().await;
         println!("deliveries/s to a local sink, {N} requests, concurrency {CONCURRENCY}");
         println!("  direct reqwest (baseline)          {direct:>9.0}/s  1.00");
-        println!("  outbox, synchronous=FULL (default) {full:>9.0}/s  {:.2}", full / direct);
-        println!("  outbox, synchronous=NORMAL         {normal:>9.0}/s  {:.2}", normal / direct);
+        println!(
+            "  outbox, synchronous=FULL (default) {full:>9.0}/s  {:.2}",
+            full / direct
+        );
+        println!(
+            "  outbox, synchronous=NORMAL         {normal:>9.0}/s  {:.2}",
+            normal / direct
+        );
         println!("event -> request latency at {RATE}/s for {LOAD_SECS} s (ms)");
         println!(
             "  direct reqwest (baseline, request time)  p50 {:>6.2}  p99 {:>6.2}",

@@ -2,9 +2,12 @@
 //! dispatcher, plus the HTTP listener, reloads and shutdown.
 //!
 //! ```text
-//! AMI clients ─try_send─▶ bounded queue ─▶ normalizer task ─▶ rules ─▶ outbox.submit (await commit) ─▶ dispatcher ─▶ HTTP
-//!                                              │
-//!                                              └─▶ optional printout of the call model (stdout)
+//! AMI clients ─try_send─────────┐
+//!                               ├─▶ bounded queue ─▶ normalizer task ─▶ rules ─▶ outbox.submit (await commit) ─▶ dispatcher ─▶ HTTP
+//! push endpoint ─send (≤ 2 s)───┘                        │                                   │
+//!        ▲                                               │                                   │
+//!        └──────────── ack (after the commit) ───────────┼───────────────────────────────────┘
+//!                                                        └─▶ optional printout of the call model (stdout)
 //! ```
 //!
 //! **Durability.** The normalizer task evaluates the rules for a batch of
@@ -12,15 +15,23 @@
 //! outbox before it takes the next batch: once a delivery exists, it
 //! survives `kill -9`. The AMI socket readers never wait for this (they feed
 //! a bounded queue; see `ami::client`), and nothing here waits for HTTP.
+//! A pushed event (`http::push`) carries an acknowledgement that is answered
+//! once its batch's deliveries are committed; if they could not be (outbox
+//! error or full), the batch's changes to pushed calls are rolled back and
+//! the pushes answered with an error (HTTP 503), so the pusher's retry is
+//! applied again rather than taken for a duplicate.
 //!
 //! **Reload** (SIGHUP or `POST /-/reload`): the file is read and validated
 //! again; on success the rules and targets are swapped atomically (in-flight
 //! deliveries continue), on failure every error is logged/returned and the
-//! old configuration stays. PBX, classification and `listen` changes need a
-//! restart (logged).
+//! old configuration stays. Push team tokens and time zones are reloaded
+//! too. PBX, classification, `listen` and push path/parameter changes need
+//! a restart (logged).
 //!
 //! **Shutdown** (SIGINT/SIGTERM): clients log off and stop reading; the
-//! normalizer drains what they queued and commits its deliveries; the
+//! queue is closed (new pushes get 503); the normalizer drains what was
+//! queued, writes the records of pushed calls that are over without
+//! waiting for them to settle, and commits its deliveries; the
 //! dispatcher lets requests in flight finish (up to a deadline) and leaves
 //! the rest pending in the outbox; the HTTP listener closes.
 
@@ -37,12 +48,13 @@ use crate::ami::client::{self, AmiHandle, AuthMode, ClientConfig, ConnectionStat
 use crate::config::Config;
 use crate::deliver::outbox::Outbox;
 use crate::deliver::{self, DeliveryRequest};
+use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::{self, ApiState, Readiness, ReloadReply};
 use crate::metrics::metrics;
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
 use crate::rules::RuleSet;
-use crate::source::{now_epoch, SourceEvent};
+use crate::source::{now_epoch, PushAck, PushReceipt, SourceEvent};
 
 /// The daemon could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +82,12 @@ pub enum AppError {
     },
 }
 
-/// How often time-driven decisions run (maximum call age, undecided ≤ 11 channels).
+/// How often time-driven decisions run (maximum call age, undecided ≤ 11
+/// channels, settled pushed calls).
 const TICK: Duration = Duration::from_millis(250);
+
+/// Room in the normalizer's queue for pushed events (added to the PBXs').
+const PUSH_QUEUE: usize = 1024;
 
 /// Builds one client config per configured PBX.
 pub fn client_configs(cfg: &Config) -> Vec<ClientConfig> {
@@ -199,17 +215,30 @@ pub async fn run_until(
     // AMI clients.
     let sources_token = token.child_token();
     let clients = client_configs(&cfg);
-    let capacity: usize = clients
-        .iter()
-        .map(|c| c.queue_capacity)
-        .sum::<usize>()
-        .max(1);
-    let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity);
+    let capacity: usize = clients.iter().map(|c| c.queue_capacity).sum::<usize>()
+        + if cfg.push.is_some() { PUSH_QUEUE } else { 0 };
+    let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity.max(1));
     let mut handles: Vec<AmiHandle> = Vec::new();
     for c in clients {
         info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
         handles.push(client::spawn(c, tx.clone(), sources_token.clone()));
     }
+    // The push endpoint is a source too: it feeds the same queue.
+    let (push_teams_tx, push_teams_rx) = watch::channel(Arc::new(Teams::new(
+        cfg.push.as_ref().map_or(&[][..], |p| &p.teams[..]),
+    )));
+    let push_state = cfg.push.as_ref().and_then(|p| {
+        let token_header = axum::http::HeaderName::from_bytes(p.token_header.as_bytes()).ok()?;
+        Some(Arc::new(PushState {
+            path: p.path.clone(),
+            token_param: p.token_param.clone(),
+            token_header,
+            teams: push_teams_rx.clone(),
+            tx: tx.clone(),
+            queue_wait: QUEUE_WAIT,
+            ack_wait: ACK_WAIT,
+        }))
+    });
     drop(tx);
 
     // HTTP.
@@ -244,9 +273,13 @@ pub async fn run_until(
             reload: Some(reload_tx.clone()),
             admin_token: cfg.admin_token.clone(),
             outbox: Some(outbox.clone()),
+            push: push_state.clone(),
         };
         if let Ok(a) = l.local_addr() {
             info!(addr = %a, "HTTP listening (/metrics, /healthz, /readyz, /-/reload, /api)");
+            if let Some(p) = &push_state {
+                info!(addr = %a, path = %p.path, "push endpoint ready");
+            }
         }
         let t = http_token.clone();
         tokio::spawn(async move {
@@ -256,9 +289,17 @@ pub async fn run_until(
         })
     });
     drop(reload_tx);
+    drop(push_state);
 
     // Reloads.
     let config_path = opts.config_path.clone();
+    let push_mount = cfg.push.as_ref().map(|p| {
+        (
+            p.path.clone(),
+            p.token_param.clone(),
+            p.token_header.clone(),
+        )
+    });
     let reload_task = tokio::spawn(async move {
         while let Some(reply) = reload_rx.recv().await {
             let result = match &config_path {
@@ -267,6 +308,21 @@ pub async fn run_until(
                     Ok(new) => {
                         targets_tx.send_replace(new.targets.clone());
                         rules_tx.send_replace(new.rules.clone());
+                        let mount = new.push.as_ref().map(|p| {
+                            (
+                                p.path.clone(),
+                                p.token_param.clone(),
+                                p.token_header.clone(),
+                            )
+                        });
+                        if mount != push_mount {
+                            warn!("push endpoint added, removed, or its path/token parameter/header changed: restart to apply");
+                        }
+                        if push_mount.is_some() {
+                            if let Some(p) = &new.push {
+                                push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
+                            }
+                        }
                         info!(rules = new.rules.len(), targets = new.targets.len(), "configuration reloaded (PBX, classify and listen changes need a restart)");
                         Ok(())
                     }
@@ -297,15 +353,17 @@ pub async fn run_until(
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acks: Vec<(PushAck, PushReceipt)> = Vec::new();
     let mut open = true;
     while open {
+        normalizer.begin_batch();
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(ev) => {
-                    normalizer.handle(&ev, &mut out);
+                    take(&mut normalizer, ev, &mut out, &mut acks);
                     while out.len() < 1024 {
                         match rx.try_recv() {
-                            Ok(ev) => normalizer.handle(&ev, &mut out),
+                            Ok(ev) => take(&mut normalizer, ev, &mut out, &mut acks),
                             Err(_) => break,
                         }
                     }
@@ -316,16 +374,16 @@ pub async fn run_until(
             _ = token.cancelled() => open = false,
             Ok(()) = rules_rx.changed() => rules = rules_rx.borrow_and_update().clone(),
         }
-        if !out.is_empty() {
-            deliver_batch(&rules, &outbox, &outbox_ok, &out, |p| {
-                normalizer.clock_offset(p)
-            })
-            .await;
-            if let Some(o) = opts.observer.as_mut() {
-                o(&out);
-            }
-            out.clear();
-        }
+        finish_batch(
+            &rules,
+            &outbox,
+            &outbox_ok,
+            &mut normalizer,
+            &mut out,
+            &mut acks,
+            &mut opts.observer,
+        )
+        .await;
     }
 
     // Shutdown: sources first, then what they queued, then delivery.
@@ -338,18 +396,22 @@ pub async fn run_until(
             warn!(pbx = %h.pbx(), "AMI client did not stop in time");
         }
     }
+    rx.close();
+    normalizer.begin_batch();
     while let Ok(ev) = rx.try_recv() {
-        normalizer.handle(&ev, &mut out);
+        take(&mut normalizer, ev, &mut out, &mut acks);
     }
-    if !out.is_empty() {
-        deliver_batch(&rules, &outbox, &outbox_ok, &out, |p| {
-            normalizer.clock_offset(p)
-        })
-        .await;
-        if let Some(o) = opts.observer.as_mut() {
-            o(&out);
-        }
-    }
+    normalizer.settle_pushed(now_epoch(), &mut out);
+    finish_batch(
+        &rules,
+        &outbox,
+        &outbox_ok,
+        &mut normalizer,
+        &mut out,
+        &mut acks,
+        &mut opts.observer,
+    )
+    .await;
     let live = normalizer.live_calls();
     if live > 0 {
         info!(live, "stopping with calls in progress (the reconnect snapshot settles them at the next start)");
@@ -365,8 +427,77 @@ pub async fn run_until(
     Ok(())
 }
 
+/// Feeds one source event to the normalizer, keeping a push's
+/// acknowledgement for when its batch is committed.
+fn take(
+    n: &mut Normalizer,
+    ev: SourceEvent,
+    out: &mut Vec<ModelEvent>,
+    acks: &mut Vec<(PushAck, PushReceipt)>,
+) {
+    match ev {
+        SourceEvent::Push {
+            team,
+            received_at,
+            event,
+            ack,
+        } => {
+            let r = n.handle_push(&team, received_at, &event, out);
+            if let Some(a) = ack {
+                acks.push((a, r));
+            }
+        }
+        ev => n.handle(&ev, out),
+    }
+}
+
+fn event_pbx(e: &ModelEvent) -> &str {
+    match e {
+        ModelEvent::Leg(l) => &l.pbx,
+        ModelEvent::CallState(c) => &c.pbx,
+        ModelEvent::Call(c) => &c.pbx,
+    }
+}
+
+/// Ends a batch: commits its deliveries, then keeps (or, if they could not
+/// be committed, rolls back) the batch's changes to pushed calls, answers
+/// the pushes and shows the events to the observer.
+async fn finish_batch(
+    rules: &RuleSet,
+    outbox: &Outbox,
+    ok: &AtomicBool,
+    normalizer: &mut Normalizer,
+    out: &mut Vec<ModelEvent>,
+    acks: &mut Vec<(PushAck, PushReceipt)>,
+    observer: &mut Option<Observer>,
+) {
+    let result = if out.is_empty() {
+        Ok(())
+    } else {
+        deliver_batch(rules, outbox, ok, out, |p| normalizer.clock_offset(p)).await
+    };
+    match &result {
+        Ok(()) => normalizer.commit_batch(),
+        Err(_) => {
+            normalizer.rollback_batch();
+            // Pushed calls will say it again when the pushes are retried.
+            out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
+        }
+    }
+    if !out.is_empty() {
+        if let Some(o) = observer.as_mut() {
+            o(out);
+        }
+    }
+    for (ack, receipt) in acks.drain(..) {
+        let _ = ack.send(result.clone().map(|()| receipt));
+    }
+    out.clear();
+}
+
 /// Evaluates the rules for a batch of model events and commits the
-/// deliveries; returns once they are durable (or failed, logged).
+/// deliveries; returns once they are durable, or why they are not (logged:
+/// the outbox failed, or was full and refused some).
 /// `clock_offset(pbx)` converts event time to local time (freshness limits
 /// and latency metrics run on the local clock).
 pub async fn deliver_batch(
@@ -375,14 +506,14 @@ pub async fn deliver_batch(
     ok: &AtomicBool,
     events: &[ModelEvent],
     clock_offset: impl Fn(&str) -> f64,
-) {
+) -> Result<(), String> {
     let mut reqs: Vec<DeliveryRequest> = events.iter().flat_map(|e| rules.evaluate(e)).collect();
     for r in &mut reqs {
         let local = r.created_at - clock_offset(&r.pbx);
         r.rebase(local);
     }
     if reqs.is_empty() {
-        return;
+        return Ok(());
     }
     match outbox.submit(reqs).await {
         Ok(o) => {
@@ -392,11 +523,17 @@ pub async fn deliver_batch(
                     rejected = o.rejected_full,
                     "outbox full: deliveries refused"
                 );
+                return Err(format!(
+                    "outbox full: {} deliveries refused",
+                    o.rejected_full
+                ));
             }
+            Ok(())
         }
         Err(e) => {
             ok.store(false, Ordering::Relaxed);
             error!(error = %e, "cannot write deliveries to the outbox");
+            Err(format!("cannot write deliveries to the outbox: {e}"))
         }
     }
 }

@@ -86,6 +86,38 @@ pub struct RawConfig {
     /// Call tracking limits.
     #[serde(default)]
     pub calls: RawCalls,
+    /// The asterCC-style push endpoint (needs `listen`).
+    pub push: Option<RawPush>,
+}
+
+/// The asterCC-style push endpoint.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPush {
+    /// URL path on the `listen` address (default `/v1/events/astercc`).
+    pub path: Option<String>,
+    /// Query parameter carrying the team's token (default `token`).
+    pub token_param: Option<String>,
+    /// Header carrying the team's token (default `X-Callhook-Token`).
+    pub token_header: Option<String>,
+    /// How long after a call's last push, once it is over, its record is
+    /// written (default `2s`): pushes that arrive out of order are folded in.
+    pub settle: Option<String>,
+    /// Teams (tenants) by name; the name is the `pbx` of their calls.
+    #[serde(default)]
+    pub teams: BTreeMap<String, RawTeam>,
+}
+
+/// One push team.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTeam {
+    /// The team's token, usually `${ACME_PUSH_TOKEN}`.
+    pub token: Option<String>,
+    /// A file holding the token (trailing newline ignored).
+    pub token_file: Option<PathBuf>,
+    /// UTC offset of `eventTime`s written without one (`+02:00`; default UTC).
+    pub timezone: Option<String>,
 }
 
 /// A rule-set file named by `include`.
@@ -240,6 +272,33 @@ pub struct PbxConfig {
     pub queue_capacity: usize,
 }
 
+/// Default path of the push endpoint.
+pub const DEFAULT_PUSH_PATH: &str = "/v1/events/astercc";
+
+/// The validated push endpoint settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushConfig {
+    /// URL path.
+    pub path: String,
+    /// Query parameter with the token.
+    pub token_param: String,
+    /// Header with the token.
+    pub token_header: String,
+    /// Teams, by name.
+    pub teams: Vec<PushTeam>,
+}
+
+/// A validated push team.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushTeam {
+    /// Name: the `pbx` of its calls.
+    pub name: String,
+    /// Token (compared in constant time).
+    pub token: Secret,
+    /// Offset of `eventTime`s without one, seconds east of UTC.
+    pub utc_offset: i32,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -259,6 +318,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Outbox limits.
     pub outbox: OutboxOptions,
+    /// The push endpoint (none: not mounted).
+    pub push: Option<PushConfig>,
 }
 
 /// A configuration problem, with where it is when known.
@@ -550,7 +611,20 @@ impl RawConfig {
             }
         };
         let defaults = NormalizerConfig::default();
+        let push_settle = self.push.as_ref().and_then(|p| p.settle.clone());
+        let push_settle = dur(
+            &push_settle,
+            "push.settle".into(),
+            Duration::from_secs_f64(defaults.push_settle),
+            &mut errors,
+        )
+        .as_secs_f64();
+        let pbx_ids: Vec<String> = pbx.iter().map(|p| p.id.clone()).collect();
+        let push = self
+            .push
+            .map(|p| validate_push(p, self.listen.as_deref(), &pbx_ids, base_dir, &mut errors));
         let normalizer = NormalizerConfig {
+            push_settle,
             classifier,
             max_call_age: dur(
                 &self.calls.max_age,
@@ -572,11 +646,192 @@ impl RawConfig {
             Ok(Config {
                 pbx,
                 normalizer,
+                push,
                 ..Config::default_replay()
             })
         } else {
             Err(errors)
         }
+    }
+}
+
+/// Checks the `push:` section.
+fn validate_push(
+    p: RawPush,
+    listen: Option<&str>,
+    pbx_ids: &[String],
+    base_dir: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> PushConfig {
+    let err = |path: &str, message: String, hint: Option<&str>| ConfigError {
+        file: None,
+        path: path.to_string(),
+        location: None,
+        message,
+        hint: hint.map(str::to_string),
+    };
+    if listen.is_none_or(|l| l.trim().is_empty()) {
+        errors.push(err(
+            "push",
+            "the push endpoint needs an HTTP listener".into(),
+            Some("set listen: 0.0.0.0:9188 (or another host:port)"),
+        ));
+    }
+    let path = p.path.unwrap_or_else(|| DEFAULT_PUSH_PATH.to_string());
+    let reserved = ["/metrics", "/healthz", "/readyz", "/-/reload", "/api"];
+    if !path.starts_with('/')
+        || path.len() < 2
+        || path.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | ':' | '*' | '{' | '}')
+        })
+        || path.contains("//")
+    {
+        errors.push(err(
+            "push.path",
+            format!("{path:?} is not a usable URL path"),
+            Some("write an absolute path such as /v1/events/astercc (no query, no : or *)"),
+        ));
+    } else if reserved
+        .iter()
+        .any(|r| path == *r || path.starts_with(&format!("{r}/")))
+    {
+        errors.push(err(
+            "push.path",
+            format!("{path:?} is already used by callhook"),
+            Some("choose another path, e.g. /v1/events/astercc"),
+        ));
+    }
+    let token_param = p.token_param.unwrap_or_else(|| "token".into());
+    if token_param.is_empty()
+        || !token_param
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        errors.push(err(
+            "push.token_param",
+            format!("{token_param:?} is not a query parameter name"),
+            Some("letters, digits, _ - ."),
+        ));
+    }
+    let token_header = p.token_header.unwrap_or_else(|| "X-Callhook-Token".into());
+    if axum::http::HeaderName::from_bytes(token_header.as_bytes()).is_err() {
+        errors.push(err(
+            "push.token_header",
+            format!("{token_header:?} is not a header name"),
+            Some("e.g. X-Callhook-Token"),
+        ));
+    }
+    if p.teams.is_empty() {
+        errors.push(err(
+            "push.teams",
+            "no teams".into(),
+            Some("add one: teams: { acme: { token: \"${ACME_PUSH_TOKEN}\" } }"),
+        ));
+    }
+    let mut teams: Vec<PushTeam> = Vec::new();
+    for (name, t) in p.teams {
+        let at = |k: &str| format!("push.teams.{name}.{k}");
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            errors.push(err(
+                &format!("push.teams.{name}"),
+                format!("{name:?} is not a usable team name"),
+                Some("letters, digits, _ - . (it becomes the pbx of the team's calls)"),
+            ));
+        }
+        if pbx_ids.contains(&name) {
+            errors.push(err(
+                &format!("push.teams.{name}"),
+                format!("{name:?} is also a PBX id"),
+                Some("give the team another name: it is the pbx of its calls"),
+            ));
+        }
+        let token = match (&t.token, &t.token_file) {
+            (Some(_), Some(_)) => {
+                errors.push(err(
+                    &format!("push.teams.{name}"),
+                    "both token and token_file are set".into(),
+                    Some("keep one"),
+                ));
+                None
+            }
+            (Some(v), None) => Some(expand_env(v, &at("token"), errors)),
+            (None, Some(f)) => {
+                let f = if f.is_relative() {
+                    base_dir.join(f)
+                } else {
+                    f.clone()
+                };
+                match std::fs::read_to_string(&f) {
+                    Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_string()),
+                    Err(e) => {
+                        errors.push(err(
+                            &at("token_file"),
+                            format!("cannot read {}: {e}", f.display()),
+                            None,
+                        ));
+                        None
+                    }
+                }
+            }
+            (None, None) => {
+                errors.push(err(
+                    &at("token"),
+                    "no token".into(),
+                    Some("set token: \"${TEAM_PUSH_TOKEN}\" or token_file: PATH"),
+                ));
+                None
+            }
+        };
+        let token = match token {
+            Some(v) if v.chars().count() < 8 => {
+                errors.push(err(
+                    &at("token"),
+                    "is shorter than 8 characters".into(),
+                    Some("use a long random value, e.g. openssl rand -hex 24"),
+                ));
+                Secret::default()
+            }
+            Some(v) => {
+                if teams.iter().any(|o| o.token.expose() == v) {
+                    errors.push(err(
+                        &at("token"),
+                        "is the same as another team's token".into(),
+                        Some("the token says which team pushed: give each team its own"),
+                    ));
+                }
+                Secret::new(v)
+            }
+            None => Secret::default(),
+        };
+        let utc_offset = match t.timezone.as_deref() {
+            None => 0,
+            Some(z) => match crate::template::parse_offset(z) {
+                Some(o) => o.whole_seconds(),
+                None => {
+                    errors.push(err(
+                        &at("timezone"),
+                        format!("{z:?} is not a UTC offset"),
+                        Some("write +02:00, -03:00 or Z"),
+                    ));
+                    0
+                }
+            },
+        };
+        teams.push(PushTeam {
+            name,
+            token,
+            utc_offset,
+        });
+    }
+    PushConfig {
+        path,
+        token_param,
+        token_header,
+        teams,
     }
 }
 
@@ -949,6 +1204,7 @@ impl Config {
             rules: Arc::new(RuleSet::default()),
             admin_token: None,
             outbox: OutboxOptions::default(),
+            push: None,
         }
     }
 }

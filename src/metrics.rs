@@ -76,6 +76,9 @@ pub struct Metrics {
     pub config_last_reload_successful: IntGauge,
     /// Reloads by outcome (success, failure).
     pub config_reloads: IntCounterVec,
+    /// Push endpoint requests by team (configured teams, else `unknown`)
+    /// and outcome (accepted, duplicate, unauthorized, bad_request, unavailable).
+    pub push_requests: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -320,6 +323,12 @@ impl Metrics {
                 "callhook_config_reloads_total",
                 "Configuration reloads by outcome",
                 &["outcome"],
+            ),
+            push_requests: counter_vec(
+                &r,
+                "callhook_push_requests_total",
+                "Push endpoint requests by team and outcome",
+                &["team", "outcome"],
             ),
             registry: r,
         }

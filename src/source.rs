@@ -1,10 +1,13 @@
 //! `SourceEvent`: the only type that crosses from a source (the AMI client,
-//! later the HTTP push endpoint) into the normalizer.
+//! the asterCC-style HTTP push endpoint) into the normalizer.
 //!
 //! Sources know their wire formats; the normalizer knows calls. Nothing else
 //! travels between them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use tokio::sync::oneshot;
 
 use crate::ami::AmiMessage;
 
@@ -12,7 +15,10 @@ use crate::ami::AmiMessage;
 pub type PbxId = Arc<str>;
 
 /// Something a source observed.
-#[derive(Debug, Clone)]
+///
+/// Cloning a [`SourceEvent::Push`] does not clone its acknowledgement (a
+/// oneshot sender cannot be shared): the clone has `ack: None`.
+#[derive(Debug)]
 pub enum SourceEvent {
     /// An unsolicited AMI event (never a response or a list item).
     Ami {
@@ -41,6 +47,148 @@ pub enum SourceEvent {
         /// When the loss was noticed (local clock, epoch seconds).
         at: f64,
     },
+    /// One event pushed over HTTP by a hosted dialer (asterCC style),
+    /// authenticated and validated (see `http::push`).
+    Push {
+        /// The team (tenant) whose token authenticated the push: the `pbx`
+        /// of the calls it produces.
+        team: PbxId,
+        /// Local receive time, epoch seconds (used when the event has no `eventTime`).
+        received_at: f64,
+        /// The event (boxed: it is much larger than the other variants).
+        event: Box<PushEvent>,
+        /// Answered by the normalizer task once the deliveries the event
+        /// caused are committed to the outbox (`Err` when they could not
+        /// be: the pusher should retry). `None`: nobody waits.
+        ack: Option<PushAck>,
+    },
+}
+
+impl Clone for SourceEvent {
+    fn clone(&self) -> Self {
+        match self {
+            SourceEvent::Ami {
+                pbx,
+                received_at,
+                msg,
+            } => SourceEvent::Ami {
+                pbx: pbx.clone(),
+                received_at: *received_at,
+                msg: msg.clone(),
+            },
+            SourceEvent::AmiSnapshot {
+                pbx,
+                received_at,
+                channels,
+            } => SourceEvent::AmiSnapshot {
+                pbx: pbx.clone(),
+                received_at: *received_at,
+                channels: channels.clone(),
+            },
+            SourceEvent::AmiDisconnected { pbx, at } => SourceEvent::AmiDisconnected {
+                pbx: pbx.clone(),
+                at: *at,
+            },
+            SourceEvent::Push {
+                team,
+                received_at,
+                event,
+                ack: _,
+            } => SourceEvent::Push {
+                team: team.clone(),
+                received_at: *received_at,
+                event: event.clone(),
+                ack: None,
+            },
+        }
+    }
+}
+
+/// What the normalizer made of a pushed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PushReceipt {
+    /// The same event (session, event, source, leg, `eventTime`) was
+    /// already applied: nothing happened this time.
+    pub duplicate: bool,
+}
+
+/// How the normalizer task answers a push: the receipt once the event's
+/// deliveries are durable, or why they are not.
+pub type PushAck = oneshot::Sender<Result<PushReceipt, String>>;
+
+/// The kind of a pushed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushKind {
+    /// `ringing`: the party named by `source` is being offered the call.
+    Ringing,
+    /// `answer` / `answered`: that party answered.
+    Answer,
+    /// `hangup`: that party hung up.
+    Hangup,
+    /// Anything else, kept (lower-cased): it causes no transition, but its
+    /// fields (queue, recording, unknown fields) join the call.
+    Other(String),
+}
+
+/// Which party of the call a pushed event is about (`source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PushSide {
+    /// `CALLER`: the party that placed the call.
+    Caller,
+    /// `CALLEE`: the party that was called.
+    Callee,
+}
+
+/// A pushed event, validated: the fields callhook understands, and every
+/// other field as pushed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PushEvent {
+    /// `sessionid`: the call (required, never empty).
+    pub session_id: String,
+    /// `event`, parsed.
+    pub kind: PushKind,
+    /// `event` as pushed, lower-cased (part of the duplicate key).
+    pub event: String,
+    /// `source`: which party the event is about, when given.
+    pub side: Option<PushSide>,
+    /// `calltype`, lower-cased (`dialin`, `dialout`, …), when given.
+    pub call_type: Option<String>,
+    /// `activenum`: the other party's number (the customer on `dialin` and
+    /// `dialout` calls).
+    pub active_num: Option<String>,
+    /// `eventTime`, parsed to epoch seconds, when given.
+    pub event_time: Option<f64>,
+    /// `eventTime` as pushed (part of the duplicate key).
+    pub event_time_raw: Option<String>,
+    /// The agent's extension / phone (`extension`, `exten`, `agentphone`…).
+    pub extension: Option<String>,
+    /// The agent's number / id (`agent`, `agentnum`, `workno`…); also kept in `extra`.
+    pub agent: Option<String>,
+    /// The team / tenant as pushed (`teamid`, `tenant`…); also kept in
+    /// `extra`. The authenticated team is [`SourceEvent::Push::team`].
+    pub tenant: Option<String>,
+    /// The queue (`queue`, `queuename`).
+    pub queue: Option<String>,
+    /// The caller's name (`callername`, `cidname`).
+    pub caller_name: Option<String>,
+    /// The number dialed by an incoming caller (`did`, `dnis`).
+    pub did: Option<String>,
+    /// Where the recording is (`recordurl`, `recording_url`, `monitorfile`…).
+    pub recording_url: Option<String>,
+    /// The dial outcome (`dialstatus`: `ANSWER`, `BUSY`, `NOANSWER`,
+    /// `CHANUNAVAIL`, `CONGESTION`, `CANCEL`…), upper-cased; also kept in `extra`.
+    pub dial_status: Option<String>,
+    /// Seconds talked (`billsec`), when given as a number; also kept in `extra`.
+    pub billsec: Option<f64>,
+    /// Every field without a model field of its own, by its pushed name
+    /// (unknown fields, `calltype`, the agent, the tenant, `dialstatus`…).
+    pub extra: BTreeMap<String, String>,
+}
+
+impl Default for PushKind {
+    fn default() -> Self {
+        PushKind::Other(String::new())
+    }
 }
 
 /// The current wall-clock time as epoch seconds.

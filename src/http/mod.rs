@@ -1,6 +1,7 @@
 //! The HTTP side of the daemon, on the `listen` address: `/metrics`,
-//! `/healthz`, `/readyz`, `POST /-/reload` and the admin API
-//! ([`admin`]). Later sources (the asterCC push endpoint) mount here too.
+//! `/healthz`, `/readyz`, `POST /-/reload`, the admin API ([`admin`]) and,
+//! when configured, the asterCC-style push endpoint ([`push`], `POST
+//! /v1/events/astercc` by default).
 //!
 //! - `/metrics`: Prometheus text (every metric of `crate::metrics`).
 //! - `/healthz`: 200 while the process runs.
@@ -14,6 +15,7 @@
 //! configured token they are disabled (404).
 
 pub mod admin;
+pub mod push;
 
 use std::sync::Arc;
 
@@ -55,17 +57,22 @@ pub struct ApiState {
     pub admin_token: Option<Secret>,
     /// The outbox, for the admin API.
     pub outbox: Option<Arc<Outbox>>,
+    /// The push endpoint (none: not mounted).
+    pub push: Option<Arc<push::PushState>>,
 }
 
 /// The full router.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/-/reload", post(reload))
-        .merge(admin::router())
-        .with_state(state)
+        .merge(admin::router());
+    if let Some(p) = &state.push {
+        r = r.route(&p.path, post(push::handle));
+    }
+    r.with_state(state)
 }
 
 async fn metrics_text() -> Response {

@@ -15,6 +15,8 @@
 //! These types are pure data. Their JSON form is the stable `replay` /
 //! webhook schema documented in the README; field names are part of it.
 
+use std::collections::BTreeMap;
+
 use serde::{Serialize, Serializer};
 
 /// Where a leg or call is in its life.
@@ -206,6 +208,14 @@ pub struct LegEvent {
     pub disposition: Option<Disposition>,
     /// True when the time is an estimate (learned after a reconnect).
     pub approximate: bool,
+    /// Fields of a pushed event that have no place in the model (asterCC
+    /// push: unknown fields and the agent number, by their pushed names),
+    /// accumulated over the call, later values winning. Empty (and left
+    /// out of the JSON) for AMI calls. Templates read them as
+    /// `{{call.extra.NAME}}` (guard with `{{#if call.extra.NAME}}`: a
+    /// missing name is an error in strict mode).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
 }
 
 /// The call as a whole started ringing or was answered by a person.
@@ -233,6 +243,14 @@ pub struct CallStateEvent {
     pub at: Timestamp,
     /// True when the time is an estimate.
     pub approximate: bool,
+    /// Fields of a pushed event that have no place in the model (asterCC
+    /// push: unknown fields and the agent number, by their pushed names),
+    /// accumulated over the call, later values winning. Empty (and left
+    /// out of the JSON) for AMI calls. Templates read them as
+    /// `{{call.extra.NAME}}` (guard with `{{#if call.extra.NAME}}`: a
+    /// missing name is an error in strict mode).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
 }
 
 /// A finished call: the record a call log wants.
@@ -275,8 +293,19 @@ pub struct CallRecord {
     pub disposition: Disposition,
     /// Why the record was closed.
     pub end_reason: EndReason,
+    /// Where the PBX stored the call's recording, when it says (asterCC
+    /// push: `recordurl`, `recording_url`, `monitorfile`…); null for AMI.
+    pub recording_url: Option<String>,
     /// True when some times are estimates (reconnect, maximum age).
     pub approximate: bool,
+    /// Fields of a pushed event that have no place in the model (asterCC
+    /// push: unknown fields and the agent number, by their pushed names),
+    /// accumulated over the call, later values winning. Empty (and left
+    /// out of the JSON) for AMI calls. Templates read them as
+    /// `{{call.extra.NAME}}` (guard with `{{#if call.extra.NAME}}`: a
+    /// missing name is an error in strict mode).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
 }
 
 /// Everything the normalizer emits, in order.
@@ -337,7 +366,9 @@ mod tests {
             billsec: 3.0,
             disposition: Disposition::NoAnswer,
             end_reason: EndReason::Hangup,
+            recording_url: None,
             approximate: false,
+            extra: BTreeMap::new(),
         };
         let v = serde_json::to_value(ModelEvent::Call(r)).unwrap();
         assert_eq!(v["type"], "call");
@@ -345,5 +376,7 @@ mod tests {
         assert_eq!(v["disposition"], "NO ANSWER");
         assert_eq!(v["duration"], 5.0);
         assert_eq!(v["end_reason"], "hangup");
+        assert_eq!(v["recording_url"], serde_json::Value::Null);
+        assert!(v.get("extra").is_none(), "empty extra is left out");
     }
 }

@@ -676,6 +676,7 @@ impl PbxCalls {
             },
             at: Timestamp(t),
             approximate: call.approximate,
+            extra: Default::default(),
         };
         if let Some(call) = self.calls.get_mut(session) {
             match state {
@@ -763,6 +764,7 @@ impl PbxCalls {
             billsec,
             disposition,
             approximate: leg.approximate || call.approximate,
+            extra: Default::default(),
         }));
     }
 
@@ -1181,7 +1183,9 @@ impl PbxCalls {
             billsec: call.answered_at.map_or(0.0, |a| (t - a).max(0.0)),
             disposition: self.disposition(call),
             end_reason: reason,
+            recording_url: None,
             approximate: call.approximate,
+            extra: Default::default(),
         }
     }
 

@@ -8,17 +8,19 @@
 //!
 //! Pipeline: [`canonical`] maps every AMI generation's spellings to one
 //! shape; [`channel`] says who is on a channel; [`calls`] keeps the per-PBX
-//! channel and call tables and emits transitions.
+//! channel and call tables and emits transitions. Pushed (asterCC-style)
+//! events go to [`push`], one table per team, with the same model events.
 
 pub mod calls;
 pub mod canonical;
 pub mod channel;
+pub mod push;
 
 use std::collections::HashMap;
 
 use crate::metrics::metrics;
 use crate::model::ModelEvent;
-use crate::source::{PbxId, SourceEvent};
+use crate::source::{PbxId, PushEvent, PushReceipt, SourceEvent};
 
 pub use channel::{Classifier, ClassifierConfig, Party};
 
@@ -36,8 +38,12 @@ pub struct NormalizerConfig {
     /// How long a finished call's channel ids are remembered, so that late
     /// or duplicated events never open a second call.
     pub late_event_window: f64,
-    /// Upper bound on remembered finished channel ids.
+    /// Upper bound on remembered finished channel ids (and, per push team,
+    /// finished sessions).
     pub max_tombstones: usize,
+    /// Push sources: how long after a call's last push, once it is over,
+    /// its record is written (events pushed out of order are folded in).
+    pub push_settle: f64,
 }
 
 impl Default for NormalizerConfig {
@@ -48,6 +54,7 @@ impl Default for NormalizerConfig {
             orphan_grace: 0.5,
             late_event_window: 300.0,
             max_tombstones: 100_000,
+            push_settle: 2.0,
         }
     }
 }
@@ -63,11 +70,14 @@ pub struct Tracked {
     pub tombstones: usize,
 }
 
-/// Turns source events into the call model, for any number of PBXs.
+/// Turns source events into the call model, for any number of PBXs and
+/// push teams.
 #[derive(Debug)]
 pub struct Normalizer {
     cfg: NormalizerConfig,
     pbxs: HashMap<PbxId, calls::PbxCalls>,
+    teams: HashMap<PbxId, push::PushCalls>,
+    batch: bool,
 }
 
 impl Normalizer {
@@ -76,6 +86,76 @@ impl Normalizer {
         Self {
             cfg,
             pbxs: HashMap::new(),
+            teams: HashMap::new(),
+            batch: false,
+        }
+    }
+
+    /// Handles one pushed event of `team`, appending what it causes to
+    /// `out`; says whether it was a duplicate.
+    pub fn handle_push(
+        &mut self,
+        team: &PbxId,
+        received_at: f64,
+        ev: &PushEvent,
+        out: &mut Vec<ModelEvent>,
+    ) -> PushReceipt {
+        let started = std::time::Instant::now();
+        let batch = self.batch;
+        let t = self.teams.entry(team.clone()).or_insert_with(|| {
+            let mut t = push::PushCalls::new(team.clone());
+            if batch {
+                t.begin();
+            }
+            t
+        });
+        let r = t.apply(ev, received_at, out);
+        t.publish();
+        metrics()
+            .normalize_seconds
+            .observe(started.elapsed().as_secs_f64());
+        r
+    }
+
+    /// Starts a batch: changes to pushed calls from here on can be undone
+    /// with [`rollback_batch`](Self::rollback_batch) (AMI calls are not
+    /// journaled).
+    pub fn begin_batch(&mut self) {
+        self.batch = true;
+        for t in self.teams.values_mut() {
+            t.begin();
+        }
+    }
+
+    /// Keeps the batch's changes.
+    pub fn commit_batch(&mut self) {
+        self.batch = false;
+        for t in self.teams.values_mut() {
+            t.commit();
+        }
+    }
+
+    /// Undoes the batch's changes to pushed calls: their pushes, answered
+    /// with an error, will be applied again when the pusher retries.
+    pub fn rollback_batch(&mut self) {
+        self.batch = false;
+        for t in self.teams.values_mut() {
+            t.rollback();
+            t.publish();
+        }
+    }
+
+    /// Whether `pbx` is a push team (as opposed to an AMI PBX).
+    pub fn is_push_team(&self, pbx: &str) -> bool {
+        self.teams.contains_key(pbx)
+    }
+
+    /// Writes the records of pushed calls that are over without waiting for
+    /// them to settle (shutdown). `now` is local epoch seconds.
+    pub fn settle_pushed(&mut self, now: f64, out: &mut Vec<ModelEvent>) {
+        for t in self.teams.values_mut() {
+            t.settle_all(now, out);
+            t.publish();
         }
     }
 
@@ -89,8 +169,18 @@ impl Normalizer {
 
     /// Handles one source event, appending what it causes to `out`.
     pub fn handle(&mut self, ev: &SourceEvent, out: &mut Vec<ModelEvent>) {
+        if let SourceEvent::Push {
+            team,
+            received_at,
+            event,
+            ..
+        } = ev
+        {
+            self.handle_push(team, *received_at, event, out);
+            return;
+        }
         let started = std::time::Instant::now();
-        let Self { cfg, pbxs } = self;
+        let Self { cfg, pbxs, .. } = self;
         match ev {
             SourceEvent::Ami {
                 pbx,
@@ -125,6 +215,7 @@ impl Normalizer {
                 let t = p.pbx_time(*at);
                 p.disconnected(t)
             }
+            SourceEvent::Push { .. } => {}
         }
         metrics()
             .normalize_seconds
@@ -133,6 +224,7 @@ impl Normalizer {
             SourceEvent::Ami { pbx, .. }
             | SourceEvent::AmiSnapshot { pbx, .. }
             | SourceEvent::AmiDisconnected { pbx, .. } => pbx,
+            SourceEvent::Push { .. } => return,
         };
         if let Some(p) = self.pbxs.get(pbx) {
             p.publish();
@@ -150,18 +242,33 @@ impl Normalizer {
             p.expire(&self.cfg, now, out);
             p.publish();
         }
+        for t in self.teams.values_mut() {
+            t.tick(&self.cfg, now, out);
+            t.publish();
+        }
     }
 
-    /// Number of calls currently tracked (all PBXs).
+    /// Number of calls currently tracked (all PBXs and push teams).
     pub fn live_calls(&self) -> usize {
-        self.pbxs.values().map(calls::PbxCalls::live_calls).sum()
+        self.pbxs
+            .values()
+            .map(calls::PbxCalls::live_calls)
+            .sum::<usize>()
+            + self
+                .teams
+                .values()
+                .map(push::PushCalls::live_calls)
+                .sum::<usize>()
     }
 
-    /// How far this PBX's clock (its events' `Timestamp`s) is ahead of the
-    /// local clock, in seconds (0 for an unknown PBX). Event time minus this
-    /// is local time.
+    /// How far this PBX's (or push team's) clock (its events' `Timestamp`s
+    /// or `eventTime`s) is ahead of the local clock, in seconds (0 when
+    /// unknown). Event time minus this is local time.
     pub fn clock_offset(&self, pbx: &str) -> f64 {
-        self.pbxs.get(pbx).map_or(0.0, |p| p.pbx_time(0.0))
+        match self.pbxs.get(pbx) {
+            Some(p) => p.pbx_time(0.0),
+            None => self.teams.get(pbx).map_or(0.0, |t| t.pbx_time(0.0)),
+        }
     }
 
     /// What the normalizer holds in memory (all PBXs).
@@ -170,6 +277,10 @@ impl Normalizer {
         for p in self.pbxs.values() {
             t.calls += p.live_calls();
             t.channels += p.channels();
+            t.tombstones += p.tombstones();
+        }
+        for p in self.teams.values() {
+            t.calls += p.live_calls();
             t.tombstones += p.tombstones();
         }
         t

@@ -54,6 +54,7 @@ fn leg() -> LegEvent {
         billsec: None,
         disposition: None,
         approximate: false,
+        extra: Default::default(),
     }
 }
 
@@ -70,6 +71,7 @@ fn call_state() -> CallStateEvent {
         answered_by: Some("external".into()),
         at: Timestamp(1002.0),
         approximate: false,
+        extra: Default::default(),
     }
 }
 
@@ -92,7 +94,9 @@ fn record() -> CallRecord {
         billsec: 7.4,
         disposition: Disposition::Answered,
         end_reason: EndReason::Hangup,
+        recording_url: None,
         approximate: false,
+        extra: Default::default(),
     }
 }
 

@@ -148,6 +148,7 @@ pub fn sample_event(kind: EventKind) -> ModelEvent {
             billsec: Some(2.495),
             disposition: Some(Disposition::Answered),
             approximate: false,
+            extra: Default::default(),
         }),
         EventKind::CallState => ModelEvent::CallState(CallStateEvent {
             session_id: session,
@@ -161,6 +162,7 @@ pub fn sample_event(kind: EventKind) -> ModelEvent {
             answered_by: Some("1002".into()),
             at: Timestamp(1795374651.63685),
             approximate: false,
+            extra: Default::default(),
         }),
         EventKind::Call => ModelEvent::Call(CallRecord {
             session_id: session,
@@ -180,7 +182,9 @@ pub fn sample_event(kind: EventKind) -> ModelEvent {
             billsec: 2.495,
             disposition: Disposition::Answered,
             end_reason: EndReason::Hangup,
+            recording_url: Some("https://pbx.example.com/rec/1795374648.6.wav".into()),
             approximate: false,
+            extra: Default::default(),
         }),
     }
 }

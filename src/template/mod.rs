@@ -41,6 +41,7 @@
 //! | `ANSWERED_AT` | on `answered`: `at`; else empty | on `answered`: `at`; else empty | `answered_at` (empty if unanswered) |
 //! | `ENDED_AT` | on `hungup`: `at`; else empty | empty | `ended_at` |
 //! | `PBX` | the PBX id | same | same |
+//! | `RECORDING_URL` | empty | empty | `recording_url` (asterCC push, when the PBX sends one; empty otherwise) |
 //!
 //! Times are RFC 3339 in UTC with microseconds, as in the model
 //! (`2026-11-22T19:10:48.127205Z`); use the `date` helper for other formats.

@@ -44,10 +44,12 @@ pub enum Placeholder {
     EndedAt,
     /// `PBX`: the PBX id.
     Pbx,
+    /// `RECORDING_URL`: the call's recording, when the PBX gave one.
+    RecordingUrl,
 }
 
 /// Every placeholder, in documentation order.
-pub const ALL: [Placeholder; 18] = [
+pub const ALL: [Placeholder; 19] = [
     Placeholder::CallerId,
     Placeholder::CallerName,
     Placeholder::Dialed,
@@ -66,6 +68,7 @@ pub const ALL: [Placeholder; 18] = [
     Placeholder::AnsweredAt,
     Placeholder::EndedAt,
     Placeholder::Pbx,
+    Placeholder::RecordingUrl,
 ];
 
 impl Placeholder {
@@ -90,6 +93,7 @@ impl Placeholder {
             Placeholder::AnsweredAt => "ANSWERED_AT",
             Placeholder::EndedAt => "ENDED_AT",
             Placeholder::Pbx => "PBX",
+            Placeholder::RecordingUrl => "RECORDING_URL",
         }
     }
 
@@ -166,6 +170,7 @@ fn leg_value(p: Placeholder, l: &LegEvent) -> Option<String> {
         P::AnsweredAt => (l.state == State::Answered).then(|| l.at.to_rfc3339()),
         P::EndedAt => (l.state == State::Hungup).then(|| l.at.to_rfc3339()),
         P::Pbx => Some(l.pbx.clone()),
+        P::RecordingUrl => None,
     }
 }
 
@@ -189,6 +194,7 @@ fn call_state_value(p: Placeholder, c: &CallStateEvent) -> Option<String> {
         P::StartedAt => Some(c.at.to_rfc3339()),
         P::AnsweredAt => (c.state == State::Answered).then(|| c.at.to_rfc3339()),
         P::Pbx => Some(c.pbx.clone()),
+        P::RecordingUrl => None,
     }
 }
 
@@ -221,6 +227,7 @@ fn record_value(p: Placeholder, r: &CallRecord) -> Option<String> {
         P::AnsweredAt => r.answered_at.map(|t| t.to_rfc3339()),
         P::EndedAt => Some(r.ended_at.to_rfc3339()),
         P::Pbx => Some(r.pbx.clone()),
+        P::RecordingUrl => r.recording_url.clone(),
     }
 }
 
