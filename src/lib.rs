@@ -15,6 +15,7 @@
 
 pub mod ami;
 pub mod app;
+pub mod backfill;
 pub mod config;
 pub mod deliver;
 pub mod demo;

@@ -73,6 +73,83 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
     },
+    /// Send the finished calls of Asterisk's CDR file (`Master.csv`) through
+    /// the rules and the outbox, each once.
+    ///
+    /// The calls go through the same number rewriting, `scope: call, state:
+    /// hungup` rules and outbox as live calls: a request whose idempotency
+    /// key the outbox already has (sent live or by an earlier backfill) is
+    /// not sent again, so it can run from cron over overlapping periods.
+    /// Malformed rows are reported with their line number and skipped.
+    #[command(after_long_help = BACKFILL_HELP)]
+    Backfill(BackfillArgs),
+}
+
+const BACKFILL_HELP: &str = "\
+A call is taken when it ENDED in [--since, --until). Without --since, as far
+back as the outbox remembers idempotency keys (outbox.dedupe_window, default
+7d, minus 15 min); an earlier --since is refused (set e.g.
+`outbox: { dedupe_window: 400d }` to backfill a year).
+
+Rows are read as cdr_csv writes them (no header): 16 to 21 columns, i.e.
+the classic ones plus loguniqueid / loguserfield / newcdrcolumns (linkedid),
+or a CSV export with a header line naming the columns (calldate, src, ...).
+
+Examples:
+  callhook backfill --cdr /var/log/asterisk/cdr-csv/Master.csv --config /etc/callhook.yaml --since 2h
+  callhook backfill --cdr Master.csv --config callhook.yaml --since 2026-11-01 --until 2026-12-01 --dry-run
+  zcat Master.csv.1.gz | callhook backfill --cdr - --config callhook.yaml --cdr-timezone auto";
+
+#[derive(Args, Debug)]
+struct BackfillArgs {
+    /// CDR file (`/var/log/asterisk/cdr-csv/Master.csv`); `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    cdr: PathBuf,
+    /// Configuration file (classification, rewriting, rules, targets, state_dir).
+    #[arg(short, long, env = "CALLHOOK_CONFIG")]
+    config: PathBuf,
+    /// Only calls that ended at or after this: a duration back from now
+    /// (`2h`, `200h`, `7d`) or a date / time (`2026-11-01`,
+    /// `2026-11-01 08:00`, `2026-11-01T08:00:00+02:00`; without an offset,
+    /// in the CDR time zone).
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Only calls that ended before this (same forms as --since).
+    #[arg(long, value_name = "WHEN")]
+    until: Option<String>,
+    /// Time zone of the CDR times: `UTC` (also right with `usegmtime=yes`),
+    /// an offset (`+02:00`, `-0300`), or `auto`: each call's offset from
+    /// its uniqueid (follows daylight saving; `auto:+01:00` sets the
+    /// offset for ids that do not tell).
+    #[arg(
+        long,
+        value_name = "OFFSET|auto",
+        default_value = "UTC",
+        env = "CALLHOOK_CDR_TIMEZONE"
+    )]
+    cdr_timezone: String,
+    /// PBX id stamped on the calls: the `pbx:` id of the PBX that wrote the
+    /// file (default: the only PBX configured, else `main`).
+    #[arg(long)]
+    pbx: Option<String>,
+    /// Print the requests the rules would send instead of enqueuing them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Output format of --dry-run.
+    #[arg(long, value_enum, default_value_t = OutFormat::Text)]
+    format: OutFormat,
+    /// Also deliver what is waiting, until nothing is: only for setups
+    /// where no `callhook run` uses this state_dir (a running daemon
+    /// delivers what a backfill enqueues within seconds).
+    #[arg(long, conflicts_with = "dry_run")]
+    deliver: bool,
+    /// Rows of one call are grouped while at most this far apart in CDR
+    /// time (default: `calls.max_age` of the config, 4h).
+    #[arg(long, value_name = "DURATION")]
+    group_window: Option<String>,
+    /// No progress bar (it is only drawn when stderr is a terminal).
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Args, Debug)]
@@ -180,9 +257,9 @@ fn main() -> anyhow::Result<()> {
         },
         Command::Run { config, print } => {
             let cfg = load(&config)?;
-            if cfg.pbx.is_empty() {
+            if cfg.pbx.is_empty() && cfg.push.is_none() {
                 bail!(
-                    "{}: no PBX configured (add a `pbx:` entry)",
+                    "{}: no source configured (add a `pbx:` entry or a `push:` section)",
                     config.display()
                 );
             }
@@ -213,7 +290,192 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(callhook::demo::run(speed))?;
             Ok(())
         }
+        Command::Backfill(args) => backfill_cmd(args),
     }
+}
+
+fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
+    use callhook::backfill::{self, CdrTimezone, Destination, Options};
+
+    let cfg = load(&args.config)?;
+    let timezone = CdrTimezone::parse(&args.cdr_timezone).with_context(|| {
+        format!(
+            "--cdr-timezone {:?}: write UTC, an offset such as +02:00 or -0300, or auto",
+            args.cdr_timezone
+        )
+    })?;
+    let pbx = match (&args.pbx, cfg.pbx.as_slice()) {
+        (Some(p), _) => p.clone(),
+        (None, []) => "main".to_string(),
+        (None, [one]) => one.id.clone(),
+        (None, many) => bail!(
+            "several PBXs are configured ({}): say which one wrote this CDR with --pbx",
+            many.iter()
+                .map(|p| p.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let now = callhook::source::now_epoch();
+    let bound = |v: &Option<String>, flag: &str| -> anyhow::Result<Option<f64>> {
+        v.as_deref()
+            .map(|s| backfill::parse_bound(s, now, timezone.base()))
+            .transpose()
+            .with_context(|| flag.to_string())
+    };
+    let since = bound(&args.since, "--since")?;
+    let until = bound(&args.until, "--until")?;
+    let window = match &args.group_window {
+        Some(w) => callhook::config::parse_duration(w)
+            .with_context(|| format!("--group-window {w:?} is not a duration (e.g. 4h)"))?
+            .as_secs_f64(),
+        None => cfg.normalizer.max_call_age,
+    };
+    let stdin = args.cdr.as_os_str() == "-";
+    let total_bytes = if stdin {
+        None
+    } else {
+        std::fs::metadata(&args.cdr).ok().map(|m| m.len())
+    };
+    let opts = Options {
+        pbx,
+        timezone,
+        since,
+        until,
+        window,
+        max_open: backfill::DEFAULT_MAX_OPEN,
+        progress: !args.no_progress,
+        total_bytes,
+        now,
+    };
+    let input: Box<dyn std::io::BufRead> = if stdin {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(&args.cdr)
+            .with_context(|| format!("opening {}", args.cdr.display()))?;
+        Box::new(std::io::BufReader::with_capacity(1 << 16, f))
+    };
+    let classifier = &cfg.normalizer.classifier;
+    let summary = if args.dry_run {
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::new(stdout.lock());
+        let dest = Destination::Print {
+            out: &mut w,
+            format: args.format.into(),
+        };
+        match backfill::run(input, classifier, &cfg.rules, &opts, dest) {
+            Ok(s) => s,
+            Err(backfill::BackfillError::Write(e))
+                if e.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        // Without --deliver a daemon may be sending from this outbox: leave
+        // its attempts in flight alone. With --deliver this process is the
+        // sender and recovers what a crashed one left in flight.
+        let open = if args.deliver {
+            Outbox::open
+        } else {
+            Outbox::open_shared
+        };
+        let outbox = open(&cfg.state_dir, cfg.outbox.clone()).map_err(|e| {
+            anyhow::anyhow!("opening the outbox in {}: {e}", cfg.state_dir.display())
+        })?;
+        let s = backfill::run(
+            input,
+            classifier,
+            &cfg.rules,
+            &opts,
+            Destination::Outbox(&outbox),
+        )?;
+        if args.deliver {
+            eprintln!("{s}");
+            deliver_until_idle(&cfg, outbox)?;
+        } else {
+            outbox.close();
+        }
+        s
+    };
+    if !args.deliver {
+        eprintln!("{summary}");
+    }
+    if summary.since_defaulted {
+        if let Some(s) = summary.since {
+            eprintln!(
+                "(no --since: calls that ended in the last {}, as far back as the outbox remembers keys)",
+                backfill::human_secs(now - s)
+            );
+        }
+    }
+    if summary.malformed > 0 {
+        eprintln!(
+            "{} malformed rows skipped{}:",
+            summary.malformed,
+            if summary.malformed as usize > summary.errors.len() {
+                " (the first ones below, all in the log)"
+            } else {
+                ""
+            }
+        );
+        for e in &summary.errors {
+            eprintln!("  {}: {e}", args.cdr.display());
+        }
+    }
+    if summary.timezone_mismatch > 0 {
+        eprintln!(
+            "warning: {} calls have uniqueids that put their CDR times at UTC{} rather than {}: check --cdr-timezone (or use --cdr-timezone auto)",
+            summary.timezone_mismatch,
+            summary.implied_offsets.iter().cloned().collect::<Vec<_>>().join(" / UTC"),
+            timezone
+        );
+    }
+    if summary.forced_groups > 0 || summary.late_rows > 0 {
+        eprintln!(
+            "warning: {} calls grouped early (too many open at once) and {} rows arrived after their call was done; raise --group-window if calls last longer than {}",
+            summary.forced_groups,
+            summary.late_rows,
+            backfill::human_secs(window)
+        );
+    }
+    if !args.dry_run && !args.deliver && summary.queued > 0 {
+        eprintln!("(a running `callhook run` delivers them; or add --deliver)");
+    }
+    if summary.failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Runs a dispatcher on the outbox until nothing is waiting (or Ctrl-C).
+fn deliver_until_idle(cfg: &Config, outbox: Outbox) -> anyhow::Result<()> {
+    let targets = cfg.targets.clone();
+    runtime()?.block_on(async move {
+        let outbox = Arc::new(outbox);
+        let (_tx, rx) = tokio::sync::watch::channel(targets);
+        let token = tokio_util::sync::CancellationToken::new();
+        let d = callhook::deliver::spawn(outbox.clone(), rx, token.clone());
+        loop {
+            let s = outbox.stats().await?;
+            if s.pending + s.inflight == 0 {
+                eprintln!("done: {} delivered, {} dead, {} expired", s.done, s.dead, s.expired);
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!("interrupted: {} still waiting in the outbox", s.pending + s.inflight);
+                    break;
+                }
+            }
+        }
+        token.cancel();
+        d.stopped().await;
+        outbox.close();
+        Ok::<(), anyhow::Error>(())
+    })
 }
 
 fn replay_cmd(
@@ -314,7 +576,8 @@ fn deliveries_cmd(args: DeliveriesArgs) -> anyhow::Result<()> {
     };
     let cfg = load(&config)?;
     runtime()?.block_on(async move {
-        let outbox = Outbox::open(&cfg.state_dir, cfg.outbox.clone()).map_err(|e| {
+        // Shared: a running daemon's attempts in flight stay its own.
+        let outbox = Outbox::open_shared(&cfg.state_dir, cfg.outbox.clone()).map_err(|e| {
             anyhow::anyhow!("opening the outbox in {}: {e}", cfg.state_dir.display())
         })?;
         match args.action {

@@ -544,6 +544,18 @@ impl Outbox {
     /// Opens (or creates) `<state_dir>/outbox.sqlite3`, puts rows left
     /// `inflight` back to `pending`, and starts the writer thread.
     pub fn open(state_dir: &Path, opts: OutboxOptions) -> Result<Outbox> {
+        Self::open_with(state_dir, opts, true)
+    }
+
+    /// Like [`Outbox::open`], but leaves `inflight` rows alone: for a
+    /// short-lived process (`callhook backfill`) that enqueues while a
+    /// daemon may be sending from the same outbox (its attempts in flight
+    /// must not be handed out a second time).
+    pub fn open_shared(state_dir: &Path, opts: OutboxOptions) -> Result<Outbox> {
+        Self::open_with(state_dir, opts, false)
+    }
+
+    fn open_with(state_dir: &Path, opts: OutboxOptions, recover: bool) -> Result<Outbox> {
         std::fs::create_dir_all(state_dir).map_err(|e| OutboxError::Dir {
             path: state_dir.to_path_buf(),
             message: e.to_string(),
@@ -574,6 +586,9 @@ impl Outbox {
             conn.execute_batch(SCHEMA)?;
             if version < SCHEMA_VERSION {
                 conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            if !recover {
+                return Ok(0);
             }
             let now = now_epoch();
             Ok(conn.execute(
