@@ -189,3 +189,26 @@ fn signed_feed_sends_every_transition_to_a_signing_target() {
     let ids: std::collections::BTreeSet<_> = reqs.iter().map(|r| r.event_id.clone()).collect();
     assert_eq!(ids.len(), reqs.len(), "webhook-id is unique per event");
 }
+
+#[test]
+fn the_minimal_config_from_the_readme_is_valid_as_written() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("# callhook.yaml\n")
+        .expect("quick start config");
+    let yaml = &readme[start..];
+    let yaml = &yaml[..yaml.find("```").unwrap()];
+    std::env::set_var("AMI_SECRET", "x");
+    let cfg = Config::from_text(yaml, root()).unwrap_or_else(|e| {
+        panic!(
+            "{}",
+            e.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    assert_eq!(cfg.pbx.len(), 1);
+    assert_eq!(cfg.rules.names(), ["screen-pop", "colgado-entrante"]);
+    assert_eq!(cfg.listen.map(|a| a.port()), Some(9188));
+}
