@@ -536,38 +536,14 @@ fn replay_cmd(
         r.rebase(now);
     }
     let n = requests.len();
-    runtime()?.block_on(async move {
-        let outbox = Arc::new(
-            Outbox::open(&cfg.state_dir, cfg.outbox.clone())
-                .map_err(|e| anyhow::anyhow!("opening the outbox in {}: {e}", cfg.state_dir.display()))?,
-        );
-        let outcome = outbox.submit(requests).await?;
-        eprintln!(
-            "{n} requests: {} enqueued, {} already there (same idempotency key), {} refused (outbox full)",
-            outcome.inserted, outcome.duplicates, outcome.rejected_full
-        );
-        let (_tx, rx) = tokio::sync::watch::channel(cfg.targets.clone());
-        let token = tokio_util::sync::CancellationToken::new();
-        let d = callhook::deliver::spawn(outbox.clone(), rx, token.clone());
-        loop {
-            let s = outbox.stats().await?;
-            if s.pending + s.inflight == 0 {
-                eprintln!("done: {} delivered, {} dead, {} expired", s.done, s.dead, s.expired);
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                _ = tokio::signal::ctrl_c() => {
-                    eprintln!("interrupted: {} still waiting in the outbox", s.pending + s.inflight);
-                    break;
-                }
-            }
-        }
-        token.cancel();
-        d.stopped().await;
-        outbox.close();
-        Ok::<(), anyhow::Error>(())
-    })
+    let outbox = Outbox::open(&cfg.state_dir, cfg.outbox.clone())
+        .map_err(|e| anyhow::anyhow!("opening the outbox in {}: {e}", cfg.state_dir.display()))?;
+    let outcome = runtime()?.block_on(outbox.submit(requests))?;
+    eprintln!(
+        "{n} requests: {} enqueued, {} already there (same idempotency key), {} refused (outbox full)",
+        outcome.inserted, outcome.duplicates, outcome.rejected_full
+    );
+    deliver_until_idle(&cfg, outbox)
 }
 
 fn deliveries_cmd(args: DeliveriesArgs) -> anyhow::Result<()> {
