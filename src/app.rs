@@ -71,6 +71,21 @@ pub enum AppError {
         #[source]
         source: deliver::outbox::OutboxError,
     },
+    /// Another daemon already runs on this state directory.
+    #[error("another callhook daemon is using {dir} (lock file {dir}/callhook.lock); two daemons on one outbox would send every webhook twice")]
+    Locked {
+        /// The state directory.
+        dir: PathBuf,
+    },
+    /// The lock file could not be created.
+    #[error("cannot create the lock file in {dir}: {source}")]
+    LockFile {
+        /// The state directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -88,6 +103,28 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Room in the normalizer's queue for pushed events (added to the PBXs').
 const PUSH_QUEUE: usize = 1024;
+
+/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir).
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
+    let io = |source| AppError::LockFile {
+        dir: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("callhook.lock"))
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AppError::Locked {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
+}
 
 /// Builds one client config per configured PBX.
 pub fn client_configs(cfg: &Config) -> Vec<ClientConfig> {
@@ -196,6 +233,10 @@ pub async fn run_until(
     mut reload_rx: mpsc::Receiver<ReloadReply>,
     started: impl FnOnce(Running),
 ) -> Result<(), AppError> {
+    // One daemon per outbox: the lock lives as long as this function and
+    // is released by the OS even on kill -9. (Short-lived tools such as
+    // `backfill` and `deliveries` share the outbox on purpose and take no lock.)
+    let _lock = lock_state_dir(&cfg.state_dir)?;
     let outbox =
         Outbox::open(&cfg.state_dir, cfg.outbox.clone()).map_err(|source| AppError::Outbox {
             dir: cfg.state_dir.clone(),

@@ -257,3 +257,39 @@ fn demo_plays_the_captures_and_stops_by_itself() {
     let calls = text.lines().filter(|l| l.contains("  call ")).count();
     assert_eq!(calls, 8, "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
+    let sim = Simulator::new(USER, SECRET)
+        .session(
+            fixture("asterisk-20/incoming-answered.ami"),
+            AfterCapture::StayOpen,
+        )
+        .start()
+        .await
+        .unwrap();
+    let dir = temp_dir("lock");
+    let listen = support_daemon::free_port();
+    let cfg = format!(
+        "listen: 127.0.0.1:{listen}\n{}",
+        config(&dir, &[("main", &sim)])
+    );
+    let first = start(&cfg, &dir);
+    first.wait_http().await;
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+        .args(["run", "--config"])
+        .arg(dir.join("callhook.yaml"))
+        .env("E2E_AMI_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another callhook daemon is using"), "{err}");
+    // The first one is unaffected.
+    assert_eq!(
+        reqwest::get(first.url("/healthz")).await.unwrap().status(),
+        200
+    );
+    let (_, status, stderr) = tokio::task::block_in_place(|| first.stop());
+    assert!(status.success(), "{stderr}");
+}
