@@ -410,7 +410,24 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 
 /// Expands `${VAR}` references from the environment.
 fn expand_env(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> String {
+    let (out, missing) = expand_vars(s);
+    for var in missing {
+        errors.push(ConfigError {
+            file: None,
+            path: path.to_string(),
+            location: None,
+            message: format!("environment variable {var} is not set"),
+            hint: Some(format!("export {var}=… before starting callhook")),
+        });
+    }
+    out
+}
+
+/// Expands `${VAR}` references from the environment: the text with every
+/// set variable substituted (unset ones left out), and the unset names.
+pub fn expand_vars(s: &str) -> (String, Vec<String>) {
     let mut out = String::new();
+    let mut missing = Vec::new();
     let mut rest = s;
     while let Some(i) = rest.find("${") {
         out.push_str(&rest[..i]);
@@ -420,13 +437,7 @@ fn expand_env(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> String {
                 let var = &after[..j];
                 match std::env::var(var) {
                     Ok(v) => out.push_str(&v),
-                    Err(_) => errors.push(ConfigError {
-                        file: None,
-                        path: path.to_string(),
-                        location: None,
-                        message: format!("environment variable {var} is not set"),
-                        hint: Some(format!("export {var}=… before starting callhook")),
-                    }),
+                    Err(_) => missing.push(var.to_string()),
                 }
                 rest = &after[j + 1..];
             }
@@ -437,7 +448,20 @@ fn expand_env(s: &str, path: &str, errors: &mut Vec<ConfigError>) -> String {
         }
     }
     out.push_str(rest);
-    out
+    (out, missing)
+}
+
+/// Reads a secret file (a relative path is relative to `base`, the config
+/// file's directory), without its trailing line break. Returns the path it
+/// read, for error messages.
+pub fn read_secret_file(base: &Path, file: &Path) -> (PathBuf, std::io::Result<String>) {
+    let path = if file.is_relative() {
+        base.join(file)
+    } else {
+        file.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&path).map(|t| t.trim_end_matches(['\r', '\n']).to_string());
+    (path, text)
 }
 
 impl RawConfig {
@@ -511,13 +535,9 @@ impl RawConfig {
                 }
                 (Some(s), None) => Secret::new(expand_env(s, &at("ami.secret"), &mut errors)),
                 (None, Some(f)) => {
-                    let f = if f.is_relative() {
-                        base_dir.join(f)
-                    } else {
-                        f.clone()
-                    };
-                    match std::fs::read_to_string(&f) {
-                        Ok(s) => Secret::new(s.trim_end_matches(['\r', '\n'])),
+                    let (f, text) = read_secret_file(base_dir, f);
+                    match text {
+                        Ok(s) => Secret::new(s),
                         Err(e) => {
                             errors.push(ConfigError {
                                 file: None,
@@ -760,13 +780,9 @@ fn validate_push(
             }
             (Some(v), None) => Some(expand_env(v, &at("token"), errors)),
             (None, Some(f)) => {
-                let f = if f.is_relative() {
-                    base_dir.join(f)
-                } else {
-                    f.clone()
-                };
-                match std::fs::read_to_string(&f) {
-                    Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_string()),
+                let (f, text) = read_secret_file(base_dir, f);
+                match text {
+                    Ok(v) => Some(v),
                     Err(e) => {
                         errors.push(err(
                             &at("token_file"),
@@ -1084,9 +1100,9 @@ impl RawConfig {
                 token_file: Some(f),
                 ..
             }) => {
-                let f = if f.is_relative() { base.join(f) } else { f };
-                match std::fs::read_to_string(&f) {
-                    Ok(t) => Some(Secret::new(t.trim_end_matches(['\r', '\n']))),
+                let (f, text) = read_secret_file(base, &f);
+                match text {
+                    Ok(t) => Some(Secret::new(t)),
                     Err(e) => {
                         errors.push(ConfigError {
                             file: None,

@@ -468,32 +468,9 @@ impl Errors<'_> {
 
 /// Expands `${VAR}` from the environment; unset variables are reported by name.
 fn expand_env(s: &str) -> Result<String, Vec<String>> {
-    let mut out = String::new();
-    let mut missing = Vec::new();
-    let mut rest = s;
-    while let Some(i) = rest.find("${") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 2..];
-        match after.find('}') {
-            Some(j) => {
-                let var = &after[..j];
-                match std::env::var(var) {
-                    Ok(v) => out.push_str(&v),
-                    Err(_) => missing.push(var.to_string()),
-                }
-                rest = &after[j + 1..];
-            }
-            None => {
-                out.push_str(&rest[i..]);
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    if missing.is_empty() {
-        Ok(out)
-    } else {
-        Err(missing)
+    match crate::config::expand_vars(s) {
+        (out, missing) if missing.is_empty() => Ok(out),
+        (_, missing) => Err(missing),
     }
 }
 
@@ -713,9 +690,9 @@ fn validate_one(
                     }
                 },
                 (None, Some(f)) => {
-                    let path = resolve(base_dir, f);
-                    match std::fs::read_to_string(&path) {
-                        Ok(v) => Some(v.trim_end_matches(['\r', '\n']).to_string()),
+                    let (path, text) = crate::config::read_secret_file(base_dir, f);
+                    match text {
+                        Ok(v) => Some(v),
                         Err(err) => {
                             e.push(
                                 "signing.secret_file",
