@@ -1,0 +1,221 @@
+//! Reads for the admin API and the CLI (a read-only connection on a
+//! blocking thread): rows with their secrets masked, counts.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::schema::{COLS, WAITING};
+use super::{
+    excerpt, DeliveryRow, ListFilter, Outbox, OutboxError, OutboxStats, Result, Status, EXCERPT_MAX,
+};
+use crate::metrics::metrics;
+use crate::source::now_epoch;
+
+impl Outbox {
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|e| OutboxError::Db(format!("reader task failed: {e}")))?
+    }
+
+    /// Rows matching a filter, newest first, without secrets.
+    pub async fn list(&self, filter: ListFilter) -> Result<Vec<DeliveryRow>> {
+        self.read(move |c| {
+            let mut sql = format!("SELECT {COLS} FROM deliveries WHERE 1 = 1");
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(s) = filter.status {
+                sql.push_str(" AND status = ?");
+                args.push(s.as_str().to_string().into());
+            }
+            if let Some(t) = filter.target {
+                sql.push_str(" AND target = ?");
+                args.push(t.into());
+            }
+            sql.push_str(" ORDER BY id DESC LIMIT ?");
+            args.push((filter.limit.min(i64::MAX as usize) as i64).into());
+            let mut st = c.prepare(&sql)?;
+            let rows = st
+                .query_map(rusqlite::params_from_iter(args), admin_row)?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// One row, without secrets.
+    pub async fn get(&self, id: i64) -> Result<Option<DeliveryRow>> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {COLS} FROM deliveries WHERE id = ?1"),
+                params![id],
+                admin_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Counts by state; also refreshes the `outbox_depth` and
+    /// `outbox_oldest_age_seconds` gauges.
+    pub async fn stats(&self) -> Result<OutboxStats> {
+        let s = self
+            .read(|c| {
+                let mut s = OutboxStats::default();
+                let mut st = c.prepare("SELECT status, COUNT(*) FROM deliveries GROUP BY status")?;
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    let status: String = r.get(0)?;
+                    let n: i64 = r.get(1)?;
+                    let n = n.max(0) as u64;
+                    match Status::parse(&status) {
+                        Some(Status::Pending) => s.pending = n,
+                        Some(Status::Inflight) => s.inflight = n,
+                        Some(Status::Done) => s.done = n,
+                        Some(Status::Dead) => s.dead = n,
+                        Some(Status::Expired) => s.expired = n,
+                        None => {}
+                    }
+                }
+                let oldest: Option<f64> = c
+                    .query_row(
+                        "SELECT MIN(e) FROM (\
+                           SELECT (SELECT enqueued_at FROM deliveries WHERE status = 'pending' ORDER BY id LIMIT 1) AS e \
+                           UNION ALL \
+                           SELECT (SELECT enqueued_at FROM deliveries WHERE status = 'inflight' ORDER BY id LIMIT 1))",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .flatten();
+                s.oldest_pending_age = oldest.map(|t| (now_epoch() - t).max(0.0));
+                let mut st = c.prepare(&format!(
+                    "SELECT target, COUNT(*) FROM deliveries WHERE {WAITING} GROUP BY target"
+                ))?;
+                let mut rows = st.query([])?;
+                while let Some(r) = rows.next()? {
+                    let t: String = r.get(0)?;
+                    let n: i64 = r.get(1)?;
+                    s.waiting_by_target.insert(t, n.max(0) as u64);
+                }
+                Ok(s)
+            })
+            .await?;
+        let m = metrics();
+        m.outbox_depth.set((s.pending + s.inflight) as i64);
+        m.outbox_oldest_age_seconds
+            .set(s.oldest_pending_age.unwrap_or(0.0));
+        Ok(s)
+    }
+}
+
+fn sensitive_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "auth",
+        "token",
+        "secret",
+        "key",
+        "password",
+        "passwd",
+        "signature",
+        "cookie",
+        "session",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+/// Masks values of credential-like query parameters (`?api_key=…`).
+fn mask_url(url: &str) -> String {
+    let Some((base, rest)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let (query, frag) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let masked: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) if sensitive_name(k) => format!("{k}=***"),
+            _ => p.to_string(),
+        })
+        .collect();
+    let mut out = format!("{base}?{}", masked.join("&"));
+    if let Some(f) = frag {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
+}
+
+fn admin_row(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
+    let headers: String = r.get(8)?;
+    let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
+    let body: Option<Vec<u8>> = r.get(9)?;
+    let status: String = r.get(14)?;
+    let url: String = r.get(7)?;
+    Ok(DeliveryRow {
+        id: r.get(0)?,
+        target: r.get(1)?,
+        rule: r.get(2)?,
+        session_id: r.get(3)?,
+        pbx: r.get(4)?,
+        event_id: r.get(5)?,
+        method: r.get(6)?,
+        url: mask_url(&url),
+        headers: headers
+            .into_iter()
+            .map(|(k, v)| {
+                let v = if sensitive_name(&k) {
+                    "***".to_string()
+                } else {
+                    v
+                };
+                (k, v)
+            })
+            .collect(),
+        body_len: body.as_ref().map_or(0, Vec::len),
+        body_excerpt: body.map(|b| {
+            let end = b.len().min(EXCERPT_MAX);
+            excerpt(&String::from_utf8_lossy(&b[..end]))
+        }),
+        idempotency_key: r.get(10)?,
+        created_at: r.get(11)?,
+        expires_at: r.get(12)?,
+        enqueued_at: r.get(13)?,
+        status: Status::parse(&status).unwrap_or(Status::Pending),
+        attempts: r.get::<_, i64>(15)?.clamp(0, u32::MAX as i64) as u32,
+        next_attempt_at: r.get(16)?,
+        last_status: r.get(17)?,
+        last_error: r.get(18)?,
+        updated_at: r.get(19)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking() {
+        assert_eq!(
+            mask_url("https://crm/x?a=1&api_key=s3&Token=t#frag"),
+            "https://crm/x?a=1&api_key=***&Token=***#frag"
+        );
+        assert_eq!(mask_url("https://crm/x"), "https://crm/x");
+        assert!(sensitive_name("Authorization"));
+        assert!(sensitive_name("X-Api-Key"));
+        assert!(!sensitive_name("Content-Type"));
+        let long = "é".repeat(2000);
+        let e = excerpt(&long);
+        assert!(e.len() <= EXCERPT_MAX && e.is_char_boundary(e.len()));
+    }
+}

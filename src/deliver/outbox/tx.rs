@@ -1,0 +1,284 @@
+//! The transactions, run on the writer thread inside a group commit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::schema::{COLS, WAITING};
+use super::writer::WriterState;
+use super::OutboxError;
+use super::{excerpt, ClaimWant, Claimed, Completion, EnqueueOutcome, PollResult, Result};
+use crate::deliver::DeliveryRequest;
+
+pub(super) struct EnqueueDetail {
+    pub(super) outcome: EnqueueOutcome,
+    pub(super) inserted: BTreeMap<String, u64>,
+    pub(super) duplicates: BTreeMap<String, u64>,
+    pub(super) rejected: BTreeMap<String, u64>,
+}
+
+pub(super) fn insert_batch(
+    c: &Connection,
+    st: &mut WriterState,
+    reqs: &[DeliveryRequest],
+    now: f64,
+) -> Result<EnqueueDetail> {
+    let mut d = EnqueueDetail {
+        outcome: EnqueueOutcome::default(),
+        inserted: BTreeMap::new(),
+        duplicates: BTreeMap::new(),
+        rejected: BTreeMap::new(),
+    };
+    let window_start = now - st.opts.dedupe_window.as_secs_f64();
+    let mut event_dup = c.prepare_cached(&format!(
+        "SELECT 1 FROM deliveries INDEXED BY deliveries_event \
+         WHERE target = ?1 AND event_id = ?2 AND {WAITING} LIMIT 1"
+    ))?;
+    let mut key_seen =
+        c.prepare_cached("SELECT seen_at FROM dedupe WHERE target = ?1 AND key = ?2")?;
+    let mut key_put = c.prepare_cached(
+        "INSERT OR REPLACE INTO dedupe (target, key, seen_at) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut chain_busy = c.prepare_cached(&format!(
+        "SELECT 1 FROM deliveries INDEXED BY deliveries_chain \
+         WHERE target = ?1 AND session_id = ?2 AND {WAITING} LIMIT 1"
+    ))?;
+    let mut insert = c.prepare_cached(
+        "INSERT INTO deliveries (target, rule, session_id, pbx, event_id, method, url, headers, \
+         body, idempotency_key, created_at, expires_at, enqueued_at, status, head, attempts, \
+         next_attempt_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, 0, ?13, ?13)",
+    )?;
+    for r in reqs {
+        let dup_event = event_dup.exists(params![r.target, r.event_id])?;
+        let dup_key = match &r.idempotency_key {
+            Some(k) => key_seen
+                .query_row(params![r.target, k], |row| row.get::<_, f64>(0))
+                .optional()?
+                .is_some_and(|seen| seen >= window_start),
+            None => false,
+        };
+        if dup_event || dup_key {
+            d.outcome.duplicates += 1;
+            *d.duplicates.entry(r.target.clone()).or_default() += 1;
+            continue;
+        }
+        if st.waiting >= st.opts.max_rows as i64 {
+            d.outcome.rejected_full += 1;
+            *d.rejected.entry(r.target.clone()).or_default() += 1;
+            continue;
+        }
+        if let Some(k) = &r.idempotency_key {
+            key_put.execute(params![r.target, k, now])?;
+        }
+        let head = !chain_busy.exists(params![r.target, r.session_id])?;
+        let headers = serde_json::to_string(&r.headers)
+            .map_err(|e| OutboxError::Db(format!("cannot encode headers: {e}")))?;
+        insert.execute(params![
+            r.target,
+            r.rule,
+            r.session_id,
+            r.pbx,
+            r.event_id,
+            r.method,
+            r.url,
+            headers,
+            r.body,
+            r.idempotency_key,
+            r.created_at,
+            r.expires_at,
+            now,
+            head as i64,
+        ])?;
+        st.waiting += 1;
+        d.outcome.inserted += 1;
+        *d.inserted.entry(r.target.clone()).or_default() += 1;
+    }
+    Ok(d)
+}
+
+/// Makes the oldest unfinished row of `(target, session)` its only head,
+/// unless one of its rows is in flight (then no pending row may be a head
+/// until that attempt ends).
+pub(super) fn fix_head(c: &Connection, target: &str, session: &str) -> Result<()> {
+    let busy = c
+        .prepare_cached(&format!(
+            "SELECT 1 FROM deliveries INDEXED BY deliveries_chain \
+             WHERE target = ?1 AND session_id = ?2 AND {WAITING} \
+             AND status = 'inflight' LIMIT 1"
+        ))?
+        .exists(params![target, session])?;
+    let first: Option<(i64, i64)> = if busy {
+        None
+    } else {
+        c.prepare_cached(&format!(
+            "SELECT id, head FROM deliveries INDEXED BY deliveries_chain \
+             WHERE target = ?1 AND session_id = ?2 AND {WAITING} \
+             ORDER BY id LIMIT 1"
+        ))?
+        .query_row(params![target, session], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+    };
+    let keep = first.map(|f| f.0).unwrap_or(-1);
+    c.prepare_cached(&format!(
+        "UPDATE deliveries INDEXED BY deliveries_chain SET head = 0 \
+         WHERE target = ?1 AND session_id = ?2 AND {WAITING} \
+         AND status = 'pending' AND head = 1 AND id != ?3"
+    ))?
+    .execute(params![target, session, keep])?;
+    if let Some((id, 0)) = first {
+        c.prepare_cached("UPDATE deliveries SET head = 1 WHERE id = ?1")?
+            .execute(params![id])?;
+    }
+    Ok(())
+}
+
+/// Dead rows back to pending (one id, or all when `id` is `None`).
+pub(super) fn revive(c: &Connection, id: Option<i64>, now: f64) -> Result<usize> {
+    const SET: &str = "UPDATE deliveries SET status = 'pending', head = 0, attempts = 0, \
+                       next_attempt_at = ?1, updated_at = ?1 WHERE status = 'dead'";
+    Ok(match id {
+        Some(id) => c.execute(&format!("{SET} AND id = ?2"), params![now, id])?,
+        None => c.execute(SET, params![now])?,
+    })
+}
+
+pub(super) fn claimed_row(r: &Row<'_>) -> rusqlite::Result<Claimed> {
+    let headers: String = r.get(8)?;
+    Ok(Claimed {
+        id: r.get(0)?,
+        target: r.get(1)?,
+        rule: r.get(2)?,
+        session_id: r.get(3)?,
+        pbx: r.get(4)?,
+        event_id: r.get(5)?,
+        method: r.get(6)?,
+        url: r.get(7)?,
+        headers: serde_json::from_str(&headers).unwrap_or_default(),
+        body: r.get(9)?,
+        idempotency_key: r.get(10)?,
+        created_at: r.get(11)?,
+        expires_at: r.get(12)?,
+        attempts: r.get::<_, i64>(15)?.clamp(0, u32::MAX as i64) as u32,
+    })
+}
+
+pub(super) fn poll_tx(
+    c: &Connection,
+    st: &mut WriterState,
+    now: f64,
+    wants: &[ClaimWant],
+) -> Result<PollResult> {
+    let mut out = PollResult::default();
+    // 1. Expire what is past its freshness limit, heads or not (a non-head
+    // that expired would never be sent anyway; expiring it early keeps the
+    // call's chain short).
+    let due: Vec<(i64, String, String)> = c
+        .prepare_cached(
+            "SELECT id, target, session_id FROM deliveries INDEXED BY deliveries_expiry \
+             WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?1 LIMIT 1000",
+        )?
+        .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<std::result::Result<_, _>>()?;
+    if !due.is_empty() {
+        let mut upd = c.prepare_cached(
+            "UPDATE deliveries SET status = 'expired', head = 0, updated_at = ?2 WHERE id = ?1",
+        )?;
+        let mut keys = BTreeSet::new();
+        for (id, t, s) in due {
+            upd.execute(params![id, now])?;
+            st.waiting -= 1;
+            keys.insert((t.clone(), s));
+            out.expired.push((id, t));
+        }
+        for (t, s) in keys {
+            fix_head(c, &t, &s)?;
+        }
+    }
+    out.next_expiry = c
+        .prepare_cached(
+            "SELECT MIN(expires_at) FROM deliveries INDEXED BY deliveries_expiry \
+             WHERE status = 'pending' AND expires_at IS NOT NULL",
+        )?
+        .query_row([], |r| r.get(0))?;
+    // 2. Claim ready heads per target.
+    let mut select = c.prepare_cached(&format!(
+        "SELECT {COLS} FROM deliveries INDEXED BY deliveries_ready \
+         WHERE target = ?1 AND status = 'pending' AND head = 1 \
+         AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT ?3"
+    ))?;
+    let mut mark = c.prepare_cached(
+        "UPDATE deliveries SET status = 'inflight', updated_at = ?2 WHERE id = ?1",
+    )?;
+    let mut next = c.prepare_cached(
+        "SELECT MIN(next_attempt_at) FROM deliveries INDEXED BY deliveries_ready \
+         WHERE target = ?1 AND status = 'pending' AND head = 1",
+    )?;
+    for w in wants {
+        if w.limit > 0 {
+            let rows: Vec<Claimed> = select
+                .query_map(params![w.target, now, w.limit as i64], claimed_row)?
+                .collect::<std::result::Result<_, _>>()?;
+            for r in &rows {
+                mark.execute(params![r.id, now])?;
+            }
+            out.claimed.extend(rows);
+        }
+        if let Some(t) = next.query_row(params![w.target], |r| r.get::<_, Option<f64>>(0))? {
+            out.next_ready.insert(w.target.clone(), t);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn complete_tx(
+    c: &Connection,
+    st: &mut WriterState,
+    id: i64,
+    how: &Completion,
+    now: f64,
+) -> Result<bool> {
+    let row: Option<(String, String)> = c
+        .prepare_cached(
+            "SELECT target, session_id FROM deliveries WHERE id = ?1 AND status = 'inflight'",
+        )?
+        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((target, session)) = row else {
+        return Ok(false);
+    };
+    let cut = |s: &Option<String>| s.as_deref().map(excerpt);
+    match how {
+        Completion::Delivered { status } => {
+            c.prepare_cached(
+                "UPDATE deliveries SET status = 'done', head = 0, attempts = attempts + 1, \
+                 last_status = ?2, last_error = NULL, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, status.to_string(), now])?;
+        }
+        Completion::Retry { at, status, error } => {
+            c.prepare_cached(
+                "UPDATE deliveries SET status = 'pending', attempts = attempts + 1, \
+                 next_attempt_at = ?2, last_status = ?3, last_error = ?4, updated_at = ?5 WHERE id = ?1",
+            )?
+            .execute(params![id, at, status, cut(error), now])?;
+            return Ok(true);
+        }
+        Completion::Dead { status, error } => {
+            c.prepare_cached(
+                "UPDATE deliveries SET status = 'dead', head = 0, attempts = attempts + 1, \
+                 last_status = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1",
+            )?
+            .execute(params![id, status, cut(error), now])?;
+        }
+        Completion::Expired => {
+            c.prepare_cached(
+                "UPDATE deliveries SET status = 'expired', head = 0, updated_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id, now])?;
+        }
+    }
+    st.waiting -= 1;
+    fix_head(c, &target, &session)?;
+    Ok(true)
+}
