@@ -345,7 +345,7 @@ impl RuleSet {
         ctx: &TemplateContext<'_>,
     ) -> Result<DeliveryRequest, RenderError> {
         let t = &self.templates;
-        let url = t.render_url(&rule.url, ctx)?;
+        let rendered = t.render_url(&rule.url, ctx)?;
         let mut headers = Vec::with_capacity(rule.headers.len() + 1);
         for (k, v) in &rule.headers {
             headers.push((k.clone(), t.render_header(v, ctx)?));
@@ -388,12 +388,13 @@ impl RuleSet {
             },
             event_id: event_id(ev, &rule.name),
             method: rule.method.clone(),
-            url,
+            url: rendered.url,
             headers,
             body,
             idempotency_key,
             created_at,
             expires_at: rule.max_age.map(|a| created_at + a),
+            refused: rendered.refused,
         })
     }
 }

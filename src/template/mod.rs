@@ -149,7 +149,7 @@ pub use placeholder::{
     did_you_mean, estado, sentido, tokens, Placeholder, Token, TokenKind, Values,
     ALL as PLACEHOLDERS,
 };
-pub use url::{encode_component, UrlPart, UrlSeg, UrlTemplate};
+pub use url::{encode_component, RenderedUrl, UrlPart, UrlSeg, UrlTemplate};
 
 /// A template problem found at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
