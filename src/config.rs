@@ -88,6 +88,8 @@ pub struct RawConfig {
     pub calls: RawCalls,
     /// The asterCC-style push endpoint (needs `listen`).
     pub push: Option<RawPush>,
+    /// Template limits (`max_value_length`), see `template::bound_values`.
+    pub templates: Option<crate::template::RawTemplates>,
 }
 
 /// The asterCC-style push endpoint.
@@ -1034,7 +1036,7 @@ impl RawConfig {
             rules: std::mem::take(&mut self.rules),
         };
         let known: std::collections::HashSet<String> = self.targets.keys().cloned().collect();
-        let rules = match crate::rules::compile(&spec, &|t| known.contains(t)) {
+        let mut rules = match crate::rules::compile(&spec, &|t| known.contains(t)) {
             Ok(r) => r,
             Err(es) => {
                 for e in es {
@@ -1117,6 +1119,20 @@ impl RawConfig {
             }
             Some(_) => None,
         };
+        if let Some(n) = self.templates.take().and_then(|t| t.max_value_length) {
+            if n == 0 {
+                let err = ConfigError {
+                    file: None,
+                    path: "templates.max_value_length".into(),
+                    location: None,
+                    message: "must be at least 1 (bytes)".into(),
+                    hint: Some("the default is 4096".into()),
+                };
+                errors.push(src.place(err, 0, Some("max_value_length"), Some("templates:")));
+            } else {
+                rules.set_max_value_length(n);
+            }
+        }
         let mut outbox = OutboxOptions::default();
         if let Some(o) = self.outbox.take() {
             if let Some(m) = o.max_rows {

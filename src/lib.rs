@@ -28,6 +28,7 @@ pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod model;
 pub mod normalize;

@@ -486,3 +486,80 @@ async fn shutdown_finishes_requests_on_the_wire_and_requeues_the_rest() {
     assert_eq!(done, sink.count());
     let _ = std::fs::remove_dir_all(&rig.dir);
 }
+
+/// A request that can never be sent (a URL longer than HTTP allows, a path
+/// that would be resolved elsewhere, one the rules refused) is dead at its
+/// first attempt with the reason, never retried as if the target were down,
+/// and the call's next delivery to the same target goes out right after.
+#[tokio::test]
+async fn requests_that_can_never_be_sent_are_dead_at_once_and_never_block_the_call() {
+    let sink = Sink::start().await;
+    let rig = Rig::start(
+        "never-sendable",
+        "never-sendable: { retry: { max_attempts: 50, initial_backoff: 2s } }",
+    );
+    let long = request(
+        "never-sendable",
+        "call-1",
+        "ringing",
+        &sink.url(&format!("/pop?name={}", "N".repeat(100 * 1024))),
+    );
+    let dots = request(
+        "never-sendable",
+        "call-1",
+        "answered",
+        &sink.url("/crm/%2E%2E/pop"),
+    );
+    let mut refused = request("never-sendable", "call-1", "held", &sink.url("/crm//pop"));
+    refused.refused = Some("the URL path segment made of %CALLER_ID% would be empty".into());
+    let next = request("never-sendable", "call-1", "hungup", &sink.url("/calls"));
+    let started = Instant::now();
+    rig.enqueue(&[long, dots]).await;
+    let o = rig.outbox.enqueue(&[refused, next]).await.unwrap();
+    assert_eq!((o.inserted, o.refused), (1, 1), "{o:?}");
+    rig.handle.notify();
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].path(), "/calls");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the next delivery waited {:?} behind requests that can never be sent",
+        started.elapsed()
+    );
+    let rows = rows(&rig.outbox).await;
+    let by_state = |s: &str| {
+        rows.iter()
+            .find(|r| r.event_id.contains(&format!("/{s}/")))
+            .unwrap()
+    };
+    let long = by_state("ringing");
+    assert_eq!((long.status, long.attempts), (Status::Dead, 1));
+    assert!(
+        long.last_error
+            .as_deref()
+            .unwrap()
+            .contains("cannot be sent"),
+        "{long:?}"
+    );
+    let dots = by_state("answered");
+    assert_eq!(dots.status, Status::Dead);
+    assert!(
+        dots.last_error.as_deref().unwrap().contains("dot segment"),
+        "{dots:?}"
+    );
+    let refused = by_state("held");
+    assert_eq!((refused.status, refused.attempts), (Status::Dead, 0));
+    assert_eq!(refused.last_status.as_deref(), Some("refused"));
+    assert_eq!(by_state("hungup").status, Status::Done);
+    assert_eq!(attempts("never-sendable", "invalid"), 2);
+    assert_eq!(sink.count(), 1, "nothing else reached the sink");
+    // An operator retry of a refused row refuses it again.
+    assert!(rig.outbox.retry(refused.id).await.unwrap());
+    rig.handle.notify();
+    wait_rows(&rig.outbox, "the refused row dead again", |r| {
+        r.iter()
+            .any(|x| x.id == refused.id && x.status == Status::Dead && x.attempts == 1)
+    })
+    .await;
+    assert_eq!(sink.count(), 1);
+    rig.stop().await;
+}

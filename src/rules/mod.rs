@@ -136,8 +136,8 @@ pub use spec::{RewriteSpec, RuleSpec, RulesSpec, Scalar, WhenSpec, Words};
 use crate::deliver::DeliveryRequest;
 use crate::model::ModelEvent;
 use crate::template::{
-    sanitize_header_value, FormTemplate, JsonTemplate, RenderError, TemplateContext, Templates,
-    TextTemplate, UrlTemplate,
+    bound_values, sanitize_header_value, FormTemplate, JsonTemplate, RenderError, TemplateContext,
+    Templates, TextTemplate, UrlTemplate,
 };
 use conditions::Conditions;
 
@@ -215,12 +215,26 @@ impl Rule {
 }
 
 /// Compiled rules, ready to evaluate. Cheap to share (`Arc`) between tasks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuleSet {
     rewrites: Vec<Rewrite>,
     rules: Vec<Rule>,
     templates: Templates,
     env: Map<String, Value>,
+    /// Longest value a template sees (`templates.max_value_length`).
+    max_value: usize,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self {
+            rewrites: Vec::new(),
+            rules: Vec::new(),
+            templates: Templates::default(),
+            env: Map::new(),
+            max_value: crate::template::DEFAULT_MAX_VALUE_LENGTH,
+        }
+    }
 }
 
 /// `{leg_id}/{state}/{rule}`, `{session}/call/{state}/{rule}`.
@@ -251,6 +265,12 @@ fn numbers_mut(ev: &mut ModelEvent) -> (&mut Option<String>, &mut Option<String>
 }
 
 impl RuleSet {
+    /// Sets the longest value (bytes) a template sees; longer ones are cut
+    /// (see [`crate::template::bound_values`]).
+    pub fn set_max_value_length(&mut self, max: usize) {
+        self.max_value = max.max(1);
+    }
+
     /// Number of rules.
     pub fn len(&self) -> usize {
         self.rules.len()
@@ -303,7 +323,8 @@ impl RuleSet {
             return out;
         }
         let rewritten = self.rewrite(ev);
-        let rev: &ModelEvent = &rewritten;
+        let bounded = bound_values(&rewritten, self.max_value);
+        let rev: &ModelEvent = &bounded;
         let mut ctx: Option<TemplateContext<'_>> = None;
         let m = crate::metrics::metrics();
         for rule in &self.rules {

@@ -1,6 +1,7 @@
 //! Reads for the admin API and the CLI (a read-only connection on a
 //! blocking thread): rows with their secrets masked, counts.
 
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::schema::{COLS, WAITING};
@@ -71,7 +72,7 @@ impl Outbox {
                 let mut st = c.prepare("SELECT status, COUNT(*) FROM deliveries GROUP BY status")?;
                 let mut rows = st.query([])?;
                 while let Some(r) = rows.next()? {
-                    let status: String = r.get(0)?;
+                    let status = lossy(r, 0).unwrap_or_default();
                     let n: i64 = r.get(1)?;
                     let n = n.max(0) as u64;
                     match Status::parse(&status) {
@@ -100,7 +101,7 @@ impl Outbox {
                 ))?;
                 let mut rows = st.query([])?;
                 while let Some(r) = rows.next()? {
-                    let t: String = r.get(0)?;
+                    let t = lossy(r, 0).unwrap_or_default();
                     let n: i64 = r.get(1)?;
                     s.waiting_by_target.insert(t, n.max(0) as u64);
                 }
@@ -115,8 +116,13 @@ impl Outbox {
     }
 }
 
-fn sensitive_name(name: &str) -> bool {
+/// Whether a header or query parameter name looks like it carries a
+/// credential (its value is masked in every output).
+pub fn sensitive_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
+    if n == "idempotency-key" {
+        return false;
+    }
     [
         "auth",
         "token",
@@ -133,7 +139,7 @@ fn sensitive_name(name: &str) -> bool {
 }
 
 /// Masks values of credential-like query parameters (`?api_key=…`).
-fn mask_url(url: &str) -> String {
+pub fn mask_url(url: &str) -> String {
     let Some((base, rest)) = url.split_once('?') else {
         return url.to_string();
     };
@@ -156,21 +162,46 @@ fn mask_url(url: &str) -> String {
     out
 }
 
+/// Column `i` as text, whatever the file holds there (a damaged page must
+/// not make the whole listing fail: it shows as replacement characters).
+fn lossy(r: &Row<'_>, i: usize) -> Option<String> {
+    match r.get_ref(i).ok()? {
+        ValueRef::Null => None,
+        ValueRef::Text(b) | ValueRef::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        ValueRef::Integer(n) => Some(n.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+    }
+}
+
+fn lossy_f64(r: &Row<'_>, i: usize) -> Option<f64> {
+    match r.get_ref(i).ok()? {
+        ValueRef::Real(f) => Some(f),
+        ValueRef::Integer(n) => Some(n as f64),
+        _ => None,
+    }
+}
+
 fn admin_row(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
-    let headers: String = r.get(8)?;
-    let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
-    let body: Option<Vec<u8>> = r.get(9)?;
-    let status: String = r.get(14)?;
-    let url: String = r.get(7)?;
+    let text = |i| lossy(r, i).unwrap_or_default();
+    let headers: Vec<(String, String)> = serde_json::from_str(&text(8)).unwrap_or_default();
+    let body: Option<Vec<u8>> = match r.get_ref(9)? {
+        ValueRef::Blob(b) | ValueRef::Text(b) => Some(b.to_vec()),
+        _ => None,
+    };
+    let status = text(14);
+    let attempts = match r.get_ref(15)? {
+        ValueRef::Integer(n) => n.clamp(0, u32::MAX as i64) as u32,
+        _ => 0,
+    };
     Ok(DeliveryRow {
         id: r.get(0)?,
-        target: r.get(1)?,
-        rule: r.get(2)?,
-        session_id: r.get(3)?,
-        pbx: r.get(4)?,
-        event_id: r.get(5)?,
-        method: r.get(6)?,
-        url: mask_url(&url),
+        target: text(1),
+        rule: text(2),
+        session_id: text(3),
+        pbx: text(4),
+        event_id: text(5),
+        method: text(6),
+        url: mask_url(&text(7)),
         headers: headers
             .into_iter()
             .map(|(k, v)| {
@@ -187,16 +218,16 @@ fn admin_row(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
             let end = b.len().min(EXCERPT_MAX);
             excerpt(&String::from_utf8_lossy(&b[..end]))
         }),
-        idempotency_key: r.get(10)?,
-        created_at: r.get(11)?,
-        expires_at: r.get(12)?,
-        enqueued_at: r.get(13)?,
-        status: Status::parse(&status).unwrap_or(Status::Pending),
-        attempts: r.get::<_, i64>(15)?.clamp(0, u32::MAX as i64) as u32,
-        next_attempt_at: r.get(16)?,
-        last_status: r.get(17)?,
-        last_error: r.get(18)?,
-        updated_at: r.get(19)?,
+        idempotency_key: lossy(r, 10),
+        created_at: lossy_f64(r, 11).unwrap_or(0.0),
+        expires_at: lossy_f64(r, 12),
+        enqueued_at: lossy_f64(r, 13).unwrap_or(0.0),
+        status: Status::parse(&status).unwrap_or(Status::Dead),
+        attempts,
+        next_attempt_at: lossy_f64(r, 16).unwrap_or(0.0),
+        last_status: lossy(r, 17),
+        last_error: lossy(r, 18).or_else(|| lossy(r, 20)),
+        updated_at: lossy_f64(r, 19).unwrap_or(0.0),
     })
 }
 

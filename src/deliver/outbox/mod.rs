@@ -101,13 +101,14 @@ mod schema;
 mod tx;
 mod writer;
 
-use schema::{SCHEMA, WAITING};
+pub use admin::{mask_url, sensitive_name};
+use schema::WAITING;
 use tx::{complete_tx, fix_head, insert_batch, poll_tx, revive, EnqueueDetail};
 pub use writer::EnqueueReceipt;
 use writer::{checkpoint_loop, writer_loop, Finish, Job, ReceiptInner, WriterState};
 
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Largest stored excerpt of a response body or error, in bytes.
 pub const EXCERPT_MAX: usize = 2048;
 /// Requests queued in memory for the writer beyond which submits are refused.
@@ -179,6 +180,15 @@ pub enum OutboxError {
     /// The writer thread has stopped.
     #[error("the outbox writer has stopped")]
     Closed,
+    /// The database file is damaged (integrity check at open, or SQLite
+    /// reported corruption).
+    #[error("the outbox {path} is damaged ({details}); stop callhook and run `callhook outbox recover --config FILE`: it keeps every readable delivery and moves the damaged file aside (`callhook outbox check` shows what is wrong)")]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite found.
+        details: String,
+    },
 }
 
 impl From<rusqlite::Error> for OutboxError {
@@ -245,6 +255,9 @@ pub struct EnqueueOutcome {
     pub duplicates: usize,
     /// Requests refused because the outbox was full.
     pub rejected_full: usize,
+    /// Requests that can never be sent (`DeliveryRequest::refused`): stored
+    /// `dead` at once with the reason.
+    pub refused: usize,
 }
 
 /// Filter for [`Outbox::list`].
@@ -366,6 +379,9 @@ pub struct Claimed {
     pub expires_at: Option<f64>,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// Why it can never be sent, when known at enqueue (then the attempt
+    /// fails at once).
+    pub refused: Option<String>,
 }
 
 /// One target's share of a [`Outbox::poll`].
@@ -388,6 +404,9 @@ pub struct PollResult {
     pub next_ready: BTreeMap<String, f64>,
     /// Earliest `expires_at` among pending rows.
     pub next_expiry: Option<f64>,
+    /// Rows that could not be decoded and were moved aside (dead with the
+    /// reason): (id, what is wrong).
+    pub damaged: Vec<(i64, String)>,
 }
 
 /// How an attempt ended, for [`Outbox::complete`].
@@ -468,56 +487,14 @@ impl Outbox {
     }
 
     fn open_with(state_dir: &Path, opts: OutboxOptions, recover: bool) -> Result<Outbox> {
-        std::fs::create_dir_all(state_dir).map_err(|e| OutboxError::Dir {
-            path: state_dir.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let path = state_dir.join("outbox.sqlite3");
-        let conn = Connection::open(&path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(OutboxError::Db(format!(
-                "cannot switch {} to WAL mode (got {mode})",
-                path.display()
-            )));
+        let (conn, recovered) = schema::open_writer(state_dir, recover, recover)?;
+        let path = schema::db_path(state_dir);
+        if recover {
+            let healed = tx::repair_heads(&conn)?;
+            if healed > 0 {
+                tracing::warn!(target: "callhook::deliver", calls = healed, "outbox: calls whose deliveries had lost their place in line got it back");
+            }
         }
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        // Checkpoints (copying the WAL into the database, with an fsync)
-        // run on their own thread, not in the writer's commits.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(OutboxError::Schema {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let init = (|| -> Result<usize> {
-            conn.execute_batch(SCHEMA)?;
-            if version < SCHEMA_VERSION {
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            }
-            if !recover {
-                return Ok(0);
-            }
-            let now = now_epoch();
-            Ok(conn.execute(
-                "UPDATE deliveries SET status = 'pending', updated_at = ?1 WHERE status = 'inflight'",
-                params![now],
-            )?)
-        })();
-        let recovered = match init {
-            Ok(n) => {
-                conn.execute_batch("COMMIT")?;
-                n
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        };
         if recovered > 0 {
             tracing::warn!(
                 target: "callhook::deliver",
@@ -686,6 +663,16 @@ impl Outbox {
                         target: "callhook::deliver",
                         rows = d.outcome.rejected_full,
                         "outbox is at its cap (max_rows): deliveries refused"
+                    );
+                }
+                for (t, c) in &d.refused {
+                    m.deliveries.with_label_values(&[t, "dead"]).inc_by(*c);
+                }
+                if d.outcome.refused > 0 {
+                    tracing::warn!(
+                        target: "callhook::deliver",
+                        rows = d.outcome.refused,
+                        "requests that can never be sent stored dead with the reason (see `callhook deliveries list --dead`)"
                     );
                 }
                 if d.outcome.inserted > 0 {

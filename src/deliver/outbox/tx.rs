@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::schema::{COLS, WAITING};
@@ -15,6 +16,8 @@ pub(super) struct EnqueueDetail {
     pub(super) inserted: BTreeMap<String, u64>,
     pub(super) duplicates: BTreeMap<String, u64>,
     pub(super) rejected: BTreeMap<String, u64>,
+    /// Stored dead at once (`DeliveryRequest::refused`).
+    pub(super) refused: BTreeMap<String, u64>,
 }
 
 pub(super) fn insert_batch(
@@ -28,6 +31,7 @@ pub(super) fn insert_batch(
         inserted: BTreeMap::new(),
         duplicates: BTreeMap::new(),
         rejected: BTreeMap::new(),
+        refused: BTreeMap::new(),
     };
     let window_start = now - st.opts.dedupe_window.as_secs_f64();
     let mut event_dup = c.prepare_cached(&format!(
@@ -49,6 +53,15 @@ pub(super) fn insert_batch(
          next_attempt_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, 0, ?13, ?13)",
     )?;
+    // A request that can never be sent is kept, dead, with the reason: it
+    // is no head and never holds up the call's next delivery.
+    let mut insert_refused = c.prepare_cached(
+        "INSERT INTO deliveries (target, rule, session_id, pbx, event_id, method, url, headers, \
+         body, idempotency_key, created_at, expires_at, enqueued_at, status, head, attempts, \
+         next_attempt_at, last_status, last_error, updated_at, refused) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'dead', 0, 0, ?13, \
+         'refused', ?14, ?13, ?14)",
+    )?;
     for r in reqs {
         let dup_event = event_dup.exists(params![r.target, r.event_id])?;
         let dup_key = match &r.idempotency_key {
@@ -61,6 +74,32 @@ pub(super) fn insert_batch(
         if dup_event || dup_key {
             d.outcome.duplicates += 1;
             *d.duplicates.entry(r.target.clone()).or_default() += 1;
+            continue;
+        }
+        if let Some(why) = &r.refused {
+            if let Some(k) = &r.idempotency_key {
+                key_put.execute(params![r.target, k, now])?;
+            }
+            let headers = serde_json::to_string(&r.headers)
+                .map_err(|e| OutboxError::Db(format!("cannot encode headers: {e}")))?;
+            insert_refused.execute(params![
+                r.target,
+                r.rule,
+                r.session_id,
+                r.pbx,
+                r.event_id,
+                r.method,
+                r.url,
+                headers,
+                r.body,
+                r.idempotency_key,
+                r.created_at,
+                r.expires_at,
+                now,
+                excerpt(why),
+            ])?;
+            d.outcome.refused += 1;
+            *d.refused.entry(r.target.clone()).or_default() += 1;
             continue;
         }
         if st.waiting >= st.opts.max_rows as i64 {
@@ -143,24 +182,142 @@ pub(super) fn revive(c: &Connection, id: Option<i64>, now: f64) -> Result<usize>
     })
 }
 
-pub(super) fn claimed_row(r: &Row<'_>) -> rusqlite::Result<Claimed> {
-    let headers: String = r.get(8)?;
+/// A value read from a row, or what is wrong with the row.
+type Decoded<T> = std::result::Result<T, String>;
+
+/// Reads column `i` of a row as text; `Err` names the column when the
+/// file holds something else there (a damaged page: invalid UTF-8, a
+/// number where text belongs).
+pub(super) fn text(r: &Row<'_>, i: usize, name: &str) -> std::result::Result<String, String> {
+    match opt_text(r, i, name)? {
+        Some(s) => Ok(s),
+        None => Err(format!("column {name} is NULL")),
+    }
+}
+
+pub(super) fn opt_text(
+    r: &Row<'_>,
+    i: usize,
+    name: &str,
+) -> std::result::Result<Option<String>, String> {
+    match r.get_ref(i).map_err(|e| format!("column {name}: {e}"))? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(b) => std::str::from_utf8(b)
+            .map(|s| Some(s.to_string()))
+            .map_err(|_| format!("column {name} is not valid UTF-8")),
+        other => Err(format!(
+            "column {name} holds {:?}, not text",
+            other.data_type()
+        )),
+    }
+}
+
+fn real(r: &Row<'_>, i: usize, name: &str) -> std::result::Result<f64, String> {
+    opt_real(r, i, name)?.ok_or_else(|| format!("column {name} is NULL"))
+}
+
+fn opt_real(r: &Row<'_>, i: usize, name: &str) -> std::result::Result<Option<f64>, String> {
+    match r.get_ref(i).map_err(|e| format!("column {name}: {e}"))? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Real(f) => Ok(Some(f)),
+        ValueRef::Integer(n) => Ok(Some(n as f64)),
+        other => Err(format!(
+            "column {name} holds {:?}, not a number",
+            other.data_type()
+        )),
+    }
+}
+
+fn int(r: &Row<'_>, i: usize, name: &str) -> std::result::Result<i64, String> {
+    match r.get_ref(i).map_err(|e| format!("column {name}: {e}"))? {
+        ValueRef::Integer(n) => Ok(n),
+        other => Err(format!(
+            "column {name} holds {:?}, not an integer",
+            other.data_type()
+        )),
+    }
+}
+
+fn blob(r: &Row<'_>, i: usize, name: &str) -> std::result::Result<Option<Vec<u8>>, String> {
+    match r.get_ref(i).map_err(|e| format!("column {name}: {e}"))? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Blob(b) | ValueRef::Text(b) => Ok(Some(b.to_vec())),
+        other => Err(format!(
+            "column {name} holds {:?}, not bytes",
+            other.data_type()
+        )),
+    }
+}
+
+/// Decodes a claimed row (`SELECT {COLS}`); `Err` says why it cannot be.
+pub(super) fn claimed_row(r: &Row<'_>) -> std::result::Result<Claimed, String> {
+    let headers = text(r, 8, "headers")?;
+    let headers: Vec<(String, String)> = serde_json::from_str(&headers)
+        .map_err(|e| format!("column headers is not a JSON list of pairs: {e}"))?;
     Ok(Claimed {
-        id: r.get(0)?,
-        target: r.get(1)?,
-        rule: r.get(2)?,
-        session_id: r.get(3)?,
-        pbx: r.get(4)?,
-        event_id: r.get(5)?,
-        method: r.get(6)?,
-        url: r.get(7)?,
-        headers: serde_json::from_str(&headers).unwrap_or_default(),
-        body: r.get(9)?,
-        idempotency_key: r.get(10)?,
-        created_at: r.get(11)?,
-        expires_at: r.get(12)?,
-        attempts: r.get::<_, i64>(15)?.clamp(0, u32::MAX as i64) as u32,
+        id: int(r, 0, "id")?,
+        target: text(r, 1, "target")?,
+        rule: text(r, 2, "rule")?,
+        session_id: text(r, 3, "session_id")?,
+        pbx: text(r, 4, "pbx")?,
+        event_id: text(r, 5, "event_id")?,
+        method: text(r, 6, "method")?,
+        url: text(r, 7, "url")?,
+        headers,
+        body: blob(r, 9, "body")?,
+        idempotency_key: opt_text(r, 10, "idempotency_key")?,
+        created_at: real(r, 11, "created_at")?,
+        expires_at: opt_real(r, 12, "expires_at")?,
+        attempts: int(r, 15, "attempts")?.clamp(0, u32::MAX as i64) as u32,
+        refused: opt_text(r, 20, "refused")?,
     })
+}
+
+/// Moves a row that cannot be decoded aside: dead, with the reason, and
+/// its call's next delivery becomes the head. Returns whether it was
+/// waiting.
+fn quarantine(c: &Connection, id: i64, why: &str, now: f64) -> Result<bool> {
+    let waiting: bool = c
+        .prepare_cached(&format!("SELECT {WAITING} FROM deliveries WHERE id = ?1"))?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?
+        .unwrap_or(false);
+    c.prepare_cached(
+        "UPDATE deliveries SET status = 'dead', head = 0, last_status = 'damaged', \
+         last_error = ?2, updated_at = ?3 WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        excerpt(&format!(
+            "this row cannot be decoded ({why}): the outbox file is damaged; see `callhook outbox check`"
+        )),
+        now
+    ])?;
+    repair_heads(c)?;
+    Ok(waiting)
+}
+
+/// Gives every chain of waiting rows that has no head and nothing in
+/// flight its head back (after a damaged row was moved aside, its chain key
+/// may not have been readable).
+pub(super) fn repair_heads(c: &Connection) -> Result<usize> {
+    let orphans: Vec<(String, String)> = c
+        .prepare_cached(
+            "SELECT target, session_id FROM deliveries INDEXED BY deliveries_chain \
+             WHERE status IN ('pending', 'inflight') GROUP BY target, session_id \
+             HAVING MAX(head) = 0 AND SUM(status = 'inflight') = 0",
+        )?
+        .query_map([], |r| {
+            Ok((
+                text(r, 0, "target").unwrap_or_default(),
+                text(r, 1, "session_id").unwrap_or_default(),
+            ))
+        })?
+        .collect::<std::result::Result<_, _>>()?;
+    for (t, s) in &orphans {
+        fix_head(c, t, s)?;
+    }
+    Ok(orphans.len())
 }
 
 pub(super) fn poll_tx(
@@ -173,13 +330,28 @@ pub(super) fn poll_tx(
     // 1. Expire what is past its freshness limit, heads or not (a non-head
     // that expired would never be sent anyway; expiring it early keeps the
     // call's chain short).
-    let due: Vec<(i64, String, String)> = c
+    let due: Vec<(i64, Decoded<(String, String)>)> = c
         .prepare_cached(
             "SELECT id, target, session_id FROM deliveries INDEXED BY deliveries_expiry \
              WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?1 LIMIT 1000",
         )?
-        .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map(params![now], |r| {
+            let key = text(r, 1, "target").and_then(|t| Ok((t, text(r, 2, "session_id")?)));
+            Ok((r.get(0)?, key))
+        })?
         .collect::<std::result::Result<_, _>>()?;
+    let (due, damaged): (Vec<_>, Vec<_>) = due.into_iter().partition(|(_, k)| k.is_ok());
+    for (id, why) in damaged {
+        let why = why.err().unwrap_or_default();
+        if quarantine(c, id, &why, now)? {
+            st.waiting -= 1;
+        }
+        out.damaged.push((id, why));
+    }
+    let due: Vec<(i64, String, String)> = due
+        .into_iter()
+        .filter_map(|(id, k)| k.ok().map(|(t, s)| (id, t, s)))
+        .collect();
     if !due.is_empty() {
         let mut upd = c.prepare_cached(
             "UPDATE deliveries SET status = 'expired', head = 0, updated_at = ?2 WHERE id = ?1",
@@ -216,13 +388,25 @@ pub(super) fn poll_tx(
     )?;
     for w in wants {
         if w.limit > 0 {
-            let rows: Vec<Claimed> = select
-                .query_map(params![w.target, now, w.limit as i64], claimed_row)?
+            let rows: Vec<(i64, Decoded<Claimed>)> = select
+                .query_map(params![w.target, now, w.limit as i64], |r| {
+                    Ok((r.get(0)?, claimed_row(r)))
+                })?
                 .collect::<std::result::Result<_, _>>()?;
-            for r in &rows {
-                mark.execute(params![r.id, now])?;
+            for (id, row) in rows {
+                match row {
+                    Ok(row) => {
+                        mark.execute(params![id, now])?;
+                        out.claimed.push(row);
+                    }
+                    Err(why) => {
+                        if quarantine(c, id, &why, now)? {
+                            st.waiting -= 1;
+                        }
+                        out.damaged.push((id, why));
+                    }
+                }
             }
-            out.claimed.extend(rows);
         }
         if let Some(t) = next.query_row(params![w.target], |r| r.get::<_, Option<f64>>(0))? {
             out.next_ready.insert(w.target.clone(), t);
