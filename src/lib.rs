@@ -12,6 +12,8 @@
 //! - [`config`]: typed configuration, validated before use.
 //! - [`replay`]: runs a capture file through the same path as live traffic.
 //! - [`metrics`]: every Prometheus metric.
+//! - [`notify`]: readiness, watchdog and stopping notifications to systemd.
+//! - [`log_limit`]: rate-limited log lines for events that can repeat fast.
 
 pub mod ami;
 pub mod app;
@@ -20,9 +22,11 @@ pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod model;
 pub mod normalize;
+pub mod notify;
 pub mod replay;
 pub mod rules;
 pub mod source;
