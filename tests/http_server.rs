@@ -390,9 +390,11 @@ async fn an_upgraded_connection_outlives_the_idle_timeout_and_keeps_its_slot() {
     };
     let srv = start(name, l, basic().route("/upgrade", get(upgrade))).await;
     let mut up = TcpStream::connect(srv.addr).await.unwrap();
-    up.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    up.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let head = read_response(&mut up).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Well past the idle and header timeouts.
@@ -422,9 +424,11 @@ async fn an_upgraded_connection_outlives_the_idle_timeout_and_keeps_its_slot() {
     eventually("slot released", || open(name) <= 1).await;
     // Shutdown ends the long-lived handler too.
     let mut up = TcpStream::connect(srv.addr).await.unwrap();
-    up.write_all(b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
-        .await
-        .unwrap();
+    up.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
     assert!(read_response(&mut up).await.starts_with("HTTP/1.1 101"));
     srv.stop.cancel();
     assert!(read_to_eof(&mut up).await.is_empty());
@@ -446,7 +450,10 @@ async fn shutdown_closes_idle_connections_and_lets_requests_finish() {
     assert!(read_to_eof(&mut idle).await.is_empty());
     gate.add_permits(1);
     let r = String::from_utf8(read_to_eof(&mut busy).await).unwrap();
-    assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("done\n"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.ends_with("done\n"),
+        "{r}"
+    );
     tokio::time::timeout(WAIT, &mut srv.task)
         .await
         .unwrap()
