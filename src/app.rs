@@ -106,19 +106,26 @@ const TICK: Duration = Duration::from_millis(250);
 /// Room in the normalizer's queue for pushed events (added to the PBXs').
 const PUSH_QUEUE: usize = 1024;
 
-/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir).
-fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
+/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir,
+/// mode 0700; the lock file 0600). Held by the daemon for its lifetime and
+/// by `callhook outbox recover` while it replaces the database.
+pub fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
     let io = |source| AppError::LockFile {
         dir: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("callhook.lock"))
-        .map_err(io)?;
+    crate::deliver::outbox::secure_state_dir(dir).map_err(|source| AppError::Outbox {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut open = std::fs::OpenOptions::new();
+    open.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
+    }
+    let file = open.open(dir.join("callhook.lock")).map_err(io)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(AppError::Locked {
@@ -389,16 +396,20 @@ pub async fn run_until(
     let caps = http_caps(&cfg, admin_listener.is_some());
     let ready_handles = handles.clone();
     let ok = outbox_ok.clone();
+    let ready_dispatcher = dispatcher.clone();
     let readiness = move || {
         let pbx: std::collections::BTreeMap<String, bool> = ready_handles
             .iter()
             .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
             .collect();
         let outbox_writable = ok.load(Ordering::Relaxed);
+        let polling = ready_dispatcher.polling();
         Readiness {
-            ready: outbox_writable && pbx.values().all(|v| *v),
+            ready: outbox_writable && polling.is_ok() && pbx.values().all(|v| *v),
             pbx,
             outbox_writable,
+            outbox_polling: polling.is_ok(),
+            outbox_error: polling.err(),
         }
     };
     let state = ApiState {

@@ -66,6 +66,8 @@ enum Command {
     },
     /// Inspect and retry deliveries in the outbox (`state_dir` of the config).
     Deliveries(DeliveriesArgs),
+    /// Check the outbox file for damage, or recover a damaged one.
+    Outbox(OutboxArgs),
     /// Play bundled real captures on a simulated PBX into callhook with
     /// `rules/demo.yaml` and a built-in webhook sink, and print a timeline.
     Demo {
@@ -159,6 +161,38 @@ struct DeliveriesArgs {
     /// Configuration file (for `state_dir`).
     #[arg(short, long, global = true, env = "CALLHOOK_CONFIG")]
     config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct OutboxArgs {
+    #[command(subcommand)]
+    action: OutboxAction,
+    /// Configuration file (for `state_dir`).
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "CALLHOOK_CONFIG",
+        conflicts_with = "state_dir"
+    )]
+    config: Option<PathBuf>,
+    /// The state directory itself, instead of a configuration file.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum OutboxAction {
+    /// Read every page and delivery of `outbox.sqlite3` and report what is
+    /// damaged (safe while the daemon runs); exits 1 when something is.
+    Check,
+    /// Copy every readable delivery into a fresh database and put it in
+    /// place, keeping the damaged file as `outbox.sqlite3.damaged-<time>`
+    /// (the daemon must be stopped).
+    Recover,
 }
 
 #[derive(Subcommand, Debug)]
@@ -283,6 +317,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Deliveries(args) => deliveries_cmd(args),
+        Command::Outbox(args) => outbox_cmd(args),
         Command::Demo { speed } => {
             if !(speed.is_finite() && speed > 0.0) {
                 bail!("--speed must be a positive number");
@@ -621,4 +656,61 @@ fn deliveries_cmd(args: DeliveriesArgs) -> anyhow::Result<()> {
         outbox.close();
         Ok(())
     })
+}
+
+fn outbox_cmd(args: OutboxArgs) -> anyhow::Result<()> {
+    use callhook::deliver::outbox::repair;
+    let state_dir = match (args.state_dir, args.config) {
+        (Some(d), _) => d,
+        (None, Some(c)) => load(&c)?.state_dir,
+        (None, None) => bail!("--config FILE or --state-dir DIR is needed to find the outbox"),
+    };
+    match args.action {
+        OutboxAction::Check => {
+            let r = repair::check(&state_dir)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}: {} deliveries read", r.path.display(), r.rows);
+                for l in &r.integrity {
+                    println!("integrity: {l}");
+                }
+                for (id, why) in &r.undecodable {
+                    println!("delivery {id} cannot be decoded: {why}");
+                }
+                for id in &r.unreadable {
+                    println!("delivery {id} cannot be read");
+                }
+                if r.ok() {
+                    println!("ok");
+                } else {
+                    println!(
+                        "damaged: stop callhook and run `callhook outbox recover` on this state directory"
+                    );
+                }
+            }
+            if !r.ok() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        OutboxAction::Recover => {
+            let _lock = callhook::app::lock_state_dir(&state_dir)?;
+            let r = repair::recover(&state_dir)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "recovered: {} deliveries copied, {} damaged ones kept as dead, {} unreadable (lost), {} idempotency keys{}",
+                    r.copied,
+                    r.damaged,
+                    r.lost,
+                    r.keys,
+                    if r.keys_incomplete { " (some unreadable)" } else { "" }
+                );
+                println!("the damaged file is kept as {}", r.moved_to.display());
+            }
+            Ok(())
+        }
+    }
 }

@@ -97,12 +97,14 @@ use crate::source::now_epoch;
 use super::DeliveryRequest;
 
 mod admin;
+pub mod repair;
 mod schema;
 mod tx;
 mod writer;
 
 pub use admin::{mask_url, sensitive_name};
 use schema::WAITING;
+pub use schema::{db_path, quick_check, secure_state_dir};
 use tx::{complete_tx, fix_head, insert_batch, poll_tx, revive, EnqueueDetail};
 pub use writer::EnqueueReceipt;
 use writer::{checkpoint_loop, writer_loop, Finish, Job, ReceiptInner, WriterState};

@@ -273,6 +273,23 @@ pub(super) fn claimed_row(r: &Row<'_>) -> std::result::Result<Claimed, String> {
     })
 }
 
+/// Decodes every column of a row (`SELECT {COLS}`), the state too: what
+/// `callhook outbox check` and `recover` call a sound row.
+pub(super) fn row_is_sound(r: &Row<'_>) -> Decoded<()> {
+    claimed_row(r)?;
+    let status = text(r, 14, "status")?;
+    if super::Status::parse(&status).is_none() {
+        return Err(format!("column status holds {status:?}"));
+    }
+    real(r, 13, "enqueued_at")?;
+    real(r, 16, "next_attempt_at")?;
+    real(r, 19, "updated_at")?;
+    opt_text(r, 17, "last_status")?;
+    opt_text(r, 18, "last_error")?;
+    opt_text(r, 21, "secrets")?;
+    Ok(())
+}
+
 /// Moves a row that cannot be decoded aside: dead, with the reason, and
 /// its call's next delivery becomes the head. Returns whether it was
 /// waiting.
