@@ -563,3 +563,92 @@ async fn requests_that_can_never_be_sent_are_dead_at_once_and_never_block_the_ca
     assert_eq!(sink.count(), 1);
     rig.stop().await;
 }
+
+/// A CRM down for 3 s under steady traffic (20 screen-pops a second, each
+/// fresh for 30 s): the breaker opens, probes after 1 s and 2 s more, and
+/// deliveries resume well within 3 s of the CRM coming back; every
+/// screen-pop raised meanwhile is still delivered (none expires because of
+/// the breaker); the default settings are used (first probe 1 s, doubling
+/// to 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_3_second_crm_outage_costs_no_screen_pop() {
+    let sink = Sink::start().await;
+    let rig = Rig::start("blip", "t-blip: { concurrency: 4 }");
+    let state = || metrics().breaker_state.with_label_values(&["t-blip"]).get();
+    let pop = |i: usize| {
+        let mut r = request("t-blip", &format!("pop-{i}"), "ringing", &sink.url("/pop"));
+        r.expires_at = Some(r.created_at + 30.0);
+        r
+    };
+    let mut i = 0;
+    // 20 a second, each enqueued as it happens.
+    let send_for = |d: Duration, i: &mut usize| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            let r = pop(*i);
+            *i += 1;
+            let (o, h) = (rig.outbox.clone(), rig.handle.clone());
+            tokio::spawn(async move {
+                o.enqueue(&[r]).await.unwrap();
+                h.notify();
+            });
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    tokio::task::block_in_place(|| send_for(Duration::from_secs(1), &mut i));
+    sink.set_fallback(Reply::status(503));
+    let down_at = Instant::now();
+    tokio::task::block_in_place(|| send_for(Duration::from_secs(3), &mut i));
+    assert_eq!(state(), 2, "the breaker opened during the outage");
+    let up_at = Instant::now();
+    sink.set_fallback(Reply::status(200));
+    let during = i;
+    tokio::task::block_in_place(|| send_for(Duration::from_secs(2), &mut i));
+    let total = i;
+    let rows = wait_rows(&rig.outbox, "every pop delivered", |r| {
+        r.len() == total
+            && r.iter()
+                .all(|x| x.status == Status::Done || x.status == Status::Expired)
+    })
+    .await;
+    let expired = rows.iter().filter(|r| r.status == Status::Expired).count();
+    assert_eq!(expired, 0, "screen-pops expired because of the breaker");
+    let got = sink.received();
+    let first_ok = got
+        .iter()
+        .filter(|r| r.at >= up_at)
+        .map(|r| r.at)
+        .min()
+        .unwrap();
+    let resumed = first_ok - up_at;
+    let failed = got
+        .iter()
+        .filter(|r| r.at >= down_at && r.at < up_at)
+        .count();
+    eprintln!(
+        "outage 3 s: {failed} failed requests (threshold + probes), first delivery {resumed:?} after the CRM was back"
+    );
+    assert!(
+        resumed <= Duration::from_secs(3),
+        "resumed after {resumed:?}"
+    );
+    // Every pop raised before the CRM was back went out soon after it was.
+    let last_backlog = got
+        .iter()
+        .filter(|r| r.at >= up_at)
+        .map(|r| r.at)
+        .max()
+        .unwrap();
+    assert!(during > 60, "steady traffic: {during}");
+    assert!(
+        last_backlog - up_at <= Duration::from_secs(5),
+        "the backlog drained {:?} after the CRM was back",
+        last_backlog - up_at
+    );
+    // While open, the CRM saw only the threshold and the probes.
+    assert!(
+        failed <= 5 + 4 + 3,
+        "{failed} requests hit the CRM while it was down"
+    );
+    rig.stop().await;
+}
