@@ -51,6 +51,7 @@ use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::server::ServeOptions;
 use crate::http::{self, fds, ApiState, Readiness, ReloadReply};
+use crate::log_limit::LogLimiter;
 use crate::metrics::{metrics, KnownLabels};
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
@@ -717,6 +718,11 @@ async fn finish_batch(
     out.clear();
 }
 
+/// These repeat for every event while the outbox cannot take more (a full
+/// disk, the cap): one line per half minute, with the count left out.
+static OUTBOX_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+static OUTBOX_REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+
 /// Evaluates the rules for a batch of model events and commits the
 /// deliveries; returns once they are durable, or why they are not (logged:
 /// the outbox failed, or was full and refused some).
@@ -739,12 +745,16 @@ pub async fn deliver_batch(
     }
     match outbox.submit(reqs).await {
         Ok(o) => {
-            ok.store(true, Ordering::Relaxed);
+            if !ok.swap(true, Ordering::Relaxed) {
+                info!("the outbox accepts writes again");
+            }
             if o.rejected_full > 0 {
-                warn!(
-                    rejected = o.rejected_full,
-                    "outbox full: deliveries refused"
-                );
+                if let Some(suppressed) = OUTBOX_REFUSED.check() {
+                    warn!(
+                        rejected = o.rejected_full,
+                        suppressed, "outbox full: deliveries refused"
+                    );
+                }
                 return Err(format!(
                     "outbox full: {} deliveries refused",
                     o.rejected_full
@@ -754,7 +764,9 @@ pub async fn deliver_batch(
         }
         Err(e) => {
             ok.store(false, Ordering::Relaxed);
-            error!(error = %e, "cannot write deliveries to the outbox");
+            if let Some(suppressed) = OUTBOX_FAILED.check() {
+                error!(error = %e, suppressed, "cannot write deliveries to the outbox");
+            }
             Err(format!("cannot write deliveries to the outbox: {e}"))
         }
     }

@@ -91,6 +91,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
+use crate::log_limit::LogLimiter;
 use crate::metrics::metrics;
 use crate::source::now_epoch;
 
@@ -108,6 +109,12 @@ pub use schema::{db_path, quick_check, secure_state_dir};
 use tx::{complete_tx, fix_head, insert_batch, poll_tx, revive, EnqueueDetail};
 pub use writer::EnqueueReceipt;
 use writer::{checkpoint_loop, writer_loop, Finish, Job, ReceiptInner, WriterState};
+
+/// Refusals repeat for every event while the outbox is full: one line per
+/// half minute (the metrics count each).
+static REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+/// Requests that can never be sent come from hostile input: same.
+static REFUSED_REQUESTS: LogLimiter = LogLimiter::new(Duration::from_secs(30));
 
 /// Schema version written to `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 2;
@@ -633,11 +640,14 @@ impl Outbox {
                 *per.entry(r.target.clone()).or_default() += 1;
             }
             record_rejected(&per);
-            tracing::warn!(
-                target: "callhook::deliver",
-                rows = n,
-                "outbox writer backlog is full: deliveries refused"
-            );
+            if let Some(suppressed) = REFUSED.check() {
+                tracing::warn!(
+                    target: "callhook::deliver",
+                    rows = n,
+                    suppressed,
+                    "outbox writer backlog is full: deliveries refused"
+                );
+            }
             return EnqueueReceipt(ReceiptInner::Ready(Some(Ok(EnqueueOutcome {
                 rejected_full: n,
                 ..Default::default()
@@ -661,16 +671,19 @@ impl Outbox {
                 }
                 record_rejected(&d.rejected);
                 if d.outcome.rejected_full > 0 {
-                    tracing::warn!(
-                        target: "callhook::deliver",
-                        rows = d.outcome.rejected_full,
-                        "outbox is at its cap (max_rows): deliveries refused"
-                    );
+                    if let Some(suppressed) = REFUSED.check() {
+                        tracing::warn!(
+                            target: "callhook::deliver",
+                            rows = d.outcome.rejected_full,
+                            suppressed,
+                            "outbox is at its cap (max_rows): deliveries refused"
+                        );
+                    }
                 }
                 for (t, c) in &d.refused {
                     m.deliveries.with_label_values(&[t, "dead"]).inc_by(*c);
                 }
-                if d.outcome.refused > 0 {
+                if d.outcome.refused > 0 && REFUSED_REQUESTS.check().is_some() {
                     tracing::warn!(
                         target: "callhook::deliver",
                         rows = d.outcome.refused,

@@ -14,7 +14,11 @@ use super::{
     Durability, EnqueueOutcome, OutboxError, OutboxOptions, Result, CHECKPOINT_EVERY, GROUP_MAX,
     WAITING,
 };
+use crate::log_limit::LogLimiter;
 use crate::metrics::metrics;
+
+/// A failing disk fails every commit: one line per half minute.
+static COMMIT_FAILED: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(30));
 
 pub(super) struct WriterState {
     pub(super) opts: OutboxOptions,
@@ -127,7 +131,9 @@ pub(super) fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut st: Wri
         }
         let commit = conn.execute_batch("COMMIT").map_err(OutboxError::from);
         if let Err(e) = &commit {
-            tracing::error!(target: "callhook::deliver", error = %e, "outbox commit failed");
+            if let Some(suppressed) = COMMIT_FAILED.check() {
+                tracing::error!(target: "callhook::deliver", error = %e, suppressed, "outbox commit failed");
+            }
             let _ = conn.execute_batch("ROLLBACK");
             any_failed = true;
         }
