@@ -12,6 +12,8 @@
 //! - [`config`]: typed configuration, validated before use.
 //! - [`replay`]: runs a capture file through the same path as live traffic.
 //! - [`metrics`]: every Prometheus metric.
+//! - [`yaml`]: YAML documents with positions and a deserializer that reports
+//!   every problem (a leaf: used by the config and rule-set loaders).
 
 pub mod ami;
 pub mod app;
@@ -27,3 +29,4 @@ pub mod replay;
 pub mod rules;
 pub mod source;
 pub mod template;
+pub mod yaml;
