@@ -12,6 +12,8 @@
 //! - [`config`]: typed configuration, validated before use.
 //! - [`replay`]: runs a capture file through the same path as live traffic.
 //! - [`metrics`]: every Prometheus metric.
+//! - [`values`]: value parsers shared by every config section (durations,
+//!   time zones, `${VAR}`, secret files; a leaf).
 //! - [`yaml`]: YAML documents with positions and a deserializer that reports
 //!   every problem (a leaf: used by the config and rule-set loaders).
 
@@ -29,4 +31,5 @@ pub mod replay;
 pub mod rules;
 pub mod source;
 pub mod template;
+pub mod values;
 pub mod yaml;

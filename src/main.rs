@@ -45,7 +45,7 @@ enum Command {
         #[arg(required = true)]
         captures: Vec<PathBuf>,
         /// Configuration file (classification, rules, targets).
-        #[arg(short, long)]
+        #[arg(short, long, env = "CALLHOOK_CONFIG")]
         config: Option<PathBuf>,
         /// Print the requests the rules would send instead of sending them.
         #[arg(long, requires = "config")]
@@ -61,7 +61,7 @@ enum Command {
     /// line and column, and exits non-zero when there is one.
     Check {
         /// Configuration file (YAML).
-        #[arg(short, long)]
+        #[arg(short, long, env = "CALLHOOK_CONFIG")]
         config: PathBuf,
     },
     /// Inspect and retry deliveries in the outbox (`state_dir` of the config).
@@ -222,6 +222,69 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Loads a configuration for `run`: what `check` accepts, warnings logged.
+fn load_daemon(path: &std::path::Path) -> anyhow::Result<Config> {
+    let cfg = load(path)?;
+    let errors = cfg.daemon_errors();
+    if !errors.is_empty() {
+        let e = callhook::config::ConfigErrors {
+            file: path.to_path_buf(),
+            errors,
+            warnings: Vec::new(),
+        };
+        bail!("{e}");
+    }
+    for w in cfg.daemon_warnings() {
+        tracing::warn!("{}", w.render(path));
+    }
+    Ok(cfg)
+}
+
+/// `check`: every error and warning, exit 1 on an error (what `run` would refuse).
+fn check_cmd(config: &std::path::Path) -> anyhow::Result<()> {
+    let print_warnings = |ws: &[callhook::config::ConfigError]| {
+        for w in ws {
+            eprintln!("  warning: {}", w.render(config));
+        }
+    };
+    match Config::load(config) {
+        Ok(cfg) => {
+            let errors = cfg.daemon_errors();
+            let warnings = cfg.daemon_warnings();
+            if !errors.is_empty() {
+                let e = callhook::config::ConfigErrors {
+                    file: config.to_path_buf(),
+                    errors,
+                    warnings: Vec::new(),
+                };
+                eprint!("{e}");
+                print_warnings(&warnings);
+                std::process::exit(1);
+            }
+            let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+            println!(
+                "{}: ok ({}, {}, {}{})",
+                config.display(),
+                n(cfg.pbx.len(), "PBX"),
+                n(cfg.targets.len(), "target"),
+                n(cfg.rules.len(), "rule"),
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", n(warnings.len(), "warning"))
+                },
+            );
+            print_warnings(&warnings);
+            Ok(())
+        }
+        Err(e) => {
+            eprint!("{e}");
+            print_warnings(&e.warnings);
+            std::process::exit(1);
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting the runtime")
 }
@@ -237,32 +300,9 @@ fn main() -> anyhow::Result<()> {
             format,
             pbx,
         } => replay_cmd(captures, config, dry_run, format.into(), pbx),
-        Command::Check { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                let n =
-                    |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
-                println!(
-                    "{}: ok ({}, {}, {})",
-                    config.display(),
-                    n(cfg.pbx.len(), "PBX"),
-                    n(cfg.targets.len(), "target"),
-                    n(cfg.rules.len(), "rule"),
-                );
-                Ok(())
-            }
-            Err(e) => {
-                eprint!("{e}");
-                std::process::exit(1);
-            }
-        },
+        Command::Check { config } => check_cmd(&config),
         Command::Run { config, print } => {
-            let cfg = load(&config)?;
-            if cfg.pbx.is_empty() && cfg.push.is_none() {
-                bail!(
-                    "{}: no source configured (add a `pbx:` entry or a `push:` section)",
-                    config.display()
-                );
-            }
+            let cfg = load_daemon(&config)?;
             let observer = print.map(|f| {
                 let f: Format = f.into();
                 Box::new(move |evs: &[ModelEvent]| {
@@ -326,7 +366,7 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
     let since = bound(&args.since, "--since")?;
     let until = bound(&args.until, "--until")?;
     let window = match &args.group_window {
-        Some(w) => callhook::config::parse_duration(w)
+        Some(w) => callhook::values::parse_duration(w)
             .with_context(|| format!("--group-window {w:?} is not a duration (e.g. 4h)"))?
             .as_secs_f64(),
         None => cfg.normalizer.max_call_age,

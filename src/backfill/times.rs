@@ -196,7 +196,7 @@ pub fn parse_bound(s: &str, now: f64, offset: UtcOffset) -> Result<f64, BadBound
     if t.is_empty() {
         return Err(bad());
     }
-    if let Some(d) = crate::config::parse_duration(t) {
+    if let Some(d) = crate::values::parse_duration(t) {
         // A bare number would be seconds: accept it only with a unit, so a
         // year such as `2026` is not read as 2026 s.
         if t.bytes().any(|b| b.is_ascii_alphabetic()) {

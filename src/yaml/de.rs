@@ -118,6 +118,7 @@ pub fn from_node<T: DeserializeOwned>(root: &Node) -> Recovered<T> {
                         path: path.clone(),
                         message: format!("missing `{field}`"),
                         hint: None,
+                        needle: None,
                     },
                 );
                 let injected = ctx.injected.entry(path.clone()).or_default();
@@ -135,6 +136,7 @@ pub fn from_node<T: DeserializeOwned>(root: &Node) -> Recovered<T> {
                         path: path.clone(),
                         message: m,
                         hint: None,
+                        needle: None,
                     },
                 );
                 if path.is_root() || !ctx.poisoned.insert(path) {
@@ -649,6 +651,7 @@ fn unknown_key(at: &Path, e: &super::Entry, fields: &[&str]) -> Problem {
             None => format!("unknown key `{}`", e.key),
         },
         hint: Some(format!("known keys here: {}", known.join(", "))),
+        needle: None,
     }
 }
 

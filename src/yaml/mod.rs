@@ -111,6 +111,36 @@ pub struct Problem {
     pub message: String,
     /// How to fix it.
     pub hint: Option<String>,
+    /// A piece of the value's text to point at (inside that value only).
+    pub needle: Option<String>,
+}
+
+impl Problem {
+    /// A problem about the value at `path` (positioned later from the tree).
+    pub fn new(path: Path, message: impl Into<String>) -> Self {
+        Self {
+            path,
+            pos: None,
+            message: message.into(),
+            hint: None,
+            needle: None,
+        }
+    }
+    /// With a hint.
+    pub fn hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = Some(h.into());
+        self
+    }
+    /// With an optional hint.
+    pub fn hint_opt(mut self, h: Option<String>) -> Self {
+        self.hint = h;
+        self
+    }
+    /// Pointing at this text inside the value.
+    pub fn needle(mut self, n: Option<String>) -> Self {
+        self.needle = n;
+        self
+    }
 }
 
 /// A parsed document.
@@ -149,6 +179,7 @@ pub fn parse(text: &str) -> Document {
                 pos: Some(pos),
                 message,
                 hint: hint.map(str::to_string),
+                needle: None,
             })
         };
     let path_of = |stack: &[Open]| -> Path {
@@ -455,20 +486,35 @@ impl Node {
         }
     }
 
-    /// The position of `needle` inside the scalar at `path` (searched in
-    /// that scalar's own source text only), else [`locate`](Self::locate).
+    /// The position of `needle` inside the value at `path` (searched only
+    /// in the source text of that value's scalars, never elsewhere in the
+    /// file), else [`locate`](Self::locate).
     pub fn locate_in(&self, path: &Path, needle: Option<&str>, text: &str) -> Pos {
         let at = self.locate(path);
-        let (Some(needle), Some(n)) = (needle.filter(|n| !n.is_empty()), self.get(path)) else {
-            return at;
-        };
-        let Kind::Scalar { .. } = n.kind else {
-            return at;
-        };
-        let src = char_slice(text, n.span.start.index, n.span.end.index);
-        match src.find(needle) {
-            Some(i) => advance(n.span.start, &src[..i]),
-            None => at,
+        match (needle.filter(|n| !n.is_empty()), self.get(path)) {
+            (Some(needle), Some(n)) => n.find_in_scalars(needle, text).unwrap_or(at),
+            _ => at,
+        }
+    }
+
+    fn find_in_scalars(&self, needle: &str, text: &str) -> Option<Pos> {
+        match &self.kind {
+            Kind::Scalar { .. } => {
+                let src = char_slice(text, self.span.start.index, self.span.end.index);
+                src.find(needle)
+                    .map(|i| advance(self.span.start, &src[..i]))
+            }
+            Kind::Seq(items) => items.iter().find_map(|c| c.find_in_scalars(needle, text)),
+            Kind::Map(entries) => entries.iter().find_map(|e| {
+                (e.key.contains(needle))
+                    .then(|| {
+                        let src = char_slice(text, e.key_span.start.index, e.key_span.end.index);
+                        src.find(needle)
+                            .map(|i| advance(e.key_span.start, &src[..i]))
+                    })
+                    .flatten()
+                    .or_else(|| e.value.find_in_scalars(needle, text))
+            }),
         }
     }
 }
