@@ -19,7 +19,8 @@
 //! - Around them: [`config`] (typed, validated configuration), [`app`]
 //!   (the one wiring function of `callhook run`), [`replay`] (a capture
 //!   through the live path), [`demo`] (everything on one machine),
-//!   [`metrics`] (every Prometheus metric).
+//!   [`metrics`] (every Prometheus metric), [`ruletest`] (`callhook test`:
+//!   rule-set unit tests).
 //! - Leaves used by every config section: [`yaml`] (YAML documents with
 //!   positions, and a deserializer that reports every problem) and
 //!   [`values`] (durations, time zones, `${VAR}`, secret files).
@@ -36,6 +37,7 @@ pub mod model;
 pub mod normalize;
 pub mod replay;
 pub mod rules;
+pub mod ruletest;
 pub mod source;
 pub mod template;
 pub mod values;

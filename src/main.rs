@@ -64,6 +64,15 @@ enum Command {
         #[arg(short, long, env = "CALLHOOK_CONFIG")]
         config: PathBuf,
     },
+    /// Run rule-set unit tests: each FILE names a rule set (or a config) and
+    /// gives model events or captures with the requests they must produce
+    /// (format in the README, examples in rules/tests/). Exits non-zero
+    /// when a test fails.
+    Test {
+        /// Test files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Inspect and retry deliveries in the outbox (`state_dir` of the config).
     Deliveries(DeliveriesArgs),
     /// Play bundled real captures on a simulated PBX into callhook with
@@ -323,6 +332,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Deliveries(args) => deliveries_cmd(args),
+        Command::Test { files } => test_cmd(&files),
         Command::Demo { speed } => {
             if !(speed.is_finite() && speed > 0.0) {
                 bail!("--speed must be a positive number");
@@ -332,6 +342,38 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Backfill(args) => backfill_cmd(args),
     }
+}
+
+/// `test`: runs every file, prints each case, exits 1 on any failure.
+fn test_cmd(files: &[PathBuf]) -> anyhow::Result<()> {
+    let (mut passed, mut failed, mut broken) = (0, 0, 0);
+    for f in files {
+        let r = callhook::ruletest::run_file(f);
+        print!("{}", r.render());
+        broken += usize::from(!r.errors.is_empty());
+        for c in &r.cases {
+            if c.failures.is_empty() {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "{passed} passed, {failed} failed{}",
+        if broken > 0 {
+            format!(
+                " ({broken} file{} could not run)",
+                if broken == 1 { "" } else { "s" }
+            )
+        } else {
+            String::new()
+        }
+    );
+    if failed > 0 || broken > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
