@@ -27,6 +27,7 @@
 mod errors;
 mod push;
 mod raw;
+pub mod reload;
 mod report;
 mod validate;
 
@@ -40,6 +41,7 @@ pub use crate::values::{expand_vars, parse_duration, read_secret_file, Secret};
 pub use errors::{ConfigError, ConfigErrors};
 pub use push::{PushConfig, PushTeam, RawPush, RawTeam, DEFAULT_PUSH_PATH};
 pub use raw::{RawAdmin, RawAmi, RawCalls, RawClassify, RawConfig, RawOutbox, RawPbx, RawRuleFile};
+pub use reload::ReloadOutcome;
 
 use crate::deliver::outbox::OutboxOptions;
 use crate::deliver::target::{validate_targets, Target};

@@ -7,9 +7,11 @@
 //! - `/healthz`: 200 while the process runs.
 //! - `/readyz`: 200 when every PBX is logged in and the outbox is writable,
 //!   503 otherwise, with a JSON body saying what is not ready.
-//! - `POST /-/reload`: re-reads the configuration (like SIGHUP); 200 when the
-//!   new one is in force, 400 with every error when it was rejected (the old
-//!   one stays).
+//! - `POST /-/reload`: re-reads the configuration (like SIGHUP); 200 with
+//!   `{"reloaded": true, "applied": [...], "restart_required": [keys]}` when
+//!   the new one is in force (keys in `restart_required` keep their running
+//!   values until a restart), 400 with every error when it was rejected (the
+//!   old one stays).
 //!
 //! The admin routes need `Authorization: Bearer <admin.token>`; without a
 //! configured token they are disabled (404).
@@ -43,8 +45,9 @@ pub struct Readiness {
     pub outbox_writable: bool,
 }
 
-/// A reload request: the answer is `Ok` or the list of errors.
-pub type ReloadReply = oneshot::Sender<Result<(), Vec<String>>>;
+/// A reload request: the answer is what was applied and what needs a
+/// restart, or the list of errors.
+pub type ReloadReply = oneshot::Sender<Result<crate::config::ReloadOutcome, Vec<String>>>;
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -102,7 +105,15 @@ async fn reload(State(st): State<ApiState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     match rx.await {
-        Ok(Ok(())) => (StatusCode::OK, "reloaded\n").into_response(),
+        Ok(Ok(outcome)) => (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "reloaded": true,
+                "applied": outcome.applied,
+                "restart_required": outcome.restart_required,
+            })),
+        )
+            .into_response(),
         Ok(Err(errors)) => (
             StatusCode::BAD_REQUEST,
             Json(serde_json::json!({ "reloaded": false, "errors": errors })),
