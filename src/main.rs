@@ -126,13 +126,14 @@ struct BackfillArgs {
     /// Only calls that ended before this (same forms as --since).
     #[arg(long, value_name = "WHEN")]
     until: Option<String>,
-    /// Time zone of the CDR times: `UTC` (also right with `usegmtime=yes`),
-    /// an offset (`+02:00`, `-0300`), or `auto`: each call's offset from
-    /// its uniqueid (follows daylight saving; `auto:+01:00` sets the
-    /// offset for ids that do not tell).
+    /// Time zone of the CDR times: an IANA name (`America/Mexico_City`,
+    /// daylight saving applied to every time), `UTC` (also right with
+    /// `usegmtime=yes`), an offset (`+02:00`, `-0300`), or `auto`: each
+    /// call's offset from its uniqueid (`auto:Europe/Madrid` sets the zone
+    /// for ids that do not tell).
     #[arg(
         long,
-        value_name = "OFFSET|auto",
+        value_name = "ZONE|OFFSET|auto",
         default_value = "UTC",
         env = "CALLHOOK_CDR_TIMEZONE"
     )]
@@ -382,7 +383,7 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
     let cfg = load(&args.config)?;
     let timezone = CdrTimezone::parse(&args.cdr_timezone).with_context(|| {
         format!(
-            "--cdr-timezone {:?}: write UTC, an offset such as +02:00 or -0300, or auto",
+            "--cdr-timezone {:?}: write a time zone name such as America/Mexico_City, UTC, an offset such as +02:00 or -0300, or auto",
             args.cdr_timezone
         )
     })?;
@@ -421,7 +422,7 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
     };
     let opts = Options {
         pbx,
-        timezone,
+        timezone: timezone.clone(),
         since,
         until,
         window,
