@@ -152,13 +152,33 @@ pub fn resolve_path(base: &Path, file: &Path) -> PathBuf {
     }
 }
 
-/// Reads a secret file (a relative path is relative to `base`, the config
-/// file's directory), without its trailing line break. Returns the path it
+/// Reads a secret file (`${VAR}`s in the path expanded, a relative path is
+/// relative to `base`, the config file's directory), without its trailing
+/// line break. Returns the path it
 /// read, for error messages.
 pub fn read_secret_file(base: &Path, file: &Path) -> (PathBuf, std::io::Result<String>) {
-    let path = resolve_path(base, file);
+    // `${CREDENTIALS_DIRECTORY}/ami-secret` (systemd's LoadCredential=).
+    let (expanded, missing) = expand_vars(&file.to_string_lossy());
+    if !missing.is_empty() {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("environment variable {} is not set", missing.join(", ")),
+        );
+        return (file.to_path_buf(), Err(e));
+    }
+    let path = resolve_path(base, Path::new(&expanded));
     let text = std::fs::read_to_string(&path).map(|t| t.trim_end_matches(['\r', '\n']).to_string());
     (path, text)
+}
+
+/// `host:port`, or a bare port (`9189`, `:9189`) meaning 127.0.0.1.
+pub fn parse_listen_addr(s: &str) -> Option<std::net::SocketAddr> {
+    let s = s.trim();
+    let port = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(p) = port.parse::<u16>() {
+        return Some(std::net::SocketAddr::from(([127, 0, 0, 1], p)));
+    }
+    s.parse().ok()
 }
 
 #[cfg(test)]

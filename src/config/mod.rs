@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::values::{expand_vars, parse_duration, read_secret_file, Secret};
+pub use crate::values::{expand_vars, parse_duration, parse_listen_addr, read_secret_file, Secret};
 pub use errors::{ConfigError, ConfigErrors};
 pub use push::{PushConfig, PushTeam, RawPush, RawTeam, DEFAULT_PUSH_PATH};
 pub use raw::{RawAdmin, RawAmi, RawCalls, RawClassify, RawConfig, RawOutbox, RawPbx, RawRuleFile};
@@ -100,6 +100,12 @@ pub struct Config {
     pub outbox: OutboxOptions,
     /// The push endpoint (none: not mounted).
     pub push: Option<PushConfig>,
+    /// The admin listener (none: admin routes are on `listen`).
+    pub admin_listen: Option<SocketAddr>,
+    /// Its connection cap.
+    pub admin_max_connections: usize,
+    /// Limits of every HTTP listener.
+    pub http: crate::http::limits::HttpLimits,
     /// The `classify:` section as written (reloads compare it).
     pub classify: RawClassify,
     /// Things that are allowed but probably not meant (sorted like errors).
@@ -145,6 +151,9 @@ impl Config {
             admin_token: None,
             outbox: OutboxOptions::default(),
             push: None,
+            admin_listen: None,
+            admin_max_connections: crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS,
+            http: crate::http::limits::HttpLimits::default(),
             classify: RawClassify::default(),
             warnings: Vec::new(),
         }
@@ -297,6 +306,9 @@ impl Config {
                 RuleSet::default()
             }
         };
+        let http = raw.http.validate(&mut problems);
+        let (admin_listen, admin_max_connections) =
+            validate::admin_listener(raw.admin.as_ref(), listen, &mut problems);
         let admin_token = validate::admin(raw.admin.as_ref(), base, &mut problems);
         let outbox = validate::outbox(raw.outbox.as_ref(), &mut problems);
         let pbx = validate::pbx(std::mem::take(&mut raw.pbx), base, &mut problems);
@@ -349,6 +361,9 @@ impl Config {
             admin_token,
             outbox,
             push,
+            admin_listen,
+            admin_max_connections,
+            http,
             classify,
             warnings,
         })

@@ -20,8 +20,9 @@ use crate::rules::{RewriteSpec, RuleSpec};
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    /// Address of `/metrics`, `/healthz`, `/readyz`, the admin API (and push
-    /// endpoints), e.g. `127.0.0.1:9188`. Unset: no HTTP listener.
+    /// Address of the push endpoint and `/healthz`, e.g. `0.0.0.0:9188`;
+    /// also of `/metrics`, `/readyz`, `/-/reload` and the admin API unless
+    /// `admin.listen` is set. Unset: no HTTP listener.
     pub listen: Option<String>,
     /// Directory of the outbox database. Relative paths are relative to
     /// the config file's directory. Default: `callhook-data` in
@@ -61,6 +62,9 @@ pub struct RawConfig {
     pub calls: RawCalls,
     /// The asterCC-style push endpoint (needs `listen`).
     pub push: Option<RawPush>,
+    /// Connection caps, timeouts and body size of the HTTP listeners.
+    #[serde(default)]
+    pub http: crate::http::limits::RawHttpLimits,
 }
 
 /// A rule-set file named by `include`.
@@ -89,6 +93,12 @@ pub struct RawAdmin {
     pub token: Option<String>,
     /// A file holding the token.
     pub token_file: Option<PathBuf>,
+    /// Separate listener for `/metrics`, `/readyz`, `/-/reload` and the
+    /// admin API (`listen` then serves only the push endpoint and
+    /// `/healthz`); `host:port`, or a bare port for 127.0.0.1.
+    pub listen: Option<String>,
+    /// Connection cap of that listener (default 64).
+    pub max_connections: Option<usize>,
 }
 
 /// Outbox limits.

@@ -249,6 +249,46 @@ pub(crate) fn admin(
     .filter(|t| !t.expose().is_empty())
 }
 
+/// `admin.listen` and `admin.max_connections`: the admin listener and its cap.
+pub(crate) fn admin_listener(
+    a: Option<&RawAdmin>,
+    listen: Option<SocketAddr>,
+    errors: &mut Vec<Problem>,
+) -> (Option<SocketAddr>, usize) {
+    let at = At::root().key("admin");
+    let default = crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS;
+    let Some(a) = a else { return (None, default) };
+    let addr = match a.listen.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(l) => match crate::values::parse_listen_addr(l) {
+            Some(addr) if listen.is_some_and(|m| m.port() == addr.port() && addr.port() != 0) => {
+                errors.push(
+                    Problem::new(at.key("listen"), format!("{l:?} uses the same port as listen"))
+                        .hint("give the admin listener its own port, e.g. 127.0.0.1:9189"),
+                );
+                None
+            }
+            Some(addr) => Some(addr),
+            None => {
+                errors.push(
+                    Problem::new(at.key("listen"), format!("{l:?} is not an address"))
+                        .hint("write host:port (127.0.0.1:9189), or a port for 127.0.0.1"),
+                );
+                None
+            }
+        },
+    };
+    let max = match a.max_connections {
+        None => default,
+        Some(0) => {
+            errors.push(Problem::new(at.key("max_connections"), "must be at least 1").hint("e.g. 64"));
+            default
+        }
+        Some(n) => n,
+    };
+    (addr, max)
+}
+
 /// `outbox:`.
 pub(crate) fn outbox(o: Option<&RawOutbox>, errors: &mut Vec<Problem>) -> OutboxOptions {
     let mut out = OutboxOptions::default();
