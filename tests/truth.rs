@@ -1,14 +1,14 @@
 //! Every real capture, replayed, agrees with what really happened.
 //!
 //! For each `*.ami` under `tests/fixtures/ami/` (`asterisk-20`,
-//! `asterisk-11`, `asterisk-20-pjsip`, `handwritten`; except the
-//! `reconnect-*` halves, which end mid-call and are covered by the reconnect
-//! tests) the `call` records and the `ringing` legs that `replay` produces
-//! are compared with the capture's `*.truth.json`: direction, caller number
-//! and name, dialed number, queue, extensions rung, answered by, final
-//! answered by, disposition, start/answer/end times, duration and billsec
-//! within 1 s, the real caller number on every ringing leg of an incoming
-//! call, and no phantom calls.
+//! `asterisk-11`, `asterisk-20-pjsip`, `asterisk-20-extra`, `handwritten`;
+//! except the `reconnect-*` halves, which end mid-call and are covered by
+//! the reconnect tests) the `call` records and the `ringing` legs that
+//! `replay` produces are compared with the capture's `*.truth.json`:
+//! direction, caller number and name, dialed number, queue, extensions
+//! rung, answered by, final answered by, disposition, start/answer/end
+//! times, duration and billsec within 1 s, the real caller number on every
+//! ringing leg of an incoming call, and no phantom calls.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

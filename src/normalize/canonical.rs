@@ -116,7 +116,7 @@ pub enum Canon<'a> {
         status: &'a str,
     },
     /// Two channels are connected (≤ 11 Bridge Link, LocalBridge, 1.4 Link,
-    /// Masquerade clone/original, Status' bridged peer): same call.
+    /// Status' bridged peer): same call.
     Tie(ChanRef<'a>, ChanRef<'a>),
     /// A caller joined a queue.
     QueueJoin {
@@ -158,6 +158,23 @@ pub enum Canon<'a> {
         dest: ChanRef<'a>,
         /// Queue name.
         queue: Option<&'a str>,
+    },
+    /// A phone picked up a call ringing elsewhere (`Pickup`: 12+ with the
+    /// picking channel's block and a `Target*` block; 1.8–11 with the two
+    /// channel names only).
+    Pickup {
+        /// The channel of the phone that dialed the pickup code.
+        picker: ChanInfo<'a>,
+        /// The ringing channel it took the call from.
+        target: ChanRef<'a>,
+    },
+    /// ≤ 11: the clone channel's device went into the original channel
+    /// (which keeps its Uniqueid); the clone becomes a zombie.
+    Masquerade {
+        /// `Clone`.
+        clone: ChanRef<'a>,
+        /// `Original`.
+        original: ChanRef<'a>,
     },
     /// A channel was renamed (≤ 11 masquerades).
     Rename {
@@ -335,10 +352,14 @@ pub fn canonicalize(m: &AmiMessage) -> Option<Canon<'_>> {
             );
             Canon::Tie(a, b)
         }
-        "masquerade" => Canon::Tie(
-            chan_ref(None, m.get("Clone")),
-            chan_ref(None, m.get("Original")),
-        ),
+        "masquerade" => Canon::Masquerade {
+            clone: chan_ref(None, m.get("Clone")),
+            original: chan_ref(None, m.get("Original")),
+        },
+        "pickup" => Canon::Pickup {
+            picker: chan_info(m, &PLAIN),
+            target: chan_ref(m.get("TargetUniqueid"), m.get("TargetChannel")),
+        },
         "rename" => Canon::Rename {
             uid: m.get("Uniqueid"),
             old: m.get("Channel").or_else(|| m.get("Oldname")),

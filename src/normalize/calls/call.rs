@@ -19,6 +19,9 @@ pub(super) struct Call {
     pub(super) session: String,
     pub(super) root: String,
     pub(super) members: Vec<String>,
+    /// Other session ids this call absorbed against the PBX's Linkedids (a
+    /// pickup): events still naming them belong here.
+    pub(super) aliases: Vec<String>,
     pub(super) originated: bool,
     pub(super) originate_exten: Option<String>,
     pub(super) queue: Option<String>,
@@ -43,6 +46,7 @@ impl Call {
             session: session.to_string(),
             root: root.to_string(),
             members: Vec::new(),
+            aliases: Vec::new(),
             originated: false,
             originate_exten: None,
             queue: None,
@@ -297,6 +301,11 @@ impl PbxCalls {
             // must not reopen the call.
             if !call.members.iter().any(|m| m == session) {
                 self.tombstone(session.to_string(), t);
+            }
+            for a in call.aliases {
+                if !call.members.contains(&a) {
+                    self.tombstone(a, t);
+                }
             }
             for m in call.members {
                 if let Some(ch) = self.chans.remove(&m) {

@@ -46,6 +46,26 @@ impl Chan {
     pub(super) fn live(&self) -> bool {
         self.hungup_at.is_none()
     }
+
+    /// A ≤ 11 masquerade moved the devices behind the two channels: what
+    /// is known about each device swaps (the channels keep their Uniqueid,
+    /// call, grouping facts, whether the call was offered to them, and
+    /// their hangup).
+    pub(super) fn swap_device(&mut self, other: &mut Chan) {
+        use std::mem::swap;
+        swap(&mut self.party, &mut other.party);
+        swap(&mut self.party_at_create, &mut other.party_at_create);
+        swap(&mut self.created_at, &mut other.created_at);
+        swap(&mut self.state, &mut other.state);
+        swap(&mut self.first_caller_num, &mut other.first_caller_num);
+        swap(&mut self.first_caller_name, &mut other.first_caller_name);
+        swap(&mut self.caller_num, &mut other.caller_num);
+        swap(&mut self.caller_name, &mut other.caller_name);
+        swap(&mut self.connected_num, &mut other.connected_num);
+        swap(&mut self.first_exten, &mut other.first_exten);
+        swap(&mut self.up_at, &mut other.up_at);
+        swap(&mut self.dial_status, &mut other.dial_status);
+    }
 }
 
 impl PbxCalls {
@@ -169,7 +189,11 @@ impl PbxCalls {
                 ch.connected_num = Some(c.to_string());
             }
             if let Some(l) = info.linkedid {
-                if ch.linked && l != ch.call && !self.tombstones.contains_key(l) {
+                let absorbed = self
+                    .calls
+                    .get(&ch.call)
+                    .is_some_and(|c| c.aliases.iter().any(|a| a == l));
+                if ch.linked && l != ch.call && !absorbed && !self.tombstones.contains_key(l) {
                     move_to = Some(l.to_string());
                 }
             }

@@ -81,6 +81,17 @@ impl PbxCalls {
                     self.tie(&a, &b, t);
                 }
             }
+            Canon::Masquerade { clone, original } => {
+                if let (Some(c), Some(o)) = (self.resolve(clone), self.resolve(original)) {
+                    self.masquerade(cfg, &c, &o, t, out);
+                }
+            }
+            Canon::Pickup { picker, target } => {
+                let picker = self.ensure(cfg, picker, t, false);
+                if let (Some(p), Some(g)) = (picker, self.resolve(target)) {
+                    self.pickup(cfg, &p, &g, t, out);
+                }
+            }
             Canon::QueueJoin { chan, queue } => {
                 if let Some(uid) = self.ensure(cfg, chan, t, true) {
                     let session = self.chans.get(&uid).map(|c| c.call.clone());

@@ -74,6 +74,7 @@ impl PbxCalls {
             return;
         };
         k.members.extend(g.members);
+        k.aliases.extend(g.aliases);
         k.originated |= g.originated && !k.announced && k.legs.is_empty();
         if k.originate_exten.is_none() {
             k.originate_exten = g.originate_exten;

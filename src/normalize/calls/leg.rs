@@ -270,7 +270,6 @@ impl PbxCalls {
         ch.up_at = Some(t);
         ch.state = ChanState::Up;
         let party = ch.party.clone();
-        let offered = ch.offered;
         let session = ch.call.clone();
         let Some(call) = self.calls.get(&session) else {
             return;
@@ -288,6 +287,24 @@ impl PbxCalls {
             // Otherwise the PBX answered the caller (queue, IVR): not an answer.
             return;
         }
+        self.answered(cfg, uid, t, approx, out);
+    }
+
+    /// The party on channel `uid` (not the call's first channel) answered:
+    /// its leg is answered, and the call with it if it is the first answer.
+    pub(super) fn answered(
+        &mut self,
+        cfg: &NormalizerConfig,
+        uid: &str,
+        t: f64,
+        approx: bool,
+        out: &mut Vec<ModelEvent>,
+    ) {
+        let Some(ch) = self.chans.get(uid) else {
+            return;
+        };
+        let party = ch.party.clone();
+        let offered = ch.offered;
         if !party.is_party() {
             return;
         }

@@ -30,6 +30,8 @@
 //! time-driven decisions); `channels` the channel table and tombstones;
 //! `grouping` which call a channel belongs to; `call` one call's facts,
 //! call-scope state machine and record; `leg` the leg state machine;
+//! `pickup` call pickup and ≤ 11 masquerades (a device taking another
+//! channel's place);
 //! `events` maps each canonical event to these; `snapshot` reconciles
 //! after a (re)login. Per-call state (`Call` with its `Leg`s, `Chan`) is
 //! plain owned data.
@@ -39,6 +41,7 @@ mod channels;
 mod events;
 mod grouping;
 mod leg;
+mod pickup;
 mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
