@@ -40,6 +40,9 @@ pub(super) struct Chan {
     /// Strongest dial outcome for this channel as a destination.
     pub(super) dial_status: Option<String>,
     pub(super) cause: Option<u16>,
+    /// ≤ 11: masqueraded away (its device went into another channel); it
+    /// only waits for its hangup.
+    pub(super) zombie: bool,
 }
 
 impl Chan {
@@ -140,6 +143,7 @@ impl PbxCalls {
             hungup_at: None,
             dial_status: None,
             cause: None,
+            zombie: false,
         };
         self.by_name.insert(name.clone(), uid.to_string());
         self.chans.insert(uid.to_string(), chan);

@@ -40,7 +40,9 @@ impl PbxCalls {
         let (Some(p), Some(g)) = (self.chans.get(picker), self.chans.get(target)) else {
             return;
         };
-        if picker == target || !p.live() || !g.live() {
+        // (The ringing channel may have hung up already: the `Pickup` and
+        // its hangup travel on different channels' topics.)
+        if picker == target || !p.live() {
             return;
         }
         let (from, into) = (p.call.clone(), g.call.clone());
@@ -98,7 +100,9 @@ impl PbxCalls {
         let (Some(c), Some(o)) = (self.chans.get(clone), self.chans.get(original)) else {
             return;
         };
-        if clone == original || !c.live() || !o.live() || c.call != o.call {
+        // A zombie's device has moved already (a duplicated event).
+        if clone == original || !c.live() || !o.live() || c.zombie || o.zombie || c.call != o.call
+        {
             return;
         }
         let picked = o.offered
@@ -109,6 +113,7 @@ impl PbxCalls {
         if let Some(mut o) = self.chans.remove(original) {
             if let Some(c) = self.chans.get_mut(clone) {
                 c.swap_device(&mut o);
+                c.zombie = true;
             }
             self.chans.insert(original.to_string(), o);
         }
