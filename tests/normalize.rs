@@ -156,7 +156,10 @@ fn pickup_in_any_order_with_the_answer_gives_the_same_call() {
                 _ => false,
             })
             .unwrap();
-        let want = records(&feed(&mut Normalizer::new(NormalizerConfig::default()), &evs));
+        let want = records(&feed(
+            &mut Normalizer::new(NormalizerConfig::default()),
+            &evs,
+        ));
         assert_eq!(want.len(), 1, "{rel}");
         for shift in -3i64..=8 {
             let mut moved = evs.clone();

@@ -192,15 +192,28 @@ pub enum Canon<'a> {
         /// Q.850 cause.
         cause: Option<u16>,
     },
-    /// An Originate action's outcome (broadcast).
-    OriginateResponse {
-        /// The originated channel's uniqueid.
-        uid: Option<&'a str>,
-        /// The extension the Originate targeted.
-        exten: Option<&'a str>,
-        /// `Success` / `Failure`.
-        success: bool,
-    },
+    /// An Originate action's outcome (broadcast to every session).
+    OriginateResponse(OriginateOutcome<'a>),
+}
+
+/// What an `OriginateResponse` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OriginateOutcome<'a> {
+    /// The ActionID of the Originate (another session's, possibly).
+    pub action_id: Option<&'a str>,
+    /// The originated channel's uniqueid (on a failure: the `ChannelId`
+    /// that was asked for, or none).
+    pub uid: Option<&'a str>,
+    /// The channel name, or on a failure the dial string asked for.
+    pub channel: Option<&'a str>,
+    /// The extension the Originate targeted.
+    pub exten: Option<&'a str>,
+    /// `Success` / `Failure`.
+    pub success: bool,
+    /// The last control frame the originate saw (0 none, 1 hangup,
+    /// 3 ringing, 4 answered, 5 busy, 8 congestion): channel drivers
+    /// differ, so only a hint.
+    pub reason: Option<u8>,
 }
 
 /// Header names of one channel block (plain or `Dest`-prefixed).
@@ -416,13 +429,18 @@ pub fn canonicalize(m: &AmiMessage) -> Option<Canon<'_>> {
             chan: chan_info(m, &PLAIN),
             cause: m.get("Cause").and_then(|c| c.trim().parse().ok()),
         },
-        "originateresponse" => Canon::OriginateResponse {
-            uid: m.get("Uniqueid"),
-            exten: m.get("Exten"),
+        "originateresponse" => Canon::OriginateResponse(OriginateOutcome {
+            action_id: m.action_id(),
+            uid: m
+                .get("Uniqueid")
+                .filter(|u| !u.trim().is_empty() && *u != "<null>"),
+            channel: m.get("Channel"),
+            exten: m.get("Exten").filter(|e| !e.trim().is_empty()),
             success: m
                 .get("Response")
                 .is_some_and(|r| r.eq_ignore_ascii_case("Success")),
-        },
+            reason: m.get("Reason").and_then(|r| r.trim().parse().ok()),
+        }),
         "bridgeenter" | "bridgeleave" | "musiconholdstart" | "musiconholdstop"
         | "hanguprequest" | "softhanguprequest" | "agentcomplete" | "agentringnoanswer"
         | "dialstate" | "blindtransfer" | "attendedtransfer" | "newaccountcode" => {

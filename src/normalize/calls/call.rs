@@ -24,6 +24,8 @@ pub(super) struct Call {
     pub(super) aliases: Vec<String>,
     pub(super) originated: bool,
     pub(super) originate_exten: Option<String>,
+    /// The `Reason` of a failed `OriginateResponse` for this call.
+    pub(super) originate_reason: Option<u8>,
     pub(super) queue: Option<String>,
     pub(super) in_queue: bool,
     pub(super) abandoned: bool,
@@ -49,6 +51,7 @@ impl Call {
             aliases: Vec::new(),
             originated: false,
             originate_exten: None,
+            originate_reason: None,
             queue: None,
             in_queue: false,
             abandoned: false,
@@ -189,6 +192,8 @@ impl PbxCalls {
             .any(|m| m != &call.root && self.chans.get(m).is_some_and(|c| c.cause == Some(17)))
         {
             Disposition::Busy
+        } else if let Some(d) = self.first_leg_outcome(call) {
+            d
         } else {
             Disposition::NoAnswer
         }

@@ -171,6 +171,7 @@ impl PbxCalls {
                 }
             }
         }
+        self.originated_channel(cfg, uid);
         Some(uid.to_string())
     }
 

@@ -180,27 +180,7 @@ impl PbxCalls {
                     _ => Self::ignored("late"),
                 }
             }
-            Canon::OriginateResponse {
-                uid,
-                exten,
-                success: _,
-            } => {
-                if let Some(u) = uid.filter(|u| self.chans.contains_key(*u)) {
-                    let session = self.chans.get(u).map(|c| c.call.clone());
-                    let is_root = session
-                        .as_ref()
-                        .and_then(|s| self.calls.get(s))
-                        .is_some_and(|c| c.root == *u);
-                    if let Some(call) = session.and_then(|s| self.calls.get_mut(&s)) {
-                        if is_root {
-                            call.originated = true;
-                        }
-                        if call.originate_exten.is_none() {
-                            call.originate_exten = exten.map(str::to_string);
-                        }
-                    }
-                }
-            }
+            Canon::OriginateResponse(o) => self.originate_response(cfg, o, t, out),
         }
     }
 
@@ -281,6 +261,7 @@ impl PbxCalls {
                         call.originated = true;
                     }
                 }
+                self.claim_originate(cfg, &dest_uid);
             }
         }
         self.offer(cfg, &dest_uid, None, t, out);

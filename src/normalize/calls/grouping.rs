@@ -79,6 +79,7 @@ impl PbxCalls {
         if k.originate_exten.is_none() {
             k.originate_exten = g.originate_exten;
         }
+        k.originate_reason = k.originate_reason.or(g.originate_reason);
         if k.queue.is_none() {
             k.queue = g.queue;
         }
@@ -149,6 +150,7 @@ impl PbxCalls {
         if let Some(call) = self.calls.get_mut(&ch.call.clone()) {
             call.originated = true;
         }
+        self.claim_originate(cfg, uid);
         self.offer(cfg, uid, None, rang_at, out);
     }
 

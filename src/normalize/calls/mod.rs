@@ -31,7 +31,7 @@
 //! `grouping` which call a channel belongs to; `call` one call's facts,
 //! call-scope state machine and record; `leg` the leg state machine;
 //! `pickup` call pickup and ≤ 11 masquerades (a device taking another
-//! channel's place);
+//! channel's place); `originate` click-to-call outcomes;
 //! `events` maps each canonical event to these; `snapshot` reconciles
 //! after a (re)login. Per-call state (`Call` with its `Leg`s, `Chan`) is
 //! plain owned data.
@@ -41,6 +41,7 @@ mod channels;
 mod events;
 mod grouping;
 mod leg;
+mod originate;
 mod pickup;
 mod snapshot;
 
@@ -67,6 +68,8 @@ pub struct PbxCalls {
     tomb_order: VecDeque<(f64, String)>,
     /// ≤ 11 ringing channels not tied to anything yet: (uid, decide at, rang at).
     pending: Vec<(String, f64, f64)>,
+    /// Originates this connection sent, waiting for their outcome.
+    originates: originate::Originates,
     disconnected_at: Option<f64>,
     live_gauge: prometheus::IntGauge,
     /// PBX clock minus local clock, from the last event with a `Timestamp`:
@@ -102,6 +105,7 @@ impl PbxCalls {
             tombstones: HashMap::new(),
             tomb_order: VecDeque::new(),
             pending: Vec::new(),
+            originates: Default::default(),
             disconnected_at: None,
             live_gauge: metrics().live_calls.with_label_values(&[&pbx]),
             skew: 0.0,
@@ -153,6 +157,7 @@ impl PbxCalls {
             self.decide_orphan(cfg, &uid, rang_at, out);
         }
         self.prune_tombstones(cfg, now);
+        self.advance_originates(now);
     }
 
     /// Closes calls older than the maximum age.

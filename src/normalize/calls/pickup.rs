@@ -101,8 +101,7 @@ impl PbxCalls {
             return;
         };
         // A zombie's device has moved already (a duplicated event).
-        if clone == original || !c.live() || !o.live() || c.zombie || o.zombie || c.call != o.call
-        {
+        if clone == original || !c.live() || !o.live() || c.zombie || o.zombie || c.call != o.call {
             return;
         }
         let picked = o.offered
