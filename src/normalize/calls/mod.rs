@@ -55,19 +55,41 @@ use crate::model::{EndReason, ModelEvent};
 use crate::source::PbxId;
 
 use call::Call;
+
+/// Ids, names and numbers held per channel and call: inline up to 24 bytes
+/// (every Uniqueid, channel name and phone number in practice), so a live
+/// call costs a few allocations, not dozens.
+pub(super) type Str = compact_str::CompactString;
+
+/// Appends without the usual growth to 4 slots: a call has one or two
+/// channels, legs, rung extensions; thousands of live calls add up.
+pub(super) fn push_exact<T>(v: &mut Vec<T>, x: T) {
+    v.reserve_exact(1);
+    v.push(x);
+}
+
+/// A held string as the model's (owned, plain) `String`.
+pub(super) fn owned(s: &Str) -> String {
+    s.as_str().to_owned()
+}
+
+/// An optional held string as the model's.
+pub(super) fn owned_opt(s: &Option<Str>) -> Option<String> {
+    s.as_deref().map(str::to_owned)
+}
 use channels::Chan;
 
 /// Everything about one PBX.
 #[derive(Debug)]
 pub struct PbxCalls {
     pbx: PbxId,
-    chans: HashMap<String, Chan>,
-    by_name: HashMap<String, String>,
-    calls: HashMap<String, Call>,
-    tombstones: HashMap<String, f64>,
-    tomb_order: VecDeque<(f64, String)>,
+    chans: HashMap<Str, Box<Chan>>,
+    by_name: HashMap<Str, Str>,
+    calls: HashMap<Str, Box<Call>>,
+    tombstones: HashMap<Str, f64>,
+    tomb_order: VecDeque<(f64, Str)>,
     /// ≤ 11 ringing channels not tied to anything yet: (uid, decide at, rang at).
-    pending: Vec<(String, f64, f64)>,
+    pending: Vec<(Str, f64, f64)>,
     /// Originates this connection sent, waiting for their outcome.
     originates: originate::Originates,
     disconnected_at: Option<f64>,
@@ -162,7 +184,7 @@ impl PbxCalls {
 
     /// Closes calls older than the maximum age.
     pub fn expire(&mut self, cfg: &NormalizerConfig, now: f64, out: &mut Vec<ModelEvent>) {
-        let old: Vec<(String, f64)> = self
+        let old: Vec<(Str, f64)> = self
             .calls
             .values()
             .filter(|c| {
@@ -175,7 +197,7 @@ impl PbxCalls {
             .map(|c| (c.session.clone(), c.last_activity))
             .collect();
         for (session, last) in old {
-            debug!(pbx = %self.pbx, session, "closing a call past its maximum age");
+            debug!(pbx = %self.pbx, %session, "closing a call past its maximum age");
             self.end_call(
                 &session,
                 last.max(now - cfg.max_call_age).min(now),

@@ -33,9 +33,10 @@
 //!
 //! [`SourceEvent::AmiOriginate`]: crate::source::SourceEvent::AmiOriginate
 
+use compact_str::ToCompactString;
 use std::collections::VecDeque;
 
-use super::PbxCalls;
+use super::{owned, owned_opt, PbxCalls, Str};
 use crate::metrics::metrics;
 use crate::model::{CallFacts, CallRecord, Direction, Disposition, EndReason, ModelEvent};
 use crate::normalize::canonical::OriginateOutcome;
@@ -58,7 +59,7 @@ pub(super) struct PendingOriginate {
     sent: OriginateSent,
     at: f64,
     /// The first leg it was matched with (without a `ChannelId`).
-    leg: Option<String>,
+    leg: Option<Str>,
 }
 
 /// Hangup causes of a first leg that could not be reached at all.
@@ -104,7 +105,7 @@ impl PbxCalls {
             .originates
             .iter()
             .find(|p| p.sent.channel_id.as_deref() == Some(uid))
-            .map(|p| p.sent.exten.clone())
+            .map(|p| p.sent.exten.as_deref().map(Str::from))
         else {
             return;
         };
@@ -132,7 +133,7 @@ impl PbxCalls {
         let Some(ext) = self
             .chans
             .get(uid)
-            .and_then(|c| c.party_at_create.extension().map(str::to_string))
+            .and_then(|c| c.party_at_create.extension().map(Str::from))
         else {
             return;
         };
@@ -144,8 +145,8 @@ impl PbxCalls {
         let (Some((i, _)), None) = (mine.next(), mine.next()) else {
             return;
         };
-        let exten = self.originates[i].sent.exten.clone();
-        self.originates[i].leg = Some(uid.to_string());
+        let exten = self.originates[i].sent.exten.as_deref().map(Str::from);
+        self.originates[i].leg = Some(uid.to_compact_string());
         let Some(session) = self.chans.get(uid).map(|c| c.call.clone()) else {
             return;
         };
@@ -178,17 +179,20 @@ impl PbxCalls {
         };
         let uid = o
             .uid
-            .map(str::to_string)
-            .or_else(|| sent.as_ref().and_then(|s| s.channel_id.clone()))
+            .map(Str::from)
+            .or_else(|| {
+                sent.as_ref()
+                    .and_then(|s| s.channel_id.as_deref().map(Str::from))
+            })
             .or(leg);
-        let exten = o
-            .exten
-            .map(str::to_string)
-            .or_else(|| sent.as_ref().and_then(|s| s.exten.clone()));
+        let exten = o.exten.map(Str::from).or_else(|| {
+            sent.as_ref()
+                .and_then(|s| s.exten.as_deref().map(Str::from))
+        });
         let channel = o
             .channel
-            .map(str::to_string)
-            .or_else(|| sent.as_ref().map(|s| s.channel.clone()));
+            .map(Str::from)
+            .or_else(|| sent.as_ref().map(|s| Str::from(s.channel.as_str())));
         let known = uid
             .clone()
             .filter(|u| self.chans.contains_key(u))
@@ -226,8 +230,8 @@ impl PbxCalls {
         // The first leg failed before it had a channel.
         let session = match (uid, o.action_id) {
             (Some(u), _) => u,
-            (None, Some(id)) => format!("originate-{id}"),
-            (None, None) => format!("originate-{t:.6}"),
+            (None, Some(id)) => compact_str::format_compact!("originate-{id}"),
+            (None, None) => compact_str::format_compact!("originate-{t:.6}"),
         };
         if self.tombstones.contains_key(&session) || self.calls.contains_key(&session) {
             Self::ignored("late");
@@ -243,12 +247,12 @@ impl PbxCalls {
         };
         let rec = CallRecord::new(
             CallFacts {
-                session_id: session.clone(),
+                session_id: owned(&session),
                 pbx: self.pbx.to_string(),
                 direction: Direction::Outgoing,
-                caller_number: caller,
+                caller_number: owned_opt(&caller),
                 caller_name: None,
-                dialed_number: exten,
+                dialed_number: owned_opt(&exten),
                 queue: None,
                 extensions_rung: Vec::new(),
                 answered_by: None,
@@ -273,7 +277,7 @@ impl PbxCalls {
 
     /// Without a Uniqueid: the only live, unanswered, originated first leg
     /// of the phone `dial_string` names that no response claimed yet.
-    fn failed_first_leg(&self, cfg: &NormalizerConfig, dial_string: &str) -> Option<String> {
+    fn failed_first_leg(&self, cfg: &NormalizerConfig, dial_string: &str) -> Option<Str> {
         let ext = extension_of_dial_string(cfg, dial_string)?;
         let mut found = self.calls.values().filter(|c| {
             c.originate_exten.is_none()
@@ -318,7 +322,7 @@ impl PbxCalls {
 
 /// The extension an Originate's `Channel` dials (`SIP/1001`, `PJSIP/1001`,
 /// `Local/1001@from-internal`), if it is one.
-fn extension_of_dial_string(cfg: &NormalizerConfig, dial_string: &str) -> Option<String> {
+fn extension_of_dial_string(cfg: &NormalizerConfig, dial_string: &str) -> Option<Str> {
     match cfg.classifier.classify(dial_string, None) {
         Party::Extension(e) => Some(e),
         Party::Local(e) if cfg.classifier.is_extension_number(&e) => Some(e),

@@ -21,11 +21,12 @@
 //! it is not in `extensions_rung` (it dialed a code, it did not ring) — and
 //! the ringing phone's leg ends with its channel.
 
-use super::PbxCalls;
+use super::{push_exact, PbxCalls, Str};
 use crate::model::{ModelEvent, State};
 use crate::normalize::canonical::ChanState;
 use crate::normalize::channel::Party;
 use crate::normalize::NormalizerConfig;
+use compact_str::ToCompactString;
 
 impl PbxCalls {
     /// Channel `picker` picked up the call ringing on channel `target`.
@@ -51,7 +52,7 @@ impl PbxCalls {
             // when the call ends), the picker is in the ringing call now.
             self.merge(&into, &from, t);
             if let Some(call) = self.calls.get_mut(&into) {
-                call.aliases.push(from);
+                push_exact(&mut call.aliases, from);
             }
         }
         let Some(call) = self.calls.get_mut(&into) else {
@@ -114,14 +115,14 @@ impl PbxCalls {
                 c.swap_device(&mut o);
                 c.zombie = true;
             }
-            self.chans.insert(original.to_string(), o);
+            self.chans.insert(original.to_compact_string(), o);
         }
         if let Some(call) = self.calls.get_mut(&session) {
-            let swap = |u: &mut String| {
+            let swap = |u: &mut Str| {
                 if u == clone {
-                    *u = original.to_string();
+                    *u = original.to_compact_string();
                 } else if u == original {
-                    *u = clone.to_string();
+                    *u = clone.to_compact_string();
                 }
             };
             for leg in &mut call.legs {
