@@ -263,8 +263,11 @@ pub(crate) fn admin_listener(
         Some(l) => match crate::values::parse_listen_addr(l) {
             Some(addr) if listen.is_some_and(|m| m.port() == addr.port() && addr.port() != 0) => {
                 errors.push(
-                    Problem::new(at.key("listen"), format!("{l:?} uses the same port as listen"))
-                        .hint("give the admin listener its own port, e.g. 127.0.0.1:9189"),
+                    Problem::new(
+                        at.key("listen"),
+                        format!("{l:?} uses the same port as listen"),
+                    )
+                    .hint("give the admin listener its own port, e.g. 127.0.0.1:9189"),
                 );
                 None
             }
@@ -281,7 +284,9 @@ pub(crate) fn admin_listener(
     let max = match a.max_connections {
         None => default,
         Some(0) => {
-            errors.push(Problem::new(at.key("max_connections"), "must be at least 1").hint("e.g. 64"));
+            errors.push(
+                Problem::new(at.key("max_connections"), "must be at least 1").hint("e.g. 64"),
+            );
             default
         }
         Some(n) => n,

@@ -101,25 +101,25 @@ impl RawHttpLimits {
                 Some(n) => n,
             };
         let dur =
-            |v: &Option<String>, path: &str, default: Duration, errors: &mut Vec<Problem>| {
-                match v.as_deref() {
-                    None => default,
-                    Some(s) => match parse_duration(s) {
-                        Some(x) if x >= Duration::from_millis(10) => x,
-                        Some(_) => {
-                            errors.push(err(path, format!("{s:?} is too short"), "at least 10ms"));
-                            default
-                        }
-                        None => {
-                            errors.push(err(
-                                path,
-                                format!("{s:?} is not a duration"),
-                                "write e.g. 500ms, 10s, 1m",
-                            ));
-                            default
-                        }
-                    },
-                }
+            |v: &Option<String>, path: &str, default: Duration, errors: &mut Vec<Problem>| match v
+                .as_deref()
+            {
+                None => default,
+                Some(s) => match parse_duration(s) {
+                    Some(x) if x >= Duration::from_millis(10) => x,
+                    Some(_) => {
+                        errors.push(err(path, format!("{s:?} is too short"), "at least 10ms"));
+                        default
+                    }
+                    None => {
+                        errors.push(err(
+                            path,
+                            format!("{s:?} is not a duration"),
+                            "write e.g. 500ms, 10s, 1m",
+                        ));
+                        default
+                    }
+                },
             };
         let max_connections = count(
             self.max_connections,
