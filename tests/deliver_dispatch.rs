@@ -65,6 +65,21 @@ fn counter(target: &str, outcome: &str) -> u64 {
         .get()
 }
 
+/// Waits until an outcome counter reaches `n` (it is counted right after the
+/// row's commit, a moment after the row itself is visible).
+async fn wait_counter(target: &str, outcome: &str, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    while counter(target, outcome) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{target}/{outcome}: {} of {n}",
+            counter(target, outcome)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(counter(target, outcome), n, "{target}/{outcome}");
+}
+
 fn attempts(target: &str, status: &str) -> u64 {
     metrics()
         .delivery_attempts
@@ -154,7 +169,7 @@ t-exact:
     }
     let row = &rows(&rig.outbox).await[0];
     assert_eq!((row.attempts, row.last_status.as_deref()), (2, Some("200")));
-    assert_eq!(counter("t-exact", "delivered"), 1);
+    wait_counter("t-exact", "delivered", 1).await;
     rig.stop().await;
 }
 
@@ -177,7 +192,7 @@ async fn fails_n_times_then_delivers_counting_once() {
     // Give a stray duplicate the chance to show up, then count.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(sink.count(), 4, "exactly N + 1 attempts");
-    assert_eq!(counter("t-retry-n", "delivered"), 1);
+    wait_counter("t-retry-n", "delivered", 1).await;
     assert_eq!(counter("t-retry-n", "dead"), 0);
     assert_eq!(attempts("t-retry-n", "500"), 3);
     assert_eq!(attempts("t-retry-n", "200"), 1);
@@ -283,7 +298,7 @@ t-down-up:
             .collect();
         assert_eq!(order, want, "order of {c}");
     }
-    assert_eq!(counter("t-down-up", "delivered"), 9);
+    wait_counter("t-down-up", "delivered", 9).await;
     assert_eq!(counter("t-down-up", "dead"), 0);
     rig.stop().await;
 }
@@ -309,12 +324,12 @@ t-gone: { retry: { initial_backoff: 20ms } }
     let excerpt = r[0].last_error.as_deref().unwrap();
     assert!(excerpt.starts_with("bad field x"), "{excerpt}");
     assert!(excerpt.len() <= 2048);
-    assert_eq!(counter("t-refuse", "dead"), 1);
+    wait_counter("t-refuse", "dead", 1).await;
     // The operator fixes the CRM and retries it.
     assert!(rig.outbox.retry(r[0].id).await.unwrap());
     wait_rows(&rig.outbox, "done", |r| all(r, Status::Done)).await;
     assert_eq!(sink.for_path("/refuse").len(), 2);
-    assert_eq!(counter("t-refuse", "delivered"), 1);
+    wait_counter("t-refuse", "delivered", 1).await;
 
     // 410: dead, and the target is disabled: its other deliveries wait.
     rig.enqueue(&[request("t-gone", "g1", "ringing", &sink.url("/gone"))])
@@ -381,7 +396,7 @@ async fn expired_deliveries_are_never_sent() {
     assert!(sink.for_path("/stale").is_empty());
     assert!(sink.for_path("/popup").is_empty());
     assert!(!sink.for_path("/blocked").is_empty());
-    assert_eq!(counter("t-expired", "expired"), 2);
+    wait_counter("t-expired", "expired", 2).await;
     rig.stop().await;
 }
 

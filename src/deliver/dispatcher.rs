@@ -112,6 +112,9 @@ pub struct AttemptReport {
     pub url: String,
     /// Status code, or `timeout` / `connect` / `error`.
     pub status: String,
+    /// When the request was handed to the HTTP client (after the rate
+    /// limiter and the breaker admitted it).
+    pub sent_at: Instant,
     /// Request latency.
     pub latency: Duration,
     /// Which attempt this was (1 = first).
@@ -693,6 +696,7 @@ async fn attempt(
         method: row.method.clone(),
         url: row.url.clone(),
         status,
+        sent_at: started,
         latency,
         attempt: attempts,
         outcome: observed_outcome,
