@@ -88,6 +88,8 @@ pub struct RawConfig {
     pub calls: RawCalls,
     /// The asterCC-style push endpoint (needs `listen`).
     pub push: Option<RawPush>,
+    /// Extension state tracking (see `presence::config`).
+    pub presence: Option<crate::presence::RawPresence>,
 }
 
 /// The asterCC-style push endpoint.
@@ -320,6 +322,8 @@ pub struct Config {
     pub outbox: OutboxOptions,
     /// The push endpoint (none: not mounted).
     pub push: Option<PushConfig>,
+    /// Extension state tracking.
+    pub presence: crate::presence::PresenceConfig,
 }
 
 /// A configuration problem, with where it is when known.
@@ -640,6 +644,12 @@ impl RawConfig {
         )
         .as_secs_f64();
         let pbx_ids: Vec<String> = pbx.iter().map(|p| p.id.clone()).collect();
+        let tenant_ids: Vec<String> = pbx_ids
+            .iter()
+            .cloned()
+            .chain(self.push.iter().flat_map(|p| p.teams.keys().cloned()))
+            .collect();
+        let presence = crate::presence::config::validate(self.presence, &tenant_ids, &mut errors);
         let push = self
             .push
             .map(|p| validate_push(p, self.listen.as_deref(), &pbx_ids, base_dir, &mut errors));
@@ -667,6 +677,7 @@ impl RawConfig {
                 pbx,
                 normalizer,
                 push,
+                presence,
                 ..Config::default_replay()
             })
         } else {
@@ -1221,6 +1232,7 @@ impl Config {
             admin_token: None,
             outbox: OutboxOptions::default(),
             push: None,
+            presence: crate::presence::PresenceConfig::default(),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`normalize`]: turns source events into the call model, emitting
 //!   [`model::ModelEvent`]s (leg and call transitions, finished call records).
 //! - [`model`]: the call model types (pure data, serializable).
+//! - [`presence`]: extension state per PBX, from presence source events and
+//!   the model's events (consumes both, feeds nothing back).
 //! - [`config`]: typed configuration, validated before use.
 //! - [`replay`]: runs a capture file through the same path as live traffic.
 //! - [`metrics`]: every Prometheus metric.
@@ -23,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod normalize;
+pub mod presence;
 pub mod replay;
 pub mod rules;
 pub mod source;

@@ -56,6 +56,10 @@ enum Command {
         /// PBX id to stamp on events.
         #[arg(long, default_value = "main")]
         pbx: String,
+        /// Print the presence timeline (every extension's state changes)
+        /// instead of the call model; sends nothing.
+        #[arg(long, conflicts_with = "dry_run")]
+        presence: bool,
     },
     /// Validate a configuration file; prints every problem with its file,
     /// line and column, and exits non-zero when there is one.
@@ -236,7 +240,14 @@ fn main() -> anyhow::Result<()> {
             dry_run,
             format,
             pbx,
-        } => replay_cmd(captures, config, dry_run, format.into(), pbx),
+            presence,
+        } => {
+            if presence {
+                presence_replay_cmd(captures, config, format, pbx)
+            } else {
+                replay_cmd(captures, config, dry_run, format.into(), pbx)
+            }
+        }
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
                 let n =
@@ -476,6 +487,60 @@ fn deliver_until_idle(cfg: &Config, outbox: Outbox) -> anyhow::Result<()> {
         outbox.close();
         Ok::<(), anyhow::Error>(())
     })
+}
+
+fn presence_replay_cmd(
+    captures: Vec<PathBuf>,
+    config: Option<PathBuf>,
+    format: OutFormat,
+    pbx: String,
+) -> anyhow::Result<()> {
+    use callhook::presence::{self, PresenceTracker};
+    let cfg = match &config {
+        Some(p) => load(p)?,
+        None => Config::default_replay(),
+    };
+    let mut data = Vec::new();
+    for c in &captures {
+        data.push(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?);
+    }
+    let mut normalizer = Normalizer::new(cfg.normalizer.clone());
+    let mut tracker = PresenceTracker::from_config(&cfg.presence, &cfg.normalizer);
+    let pbx: Arc<str> = pbx.into();
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    let mut write_err = None;
+    let jsonl = matches!(format, OutFormat::Jsonl);
+    presence::replay::replay(
+        &data,
+        &pbx,
+        &mut normalizer,
+        &mut tracker,
+        presence::replay::ReplayOptions::default(),
+        |ev| {
+            if write_err.is_none() {
+                if let Err(e) = presence::replay::write_event(&mut w, ev, jsonl) {
+                    write_err = Some(e);
+                }
+            }
+        },
+    );
+    if let Some(e) = write_err {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            bail!("writing output: {e}");
+        }
+        return Ok(());
+    }
+    if !jsonl {
+        if let Some(snap) = tracker.snapshot(&pbx) {
+            writeln!(w, "# at the end:")?;
+            for x in &snap.extensions {
+                writeln!(w, "#   {:<8} {}", x.extension, x.human())?;
+            }
+        }
+    }
+    w.flush().ok();
+    Ok(())
 }
 
 fn replay_cmd(

@@ -1,0 +1,888 @@
+//! One tenant's table: extensions, the devices behind them, their calls,
+//! and the inputs that change them.
+//!
+//! **Which extensions exist** is learnt: from hints (`ExtensionStatus` /
+//! `ExtensionStateList` items whose `Exten` the classifier calls an
+//! extension, e.g. not FreePBX's `*761001` DND hints), from phone devices
+//! and peers (`SIP/1004` → `1004`, `EndpointList` `1001`), from the call
+//! model's legs, and from the config (listed from the start, state
+//! `unknown`). Each extension's **devices** are those of its hint
+//! (`SIP/1004&Custom:DND1004`), else the phone devices named after it.
+//!
+//! **Ordering of PBX evidence.** Hint and registration changes are
+//! numbered in arrival order (list answers carry no `Timestamp`): when all
+//! the phones of an extension are down (unregistered, unreachable,
+//! `UNAVAILABLE`) *after* its hint last changed, the extension is
+//! `unavailable` even though the hint still says `Idle` — a DND custom
+//! device state in the hint masks an unregistered phone that way.
+//!
+//! Bounded: extensions per tenant ([`TrackerConfig::max_extensions`]),
+//! devices (4× that), calls and held sessions per extension, contacts per
+//! device. Inputs past a bound are counted and ignored.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::ami::AmiMessage;
+use crate::metrics::metrics;
+use crate::model::{LegEvent, State, Timestamp};
+use crate::normalize::{Classifier, Party};
+
+use super::calls::LiveCall;
+use super::config::valid_extension;
+use super::derive::{derive, Evidence, PbxView};
+use super::event::{ExtensionPresence, PresenceCall, PresenceEvent, StateSource, TenantSnapshot};
+use super::state::{
+    aggregate, contact_status, hint_state, peer_entry_status, peer_status, ContactChange,
+    DeviceState, PresenceState, Reach, Reported,
+};
+
+/// Settings shared by every tenant.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Extension vs trunk (the normalizer's classifier).
+    pub classifier: Classifier,
+    /// Configured extensions: for every tenant (`extensions`) and per tenant.
+    pub extensions: Vec<String>,
+    /// Per-tenant configured extensions.
+    pub tenant_extensions: BTreeMap<String, Vec<String>>,
+    /// Most extensions per tenant.
+    pub max_extensions: usize,
+    /// Seconds after which a ringing leg with no news is dropped.
+    pub max_ringing: f64,
+    /// Seconds after which any leg is dropped (the model's maximum call age).
+    pub max_call_age: f64,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            classifier: Classifier::default(),
+            extensions: Vec::new(),
+            tenant_extensions: BTreeMap::new(),
+            max_extensions: 10_000,
+            max_ringing: 600.0,
+            max_call_age: 4.0 * 3600.0,
+        }
+    }
+}
+
+const MAX_CALLS_PER_EXTENSION: usize = 64;
+const MAX_HELD_SESSIONS: usize = 16;
+const MAX_CONTACTS_PER_DEVICE: usize = 32;
+const MAX_HINT_DEVICES: usize = 16;
+
+fn ignored(reason: &str) {
+    metrics()
+        .presence_ignored
+        .with_label_values(&[reason])
+        .inc();
+}
+
+/// A hint as the PBX last reported it.
+#[derive(Debug, Clone)]
+struct Hint {
+    text: String,
+    reported: Reported,
+    /// Arrival number of the report.
+    seq: u64,
+    /// When it was reported (PBX clock).
+    at: f64,
+    /// Device keys (lower case), in hint order.
+    devices: Vec<String>,
+}
+
+/// What is known about one device (`sip/1001`, `custom:dnd1004`).
+#[derive(Debug, Clone, Default)]
+struct Device {
+    /// The state and when it was reported (PBX clock).
+    state: Option<(DeviceState, f64)>,
+    /// Registration / reachability, with its arrival number and time.
+    reach: Option<(Reach, u64, f64)>,
+    /// chan_pjsip contacts: URI → answering.
+    contacts: BTreeMap<String, bool>,
+}
+
+#[derive(Debug, Clone)]
+struct Ext {
+    hint: Option<Hint>,
+    /// Phone devices named after the extension (used without a hint).
+    own_devices: BTreeSet<String>,
+    calls: BTreeMap<String, LiveCall>,
+    held: VecDeque<String>,
+    had_calls: bool,
+    row: ExtensionPresence,
+}
+
+impl Ext {
+    fn new(name: &str, t: f64) -> Self {
+        Self {
+            hint: None,
+            own_devices: BTreeSet::new(),
+            calls: BTreeMap::new(),
+            held: VecDeque::new(),
+            had_calls: false,
+            row: ExtensionPresence {
+                extension: name.to_string(),
+                state: PresenceState::Unknown,
+                call_waiting: false,
+                since: Timestamp(t),
+                source: StateSource::None,
+                registered: None,
+                hint: None,
+                calls: Vec::new(),
+            },
+        }
+    }
+}
+
+/// `TECH/resource` devices that are phones (not `Custom:`, `Queue:`,
+/// `Local/`, parking, …).
+fn is_phone_device(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((tech, rest)) => {
+            !tech.is_empty() && !rest.is_empty() && !tech.contains(':') && tech != "local"
+        }
+        None => false,
+    }
+}
+
+/// `SIP/1004&Custom:DND1004,CustomPresence:1004` → `[sip/1004, custom:dnd1004]`.
+fn hint_devices(hint: &str) -> Vec<String> {
+    let devices = hint.split(',').next().unwrap_or("");
+    let mut out: Vec<String> = Vec::new();
+    for d in devices.split('&') {
+        let d = d.trim().to_ascii_lowercase();
+        if !d.is_empty() && !out.contains(&d) && out.len() < MAX_HINT_DEVICES {
+            out.push(d);
+        }
+    }
+    out
+}
+
+/// One tenant (a PBX or a push team).
+#[derive(Debug)]
+pub(crate) struct Tenant {
+    id: Arc<str>,
+    /// An AMI PBX (it reports extension states), not a push team.
+    ami: bool,
+    /// Latest time seen (PBX clock).
+    now: f64,
+    seq: u64,
+    connected: Option<bool>,
+    /// Arrival counter of PBX evidence.
+    evidence: u64,
+    /// PBX clock minus local clock, from the last `Timestamp` seen.
+    offset: f64,
+    exts: BTreeMap<String, Ext>,
+    devices: HashMap<String, Device>,
+    /// Device key → extensions whose hint names it.
+    hinted: HashMap<String, Vec<String>>,
+    /// Session id → extensions with a call of it.
+    sessions: HashMap<String, BTreeSet<String>>,
+}
+
+impl Tenant {
+    pub fn new(id: Arc<str>, cx: &TrackerConfig, t: f64) -> Self {
+        let mut me = Self {
+            id,
+            ami: false,
+            now: t,
+            seq: 0,
+            connected: None,
+            evidence: 0,
+            offset: 0.0,
+            exts: BTreeMap::new(),
+            devices: HashMap::new(),
+            hinted: HashMap::new(),
+            sessions: HashMap::new(),
+        };
+        let extra = cx
+            .tenant_extensions
+            .get(&*me.id)
+            .cloned()
+            .unwrap_or_default();
+        for e in cx.extensions.iter().chain(extra.iter()) {
+            me.ensure(e, true, cx, t);
+        }
+        me
+    }
+
+    /// PBX time of a local time (epoch seconds).
+    pub fn pbx_time(&self, local: f64) -> f64 {
+        local + self.offset
+    }
+
+    /// Learns the clock offset from an event's `Timestamp`.
+    pub fn observe_clock(&mut self, ts: f64, received_at: f64) {
+        if ts.is_finite() && received_at.is_finite() && received_at > 0.0 {
+            self.offset = ts - received_at;
+        }
+    }
+
+    fn next_evidence(&mut self) -> u64 {
+        self.evidence += 1;
+        self.evidence
+    }
+
+    /// The extension's entry, created when allowed (configured, or the
+    /// classifier calls it an extension) and the table has room.
+    fn ensure(&mut self, name: &str, force: bool, cx: &TrackerConfig, t: f64) -> bool {
+        if self.exts.contains_key(name) {
+            return true;
+        }
+        if !valid_extension(name) {
+            ignored("bad_extension");
+            return false;
+        }
+        if !force && !cx.classifier.is_extension_number(name) {
+            return false;
+        }
+        if self.exts.len() >= cx.max_extensions {
+            ignored("table_full");
+            if self.exts.len() == cx.max_extensions {
+                warn!(pbx = %self.id, max = cx.max_extensions, "presence table full: further extensions are ignored (presence.max_extensions)");
+            }
+            return false;
+        }
+        self.exts.insert(name.to_string(), Ext::new(name, t));
+        metrics().presence_extensions.inc();
+        true
+    }
+
+    fn device(&mut self, key: &str, cx: &TrackerConfig) -> Option<&mut Device> {
+        if !self.devices.contains_key(key) {
+            if self.devices.len() >= cx.max_extensions.saturating_mul(4) {
+                ignored("table_full");
+                return None;
+            }
+            self.devices.insert(key.to_string(), Device::default());
+        }
+        self.devices.get_mut(key)
+    }
+
+    /// The extensions a device belongs to: those whose hint names it, else
+    /// (a phone device) the extension it is named after, learnt if new.
+    /// `key` is `name` in lower case.
+    fn device_owners(&mut self, key: &str, name: &str, cx: &TrackerConfig, t: f64) -> Vec<String> {
+        if let Some(h) = self.hinted.get(key) {
+            if !h.is_empty() {
+                return h.clone();
+            }
+        }
+        if !is_phone_device(key) {
+            return Vec::new();
+        }
+        let Party::Extension(e) = cx.classifier.classify(name, None) else {
+            return Vec::new();
+        };
+        if !self.ensure(&e, false, cx, t) {
+            return Vec::new();
+        }
+        if let Some(x) = self.exts.get_mut(&e) {
+            x.own_devices.insert(key.to_string());
+        }
+        vec![e]
+    }
+
+    // ----- inputs -------------------------------------------------------
+
+    /// An `ExtensionStatus` (event or list item) or an `ExtensionState`
+    /// answer. Returns the extension when it is in the table.
+    pub fn apply_hint(
+        &mut self,
+        m: &AmiMessage,
+        cx: &TrackerConfig,
+        t: f64,
+        out: &mut Vec<PresenceEvent>,
+    ) -> Option<String> {
+        let exten = m.get("Exten").map(str::trim).filter(|e| !e.is_empty())?;
+        let Some(reported) = hint_state(m.get("Status"), m.get("StatusText")) else {
+            ignored("bad_status");
+            return None;
+        };
+        let known = self.exts.contains_key(exten);
+        if !known && reported.state == PresenceState::Unknown {
+            // "No such hint" for an extension we do not track.
+            return None;
+        }
+        if !self.ensure(exten, false, cx, t) {
+            return None;
+        }
+        let exten = exten.to_string();
+        let text = m.get("Hint").unwrap_or("").trim().to_string();
+        let seq = self.next_evidence();
+        let devices = hint_devices(&text);
+        let old = self
+            .exts
+            .get(&exten)
+            .and_then(|x| x.hint.as_ref())
+            .map(|h| h.devices.clone())
+            .unwrap_or_default();
+        if old != devices {
+            self.unindex_hint(&exten, &old);
+            for d in &devices {
+                let owners = self.hinted.entry(d.clone()).or_default();
+                if !owners.contains(&exten) {
+                    owners.push(exten.clone());
+                }
+            }
+        }
+        if let Some(x) = self.exts.get_mut(&exten) {
+            x.hint = Some(Hint {
+                text,
+                reported,
+                seq,
+                at: t,
+                devices,
+            });
+        }
+        self.refresh(&exten, t, out);
+        Some(exten)
+    }
+
+    fn unindex_hint(&mut self, exten: &str, devices: &[String]) {
+        for d in devices {
+            if let Some(owners) = self.hinted.get_mut(d) {
+                owners.retain(|o| o != exten);
+                if owners.is_empty() {
+                    self.hinted.remove(d);
+                }
+            }
+        }
+    }
+
+    /// The PBX no longer lists a hint for these extensions
+    /// (`ExtensionStateList` answered without them).
+    pub fn drop_hints_except(
+        &mut self,
+        keep: &BTreeSet<String>,
+        t: f64,
+        out: &mut Vec<PresenceEvent>,
+    ) {
+        let gone: Vec<String> = self
+            .exts
+            .iter()
+            .filter(|(name, x)| x.hint.is_some() && !keep.contains(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in gone {
+            let old = self
+                .exts
+                .get_mut(&name)
+                .and_then(|x| x.hint.take())
+                .map(|h| h.devices)
+                .unwrap_or_default();
+            self.unindex_hint(&name, &old);
+            self.refresh(&name, t, out);
+        }
+    }
+
+    /// A device's state (`DeviceStateChange`, list items, `EndpointList`).
+    pub fn apply_device_state(
+        &mut self,
+        name: &str,
+        state: DeviceState,
+        cx: &TrackerConfig,
+        t: f64,
+        out: &mut Vec<PresenceEvent>,
+    ) {
+        let name = name.trim();
+        let key = name.to_ascii_lowercase();
+        if key.is_empty() {
+            return;
+        }
+        let owners = self.device_owners(&key, name, cx, t);
+        if owners.is_empty() {
+            // Queue pause pseudo-devices, trunks, unhinted custom states.
+            return;
+        }
+        let seq = self.next_evidence();
+        let Some(d) = self.device(&key, cx) else {
+            return;
+        };
+        d.state = Some((state, t));
+        if let Some(r) = state.reach() {
+            d.reach = Some((r, seq, t));
+        }
+        for o in owners {
+            self.refresh(&o, t, out);
+        }
+    }
+
+    /// A registration change of a device.
+    pub fn apply_reach(
+        &mut self,
+        name: &str,
+        reach: Option<Reach>,
+        cx: &TrackerConfig,
+        t: f64,
+        out: &mut Vec<PresenceEvent>,
+    ) {
+        let name = name.trim();
+        let key = name.to_ascii_lowercase();
+        let owners = self.device_owners(&key, name, cx, t);
+        if owners.is_empty() {
+            return;
+        }
+        let seq = self.next_evidence();
+        let Some(d) = self.device(&key, cx) else {
+            return;
+        };
+        if let Some(r) = reach {
+            d.reach = Some((r, seq, t));
+        }
+        for o in owners {
+            self.refresh(&o, t, out);
+        }
+    }
+
+    /// `PeerStatus` (chan_sip, IAX2).
+    pub fn apply_peer_status(
+        &mut self,
+        m: &AmiMessage,
+        cx: &TrackerConfig,
+        t: f64,
+        out: &mut Vec<PresenceEvent>,
+    ) {
+        let Some(peer) = m.get("Peer").map(str::trim).filter(|p| !p.is_empty()) else {
+            return;
+        };
+        let key = if peer.contains('/') {
+            peer.to_string()
+        } else {
+            format!("{}/{peer}", m.get("ChannelType").unwrap_or("SIP"))
+        };
+        let reach = m.get("PeerStatus").and_then(peer_status);
+        self.apply_reach(&key, reach, cx, t, out);
+    }
+
+    /// A `PeerEntry` of `SIPpeers` / `IAXpeers`.
+    pub fn apply_peer_entry(
+        &mut self,
+        m: &AmiMessage,
+        cx: &TrackerConfig,
+        t: f64,
+        out: &mut Vec<PresenceEvent>,
+    ) {
+        let Some(name) = m.get("ObjectName").map(str::trim).filter(|p| !p.is_empty()) else {
+            return;
+        };
+        let tech = m.get("Channeltype").unwrap_or("SIP");
+        let reach = m.get("Status").and_then(peer_entry_status);
+        self.apply_reach(&format!("{tech}/{name}"), reach, cx, t, out);
+    }
+
+    /// An `EndpointList` item of `PJSIPShowEndpoints`.
+    pub fn apply_endpoint(
+        &mut self,
+        m: &AmiMessage,
+        cx: &TrackerConfig,
+        t: f64,
+        out: &mut Vec<PresenceEvent>,
+    ) {
+        let Some(name) = m.get("ObjectName").map(str::trim).filter(|p| !p.is_empty()) else {
+            return;
+        };
+        let key = format!("PJSIP/{name}");
+        match m.get("DeviceState").and_then(DeviceState::parse) {
+            Some(s) => self.apply_device_state(&key, s, cx, t, out),
+            None => self.apply_reach(&key, None, cx, t, out),
+        }
+    }
+
+    /// `ContactStatus` (chan_pjsip): the endpoint is down once none of its
+    /// contacts answers.
+    pub fn apply_contact(
+        &mut self,
+        m: &AmiMessage,
+        cx: &TrackerConfig,
+        t: f64,
+        out: &mut Vec<PresenceEvent>,
+    ) {
+        let Some(endpoint) = m
+            .get("EndpointName")
+            .or_else(|| m.get("AOR"))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        else {
+            return;
+        };
+        let change = m
+            .get("ContactStatus")
+            .map_or(ContactChange::Unknown, contact_status);
+        if change == ContactChange::Unknown {
+            return;
+        }
+        let name = format!("PJSIP/{endpoint}");
+        let key = name.to_ascii_lowercase();
+        let owners = self.device_owners(&key, &name, cx, t);
+        if owners.is_empty() {
+            return;
+        }
+        let uri = m.get("URI").unwrap_or("").to_string();
+        let seq = self.next_evidence();
+        let Some(d) = self.device(&key, cx) else {
+            return;
+        };
+        match change {
+            ContactChange::Removed => {
+                d.contacts.remove(&uri);
+            }
+            ContactChange::Up | ContactChange::Down => {
+                if d.contacts.len() < MAX_CONTACTS_PER_DEVICE || d.contacts.contains_key(&uri) {
+                    d.contacts.insert(uri, change == ContactChange::Up);
+                }
+            }
+            ContactChange::Unknown => {}
+        }
+        let up = d.contacts.values().any(|v| *v);
+        d.reach = Some((if up { Reach::Up } else { Reach::Down }, seq, t));
+        for o in owners {
+            self.refresh(&o, t, out);
+        }
+    }
+
+    /// `Hold` / `Unhold` (12+), or ≤ 11's `Hold` with `Status: On|Off`, on
+    /// the channel of the extension that put the call on hold.
+    pub fn apply_hold(
+        &mut self,
+        m: &AmiMessage,
+        on: bool,
+        cx: &TrackerConfig,
+        t: f64,
+        out: &mut Vec<PresenceEvent>,
+    ) {
+        let Some(channel) = m.get("Channel") else {
+            return;
+        };
+        let Party::Extension(e) = cx.classifier.classify(channel, None) else {
+            return;
+        };
+        let Some(x) = self.exts.get_mut(&e) else {
+            return;
+        };
+        let sessions: Vec<String> = match m.get("Linkedid").filter(|l| !l.is_empty()) {
+            Some(l) => vec![l.to_string()],
+            // ≤ 11: no call id on the event; every answered call of the extension.
+            None => x
+                .calls
+                .values()
+                .filter(|c| c.answered())
+                .map(|c| c.session_id.clone())
+                .collect(),
+        };
+        for s in sessions {
+            x.held.retain(|h| *h != s);
+            if on {
+                if x.held.len() >= MAX_HELD_SESSIONS {
+                    x.held.pop_front();
+                }
+                x.held.push_back(s);
+            }
+        }
+        self.refresh(&e, t, out);
+    }
+
+    /// A leg of the call model; returns the extension to refresh.
+    pub fn apply_leg(&mut self, l: &LegEvent, cx: &TrackerConfig) -> Option<String> {
+        let t = l.at.0;
+        if !self.ensure(&l.extension, true, cx, t) {
+            return None;
+        }
+        let x = self.exts.get_mut(&l.extension)?;
+        x.had_calls = true;
+        match l.state {
+            State::Ringing | State::Answered => {
+                if let Some(c) = x.calls.get_mut(&l.leg_id) {
+                    c.update(l);
+                } else if x.calls.len() < MAX_CALLS_PER_EXTENSION {
+                    x.calls.insert(l.leg_id.clone(), LiveCall::new(l));
+                    self.sessions
+                        .entry(l.session_id.clone())
+                        .or_default()
+                        .insert(l.extension.clone());
+                } else {
+                    ignored("too_many_calls");
+                    return None;
+                }
+            }
+            State::Hungup => {
+                x.calls.remove(&l.leg_id);
+                self.forget_session_if_done(&l.extension, &l.session_id);
+            }
+        }
+        Some(l.extension.clone())
+    }
+
+    fn forget_session_if_done(&mut self, ext: &str, session: &str) {
+        let Some(x) = self.exts.get_mut(ext) else {
+            return;
+        };
+        if x.calls.values().any(|c| c.session_id == session) {
+            return;
+        }
+        x.held.retain(|h| h != session);
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.remove(ext);
+            if s.is_empty() {
+                self.sessions.remove(session);
+            }
+        }
+    }
+
+    /// The call is over (its record): whatever legs of it are left go.
+    /// Returns the extensions to refresh.
+    pub fn apply_call_end(&mut self, session: &str) -> Vec<String> {
+        let Some(exts) = self.sessions.remove(session) else {
+            return Vec::new();
+        };
+        let mut touched = Vec::new();
+        for e in exts {
+            if let Some(x) = self.exts.get_mut(&e) {
+                let before = x.calls.len();
+                x.calls.retain(|_, c| c.session_id != session);
+                x.held.retain(|h| h != session);
+                if x.calls.len() != before {
+                    touched.push(e);
+                }
+            }
+        }
+        touched
+    }
+
+    /// Drops legs the model never ended: ringing ones after `max_ringing`
+    /// without news, any after `max_call_age`. `now` is PBX time.
+    pub fn expire(&mut self, cx: &TrackerConfig, now: f64, out: &mut Vec<PresenceEvent>) {
+        let mut touched: Vec<(String, String)> = Vec::new();
+        for (name, x) in &mut self.exts {
+            x.calls.retain(|_, c| {
+                let stale = (c.state == State::Ringing && now - c.updated > cx.max_ringing)
+                    || now - c.since > cx.max_call_age;
+                if stale {
+                    touched.push((name.clone(), c.session_id.clone()));
+                }
+                !stale
+            });
+        }
+        for (name, session) in touched {
+            metrics().presence_calls_expired.inc();
+            self.forget_session_if_done(&name, &session);
+            self.refresh(&name, now, out);
+        }
+        // Dialing legs whose grace ran out without a word from the PBX.
+        let dialing: Vec<String> = self
+            .exts
+            .iter()
+            .filter(|(_, x)| {
+                x.calls
+                    .values()
+                    .any(|c| c.state == State::Ringing && c.role == crate::model::Role::Caller)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in dialing {
+            self.refresh(&name, now, out);
+        }
+    }
+
+    /// The AMI connection was lost (or is back): states stay as last known.
+    pub fn set_connected(&mut self, c: bool) {
+        self.connected = Some(c);
+        self.ami = true;
+    }
+
+    /// This tenant is an AMI PBX (dialing legs wait for its word).
+    pub fn set_ami(&mut self) {
+        self.ami = true;
+    }
+
+    // ----- derivation ---------------------------------------------------
+
+    /// The PBX's view of one extension (hint, devices, registration).
+    fn pbx_view(&self, x: &Ext) -> (PbxView, Option<bool>) {
+        let hint_phones: Vec<&String> = x
+            .hint
+            .iter()
+            .flat_map(|h| h.devices.iter())
+            .filter(|d| is_phone_device(d))
+            .collect();
+        let phones: Vec<&String> = if hint_phones.is_empty() {
+            x.own_devices.iter().collect()
+        } else {
+            hint_phones
+        };
+        let reaches: Vec<Option<(Reach, u64, f64)>> = phones
+            .iter()
+            .map(|d| self.devices.get(*d).and_then(|d| d.reach))
+            .collect();
+        let all_down = !reaches.is_empty()
+            && reaches
+                .iter()
+                .all(|r| matches!(r, Some((Reach::Down, _, _))));
+        let registered = if all_down {
+            Some(false)
+        } else if reaches.iter().any(|r| matches!(r, Some((Reach::Up, _, _)))) {
+            Some(true)
+        } else {
+            None
+        };
+        if all_down {
+            let last = reaches.iter().flatten().max_by_key(|r| r.1);
+            let (down_seq, down_at) = last.map_or((0, 0.0), |r| (r.1, r.2));
+            if x.hint.as_ref().is_none_or(|h| h.seq < down_seq) {
+                return (
+                    Some((
+                        Reported::plain(PresenceState::Unavailable),
+                        StateSource::Registration,
+                        down_at,
+                    )),
+                    registered,
+                );
+            }
+        }
+        let phone_states: Vec<(DeviceState, f64)> = phones
+            .iter()
+            .filter_map(|d| self.devices.get(*d).and_then(|d| d.state))
+            .collect();
+        let phone_engaged = phone_states.iter().any(|(s, _)| {
+            matches!(
+                s,
+                DeviceState::Busy
+                    | DeviceState::InUse
+                    | DeviceState::RingInUse
+                    | DeviceState::OnHold
+            )
+        });
+        if let Some(h) = &x.hint {
+            let mut r = h.reported;
+            // Busy from a hint of phones only, or while a phone of the
+            // hint is engaged, is the phone on a call (busy tone, call
+            // limit): in use. Busy that can only come from another device
+            // of the hint (a DND custom state) is busy.
+            let only_phones = h.devices.iter().all(|d| is_phone_device(d));
+            if r.state == PresenceState::Busy && (only_phones || phone_engaged) {
+                r.state = PresenceState::InUse;
+            }
+            return (Some((r, StateSource::Hint, h.at)), registered);
+        }
+        let at = phone_states.iter().map(|s| s.1).fold(f64::MIN, f64::max);
+        let view = aggregate(phone_states.iter().map(|s| s.0)).map(|s| {
+            let mut r = s.reported();
+            if r.state == PresenceState::Busy {
+                // A phone device is busy when it is engaged on calls.
+                r.state = PresenceState::InUse;
+            }
+            (r, StateSource::Device, at)
+        });
+        (view, registered)
+    }
+
+    /// Recomputes one extension's row; emits an event when its state, call
+    /// waiting or calls changed.
+    pub fn refresh(&mut self, name: &str, t: f64, out: &mut Vec<PresenceEvent>) {
+        if t.is_finite() && t > self.now {
+            self.now = t;
+        }
+        let Some(x) = self.exts.get(name) else {
+            return;
+        };
+        let (pbx, registered) = self.pbx_view(x);
+        let (reported, source) = derive(&Evidence {
+            calls: &x.calls,
+            held: &x.held,
+            pbx,
+            had_calls: x.had_calls,
+            confirm_dialing: self.ami,
+            now: self.now,
+        });
+        let mut calls: Vec<&LiveCall> = x.calls.values().collect();
+        calls.sort_by(|a, b| a.since.total_cmp(&b.since));
+        let calls: Vec<PresenceCall> = calls
+            .into_iter()
+            .map(|c| c.view(x.held.iter().any(|h| *h == c.session_id)))
+            .collect();
+        let hint = x.hint.as_ref().map(|h| h.text.clone());
+        let id = self.id.clone();
+        let Some(x) = self.exts.get_mut(name) else {
+            return;
+        };
+        let row = &mut x.row;
+        row.registered = registered;
+        row.hint = hint;
+        row.source = source;
+        let state_changed =
+            row.state != reported.state || row.call_waiting != reported.call_waiting;
+        if !state_changed && row.calls == calls {
+            return;
+        }
+        let previous = row.state;
+        let previous_call_waiting = row.call_waiting;
+        if state_changed {
+            row.since = Timestamp(t);
+            metrics()
+                .presence_changes
+                .with_label_values(&[reported.state.as_str()])
+                .inc();
+        }
+        row.state = reported.state;
+        row.call_waiting = reported.call_waiting;
+        row.calls = calls;
+        self.seq += 1;
+        out.push(PresenceEvent {
+            pbx: id.to_string(),
+            seq: self.seq,
+            at: Timestamp(t),
+            previous,
+            previous_call_waiting,
+            presence: row.clone(),
+        });
+    }
+
+    // ----- reads --------------------------------------------------------
+
+    /// The whole table.
+    pub fn snapshot(&self) -> TenantSnapshot {
+        TenantSnapshot {
+            pbx: self.id.to_string(),
+            seq: self.seq,
+            connected: self.connected,
+            extensions: self.exts.values().map(|x| x.row.clone()).collect(),
+        }
+    }
+
+    /// One row.
+    pub fn row(&self, ext: &str) -> Option<ExtensionPresence> {
+        self.exts.get(ext).map(|x| x.row.clone())
+    }
+
+    /// Extensions in the table.
+    pub fn len(&self) -> usize {
+        self.exts.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_of_a_hint() {
+        assert_eq!(
+            hint_devices("SIP/1004&Custom:DND1004,CustomPresence:1004"),
+            ["sip/1004", "custom:dnd1004"]
+        );
+        assert_eq!(hint_devices(""), Vec::<String>::new());
+        assert_eq!(hint_devices("PJSIP/1001&PJSIP/1001"), ["pjsip/1001"]);
+        let many = vec!["SIP/1"; 100].join("&");
+        assert_eq!(hint_devices(&many).len(), 1);
+        assert!(is_phone_device("sip/1001"));
+        assert!(is_phone_device("pjsip/my-phone"));
+        assert!(!is_phone_device("custom:dnd1004"));
+        assert!(!is_phone_device("queue:ventas_pause_sip/1001"));
+        assert!(!is_phone_device("local/1001@from-queue"));
+        assert!(!is_phone_device("sip/"));
+    }
+}
