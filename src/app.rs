@@ -53,6 +53,8 @@ use crate::http::{self, ApiState, Readiness, ReloadReply};
 use crate::metrics::metrics;
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
+use crate::presence::task::{send_model, PresenceWiring};
+use crate::presence::PresenceHub;
 use crate::rules::RuleSet;
 use crate::source::{now_epoch, PushAck, PushReceipt, SourceEvent};
 
@@ -174,6 +176,8 @@ pub struct Running {
     pub reload: mpsc::Sender<ReloadReply>,
     /// The outbox.
     pub outbox: Arc<Outbox>,
+    /// Extension presence: snapshot, per-extension lookup, change stream.
+    pub presence: PresenceHub,
 }
 
 /// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads.
@@ -248,9 +252,16 @@ pub async fn run_until(
     let (rules_tx, mut rules_rx) = watch::channel(cfg.rules.clone());
     let deliver_token = CancellationToken::new();
     let dispatcher = deliver::spawn(outbox.clone(), targets_rx, deliver_token.clone());
+    // Presence: its own task, fed by the clients and the committed batches.
+    let mut presence = PresenceWiring::start(
+        &cfg.presence,
+        &cfg.normalizer,
+        cfg.pbx.iter().map(|p| p.id.as_str()),
+    );
     started(Running {
         reload: reload_tx.clone(),
         outbox: outbox.clone(),
+        presence: presence.hub.clone(),
     });
 
     // AMI clients.
@@ -262,8 +273,15 @@ pub async fn run_until(
     let mut handles: Vec<AmiHandle> = Vec::new();
     for c in clients {
         info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
-        handles.push(client::spawn(c, tx.clone(), sources_token.clone()));
+        let out = presence.output(&c.pbx, &cfg.presence, &cfg.normalizer.classifier);
+        handles.push(client::spawn_with_presence(
+            c,
+            tx.clone(),
+            out,
+            sources_token.clone(),
+        ));
     }
+    presence.sources_started();
     // The push endpoint is a source too: it feeds the same queue.
     let (push_teams_tx, push_teams_rx) = watch::channel(Arc::new(Teams::new(
         cfg.push.as_ref().map_or(&[][..], |p| &p.teams[..]),
@@ -388,7 +406,17 @@ pub async fn run_until(
     });
     metrics().config_last_reload_successful.set(1);
 
-    // The normalizer task (this one).
+    // The normalizer task (this one). Committed batches also go to
+    // presence (try_send: presence never slows this loop).
+    let mut observer: Option<Observer> = match (opts.observer.take(), presence.model().cloned()) {
+        (o, None) => o,
+        (mut o, Some(tx)) => Some(Box::new(move |evs: &[ModelEvent]| {
+            send_model(&tx, evs);
+            if let Some(o) = o.as_mut() {
+                o(evs);
+            }
+        })),
+    };
     let mut normalizer = Normalizer::new(cfg.normalizer);
     let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();
@@ -422,7 +450,7 @@ pub async fn run_until(
             &mut normalizer,
             &mut out,
             &mut acks,
-            &mut opts.observer,
+            &mut observer,
         )
         .await;
     }
@@ -450,7 +478,7 @@ pub async fn run_until(
         &mut normalizer,
         &mut out,
         &mut acks,
-        &mut opts.observer,
+        &mut observer,
     )
     .await;
     let live = normalizer.live_calls();
@@ -464,6 +492,8 @@ pub async fn run_until(
         let _ = t.await;
     }
     reload_task.abort();
+    drop(observer);
+    presence.stop().await;
     outbox.close();
     Ok(())
 }

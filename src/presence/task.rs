@@ -82,3 +82,95 @@ pub fn send_model(tx: &mpsc::Sender<Vec<ModelEvent>>, events: &[ModelEvent]) {
             .inc();
     }
 }
+
+/// The daemon's presence wiring: the hub, the channels into the task, and
+/// the task itself.
+pub struct PresenceWiring {
+    /// The shared table (for the HTTP side and tests).
+    pub hub: PresenceHub,
+    sources: Option<mpsc::Sender<PresenceSourceEvent>>,
+    model: Option<mpsc::Sender<Vec<ModelEvent>>>,
+    token: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl PresenceWiring {
+    /// Creates the hub and, when presence is enabled, starts the task.
+    /// `pbx_ids` are the configured AMI PBXs.
+    pub fn start<'a>(
+        cfg: &super::PresenceConfig,
+        normalizer: &crate::normalize::NormalizerConfig,
+        pbx_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let mut tracker = super::PresenceTracker::from_config(cfg, normalizer);
+        let now = now_epoch();
+        for id in pbx_ids {
+            tracker.set_ami(id, now);
+        }
+        let hub = PresenceHub::new(tracker, super::hub::DEFAULT_CHANGES);
+        let token = CancellationToken::new();
+        if !cfg.enabled {
+            return Self {
+                hub,
+                sources: None,
+                model: None,
+                token,
+                task: None,
+            };
+        }
+        let (stx, srx) = mpsc::channel(cfg.queue_capacity.max(1));
+        let (mtx, mrx) = mpsc::channel(MODEL_QUEUE);
+        let task = tokio::spawn(run(hub.clone(), srx, mrx, token.clone()));
+        Self {
+            hub,
+            sources: Some(stx),
+            model: Some(mtx),
+            token,
+            task: Some(task),
+        }
+    }
+
+    /// What the AMI client of `pbx` needs to feed presence (none when
+    /// presence is disabled).
+    pub fn output(
+        &self,
+        pbx: &str,
+        cfg: &super::PresenceConfig,
+        classifier: &crate::normalize::Classifier,
+    ) -> Option<crate::ami::state_sync::PresenceOutput> {
+        let tx = self.sources.clone()?;
+        Some(crate::ami::state_sync::PresenceOutput {
+            tx,
+            extensions: cfg.extensions_for(pbx),
+            context: cfg.context_for(pbx).to_string(),
+            classifier: classifier.clone(),
+        })
+    }
+
+    /// Drops this side's sender of source events (the clients keep theirs).
+    pub fn sources_started(&mut self) {
+        self.sources = None;
+    }
+
+    /// The sender for committed model events (none when disabled).
+    pub fn model(&self) -> Option<&mpsc::Sender<Vec<ModelEvent>>> {
+        self.model.as_ref()
+    }
+
+    /// Stops the task once what was queued is applied (bounded wait).
+    pub async fn stop(mut self) {
+        self.model = None;
+        self.sources = None;
+        if let Some(task) = self.task.take() {
+            let cancel = self.token.clone();
+            let mut task = task;
+            if tokio::time::timeout(Duration::from_secs(2), &mut task)
+                .await
+                .is_err()
+            {
+                cancel.cancel();
+                let _ = task.await;
+            }
+        }
+    }
+}
