@@ -7,8 +7,13 @@
 //! push endpoint ─send (≤ 2 s)───┘                        │                                   │
 //!        ▲                                               │                                   │
 //!        └──────────── ack (after the commit) ───────────┼───────────────────────────────────┘
-//!                                                        └─▶ optional printout of the call model (stdout)
+//!                                                        ├─▶ optional printout of the call model (stdout)
+//!                                                        └─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
 //! ```
+//!
+//! **Presence** runs in a task of its own ([`crate::presence::task`]); the
+//! table is readable through [`Running::presence`]. Neither the clients nor
+//! the normalizer task ever wait for it.
 //!
 //! **Durability.** The normalizer task evaluates the rules for a batch of
 //! events and waits until the resulting deliveries are committed to the

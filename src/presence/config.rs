@@ -193,7 +193,7 @@ pub fn validate(
     }
     for (name, t) in raw.tenants {
         let path = format!("presence.tenants.{name}");
-        if !tenants.iter().any(|x| *x == name) {
+        if !tenants.contains(&name) {
             err(
                 path.clone(),
                 format!("{name:?} is neither a configured PBX id nor a push team"),

@@ -165,7 +165,7 @@ mod tests {
     }
 
     fn run(
-        calls: &[LiveCall],
+        calls: Vec<LiveCall>,
         held: &[&str],
         pbx: Option<(PresenceState, bool)>,
         had: bool,
@@ -175,16 +175,14 @@ mod tests {
 
     /// `pbx_at`: when the PBX said it (the calls are at 1.0).
     fn run_at(
-        calls: &[LiveCall],
+        calls: Vec<LiveCall>,
         held: &[&str],
         pbx: Option<(PresenceState, bool)>,
         pbx_at: f64,
         had: bool,
     ) -> (PresenceState, bool, StateSource) {
-        let calls: BTreeMap<String, LiveCall> = calls
-            .iter()
-            .map(|c| (c.leg_id.clone(), c.clone()))
-            .collect();
+        let calls: BTreeMap<String, LiveCall> =
+            calls.into_iter().map(|c| (c.leg_id.clone(), c)).collect();
         let held: VecDeque<String> = held.iter().map(|s| s.to_string()).collect();
         let (r, s) = derive(&Evidence {
             calls: &calls,
@@ -213,12 +211,13 @@ mod tests {
         let talk = call("a", Callee, State::Answered);
         let waiting = call("b", Callee, State::Ringing);
         let dial = call("c", Caller, State::Ringing);
-        let cases: Vec<(
+        type Case<'a> = (
             Vec<LiveCall>,
-            Vec<&str>,
+            Vec<&'a str>,
             Option<(PresenceState, bool)>,
             (PresenceState, bool),
-        )> = vec![
+        );
+        let cases: Vec<Case> = vec![
             // A ringing leg rings before the hint says so, and while the
             // hint already says answered (the model lags behind it).
             (
@@ -290,7 +289,7 @@ mod tests {
             ),
         ];
         for (i, (calls, held, pbx, want)) in cases.into_iter().enumerate() {
-            let (s, cw, src) = run(&calls, &held, pbx, true);
+            let (s, cw, src) = run(calls, &held, pbx, true);
             assert_eq!((s, cw), want, "case {i}");
             assert_eq!(src, StateSource::Calls, "case {i}");
         }
@@ -304,21 +303,21 @@ mod tests {
         let dial = call("c", Caller, State::Ringing);
         // Answered, or gone elsewhere, after the leg rang.
         assert_eq!(
-            run_at(&[ring.clone()], &[], Some((InUse, false)), 2.0, true).0,
+            run_at(vec![ring.clone()], &[], Some((InUse, false)), 2.0, true).0,
             InUse
         );
         assert_eq!(
-            run_at(&[ring.clone()], &[], Some((Idle, false)), 2.0, true).0,
+            run_at(vec![ring.clone()], &[], Some((Idle, false)), 2.0, true).0,
             Idle
         );
         // Still ringing, or call waiting: the leg stands.
         assert_eq!(
-            run_at(&[ring.clone()], &[], Some((Ringing, false)), 2.0, true).0,
+            run_at(vec![ring.clone()], &[], Some((Ringing, false)), 2.0, true).0,
             Ringing
         );
         assert_eq!(
             run_at(
-                &[talk.clone(), call("b", Callee, State::Ringing)],
+                vec![talk.clone(), call("b", Callee, State::Ringing)],
                 &[],
                 Some((InUse, true)),
                 2.0,
@@ -328,38 +327,86 @@ mod tests {
         );
         // Hung up before the model says so.
         assert_eq!(
-            run_at(&[talk.clone()], &[], Some((Idle, false)), 2.0, true).0,
+            run_at(vec![talk.clone()], &[], Some((Idle, false)), 2.0, true).0,
             Idle
         );
         assert_eq!(
-            run_at(&[dial.clone()], &[], Some((Idle, false)), 2.0, true).0,
+            run_at(vec![dial.clone()], &[], Some((Idle, false)), 2.0, true).0,
             Idle
         );
         // A newer "in use" or "on hold" never ends an answered call.
         assert_eq!(
-            run_at(&[talk.clone()], &[], Some((InUse, false)), 2.0, true).0,
+            run_at(vec![talk.clone()], &[], Some((InUse, false)), 2.0, true).0,
             InUse
         );
         assert_eq!(
-            run_at(&[talk], &[], Some((OnHold, false)), 2.0, true).0,
+            run_at(vec![talk], &[], Some((OnHold, false)), 2.0, true).0,
             OnHold
         );
     }
 
     #[test]
-    fn the_pbx_decides_without_calls() {
-        assert_eq!(run(&[], &[], Some((Busy, false)), true).0, Busy);
-        assert_eq!(run(&[], &[], Some((Ringing, false)), false).0, Ringing);
-        assert_eq!(run(&[], &[], Some((InUse, true)), false).1, true);
+    fn a_dialing_leg_is_dialing_out_or_being_rung() {
+        use Role::*;
+        let dial = call("c", Caller, State::Ringing);
+        let talk = call("a", Callee, State::Answered);
+        let ring = call("b", Callee, State::Ringing);
+        // Click-to-call while talking: the PBX says in use + ringing and
+        // nothing else rings: the agent's phone is being rung on top.
         assert_eq!(
-            run(&[], &[], None, true),
+            run_at(
+                vec![talk.clone(), dial.clone()],
+                &[],
+                Some((InUse, true)),
+                2.0,
+                true
+            ),
+            (InUse, true, StateSource::Calls)
+        );
+        // Dialing out while another call rings: in use, that call waiting.
+        assert_eq!(
+            run_at(
+                vec![ring.clone(), dial.clone()],
+                &[],
+                Some((InUse, true)),
+                2.0,
+                true
+            ),
+            (InUse, true, StateSource::Calls)
+        );
+        // On an AMI PBX, a fresh dialing leg waits for the PBX's word.
+        let calls: BTreeMap<String, LiveCall> = [(dial.leg_id.clone(), dial.clone())].into();
+        let held = VecDeque::new();
+        let e = |now: f64| Evidence {
+            calls: &calls,
+            held: &held,
+            pbx: Some((Reported::plain(Idle), StateSource::Hint, 0.5)),
+            had_calls: true,
+            confirm_dialing: true,
+            now,
+        };
+        assert_eq!(derive(&e(1.2)).0.state, Idle, "within the grace");
+        assert_eq!(
+            derive(&e(1.0 + DIAL_GRACE + 0.1)).0.state,
+            InUse,
+            "after it"
+        );
+    }
+
+    #[test]
+    fn the_pbx_decides_without_calls() {
+        assert_eq!(run(vec![], &[], Some((Busy, false)), true).0, Busy);
+        assert_eq!(run(vec![], &[], Some((Ringing, false)), false).0, Ringing);
+        assert!(run(vec![], &[], Some((InUse, true)), false).1);
+        assert_eq!(
+            run(vec![], &[], None, true),
             (Idle, false, StateSource::Inferred)
         );
         assert_eq!(
-            run(&[], &[], None, false),
+            run(vec![], &[], None, false),
             (Unknown, false, StateSource::None)
         );
         // A held session without a call (Hold before the leg) changes nothing.
-        assert_eq!(run(&[], &["a"], Some((Idle, false)), true).0, Idle);
+        assert_eq!(run(vec![], &["a"], Some((Idle, false)), true).0, Idle);
     }
 }

@@ -868,6 +868,158 @@ impl Tenant {
 mod tests {
     use super::*;
 
+    fn msg(pairs: &[(&str, &str)]) -> AmiMessage {
+        AmiMessage::from_pairs(pairs.iter().copied())
+    }
+
+    fn tenant() -> (Tenant, TrackerConfig) {
+        let cx = TrackerConfig {
+            extensions: vec!["2001".into()],
+            ..TrackerConfig::default()
+        };
+        (Tenant::new("t".into(), &cx, 1.0), cx)
+    }
+
+    fn hint(t: &mut Tenant, cx: &TrackerConfig, exten: &str, hint: &str, status: &str, at: f64) {
+        let m = msg(&[
+            ("Event", "ExtensionStatus"),
+            ("Exten", exten),
+            ("Hint", hint),
+            ("Status", status),
+        ]);
+        t.apply_hint(&m, cx, at, &mut Vec::new());
+    }
+
+    fn state(t: &Tenant, ext: &str) -> PresenceState {
+        t.row(ext).map_or(PresenceState::Unknown, |r| r.state)
+    }
+
+    #[test]
+    fn configured_and_learnt_extensions() {
+        let (mut t, cx) = tenant();
+        assert_eq!(state(&t, "2001"), PresenceState::Unknown);
+        // FreePBX DND hints are not extensions; a number-like one is.
+        hint(&mut t, &cx, "*761001", "Custom:DND1001", "0", 2.0);
+        hint(&mut t, &cx, "1001", "SIP/1001", "0", 2.0);
+        assert!(t.row("*761001").is_none());
+        assert_eq!(state(&t, "1001"), PresenceState::Idle);
+        // "No such hint" does not create one.
+        hint(&mut t, &cx, "1099", "", "-1", 2.0);
+        assert!(t.row("1099").is_none());
+        // Peers and phone devices do; trunks and queue pseudo-devices do not.
+        let mut out = Vec::new();
+        t.apply_peer_entry(
+            &msg(&[
+                ("ObjectName", "1005"),
+                ("Channeltype", "SIP"),
+                ("Status", "OK (5 ms)"),
+            ]),
+            &cx,
+            3.0,
+            &mut out,
+        );
+        t.apply_peer_entry(&msg(&[("ObjectName", "pstn")]), &cx, 3.0, &mut out);
+        t.apply_device_state(
+            "Queue:ventas_pause_SIP/1001",
+            DeviceState::InUse,
+            &cx,
+            3.0,
+            &mut out,
+        );
+        assert_eq!(t.row("1005").and_then(|r| r.registered), Some(true));
+        assert!(t.row("pstn").is_none());
+        assert_eq!(
+            state(&t, "1001"),
+            PresenceState::Idle,
+            "a queue pause is not presence"
+        );
+    }
+
+    #[test]
+    fn registration_masks_a_dnd_hint() {
+        let (mut t, cx) = tenant();
+        hint(&mut t, &cx, "1004", "SIP/1004&Custom:DND1004", "0", 2.0);
+        let mut out = Vec::new();
+        t.apply_peer_status(
+            &msg(&[("Peer", "SIP/1004"), ("PeerStatus", "Unregistered")]),
+            &cx,
+            3.0,
+            &mut out,
+        );
+        assert_eq!(state(&t, "1004"), PresenceState::Unavailable);
+        // A newer hint report decides again.
+        hint(&mut t, &cx, "1004", "SIP/1004&Custom:DND1004", "2", 4.0);
+        assert_eq!(
+            state(&t, "1004"),
+            PresenceState::Busy,
+            "DND from the custom device"
+        );
+        t.apply_peer_status(
+            &msg(&[("Peer", "SIP/1004"), ("PeerStatus", "Registered")]),
+            &cx,
+            5.0,
+            &mut out,
+        );
+        assert_eq!(state(&t, "1004"), PresenceState::Busy);
+    }
+
+    #[test]
+    fn a_busy_phone_is_in_use() {
+        let (mut t, cx) = tenant();
+        // A hint of phones only: busy = the phone is engaged (busy tone).
+        hint(&mut t, &cx, "1001", "PJSIP/1001", "2", 2.0);
+        assert_eq!(state(&t, "1001"), PresenceState::InUse);
+        // A DND hint whose phone is in use: in use.
+        let mut out = Vec::new();
+        t.apply_device_state("SIP/1004", DeviceState::InUse, &cx, 2.0, &mut out);
+        hint(&mut t, &cx, "1004", "SIP/1004&Custom:DND1004", "2", 3.0);
+        assert_eq!(state(&t, "1004"), PresenceState::InUse);
+    }
+
+    #[test]
+    fn pjsip_contacts() {
+        let (mut t, cx) = tenant();
+        let mut out = Vec::new();
+        let c = |uri: &str, st: &str| {
+            msg(&[
+                ("Event", "ContactStatus"),
+                ("URI", uri),
+                ("ContactStatus", st),
+                ("AOR", "1001"),
+                ("EndpointName", "1001"),
+            ])
+        };
+        t.apply_contact(&c("sip:a", "Created"), &cx, 1.0, &mut out);
+        t.apply_contact(&c("sip:b", "Created"), &cx, 1.0, &mut out);
+        assert_eq!(t.row("1001").and_then(|r| r.registered), Some(true));
+        t.apply_contact(&c("sip:a", "Removed"), &cx, 2.0, &mut out);
+        assert_eq!(
+            t.row("1001").and_then(|r| r.registered),
+            Some(true),
+            "b is left"
+        );
+        t.apply_contact(&c("sip:b", "Unreachable"), &cx, 3.0, &mut out);
+        assert_eq!(state(&t, "1001"), PresenceState::Unavailable);
+        t.apply_contact(&c("sip:b", "Reachable"), &cx, 4.0, &mut out);
+        assert_eq!(t.row("1001").and_then(|r| r.registered), Some(true));
+    }
+
+    #[test]
+    fn bounded() {
+        let cx = TrackerConfig {
+            max_extensions: 3,
+            ..TrackerConfig::default()
+        };
+        let mut t = Tenant::new("t".into(), &cx, 1.0);
+        for i in 0..10 {
+            hint(&mut t, &cx, &format!("10{i:02}"), "", "0", 1.0);
+        }
+        assert_eq!(t.len(), 3);
+        // Hostile names never enter the table.
+        hint(&mut t, &cx, "10\u{0}1", "", "0", 1.0);
+        assert_eq!(t.len(), 3);
+    }
+
     #[test]
     fn devices_of_a_hint() {
         assert_eq!(
