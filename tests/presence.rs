@@ -611,3 +611,233 @@ fn queue_answered_table() {
         );
     }
 }
+
+// ----- the command line and hostile input ---------------------------------
+
+#[test]
+fn replay_presence_on_the_command_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+        .args(["replay", "--presence", "--format", "jsonl"])
+        .arg(root().join("asterisk-20/queue-answered.ami"))
+        .output()
+        .expect("run callhook");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let states_1002: Vec<&str> = events
+        .iter()
+        .filter(|e| e["extension"] == "1002" && e["state"] != e["previous"])
+        .map(|e| e["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states_1002, ["ringing", "in_use", "idle"]);
+    let answered = events
+        .iter()
+        .find(|e| e["extension"] == "1002" && e["state"] == "in_use")
+        .unwrap();
+    let call = &answered["calls"][0];
+    assert_eq!(call["caller_number"], "5559876543", "the real caller");
+    assert_eq!(call["queue"], "ventas");
+    assert_eq!(call["phase"], "talking");
+
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+        .args(["replay", "--presence"])
+        .arg(root().join("presence/call-cycle.ami"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("in_use → in_use+ringing"), "{text}");
+    assert!(text.contains("#   1004     unavailable"), "{text}");
+}
+
+mod hostile {
+    use super::*;
+    use callhook::ami::AmiMessage;
+    use callhook::model::{Direction, LegEvent, ModelEvent, Role, State, Timestamp};
+    use callhook::source::PresenceSourceEvent;
+    use proptest::prelude::*;
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("1001".to_string()),
+            Just("1002".to_string()),
+            Just("SIP/1001".to_string()),
+            Just("PJSIP/1001".to_string()),
+            Just("SIP/1001&Custom:DND1001".to_string()),
+            Just("Queue:q_pause_SIP/1001".to_string()),
+            Just("".to_string()),
+            "[0-9]{1,8}",
+            ".{0,40}",
+        ]
+    }
+
+    fn event() -> impl Strategy<Value = AmiMessage> {
+        let name = prop_oneof![
+            Just("ExtensionStatus"),
+            Just("DeviceStateChange"),
+            Just("PeerStatus"),
+            Just("ContactStatus"),
+            Just("Hold"),
+            Just("Unhold"),
+            Just("PeerEntry"),
+            Just("EndpointList"),
+            Just("Whatever"),
+        ];
+        let value = prop_oneof![
+            word(),
+            Just("8".to_string()),
+            Just("-2".to_string()),
+            Just("99999999999999999999".to_string()),
+            Just("NOT_INUSE".to_string()),
+            Just("RINGINUSE".to_string()),
+            Just("Unregistered".to_string()),
+            Just("Removed".to_string()),
+        ];
+        let keys = prop::sample::select(vec![
+            "Exten",
+            "Hint",
+            "Status",
+            "StatusText",
+            "Device",
+            "State",
+            "Peer",
+            "PeerStatus",
+            "URI",
+            "ContactStatus",
+            "EndpointName",
+            "Channel",
+            "Linkedid",
+            "ObjectName",
+            "DeviceState",
+            "Timestamp",
+        ]);
+        (name, prop::collection::vec((keys, value), 0..8)).prop_map(|(n, fields)| {
+            let mut m = AmiMessage::new();
+            m.push("Event", n);
+            for (k, v) in fields {
+                m.push(k, v);
+            }
+            m
+        })
+    }
+
+    fn leg() -> impl Strategy<Value = ModelEvent> {
+        (
+            prop::sample::select(vec!["1001", "1002", "x;y", ""]),
+            prop::sample::select(vec!["s1", "s2", "s3"]),
+            0u8..3,
+            any::<bool>(),
+            0.0f64..100.0,
+        )
+            .prop_map(|(ext, session, st, caller, at)| {
+                ModelEvent::Leg(LegEvent {
+                    session_id: session.into(),
+                    pbx: "h".into(),
+                    leg_id: format!("{session}/{ext}"),
+                    state: [State::Ringing, State::Answered, State::Hungup][st as usize],
+                    direction: Direction::Incoming,
+                    role: if caller { Role::Caller } else { Role::Callee },
+                    extension: ext.into(),
+                    caller_number: Some("5551234567".into()),
+                    caller_name: None,
+                    dialed_number: None,
+                    queue: None,
+                    at: Timestamp(at),
+                    duration: None,
+                    billsec: None,
+                    disposition: None,
+                    approximate: false,
+                    extra: Default::default(),
+                })
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Any mix of hostile presence events, state lists and legs: no
+        /// panic, a bounded table, valid extension names only, seq
+        /// consecutive, and once every leg hung up and the calls ended,
+        /// no extension is left with a call.
+        #[test]
+        fn never_panics_and_stays_bounded(
+            evs in prop::collection::vec(
+                prop_oneof![
+                    event().prop_map(Ok),
+                    leg().prop_map(Err),
+                ],
+                0..200,
+            ),
+            list in prop::collection::vec(event(), 0..20),
+        ) {
+            let mut tracker = PresenceTracker::new(TrackerConfig {
+                max_extensions: 8,
+                ..TrackerConfig::default()
+            });
+            let pbx: Arc<str> = "h".into();
+            let mut out = Vec::new();
+            tracker.handle_source(&PresenceSourceEvent::AmiStateList {
+                pbx: pbx.clone(),
+                received_at: 1.0,
+                action: Some("ExtensionStateList".into()),
+                response: AmiMessage::from_pairs([("Response", "Success")]),
+                items: list,
+            }, &mut out);
+            for (i, e) in evs.iter().enumerate() {
+                match e {
+                    Ok(m) => tracker.handle_source(&PresenceSourceEvent::Ami {
+                        pbx: pbx.clone(),
+                        received_at: i as f64,
+                        msg: m.clone(),
+                    }, &mut out),
+                    Err(l) => tracker.handle_model(l, &mut out),
+                }
+                if i % 50 == 0 {
+                    tracker.tick(i as f64, &mut out);
+                }
+            }
+            for (i, ev) in out.iter().enumerate() {
+                prop_assert_eq!(ev.seq, i as u64 + 1);
+            }
+            // Every leg ends.
+            for s in ["s1", "s2", "s3"] {
+                tracker.handle_model(&ModelEvent::Call(callhook::model::CallRecord {
+                    session_id: s.into(),
+                    pbx: "h".into(),
+                    direction: Direction::Incoming,
+                    caller_number: None,
+                    caller_name: None,
+                    dialed_number: None,
+                    queue: None,
+                    extensions_rung: Vec::new(),
+                    answered_by: None,
+                    final_answered_by: None,
+                    started_at: Timestamp(0.0),
+                    answered_at: None,
+                    ended_at: Timestamp(200.0),
+                    duration: 0.0,
+                    billsec: 0.0,
+                    disposition: callhook::model::Disposition::NoAnswer,
+                    end_reason: callhook::model::EndReason::Hangup,
+                    recording_url: None,
+                    approximate: false,
+                    extra: Default::default(),
+                }), &mut out);
+            }
+            if let Some(snap) = tracker.snapshot("h") {
+                prop_assert!(snap.extensions.len() <= 8);
+                for row in &snap.extensions {
+                    prop_assert!(callhook::presence::config::valid_extension(&row.extension));
+                    prop_assert!(row.calls.is_empty(), "{:?}", row);
+                }
+            }
+        }
+    }
+}
