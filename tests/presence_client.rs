@@ -376,11 +376,7 @@ async fn the_daemon_table_after_login_and_at_the_end() {
     let (run_tx, mut run_rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(app::run_until(
         cfg,
-        RunOptions {
-            config_path: None,
-            observer: None,
-            listener: None,
-        },
+        RunOptions::default(),
         token.clone(),
         reload_tx,
         reload_rx,

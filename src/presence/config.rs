@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration, ConfigError};
+use crate::values::parse_duration;
+use crate::yaml::{Path as At, Problem};
 
 /// `presence:` as written.
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -143,71 +144,60 @@ fn valid_context(c: &str) -> bool {
 pub fn validate(
     raw: Option<RawPresence>,
     tenants: &[String],
-    errors: &mut Vec<ConfigError>,
+    errors: &mut Vec<Problem>,
 ) -> PresenceConfig {
     let mut cfg = PresenceConfig::default();
     let Some(raw) = raw else {
         return cfg;
     };
-    let mut err = |path: String, message: String, hint: &str| {
-        errors.push(ConfigError {
-            file: None,
-            path,
-            location: None,
-            message,
-            hint: Some(hint.to_string()),
-        })
-    };
+    let root = At::root().key("presence");
     let ext_hint = "1 to 32 characters: digits, letters, * # + _ . -";
     let ctx_hint = "a dialplan context name such as from-internal";
-    let check_exts = |path: &str, list: &[String], err: &mut dyn FnMut(String, String, &str)| {
-        let mut out = Vec::new();
+    let check_exts = |at: At, list: &[String], errors: &mut Vec<Problem>| {
+        let mut out: Vec<String> = Vec::new();
         for (i, e) in list.iter().enumerate() {
             let e = e.trim();
             if valid_extension(e) {
-                if !out.iter().any(|x: &String| x == e) {
+                if !out.iter().any(|x| x == e) {
                     out.push(e.to_string());
                 }
             } else {
-                err(
-                    format!("{path}[{i}]"),
-                    format!("{e:?} is not an extension"),
-                    ext_hint,
+                errors.push(
+                    Problem::new(at.index(i), format!("{e:?} is not an extension")).hint(ext_hint),
                 );
             }
         }
         out
     };
     cfg.enabled = raw.enabled.unwrap_or(true);
-    cfg.extensions = check_exts("presence.extensions", &raw.extensions, &mut err);
+    cfg.extensions = check_exts(root.key("extensions"), &raw.extensions, errors);
     if let Some(c) = raw.context {
         if valid_context(&c) {
             cfg.context = c;
         } else {
-            err(
-                "presence.context".into(),
-                format!("{c:?} is not a context"),
-                ctx_hint,
+            errors.push(
+                Problem::new(root.key("context"), format!("{c:?} is not a context")).hint(ctx_hint),
             );
         }
     }
     for (name, t) in raw.tenants {
-        let path = format!("presence.tenants.{name}");
+        let at = root.key("tenants").key(name.as_str());
         if !tenants.contains(&name) {
-            err(
-                path.clone(),
-                format!("{name:?} is neither a configured PBX id nor a push team"),
-                "use the id of a pbx entry or the name of a push team",
+            errors.push(
+                Problem::new(
+                    at.clone(),
+                    format!("{name:?} is neither a configured PBX id nor a push team"),
+                )
+                .hint("use the id of a pbx entry or the name of a push team"),
             );
         }
-        let extensions = check_exts(&format!("{path}.extensions"), &t.extensions, &mut err);
+        let extensions = check_exts(at.key("extensions"), &t.extensions, errors);
         let context = match t.context {
             Some(c) if valid_context(&c) => Some(c),
             Some(c) => {
-                err(
-                    format!("{path}.context"),
-                    format!("{c:?} is not a context"),
-                    ctx_hint,
+                errors.push(
+                    Problem::new(at.key("context"), format!("{c:?} is not a context"))
+                        .hint(ctx_hint),
                 );
                 None
             }
@@ -230,10 +220,12 @@ pub fn validate(
     if let Some(v) = raw.max_ringing {
         match parse_duration(&v) {
             Some(d) if d >= Duration::from_secs(1) => cfg.max_ringing = d.as_secs_f64(),
-            _ => err(
-                "presence.max_ringing".into(),
-                format!("{v:?} is not a duration of at least 1s"),
-                "write e.g. 10m",
+            _ => errors.push(
+                Problem::new(
+                    root.key("max_ringing"),
+                    format!("{v:?} is not a duration of at least 1s"),
+                )
+                .hint("write e.g. 10m"),
             ),
         }
     }
@@ -244,8 +236,8 @@ pub fn validate(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<RawPresence, serde_yaml::Error> {
-        serde_yaml::from_str(text)
+    fn parse(text: &str) -> Result<RawPresence, Vec<Problem>> {
+        crate::yaml::de::from_str(text)
     }
 
     #[test]
@@ -283,7 +275,7 @@ mod tests {
         .unwrap_or_default();
         let mut errors = Vec::new();
         validate(Some(raw), &["main".into()], &mut errors);
-        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        let paths: Vec<String> = errors.iter().map(|e| e.path.to_string()).collect();
         assert_eq!(
             paths,
             [

@@ -130,26 +130,18 @@ impl PresenceWiring {
         }
     }
 
-    /// What the AMI client of `pbx` needs to feed presence (none when
-    /// presence is disabled).
-    pub fn output(
+    /// What the AMI clients need to feed presence (none when presence is
+    /// disabled). The settings are those the daemon started with.
+    pub fn feed(
         &self,
-        pbx: &str,
         cfg: &super::PresenceConfig,
         classifier: &crate::normalize::Classifier,
-    ) -> Option<crate::ami::state_sync::PresenceOutput> {
-        let tx = self.sources.clone()?;
-        Some(crate::ami::state_sync::PresenceOutput {
-            tx,
-            extensions: cfg.extensions_for(pbx),
-            context: cfg.context_for(pbx).to_string(),
+    ) -> Option<PresenceFeed> {
+        Some(PresenceFeed {
+            tx: self.sources.clone()?,
+            cfg: cfg.clone(),
             classifier: classifier.clone(),
         })
-    }
-
-    /// Drops this side's sender of source events (the clients keep theirs).
-    pub fn sources_started(&mut self) {
-        self.sources = None;
     }
 
     /// The sender for committed model events (none when disabled).
@@ -157,20 +149,34 @@ impl PresenceWiring {
         self.model.as_ref()
     }
 
-    /// Stops the task once what was queued is applied (bounded wait).
+    /// Stops the task (the table is in memory: nothing to drain).
     pub async fn stop(mut self) {
         self.model = None;
         self.sources = None;
+        self.token.cancel();
         if let Some(task) = self.task.take() {
-            let cancel = self.token.clone();
-            let mut task = task;
-            if tokio::time::timeout(Duration::from_secs(2), &mut task)
-                .await
-                .is_err()
-            {
-                cancel.cancel();
-                let _ = task.await;
-            }
+            let _ = task.await;
+        }
+    }
+}
+
+/// What starts an AMI client's presence side: the presence queue and the
+/// settings (see [`PresenceWiring::feed`]).
+#[derive(Debug, Clone)]
+pub struct PresenceFeed {
+    tx: mpsc::Sender<PresenceSourceEvent>,
+    cfg: super::PresenceConfig,
+    classifier: crate::normalize::Classifier,
+}
+
+impl PresenceFeed {
+    /// The client of `pbx`'s presence output.
+    pub fn output(&self, pbx: &str) -> crate::ami::state_sync::PresenceOutput {
+        crate::ami::state_sync::PresenceOutput {
+            tx: self.tx.clone(),
+            extensions: self.cfg.extensions_for(pbx),
+            context: self.cfg.context_for(pbx).to_string(),
+            classifier: self.classifier.clone(),
         }
     }
 }
