@@ -318,7 +318,7 @@ fn num(v: &Value) -> Option<f64> {
 fn channels(truth: &Value) -> Vec<Chan> {
     let cls = Classifier::default();
     let ext_of = |ch: &Value| match cls.classify(ch["channel"].as_str().unwrap_or(""), None) {
-        Party::Extension(e) => Some(e),
+        Party::Extension(e) => Some(e.to_string()),
         _ => None,
     };
     let mut out = Vec::new();

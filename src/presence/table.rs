@@ -278,6 +278,7 @@ impl Tenant {
         let Party::Extension(e) = cx.classifier.classify(name, None) else {
             return Vec::new();
         };
+        let e = e.to_string();
         if !self.ensure(&e, false, cx, t) {
             return Vec::new();
         }
@@ -561,6 +562,7 @@ impl Tenant {
         let Party::Extension(e) = cx.classifier.classify(channel, None) else {
             return;
         };
+        let e = e.to_string();
         let Some(x) = self.exts.get_mut(&e) else {
             return;
         };
