@@ -15,7 +15,9 @@
 //!
 //! * [`state`]: the vocabularies (hint bit flags, device states,
 //!   registration words) and how they map to [`PresenceState`];
-//! * [`table`]: one tenant's extensions, devices and calls, and the inputs;
+//! * [`table`]: one tenant's extensions, hints and calls, and the inputs;
+//! * [`devices`]: the devices behind the extensions, registration, and the
+//!   PBX's view of an extension;
 //! * [`derive`]: the decision, evidence in, state out;
 //! * [`calls`]: an extension's current calls, from the model's legs;
 //! * [`event`]: the public rows and events;
@@ -28,6 +30,7 @@
 pub mod calls;
 pub mod config;
 pub mod derive;
+pub mod devices;
 pub mod event;
 pub mod hub;
 pub mod replay;
