@@ -346,3 +346,80 @@ fn apply_list(
         tenant.drop_hints_except(&listed, t, out);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Direction, LegEvent, Role, State, Timestamp};
+
+    fn leg(state: State, at: f64) -> ModelEvent {
+        ModelEvent::Leg(LegEvent {
+            session_id: "push-1".into(),
+            pbx: "acme".into(),
+            leg_id: "push-1/8001".into(),
+            state,
+            direction: Direction::Incoming,
+            role: Role::Callee,
+            extension: "8001".into(),
+            caller_number: Some("5551234567".into()),
+            caller_name: None,
+            dialed_number: Some("2125550100".into()),
+            queue: Some("sales".into()),
+            at: Timestamp(at),
+            duration: None,
+            billsec: None,
+            disposition: None,
+            approximate: false,
+            extra: Default::default(),
+        })
+    }
+
+    #[test]
+    fn push_teams_from_the_model_alone() {
+        let mut t = PresenceTracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        for (state, at) in [
+            (State::Ringing, 1.0),
+            (State::Answered, 3.0),
+            (State::Hungup, 9.0),
+        ] {
+            t.handle_model(&leg(state, at), &mut out);
+        }
+        let states: Vec<&str> = out.iter().map(|e| e.presence.state.as_str()).collect();
+        assert_eq!(states, ["ringing", "in_use", "idle"]);
+        assert_eq!(out[0].presence.calls[0].queue.as_deref(), Some("sales"));
+        assert_eq!(out[2].presence.source, StateSource::Inferred);
+        let seqs: Vec<u64> = out.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        let snap = t.snapshot("acme").expect("a table for the team");
+        assert_eq!(snap.seq, 3);
+        assert_eq!(snap.connected, None, "a push team has no AMI connection");
+        assert!(t
+            .extension("acme", "8001")
+            .is_some_and(|r| r.calls.is_empty()));
+        assert_eq!(t.tenants(), ["acme"]);
+    }
+
+    #[test]
+    fn a_ringing_and_answered_leg_in_one_batch_does_not_flash_ringing() {
+        // The reconnect snapshot re-creates an answered call as ringing +
+        // answered in one go.
+        let mut t = PresenceTracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        t.handle_models(
+            &[leg(State::Ringing, 5.0), leg(State::Answered, 5.0)],
+            &mut out,
+        );
+        let states: Vec<&str> = out.iter().map(|e| e.presence.state.as_str()).collect();
+        assert_eq!(states, ["in_use"]);
+        // A call that rang and ended within one batch still shows it rang.
+        let mut t = PresenceTracker::new(TrackerConfig::default());
+        let mut out = Vec::new();
+        t.handle_models(
+            &[leg(State::Ringing, 5.0), leg(State::Hungup, 5.001)],
+            &mut out,
+        );
+        let states: Vec<&str> = out.iter().map(|e| e.presence.state.as_str()).collect();
+        assert_eq!(states, ["ringing", "idle"]);
+    }
+}
