@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use crate::deliver::outbox::OutboxOptions;
 use crate::deliver::target::{validate_targets, RawTarget, Target};
+use crate::logging::{LogConfig, LogSettings};
 use crate::normalize::{Classifier, ClassifierConfig, NormalizerConfig};
 use crate::rules::{RewriteSpec, RuleSet, RuleSpec, RulesSpec};
 
@@ -88,6 +89,8 @@ pub struct RawConfig {
     pub calls: RawCalls,
     /// The asterCC-style push endpoint (needs `listen`).
     pub push: Option<RawPush>,
+    /// Log format and level (see `logging`).
+    pub log: Option<LogConfig>,
 }
 
 /// The asterCC-style push endpoint.
@@ -320,6 +323,9 @@ pub struct Config {
     pub outbox: OutboxOptions,
     /// The push endpoint (none: not mounted).
     pub push: Option<PushConfig>,
+    /// Log settings of the `log:` section (the command line and
+    /// environment may override them).
+    pub log: LogSettings,
 }
 
 /// A configuration problem, with where it is when known.
@@ -1148,6 +1154,19 @@ impl RawConfig {
                 }
             }
         }
+        let log = match self.log.take().unwrap_or_default().validate() {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(ConfigError {
+                    file: None,
+                    path: e.key.into(),
+                    location: None,
+                    message: e.message,
+                    hint: Some(e.hint.into()),
+                });
+                LogSettings::default()
+            }
+        };
         let main_text = src.files.first().map(|f| f.1.clone()).unwrap_or_default();
         match self.validate(base) {
             Ok(mut cfg) => {
@@ -1158,6 +1177,7 @@ impl RawConfig {
                     cfg.rules = Arc::new(rules);
                     cfg.admin_token = admin_token;
                     cfg.outbox = outbox;
+                    cfg.log = log;
                     Ok(cfg)
                 } else {
                     Err(errors)
@@ -1221,6 +1241,7 @@ impl Config {
             admin_token: None,
             outbox: OutboxOptions::default(),
             push: None,
+            log: LogSettings::default(),
         }
     }
 }

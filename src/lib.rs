@@ -12,14 +12,18 @@
 //! - [`config`]: typed configuration, validated before use.
 //! - [`replay`]: runs a capture file through the same path as live traffic.
 //! - [`metrics`]: every Prometheus metric.
+//! - [`logging`]: the log format, level and the `log:` config section.
+//! - [`build_info`]: what the binary was built from (`--version`).
 
 pub mod ami;
 pub mod app;
 pub mod backfill;
+pub mod build_info;
 pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod normalize;

@@ -1,26 +1,81 @@
-//! The `callhook` command line: thin glue over the library (anyhow lives here).
+//! The `callhook` command line: thin glue over the library (anyhow lives
+//! here and in `cli/`). Failures print one `error: …` and exit with the
+//! status documented in `cli/exit.rs` and the README.
+
+mod cli;
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use callhook::app::{self, RunOptions};
 use callhook::config::Config;
 use callhook::deliver::outbox::{ListFilter, Outbox, Status};
 use callhook::deliver::DeliveryRequest;
+use callhook::logging::{self, LogFormat, LogSettings};
 use callhook::model::ModelEvent;
 use callhook::normalize::Normalizer;
 use callhook::replay::{self, Format};
 
+use cli::exit::{fail, CliResult, Code, Coded};
+
 /// Turns Asterisk call events into one call model and CRM webhooks.
 #[derive(Parser, Debug)]
-#[command(name = "callhook", version, about, long_about = None)]
+#[command(
+    name = "callhook",
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_long_help = MAIN_HELP
+)]
 struct Cli {
+    /// Log format on stderr (default: the config's `log.format`, else text).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "CALLHOOK_LOG_FORMAT"
+    )]
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
+}
+
+const MAIN_HELP: &str = "\
+Exit status:
+  0    success
+  1    runtime failure (I/O, outbox, network; requests that failed or did not go out in time)
+  2    usage error (unknown option, missing or malformed argument)
+  3    the configuration is invalid
+  4    unusable input (a capture or CDR file that cannot be read or holds no AMI packets)
+  101  internal error (a bug: please report it)
+
+Environment:
+  CALLHOOK_CONFIG      configuration file (instead of --config)
+  CALLHOOK_LOG         log level or filter (error, warn, info, debug, trace; info,callhook::deliver=debug)
+  CALLHOOK_LOG_FORMAT  text or json (instead of --log-format)
+  NO_COLOR             set and not empty: no colours in logs (they are only used on a terminal anyway)";
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormatArg {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,6 +111,12 @@ enum Command {
         /// PBX id to stamp on events.
         #[arg(long, default_value = "main")]
         pbx: String,
+        /// With --config (not --dry-run): stop waiting for the targets after
+        /// this long (`30s`, `5m`); what is left stays in the outbox and the
+        /// exit status is 1. Default: wait until every request is delivered,
+        /// dead or expired.
+        #[arg(long, value_name = "DURATION", requires = "config", conflicts_with = "dry_run", value_parser = parse_duration_arg)]
+        timeout: Option<Duration>,
     },
     /// Validate a configuration file; prints every problem with its file,
     /// line and column, and exits non-zero when there is one.
@@ -83,6 +144,29 @@ enum Command {
     /// Malformed rows are reported with their line number and skipped.
     #[command(after_long_help = BACKFILL_HELP)]
     Backfill(BackfillArgs),
+    /// Print a shell completion script (e.g. `callhook completions bash >
+    /// /etc/bash_completion.d/callhook`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`callhook man | man -l -`), or with --dir write
+    /// one page per command (`callhook.1`, `callhook-run.1`, …) there.
+    Man {
+        /// Directory to write the pages into (e.g. /usr/local/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Panics on purpose: tests that a bug is reported in one line.
+    #[command(hide = true, name = "internal-test-panic")]
+    InternalTestPanic,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    callhook::config::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 5m, 1h)"))
 }
 
 const BACKFILL_HELP: &str = "\
@@ -143,6 +227,10 @@ struct BackfillArgs {
     /// delivers what a backfill enqueues within seconds).
     #[arg(long, conflicts_with = "dry_run")]
     deliver: bool,
+    /// With --deliver: stop waiting for the targets after this long
+    /// (`10m`); what is left stays in the outbox, the exit status is 1.
+    #[arg(long, value_name = "DURATION", requires = "deliver", value_parser = parse_duration_arg)]
+    timeout: Option<Duration>,
     /// Rows of one call are grouped while at most this far apart in CDR
     /// time (default: `calls.max_age` of the config, 4h).
     #[arg(long, value_name = "DURATION")]
@@ -168,9 +256,9 @@ enum DeliveriesAction {
         /// Only dead deliveries (gave up after their retries).
         #[arg(long)]
         dead: bool,
-        /// Only this state: pending, inflight, done, dead, expired.
-        #[arg(long, conflicts_with = "dead")]
-        status: Option<String>,
+        /// Only this state.
+        #[arg(long, value_enum, conflicts_with = "dead")]
+        status: Option<StatusArg>,
         /// Only this target.
         #[arg(long)]
         target: Option<String>,
@@ -193,6 +281,32 @@ enum DeliveriesAction {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum StatusArg {
+    /// Waiting for an attempt.
+    Pending,
+    /// Being sent.
+    Inflight,
+    /// Delivered.
+    Done,
+    /// Gave up after the retries (or a permanent error).
+    Dead,
+    /// Not sent in time (the rule's max_age).
+    Expired,
+}
+
+impl From<StatusArg> for Status {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Pending => Status::Pending,
+            StatusArg::Inflight => Status::Inflight,
+            StatusArg::Done => Status::Done,
+            StatusArg::Dead => Status::Dead,
+            StatusArg::Expired => Status::Expired,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum OutFormat {
     /// One JSON object per line (schema in the README).
     Jsonl,
@@ -209,59 +323,86 @@ impl From<OutFormat> for Format {
     }
 }
 
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CALLHOOK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// `--log-format` (or `CALLHOOK_LOG_FORMAT`), set once in `main`.
+static LOG_FORMAT: OnceLock<Option<LogFormat>> = OnceLock::new();
+
+/// Starts logging on stderr with the config's `log:` settings (the command
+/// line and `CALLHOOK_LOG` win). Only the first call counts.
+fn init_logs(settings: &LogSettings) {
+    let format = LOG_FORMAT.get().copied().flatten();
+    if let Some(w) = logging::init(format, settings) {
+        eprintln!("warning: {w}");
+    }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+/// Loads and validates a config (status 3 when it is refused), then starts
+/// logging with its `log:` section.
+fn load(path: &Path) -> CliResult<Config> {
+    let cfg = Config::load(path).map_err(|e| fail!(Code::Config, "{e}"))?;
+    init_logs(&cfg.log);
+    Ok(cfg)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new().context("starting the runtime")
+fn runtime() -> CliResult<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().code_with(Code::Runtime, || "starting the runtime")
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logs();
-    match cli.command {
+/// The command-line definition, with the build information as version.
+fn command() -> clap::Command {
+    static VERSION: OnceLock<(String, String)> = OnceLock::new();
+    let (short, long) =
+        VERSION.get_or_init(|| (callhook::build_info::short(), callhook::build_info::long()));
+    Cli::command()
+        .version(short.as_str())
+        .long_version(long.as_str())
+}
+
+fn main() -> ExitCode {
+    cli::exit::install_panic_hook();
+    // Usage errors, --help and --version exit here (status 2 or 0).
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let _ = LOG_FORMAT.set(cli.log_format.map(Into::into));
+    cli::exit::report(dispatch(cli.command))
+}
+
+fn dispatch(cmd: Command) -> CliResult {
+    match cmd {
         Command::Replay {
             captures,
             config,
             dry_run,
             format,
             pbx,
-        } => replay_cmd(captures, config, dry_run, format.into(), pbx),
+            timeout,
+        } => replay_cmd(captures, config, dry_run, format.into(), pbx, timeout),
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
                 let n =
                     |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
-                println!(
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
                     "{}: ok ({}, {}, {})",
                     config.display(),
                     n(cfg.pbx.len(), "PBX"),
                     n(cfg.targets.len(), "target"),
                     n(cfg.rules.len(), "rule"),
-                );
+                )?;
                 Ok(())
             }
-            Err(e) => {
-                eprint!("{e}");
-                std::process::exit(1);
-            }
+            Err(e) => Err(fail!(Code::Config, "{e}")),
         },
         Command::Run { config, print } => {
             let cfg = load(&config)?;
             if cfg.pbx.is_empty() && cfg.push.is_none() {
-                bail!(
+                return Err(fail!(
+                    Code::Config,
                     "{}: no source configured (add a `pbx:` entry or a `push:` section)",
                     config.display()
-                );
+                ));
             }
             let observer = print.map(|f| {
                 let f: Format = f.into();
@@ -285,21 +426,47 @@ fn main() -> anyhow::Result<()> {
         Command::Deliveries(args) => deliveries_cmd(args),
         Command::Demo { speed } => {
             if !(speed.is_finite() && speed > 0.0) {
-                bail!("--speed must be a positive number");
+                return Err(fail!(Code::Usage, "--speed must be a positive number"));
             }
+            init_logs(&LogSettings::default());
             runtime()?.block_on(callhook::demo::run(speed))?;
             Ok(())
         }
         Command::Backfill(args) => backfill_cmd(args),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            cli::generate::completions(command(), shell, &mut out);
+            std::io::stdout().lock().write_all(&out)?;
+            Ok(())
+        }
+        Command::Man { dir: None } => {
+            let mut out = Vec::new();
+            cli::generate::man(command(), &mut out)?;
+            std::io::stdout().lock().write_all(&out)?;
+            Ok(())
+        }
+        Command::Man { dir: Some(dir) } => {
+            let files = cli::generate::man_pages(command(), &dir)
+                .code_with(Code::Runtime, || {
+                    format!("writing man pages into {}", dir.display())
+                })?;
+            let mut out = std::io::stdout().lock();
+            for f in files {
+                writeln!(out, "{}", f.display())?;
+            }
+            Ok(())
+        }
+        Command::InternalTestPanic => panic!("internal-test-panic was asked for"),
     }
 }
 
-fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
-    use callhook::backfill::{self, CdrTimezone, Destination, Options};
+fn backfill_cmd(args: BackfillArgs) -> CliResult {
+    use callhook::backfill::{self, BackfillError, CdrTimezone, Destination, Options};
 
     let cfg = load(&args.config)?;
-    let timezone = CdrTimezone::parse(&args.cdr_timezone).with_context(|| {
-        format!(
+    let timezone = CdrTimezone::parse(&args.cdr_timezone).ok_or_else(|| {
+        fail!(
+            Code::Usage,
             "--cdr-timezone {:?}: write UTC, an offset such as +02:00 or -0300, or auto",
             args.cdr_timezone
         )
@@ -308,26 +475,34 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
         (Some(p), _) => p.clone(),
         (None, []) => "main".to_string(),
         (None, [one]) => one.id.clone(),
-        (None, many) => bail!(
-            "several PBXs are configured ({}): say which one wrote this CDR with --pbx",
-            many.iter()
-                .map(|p| p.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        (None, many) => {
+            return Err(fail!(
+                Code::Usage,
+                "several PBXs are configured ({}): say which one wrote this CDR with --pbx",
+                many.iter()
+                    .map(|p| p.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        }
     };
     let now = callhook::source::now_epoch();
-    let bound = |v: &Option<String>, flag: &str| -> anyhow::Result<Option<f64>> {
+    let bound = |v: &Option<String>, flag: &str| -> CliResult<Option<f64>> {
         v.as_deref()
             .map(|s| backfill::parse_bound(s, now, timezone.base()))
             .transpose()
-            .with_context(|| flag.to_string())
+            .map_err(|e| fail!(Code::Usage, "{flag}: {e}"))
     };
     let since = bound(&args.since, "--since")?;
     let until = bound(&args.until, "--until")?;
     let window = match &args.group_window {
         Some(w) => callhook::config::parse_duration(w)
-            .with_context(|| format!("--group-window {w:?} is not a duration (e.g. 4h)"))?
+            .ok_or_else(|| {
+                fail!(
+                    Code::Usage,
+                    "--group-window {w:?} is not a duration (e.g. 4h)"
+                )
+            })?
             .as_secs_f64(),
         None => cfg.normalizer.max_call_age,
     };
@@ -347,13 +522,25 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
         progress: !args.no_progress,
         total_bytes,
         now,
+        dedupe_window: cfg.outbox.dedupe_window.as_secs_f64(),
     };
     let input: Box<dyn std::io::BufRead> = if stdin {
         Box::new(std::io::stdin().lock())
     } else {
         let f = std::fs::File::open(&args.cdr)
-            .with_context(|| format!("opening {}", args.cdr.display()))?;
+            .code_with(Code::Input, || format!("opening {}", args.cdr.display()))?;
         Box::new(std::io::BufReader::with_capacity(1 << 16, f))
+    };
+    let code = |e: BackfillError| -> cli::exit::Failure {
+        let code = match &e {
+            BackfillError::BeyondDedupeWindow { .. } => Code::Usage,
+            BackfillError::Read { .. } => Code::Input,
+            BackfillError::Write(_) | BackfillError::Outbox(_) => Code::Runtime,
+        };
+        cli::exit::Failure {
+            code,
+            error: e.into(),
+        }
     };
     let classifier = &cfg.normalizer.classifier;
     let summary = if args.dry_run {
@@ -363,15 +550,7 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
             out: &mut w,
             format: args.format.into(),
         };
-        match backfill::run(input, classifier, &cfg.rules, &opts, dest) {
-            Ok(s) => s,
-            Err(backfill::BackfillError::Write(e))
-                if e.kind() == std::io::ErrorKind::BrokenPipe =>
-            {
-                return Ok(())
-            }
-            Err(e) => return Err(e.into()),
-        }
+        backfill::run(input, classifier, &cfg.rules, &opts, dest).map_err(code)?
     } else {
         // Without --deliver a daemon may be sending from this outbox: leave
         // its attempts in flight alone. With --deliver this process is the
@@ -381,8 +560,8 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
         } else {
             Outbox::open_shared
         };
-        let outbox = open(&cfg.state_dir, cfg.outbox.clone()).map_err(|e| {
-            anyhow::anyhow!("opening the outbox in {}: {e}", cfg.state_dir.display())
+        let outbox = open(&cfg.state_dir, cfg.outbox.clone()).code_with(Code::Runtime, || {
+            format!("opening the outbox in {}", cfg.state_dir.display())
         })?;
         let s = backfill::run(
             input,
@@ -390,18 +569,44 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
             &cfg.rules,
             &opts,
             Destination::Outbox(&outbox),
-        )?;
+        )
+        .map_err(code)?;
+        eprintln!("{s}");
+        report_backfill(&args, &s, now, window);
         if args.deliver {
-            eprintln!("{s}");
-            deliver_until_idle(&cfg, outbox)?;
+            cli::wait::deliver_until_idle(&cfg, outbox, args.timeout)?;
         } else {
             outbox.close();
         }
-        s
+        if s.failed > 0 {
+            return Err(fail!(
+                Code::Runtime,
+                "{} requests failed (see above)",
+                s.failed
+            ));
+        }
+        return Ok(());
     };
-    if !args.deliver {
-        eprintln!("{summary}");
+    eprintln!("{summary}");
+    report_backfill(&args, &summary, now, window);
+    if summary.failed > 0 {
+        return Err(fail!(
+            Code::Runtime,
+            "{} requests failed (see above)",
+            summary.failed
+        ));
     }
+    Ok(())
+}
+
+/// The notes after a backfill's summary line.
+fn report_backfill(
+    args: &BackfillArgs,
+    summary: &callhook::backfill::Summary,
+    now: f64,
+    window: f64,
+) {
+    use callhook::backfill;
     if summary.since_defaulted {
         if let Some(s) = summary.since {
             eprintln!(
@@ -429,7 +634,7 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
             "warning: {} calls have uniqueids that put their CDR times at UTC{} rather than {}: check --cdr-timezone (or use --cdr-timezone auto)",
             summary.timezone_mismatch,
             summary.implied_offsets.iter().cloned().collect::<Vec<_>>().join(" / UTC"),
-            timezone
+            args.cdr_timezone
         );
     }
     if summary.forced_groups > 0 || summary.late_rows > 0 {
@@ -443,39 +648,6 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
     if !args.dry_run && !args.deliver && summary.queued > 0 {
         eprintln!("(a running `callhook run` delivers them; or add --deliver)");
     }
-    if summary.failed > 0 {
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
-/// Runs a dispatcher on the outbox until nothing is waiting (or Ctrl-C).
-fn deliver_until_idle(cfg: &Config, outbox: Outbox) -> anyhow::Result<()> {
-    let targets = cfg.targets.clone();
-    runtime()?.block_on(async move {
-        let outbox = Arc::new(outbox);
-        let (_tx, rx) = tokio::sync::watch::channel(targets);
-        let token = tokio_util::sync::CancellationToken::new();
-        let d = callhook::deliver::spawn(outbox.clone(), rx, token.clone());
-        loop {
-            let s = outbox.stats().await?;
-            if s.pending + s.inflight == 0 {
-                eprintln!("done: {} delivered, {} dead, {} expired", s.done, s.dead, s.expired);
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                _ = tokio::signal::ctrl_c() => {
-                    eprintln!("interrupted: {} still waiting in the outbox", s.pending + s.inflight);
-                    break;
-                }
-            }
-        }
-        token.cancel();
-        d.stopped().await;
-        outbox.close();
-        Ok::<(), anyhow::Error>(())
-    })
 }
 
 fn replay_cmd(
@@ -484,14 +656,30 @@ fn replay_cmd(
     dry_run: bool,
     format: Format,
     pbx: String,
-) -> anyhow::Result<()> {
+    timeout: Option<Duration>,
+) -> CliResult {
     let cfg = match &config {
         Some(p) => load(p)?,
-        None => Config::default_replay(),
+        None => {
+            init_logs(&LogSettings::default());
+            Config::default_replay()
+        }
     };
     let mut data = Vec::new();
     for c in &captures {
-        data.push(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?);
+        data.push(std::fs::read(c).code_with(Code::Input, || format!("reading {}", c.display()))?);
+    }
+    // A file that is not an AMI capture (a pcap, a log, an empty file) would
+    // replay as "no calls": say so instead.
+    for (c, bytes) in captures.iter().zip(&data) {
+        if replay::count_packets(bytes) == 0 {
+            return Err(fail!(
+                Code::Input,
+                "{}: no AMI packets found ({} bytes): expected the raw bytes of an AMI connection (`Event: …` blocks separated by empty lines)",
+                c.display(),
+                bytes.len()
+            ));
+        }
     }
     let rules = cfg.rules.clone();
     let mut normalizer = Normalizer::new(cfg.normalizer.clone());
@@ -519,12 +707,9 @@ fn replay_cmd(
         }
     });
     if let Some(e) = write_err {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            bail!("writing output: {e}");
-        }
-        return Ok(());
+        return Err(anyhow::Error::from(e).context("writing output").into());
     }
-    w.flush().ok();
+    w.flush()?;
     drop(w);
     if !with_rules || dry_run {
         return Ok(());
@@ -537,86 +722,86 @@ fn replay_cmd(
     }
     let n = requests.len();
     let outbox = Outbox::open(&cfg.state_dir, cfg.outbox.clone())
-        .map_err(|e| anyhow::anyhow!("opening the outbox in {}: {e}", cfg.state_dir.display()))?;
+        .code_with(Code::Runtime, || {
+            format!("opening the outbox in {}", cfg.state_dir.display())
+        })?;
     let outcome = runtime()?.block_on(outbox.submit(requests))?;
     eprintln!(
         "{n} requests: {} enqueued, {} already there (same idempotency key), {} refused (outbox full)",
         outcome.inserted, outcome.duplicates, outcome.rejected_full
     );
-    deliver_until_idle(&cfg, outbox)
+    cli::wait::deliver_until_idle(&cfg, outbox, timeout)
 }
 
-fn deliveries_cmd(args: DeliveriesArgs) -> anyhow::Result<()> {
+fn deliveries_cmd(args: DeliveriesArgs) -> CliResult {
     let Some(config) = args.config else {
-        bail!("--config FILE is needed to find the outbox (state_dir)");
+        return Err(fail!(
+            Code::Usage,
+            "--config FILE (or CALLHOOK_CONFIG) is needed to find the outbox (state_dir)"
+        ));
     };
     let cfg = load(&config)?;
     runtime()?.block_on(async move {
         // Shared: a running daemon's attempts in flight stay its own.
-        let outbox = Outbox::open_shared(&cfg.state_dir, cfg.outbox.clone()).map_err(|e| {
-            anyhow::anyhow!("opening the outbox in {}: {e}", cfg.state_dir.display())
-        })?;
-        match args.action {
-            DeliveriesAction::List {
-                dead,
-                status,
-                target,
-                limit,
-                json,
-            } => {
-                let status = match (dead, status) {
-                    (true, _) => Some(Status::Dead),
-                    (false, Some(s)) => Some(Status::parse(&s).with_context(|| {
-                        format!("unknown status {s:?} (pending, inflight, done, dead, expired)")
-                    })?),
-                    (false, None) => None,
-                };
-                let rows = outbox
-                    .list(ListFilter {
-                        status,
-                        target,
-                        limit,
-                    })
-                    .await?;
-                let stdout = std::io::stdout();
-                let mut w = stdout.lock();
+        let outbox = Outbox::open_shared(&cfg.state_dir, cfg.outbox.clone())
+            .code_with(Code::Runtime, || {
+                format!("opening the outbox in {}", cfg.state_dir.display())
+            })?;
+        let r = deliveries_action(&outbox, args.action).await;
+        outbox.close();
+        r
+    })
+}
+
+async fn deliveries_action(outbox: &Outbox, action: DeliveriesAction) -> CliResult {
+    let mut w = std::io::stdout().lock();
+    match action {
+        DeliveriesAction::List {
+            dead,
+            status,
+            target,
+            limit,
+            json,
+        } => {
+            let status = if dead {
+                Some(Status::Dead)
+            } else {
+                status.map(Status::from)
+            };
+            let rows = outbox
+                .list(ListFilter {
+                    status,
+                    target,
+                    limit,
+                })
+                .await?;
+            let now = callhook::source::now_epoch();
+            if json {
                 for r in &rows {
-                    if json {
-                        writeln!(w, "{}", serde_json::to_string(r)?)?;
-                    } else {
-                        writeln!(
-                            w,
-                            "{:>6}  {:<8} {:<10} {:<16} att {:<2} last {:<8} {} {}",
-                            r.id,
-                            r.status.as_str(),
-                            r.target,
-                            r.rule,
-                            r.attempts,
-                            r.last_status.as_deref().unwrap_or("-"),
-                            r.method,
-                            r.url
-                        )?;
-                    }
+                    writeln!(w, "{}", cli::deliveries::json(r, now)?)?;
                 }
-                if rows.is_empty() && !json {
-                    writeln!(w, "no deliveries")?;
-                }
-            }
-            DeliveriesAction::Retry { id, all_dead } => {
-                if all_dead {
-                    let n = outbox.retry_all_dead().await?;
-                    println!("{n} dead deliveries will be retried");
-                } else if let Some(id) = id {
-                    if outbox.retry(id).await? {
-                        println!("delivery {id} will be retried");
-                    } else {
-                        bail!("delivery {id} not found, or not dead/expired");
-                    }
-                }
-                println!("(a running daemon picks them up within seconds)");
+            } else if rows.is_empty() {
+                writeln!(w, "no deliveries")?;
+            } else {
+                cli::deliveries::table(&mut w, &rows, now)?;
             }
         }
-        outbox.close();
-        Ok(())
-    })
+        DeliveriesAction::Retry { id, all_dead } => {
+            if all_dead {
+                let n = outbox.retry_all_dead().await?;
+                writeln!(w, "{n} dead deliveries will be retried")?;
+            } else if let Some(id) = id {
+                if outbox.retry(id).await? {
+                    writeln!(w, "delivery {id} will be retried")?;
+                } else {
+                    return Err(fail!(
+                        Code::Runtime,
+                        "delivery {id} not found, or not dead/expired"
+                    ));
+                }
+            }
+            writeln!(w, "(a running daemon picks them up within seconds)")?;
+        }
+    }
+    Ok(())
 }
