@@ -181,8 +181,11 @@ or a CSV export with a header line naming the columns (calldate, src, ...).
 
 Examples:
   callhook backfill --cdr /var/log/asterisk/cdr-csv/Master.csv --config /etc/callhook.yaml --since 2h
-  callhook backfill --cdr Master.csv --config callhook.yaml --since 2026-11-01 --until 2026-12-01 --dry-run
-  zcat Master.csv.1.gz | callhook backfill --cdr - --config callhook.yaml --cdr-timezone auto";
+  callhook backfill --cdr Master.csv --config callhook.yaml --since '2026-11-30 08:00' --until '2026-11-30 18:00' --dry-run
+  zcat Master.csv.1.gz | callhook backfill --cdr - --config callhook.yaml --cdr-timezone -05:00
+
+From cron, give it the daemon's state_dir (absolute) and environment:
+cron runs with none, in another working directory.";
 
 #[derive(Args, Debug)]
 struct BackfillArgs {
@@ -201,14 +204,14 @@ struct BackfillArgs {
     /// Only calls that ended before this (same forms as --since).
     #[arg(long, value_name = "WHEN")]
     until: Option<String>,
-    /// Time zone of the CDR times: `UTC` (also right with `usegmtime=yes`),
-    /// an offset (`+02:00`, `-0300`), or `auto`: each call's offset from
-    /// its uniqueid (follows daylight saving; `auto:+01:00` sets the
-    /// offset for ids that do not tell).
+    /// Time zone of the CDR times: `auto` (default): each call's offset
+    /// from its uniqueid, which follows daylight saving (`auto:+01:00` sets
+    /// the offset for ids that do not tell, else UTC); `UTC` (right with
+    /// `usegmtime=yes`); or a fixed offset (`+02:00`, `-0300`).
     #[arg(
         long,
         value_name = "OFFSET|auto",
-        default_value = "UTC",
+        default_value = "auto",
         env = "CALLHOOK_CDR_TIMEZONE"
     )]
     cdr_timezone: String,
@@ -555,6 +558,17 @@ fn backfill_cmd(args: BackfillArgs) -> CliResult {
         // Without --deliver a daemon may be sending from this outbox: leave
         // its attempts in flight alone. With --deliver this process is the
         // sender and recovers what a crashed one left in flight.
+        // --deliver sends: like a daemon, it holds the state_dir lock (a
+        // daemon already sending from there is told about, not doubled).
+        let lock = if args.deliver {
+            Some(lock_for_sending(
+                &cfg,
+                "backfill --deliver",
+                "run without --deliver",
+            )?)
+        } else {
+            None
+        };
         let open = if args.deliver {
             Outbox::open
         } else {
@@ -577,7 +591,20 @@ fn backfill_cmd(args: BackfillArgs) -> CliResult {
             cli::wait::deliver_until_idle(&cfg, outbox, args.timeout)?;
         } else {
             outbox.close();
+            if s.queued > 0 && app::state_dir_in_use(&cfg.state_dir) {
+                eprintln!(
+                    "(the `callhook run` using {} delivers them within seconds)",
+                    cfg.state_dir.display()
+                );
+            } else if s.queued > 0 {
+                eprintln!(
+                    "warning: no `callhook run` is using {} (its lock is free): the {} queued requests wait there until a daemon with this state_dir starts, or add --deliver. (Is state_dir the daemon's? A relative one depends on the working directory, and cron's is not the daemon's.)",
+                    cfg.state_dir.display(),
+                    s.queued
+                );
+            }
         }
+        drop(lock);
         if s.failed > 0 {
             return Err(fail!(
                 Code::Runtime,
@@ -645,8 +672,20 @@ fn report_backfill(
             backfill::human_secs(window)
         );
     }
-    if !args.dry_run && !args.deliver && summary.queued > 0 {
-        eprintln!("(a running `callhook run` delivers them; or add --deliver)");
+}
+
+/// The state_dir lock for a one-shot command that sends from the outbox, so
+/// that it never sends beside a daemon (which would hand out the same
+/// deliveries twice).
+fn lock_for_sending(cfg: &Config, what: &str, instead: &str) -> CliResult<std::fs::File> {
+    match app::lock_state_dir(&cfg.state_dir) {
+        Ok(f) => Ok(f),
+        Err(app::AppError::Locked { dir }) => Err(fail!(
+            Code::Runtime,
+            "a callhook daemon (or another command) is sending from {}: {what} would send beside it; {instead}",
+            dir.display()
+        )),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -721,6 +760,11 @@ fn replay_cmd(
         r.rebase(now);
     }
     let n = requests.len();
+    let _lock = lock_for_sending(
+        &cfg,
+        "replay --config",
+        "stop it, use another state_dir, or use --dry-run",
+    )?;
     let outbox = Outbox::open(&cfg.state_dir, cfg.outbox.clone())
         .code_with(Code::Runtime, || {
             format!("opening the outbox in {}", cfg.state_dir.display())

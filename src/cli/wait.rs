@@ -18,6 +18,8 @@ use super::exit::{fail, CliResult, Code};
 const FIRST_LINE: Duration = Duration::from_secs(1);
 /// … then one this often.
 const LINE_EVERY: Duration = Duration::from_secs(5);
+/// How long a stopping dispatcher may finish an attempt in flight.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 /// How often the outbox is looked at.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -47,7 +49,7 @@ fn progress_text(start: &OutboxStats, s: &OutboxStats, elapsed: Duration) -> Str
 /// Runs a dispatcher on `outbox` until nothing is waiting, `timeout` has
 /// passed, or Ctrl-C. A timeout or an interruption is a failure (status 1)
 /// naming what is still waiting; it stays in the outbox for a daemon or a
-/// later run.
+/// later run. So is a run that made deliveries dead.
 pub fn deliver_until_idle(cfg: &Config, outbox: Outbox, timeout: Option<Duration>) -> CliResult {
     let targets = cfg.targets.clone();
     let rt = tokio::runtime::Runtime::new()?;
@@ -97,7 +99,11 @@ pub fn deliver_until_idle(cfg: &Config, outbox: Outbox, timeout: Option<Duration
             b.finish_and_clear();
         }
         token.cancel();
-        d.stopped().await;
+        // Idle: nothing is in flight and this is immediate. After a timeout
+        // or Ctrl-C an attempt still in flight is abandoned after a short
+        // grace (its row stays in flight; the next sender, a daemon or
+        // another run, sends it again: at-least-once).
+        let _ = tokio::time::timeout(STOP_GRACE, d.stopped()).await;
         let after = outbox.stats().await.unwrap_or(last);
         outbox.close();
         let summary = format!(
