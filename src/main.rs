@@ -7,18 +7,16 @@ mod cli;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use callhook::app::{self, RunOptions};
 use callhook::config::Config;
-use callhook::deliver::outbox::{ListFilter, Outbox, Status};
-use callhook::deliver::DeliveryRequest;
+use callhook::deliver::outbox::Status;
 use callhook::logging::{self, LogFormat, LogSettings};
 use callhook::model::ModelEvent;
-use callhook::normalize::Normalizer;
 use callhook::replay::{self, Format};
 
 use cli::exit::{fail, CliResult, Code, Coded};
@@ -380,7 +378,7 @@ fn dispatch(cmd: Command) -> CliResult {
             format,
             pbx,
             timeout,
-        } => replay_cmd(captures, config, dry_run, format.into(), pbx, timeout),
+        } => cli::replay::run(captures, config, dry_run, format.into(), pbx, timeout),
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
                 let n =
@@ -426,7 +424,7 @@ fn dispatch(cmd: Command) -> CliResult {
             runtime()?.block_on(app::run(cfg, opts))?;
             Ok(())
         }
-        Command::Deliveries(args) => deliveries_cmd(args),
+        Command::Deliveries(args) => cli::deliveries::run(args),
         Command::Demo { speed } => {
             if !(speed.is_finite() && speed > 0.0) {
                 return Err(fail!(Code::Usage, "--speed must be a positive number"));
@@ -435,7 +433,7 @@ fn dispatch(cmd: Command) -> CliResult {
             runtime()?.block_on(callhook::demo::run(speed))?;
             Ok(())
         }
-        Command::Backfill(args) => backfill_cmd(args),
+        Command::Backfill(args) => cli::backfill::run(args),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             cli::generate::completions(command(), shell, &mut out);
@@ -461,391 +459,4 @@ fn dispatch(cmd: Command) -> CliResult {
         }
         Command::InternalTestPanic => panic!("internal-test-panic was asked for"),
     }
-}
-
-fn backfill_cmd(args: BackfillArgs) -> CliResult {
-    use callhook::backfill::{self, BackfillError, CdrTimezone, Destination, Options};
-
-    let cfg = load(&args.config)?;
-    let timezone = CdrTimezone::parse(&args.cdr_timezone).ok_or_else(|| {
-        fail!(
-            Code::Usage,
-            "--cdr-timezone {:?}: write UTC, an offset such as +02:00 or -0300, or auto",
-            args.cdr_timezone
-        )
-    })?;
-    let pbx = match (&args.pbx, cfg.pbx.as_slice()) {
-        (Some(p), _) => p.clone(),
-        (None, []) => "main".to_string(),
-        (None, [one]) => one.id.clone(),
-        (None, many) => {
-            return Err(fail!(
-                Code::Usage,
-                "several PBXs are configured ({}): say which one wrote this CDR with --pbx",
-                many.iter()
-                    .map(|p| p.id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        }
-    };
-    let now = callhook::source::now_epoch();
-    let bound = |v: &Option<String>, flag: &str| -> CliResult<Option<f64>> {
-        v.as_deref()
-            .map(|s| backfill::parse_bound(s, now, timezone.base()))
-            .transpose()
-            .map_err(|e| fail!(Code::Usage, "{flag}: {e}"))
-    };
-    let since = bound(&args.since, "--since")?;
-    let until = bound(&args.until, "--until")?;
-    let window = match &args.group_window {
-        Some(w) => callhook::config::parse_duration(w)
-            .ok_or_else(|| {
-                fail!(
-                    Code::Usage,
-                    "--group-window {w:?} is not a duration (e.g. 4h)"
-                )
-            })?
-            .as_secs_f64(),
-        None => cfg.normalizer.max_call_age,
-    };
-    let stdin = args.cdr.as_os_str() == "-";
-    let total_bytes = if stdin {
-        None
-    } else {
-        std::fs::metadata(&args.cdr).ok().map(|m| m.len())
-    };
-    let opts = Options {
-        pbx,
-        timezone,
-        since,
-        until,
-        window,
-        max_open: backfill::DEFAULT_MAX_OPEN,
-        progress: !args.no_progress,
-        total_bytes,
-        now,
-        dedupe_window: cfg.outbox.dedupe_window.as_secs_f64(),
-    };
-    let input: Box<dyn std::io::BufRead> = if stdin {
-        Box::new(std::io::stdin().lock())
-    } else {
-        let f = std::fs::File::open(&args.cdr)
-            .code_with(Code::Input, || format!("opening {}", args.cdr.display()))?;
-        Box::new(std::io::BufReader::with_capacity(1 << 16, f))
-    };
-    let code = |e: BackfillError| -> cli::exit::Failure {
-        let code = match &e {
-            BackfillError::BeyondDedupeWindow { .. } => Code::Usage,
-            BackfillError::Read { .. } => Code::Input,
-            BackfillError::Write(_) | BackfillError::Outbox(_) => Code::Runtime,
-        };
-        cli::exit::Failure {
-            code,
-            error: e.into(),
-        }
-    };
-    let classifier = &cfg.normalizer.classifier;
-    let summary = if args.dry_run {
-        let stdout = std::io::stdout();
-        let mut w = std::io::BufWriter::new(stdout.lock());
-        let dest = Destination::Print {
-            out: &mut w,
-            format: args.format.into(),
-        };
-        backfill::run(input, classifier, &cfg.rules, &opts, dest).map_err(code)?
-    } else {
-        // Without --deliver a daemon may be sending from this outbox: leave
-        // its attempts in flight alone. With --deliver this process is the
-        // sender and recovers what a crashed one left in flight.
-        // --deliver sends: like a daemon, it holds the state_dir lock (a
-        // daemon already sending from there is told about, not doubled).
-        let lock = if args.deliver {
-            Some(lock_for_sending(
-                &cfg,
-                "backfill --deliver",
-                "run without --deliver",
-            )?)
-        } else {
-            None
-        };
-        let open = if args.deliver {
-            Outbox::open
-        } else {
-            Outbox::open_shared
-        };
-        let outbox = open(&cfg.state_dir, cfg.outbox.clone()).code_with(Code::Runtime, || {
-            format!("opening the outbox in {}", cfg.state_dir.display())
-        })?;
-        let s = backfill::run(
-            input,
-            classifier,
-            &cfg.rules,
-            &opts,
-            Destination::Outbox(&outbox),
-        )
-        .map_err(code)?;
-        eprintln!("{s}");
-        report_backfill(&args, &s, now, window);
-        if args.deliver {
-            cli::wait::deliver_until_idle(&cfg, outbox, args.timeout)?;
-        } else {
-            outbox.close();
-            if s.queued > 0 && app::state_dir_in_use(&cfg.state_dir) {
-                eprintln!(
-                    "(the `callhook run` using {} delivers them within seconds)",
-                    cfg.state_dir.display()
-                );
-            } else if s.queued > 0 {
-                eprintln!(
-                    "warning: no `callhook run` is using {} (its lock is free): the {} queued requests wait there until a daemon with this state_dir starts, or add --deliver. (Is state_dir the daemon's? A relative one depends on the working directory, and cron's is not the daemon's.)",
-                    cfg.state_dir.display(),
-                    s.queued
-                );
-            }
-        }
-        drop(lock);
-        if s.failed > 0 {
-            return Err(fail!(
-                Code::Runtime,
-                "{} requests failed (see above)",
-                s.failed
-            ));
-        }
-        return Ok(());
-    };
-    eprintln!("{summary}");
-    report_backfill(&args, &summary, now, window);
-    if summary.failed > 0 {
-        return Err(fail!(
-            Code::Runtime,
-            "{} requests failed (see above)",
-            summary.failed
-        ));
-    }
-    Ok(())
-}
-
-/// The notes after a backfill's summary line.
-fn report_backfill(
-    args: &BackfillArgs,
-    summary: &callhook::backfill::Summary,
-    now: f64,
-    window: f64,
-) {
-    use callhook::backfill;
-    if summary.since_defaulted {
-        if let Some(s) = summary.since {
-            eprintln!(
-                "(no --since: calls that ended in the last {}, as far back as the outbox remembers keys)",
-                backfill::human_secs(now - s)
-            );
-        }
-    }
-    if summary.malformed > 0 {
-        eprintln!(
-            "{} malformed rows skipped{}:",
-            summary.malformed,
-            if summary.malformed as usize > summary.errors.len() {
-                " (the first ones below, all in the log)"
-            } else {
-                ""
-            }
-        );
-        for e in &summary.errors {
-            eprintln!("  {}: {e}", args.cdr.display());
-        }
-    }
-    if summary.timezone_mismatch > 0 {
-        eprintln!(
-            "warning: {} calls have uniqueids that put their CDR times at UTC{} rather than {}: check --cdr-timezone (or use --cdr-timezone auto)",
-            summary.timezone_mismatch,
-            summary.implied_offsets.iter().cloned().collect::<Vec<_>>().join(" / UTC"),
-            args.cdr_timezone
-        );
-    }
-    if summary.forced_groups > 0 || summary.late_rows > 0 {
-        eprintln!(
-            "warning: {} calls grouped early (too many open at once) and {} rows arrived after their call was done; raise --group-window if calls last longer than {}",
-            summary.forced_groups,
-            summary.late_rows,
-            backfill::human_secs(window)
-        );
-    }
-}
-
-/// The state_dir lock for a one-shot command that sends from the outbox, so
-/// that it never sends beside a daemon (which would hand out the same
-/// deliveries twice).
-fn lock_for_sending(cfg: &Config, what: &str, instead: &str) -> CliResult<std::fs::File> {
-    match app::lock_state_dir(&cfg.state_dir) {
-        Ok(f) => Ok(f),
-        Err(app::AppError::Locked { dir }) => Err(fail!(
-            Code::Runtime,
-            "a callhook daemon (or another command) is sending from {}: {what} would send beside it; {instead}",
-            dir.display()
-        )),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn replay_cmd(
-    captures: Vec<PathBuf>,
-    config: Option<PathBuf>,
-    dry_run: bool,
-    format: Format,
-    pbx: String,
-    timeout: Option<Duration>,
-) -> CliResult {
-    let cfg = match &config {
-        Some(p) => load(p)?,
-        None => {
-            init_logs(&LogSettings::default());
-            Config::default_replay()
-        }
-    };
-    let mut data = Vec::new();
-    for c in &captures {
-        data.push(std::fs::read(c).code_with(Code::Input, || format!("reading {}", c.display()))?);
-    }
-    // A file that is not an AMI capture (a pcap, a log, an empty file) would
-    // replay as "no calls": say so instead.
-    for (c, bytes) in captures.iter().zip(&data) {
-        if replay::count_packets(bytes) == 0 {
-            return Err(fail!(
-                Code::Input,
-                "{}: no AMI packets found ({} bytes): expected the raw bytes of an AMI connection (`Event: …` blocks separated by empty lines)",
-                c.display(),
-                bytes.len()
-            ));
-        }
-    }
-    let rules = cfg.rules.clone();
-    let mut normalizer = Normalizer::new(cfg.normalizer.clone());
-    let pbx: Arc<str> = pbx.into();
-    let stdout = std::io::stdout();
-    let mut w = std::io::BufWriter::new(stdout.lock());
-    let mut write_err = None;
-    let mut requests: Vec<DeliveryRequest> = Vec::new();
-    let with_rules = config.is_some();
-    replay::replay(&data, &pbx, &mut normalizer, |ev| {
-        if with_rules {
-            let reqs = rules.evaluate(ev);
-            if dry_run && write_err.is_none() {
-                for r in &reqs {
-                    if let Err(e) = replay::write_request(&mut w, r, format) {
-                        write_err = Some(e);
-                    }
-                }
-            }
-            requests.extend(reqs);
-        } else if write_err.is_none() {
-            if let Err(e) = replay::write_event(&mut w, ev, format) {
-                write_err = Some(e);
-            }
-        }
-    });
-    if let Some(e) = write_err {
-        return Err(anyhow::Error::from(e).context("writing output").into());
-    }
-    w.flush()?;
-    drop(w);
-    if !with_rules || dry_run {
-        return Ok(());
-    }
-    // Really send: through the outbox, until nothing is waiting. A replay
-    // happens now: its requests count as fresh.
-    let now = callhook::source::now_epoch();
-    for r in &mut requests {
-        r.rebase(now);
-    }
-    let n = requests.len();
-    let _lock = lock_for_sending(
-        &cfg,
-        "replay --config",
-        "stop it, use another state_dir, or use --dry-run",
-    )?;
-    let outbox = Outbox::open(&cfg.state_dir, cfg.outbox.clone())
-        .code_with(Code::Runtime, || {
-            format!("opening the outbox in {}", cfg.state_dir.display())
-        })?;
-    let outcome = runtime()?.block_on(outbox.submit(requests))?;
-    eprintln!(
-        "{n} requests: {} enqueued, {} already there (same idempotency key), {} refused (outbox full)",
-        outcome.inserted, outcome.duplicates, outcome.rejected_full
-    );
-    cli::wait::deliver_until_idle(&cfg, outbox, timeout)
-}
-
-fn deliveries_cmd(args: DeliveriesArgs) -> CliResult {
-    let Some(config) = args.config else {
-        return Err(fail!(
-            Code::Usage,
-            "--config FILE (or CALLHOOK_CONFIG) is needed to find the outbox (state_dir)"
-        ));
-    };
-    let cfg = load(&config)?;
-    runtime()?.block_on(async move {
-        // Shared: a running daemon's attempts in flight stay its own.
-        let outbox = Outbox::open_shared(&cfg.state_dir, cfg.outbox.clone())
-            .code_with(Code::Runtime, || {
-                format!("opening the outbox in {}", cfg.state_dir.display())
-            })?;
-        let r = deliveries_action(&outbox, args.action).await;
-        outbox.close();
-        r
-    })
-}
-
-async fn deliveries_action(outbox: &Outbox, action: DeliveriesAction) -> CliResult {
-    let mut w = std::io::stdout().lock();
-    match action {
-        DeliveriesAction::List {
-            dead,
-            status,
-            target,
-            limit,
-            json,
-        } => {
-            let status = if dead {
-                Some(Status::Dead)
-            } else {
-                status.map(Status::from)
-            };
-            let rows = outbox
-                .list(ListFilter {
-                    status,
-                    target,
-                    limit,
-                })
-                .await?;
-            let now = callhook::source::now_epoch();
-            if json {
-                for r in &rows {
-                    writeln!(w, "{}", cli::deliveries::json(r, now)?)?;
-                }
-            } else if rows.is_empty() {
-                writeln!(w, "no deliveries")?;
-            } else {
-                cli::deliveries::table(&mut w, &rows, now)?;
-            }
-        }
-        DeliveriesAction::Retry { id, all_dead } => {
-            if all_dead {
-                let n = outbox.retry_all_dead().await?;
-                writeln!(w, "{n} dead deliveries will be retried")?;
-            } else if let Some(id) = id {
-                if outbox.retry(id).await? {
-                    writeln!(w, "delivery {id} will be retried")?;
-                } else {
-                    return Err(fail!(
-                        Code::Runtime,
-                        "delivery {id} not found, or not dead/expired"
-                    ));
-                }
-            }
-            writeln!(w, "(a running daemon picks them up within seconds)")?;
-        }
-    }
-    Ok(())
 }

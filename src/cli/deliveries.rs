@@ -6,8 +6,11 @@ use std::io::Write;
 use serde_json::{Map, Value};
 
 use callhook::backfill::human_secs;
-use callhook::deliver::outbox::{DeliveryRow, Status};
+use callhook::deliver::outbox::{DeliveryRow, ListFilter, Outbox, Status};
 use callhook::model::Timestamp;
+
+use super::exit::{fail, CliResult, Code, Coded};
+use crate::{load, runtime, DeliveriesAction, DeliveriesArgs};
 
 fn rfc3339(t: f64) -> Value {
     Value::String(Timestamp(t).to_rfc3339())
@@ -100,6 +103,80 @@ pub fn table(w: &mut impl Write, rows: &[DeliveryRow], now: f64) -> std::io::Res
     for c in &cells {
         let refs: Vec<&str> = c.iter().map(String::as_str).collect();
         line(w, &refs)?;
+    }
+    Ok(())
+}
+
+/// Runs `callhook deliveries`.
+pub fn run(args: DeliveriesArgs) -> CliResult {
+    let Some(config) = args.config else {
+        return Err(fail!(
+            Code::Usage,
+            "--config FILE (or CALLHOOK_CONFIG) is needed to find the outbox (state_dir)"
+        ));
+    };
+    let cfg = load(&config)?;
+    runtime()?.block_on(async move {
+        // Shared: a running daemon's attempts in flight stay its own.
+        let outbox = Outbox::open_shared(&cfg.state_dir, cfg.outbox.clone())
+            .code_with(Code::Runtime, || {
+                format!("opening the outbox in {}", cfg.state_dir.display())
+            })?;
+        let r = action(&outbox, args.action).await;
+        outbox.close();
+        r
+    })
+}
+
+async fn action(outbox: &Outbox, action: DeliveriesAction) -> CliResult {
+    let mut w = std::io::stdout().lock();
+    match action {
+        DeliveriesAction::List {
+            dead,
+            status,
+            target,
+            limit,
+            json,
+        } => {
+            let status = if dead {
+                Some(Status::Dead)
+            } else {
+                status.map(Status::from)
+            };
+            let rows = outbox
+                .list(ListFilter {
+                    status,
+                    target,
+                    limit,
+                })
+                .await?;
+            let now = callhook::source::now_epoch();
+            if json {
+                for r in &rows {
+                    writeln!(w, "{}", self::json(r, now)?)?;
+                }
+            } else if rows.is_empty() {
+                writeln!(w, "no deliveries")?;
+            } else {
+                table(&mut w, &rows, now)?;
+            }
+        }
+        DeliveriesAction::Retry { id, all_dead } => {
+            if all_dead {
+                let n = outbox.retry_all_dead().await?;
+                writeln!(w, "{n} dead deliveries will be retried")?;
+            } else if let Some(id) = id {
+                if outbox.retry(id).await? {
+                    writeln!(w, "delivery {id} will be retried")?;
+                } else {
+                    return Err(fail!(
+                        Code::Runtime,
+                        "delivery {id} not found, or not dead/expired"
+                    ));
+                }
+            }
+            writeln!(w, "(a running daemon picks them up within seconds)")?;
+        }
     }
     Ok(())
 }

@@ -1,10 +1,13 @@
-//! Pieces of the `callhook` command line that are not argument parsing:
+//! The `callhook` commands behind the argument parsing of `main.rs`:
 //! exit statuses and error reports ([`exit`]), delivering until idle with
-//! progress ([`wait`]), `deliveries list` output ([`deliveries`]), shell
-//! completions and man pages ([`generate`]). Part of the binary, not the
+//! progress and the state_dir lock ([`wait`]), [`replay`], [`backfill`],
+//! [`deliveries`] (and its table / JSON output), shell completions and man
+//! pages ([`generate`]). Part of the binary, not the
 //! library (anyhow lives here, as in `main.rs`).
 
+pub mod backfill;
 pub mod deliveries;
 pub mod exit;
 pub mod generate;
+pub mod replay;
 pub mod wait;

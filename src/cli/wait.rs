@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use callhook::app;
 use callhook::config::Config;
 use callhook::deliver::outbox::{Outbox, OutboxStats};
 
@@ -133,4 +134,19 @@ pub fn deliver_until_idle(cfg: &Config, outbox: Outbox, timeout: Option<Duration
             )),
         }
     })
+}
+
+/// The state_dir lock for a one-shot command that sends from the outbox, so
+/// that it never sends beside a daemon (which would hand out the same
+/// deliveries twice).
+pub fn lock_for_sending(cfg: &Config, what: &str, instead: &str) -> CliResult<std::fs::File> {
+    match app::lock_state_dir(&cfg.state_dir) {
+        Ok(f) => Ok(f),
+        Err(app::AppError::Locked { dir }) => Err(fail!(
+            Code::Runtime,
+            "a callhook daemon (or another command) is sending from {}: {what} would send beside it; {instead}",
+            dir.display()
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
