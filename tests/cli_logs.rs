@@ -308,3 +308,51 @@ async fn text_logs_are_plain_off_a_terminal() {
     sim.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// On a terminal (a pty from util-linux `script`), text logs are coloured
+/// unless `NO_COLOR` is set.
+#[test]
+fn colour_on_a_terminal_unless_no_color() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("no `script` (util-linux) here: skipped");
+        return;
+    }
+    let dir = temp_dir("logs-tty");
+    let cfg = dir.join("callhook.yaml");
+    std::fs::write(
+        &cfg,
+        format!("state_dir: {}\n", dir.join("state").display()),
+    )
+    .unwrap();
+    // A malformed CDR row is logged as a warning.
+    let cdr = dir.join("Master.csv");
+    std::fs::write(&cdr, "oops,not a row\n").unwrap();
+    let cmd = format!(
+        "{} backfill --cdr {} --config {} --dry-run --no-progress",
+        env!("CARGO_BIN_EXE_callhook"),
+        cdr.display(),
+        cfg.display()
+    );
+    let on_tty = |no_color: Option<&str>| {
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"])
+            .env_remove("CALLHOOK_LOG")
+            .env_remove("CALLHOOK_LOG_FORMAT")
+            .stdin(Stdio::null());
+        match no_color {
+            Some(v) => c.env("NO_COLOR", v),
+            None => c.env_remove("NO_COLOR"),
+        };
+        let o = c.output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(text.contains("skipping malformed CDR row"), "{text:?}");
+        text
+    };
+    assert!(on_tty(None).contains("\x1b["), "colours on a terminal");
+    assert!(
+        on_tty(Some("")).contains("\x1b["),
+        "an empty NO_COLOR is unset"
+    );
+    assert!(!on_tty(Some("1")).contains("\x1b["), "NO_COLOR=1");
+    let _ = std::fs::remove_dir_all(&dir);
+}
