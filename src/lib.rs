@@ -4,8 +4,9 @@
 //!
 //! - Sources: [`ami`] (the Asterisk Manager Interface: framing codec,
 //!   messages, the client task with login, keepalive, reconnect and
-//!   actions, and a simulated PBX); [`http`] (the listener: metrics,
-//!   health, reload, the admin API and the asterCC-style push endpoint);
+//!   actions, and a simulated PBX); [`http`] (the listeners: metrics,
+//!   health, reload, the admin API and the asterCC-style push endpoint,
+//!   on a server with connection caps and timeouts);
 //!   [`source`] ([`source::SourceEvent`], the only type crossing from a
 //!   source into the normalizer).
 //! - [`normalize`]: source events → the call model, emitting
@@ -19,9 +20,11 @@
 //! - Around them: [`config`] (typed, validated configuration), [`app`]
 //!   (the one wiring function of `callhook run`), [`replay`] (a capture
 //!   through the live path), [`demo`] (everything on one machine),
-//!   [`metrics`] (every Prometheus metric), [`logging`] (log format, level
-//!   and the `log:` config section), [`build_info`] (what the binary was
-//!   built from, for `--version`).
+//!   [`metrics`] (every Prometheus metric), [`notify`] (readiness,
+//!   watchdog and stopping notifications to systemd), [`log_limit`]
+//!   (rate-limited log lines for events that can repeat fast), [`logging`]
+//!   (log format, level and the `log:` config section), [`build_info`]
+//!   (what the binary was built from, for `--version`).
 
 pub mod ami;
 pub mod app;
@@ -31,10 +34,12 @@ pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod http;
+pub mod log_limit;
 pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod normalize;
+pub mod notify;
 pub mod replay;
 pub mod rules;
 pub mod source;

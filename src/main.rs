@@ -419,7 +419,7 @@ fn dispatch(cmd: Command) -> CliResult {
             let opts = RunOptions {
                 config_path: Some(config),
                 observer,
-                listener: None,
+                ..RunOptions::default()
             };
             runtime()?.block_on(app::run(cfg, opts))?;
             Ok(())
