@@ -15,7 +15,9 @@ use support_daemon::{free_port, temp_dir, Daemon};
 use support_http::Sink;
 
 fn read(rel: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(rel);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -40,7 +42,10 @@ fn get<'a>(u: &'a BTreeMap<String, Vec<String>>, k: &str) -> Vec<&'a str> {
 }
 
 fn rewrite(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "the example config no longer has {from:?}");
+    assert!(
+        text.contains(from),
+        "the example config no longer has {from:?}"
+    );
     text.replacen(from, to, 1)
 }
 
@@ -54,13 +59,26 @@ fn the_backfill_units_share_the_daemons_user_state_and_secrets() {
     assert_eq!(get(&daemon, "DynamicUser"), ["yes"]);
     assert_eq!(get(&backfill, "DynamicUser"), ["yes"]);
     let daemon_user = get(&daemon, "User");
-    assert!(daemon_user.is_empty() || daemon_user == ["callhook"], "{daemon_user:?}");
+    assert!(
+        daemon_user.is_empty() || daemon_user == ["callhook"],
+        "{daemon_user:?}"
+    );
     assert_eq!(get(&backfill, "User"), ["callhook"]);
-    for k in ["StateDirectory", "StateDirectoryMode", "LoadCredential", "EnvironmentFile", "UMask"] {
+    for k in [
+        "StateDirectory",
+        "StateDirectoryMode",
+        "LoadCredential",
+        "EnvironmentFile",
+        "UMask",
+    ] {
         assert_eq!(get(&backfill, k), get(&daemon, k), "{k}=");
     }
-    let run = get(&daemon, "ExecStart")[0].split_whitespace().collect::<Vec<_>>();
-    let exec = get(&backfill, "ExecStart")[0].split_whitespace().collect::<Vec<_>>();
+    let run = get(&daemon, "ExecStart")[0]
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    let exec = get(&backfill, "ExecStart")[0]
+        .split_whitespace()
+        .collect::<Vec<_>>();
     assert_eq!(exec[..2], [run[0], "backfill"]);
     let config = exec.iter().position(|a| *a == "--config").unwrap();
     assert_eq!(exec[config + 1], run[3], "the daemon's config");
@@ -123,8 +141,16 @@ async fn the_timer_backfill_enqueues_into_the_outbox_the_daemon_delivers() {
     // The example config, pointed at this test's addresses and directories.
     let sink = Sink::start().await;
     let example = read("callhook.example.yaml");
-    let cfg = rewrite(&example, "listen: 0.0.0.0:9188", &format!("listen: 127.0.0.1:{}", free_port()));
-    let cfg = rewrite(&cfg, "listen: 127.0.0.1:9189", &format!("listen: 127.0.0.1:{}", free_port()));
+    let cfg = rewrite(
+        &example,
+        "listen: 0.0.0.0:9188",
+        &format!("listen: 127.0.0.1:{}", free_port()),
+    );
+    let cfg = rewrite(
+        &cfg,
+        "listen: 127.0.0.1:9189",
+        &format!("listen: 127.0.0.1:{}", free_port()),
+    );
     let cfg = rewrite(
         &cfg,
         "state_dir: /var/lib/callhook",
@@ -132,7 +158,11 @@ async fn the_timer_backfill_enqueues_into_the_outbox_the_daemon_delivers() {
     );
     let cfg = rewrite(&cfg, "host: 192.0.2.10", "host: 127.0.0.1");
     let cfg = rewrite(&cfg, "port: 5038", &format!("port: {}", free_port()));
-    let cfg = rewrite(&cfg, "https://crm.example.com", &format!("http://{}", sink.addr));
+    let cfg = rewrite(
+        &cfg,
+        "https://crm.example.com",
+        &format!("http://{}", sink.addr),
+    );
     let cfg_path: PathBuf = dir.join("callhook.yaml");
     std::fs::write(&cfg_path, &cfg).unwrap();
     let cdr = dir.join("Master.csv");
@@ -165,12 +195,18 @@ async fn the_timer_backfill_enqueues_into_the_outbox_the_daemon_delivers() {
     let d = Daemon::start_file(&cfg_path, &env_ref);
     let got = sink.wait_for(1).await;
     assert_eq!(got[0].path(), "/api/calls");
-    assert_eq!(got[0].header("authorization").as_deref(), Some("Bearer change-me"));
+    assert_eq!(
+        got[0].header("authorization").as_deref(),
+        Some("Bearer change-me")
+    );
     // The next hourly run: already delivered, nothing new, no warning.
     let o = tokio::task::block_in_place(run_backfill);
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{err}");
-    assert!(err.contains("1 requests: 0 queued, 1 already delivered"), "{err}");
+    assert!(
+        err.contains("1 requests: 0 queued, 1 already delivered"),
+        "{err}"
+    );
     assert!(!err.contains("warning"), "{err}");
     drop(d);
     assert_eq!(sink.count(), 1);

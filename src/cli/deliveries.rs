@@ -29,9 +29,11 @@ pub fn json(r: &DeliveryRow, now: f64) -> serde_json::Result<Value> {
         }
         let expires = r.expires_at.map(rfc3339).unwrap_or(Value::Null);
         m.insert("expires_at".into(), expires);
-        let next = (r.status == Status::Pending)
-            .then(|| rfc3339(r.next_attempt_at))
-            .unwrap_or(Value::Null);
+        let next = if r.status == Status::Pending {
+            rfc3339(r.next_attempt_at)
+        } else {
+            Value::Null
+        };
         m.insert("next_attempt_at".into(), next);
         let age = (now - r.enqueued_at).max(0.0);
         m.insert(
