@@ -64,10 +64,10 @@ pub struct LogSettings {
 
 /// A problem in the `log:` section: the key and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
+#[error("log.{field}: {message}")]
 pub struct LogConfigError {
-    /// `log.level`.
-    pub key: &'static str,
+    /// The key inside `log:` (`level`).
+    pub field: &'static str,
     /// What is wrong.
     pub message: String,
     /// How to fix it.
@@ -79,7 +79,7 @@ impl LogConfig {
     pub fn validate(self) -> Result<LogSettings, LogConfigError> {
         if let Some(l) = &self.level {
             check_filter(l).map_err(|message| LogConfigError {
-                key: "log.level",
+                field: "level",
                 message,
                 hint: "one of off, error, warn, info, debug, trace, or a filter such as info,callhook::deliver=debug",
             })?;
@@ -189,7 +189,7 @@ mod tests {
         assert!(ok("debug").is_ok());
         assert!(ok("info,callhook::deliver=trace").is_ok());
         let e = ok("loud").unwrap_err();
-        assert_eq!(e.key, "log.level");
+        assert_eq!(e.field, "level");
         assert!(ok("").is_err());
         assert_eq!(LogFormat::parse("JSON"), Some(LogFormat::Json));
         assert_eq!(LogFormat::parse("xml"), None);

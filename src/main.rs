@@ -98,7 +98,7 @@ enum Command {
         #[arg(required = true)]
         captures: Vec<PathBuf>,
         /// Configuration file (classification, rules, targets).
-        #[arg(short, long)]
+        #[arg(short, long, env = "CALLHOOK_CONFIG")]
         config: Option<PathBuf>,
         /// Print the requests the rules would send instead of sending them.
         #[arg(long, requires = "config")]
@@ -120,8 +120,17 @@ enum Command {
     /// line and column, and exits non-zero when there is one.
     Check {
         /// Configuration file (YAML).
-        #[arg(short, long)]
+        #[arg(short, long, env = "CALLHOOK_CONFIG")]
         config: PathBuf,
+    },
+    /// Run rule-set unit tests: each FILE names a rule set (or a config) and
+    /// gives model events or captures with the requests they must produce
+    /// (format in the README, examples in rules/tests/). Exits non-zero
+    /// when a test fails.
+    Test {
+        /// Test files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Inspect and retry deliveries in the outbox (`state_dir` of the config).
     Deliveries(DeliveriesArgs),
@@ -162,7 +171,7 @@ enum Command {
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    callhook::config::parse_duration(s)
+    callhook::values::parse_duration(s)
         .filter(|d| !d.is_zero())
         .ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 5m, 1h)"))
 }
@@ -203,12 +212,14 @@ struct BackfillArgs {
     #[arg(long, value_name = "WHEN")]
     until: Option<String>,
     /// Time zone of the CDR times: `auto` (default): each call's offset
-    /// from its uniqueid, which follows daylight saving (`auto:+01:00` sets
-    /// the offset for ids that do not tell, else UTC); `UTC` (right with
-    /// `usegmtime=yes`); or a fixed offset (`+02:00`, `-0300`).
+    /// from its uniqueid, which follows daylight saving (`auto:Europe/Madrid`
+    /// or `auto:+01:00` sets the zone for ids that do not tell, else UTC);
+    /// an IANA name (`America/Mexico_City`, daylight saving applied to
+    /// every time); `UTC` (right with `usegmtime=yes`); or a fixed offset
+    /// (`+02:00`, `-0300`).
     #[arg(
         long,
-        value_name = "OFFSET|auto",
+        value_name = "ZONE|OFFSET|auto",
         default_value = "auto",
         env = "CALLHOOK_CDR_TIMEZONE"
     )]
@@ -344,6 +355,109 @@ fn load(path: &Path) -> CliResult<Config> {
     Ok(cfg)
 }
 
+/// Loads a configuration for `run`: what `check` accepts (status 3
+/// otherwise), warnings logged.
+fn load_daemon(path: &Path) -> CliResult<Config> {
+    let cfg = load(path)?;
+    let errors = cfg.daemon_errors();
+    if !errors.is_empty() {
+        let e = callhook::config::ConfigErrors {
+            file: path.to_path_buf(),
+            errors,
+            warnings: Vec::new(),
+        };
+        return Err(fail!(Code::Config, "{e}"));
+    }
+    for w in cfg.daemon_warnings() {
+        tracing::warn!("{}", w.render(path));
+    }
+    Ok(cfg)
+}
+
+/// `check`: every error and warning; status 3 on an error (what `run`
+/// would refuse).
+fn check_cmd(config: &Path) -> CliResult {
+    let print_warnings = |ws: &[callhook::config::ConfigError]| {
+        for w in ws {
+            eprintln!("  warning: {}", w.render(config));
+        }
+    };
+    match Config::load(config) {
+        Ok(cfg) => {
+            let errors = cfg.daemon_errors();
+            let warnings = cfg.daemon_warnings();
+            if !errors.is_empty() {
+                let e = callhook::config::ConfigErrors {
+                    file: config.to_path_buf(),
+                    errors,
+                    warnings: Vec::new(),
+                };
+                print_warnings(&warnings);
+                return Err(fail!(Code::Config, "{e}"));
+            }
+            let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+            writeln!(
+                std::io::stdout().lock(),
+                "{}: ok ({}, {}, {}{})",
+                config.display(),
+                n(cfg.pbx.len(), "PBX"),
+                n(cfg.targets.len(), "target"),
+                n(cfg.rules.len(), "rule"),
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", n(warnings.len(), "warning"))
+                },
+            )?;
+            print_warnings(&warnings);
+            Ok(())
+        }
+        Err(e) => {
+            print_warnings(&e.warnings);
+            Err(fail!(Code::Config, "{e}"))
+        }
+    }
+}
+
+/// `test`: runs every file, prints each case; status 1 when a case fails
+/// or a file cannot run.
+fn test_cmd(files: &[PathBuf]) -> CliResult {
+    let (mut passed, mut failed, mut broken) = (0, 0, 0);
+    let mut out = std::io::stdout().lock();
+    for f in files {
+        let r = callhook::ruletest::run_file(f);
+        write!(out, "{}", r.render())?;
+        broken += usize::from(!r.errors.is_empty());
+        for c in &r.cases {
+            if c.failures.is_empty() {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{passed} passed, {failed} failed{}",
+        if broken > 0 {
+            format!(
+                " ({broken} file{} could not run)",
+                if broken == 1 { "" } else { "s" }
+            )
+        } else {
+            String::new()
+        }
+    )?;
+    drop(out);
+    if failed > 0 || broken > 0 {
+        return Err(fail!(
+            Code::Runtime,
+            "{failed} test cases failed, {broken} files could not run"
+        ));
+    }
+    Ok(())
+}
+
 fn runtime() -> CliResult<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().code_with(Code::Runtime, || "starting the runtime")
 }
@@ -379,32 +493,10 @@ fn dispatch(cmd: Command) -> CliResult {
             pbx,
             timeout,
         } => cli::replay::run(captures, config, dry_run, format.into(), pbx, timeout),
-        Command::Check { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                let n =
-                    |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
-                let mut out = std::io::stdout().lock();
-                writeln!(
-                    out,
-                    "{}: ok ({}, {}, {})",
-                    config.display(),
-                    n(cfg.pbx.len(), "PBX"),
-                    n(cfg.targets.len(), "target"),
-                    n(cfg.rules.len(), "rule"),
-                )?;
-                Ok(())
-            }
-            Err(e) => Err(fail!(Code::Config, "{e}")),
-        },
+        Command::Check { config } => check_cmd(&config),
+        Command::Test { files } => test_cmd(&files),
         Command::Run { config, print } => {
-            let cfg = load(&config)?;
-            if cfg.pbx.is_empty() && cfg.push.is_none() {
-                return Err(fail!(
-                    Code::Config,
-                    "{}: no source configured (add a `pbx:` entry or a `push:` section)",
-                    config.display()
-                ));
-            }
+            let cfg = load_daemon(&config)?;
             let observer = print.map(|f| {
                 let f: Format = f.into();
                 Box::new(move |evs: &[ModelEvent]| {

@@ -16,7 +16,7 @@ pub fn run(args: BackfillArgs) -> CliResult {
     let timezone = CdrTimezone::parse(&args.cdr_timezone).ok_or_else(|| {
         fail!(
             Code::Usage,
-            "--cdr-timezone {:?}: write UTC, an offset such as +02:00 or -0300, or auto",
+            "--cdr-timezone {:?}: write a time zone name such as America/Mexico_City, UTC, an offset such as +02:00 or -0300, or auto",
             args.cdr_timezone
         )
     })?;
@@ -45,7 +45,7 @@ pub fn run(args: BackfillArgs) -> CliResult {
     let since = bound(&args.since, "--since")?;
     let until = bound(&args.until, "--until")?;
     let window = match &args.group_window {
-        Some(w) => callhook::config::parse_duration(w)
+        Some(w) => callhook::values::parse_duration(w)
             .ok_or_else(|| {
                 fail!(
                     Code::Usage,
@@ -63,7 +63,7 @@ pub fn run(args: BackfillArgs) -> CliResult {
     };
     let opts = Options {
         pbx,
-        timezone,
+        timezone: timezone.clone(),
         since,
         until,
         window,
