@@ -144,7 +144,7 @@ pub fn run(args: BackfillArgs) -> CliResult {
                 );
             } else if s.queued > 0 {
                 eprintln!(
-                    "warning: no `callhook run` is using {} (its lock is free): the {} queued requests wait there until a daemon with this state_dir starts, or add --deliver. (Is state_dir the daemon's? A relative one depends on the working directory, and cron's is not the daemon's.)",
+                    "warning: no `callhook run` is using {} (its lock is free): the {} queued requests wait there until a daemon with this state_dir starts, or add --deliver. (Is this the daemon's state_dir? Without an absolute one, a daemon under systemd uses $STATE_DIRECTORY, other processes the directory beside the config.)",
                     cfg.state_dir.display(),
                     s.queued
                 );
