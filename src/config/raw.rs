@@ -67,6 +67,9 @@ pub struct RawConfig {
     pub http: crate::http::limits::RawHttpLimits,
     /// Extension state tracking (see `presence::config`).
     pub presence: Option<crate::presence::RawPresence>,
+    /// Log format and level (see `logging`).
+    #[serde(default)]
+    pub log: crate::logging::LogConfig,
 }
 
 /// A rule-set file named by `include`.
