@@ -1,5 +1,6 @@
 //! The team's clock offset (delivery freshness limits use it).
 
+/// Length of one clock-offset window, seconds.
 const CLOCK_WINDOW: f64 = 300.0;
 
 /// The team's clock offset: the largest `eventTime − received_at` over the
