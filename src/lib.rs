@@ -12,6 +12,9 @@
 //! - [`normalize`]: source events → the call model, emitting
 //!   [`model::ModelEvent`]s (leg and call transitions, finished records).
 //! - [`model`]: the call model types (pure data, the documented JSON).
+//! - [`presence`]: extension state per PBX and push team, from the AMI
+//!   client's presence events and the model's events (consumes both,
+//!   feeds nothing back).
 //! - [`backfill`]: CDR `Master.csv` → finished call records, the same
 //!   model semantics, rules and outbox as live traffic.
 //! - [`rules`]: which model events become which requests; [`template`]:
@@ -44,6 +47,7 @@ pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod notify;
+pub mod presence;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

@@ -115,6 +115,11 @@ enum Command {
         /// dead or expired.
         #[arg(long, value_name = "DURATION", requires = "config", conflicts_with = "dry_run", value_parser = parse_duration_arg)]
         timeout: Option<Duration>,
+        /// Print the presence timeline (every extension's state changes,
+        /// then the table at the end) instead of the call model; sends
+        /// nothing.
+        #[arg(long, conflicts_with_all = ["dry_run", "timeout"])]
+        presence: bool,
     },
     /// Validate a configuration file; prints every problem with its file,
     /// line and column, and exits non-zero when there is one.
@@ -492,7 +497,14 @@ fn dispatch(cmd: Command) -> CliResult {
             format,
             pbx,
             timeout,
-        } => cli::replay::run(captures, config, dry_run, format.into(), pbx, timeout),
+            presence,
+        } => {
+            if presence {
+                cli::replay::run_presence(captures, config, format.into(), pbx)
+            } else {
+                cli::replay::run(captures, config, dry_run, format.into(), pbx, timeout)
+            }
+        }
         Command::Check { config } => check_cmd(&config),
         Command::Test { files } => test_cmd(&files),
         Command::Run { config, print } => {

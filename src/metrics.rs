@@ -82,6 +82,21 @@ pub struct Metrics {
     /// Push endpoint requests by team (configured teams, else `unknown`)
     /// and outcome (accepted, duplicate, unauthorized, bad_request, unavailable).
     pub push_requests: IntCounterVec,
+    /// Presence inputs by kind (extension_status, device_state,
+    /// registration, hold, state_list, model, other).
+    pub presence_inputs: IntCounterVec,
+    /// Presence inputs ignored, by reason (bad_status, bad_extension,
+    /// table_full, too_many_calls).
+    pub presence_ignored: IntCounterVec,
+    /// Extension state changes, by new state.
+    pub presence_changes: IntCounterVec,
+    /// Presence inputs dropped because a queue was full (queue: source, model).
+    pub presence_dropped: IntCounterVec,
+    /// Extensions in the presence tables.
+    pub presence_extensions: IntGauge,
+    /// Calls dropped from the presence table because the model never ended
+    /// them (presence.max_ringing, calls.max_age).
+    pub presence_calls_expired: IntCounter,
     /// Open inbound HTTP connections, by listener (`listen`, `admin`).
     pub http_connections: IntGaugeVec,
     /// The connection cap in force, by listener.
@@ -141,6 +156,7 @@ pub const CONFIG_RESTART_KEYS: &[&str] = &[
     "push.token_param",
     "push.token_header",
     "pbx.queue_capacity",
+    "presence",
 ];
 
 /// The process-wide metrics.
@@ -403,6 +419,48 @@ impl Metrics {
                 "callhook_push_requests_total",
                 "Push endpoint requests by team and outcome",
                 &["team", "outcome"],
+            ),
+            presence_inputs: counter_vec(
+                &r,
+                "callhook_presence_inputs_total",
+                "Presence inputs by kind",
+                &["kind"],
+            ),
+            presence_ignored: counter_vec(
+                &r,
+                "callhook_presence_ignored_total",
+                "Presence inputs ignored, by reason",
+                &["reason"],
+            ),
+            presence_changes: counter_vec(
+                &r,
+                "callhook_presence_changes_total",
+                "Extension state changes, by new state",
+                &["state"],
+            ),
+            presence_dropped: counter_vec(
+                &r,
+                "callhook_presence_dropped_total",
+                "Presence inputs dropped because a queue was full",
+                &["queue"],
+            ),
+            presence_extensions: register(
+                &r,
+                "callhook_presence_extensions",
+                IntGauge::new(
+                    "callhook_presence_extensions",
+                    "Extensions in the presence tables",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            presence_calls_expired: register(
+                &r,
+                "callhook_presence_calls_expired_total",
+                IntCounter::new(
+                    "callhook_presence_calls_expired_total",
+                    "Calls dropped from the presence table because the model never ended them",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
             ),
             http_connections: gauge_vec(
                 &r,

@@ -110,6 +110,8 @@ pub struct Config {
     pub classify: RawClassify,
     /// Things that are allowed but probably not meant (sorted like errors).
     pub warnings: Vec<ConfigError>,
+    /// Extension state tracking.
+    pub presence: crate::presence::PresenceConfig,
     /// Log settings of the `log:` section (the command line and the
     /// environment may override them).
     pub log: crate::logging::LogSettings,
@@ -159,6 +161,7 @@ impl Config {
             http: crate::http::limits::HttpLimits::default(),
             classify: RawClassify::default(),
             warnings: Vec::new(),
+            presence: crate::presence::PresenceConfig::default(),
             log: crate::logging::LogSettings::default(),
         }
     }
@@ -336,6 +339,13 @@ impl Config {
         )
         .as_secs_f64();
         let pbx_ids: Vec<String> = pbx.iter().map(|p| p.id.clone()).collect();
+        let tenant_ids: Vec<String> = pbx_ids
+            .iter()
+            .cloned()
+            .chain(raw.push.iter().flat_map(|p| p.teams.keys().cloned()))
+            .collect();
+        let presence =
+            crate::presence::config::validate(raw.presence.take(), &tenant_ids, &mut problems);
         let push = raw
             .push
             .take()
@@ -378,6 +388,7 @@ impl Config {
             http,
             classify,
             warnings,
+            presence,
             log,
         })
     }

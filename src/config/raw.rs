@@ -65,6 +65,8 @@ pub struct RawConfig {
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
+    /// Extension state tracking (see `presence::config`).
+    pub presence: Option<crate::presence::RawPresence>,
     /// Log format and level (see `logging`).
     #[serde(default)]
     pub log: crate::logging::LogConfig,

@@ -11,7 +11,8 @@
 //! `admin` (the token), the push endpoint's mount (`push` added or removed,
 //! `push.path`, `push.token_param`, `push.token_header`), and a larger
 //! shared event queue (`pbx.queue_capacity`: the sum over PBXs is sized at
-//! start).
+//! start), and `presence` (the tracker and the clients' state actions keep
+//! the settings they started with).
 
 use super::Config;
 
@@ -63,6 +64,7 @@ pub fn restart_required(
         "pbx.queue_capacity",
         queue_capacity(new, push_room) > queue.max(1),
     );
+    diff("presence", started.presence != new.presence);
     out
 }
 
