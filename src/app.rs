@@ -474,6 +474,26 @@ pub async fn run_until(
     drop(reload_tx);
     drop(push_state);
 
+    // FastAGI call routing: an edge of its own (it feeds nothing downstream).
+    let agi_token = CancellationToken::new();
+    let mut agi_router_tx = None;
+    let mut agi_task = None;
+    if let Some(a) = &cfg.agi {
+        let addr = a.settings.listen;
+        let l = bind(addr).await?;
+        info!(addr = %l.local_addr().unwrap_or(addr), routes = a.router.routes.len(), max_sessions = a.settings.max_sessions, "FastAGI listening");
+        metrics().agi.init_series(&a.router.names());
+        let (tx, rx) = watch::channel(a.router.clone());
+        agi_router_tx = Some(tx);
+        agi_task = Some(tokio::spawn(crate::agi::serve(
+            l,
+            a.settings.clone(),
+            rx,
+            agi_token.clone(),
+        )));
+    }
+    let agi_listen = cfg.agi.as_ref().map(|a| a.settings.listen);
+
     // Reloads.
     let config_path = opts.config_path.clone();
     let push_mount = cfg.push.as_ref().map(|p| {
@@ -505,6 +525,13 @@ pub async fn run_until(
                             if let Some(p) = &new.push {
                                 push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
                             }
+                        }
+                        if new.agi.as_ref().map(|a| a.settings.listen) != agi_listen {
+                            warn!("agi section added, removed, or its listen address changed: restart to apply");
+                        }
+                        if let (Some(tx), Some(a)) = (&agi_router_tx, &new.agi) {
+                            metrics().agi.init_series(&a.router.names());
+                            tx.send_replace(a.router.clone());
                         }
                         init_series(&new);
                         metrics()
@@ -599,6 +626,10 @@ pub async fn run_until(
     watchdog_token.cancel();
     let _ = watchdog.await;
     sources_token.cancel();
+    agi_token.cancel();
+    if let Some(t) = agi_task {
+        let _ = t.await;
+    }
     for h in &handles {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
             .await

@@ -92,6 +92,8 @@ pub struct RawConfig {
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
+    /// The FastAGI call-routing server (see `agi::config`).
+    pub agi: Option<crate::agi::RawAgi>,
 }
 
 /// The asterCC-style push endpoint.
@@ -336,6 +338,8 @@ pub struct Config {
     pub admin_max_connections: usize,
     /// Limits of every HTTP listener.
     pub http: crate::http::limits::HttpLimits,
+    /// The FastAGI server (none: not started).
+    pub agi: Option<crate::agi::AgiConfig>,
 }
 
 /// A configuration problem, with where it is when known.
@@ -1235,8 +1239,39 @@ impl RawConfig {
             }
         }
         let main_text = src.files.first().map(|f| f.1.clone()).unwrap_or_default();
+        let raw_agi = self.agi.take();
         match self.validate(base) {
             Ok(mut cfg) => {
+                if let Some(raw) = &raw_agi {
+                    let targets = Arc::new(targets.clone());
+                    let pbx_ids: Vec<String> = cfg.pbx.iter().map(|p| p.id.clone()).collect();
+                    let cx = crate::agi::BuildContext {
+                        targets: &targets,
+                        classifier: &cfg.normalizer.classifier,
+                        pbx_ids: &pbx_ids,
+                        env: &spec.env,
+                    };
+                    match crate::agi::build(raw, &cx) {
+                        Ok(a) => cfg.agi = Some(a),
+                        Err(ps) => {
+                            for p in ps {
+                                let err = ConfigError {
+                                    file: None,
+                                    path: p.path.clone(),
+                                    location: None,
+                                    message: p.message,
+                                    hint: p.hint,
+                                };
+                                let key = p.path.rsplit('.').next().unwrap_or("");
+                                let key = key.split('[').next().unwrap_or("");
+                                let needle = p
+                                    .needle
+                                    .or_else(|| (!key.is_empty()).then(|| format!("{key}:")));
+                                errors.push(src.place(err, 0, needle.as_deref(), Some("agi:")));
+                            }
+                        }
+                    }
+                }
                 if errors.is_empty() {
                     cfg.listen = listen;
                     cfg.state_dir = state_dir;
@@ -1313,6 +1348,7 @@ impl Config {
             admin_listen: None,
             admin_max_connections: crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS,
             http: crate::http::limits::HttpLimits::default(),
+            agi: None,
         }
     }
 }
