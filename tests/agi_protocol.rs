@@ -22,7 +22,12 @@ fn script(name: &str) -> Vec<String> {
     transcript(name)
         .into_iter()
         .filter_map(|r| match r {
-            Rec::Out(b) => Some(String::from_utf8(b).unwrap().trim_end_matches('\n').to_string()),
+            Rec::Out(b) => Some(
+                String::from_utf8(b)
+                    .unwrap()
+                    .trim_end_matches('\n')
+                    .to_string(),
+            ),
             _ => None,
         })
         .collect()
@@ -55,7 +60,10 @@ async fn lab_server(listener: TcpListener, name: String) {
     for (k, v) in t["agi_environment"].as_object().unwrap() {
         assert_eq!(env.get(k), v.as_str(), "{name}: {k}");
     }
-    assert_eq!(env.script(), t["agi_environment"]["agi_network_script"].as_str().unwrap());
+    assert_eq!(
+        env.script(),
+        t["agi_environment"]["agi_network_script"].as_str().unwrap()
+    );
     let steps: Vec<&Value> = t["steps"]
         .as_array()
         .unwrap()
@@ -77,7 +85,10 @@ async fn lab_server(listener: TcpListener, name: String) {
         // The shapes a library gets wrong.
         let first = &want[0];
         if first.starts_with("200 result=") {
-            assert!(reply.is_success() && reply.result.is_some(), "{name}: {first}");
+            assert!(
+                reply.is_success() && reply.result.is_some(),
+                "{name}: {first}"
+            );
         }
         if first.starts_with("520-") {
             assert_eq!(reply.code, 520);

@@ -47,7 +47,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::protocol::quote;
+use super::protocol::{arg, quote};
 use super::session::{Session, SessionError};
 use crate::rules::{Scalar, Words};
 use crate::template::{EventKind, TemplateContext, TemplateError, Templates, TextTemplate};
@@ -925,8 +925,9 @@ impl Runner<'_> {
         actions: &[Action],
     ) -> Result<Flow, SessionError> {
         for a in actions {
+            // After a hangup only `set` runs (the h extension sees it).
             if s.is_dead() && a.kind() != ActionKind::Set {
-                return Ok(Flow::Done);
+                continue;
             }
             if self.one(s, st, a).await? == Flow::Done {
                 return Ok(Flow::Done);
@@ -941,7 +942,7 @@ impl Runner<'_> {
         app: &str,
         args: &str,
     ) -> Result<(), SessionError> {
-        match quote(args) {
+        match arg(args) {
             Ok(q) => {
                 s.command(&format!("EXEC {app} {q}"), self.session_deadline)
                     .await?;
@@ -1039,7 +1040,7 @@ impl Runner<'_> {
                 self.answer(s, st).await?;
                 for f in files {
                     if s.is_dead() {
-                        return Ok(Flow::Done);
+                        break;
                     }
                     s.command(&format!("STREAM FILE {f} \"\""), self.media())
                         .await?;
@@ -1050,7 +1051,7 @@ impl Runner<'_> {
                 for (k, v) in vars {
                     match self
                         .render(v, check_value)
-                        .and_then(|v| quote(&v).map_err(|e| e.0))
+                        .and_then(|v| arg(&v).map_err(|e| e.0))
                     {
                         Ok(q) => {
                             s.command(&format!("SET VARIABLE {k} {q}"), self.quick())

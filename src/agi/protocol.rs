@@ -421,6 +421,19 @@ pub fn quote(s: &str) -> Result<String, UnsafeArg> {
     Ok(out)
 }
 
+/// `s` as one AGI argument, bare when it needs no quotes (no space,
+/// quote or backslash: `1`, `SIP/1002,20,tT`), else [`quote`]d.
+pub fn arg(s: &str) -> Result<String, UnsafeArg> {
+    let bare = !s.is_empty()
+        && s.chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\');
+    if bare {
+        Ok(s.to_string())
+    } else {
+        quote(s)
+    }
+}
+
 /// Splits a command line as Asterisk's `parse_args` does (for tests and
 /// for the fake PBX): whitespace separates, `"` groups, `\` escapes.
 pub fn split_args(line: &str) -> Vec<String> {
@@ -625,6 +638,15 @@ mod tests {
                 vec!["SET", "VARIABLE", "X", v]
             );
         }
+        for v in ["1", "SIP/1002,20,tT", "", "a b", "x\"y"] {
+            let a = arg(v).unwrap();
+            assert_eq!(
+                split_args(&format!("EXEC Dial {a}")),
+                vec!["EXEC", "Dial", v]
+            );
+        }
+        assert_eq!(arg("SIP/1002,20,tT").unwrap(), "SIP/1002,20,tT");
+        assert!(arg("a\nb").is_err());
         assert!(quote("a\nHANGUP").is_err());
         assert!(quote("a\rb").is_err());
         assert_eq!(

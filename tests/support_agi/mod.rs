@@ -234,6 +234,8 @@ pub struct Plan {
     pub hangup_after: Option<Duration>,
     /// Send `100 Trying` before every reply.
     pub trying: bool,
+    /// Never answer a command starting with this (a stuck PBX).
+    pub stall_on: Option<String>,
 }
 
 impl Plan {
@@ -246,6 +248,7 @@ impl Plan {
             hangup_on_stream: None,
             hangup_after: None,
             trying: false,
+            stall_on: None,
         }
     }
 
@@ -254,7 +257,11 @@ impl Plan {
     pub fn with_env(scenario: &str, set: &[(&str, &str)]) -> Plan {
         let mut p = Plan::from_fixture(scenario);
         let text = String::from_utf8(p.env.concat()).unwrap();
-        let mut lines: Vec<String> = text.trim_end_matches('\n').lines().map(str::to_string).collect();
+        let mut lines: Vec<String> = text
+            .trim_end_matches('\n')
+            .lines()
+            .map(str::to_string)
+            .collect();
         for (k, v) in set {
             let line = format!("{k}: {v}");
             match lines.iter_mut().find(|l| l.starts_with(&format!("{k}:"))) {
@@ -344,12 +351,18 @@ impl FakeAsterisk {
                 let mut chunk = [0u8; 4096];
                 let read = async {
                     match hangup_at {
-                        Some(t) if !dead => tokio::time::timeout_at(t, s.read(&mut chunk)).await.ok(),
+                        Some(t) if !dead => {
+                            tokio::time::timeout_at(t, s.read(&mut chunk)).await.ok()
+                        }
                         _ => Some(s.read(&mut chunk).await),
                     }
                 };
                 match timeout(WAIT * 3, read).await {
-                    Err(_) => panic!("the server neither spoke nor closed for {:?}; so far {:?}", WAIT * 3, seen.commands),
+                    Err(_) => panic!(
+                        "the server neither spoke nor closed for {:?}; so far {:?}",
+                        WAIT * 3,
+                        seen.commands
+                    ),
                     Ok(None) => {
                         dead = true;
                         let _ = s.write_all(b"HANGUP\n").await;
@@ -365,6 +378,13 @@ impl FakeAsterisk {
             };
             seen.commands.push(line.clone());
             let up = line.to_ascii_uppercase();
+            if plan
+                .stall_on
+                .as_deref()
+                .is_some_and(|p| up.starts_with(&p.to_ascii_uppercase()))
+            {
+                continue;
+            }
             if plan.trying {
                 let _ = s.write_all(b"100 result=0 Trying...\n").await;
             }
@@ -421,7 +441,10 @@ impl FakeAsterisk {
                 dead = true;
                 after = Some(b"HANGUP\n");
                 "200 result=1\n".into()
-            } else if up.starts_with("SET CONTEXT") || up.starts_with("SET EXTENSION") || up.starts_with("SET PRIORITY") {
+            } else if up.starts_with("SET CONTEXT")
+                || up.starts_with("SET EXTENSION")
+                || up.starts_with("SET PRIORITY")
+            {
                 "200 result=0\n".into()
             } else if up.starts_with("NOOP") || up.starts_with("VERBOSE") {
                 "200 result=0\n".into()
