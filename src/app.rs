@@ -366,6 +366,9 @@ pub async fn run_until(
             ack_wait: ACK_WAIT,
         }))
     });
+    // A daemon that only routes calls (FastAGI) has no source feeding the
+    // queue: keep it open until shutdown.
+    let _agi_keeps_queue_open = cfg.agi.as_ref().map(|_| tx.clone());
     drop(tx);
 
     // HTTP.

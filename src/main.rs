@@ -83,6 +83,9 @@ enum Command {
     /// Malformed rows are reported with their line number and skipped.
     #[command(after_long_help = BACKFILL_HELP)]
     Backfill(BackfillArgs),
+    /// Print the argon2id hash of a PIN read from stdin, for `pin.hash` of
+    /// an AGI route (`echo 4711 | callhook hash-pin`).
+    HashPin,
 }
 
 const BACKFILL_HELP: &str = "\
@@ -255,11 +258,24 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         },
+        Command::HashPin => {
+            let mut pin = String::new();
+            std::io::stdin().read_line(&mut pin)?;
+            let pin = pin.trim_end_matches(['\r', '\n']);
+            if pin.is_empty() || !pin.chars().all(|c| c.is_ascii_digit() || c == '*') {
+                bail!("a PIN is digits (and *), read from stdin: echo 4711 | callhook hash-pin");
+            }
+            println!(
+                "{}",
+                callhook::agi::pin::hash_pin(pin).map_err(anyhow::Error::msg)?
+            );
+            Ok(())
+        }
         Command::Run { config, print } => {
             let cfg = load(&config)?;
-            if cfg.pbx.is_empty() && cfg.push.is_none() {
+            if cfg.pbx.is_empty() && cfg.push.is_none() && cfg.agi.is_none() {
                 bail!(
-                    "{}: no source configured (add a `pbx:` entry or a `push:` section)",
+                    "{}: no source configured (add a `pbx:` entry, a `push:` or an `agi:` section)",
                     config.display()
                 );
             }
