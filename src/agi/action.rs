@@ -368,7 +368,7 @@ pub fn parse_cause(s: &str) -> Option<u8> {
 
 /// A ring timeout: `20s`, `1m` or seconds (1 s – 1 h).
 fn parse_timeout(s: &str) -> Option<u64> {
-    let d = crate::config::parse_duration(s)?;
+    let d = crate::values::parse_duration(s)?;
     let secs = d.as_secs_f64().round() as u64;
     (1..=3600).contains(&secs).then_some(secs)
 }

@@ -93,7 +93,7 @@ impl AgiCall {
             .or_else(|| present(env.get("agi_dnid")));
         let extension =
             match classifier.classify(&channel, Some(context.as_str()).filter(|c| !c.is_empty())) {
-                Party::Extension(e) => Some(e),
+                Party::Extension(e) => Some(e.to_string()),
                 _ => None,
             };
         apply_rewrites(rewrites, &mut caller, &mut dialed);

@@ -271,7 +271,7 @@ impl Build {
         max: Duration,
     ) -> Duration {
         let Some(s) = v else { return default };
-        match crate::config::parse_duration(&s.0) {
+        match crate::values::parse_duration(&s.0) {
             Some(d) if d >= min && d <= max => d,
             Some(_) => {
                 self.push(
@@ -355,7 +355,7 @@ impl Build {
 }
 
 fn expand(s: &str, path: &str, b: &mut Build) -> String {
-    let (v, missing) = crate::config::expand_vars(s);
+    let (v, missing) = crate::values::expand_vars(s);
     for m in missing {
         b.push(
             path,
@@ -382,7 +382,7 @@ pub fn build(raw: &RawAgi, cx: &BuildContext<'_>) -> Result<AgiConfig, Vec<AgiPr
             );
             None
         }
-        Some(l) => match crate::config::parse_listen_addr(l) {
+        Some(l) => match crate::values::parse_listen_addr(l) {
             Some(a) => Some(a),
             None => {
                 b.push(
@@ -485,7 +485,7 @@ pub fn build(raw: &RawAgi, cx: &BuildContext<'_>) -> Result<AgiConfig, Vec<AgiPr
     });
     let tz = match raw.timezone.as_deref() {
         None => TimeZone::UTC,
-        Some(z) => crate::rules::schedule::parse_zone(z).unwrap_or_else(|| {
+        Some(z) => crate::values::parse_zone(z).unwrap_or_else(|| {
             b.push(
                 "agi.timezone",
                 format!("unknown time zone {z:?}"),

@@ -69,11 +69,11 @@ pub struct RawCrm {
     /// HTTP method.
     pub method: Option<String>,
     /// Header templates.
-    pub headers: Option<serde_yaml::Mapping>,
+    pub headers: Option<crate::yaml::Mapping>,
     /// JSON body.
-    pub json: Option<serde_yaml::Value>,
+    pub json: Option<crate::yaml::Value>,
     /// Form body.
-    pub form: Option<serde_yaml::Mapping>,
+    pub form: Option<crate::yaml::Mapping>,
     /// Text body.
     pub body: Option<String>,
     /// Whole-exchange timeout (default 2s).

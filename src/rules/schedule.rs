@@ -84,27 +84,6 @@ fn minute_of(s: &str) -> Option<u16> {
     Some(h * 60 + m)
 }
 
-/// Parses a time zone: an IANA name, `UTC`/`Z`, or `±HH:MM` / `±HH`.
-pub fn parse_zone(s: &str) -> Option<TimeZone> {
-    let t = s.trim();
-    if t.eq_ignore_ascii_case("utc") || t == "Z" {
-        return Some(TimeZone::UTC);
-    }
-    if let Some(sign) = t.chars().next().filter(|c| *c == '+' || *c == '-') {
-        let rest = &t[1..];
-        let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
-        let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
-        if h > 18 || m >= 60 {
-            return None;
-        }
-        let secs = (h * 3600 + m * 60) * if sign == '-' { -1 } else { 1 };
-        return jiff::tz::Offset::from_seconds(secs)
-            .ok()
-            .map(TimeZone::fixed);
-    }
-    TimeZone::get(t).ok()
-}
-
 impl Schedule {
     /// Compiles a `time:` condition; `fallback` is the zone used when none
     /// is given. Every problem is reported.
@@ -179,7 +158,7 @@ impl Schedule {
         let tz = match &spec.timezone {
             None => Some(fallback.clone()),
             Some(z) => {
-                let tz = parse_zone(z);
+                let tz = crate::values::parse_zone(z);
                 if tz.is_none() {
                     errs.push(ScheduleError {
                         field: "timezone",
