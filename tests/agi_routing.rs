@@ -568,3 +568,80 @@ async fn addresses_outside_allow_from_and_connections_over_the_caps_are_closed_a
     assert!(started.elapsed() < Duration::from_secs(2));
     s.stop().await;
 }
+
+#[test]
+fn every_problem_in_the_agi_section_is_reported_with_its_position() {
+    let yaml = r#"targets:
+  crm: {}
+agi:
+  listen: 127.0.0.1:4573
+  allow_from: [10.0.0.0/33]
+  routes:
+    - name: a
+      when: { dialed: "_[12", tyme: x }
+      actions: [ { dial: { channels: ["SIP/1001,60,tTL(1)"] } } ]
+    - name: a
+      when: { time: { days: mon-fry, timezone: Mars/Olympus } }
+      pin: { hash: "4711" }
+      actions: [ { hangup: busy, playback: x } ]
+    - name: c
+      crm: { target: nope, url: "http://127.0.0.1:9/x?c=%CALLER_IDD%", timeout: 1m }
+      actions: [ { set: { "bad name": 1 } } ]
+"#;
+    let errors = Config::from_text(yaml, &std::env::temp_dir()).unwrap_err();
+    let got: Vec<(String, usize)> = errors
+        .iter()
+        .map(|e| (e.path.clone(), e.location.map_or(0, |l| l.0)))
+        .collect();
+    let want_paths = [
+        ("agi.allow_from[0]", 5),
+        ("agi.routes[0].when.tyme", 8),
+        ("agi.routes[0].when.dialed", 8),
+        ("agi.routes[0].actions[0].dial.channels[0]", 9),
+        ("agi.routes[1].name", 10),
+        ("agi.routes[1].when.time.days", 11),
+        ("agi.routes[1].when.time.timezone", 11),
+        ("agi.routes[1].pin.hash", 12),
+        ("agi.routes[1].actions[0]", 13),
+        ("agi.routes[2].crm.target", 15),
+        ("agi.routes[2].crm.url", 15),
+        ("agi.routes[2].crm.timeout", 15),
+        ("agi.routes[2].actions", 16),
+    ];
+    for (p, line) in want_paths {
+        assert!(
+            got.iter().any(|(gp, gl)| gp == p && *gl == line),
+            "missing {p} at line {line}; got {got:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reload_swaps_the_routes_for_new_calls() {
+    let dir = std::env::temp_dir();
+    let text = |chan: &str| {
+        format!(
+            "agi:\n  listen: 127.0.0.1:4573\n  routes:\n    - name: r\n      actions: [ {{ dial: {{ channels: [\"{chan}\"] }} }} ]\n"
+        )
+    };
+    let a = Config::from_text(&text("SIP/1001"), &dir)
+        .unwrap()
+        .agi
+        .unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = watch::channel(a.router.clone());
+    let token = CancellationToken::new();
+    let task = tokio::spawn(callhook::agi::serve(l, a.settings, rx, token.clone()));
+    let seen = FakeAsterisk::call(addr, from_extension("1001", "25")).await;
+    assert_eq!(seen.commands[0], "EXEC Dial SIP/1001");
+    let b = Config::from_text(&text("IAX2/2002"), &dir)
+        .unwrap()
+        .agi
+        .unwrap();
+    tx.send_replace(b.router.clone());
+    let seen = FakeAsterisk::call(addr, from_extension("1001", "25")).await;
+    assert_eq!(seen.commands[0], "EXEC Dial IAX2/2002");
+    token.cancel();
+    task.await.unwrap();
+}
