@@ -136,11 +136,14 @@ impl CrmFailure {
     }
 }
 
-/// Cached answers: (route, caller) → (expiry, actions). Bounded.
+/// (route, caller) → (expiry, actions).
+type Entries = HashMap<(String, String), (Instant, Arc<Vec<Action>>)>;
+
+/// Cached answers, bounded.
 #[derive(Debug)]
 pub struct CrmCache {
     max: usize,
-    map: Mutex<HashMap<(String, String), (Instant, Arc<Vec<Action>>)>>,
+    map: Mutex<Entries>,
 }
 
 impl CrmCache {
@@ -152,9 +155,7 @@ impl CrmCache {
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<(String, String), (Instant, Arc<Vec<Action>>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -444,9 +444,9 @@ impl FakeAsterisk {
             } else if up.starts_with("SET CONTEXT")
                 || up.starts_with("SET EXTENSION")
                 || up.starts_with("SET PRIORITY")
+                || up.starts_with("NOOP")
+                || up.starts_with("VERBOSE")
             {
-                "200 result=0\n".into()
-            } else if up.starts_with("NOOP") || up.starts_with("VERBOSE") {
                 "200 result=0\n".into()
             } else {
                 "510 Invalid or unknown command\n".into()
