@@ -227,7 +227,16 @@ rules:
         ],
     );
     d.wait_http().await;
-    let text = d.metrics_text().await.unwrap();
+    // The AMI series appear with the first events after the login: wait
+    // for them (on a loaded machine /healthz answers well before that).
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = d.metrics_text().await.unwrap_or_default();
+        if text.contains("callhook_ami_events_total{") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let (names, samples) = parse_scrape(&text);
     let mut missing = Vec::new();
     for e in dashboard_exprs().iter().chain(rule_exprs().iter()) {
