@@ -596,7 +596,6 @@ pub async fn run_until(
             agi_token.clone(),
         )));
     }
-    let agi_listen = cfg.agi.as_ref().map(|a| a.settings.listen);
 
     // Reloads.
     let config_path = opts.config_path.clone();
@@ -627,9 +626,6 @@ pub async fn run_until(
                             if let Some(p) = &new.push {
                                 push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
                             }
-                        }
-                        if new.agi.as_ref().map(|a| a.settings.listen) != agi_listen {
-                            warn!("agi section added, removed, or its listen address changed: restart to apply");
                         }
                         if let (Some(tx), Some(a)) = (&agi_router_tx, &new.agi) {
                             metrics().agi.init_series(&a.router.names());

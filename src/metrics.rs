@@ -143,6 +143,9 @@ pub const CONFIG_RESTART_KEYS: &[&str] = &[
     "push.token_param",
     "push.token_header",
     "pbx.queue_capacity",
+    "agi",
+    "agi.listen",
+    "agi.limits",
 ];
 
 /// The process-wide metrics.

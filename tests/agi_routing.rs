@@ -645,3 +645,34 @@ async fn a_reload_swaps_the_routes_for_new_calls() {
     token.cancel();
     task.await.unwrap();
 }
+
+#[test]
+fn a_reload_reports_what_the_agi_server_needs_a_restart_for() {
+    use callhook::config::reload::{applied, restart_required};
+    let dir = std::env::temp_dir();
+    let cfg = |listen: &str, extra: &str, chan: &str| {
+        Config::from_text(
+            &format!("agi:\n  listen: {listen}\n{extra}  routes:\n    - name: r\n      actions: [ {{ dial: {{ channels: [\"{chan}\"] }} }} ]\n"),
+            &dir,
+        )
+        .unwrap()
+    };
+    let a = cfg("127.0.0.1:4573", "", "SIP/1001");
+    // Only the routes changed: applied, no restart.
+    let b = cfg("127.0.0.1:4573", "", "SIP/1002");
+    assert!(restart_required(&a, &b, 1, 0).is_empty());
+    assert_eq!(applied(&a, &b), vec!["agi routes (1)"]);
+    // The listener and its limits need a restart.
+    let c = cfg("127.0.0.1:4574", "  allow_from: [10.0.0.0/8]\n", "SIP/1001");
+    assert_eq!(
+        restart_required(&a, &c, 1, 0),
+        vec!["agi.listen", "agi.limits"]
+    );
+    // Removing the section too.
+    let none = Config::from_text(
+        "push: { teams: { t: { token: abcdefgh12 } } }\nlisten: 127.0.0.1:9188\n",
+        &dir,
+    )
+    .unwrap();
+    assert!(restart_required(&a, &none, 1, 0).contains(&"agi".to_string()));
+}

@@ -142,7 +142,7 @@ impl Cidr {
 }
 
 /// The listener's settings (a change needs a restart).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AgiSettings {
     /// Address.
     pub listen: SocketAddr,
