@@ -31,19 +31,18 @@ use jiff::tz::TimeZone;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::action::{compile_actions, Action, ActionKind, RawAction, RunSettings};
+use super::action::{compile_actions, Action, RawAction, RunSettings};
 use super::call::AgiCall;
-use super::crm::{Crm, CrmBody, CrmCache, RawCrm, DEFAULT_TIMEOUT, MAX_TIMEOUT};
-use super::pin::{check_hash, Pin, RawPin};
+use super::crm::CrmCache;
 use super::protocol::WireLimits;
-use super::route::{RawRoute, RawRouteWhen, Route, RouteWhen};
+use super::route::{RawRoute, Route};
 use crate::deliver::Target;
 use crate::normalize::channel::Classifier;
 use crate::rules::{
     compile_rewrites, name_matcher, number_pattern, NameMatcher, NumberPattern, Rewrite,
-    RewriteSpec, Scalar, Schedule, Words,
+    RewriteSpec, Scalar, Words,
 };
-use crate::template::{EventKind, TemplateContext, TemplateError, Templates};
+use crate::template::{TemplateContext, TemplateError, Templates};
 
 /// `agi:` as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -231,12 +230,15 @@ pub struct BuildContext<'a> {
     pub env: &'a [String],
 }
 
-struct Build {
-    problems: Vec<AgiProblem>,
+/// Collects the problems of one load.
+pub(super) struct Build {
+    /// The problems.
+    pub(super) problems: Vec<AgiProblem>,
 }
 
 impl Build {
-    fn push(
+    /// One problem.
+    pub(super) fn push(
         &mut self,
         path: impl Into<String>,
         message: impl Into<String>,
@@ -251,7 +253,8 @@ impl Build {
         });
     }
 
-    fn template_errors(&mut self, path: &str, es: Vec<TemplateError>) {
+    /// See the callers.
+    pub(super) fn template_errors(&mut self, path: &str, es: Vec<TemplateError>) {
         for e in es {
             self.problems.push(AgiProblem {
                 path: format!("{path}{}", e.at),
@@ -262,7 +265,8 @@ impl Build {
         }
     }
 
-    fn duration(
+    /// See the callers.
+    pub(super) fn duration(
         &mut self,
         v: &Option<Scalar>,
         path: &str,
@@ -294,7 +298,13 @@ impl Build {
         }
     }
 
-    fn names(&mut self, w: &Option<Words>, path: &str, dialplan: bool) -> Option<Vec<NameMatcher>> {
+    /// See the callers.
+    pub(super) fn names(
+        &mut self,
+        w: &Option<Words>,
+        path: &str,
+        dialplan: bool,
+    ) -> Option<Vec<NameMatcher>> {
         let w = w.as_ref()?;
         if w.items.is_empty() {
             self.push(
@@ -314,7 +324,8 @@ impl Build {
         Some(out)
     }
 
-    fn numbers(&mut self, w: &Option<Words>, path: &str) -> Option<Vec<NumberPattern>> {
+    /// See the callers.
+    pub(super) fn numbers(&mut self, w: &Option<Words>, path: &str) -> Option<Vec<NumberPattern>> {
         let w = w.as_ref()?;
         if w.items.is_empty() {
             self.push(
@@ -334,7 +345,8 @@ impl Build {
         Some(out)
     }
 
-    fn actions(
+    /// See the callers.
+    pub(super) fn actions(
         &mut self,
         raw: &[RawAction],
         path: &str,
@@ -354,7 +366,8 @@ impl Build {
     }
 }
 
-fn expand(s: &str, path: &str, b: &mut Build) -> String {
+/// `${VAR}` expanded, unset ones reported.
+pub(super) fn expand(s: &str, path: &str, b: &mut Build) -> String {
     let (v, missing) = crate::values::expand_vars(s);
     for m in missing {
         b.push(
@@ -558,7 +571,8 @@ pub fn build(raw: &RawAgi, cx: &BuildContext<'_>) -> Result<AgiConfig, Vec<AgiPr
                 Some(&r.name),
             );
         }
-        if let Some(route) = compile_route(&mut b, r, &at, &tz, cx, &mut templates, &sample) {
+        if let Some(route) = super::route::compile(&mut b, r, &at, &tz, cx, &mut templates, &sample)
+        {
             routes.push(route);
         }
     }
@@ -599,320 +613,6 @@ pub fn build(raw: &RawAgi, cx: &BuildContext<'_>) -> Result<AgiConfig, Vec<AgiPr
             targets: cx.targets.clone(),
             cache: CrmCache::new(cache_entries),
         }),
-    })
-}
-
-fn compile_when(b: &mut Build, w: &RawRouteWhen, at: &str, tz: &TimeZone) -> RouteWhen {
-    let time = w
-        .time
-        .as_ref()
-        .and_then(|t| match Schedule::compile(t, tz) {
-            Ok(s) => Some(s),
-            Err(es) => {
-                for e in es {
-                    b.push(
-                        format!("{at}.time.{}", e.field),
-                        e.message,
-                        None,
-                        Some(&e.needle)
-                            .filter(|n| !n.is_empty())
-                            .map(|s| s.as_str()),
-                    );
-                }
-                None
-            }
-        });
-    RouteWhen {
-        script: b.names(&w.script, &format!("{at}.script"), false),
-        dialed: b.numbers(&w.dialed, &format!("{at}.dialed")),
-        caller: b.numbers(&w.caller, &format!("{at}.caller")),
-        extension: b.names(&w.extension, &format!("{at}.extension"), true),
-        context: b.names(&w.context, &format!("{at}.context"), false),
-        time,
-    }
-}
-
-fn compile_pin(b: &mut Build, p: &RawPin, at: &str) -> Option<Pin> {
-    let hash = expand(&p.hash, &format!("{at}.hash"), b);
-    let mut ok = true;
-    if let Err(e) = check_hash(&hash) {
-        b.push(
-            format!("{at}.hash"),
-            e,
-            Some("make one with `callhook hash-pin`"),
-            None,
-        );
-        ok = false;
-    }
-    for (k, v) in [
-        ("prompt", &p.prompt),
-        ("invalid", &p.invalid),
-        ("goodbye", &p.goodbye),
-    ] {
-        if let Some(f) = v {
-            let valid = !f.is_empty()
-                && f.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c))
-                && !f.starts_with('/');
-            if !valid {
-                b.push(
-                    format!("{at}.{k}"),
-                    format!("{f:?} is not a sound file name"),
-                    None,
-                    Some(f),
-                );
-                ok = false;
-            }
-        }
-    }
-    if p.tries.is_some_and(|t| !(1..=10).contains(&t)) {
-        b.push(format!("{at}.tries"), "must be 1 to 10", None, None);
-        ok = false;
-    }
-    if p.max_digits.is_some_and(|t| !(1..=32).contains(&t)) {
-        b.push(format!("{at}.max_digits"), "must be 1 to 32", None, None);
-        ok = false;
-    }
-    let timeout = b.duration(
-        &p.timeout,
-        &format!("{at}.timeout"),
-        Duration::from_secs(5),
-        Duration::from_millis(500),
-        Duration::from_secs(60),
-    );
-    ok.then(|| Pin::new(p, hash, timeout))
-}
-
-fn compile_crm(
-    b: &mut Build,
-    c: &RawCrm,
-    at: &str,
-    cx: &BuildContext<'_>,
-    templates: &mut Templates,
-    sample: &TemplateContext<'_>,
-) -> Option<Crm> {
-    let before = b.problems.len();
-    if !cx.targets.contains_key(&c.target) {
-        let known: Vec<&str> = cx.targets.keys().map(String::as_str).collect();
-        let hint = if known.is_empty() {
-            "define it under targets:".to_string()
-        } else {
-            format!("targets: {}", known.join(", "))
-        };
-        b.push(
-            format!("{at}.target"),
-            format!("unknown target {:?}", c.target),
-            Some(&hint),
-            Some(&c.target),
-        );
-    }
-    let kind = EventKind::CallState;
-    let url = match templates.url(&c.url) {
-        Ok(u) => {
-            for t in u.templates() {
-                if let Err(e) = templates.check(t, sample, kind) {
-                    b.template_errors(&format!("{at}.url"), vec![e]);
-                }
-            }
-            Some(u)
-        }
-        Err(es) => {
-            b.template_errors(&format!("{at}.url"), es);
-            None
-        }
-    };
-    let headers = match &c.headers {
-        None => Vec::new(),
-        Some(m) => {
-            let (h, es) = templates.headers_partial(m);
-            b.template_errors(&format!("{at}.headers"), es);
-            let es = templates.check_fields(&h, sample, kind);
-            b.template_errors(&format!("{at}.headers"), es);
-            h
-        }
-    };
-    let bodies = [c.json.is_some(), c.form.is_some(), c.body.is_some()];
-    if bodies.iter().filter(|x| **x).count() > 1 {
-        b.push(at, "give only one of json, form, body", None, None);
-    }
-    let body = if let Some(j) = &c.json {
-        let (t, es) = templates.json_partial(j);
-        b.template_errors(&format!("{at}.json"), es);
-        let es = templates.check_json(&t, sample, kind);
-        b.template_errors(&format!("{at}.json"), es);
-        CrmBody::Json(t)
-    } else if let Some(f) = &c.form {
-        let (t, es) = templates.form_partial(f);
-        b.template_errors(&format!("{at}.form"), es);
-        let es = templates.check_fields(t.fields(), sample, kind);
-        b.template_errors(&format!("{at}.form"), es);
-        CrmBody::Form(t)
-    } else if let Some(s) = &c.body {
-        match templates.text(s) {
-            Ok(t) => {
-                if let Err(e) = templates.check(&t, sample, kind) {
-                    b.template_errors(&format!("{at}.body"), vec![e]);
-                }
-                CrmBody::Text(t)
-            }
-            Err(es) => {
-                b.template_errors(&format!("{at}.body"), es);
-                CrmBody::None
-            }
-        }
-    } else {
-        CrmBody::None
-    };
-    let method = c
-        .method
-        .clone()
-        .unwrap_or_else(|| {
-            if matches!(body, CrmBody::None) {
-                "GET"
-            } else {
-                "POST"
-            }
-            .into()
-        })
-        .to_ascii_uppercase();
-    if !matches!(method.as_str(), "GET" | "POST" | "PUT" | "PATCH") {
-        b.push(
-            format!("{at}.method"),
-            format!("{method:?} is not GET, POST, PUT or PATCH"),
-            None,
-            Some(&method),
-        );
-    }
-    let timeout = b.duration(
-        &c.timeout,
-        &format!("{at}.timeout"),
-        DEFAULT_TIMEOUT,
-        Duration::from_millis(50),
-        MAX_TIMEOUT,
-    );
-    let cache_ttl = c.cache.as_ref().map(|_| {
-        b.duration(
-            &c.cache,
-            &format!("{at}.cache"),
-            Duration::ZERO,
-            Duration::from_secs(1),
-            Duration::from_secs(86400),
-        )
-    });
-    let allow = match &c.allow {
-        None => ActionKind::ALL.to_vec(),
-        Some(w) => {
-            let mut out = Vec::new();
-            for item in &w.items {
-                match ActionKind::parse(item) {
-                    Some(k) => out.push(k),
-                    None => b.push(
-                        format!("{at}.allow"),
-                        format!("unknown action {item:?}"),
-                        Some("dial, voicemail, conference, playback, set, hangup, goto"),
-                        Some(item),
-                    ),
-                }
-            }
-            if w.items.is_empty() {
-                b.push(
-                    format!("{at}.allow"),
-                    "an empty list allows no answer: every call would fall back",
-                    None,
-                    None,
-                );
-            }
-            out
-        }
-    };
-    (b.problems.len() == before).then_some(Crm {
-        target: c.target.clone(),
-        method,
-        url: url?,
-        headers,
-        body,
-        timeout,
-        cache_ttl,
-        allow,
-    })
-}
-
-fn compile_route(
-    b: &mut Build,
-    r: &RawRoute,
-    at: &str,
-    tz: &TimeZone,
-    cx: &BuildContext<'_>,
-    templates: &mut Templates,
-    sample: &TemplateContext<'_>,
-) -> Option<Route> {
-    let before = b.problems.len();
-    let when = compile_when(b, &r.when, &format!("{at}.when"), tz);
-    let allow = b.names(&r.allow, &format!("{at}.allow"), true);
-    let deny = match &r.deny {
-        Some(a) => b.actions(a, &format!("{at}.deny"), templates, sample),
-        None => vec![Action::Hangup(21)],
-    };
-    if r.deny.is_some() && r.allow.is_none() {
-        b.push(
-            format!("{at}.deny"),
-            "deny without allow never runs",
-            Some("add allow: [extensions]"),
-            None,
-        );
-    }
-    let pin = r
-        .pin
-        .as_ref()
-        .and_then(|p| compile_pin(b, p, &format!("{at}.pin")));
-    let crm = r
-        .crm
-        .as_ref()
-        .and_then(|c| compile_crm(b, c, &format!("{at}.crm"), cx, templates, sample));
-    let actions = match (&r.actions, &r.crm) {
-        (Some(a), None) => b.actions(a, &format!("{at}.actions"), templates, sample),
-        (Some(_), Some(_)) => {
-            b.push(
-                format!("{at}.actions"),
-                "a route with crm acts on the CRM's answer",
-                Some("put what runs when the CRM fails under fallback:"),
-                None,
-            );
-            Vec::new()
-        }
-        (None, None) => {
-            b.push(
-                at,
-                "a route needs actions (or crm)",
-                Some("e.g. actions: [ { dial: { channels: [\"SIP/%DIALED%\"] } } ]"),
-                Some(&r.name).filter(|n| !n.is_empty()).map(|s| s.as_str()),
-            );
-            Vec::new()
-        }
-        (None, Some(_)) => Vec::new(),
-    };
-    let fallback = match (&r.fallback, &r.crm) {
-        (Some(f), Some(_)) => b.actions(f, &format!("{at}.fallback"), templates, sample),
-        (Some(_), None) => {
-            b.push(
-                format!("{at}.fallback"),
-                "fallback runs only when a CRM lookup fails, and this route has no crm",
-                Some("use actions:"),
-                None,
-            );
-            Vec::new()
-        }
-        (None, _) => Vec::new(),
-    };
-    (b.problems.len() == before).then(|| Route {
-        name: r.name.clone(),
-        when,
-        allow,
-        deny,
-        pin,
-        crm,
-        actions,
-        fallback,
     })
 }
 

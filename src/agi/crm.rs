@@ -43,10 +43,12 @@ use tokio::time::Instant;
 
 use super::action::{from_json, Action, ActionKind};
 use super::call::AgiCall;
+use super::config::{Build, BuildContext};
 use crate::deliver::http::build_headers;
 use crate::deliver::outbox::Claimed;
 use crate::deliver::Target;
 use crate::rules::{Scalar, Words};
+use crate::template::EventKind;
 use crate::template::{
     FormTemplate, JsonTemplate, TemplateContext, Templates, TextTemplate, UrlTemplate,
 };
@@ -372,6 +374,161 @@ impl Crm {
             }
         }
     }
+}
+
+/// Checks and compiles `compile`.
+pub(super) fn compile(
+    b: &mut Build,
+    c: &RawCrm,
+    at: &str,
+    cx: &BuildContext<'_>,
+    templates: &mut Templates,
+    sample: &TemplateContext<'_>,
+) -> Option<Crm> {
+    let before = b.problems.len();
+    if !cx.targets.contains_key(&c.target) {
+        let known: Vec<&str> = cx.targets.keys().map(String::as_str).collect();
+        let hint = if known.is_empty() {
+            "define it under targets:".to_string()
+        } else {
+            format!("targets: {}", known.join(", "))
+        };
+        b.push(
+            format!("{at}.target"),
+            format!("unknown target {:?}", c.target),
+            Some(&hint),
+            Some(&c.target),
+        );
+    }
+    let kind = EventKind::CallState;
+    let url = match templates.url(&c.url) {
+        Ok(u) => {
+            for t in u.templates() {
+                if let Err(e) = templates.check(t, sample, kind) {
+                    b.template_errors(&format!("{at}.url"), vec![e]);
+                }
+            }
+            Some(u)
+        }
+        Err(es) => {
+            b.template_errors(&format!("{at}.url"), es);
+            None
+        }
+    };
+    let headers = match &c.headers {
+        None => Vec::new(),
+        Some(m) => {
+            let (h, es) = templates.headers_partial(m);
+            b.template_errors(&format!("{at}.headers"), es);
+            let es = templates.check_fields(&h, sample, kind);
+            b.template_errors(&format!("{at}.headers"), es);
+            h
+        }
+    };
+    let bodies = [c.json.is_some(), c.form.is_some(), c.body.is_some()];
+    if bodies.iter().filter(|x| **x).count() > 1 {
+        b.push(at, "give only one of json, form, body", None, None);
+    }
+    let body = if let Some(j) = &c.json {
+        let (t, es) = templates.json_partial(j);
+        b.template_errors(&format!("{at}.json"), es);
+        let es = templates.check_json(&t, sample, kind);
+        b.template_errors(&format!("{at}.json"), es);
+        CrmBody::Json(t)
+    } else if let Some(f) = &c.form {
+        let (t, es) = templates.form_partial(f);
+        b.template_errors(&format!("{at}.form"), es);
+        let es = templates.check_fields(t.fields(), sample, kind);
+        b.template_errors(&format!("{at}.form"), es);
+        CrmBody::Form(t)
+    } else if let Some(s) = &c.body {
+        match templates.text(s) {
+            Ok(t) => {
+                if let Err(e) = templates.check(&t, sample, kind) {
+                    b.template_errors(&format!("{at}.body"), vec![e]);
+                }
+                CrmBody::Text(t)
+            }
+            Err(es) => {
+                b.template_errors(&format!("{at}.body"), es);
+                CrmBody::None
+            }
+        }
+    } else {
+        CrmBody::None
+    };
+    let method = c
+        .method
+        .clone()
+        .unwrap_or_else(|| {
+            if matches!(body, CrmBody::None) {
+                "GET"
+            } else {
+                "POST"
+            }
+            .into()
+        })
+        .to_ascii_uppercase();
+    if !matches!(method.as_str(), "GET" | "POST" | "PUT" | "PATCH") {
+        b.push(
+            format!("{at}.method"),
+            format!("{method:?} is not GET, POST, PUT or PATCH"),
+            None,
+            Some(&method),
+        );
+    }
+    let timeout = b.duration(
+        &c.timeout,
+        &format!("{at}.timeout"),
+        DEFAULT_TIMEOUT,
+        Duration::from_millis(50),
+        MAX_TIMEOUT,
+    );
+    let cache_ttl = c.cache.as_ref().map(|_| {
+        b.duration(
+            &c.cache,
+            &format!("{at}.cache"),
+            Duration::ZERO,
+            Duration::from_secs(1),
+            Duration::from_secs(86400),
+        )
+    });
+    let allow = match &c.allow {
+        None => ActionKind::ALL.to_vec(),
+        Some(w) => {
+            let mut out = Vec::new();
+            for item in &w.items {
+                match ActionKind::parse(item) {
+                    Some(k) => out.push(k),
+                    None => b.push(
+                        format!("{at}.allow"),
+                        format!("unknown action {item:?}"),
+                        Some("dial, voicemail, conference, playback, set, hangup, goto"),
+                        Some(item),
+                    ),
+                }
+            }
+            if w.items.is_empty() {
+                b.push(
+                    format!("{at}.allow"),
+                    "an empty list allows no answer: every call would fall back",
+                    None,
+                    None,
+                );
+            }
+            out
+        }
+    };
+    (b.problems.len() == before).then_some(Crm {
+        target: c.target.clone(),
+        method,
+        url: url?,
+        headers,
+        body,
+        timeout,
+        cache_ttl,
+        allow,
+    })
 }
 
 #[cfg(test)]

@@ -19,17 +19,21 @@
 //! (commands under deadlines, HANGUP and dead channels), [`server`] (the
 //! listener), [`config`] (the `agi:` section), [`call`] (the call's data),
 //! [`route`] (routing rules and authorization), [`action`] (what a route
-//! does, as AGI commands), [`pin`] (PIN authentication), [`crm`] (asking
+//! does), [`check`] (the values it may send), [`answer`] (a CRM's JSON
+//! answer), [`run`] (actions as AGI commands), [`pin`] (PIN authentication), [`crm`] (asking
 //! the CRM), [`handler`] (one call from start to close).
 
 pub mod action;
+pub mod answer;
 pub mod call;
+pub mod check;
 pub mod config;
 pub mod crm;
 pub mod handler;
 pub mod pin;
 pub mod protocol;
 pub mod route;
+pub mod run;
 pub mod server;
 pub mod session;
 

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use super::action::{ChannelState, Runner};
 use super::call::AgiCall;
+use super::config::{expand, Build};
 use super::session::{Session, SessionError};
 use crate::rules::Scalar;
 
@@ -217,6 +218,58 @@ impl Pin {
         }
         Ok(PinOutcome::Refused)
     }
+}
+
+/// Checks and compiles `compile`.
+pub(super) fn compile(b: &mut Build, p: &RawPin, at: &str) -> Option<Pin> {
+    let hash = expand(&p.hash, &format!("{at}.hash"), b);
+    let mut ok = true;
+    if let Err(e) = check_hash(&hash) {
+        b.push(
+            format!("{at}.hash"),
+            e,
+            Some("make one with `callhook hash-pin`"),
+            None,
+        );
+        ok = false;
+    }
+    for (k, v) in [
+        ("prompt", &p.prompt),
+        ("invalid", &p.invalid),
+        ("goodbye", &p.goodbye),
+    ] {
+        if let Some(f) = v {
+            let valid = !f.is_empty()
+                && f.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_./-".contains(c))
+                && !f.starts_with('/');
+            if !valid {
+                b.push(
+                    format!("{at}.{k}"),
+                    format!("{f:?} is not a sound file name"),
+                    None,
+                    Some(f),
+                );
+                ok = false;
+            }
+        }
+    }
+    if p.tries.is_some_and(|t| !(1..=10).contains(&t)) {
+        b.push(format!("{at}.tries"), "must be 1 to 10", None, None);
+        ok = false;
+    }
+    if p.max_digits.is_some_and(|t| !(1..=32).contains(&t)) {
+        b.push(format!("{at}.max_digits"), "must be 1 to 32", None, None);
+        ok = false;
+    }
+    let timeout = b.duration(
+        &p.timeout,
+        &format!("{at}.timeout"),
+        Duration::from_secs(5),
+        Duration::from_millis(500),
+        Duration::from_secs(60),
+    );
+    ok.then(|| Pin::new(p, hash, timeout))
 }
 
 #[cfg(test)]

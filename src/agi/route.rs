@@ -41,9 +41,12 @@ use serde::Deserialize;
 
 use super::action::{Action, RawAction};
 use super::call::AgiCall;
+use super::config::{Build, BuildContext};
 use super::crm::{Crm, RawCrm};
 use super::pin::{Pin, RawPin};
 use crate::rules::{NameMatcher, NumberPattern, Schedule, TimeSpec, Words};
+use crate::template::{TemplateContext, Templates};
+use jiff::tz::TimeZone;
 
 /// `when:` of a route as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -168,4 +171,114 @@ impl Route {
 /// The first route whose conditions match.
 pub fn select<'r>(routes: &'r [Route], call: &AgiCall, now: jiff::Timestamp) -> Option<&'r Route> {
     routes.iter().find(|r| r.when.matches(call, now))
+}
+
+fn compile_when(b: &mut Build, w: &RawRouteWhen, at: &str, tz: &TimeZone) -> RouteWhen {
+    let time = w
+        .time
+        .as_ref()
+        .and_then(|t| match Schedule::compile(t, tz) {
+            Ok(s) => Some(s),
+            Err(es) => {
+                for e in es {
+                    b.push(
+                        format!("{at}.time.{}", e.field),
+                        e.message,
+                        None,
+                        Some(&e.needle)
+                            .filter(|n| !n.is_empty())
+                            .map(|s| s.as_str()),
+                    );
+                }
+                None
+            }
+        });
+    RouteWhen {
+        script: b.names(&w.script, &format!("{at}.script"), false),
+        dialed: b.numbers(&w.dialed, &format!("{at}.dialed")),
+        caller: b.numbers(&w.caller, &format!("{at}.caller")),
+        extension: b.names(&w.extension, &format!("{at}.extension"), true),
+        context: b.names(&w.context, &format!("{at}.context"), false),
+        time,
+    }
+}
+
+/// Checks and compiles `compile`.
+pub(super) fn compile(
+    b: &mut Build,
+    r: &RawRoute,
+    at: &str,
+    tz: &TimeZone,
+    cx: &BuildContext<'_>,
+    templates: &mut Templates,
+    sample: &TemplateContext<'_>,
+) -> Option<Route> {
+    let before = b.problems.len();
+    let when = compile_when(b, &r.when, &format!("{at}.when"), tz);
+    let allow = b.names(&r.allow, &format!("{at}.allow"), true);
+    let deny = match &r.deny {
+        Some(a) => b.actions(a, &format!("{at}.deny"), templates, sample),
+        None => vec![Action::Hangup(21)],
+    };
+    if r.deny.is_some() && r.allow.is_none() {
+        b.push(
+            format!("{at}.deny"),
+            "deny without allow never runs",
+            Some("add allow: [extensions]"),
+            None,
+        );
+    }
+    let pin = r
+        .pin
+        .as_ref()
+        .and_then(|p| super::pin::compile(b, p, &format!("{at}.pin")));
+    let crm = r
+        .crm
+        .as_ref()
+        .and_then(|c| super::crm::compile(b, c, &format!("{at}.crm"), cx, templates, sample));
+    let actions = match (&r.actions, &r.crm) {
+        (Some(a), None) => b.actions(a, &format!("{at}.actions"), templates, sample),
+        (Some(_), Some(_)) => {
+            b.push(
+                format!("{at}.actions"),
+                "a route with crm acts on the CRM's answer",
+                Some("put what runs when the CRM fails under fallback:"),
+                None,
+            );
+            Vec::new()
+        }
+        (None, None) => {
+            b.push(
+                at,
+                "a route needs actions (or crm)",
+                Some("e.g. actions: [ { dial: { channels: [\"SIP/%DIALED%\"] } } ]"),
+                Some(&r.name).filter(|n| !n.is_empty()).map(|s| s.as_str()),
+            );
+            Vec::new()
+        }
+        (None, Some(_)) => Vec::new(),
+    };
+    let fallback = match (&r.fallback, &r.crm) {
+        (Some(f), Some(_)) => b.actions(f, &format!("{at}.fallback"), templates, sample),
+        (Some(_), None) => {
+            b.push(
+                format!("{at}.fallback"),
+                "fallback runs only when a CRM lookup fails, and this route has no crm",
+                Some("use actions:"),
+                None,
+            );
+            Vec::new()
+        }
+        (None, _) => Vec::new(),
+    };
+    (b.problems.len() == before).then(|| Route {
+        name: r.name.clone(),
+        when,
+        allow,
+        deny,
+        pin,
+        crm,
+        actions,
+        fallback,
+    })
 }
