@@ -227,9 +227,10 @@ rules:
         ],
     );
     d.wait_http().await;
-    // The AMI series appear with the first events after the login: wait
-    // for them (on a loaded machine /healthz answers well before that).
-    let deadline = std::time::Instant::now() + WAIT;
+    // `callhook_ami_events_total{pbx,event}` has an open label set (event
+    // names), so it cannot be exported at 0: it appears with the login's
+    // `FullyBooted`. Wait for that (a loaded machine may scrape first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let text = loop {
         let text = d.metrics_text().await.unwrap_or_default();
         if text.contains("callhook_ami_events_total{") || std::time::Instant::now() > deadline {
