@@ -507,6 +507,9 @@ pub async fn run_until(
             ack_wait: ACK_WAIT,
         }))
     });
+    // A daemon that only routes calls (FastAGI) has no source feeding the
+    // queue: keep it open until shutdown.
+    let _agi_keeps_queue_open = cfg.agi.as_ref().map(|_| tx.clone());
     drop(tx);
 
     // HTTP.
@@ -616,6 +619,25 @@ pub async fn run_until(
     drop(reload_tx);
     drop(push_state);
 
+    // FastAGI call routing: an edge of its own (it feeds nothing downstream).
+    let agi_token = CancellationToken::new();
+    let mut agi_router_tx = None;
+    let mut agi_task = None;
+    if let Some(a) = &cfg.agi {
+        let addr = a.settings.listen;
+        let l = bind(addr).await?;
+        info!(addr = %l.local_addr().unwrap_or(addr), routes = a.router.routes.len(), max_sessions = a.settings.max_sessions, "FastAGI listening");
+        metrics().agi.init_series(&a.router.names());
+        let (tx, rx) = watch::channel(a.router.clone());
+        agi_router_tx = Some(tx);
+        agi_task = Some(tokio::spawn(crate::agi::serve(
+            l,
+            a.settings.clone(),
+            rx,
+            agi_token.clone(),
+        )));
+    }
+
     // Reloads.
     let config_path = opts.config_path.clone();
     let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
@@ -645,6 +667,10 @@ pub async fn run_until(
                             if let Some(p) = &new.push {
                                 push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
                             }
+                        }
+                        if let (Some(tx), Some(a)) = (&agi_router_tx, &new.agi) {
+                            metrics().agi.init_series(&a.router.names());
+                            tx.send_replace(a.router.clone());
                         }
                         init_series(&new);
                         metrics()
@@ -768,6 +794,10 @@ pub async fn run_until(
     watchdog_token.cancel();
     let _ = watchdog.await;
     sources_token.cancel();
+    agi_token.cancel();
+    if let Some(t) = agi_task {
+        let _ = t.await;
+    }
     for h in &clients.handles() {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
             .await

@@ -62,6 +62,8 @@ pub struct RawConfig {
     pub calls: RawCalls,
     /// The asterCC-style push endpoint (needs `listen`).
     pub push: Option<RawPush>,
+    /// The FastAGI call-routing server (see `agi::config`).
+    pub agi: Option<crate::agi::RawAgi>,
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
