@@ -262,6 +262,16 @@ pub struct EnqueueOutcome {
     pub inserted: usize,
     /// Requests skipped as duplicates (idempotency key or event still waiting).
     pub duplicates: usize,
+    /// Of the duplicates: the earlier delivery is still waiting (pending or
+    /// in flight).
+    pub duplicates_waiting: usize,
+    /// Of the duplicates: the earlier delivery was delivered.
+    pub duplicates_delivered: usize,
+    /// Of the duplicates: the earlier delivery is dead or expired.
+    pub duplicates_failed: usize,
+    /// Of the duplicates: the key is remembered but its delivery finished
+    /// more than `done_retention` ago and was pruned (delivered or expired).
+    pub duplicates_pruned: usize,
     /// Requests refused because the outbox was full.
     pub rejected_full: usize,
     /// Requests that can never be sent (`DeliveryRequest::refused`): stored

@@ -66,6 +66,8 @@ CREATE INDEX IF NOT EXISTS deliveries_event
 CREATE INDEX IF NOT EXISTS deliveries_expiry
     ON deliveries (expires_at) WHERE status = 'pending' AND expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status);
+CREATE INDEX IF NOT EXISTS deliveries_key
+    ON deliveries (target, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dedupe (
     target   TEXT NOT NULL,
     key      TEXT NOT NULL,

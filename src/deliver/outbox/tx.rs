@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::schema::{COLS, WAITING};
 use super::writer::WriterState;
 use super::OutboxError;
-use super::{excerpt, ClaimWant, Claimed, Completion, EnqueueOutcome, PollResult, Result};
+use super::{excerpt, ClaimWant, Claimed, Completion, EnqueueOutcome, PollResult, Result, Status};
 use crate::deliver::DeliveryRequest;
 
 pub(super) struct EnqueueDetail {
@@ -43,6 +43,10 @@ pub(super) fn insert_batch(
     let mut key_put = c.prepare_cached(
         "INSERT OR REPLACE INTO dedupe (target, key, seen_at) VALUES (?1, ?2, ?3)",
     )?;
+    let mut key_status = c.prepare_cached(
+        "SELECT status FROM deliveries INDEXED BY deliveries_key \
+         WHERE target = ?1 AND idempotency_key = ?2 ORDER BY id DESC LIMIT 1",
+    )?;
     let mut chain_busy = c.prepare_cached(&format!(
         "SELECT 1 FROM deliveries INDEXED BY deliveries_chain \
          WHERE target = ?1 AND session_id = ?2 AND {WAITING} LIMIT 1"
@@ -72,6 +76,20 @@ pub(super) fn insert_batch(
             None => false,
         };
         if dup_event || dup_key {
+            // What became of the earlier one (for reports such as backfill's
+            // "already delivered" / "already queued").
+            let earlier = match (&r.idempotency_key, dup_event) {
+                (Some(k), false) => key_status
+                    .query_row(params![r.target, k], |row| row.get::<_, String>(0))
+                    .optional()?,
+                _ => Some("pending".to_string()),
+            };
+            match earlier.as_deref().and_then(Status::parse) {
+                Some(Status::Pending | Status::Inflight) => d.outcome.duplicates_waiting += 1,
+                Some(Status::Done) => d.outcome.duplicates_delivered += 1,
+                Some(Status::Dead | Status::Expired) => d.outcome.duplicates_failed += 1,
+                None => d.outcome.duplicates_pruned += 1,
+            }
             d.outcome.duplicates += 1;
             *d.duplicates.entry(r.target.clone()).or_default() += 1;
             continue;
