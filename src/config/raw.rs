@@ -67,6 +67,8 @@ pub struct RawConfig {
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
+    /// Template limits (`max_value_length`), see `template::bound_values`.
+    pub templates: Option<crate::template::RawTemplates>,
     /// Extension state tracking (see `presence::config`).
     pub presence: Option<crate::presence::RawPresence>,
     /// Log format and level (see `logging`).
