@@ -4,6 +4,7 @@
 pub mod client;
 pub mod codec;
 pub mod message;
+pub mod sim_originate;
 pub mod simulator;
 
 pub use codec::{AmiCodec, AmiFrame, SkipReason};
