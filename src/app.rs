@@ -49,10 +49,12 @@ use crate::config::Config;
 use crate::deliver::outbox::Outbox;
 use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
-use crate::http::{self, ApiState, Readiness, ReloadReply};
-use crate::metrics::metrics;
+use crate::http::server::ServeOptions;
+use crate::http::{self, fds, ApiState, Readiness, ReloadReply};
+use crate::metrics::{metrics, KnownLabels};
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
+use crate::notify::{Heartbeat, Notifier};
 use crate::rules::RuleSet;
 use crate::source::{now_epoch, PushAck, PushReceipt, SourceEvent};
 
@@ -126,6 +128,79 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
     }
 }
 
+/// The commit the binary was built from (`CALLHOOK_BUILD_COMMIT` at build
+/// time), for `callhook_build_info`.
+pub const BUILD_COMMIT: &str = match option_env!("CALLHOOK_BUILD_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// Exports the series whose labels `cfg` makes known at 0.
+fn init_series(cfg: &Config) {
+    let pbx: Vec<&str> = cfg.pbx.iter().map(|p| p.id.as_str()).collect();
+    let teams: Vec<&str> = cfg
+        .push
+        .iter()
+        .flat_map(|p| p.teams.iter().map(|t| t.name.as_str()))
+        .collect();
+    let targets: Vec<&str> = cfg.targets.keys().map(String::as_str).collect();
+    let rules = cfg.rules.names();
+    let mut listeners = Vec::new();
+    if cfg.listen.is_some() {
+        listeners.push("listen");
+    }
+    if cfg.admin_listen.is_some() {
+        listeners.push("admin");
+    }
+    metrics().init_known_series(&KnownLabels {
+        pbx: &pbx,
+        teams: &teams,
+        targets: &targets,
+        rules: &rules,
+        listeners: &listeners,
+    });
+}
+
+/// Connection caps of the listeners: raises the descriptor limit, keeps a
+/// reserve for AMI, the outbox and webhooks, and fits the configured caps
+/// into the rest (logged).
+fn http_caps(cfg: &Config, admin: bool) -> fds::Budget {
+    let limit = match fds::raise_nofile_limit() {
+        Ok(l) => {
+            if let Some(from) = l.raised_from {
+                info!(
+                    from,
+                    to = l.soft,
+                    "raised the open-file limit to its hard limit"
+                );
+            }
+            l.soft
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read or raise the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let concurrency: usize = cfg.targets.values().map(|t| t.concurrency).sum();
+    let reserved = fds::reserve(fds::open_fds().unwrap_or(32), cfg.pbx.len(), concurrency);
+    let b = fds::budget(
+        limit,
+        reserved,
+        cfg.http.max_connections,
+        admin.then_some(cfg.admin_max_connections),
+    );
+    if b.lowered {
+        warn!(
+            open_file_limit = limit,
+            reserved,
+            listen = b.listen,
+            admin = b.admin,
+            "HTTP connection caps lowered to fit the open-file limit (raise LimitNOFILE= to allow more)"
+        );
+    }
+    b
+}
+
 /// Builds one client config per configured PBX.
 pub fn client_configs(cfg: &Config) -> Vec<ClientConfig> {
     cfg.pbx
@@ -158,6 +233,7 @@ pub fn client_configs(cfg: &Config) -> Vec<ClientConfig> {
 pub type Observer = Box<dyn FnMut(&[ModelEvent]) + Send>;
 
 /// What the daemon was started with, besides the config.
+#[derive(Default)]
 pub struct RunOptions {
     /// The config file, for reloads (none: reload unavailable).
     pub config_path: Option<PathBuf>,
@@ -165,6 +241,10 @@ pub struct RunOptions {
     pub observer: Option<Observer>,
     /// Bound HTTP listener to use instead of binding `cfg.listen` (tests, demo).
     pub listener: Option<tokio::net::TcpListener>,
+    /// Bound listener to use instead of binding `cfg.admin_listen`.
+    pub admin_listener: Option<tokio::net::TcpListener>,
+    /// The service manager to notify (`callhook run` under systemd).
+    pub notifier: Option<Arc<Notifier>>,
 }
 
 /// Handles the daemon hands out while it runs.
@@ -176,8 +256,12 @@ pub struct Running {
     pub outbox: Arc<Outbox>,
 }
 
-/// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads.
-pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), AppError> {
+/// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads. Notifies systemd
+/// when `$NOTIFY_SOCKET` is set (unless `opts` brings a notifier).
+pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<(), AppError> {
+    if opts.notifier.is_none() {
+        opts.notifier = Some(Arc::new(Notifier::from_env()));
+    }
     let token = CancellationToken::new();
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadReply>(8);
     let signals = spawn_signals(token.clone(), reload_tx.clone())?;
@@ -244,6 +328,8 @@ pub async fn run_until(
         })?;
     let outbox = Arc::new(outbox);
     info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
+    init_series(&cfg);
+    metrics().set_build_info(env!("CARGO_PKG_VERSION"), BUILD_COMMIT);
     let (targets_tx, targets_rx) = watch::channel(cfg.targets.clone());
     let (rules_tx, mut rules_rx) = watch::channel(cfg.rules.clone());
     let deliver_token = CancellationToken::new();
@@ -285,50 +371,106 @@ pub async fn run_until(
     // HTTP.
     let outbox_ok = Arc::new(AtomicBool::new(true));
     let http_token = CancellationToken::new();
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Listen { addr, source })
+    };
     let listener = match (opts.listener.take(), cfg.listen) {
         (Some(l), _) => Some(l),
-        (None, Some(addr)) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::Listen { addr, source })?,
-        ),
+        (None, Some(addr)) => Some(bind(addr).await?),
         (None, None) => None,
     };
-    let http_task = listener.map(|l| {
-        let ready_handles = handles.clone();
-        let ok = outbox_ok.clone();
-        let readiness = move || {
-            let pbx: std::collections::BTreeMap<String, bool> = ready_handles
-                .iter()
-                .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
-                .collect();
-            let outbox_writable = ok.load(Ordering::Relaxed);
-            Readiness {
-                ready: outbox_writable && pbx.values().all(|v| *v),
-                pbx,
-                outbox_writable,
-            }
-        };
-        let state = ApiState {
-            readiness: Arc::new(readiness),
-            reload: Some(reload_tx.clone()),
-            admin_token: cfg.admin_token.clone(),
-            outbox: Some(outbox.clone()),
-            push: push_state.clone(),
-        };
-        if let Ok(a) = l.local_addr() {
-            info!(addr = %a, "HTTP listening (/metrics, /healthz, /readyz, /-/reload, /api)");
-            if let Some(p) = &push_state {
-                info!(addr = %a, path = %p.path, "push endpoint ready");
-            }
+    let admin_listener = match (opts.admin_listener.take(), cfg.admin_listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(bind(addr).await?),
+        (None, None) => None,
+    };
+    let caps = http_caps(&cfg, admin_listener.is_some());
+    let ready_handles = handles.clone();
+    let ok = outbox_ok.clone();
+    let readiness = move || {
+        let pbx: std::collections::BTreeMap<String, bool> = ready_handles
+            .iter()
+            .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
+            .collect();
+        let outbox_writable = ok.load(Ordering::Relaxed);
+        Readiness {
+            ready: outbox_writable && pbx.values().all(|v| *v),
+            pbx,
+            outbox_writable,
         }
+    };
+    let state = ApiState {
+        readiness: Arc::new(readiness),
+        reload: Some(reload_tx.clone()),
+        admin_token: cfg.admin_token.clone(),
+        outbox: Some(outbox.clone()),
+        push: push_state.clone(),
+    };
+    let mut http_tasks = Vec::new();
+    let mut serve = |l: tokio::net::TcpListener,
+                     router: axum::Router,
+                     name: &'static str,
+                     cap: usize,
+                     routes: &str| {
+        let limits = cfg.http.with_max_connections(cap);
+        if let Ok(a) = l.local_addr() {
+            info!(listener = name, addr = %a, max_connections = limits.max_connections, per_ip = limits.max_connections_per_ip, "HTTP listening ({routes})");
+        }
+        let opts = ServeOptions {
+            name,
+            limits,
+            shutdown_grace: Duration::from_secs(5),
+        };
         let t = http_token.clone();
-        tokio::spawn(async move {
-            if let Err(e) = http::serve(l, http::router(state), t).await {
-                error!(error = %e, "HTTP listener failed");
+        http_tasks.push(tokio::spawn(async move {
+            if let Err(e) = http::server::serve(l, router, opts, t).await {
+                error!(listener = name, error = %e, "HTTP listener failed");
             }
-        })
-    });
+        }));
+    };
+    match (listener, admin_listener) {
+        (Some(l), Some(a)) => {
+            serve(
+                l,
+                http::public_router(state.clone()),
+                "listen",
+                caps.listen,
+                "push endpoint, /healthz",
+            );
+            serve(
+                a,
+                http::admin_router(state),
+                "admin",
+                caps.admin,
+                "/metrics, /healthz, /readyz, /-/reload, /api",
+            );
+        }
+        (Some(l), None) => {
+            if l.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+                warn!("`listen` is not a loopback address and there is no `admin.listen`: /metrics and /readyz are reachable by anyone who reaches it (reload and /api still need admin.token); set admin.listen: 127.0.0.1:9189");
+            }
+            serve(
+                l,
+                http::router(state),
+                "listen",
+                caps.listen,
+                "/metrics, /healthz, /readyz, /-/reload, /api, push endpoint",
+            );
+        }
+        (None, Some(a)) => serve(
+            a,
+            http::admin_router(state),
+            "admin",
+            caps.admin,
+            "/metrics, /healthz, /readyz, /-/reload, /api",
+        ),
+        (None, None) => drop(state),
+    }
+    if let Some(p) = &push_state {
+        info!(path = %p.path, "push endpoint ready");
+    }
     drop(reload_tx);
     drop(push_state);
 
@@ -364,6 +506,10 @@ pub async fn run_until(
                                 push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
                             }
                         }
+                        init_series(&new);
+                        metrics()
+                            .config_last_reload_success_timestamp_seconds
+                            .set(now_epoch());
                         info!(rules = new.rules.len(), targets = new.targets.len(), "configuration reloaded (PBX, classify and listen changes need a restart)");
                         Ok(())
                     }
@@ -387,6 +533,26 @@ pub async fn run_until(
         }
     });
     metrics().config_last_reload_successful.set(1);
+    metrics()
+        .config_last_reload_success_timestamp_seconds
+        .set(now_epoch());
+    let heartbeat = Heartbeat::new();
+    let notifier = opts
+        .notifier
+        .take()
+        .unwrap_or_else(|| Arc::new(Notifier::disabled()));
+    let watchdog_token = CancellationToken::new();
+    let watchdog = tokio::spawn(crate::notify::watchdog(
+        notifier.clone(),
+        heartbeat.clone(),
+        watchdog_token.clone(),
+    ));
+    notifier.ready(&format!(
+        "running: {} PBX, {} targets, {} rules",
+        cfg.pbx.len(),
+        cfg.targets.len(),
+        cfg.rules.len()
+    ));
 
     // The normalizer task (this one).
     let mut normalizer = Normalizer::new(cfg.normalizer);
@@ -397,6 +563,7 @@ pub async fn run_until(
     let mut acks: Vec<(PushAck, PushReceipt)> = Vec::new();
     let mut open = true;
     while open {
+        heartbeat.beat();
         normalizer.begin_batch();
         tokio::select! {
             ev = rx.recv() => match ev {
@@ -428,6 +595,9 @@ pub async fn run_until(
     }
 
     // Shutdown: sources first, then what they queued, then delivery.
+    notifier.stopping();
+    watchdog_token.cancel();
+    let _ = watchdog.await;
     sources_token.cancel();
     for h in &handles {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
@@ -460,7 +630,7 @@ pub async fn run_until(
     deliver_token.cancel();
     dispatcher.stopped().await;
     http_token.cancel();
-    if let Some(t) = http_task {
+    for t in http_tasks {
         let _ = t.await;
     }
     reload_task.abort();

@@ -88,6 +88,9 @@ pub struct RawConfig {
     pub calls: RawCalls,
     /// The asterCC-style push endpoint (needs `listen`).
     pub push: Option<RawPush>,
+    /// Connection caps, timeouts and body size of the HTTP listeners.
+    #[serde(default)]
+    pub http: crate::http::limits::RawHttpLimits,
 }
 
 /// The asterCC-style push endpoint.
@@ -146,6 +149,12 @@ pub struct RawAdmin {
     pub token: Option<String>,
     /// A file holding the token.
     pub token_file: Option<PathBuf>,
+    /// Separate listener for `/metrics`, `/readyz`, `/-/reload` and the
+    /// admin API (`listen` then serves only the push endpoint and
+    /// `/healthz`); `host:port`, or a bare port for 127.0.0.1.
+    pub listen: Option<String>,
+    /// Connection cap of that listener (default 64).
+    pub max_connections: Option<usize>,
 }
 
 /// Outbox limits.
@@ -320,6 +329,12 @@ pub struct Config {
     pub outbox: OutboxOptions,
     /// The push endpoint (none: not mounted).
     pub push: Option<PushConfig>,
+    /// The admin listener (none: admin routes are on `listen`).
+    pub admin_listen: Option<SocketAddr>,
+    /// Its connection cap.
+    pub admin_max_connections: usize,
+    /// Limits of every HTTP listener.
+    pub http: crate::http::limits::HttpLimits,
 }
 
 /// A configuration problem, with where it is when known.
@@ -455,6 +470,16 @@ pub fn expand_vars(s: &str) -> (String, Vec<String>) {
 /// file's directory), without its trailing line break. Returns the path it
 /// read, for error messages.
 pub fn read_secret_file(base: &Path, file: &Path) -> (PathBuf, std::io::Result<String>) {
+    // `${CREDENTIALS_DIRECTORY}/ami-secret` (systemd's LoadCredential=).
+    let (expanded, missing) = expand_vars(&file.to_string_lossy());
+    if !missing.is_empty() {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("environment variable {} is not set", missing.join(", ")),
+        );
+        return (file.to_path_buf(), Err(e));
+    }
+    let file = Path::new(&expanded);
     let path = if file.is_relative() {
         base.join(file)
     } else {
@@ -1077,11 +1102,71 @@ impl RawConfig {
                 RuleSet::default()
             }
         };
+        // HTTP limits and the admin listener.
+        let mut http_errors = Vec::new();
+        let http_limits = self.http.validate(&mut http_errors);
+        for e in http_errors {
+            let key = e.path.rsplit('.').next().unwrap_or("").to_string();
+            errors.push(src.place(e, 0, Some(&format!("{key}:")), Some("http:")));
+        }
+        let (admin_listen_raw, admin_max) = self
+            .admin
+            .as_mut()
+            .map(|a| (a.listen.take(), a.max_connections.take()))
+            .unwrap_or_default();
+        let admin_listen = match admin_listen_raw.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(l) => match parse_listen_addr(l) {
+                Some(a) if listen.is_some_and(|m| m.port() == a.port() && a.port() != 0) => {
+                    let err = ConfigError {
+                        file: None,
+                        path: "admin.listen".into(),
+                        location: None,
+                        message: format!("{l:?} uses the same port as listen"),
+                        hint: Some(
+                            "give the admin listener its own port, e.g. 127.0.0.1:9189".into(),
+                        ),
+                    };
+                    errors.push(src.place(err, 0, Some(l), Some("admin:")));
+                    None
+                }
+                Some(a) => Some(a),
+                None => {
+                    let err = ConfigError {
+                        file: None,
+                        path: "admin.listen".into(),
+                        location: None,
+                        message: format!("{l:?} is not an address"),
+                        hint: Some(
+                            "write host:port (127.0.0.1:9189), or a port for 127.0.0.1".into(),
+                        ),
+                    };
+                    errors.push(src.place(err, 0, Some(l), Some("admin:")));
+                    None
+                }
+            },
+        };
+        let admin_max_connections = match admin_max {
+            None => crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS,
+            Some(0) => {
+                let err = ConfigError {
+                    file: None,
+                    path: "admin.max_connections".into(),
+                    location: None,
+                    message: "must be at least 1".into(),
+                    hint: Some("e.g. 64".into()),
+                };
+                errors.push(src.place(err, 0, Some("max_connections:"), Some("admin:")));
+                crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS
+            }
+            Some(n) => n,
+        };
         let admin_token = match self.admin.take() {
             None => None,
             Some(RawAdmin {
                 token: Some(_),
                 token_file: Some(_),
+                ..
             }) => {
                 errors.push(ConfigError {
                     file: None,
@@ -1157,6 +1242,9 @@ impl RawConfig {
                     cfg.targets = Arc::new(targets);
                     cfg.rules = Arc::new(rules);
                     cfg.admin_token = admin_token;
+                    cfg.admin_listen = admin_listen;
+                    cfg.admin_max_connections = admin_max_connections;
+                    cfg.http = http_limits;
                     cfg.outbox = outbox;
                     Ok(cfg)
                 } else {
@@ -1221,8 +1309,21 @@ impl Config {
             admin_token: None,
             outbox: OutboxOptions::default(),
             push: None,
+            admin_listen: None,
+            admin_max_connections: crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS,
+            http: crate::http::limits::HttpLimits::default(),
         }
     }
+}
+
+/// `host:port`, or a bare port (`9189`, `:9189`) meaning 127.0.0.1.
+pub fn parse_listen_addr(s: &str) -> Option<SocketAddr> {
+    let s = s.trim();
+    let port = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(p) = port.parse::<u16>() {
+        return Some(SocketAddr::from(([127, 0, 0, 1], p)));
+    }
+    s.parse().ok()
 }
 
 #[cfg(test)]

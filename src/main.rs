@@ -277,7 +277,7 @@ fn main() -> anyhow::Result<()> {
             let opts = RunOptions {
                 config_path: Some(config),
                 observer,
-                listener: None,
+                ..RunOptions::default()
             };
             runtime()?.block_on(app::run(cfg, opts))?;
             Ok(())

@@ -5,7 +5,7 @@
 
 use time::UtcOffset;
 
-use crate::model::{CallRecord, Direction, Disposition, EndReason, Timestamp};
+use crate::model::{CallFacts, CallRecord, Direction, Disposition, EndReason};
 use crate::normalize::{Classifier, Party};
 
 use super::cdr::CdrRow;
@@ -365,36 +365,35 @@ pub fn build(
     let ended = rows
         .iter()
         .map(|r| utc(r.end))
-        .fold(f64::NEG_INFINITY, f64::max)
-        .max(started);
+        .fold(f64::NEG_INFINITY, f64::max);
     let session_id = match (&root.linkedid, &root.uniqueid) {
         (Some(l), _) => l.trim().to_string(),
         (None, Some(u)) => u.trim().to_string(),
         // No id at all: stable, but not the PBX's.
         (None, None) => format!("cdr-{}-{}", started as i64, root_chan),
     };
-    let record = CallRecord {
-        session_id,
-        pbx: pbx.to_string(),
-        direction,
-        caller_number,
-        caller_name,
-        dialed_number,
-        queue,
-        extensions_rung,
-        answered_by,
-        final_answered_by,
-        started_at: Timestamp(started),
-        answered_at: answered_at.map(Timestamp),
-        ended_at: Timestamp(ended),
-        duration: (ended - started).max(0.0),
-        billsec: answered_at.map_or(0.0, |a| (ended - a).max(0.0)),
-        disposition,
-        end_reason: EndReason::Hangup,
-        recording_url: recording_url(root.userfield.as_deref()),
-        approximate,
-        extra: Default::default(),
-    };
+    let record = CallRecord::new(
+        CallFacts {
+            session_id,
+            pbx: pbx.to_string(),
+            direction,
+            caller_number,
+            caller_name,
+            dialed_number,
+            queue,
+            extensions_rung,
+            answered_by,
+            final_answered_by,
+            disposition,
+            end_reason: EndReason::Hangup,
+            recording_url: recording_url(root.userfield.as_deref()),
+            approximate,
+            extra: Default::default(),
+        },
+        started,
+        answered_at,
+        ended,
+    );
     Ok(Built {
         record,
         offset,

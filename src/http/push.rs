@@ -56,7 +56,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::admin::constant_time_eq;
+use super::admin::token_eq;
 use super::ApiState;
 use crate::config::PushTeam;
 use crate::metrics::metrics;
@@ -170,7 +170,7 @@ fn unavailable(team: &str, why: &str) -> Response {
 pub fn authenticate<'a>(teams: &'a Teams, given: &str) -> Option<&'a (PbxId, PushTeam)> {
     let mut found = None;
     for t in &teams.0 {
-        let ok = constant_time_eq(given.as_bytes(), t.1.token.expose().as_bytes());
+        let ok = token_eq(given, t.1.token.expose());
         if ok && !given.is_empty() && found.is_none() {
             found = Some(t);
         }

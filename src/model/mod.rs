@@ -308,6 +308,104 @@ pub struct CallRecord {
     pub extra: BTreeMap<String, String>,
 }
 
+/// What a source knows about a finished call apart from its times: the
+/// input of [`CallRecord::new`], which owns the time arithmetic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallFacts {
+    /// The call's session id.
+    pub session_id: String,
+    /// The PBX id (or push team).
+    pub pbx: String,
+    /// Direction.
+    pub direction: Direction,
+    /// The real caller's number.
+    pub caller_number: Option<String>,
+    /// The real caller's name.
+    pub caller_name: Option<String>,
+    /// The dialed number.
+    pub dialed_number: Option<String>,
+    /// The queue, if any.
+    pub queue: Option<String>,
+    /// Extensions offered the call, in order.
+    pub extensions_rung: Vec<String>,
+    /// The first person who answered.
+    pub answered_by: Option<String>,
+    /// Who had the call at the end.
+    pub final_answered_by: Option<String>,
+    /// How the call ended.
+    pub disposition: Disposition,
+    /// Why the record was closed.
+    pub end_reason: EndReason,
+    /// The recording's location, when the source says.
+    pub recording_url: Option<String>,
+    /// True when some times are estimates.
+    pub approximate: bool,
+    /// Pushed fields with no place in the model.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// Seconds from `start` to `end` and seconds talked (from `answered` to
+/// `end`, 0 when unanswered), never negative: the one duration/billsec
+/// arithmetic of records and hung-up legs.
+pub fn duration_billsec(start: f64, answered: Option<f64>, end: f64) -> (f64, f64) {
+    (
+        (end - start).max(0.0),
+        answered.map_or(0.0, |a| (end - a).max(0.0)),
+    )
+}
+
+impl CallRecord {
+    /// The record of a call that started at `started`, was answered by a
+    /// person at `answered` and ended at `ended` (epoch seconds). The times
+    /// are made consistent (`started ≤ answered ≤ ended`: a start after the
+    /// end moves back to the end, an answer is clamped into the call) and
+    /// `duration` and `billsec` derived from them.
+    pub fn new(facts: CallFacts, started: f64, answered: Option<f64>, ended: f64) -> Self {
+        let started = started.min(ended);
+        let answered = answered.map(|a| a.clamp(started, ended));
+        let (duration, billsec) = duration_billsec(started, answered, ended);
+        let CallFacts {
+            session_id,
+            pbx,
+            direction,
+            caller_number,
+            caller_name,
+            dialed_number,
+            queue,
+            extensions_rung,
+            answered_by,
+            final_answered_by,
+            disposition,
+            end_reason,
+            recording_url,
+            approximate,
+            extra,
+        } = facts;
+        Self {
+            session_id,
+            pbx,
+            direction,
+            caller_number,
+            caller_name,
+            dialed_number,
+            queue,
+            extensions_rung,
+            answered_by,
+            final_answered_by,
+            started_at: Timestamp(started),
+            answered_at: answered.map(Timestamp),
+            ended_at: Timestamp(ended),
+            duration,
+            billsec,
+            disposition,
+            end_reason,
+            recording_url,
+            approximate,
+            extra,
+        }
+    }
+}
+
 /// Everything the normalizer emits, in order.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type")]
@@ -344,6 +442,42 @@ mod tests {
             Timestamp(1795374648.127205).to_rfc3339(),
             "2026-11-22T19:10:48.127205Z"
         );
+    }
+
+    fn facts() -> CallFacts {
+        CallFacts {
+            session_id: "1.0".into(),
+            pbx: "main".into(),
+            direction: Direction::Incoming,
+            caller_number: None,
+            caller_name: None,
+            dialed_number: None,
+            queue: None,
+            extensions_rung: Vec::new(),
+            answered_by: None,
+            final_answered_by: None,
+            disposition: Disposition::NoAnswer,
+            end_reason: EndReason::Hangup,
+            recording_url: None,
+            approximate: false,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn record_times_are_consistent() {
+        let r = CallRecord::new(facts(), 10.0, Some(12.0), 15.5);
+        assert_eq!((r.duration, r.billsec), (5.5, 3.5));
+        assert_eq!(r.answered_at, Some(Timestamp(12.0)));
+        let r = CallRecord::new(facts(), 10.0, None, 15.0);
+        assert_eq!((r.duration, r.billsec), (5.0, 0.0));
+        // An end before the start, an answer outside the call.
+        let r = CallRecord::new(facts(), 20.0, Some(25.0), 15.0);
+        assert_eq!(r.started_at, Timestamp(15.0));
+        assert_eq!(r.answered_at, Some(Timestamp(15.0)));
+        assert_eq!((r.duration, r.billsec), (0.0, 0.0));
+        let r = CallRecord::new(facts(), 10.0, Some(5.0), 15.0);
+        assert_eq!((r.duration, r.billsec), (5.0, 5.0));
     }
 
     #[test]
