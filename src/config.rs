@@ -91,6 +91,10 @@ pub struct RawConfig {
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
+    /// The live API (WebSocket/SSE, click-to-call) for people at the desk.
+    pub live: Option<crate::live::config::RawLive>,
+    /// The Meetip PRO compatible WebSocket (needs `live`).
+    pub meetip: Option<crate::meetip::RawMeetip>,
 }
 
 /// The asterCC-style push endpoint.
@@ -335,6 +339,10 @@ pub struct Config {
     pub admin_max_connections: usize,
     /// Limits of every HTTP listener.
     pub http: crate::http::limits::HttpLimits,
+    /// The live API (none: not mounted).
+    pub live: Option<crate::live::config::LiveConfig>,
+    /// The Meetip PRO compatible channel (none: not served).
+    pub meetip: Option<crate::meetip::MeetipConfig>,
 }
 
 /// A configuration problem, with where it is when known.
@@ -1233,6 +1241,37 @@ impl RawConfig {
                 }
             }
         }
+        // The live API and the Meetip channel.
+        let mut known: Vec<String> = self.pbx.iter().map(|p| p.id.clone()).collect();
+        if let Some(p) = &self.push {
+            known.extend(p.teams.keys().cloned());
+        }
+        let mut live_errors = Vec::new();
+        let live = self
+            .live
+            .take()
+            .map(|l| l.validate(base, &known, &mut live_errors));
+        let meetip = self.meetip.take().map(|m| {
+            if live.is_none() {
+                live_errors.push(ConfigError {
+                    file: None,
+                    path: "meetip".into(),
+                    location: None,
+                    message: "the Meetip channel needs the live section (tenants)".into(),
+                    hint: Some("add live: { tenants: { PBX_ID: { key: ..., code: ... } } }".into()),
+                });
+            }
+            m.validate(&mut live_errors)
+        });
+        for e in live_errors {
+            let key = e.path.rsplit('.').next().unwrap_or("").to_string();
+            let section = if e.path.starts_with("meetip") {
+                "meetip:"
+            } else {
+                "live:"
+            };
+            errors.push(src.place(e, 0, Some(&format!("{key}:")), Some(section)));
+        }
         let main_text = src.files.first().map(|f| f.1.clone()).unwrap_or_default();
         match self.validate(base) {
             Ok(mut cfg) => {
@@ -1246,6 +1285,8 @@ impl RawConfig {
                     cfg.admin_max_connections = admin_max_connections;
                     cfg.http = http_limits;
                     cfg.outbox = outbox;
+                    cfg.live = live;
+                    cfg.meetip = meetip;
                     Ok(cfg)
                 } else {
                     Err(errors)
@@ -1312,6 +1353,8 @@ impl Config {
             admin_listen: None,
             admin_max_connections: crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS,
             http: crate::http::limits::HttpLimits::default(),
+            live: None,
+            meetip: None,
         }
     }
 }
