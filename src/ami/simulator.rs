@@ -21,6 +21,8 @@
 //!    grace expires — the replay starts. A client that resyncs right after
 //!    its login therefore always receives its snapshot before the first
 //!    replayed event.
+//!    With [`Simulator::gated`], the replay then waits for
+//!    [`SimulatorHandle::release`] (tests connect their observers first).
 //! 4. **Replay** of the capture's frames in order, byte-exact (each frame is
 //!    re-sent exactly as captured; if a frame's bytes do not decode back to
 //!    the same message alone, it is re-encoded instead). Not replayed: the
@@ -158,6 +160,9 @@ pub struct Simulator {
     pub pause_before_close: Duration,
     /// How `Originate` is answered (empty: `queued (simulated)`, no events).
     pub originates: Vec<OriginateRecording>,
+    /// Hold every replay until [`SimulatorHandle::release`] (after the
+    /// resync grace; actions are answered meanwhile).
+    pub gated: bool,
 }
 
 impl Simulator {
@@ -172,7 +177,14 @@ impl Simulator {
             resync_grace: Duration::from_secs(1),
             pause_before_close: Duration::ZERO,
             originates: Vec::new(),
+            gated: false,
         }
+    }
+
+    /// Holds every replay until [`SimulatorHandle::release`].
+    pub fn gated(mut self) -> Self {
+        self.gated = true;
+        self
     }
 
     /// Adds recorded Originate outcomes to answer `Originate` with
@@ -241,6 +253,7 @@ impl Simulator {
             reencoded: 0,
         });
         let speed = self.speed.filter(|s| s.is_finite() && *s > 0.0);
+        let (gate_tx, gate_rx) = watch::channel(!self.gated);
         let settings = Arc::new(Settings {
             username: self.username,
             secret: self.secret,
@@ -248,6 +261,7 @@ impl Simulator {
             resync_grace: self.resync_grace,
             pause_before_close: self.pause_before_close,
             originates: self.originates,
+            gate: gate_rx,
         });
         let (stats_tx, stats_rx) = watch::channel(SimStats::default());
         let stats = Arc::new(stats_tx);
@@ -261,6 +275,7 @@ impl Simulator {
             cancel.clone(),
         ));
         Ok(SimulatorHandle {
+            gate: gate_tx,
             addr,
             stats: stats_rx,
             cancel,
@@ -299,6 +314,7 @@ impl SimStats {
 
 /// A running simulator.
 pub struct SimulatorHandle {
+    gate: watch::Sender<bool>,
     addr: SocketAddr,
     stats: watch::Receiver<SimStats>,
     cancel: CancellationToken,
@@ -339,6 +355,11 @@ impl SimulatorHandle {
         found.unwrap_or_else(|_| self.stats())
     }
 
+    /// Lets gated replays start (see [`Simulator::gated`]).
+    pub fn release(&self) {
+        self.gate.send_replace(true);
+    }
+
     /// Stops accepting, closes every connection and waits for the listener task.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
@@ -361,6 +382,7 @@ struct Settings {
     resync_grace: Duration,
     pause_before_close: Duration,
     originates: Vec<OriginateRecording>,
+    gate: watch::Receiver<bool>,
 }
 
 /// One frame to replay.
@@ -676,6 +698,9 @@ async fn serve(
     if !conn.resync_grace().await? {
         return Ok(());
     }
+    if !conn.wait_gate().await? {
+        return Ok(());
+    }
     if !conn.replay().await? {
         return Ok(());
     }
@@ -883,6 +908,26 @@ impl Conn {
                     },
                 },
                 _ = sleep_until(until) => return Ok(true),
+            }
+        }
+    }
+
+    /// Answers actions until the gate opens. False when the connection is over.
+    async fn wait_gate(&mut self) -> io::Result<bool> {
+        let mut gate = self.settings.gate.clone();
+        loop {
+            if *gate.borrow_and_update() {
+                return Ok(true);
+            }
+            tokio::select! {
+                m = self.next_action_serving() => match m? {
+                    None => return Ok(false),
+                    Some(m) => if self.answer(&m).await? == Reply::Close {
+                        self.close().await;
+                        return Ok(false);
+                    },
+                },
+                r = gate.changed() => if r.is_err() { return Ok(true) },
             }
         }
     }

@@ -407,3 +407,172 @@ impl Live {
         self.announce(vec![r]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::auth::{Principal, Scope};
+    use super::config::{LiveConfig, Tenant};
+    use super::session::{Next, Session};
+    use super::*;
+    use crate::config::Secret;
+    use crate::model::{Direction, LegEvent, Role, State, Timestamp};
+
+    fn live(queue: usize) -> Arc<Live> {
+        let mut c = LiveConfig {
+            client_queue: queue,
+            resume_buffer: 8,
+            ..LiveConfig::default()
+        };
+        for id in ["main", "other"] {
+            c.tenants.insert(
+                id.into(),
+                Tenant {
+                    id: id.into(),
+                    key: Secret::new("k".repeat(16)),
+                    code: 1,
+                    monitor_extension: "999".into(),
+                    channel: "SIP/{extension}".into(),
+                    context: "from-internal".into(),
+                },
+            );
+        }
+        Live::new(c, HashMap::new())
+    }
+
+    fn who(tenant: &str, ext: &str) -> Principal {
+        let scope = if ext == "999" {
+            Scope::Monitor
+        } else {
+            Scope::Agent
+        };
+        Principal {
+            tenant: tenant.into(),
+            extension: ext.into(),
+            scope,
+        }
+    }
+
+    fn leg(pbx: &str, sid: &str, ext: &str, state: State) -> ModelEvent {
+        ModelEvent::Leg(LegEvent {
+            session_id: sid.into(),
+            pbx: pbx.into(),
+            leg_id: format!("{sid}/{ext}"),
+            state,
+            direction: Direction::Incoming,
+            role: Role::Callee,
+            extension: ext.into(),
+            caller_number: Some("5559876543".into()),
+            caller_name: None,
+            dialed_number: None,
+            queue: None,
+            at: Timestamp(1.0),
+            duration: None,
+            billsec: None,
+            disposition: None,
+            approximate: false,
+            extra: Default::default(),
+        })
+    }
+
+    fn texts(n: Next) -> Vec<serde_json::Value> {
+        match n {
+            Next::Send(v) => v.iter().map(|t| serde_json::from_str(t).unwrap()).collect(),
+            Next::Close(c, w) => panic!("closed {c} {w}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn slow_client_gets_gap_and_snapshot_then_is_dropped_others_unaffected() {
+        let l = live(2);
+        let (mut fast, _) = Session::start(&l, who("main", "999"), None, "test").unwrap();
+        let (mut slow, _) = Session::start(&l, who("main", "999"), None, "test").unwrap();
+        let mut got = 0;
+        for i in 0..5 {
+            l.apply(Input::Model(Arc::new(vec![leg(
+                "main",
+                &format!("s{i}"),
+                "1001",
+                State::Ringing,
+            )])));
+            // ringing + derived presence: 2 frames per event.
+            got += texts(fast.next().await).len();
+            got += match tokio::time::timeout(Duration::from_millis(10), fast.next()).await {
+                Ok(n) => texts(n).len(),
+                Err(_) => 0,
+            };
+        }
+        assert!(got >= 5, "{got}");
+        assert!(
+            metrics()
+                .live_dropped
+                .with_label_values(&["slow_client"])
+                .get()
+                >= 1
+        );
+        let first = texts(slow.next().await);
+        let kinds: Vec<_> = first
+            .iter()
+            .map(|v| v["type"].as_str().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(kinds[..2], ["gap", "snapshot"], "{first:?}");
+        assert_eq!(first[1]["reason"], "overflow");
+        assert_eq!(first[1]["calls"].as_array().map(Vec::len), Some(5));
+        // Overflowing again and again: disconnected.
+        let mut closed = None;
+        for i in 0..20 {
+            for j in 0..4 {
+                l.apply(Input::Model(Arc::new(vec![leg(
+                    "main",
+                    &format!("t{i}-{j}"),
+                    "1002",
+                    State::Ringing,
+                )])));
+            }
+            if let Next::Close(code, _) = slow.next().await {
+                closed = Some(code);
+                break;
+            }
+        }
+        assert_eq!(closed, Some(auth::CLOSE_SLOW));
+    }
+
+    #[tokio::test]
+    async fn tenants_and_extensions_are_isolated_and_resume_works() {
+        let l = live(64);
+        let (mut a1, first) = Session::start(&l, who("main", "1001"), None, "test").unwrap();
+        assert_eq!(first.len(), 2);
+        let (mut o1, _) = Session::start(&l, who("other", "1001"), None, "test").unwrap();
+        let (mut a2, _) = Session::start(&l, who("main", "1002"), None, "test").unwrap();
+        l.apply(Input::Model(Arc::new(vec![leg(
+            "main",
+            "s1",
+            "1001",
+            State::Ringing,
+        )])));
+        let got = texts(a1.next().await);
+        assert_eq!(got[0]["type"], "call.ringing");
+        let none = tokio::time::timeout(Duration::from_millis(50), o1.next()).await;
+        assert!(none.is_err(), "the other tenant got something");
+        let none = tokio::time::timeout(Duration::from_millis(50), a2.next()).await;
+        assert!(none.is_err(), "1002 got 1001's call");
+        // Resume from 0 replays what the ring buffer holds, then a gap when too old.
+        let (_s, first) = Session::start(&l, who("main", "1001"), Some(0), "test").unwrap();
+        let v: Vec<serde_json::Value> = first
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        assert_eq!(v[2]["type"], "call.ringing");
+        assert_eq!(v[2]["replayed"], true);
+        for i in 0..20 {
+            l.apply(Input::Model(Arc::new(vec![leg(
+                "main",
+                &format!("x{i}"),
+                "1003",
+                State::Ringing,
+            )])));
+        }
+        let (_s, first) = Session::start(&l, who("main", "1001"), Some(1), "test").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&first[2]).unwrap();
+        assert_eq!(v["type"], "gap");
+    }
+}
