@@ -49,8 +49,9 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
-    /// Address of `/metrics`, `/healthz`, `/readyz`, the admin API (and push
-    /// endpoints), e.g. `127.0.0.1:9188`. Unset: no HTTP listener.
+    /// Address of the push endpoint and `/healthz`, e.g. `0.0.0.0:9188`;
+    /// also of `/metrics`, `/readyz`, `/-/reload` and the admin API unless
+    /// `admin.listen` is set. Unset: no HTTP listener.
     pub listen: Option<String>,
     /// Directory of the outbox database (default `./callhook-data`,
     /// relative to the working directory).

@@ -561,6 +561,10 @@ impl Metrics {
             for outcome in ["delivered", "dead", "expired", "rejected"] {
                 self.deliveries.with_label_values(&[t, outcome]);
             }
+            // The attempt outcomes that are not HTTP codes (`deliver::http`).
+            for status in ["timeout", "connect", "error"] {
+                self.delivery_attempts.with_label_values(&[t, status]);
+            }
             self.delivery_retries.with_label_values(&[t]);
             self.rate_limit_waits.with_label_values(&[t]);
             self.breaker_state.with_label_values(&[t]);
@@ -722,6 +726,18 @@ impl ProcessMetrics {
             ),
             threads: int("process_threads", "Number of OS threads in the process"),
         }
+        .with_start_time_now()
+    }
+
+    /// Until `/proc` says better (it may be hidden, e.g. by systemd's
+    /// `ProcSubset=pid`): the time the metrics were created, at start.
+    fn with_start_time_now(self) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.start_time_seconds.set(now);
+        self
     }
 
     /// Reads `/proc/self/stat`, `/proc/self/fd` and the descriptor limit

@@ -34,7 +34,8 @@ pub fn raise_nofile_limit() -> std::io::Result<FdLimit> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let (soft, hard) = (lim.rlim_cur as u64, lim.rlim_max as u64);
+    // rlim_t is u64 on Linux.
+    let (soft, hard): (u64, u64) = (lim.rlim_cur, lim.rlim_max);
     let want = hard.min(CEILING);
     if soft >= want {
         return Ok(FdLimit {
@@ -44,7 +45,7 @@ pub fn raise_nofile_limit() -> std::io::Result<FdLimit> {
         });
     }
     let new = libc::rlimit {
-        rlim_cur: want as libc::rlim_t,
+        rlim_cur: want,
         rlim_max: lim.rlim_max,
     };
     // SAFETY: setrlimit only reads the struct we pass.
