@@ -17,6 +17,7 @@ const ENV: &[(&str, &str)] = &[("E2E_AMI_SECRET", "amipass-1234")];
 async fn start(name: &str, sim: Simulator, extra: &str) -> (Daemon, SimulatorHandle) {
     let sim = sim.start().await.unwrap();
     let dir = temp_dir(name);
+    let _ports = PORTS.lock().await;
     let port = free_port();
     let d = Daemon::start(
         &config(&dir, sim.local_addr().port(), port, extra),

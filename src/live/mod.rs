@@ -257,17 +257,21 @@ impl Live {
                     lock(&self.registry).on_model(pbx, ev, &mut changes);
                 }
             }
-            Input::Originate(id, o) => lock(&self.registry).on_ami(&id, o, &mut changes),
+            Input::Originate(id, o) => {
+                tracing::debug!(request_id = %id, outcome = ?o, "click-to-call outcome from the PBX");
+                lock(&self.registry).on_ami(&id, o, &mut changes)
+            }
         }
         self.announce(changes);
     }
 
     fn announce(&self, changes: Vec<originate::Change>) {
-        for c in changes {
+        for ch in changes {
+            let c = ch.request;
             let Some(t) = self.tenants.get(&c.tenant) else {
                 continue;
             };
-            let kind = if c.outside.is_some() && c.status.is_final() {
+            let kind = if ch.ended {
                 "originate.ended"
             } else {
                 match c.status {
@@ -279,7 +283,7 @@ impl Live {
                     Status::Failed => "originate.failed",
                 }
             };
-            if c.status.is_final() && c.outside.is_none() {
+            if c.status.is_final() && !ch.ended {
                 metrics()
                     .originate_requests
                     .with_label_values(&[c.status.as_str()])
@@ -404,7 +408,10 @@ impl Live {
 
     /// Announces a just-registered request (`originate.queued`).
     pub fn announce_queued(&self, r: originate::CallRequest) {
-        self.announce(vec![r]);
+        self.announce(vec![originate::Change {
+            request: r,
+            ended: false,
+        }]);
     }
 }
 

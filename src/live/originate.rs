@@ -123,8 +123,15 @@ pub struct CallRequest {
     created: Instant,
 }
 
-/// A change to announce (`originate.<status>`).
-pub type Change = CallRequest;
+/// A change to announce: `originate.<status>` when `ended` is false,
+/// `originate.ended` (the outside result is known) when true.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The request after the change.
+    pub request: CallRequest,
+    /// The call ended (the record arrived).
+    pub ended: bool,
+}
 
 /// The AMI's answer to one request.
 #[derive(Debug, Clone)]
@@ -214,7 +221,16 @@ impl Registry {
         }
         r.status = s;
         r.updated_at = crate::source::now_epoch();
-        changes.push(r.clone());
+        changes.push(Change {
+            request: r.clone(),
+            ended: false,
+        });
+        if s.is_final() && r.outside.is_some() {
+            changes.push(Change {
+                request: r.clone(),
+                ended: true,
+            });
+        }
     }
 
     /// A model event of `tenant`.
@@ -269,7 +285,10 @@ impl Registry {
                 });
                 r.updated_at = crate::source::now_epoch();
                 if r.status.is_final() {
-                    changes.push(r.clone());
+                    changes.push(Change {
+                        request: r.clone(),
+                        ended: true,
+                    });
                 } else if r.pending.is_some() {
                     Self::decide(r, changes);
                 }
@@ -397,7 +416,7 @@ mod tests {
             .get_mut("r1")
             .map(|r| r.pending.as_mut().map(|p| p.1 = Instant::now()));
         reg.tick(&mut ch);
-        assert_eq!(ch.last().map(|c| c.status), Some(Status::Failed));
+        assert_eq!(ch.last().map(|c| c.request.status), Some(Status::Failed));
         assert_eq!(status_counts(&reg).get("failed"), Some(&1));
     }
 }

@@ -246,11 +246,23 @@ impl TenantState {
     }
 
     fn emit_presence(&mut self, st: &ExtState) {
+        // The extension's calls at this moment (Meetip's monitor names the
+        // call in its state lines).
+        let calls: Vec<Value> = self
+            .calls_of(&st.extension)
+            .iter()
+            .filter_map(|c| {
+                c.legs.get(&st.extension).map(|l| {
+                    json!({ "session_id": c.session_id, "role": l.role, "state": l.state, "direction": c.direction })
+                })
+            })
+            .collect();
         let body = json!({
             "extension": st.extension,
             "state": st.state,
             "since": st.since,
             "call_waiting": st.call_waiting,
+            "calls": calls,
         });
         self.emit("presence", st.since.0, vec![st.extension.clone()], body);
     }

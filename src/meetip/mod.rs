@@ -379,25 +379,19 @@ fn translate(m: &Meetip, p: &Principal, code: u64, json: &str) -> Vec<String> {
             own_state(t, s("state")).into_iter().collect()
         }
         "presence" if monitor => {
-            let (txn, incoming_ringing) = m
-                .live
-                .with_tenant(&p.tenant, |tn| {
-                    let calls = tn.calls_of(ext);
-                    let ringing = calls.iter().any(|c| {
-                        c.legs.get(ext).is_some_and(|l| {
-                            l.state == crate::model::State::Ringing
-                                && l.role == crate::model::Role::Callee
-                        })
-                    });
-                    (
-                        calls
-                            .first()
-                            .map(|c| c.session_id.clone())
-                            .unwrap_or_default(),
-                        ringing,
-                    )
-                })
+            let calls = v
+                .get("calls")
+                .and_then(Value::as_array)
+                .cloned()
                 .unwrap_or_default();
+            let txn = calls
+                .first()
+                .and_then(|c| c.get("session_id").and_then(Value::as_str))
+                .unwrap_or("")
+                .to_string();
+            let incoming_ringing = calls
+                .iter()
+                .any(|c| c["role"] == "callee" && c["state"] == "ringing");
             let word = match s("state") {
                 "ringing" if incoming_ringing => return Vec::new(),
                 "ringing" => &t.monitor_ringing,

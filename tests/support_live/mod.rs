@@ -24,6 +24,27 @@ pub fn config(dir: &std::path::Path, sim_port: u16, listen: u16, extra: &str) ->
     )
 }
 
+/// Held while a test picks free ports and starts its daemon, until the
+/// daemon listens: tests of one binary run in parallel, and a port picked
+/// (bound, released) by one could otherwise be picked again by another
+/// before the first daemon binds it.
+pub static PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits until something accepts TCP connections on `port`.
+pub async fn wait_port(port: u16) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing listens on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A connected WebSocket.
 pub struct Ws {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -59,10 +80,11 @@ pub enum Got {
 impl Ws {
     /// The next text message or the close (pings are answered by the library).
     pub async fn next(&mut self) -> Got {
+        let deadline = tokio::time::Instant::now() + STEP;
         loop {
-            let m = tokio::time::timeout(STEP, self.ws.next())
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .expect("no message in time");
+                .unwrap_or_else(|_| panic!("no message in time; seen {:?}", self.seen));
             match m {
                 None => return Got::Closed(None),
                 Some(Err(_)) => return Got::Closed(None),
@@ -91,14 +113,18 @@ impl Ws {
 
     /// The next text frame as is (Meetip).
     pub async fn text(&mut self) -> String {
+        let deadline = tokio::time::Instant::now() + STEP;
         loop {
-            let m = tokio::time::timeout(STEP, self.ws.next())
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .expect("no frame in time");
+                .unwrap_or_else(|_| panic!("no frame in time; seen {:?}", self.seen));
             match m {
-                Some(Ok(Message::Text(t))) => return t,
+                Some(Ok(Message::Text(t))) => {
+                    self.seen.push(Value::String(t.clone()));
+                    return t;
+                }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    panic!("closed while waiting for a frame")
+                    panic!("closed while waiting for a frame; seen {:?}", self.seen)
                 }
                 Some(Ok(_)) => continue,
             }
