@@ -22,11 +22,17 @@
 //! applied again rather than taken for a duplicate.
 //!
 //! **Reload** (SIGHUP or `POST /-/reload`): the file is read and validated
-//! again; on success the rules and targets are swapped atomically (in-flight
-//! deliveries continue), on failure every error is logged/returned and the
-//! old configuration stays. Push team tokens and time zones are reloaded
-//! too. PBX, classification, `listen` and push path/parameter changes need
-//! a restart (logged).
+//! again; on failure every error is logged/returned and the old
+//! configuration stays. On success the rules and targets are swapped
+//! atomically (in-flight deliveries continue), push team tokens and time
+//! zones replaced, the normalizer's settings (`classify`, `calls`,
+//! `push.settle`) replaced between two batches, and the AMI clients made to
+//! match `pbx:` (a new PBX is connected, a removed one logged off, a changed
+//! one reconnected; the others are not touched). What only a restart can
+//! change (`listen`, `state_dir`, `outbox`, `admin`, the push endpoint's
+//! mount, a larger event queue: see `config::reload`) keeps its running
+//! value and is reported by key in the reply, the log and
+//! `callhook_config_restart_required{key}`.
 //!
 //! **Shutdown** (SIGINT/SIGTERM): clients log off and stop reading; the
 //! queue is closed (new pushes get 503); the normalizer drains what was
@@ -45,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::ami::client::{self, AmiHandle, AuthMode, ClientConfig, ConnectionState};
-use crate::config::Config;
+use crate::config::{reload, Config, PbxConfig, ReloadOutcome};
 use crate::deliver::outbox::Outbox;
 use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
@@ -203,30 +209,127 @@ fn http_caps(cfg: &Config, admin: bool) -> fds::Budget {
 
 /// Builds one client config per configured PBX.
 pub fn client_configs(cfg: &Config) -> Vec<ClientConfig> {
-    cfg.pbx
-        .iter()
-        .map(|p| {
-            let mut c = ClientConfig::new(
-                p.id.as_str(),
-                p.host.clone(),
-                p.port,
-                p.username.clone(),
-                p.secret.expose(),
-            );
-            c.auth = if p.md5 {
-                AuthMode::Md5
-            } else {
-                AuthMode::Plain
-            };
-            c.events = p.events.clone();
-            c.ping_interval = p.ping_interval;
-            c.ping_timeout = p.ping_timeout;
-            c.connect_timeout = p.connect_timeout;
-            c.max_packet = p.max_packet;
-            c.queue_capacity = p.queue_capacity;
-            c
-        })
-        .collect()
+    cfg.pbx.iter().map(client_config).collect()
+}
+
+/// The client config of one PBX.
+pub fn client_config(p: &PbxConfig) -> ClientConfig {
+    let mut c = ClientConfig::new(
+        p.id.as_str(),
+        p.host.clone(),
+        p.port,
+        p.username.clone(),
+        p.secret.expose(),
+    );
+    c.auth = if p.md5 {
+        AuthMode::Md5
+    } else {
+        AuthMode::Plain
+    };
+    c.events = p.events.clone();
+    c.ping_interval = p.ping_interval;
+    c.ping_timeout = p.ping_timeout;
+    c.connect_timeout = p.connect_timeout;
+    c.max_packet = p.max_packet;
+    c.queue_capacity = p.queue_capacity;
+    c
+}
+
+/// One running AMI client.
+struct Client {
+    cfg: PbxConfig,
+    handle: AmiHandle,
+    stop: CancellationToken,
+}
+
+/// The AMI clients of the daemon, started, stopped and restarted as
+/// reloads add, remove and change PBXs.
+#[derive(Clone)]
+struct Clients {
+    list: Arc<std::sync::Mutex<Vec<Client>>>,
+    events: mpsc::Sender<SourceEvent>,
+    parent: CancellationToken,
+}
+
+impl Clients {
+    fn new(events: mpsc::Sender<SourceEvent>, parent: CancellationToken) -> Self {
+        Self {
+            list: Arc::new(std::sync::Mutex::new(Vec::new())),
+            events,
+            parent,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
+        self.list
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn start(&self, p: &PbxConfig) {
+        let c = client_config(p);
+        info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
+        let stop = self.parent.child_token();
+        let handle = client::spawn(c, self.events.clone(), stop.clone());
+        self.lock().push(Client {
+            cfg: p.clone(),
+            handle,
+            stop,
+        });
+    }
+
+    fn handles(&self) -> Vec<AmiHandle> {
+        self.lock().iter().map(|c| c.handle.clone()).collect()
+    }
+
+    /// Stops the client of `id` and waits (a little) for it to log off.
+    async fn stop(&self, id: &str) {
+        let gone = {
+            let mut list = self.lock();
+            list.iter()
+                .position(|c| c.cfg.id == id)
+                .map(|i| list.remove(i))
+        };
+        if let Some(c) = gone {
+            c.stop.cancel();
+            if tokio::time::timeout(Duration::from_secs(3), c.handle.stopped())
+                .await
+                .is_err()
+            {
+                warn!(pbx = %id, "AMI client did not stop in time");
+            }
+        }
+    }
+
+    /// Makes the running clients those of `pbx`: new ones started,
+    /// removed ones stopped, changed ones restarted.
+    async fn apply(&self, pbx: &[PbxConfig]) {
+        let running: Vec<PbxConfig> = self.lock().iter().map(|c| c.cfg.clone()).collect();
+        for old in &running {
+            match pbx.iter().find(|p| p.id == old.id) {
+                None => {
+                    info!(pbx = %old.id, "PBX removed by a reload: disconnecting");
+                    self.stop(&old.id).await;
+                    metrics()
+                        .ami_connection_state
+                        .remove_label_values(&[&old.id])
+                        .ok();
+                }
+                Some(p) if p != old => {
+                    info!(pbx = %old.id, "PBX changed by a reload: reconnecting");
+                    self.stop(&old.id).await;
+                    self.start(p);
+                }
+                Some(_) => {}
+            }
+        }
+        for p in pbx {
+            if !running.iter().any(|o| o.id == p.id) {
+                info!(pbx = %p.id, "PBX added by a reload");
+                self.start(p);
+            }
+        }
+    }
 }
 
 /// Receives every batch of model events, in order.
@@ -341,23 +444,20 @@ pub async fn run_until(
 
     // AMI clients.
     let sources_token = token.child_token();
-    let clients = client_configs(&cfg);
-    let capacity: usize = clients.iter().map(|c| c.queue_capacity).sum::<usize>()
-        + if cfg.push.is_some() { PUSH_QUEUE } else { 0 };
-    let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity.max(1));
-    let mut handles: Vec<AmiHandle> = Vec::new();
-    for c in clients {
-        info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
-        handles.push(client::spawn(c, tx.clone(), sources_token.clone()));
+    let capacity = reload::queue_capacity(&cfg, PUSH_QUEUE).max(1);
+    let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity);
+    let clients = Clients::new(tx.clone(), sources_token.clone());
+    for p in &cfg.pbx {
+        clients.start(p);
     }
     // The live hub (consumes committed model events; click-to-call through
     // the AMI clients) and the Meetip channel on top of it.
     let live_token = CancellationToken::new();
     let live = cfg.live.clone().map(|lc| {
-        let ami = handles
-            .iter()
-            .map(|h| (h.pbx().to_string(), h.clone()))
-            .collect();
+        // Looked up at each click-to-call: reloads add and remove PBXs.
+        let c = clients.clone();
+        let ami: crate::live::AmiLookup =
+            Arc::new(move |id: &str| c.handles().into_iter().find(|h| &**h.pbx() == id));
         let live = crate::live::Live::new(lc, ami);
         tokio::spawn(live.clone().run(live_token.clone()));
         let hub = live.clone();
@@ -411,10 +511,11 @@ pub async fn run_until(
         (None, None) => None,
     };
     let caps = http_caps(&cfg, admin_listener.is_some());
-    let ready_handles = handles.clone();
+    let ready_clients = clients.clone();
     let ok = outbox_ok.clone();
     let readiness = move || {
-        let pbx: std::collections::BTreeMap<String, bool> = ready_handles
+        let pbx: std::collections::BTreeMap<String, bool> = ready_clients
+            .handles()
             .iter()
             .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
             .collect();
@@ -520,32 +621,30 @@ pub async fn run_until(
 
     // Reloads.
     let config_path = opts.config_path.clone();
-    let push_mount = cfg.push.as_ref().map(|p| {
-        (
-            p.path.clone(),
-            p.token_param.clone(),
-            p.token_header.clone(),
-        )
-    });
+    let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
+    let started_cfg = cfg.clone();
+    let reload_clients = clients.clone();
     let reload_task = tokio::spawn(async move {
+        let mut running = started_cfg.clone();
         while let Some(reply) = reload_rx.recv().await {
             let result = match &config_path {
                 None => Err(vec!["no configuration file to reload".to_string()]),
                 Some(p) => match Config::load(p) {
                     Ok(new) => {
+                        let outcome = ReloadOutcome {
+                            applied: reload::applied(&running, &new),
+                            restart_required: reload::restart_required(
+                                &started_cfg,
+                                &new,
+                                capacity,
+                                PUSH_QUEUE,
+                            ),
+                        };
                         targets_tx.send_replace(new.targets.clone());
                         rules_tx.send_replace(new.rules.clone());
-                        let mount = new.push.as_ref().map(|p| {
-                            (
-                                p.path.clone(),
-                                p.token_param.clone(),
-                                p.token_header.clone(),
-                            )
-                        });
-                        if mount != push_mount {
-                            warn!("push endpoint added, removed, or its path/token parameter/header changed: restart to apply");
-                        }
-                        if push_mount.is_some() {
+                        normalizer_tx.send_replace(new.normalizer.clone());
+                        reload_clients.apply(&new.pbx).await;
+                        if started_cfg.push.is_some() {
                             if let Some(p) = &new.push {
                                 push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
                             }
@@ -554,12 +653,28 @@ pub async fn run_until(
                         metrics()
                             .config_last_reload_success_timestamp_seconds
                             .set(now_epoch());
-                        info!(rules = new.rules.len(), targets = new.targets.len(), "configuration reloaded (PBX, classify and listen changes need a restart)");
-                        Ok(())
+                        for k in reload::RESTART_KEYS {
+                            let pending = outcome.restart_required.iter().any(|x| x == k);
+                            metrics()
+                                .config_restart_required
+                                .with_label_values(&[k])
+                                .set(i64::from(pending));
+                        }
+                        for k in &outcome.restart_required {
+                            warn!(key = %k, "reloaded setting needs a restart to take effect; the running value stays");
+                        }
+                        info!(
+                            rules = new.rules.len(),
+                            targets = new.targets.len(),
+                            pbx = new.pbx.len(),
+                            applied = %outcome.applied.join(", "),
+                            "configuration reloaded"
+                        );
+                        running = new;
+                        Ok(outcome)
                     }
                     Err(e) => {
-                        let errors: Vec<String> =
-                            e.errors.iter().map(|x| x.render(&e.file)).collect();
+                        let errors = e.rendered();
                         for x in &errors {
                             error!(error = %x, "reload rejected, the previous configuration stays");
                         }
@@ -625,6 +740,9 @@ pub async fn run_until(
             _ = tick.tick() => normalizer.tick(now_epoch(), &mut out),
             _ = token.cancelled() => open = false,
             Ok(()) = rules_rx.changed() => rules = rules_rx.borrow_and_update().clone(),
+            Ok(()) = normalizer_rx.changed() => {
+                normalizer.reconfigure(normalizer_rx.borrow_and_update().clone());
+            }
         }
         finish_batch(
             &rules,
@@ -643,7 +761,7 @@ pub async fn run_until(
     watchdog_token.cancel();
     let _ = watchdog.await;
     sources_token.cancel();
-    for h in &handles {
+    for h in &clients.handles() {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
             .await
             .is_err()

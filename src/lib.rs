@@ -22,7 +22,11 @@
 //!   through the live path), [`demo`] (everything on one machine),
 //!   [`metrics`] (every Prometheus metric), [`notify`] (readiness,
 //!   watchdog and stopping notifications to systemd), [`log_limit`]
-//!   (rate-limited log lines for events that can repeat fast).
+//!   (rate-limited log lines for events that can repeat fast), [`ruletest`]
+//!   (`callhook test`: rule-set unit tests).
+//! - Leaves used by every config section: [`yaml`] (YAML documents with
+//!   positions, and a deserializer that reports every problem) and
+//!   [`values`] (durations, time zones, `${VAR}`, secret files).
 
 pub mod ami;
 pub mod app;
@@ -41,5 +45,8 @@ pub mod normalize;
 pub mod notify;
 pub mod replay;
 pub mod rules;
+pub mod ruletest;
 pub mod source;
 pub mod template;
+pub mod values;
+pub mod yaml;

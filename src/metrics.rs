@@ -76,6 +76,9 @@ pub struct Metrics {
     pub config_last_reload_successful: IntGauge,
     /// Reloads by outcome (success, failure).
     pub config_reloads: IntCounterVec,
+    /// 1 for each setting (`key`, one of [`CONFIG_RESTART_KEYS`])
+    /// whose reloaded value waits for a restart.
+    pub config_restart_required: IntGaugeVec,
     /// Push endpoint requests by team (configured teams, else `unknown`)
     /// and outcome (accepted, duplicate, unauthorized, bad_request, unavailable).
     pub push_requests: IntCounterVec,
@@ -142,6 +145,20 @@ pub struct ProcessMetrics {
     /// OS threads.
     pub threads: IntGauge,
 }
+
+/// The settings a reload can only apply at the next restart: the `key`
+/// label of `callhook_config_restart_required` (see `config::reload`).
+pub const CONFIG_RESTART_KEYS: &[&str] = &[
+    "listen",
+    "state_dir",
+    "outbox",
+    "admin",
+    "push",
+    "push.path",
+    "push.token_param",
+    "push.token_header",
+    "pbx.queue_capacity",
+];
 
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
@@ -386,6 +403,18 @@ impl Metrics {
                 "Configuration reloads by outcome",
                 &["outcome"],
             ),
+            config_restart_required: {
+                let g = gauge_vec(
+                    &r,
+                    "callhook_config_restart_required",
+                    "1 when a reloaded setting (key) only takes effect after a restart",
+                    &["key"],
+                );
+                for k in CONFIG_RESTART_KEYS {
+                    g.with_label_values(&[k]).set(0);
+                }
+                g
+            },
             push_requests: counter_vec(
                 &r,
                 "callhook_push_requests_total",

@@ -5,6 +5,7 @@
 //! counters it reads are its own.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -299,13 +300,16 @@ async fn one_client_cannot_take_every_slot_nor_lock_itself_out() {
     assert!(closed(name, "evicted") >= 18);
 }
 
-/// A router whose `/wait` holds the request until a permit is added.
-fn waiting(gate: Arc<Semaphore>) -> Router {
+/// A router whose `/wait` counts the requests inside it (`entered`) and
+/// holds them until a permit is added to `gate`.
+fn waiting(gate: Arc<Semaphore>, entered: Arc<AtomicUsize>) -> Router {
     basic().route(
         "/wait",
         get(move || {
             let gate = gate.clone();
+            let entered = entered.clone();
             async move {
+                entered.fetch_add(1, Ordering::SeqCst);
                 let _p = gate.acquire().await.unwrap();
                 "done\n"
             }
@@ -321,7 +325,8 @@ async fn requests_being_handled_are_never_cut_and_a_busy_server_says_503() {
         max_connections: 3,
         ..limits()
     };
-    let srv = start(name, l, waiting(gate.clone())).await;
+    let entered = Arc::new(AtomicUsize::new(0));
+    let srv = start(name, l, waiting(gate.clone(), entered.clone())).await;
     let mut busy = Vec::new();
     for _ in 0..3 {
         let mut s = TcpStream::connect(srv.addr).await.unwrap();
@@ -330,9 +335,8 @@ async fn requests_being_handled_are_never_cut_and_a_busy_server_says_503() {
             .unwrap();
         busy.push(s);
     }
-    eventually("3 open", || open(name) == 3).await;
-    // Wait until all three are inside the handler (not evictable any more).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // All three inside the handler: not evictable any more.
+    eventually("3 handling", || entered.load(Ordering::SeqCst) == 3).await;
     let mut c = TcpStream::connect(srv.addr).await.unwrap();
     let r = String::from_utf8_lossy(&read_to_eof(&mut c).await).to_string();
     assert!(
@@ -438,14 +442,15 @@ async fn an_upgraded_connection_outlives_the_idle_timeout_and_keeps_its_slot() {
 async fn shutdown_closes_idle_connections_and_lets_requests_finish() {
     let name = "t-shutdown";
     let gate = Arc::new(Semaphore::new(0));
-    let mut srv = start(name, limits(), waiting(gate.clone())).await;
+    let entered = Arc::new(AtomicUsize::new(0));
+    let mut srv = start(name, limits(), waiting(gate.clone(), entered.clone())).await;
     let mut idle = TcpStream::connect(srv.addr).await.unwrap();
     let mut busy = TcpStream::connect(srv.addr).await.unwrap();
     busy.write_all(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     eventually("2 open", || open(name) == 2).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("1 handling", || entered.load(Ordering::SeqCst) == 1).await;
     srv.stop.cancel();
     assert!(read_to_eof(&mut idle).await.is_empty());
     gate.add_permits(1);

@@ -38,7 +38,7 @@ async fn serve(
     let teams = Teams::new(&[PushTeam {
         name: "acme".into(),
         token: Secret::new(TOKEN),
-        utc_offset: 0,
+        timezone: jiff::tz::TimeZone::UTC,
     }]);
     // The receiver keeps the last value when the sender is gone.
     let (_, teams_rx) = watch::channel(Arc::new(teams));

@@ -53,6 +53,11 @@
 //! timeout) are dropped with a debug log. `Event: OriginateResponse` is the
 //! exception: Asterisk broadcasts it, so it is forwarded as an event *and*
 //! resolves a pending action with that ActionID, if one is still waiting.
+//! Every `Originate` written is also announced to the normalizer as a
+//! [`SourceEvent::AmiOriginate`] (its ActionID, `Channel`, `Exten`,
+//! `ChannelId`), in stream order before anything it causes: the call model
+//! knows a click-to-call's number from the agent's first ring and ties a
+//! failed one to its record even when the PBX says little.
 //!
 //! [`AmiHandle::originate`] is the click-to-call variant: an `Async: true`
 //! Originate whose pending entry outlives its `Response: Success` until the
@@ -124,7 +129,7 @@ use tracing::{debug, info, warn};
 use super::codec::{AmiCodec, AmiFrame};
 use super::message::{Action, ActionError, AmiMessage, MessageKind};
 use crate::metrics::{event_label, metrics};
-use crate::source::{now_epoch, PbxId, SourceEvent};
+use crate::source::{now_epoch, OriginateSent, PbxId, SourceEvent};
 
 /// How often deadlines (actions, ping) and the overflow state are checked.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
@@ -1242,8 +1247,18 @@ impl Client {
         }
         let action = cmd.action.clone();
         let deadline = cmd.deadline;
-        self.write(sess, &action, PendingKind::User(cmd), deadline)
-            .map(|_| ())
+        let id = self.write(sess, &action, PendingKind::User(cmd), deadline)?;
+        // The normalizer learns what a click-to-call asked for (a passive
+        // listener only sees the broadcast OriginateResponse).
+        if let Some(originate) = id.and_then(|id| OriginateSent::from_action(&action, &id)) {
+            let ev = SourceEvent::AmiOriginate {
+                pbx: self.pbx.clone(),
+                at: now_epoch(),
+                originate,
+            };
+            self.forward_event(sess, ev);
+        }
+        Ok(())
     }
 
     fn send_ping(&mut self, sess: &mut Session) -> Result<(), Lost> {
@@ -1354,6 +1369,12 @@ impl Client {
             received_at: now_epoch(),
             msg,
         };
+        self.forward_event(sess, ev);
+    }
+
+    /// Forwards a source event in stream order (held back while a resync
+    /// runs).
+    fn forward_event(&mut self, sess: &mut Session, ev: SourceEvent) {
         if sess.resync_in_flight {
             if sess.held.len() < self.cfg.queue_capacity.max(1) {
                 sess.held.push_back(ev);

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration, ConfigError};
+use crate::values::parse_duration;
+use crate::yaml::{Path as At, Problem};
 
 /// The `http:` section as written.
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -84,18 +85,14 @@ impl HttpLimits {
 }
 
 impl RawHttpLimits {
-    /// Checks every value, pushing one error per problem.
-    pub fn validate(&self, errors: &mut Vec<ConfigError>) -> HttpLimits {
+    /// Checks every value, pushing one problem (at `http.KEY`) per mistake.
+    pub fn validate(&self, errors: &mut Vec<Problem>) -> HttpLimits {
         let d = HttpLimits::default();
-        let err = |path: &str, message: String, hint: &str| ConfigError {
-            file: None,
-            path: format!("http.{path}"),
-            location: None,
-            message,
-            hint: Some(hint.to_string()),
+        let err = |path: &str, message: String, hint: &str| {
+            Problem::new(At::root().key("http").key(path), message).hint(hint)
         };
         let count =
-            |v: Option<usize>, path: &str, default: usize, errors: &mut Vec<ConfigError>| match v {
+            |v: Option<usize>, path: &str, default: usize, errors: &mut Vec<Problem>| match v {
                 None => default,
                 Some(0) => {
                     errors.push(err(path, "must be at least 1".into(), "e.g. 64"));
@@ -104,25 +101,25 @@ impl RawHttpLimits {
                 Some(n) => n,
             };
         let dur =
-            |v: &Option<String>, path: &str, default: Duration, errors: &mut Vec<ConfigError>| {
-                match v.as_deref() {
-                    None => default,
-                    Some(s) => match parse_duration(s) {
-                        Some(x) if x >= Duration::from_millis(10) => x,
-                        Some(_) => {
-                            errors.push(err(path, format!("{s:?} is too short"), "at least 10ms"));
-                            default
-                        }
-                        None => {
-                            errors.push(err(
-                                path,
-                                format!("{s:?} is not a duration"),
-                                "write e.g. 500ms, 10s, 1m",
-                            ));
-                            default
-                        }
-                    },
-                }
+            |v: &Option<String>, path: &str, default: Duration, errors: &mut Vec<Problem>| match v
+                .as_deref()
+            {
+                None => default,
+                Some(s) => match parse_duration(s) {
+                    Some(x) if x >= Duration::from_millis(10) => x,
+                    Some(_) => {
+                        errors.push(err(path, format!("{s:?} is too short"), "at least 10ms"));
+                        default
+                    }
+                    None => {
+                        errors.push(err(
+                            path,
+                            format!("{s:?} is not a duration"),
+                            "write e.g. 500ms, 10s, 1m",
+                        ));
+                        default
+                    }
+                },
             };
         let max_connections = count(
             self.max_connections,
@@ -186,7 +183,7 @@ mod tests {
             max_body: Some(10),
         };
         let l = raw.validate(&mut errors);
-        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        let paths: Vec<String> = errors.iter().map(|e| e.path.to_string()).collect();
         assert_eq!(
             paths,
             [

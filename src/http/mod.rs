@@ -6,7 +6,7 @@
 //! | push endpoint (`POST /v1/events/astercc` by default, [`push`]) | `listen` | the team's token |
 //! | `GET /readyz` (200 when every PBX is logged in and the outbox is writable, else 503 with a JSON reason) | admin | none |
 //! | `GET /metrics` (Prometheus text) | admin | none: keep the admin listener private |
-//! | `POST /-/reload` (re-reads the configuration like SIGHUP; 200, or 400 with every error) | admin | admin token |
+//! | `POST /-/reload` (re-reads the configuration like SIGHUP; 200 with `{"reloaded": true, "applied": [...], "restart_required": [keys]}` (those keys keep their running values until a restart), or 400 with every error) | admin | admin token |
 //! | the admin API ([`admin`]) | admin | admin token |
 //!
 //! "admin" is `admin.listen` when it is set (then `listen` serves only the
@@ -52,8 +52,9 @@ pub struct Readiness {
     pub outbox_writable: bool,
 }
 
-/// A reload request: the answer is `Ok` or the list of errors.
-pub type ReloadReply = oneshot::Sender<Result<(), Vec<String>>>;
+/// A reload request: the answer is what was applied and what needs a
+/// restart, or the list of errors.
+pub type ReloadReply = oneshot::Sender<Result<crate::config::ReloadOutcome, Vec<String>>>;
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -165,7 +166,15 @@ async fn reload(State(st): State<ApiState>, headers: axum::http::HeaderMap) -> R
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     match rx.await {
-        Ok(Ok(())) => (StatusCode::OK, "reloaded\n").into_response(),
+        Ok(Ok(outcome)) => (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "reloaded": true,
+                "applied": outcome.applied,
+                "restart_required": outcome.restart_required,
+            })),
+        )
+            .into_response(),
         Ok(Err(errors)) => (
             StatusCode::BAD_REQUEST,
             Json(serde_json::json!({ "reloaded": false, "errors": errors })),

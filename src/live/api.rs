@@ -233,7 +233,7 @@ fn check_call(
             "forbidden",
             "unknown tenant",
         ))?;
-    let ami = live.ami(&p.tenant).cloned().ok_or(refused(
+    let ami = live.ami(&p.tenant).ok_or(refused(
         StatusCode::CONFLICT,
         "no_pbx",
         "this tenant has no AMI connection to place calls with",

@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{expand_vars, parse_duration, read_secret_file, ConfigError, Secret};
+use crate::values::{expand_vars, parse_duration, read_secret_file, Secret};
+use crate::yaml::{Path as At, Problem};
 
 /// `live:` as written.
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -207,45 +208,33 @@ impl Default for LiveConfig {
     }
 }
 
-fn err(path: impl Into<String>, message: impl Into<String>, hint: Option<&str>) -> ConfigError {
-    ConfigError {
-        file: None,
-        path: path.into(),
-        location: None,
-        message: message.into(),
-        hint: hint.map(str::to_string),
-    }
+fn err(path: impl Into<String>, message: impl Into<String>, hint: Option<&str>) -> Problem {
+    Problem::new(At::parse(&path.into()), message).hint_opt(hint.map(str::to_string))
 }
 
 impl RawLive {
     /// Checks the section, pushing every problem to `errors`. `known` are the
     /// PBX ids and push teams (a tenant must be one of them).
-    pub fn validate(
-        self,
-        base: &Path,
-        known: &[String],
-        errors: &mut Vec<ConfigError>,
-    ) -> LiveConfig {
+    pub fn validate(self, base: &Path, known: &[String], errors: &mut Vec<Problem>) -> LiveConfig {
         let d = LiveConfig::default();
-        let dur = |v: &Option<String>,
-                   path: &str,
-                   default: Duration,
-                   errors: &mut Vec<ConfigError>| match v {
-            None => default,
-            Some(s) => match parse_duration(s) {
-                Some(x) if !x.is_zero() => x,
-                _ => {
-                    errors.push(err(
-                        path,
-                        format!("{s:?} is not a duration"),
-                        Some("e.g. 25s, 5m, 1h"),
-                    ));
-                    default
-                }
-            },
+        let dur = |v: &Option<String>, path: &str, default: Duration, errors: &mut Vec<Problem>| {
+            match v {
+                None => default,
+                Some(s) => match parse_duration(s) {
+                    Some(x) if !x.is_zero() => x,
+                    _ => {
+                        errors.push(err(
+                            path,
+                            format!("{s:?} is not a duration"),
+                            Some("e.g. 25s, 5m, 1h"),
+                        ));
+                        default
+                    }
+                },
+            }
         };
         let positive =
-            |v: Option<usize>, path: &str, default: usize, errors: &mut Vec<ConfigError>| match v {
+            |v: Option<usize>, path: &str, default: usize, errors: &mut Vec<Problem>| match v {
                 None => default,
                 Some(0) => {
                     errors.push(err(path, "must be at least 1", None));
@@ -347,7 +336,7 @@ impl RawLive {
             );
         }
         let o = self.originate;
-        let regexes = |v: &[String], path: &str, errors: &mut Vec<ConfigError>| {
+        let regexes = |v: &[String], path: &str, errors: &mut Vec<Problem>| {
             v.iter()
                 .enumerate()
                 .filter_map(|(i, p)| match regex::Regex::new(p) {
@@ -434,7 +423,7 @@ mod tests {
 
     #[test]
     fn validates_and_reports_every_problem() {
-        let raw: RawLive = serde_yaml::from_str(
+        let raw: RawLive = crate::yaml::de::from_str(
             "tenants:\n  main: { key: short, code: 270 }\n  other: { code: 270, key: 0123456789abcdef0 }\n  ghost: { key: 0123456789abcdef0 }\noriginate: { deny: ['('] }\nheartbeat: soon\n",
         )
         .unwrap();
@@ -444,7 +433,8 @@ mod tests {
             &["main".into(), "other".into()],
             &mut errors,
         );
-        let paths: Vec<_> = errors.iter().map(|e| e.path.as_str()).collect();
+        let paths: Vec<String> = errors.iter().map(|e| e.path.to_string()).collect();
+        let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
         assert!(paths.contains(&"live.tenants.main.key"), "{paths:?}");
         assert!(paths.contains(&"live.tenants.other.code"), "{paths:?}");
         assert!(paths.contains(&"live.tenants.ghost"), "{paths:?}");
@@ -453,6 +443,6 @@ mod tests {
         assert!(paths.contains(&"live.heartbeat"), "{paths:?}");
         assert_eq!(c.tenants["main"].monitor_extension, "999");
         assert_eq!(c.tenants["main"].context, "from-internal");
-        assert!(serde_yaml::from_str::<RawLive>("tenantz: {}").is_err());
+        assert!(crate::yaml::de::from_str::<RawLive>("tenantz: {}").is_err());
     }
 }

@@ -58,6 +58,9 @@ use message::Frame;
 use originate::{AmiOutcome, Registry, Status};
 use tenant::{ExtState, Subscriber, TenantState};
 
+/// Finds the AMI client of a PBX (click-to-call).
+pub type AmiLookup = Arc<dyn Fn(&str) -> Option<AmiHandle> + Send + Sync>;
+
 /// Batches waiting for the hub.
 pub const INPUT_QUEUE: usize = 4096;
 
@@ -99,7 +102,7 @@ pub struct Live {
     input_rx: Mutex<Option<mpsc::Receiver<Input>>>,
     input_lost: AtomicBool,
     registry: Mutex<Registry>,
-    ami: HashMap<String, AmiHandle>,
+    ami: AmiLookup,
     clients: AtomicUsize,
     next_id: AtomicU64,
     conn_rate: RateWindows<IpAddr>,
@@ -141,9 +144,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Live {
-    /// A hub for the configured tenants; `ami` are the AMI clients by PBX
-    /// id (click-to-call). Start it with [`Live::run`].
-    pub fn new(cfg: LiveConfig, ami: HashMap<String, AmiHandle>) -> Arc<Self> {
+    /// A hub for the configured tenants; `ami` finds the AMI client of a
+    /// PBX id (click-to-call). Start it with [`Live::run`].
+    pub fn new(cfg: LiveConfig, ami: AmiLookup) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         let tenants = cfg
             .tenants
@@ -386,8 +389,8 @@ impl Live {
     }
 
     /// The AMI client of a tenant (click-to-call), if it is a PBX.
-    pub fn ami(&self, tenant: &str) -> Option<&AmiHandle> {
-        self.ami.get(tenant)
+    pub fn ami(&self, tenant: &str) -> Option<AmiHandle> {
+        (self.ami)(tenant)
     }
 
     /// Click-to-call registry.
@@ -443,7 +446,7 @@ mod tests {
                 },
             );
         }
-        Live::new(c, HashMap::new())
+        Live::new(c, Arc::new(|_: &str| None))
     }
 
     fn who(tenant: &str, ext: &str) -> Principal {

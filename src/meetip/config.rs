@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration, parse_listen_addr, ConfigError};
+use crate::values::{parse_duration, parse_listen_addr};
+use crate::yaml::{Path as At, Problem};
 
 /// Every text the server sends (Spanish defaults, as Meetip PRO).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -136,14 +137,10 @@ impl Default for MeetipConfig {
 
 impl RawMeetip {
     /// Checks the section.
-    pub fn validate(self, errors: &mut Vec<ConfigError>) -> MeetipConfig {
+    pub fn validate(self, errors: &mut Vec<Problem>) -> MeetipConfig {
         let d = MeetipConfig::default();
-        let err = |path: &str, message: String, hint: &str| ConfigError {
-            file: None,
-            path: path.into(),
-            location: None,
-            message,
-            hint: Some(hint.into()),
+        let err = |path: &str, message: String, hint: &str| {
+            Problem::new(At::parse(path), message).hint(hint)
         };
         let listen = self.listen.as_deref().and_then(|l| {
             let a = parse_listen_addr(l);

@@ -17,10 +17,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Where a leg or call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// The PBX offered the call to the extension (or, for the calling
@@ -44,7 +44,7 @@ impl State {
 }
 
 /// Which way the call goes, as a CRM user reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// From outside (a trunk) to extensions.
@@ -100,8 +100,27 @@ impl Serialize for Disposition {
     }
 }
 
+impl<'de> Deserialize<'de> for Disposition {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.to_ascii_uppercase().replace('_', " ").as_str() {
+            "ANSWERED" => Disposition::Answered,
+            "NO ANSWER" => Disposition::NoAnswer,
+            "BUSY" => Disposition::Busy,
+            "FAILED" => Disposition::Failed,
+            "ABANDONED" => Disposition::Abandoned,
+            _ => {
+                return Err(serde::de::Error::invalid_value(
+                    serde::de::Unexpected::Str(&s),
+                    &"ANSWERED, NO ANSWER, BUSY, FAILED or ABANDONED",
+                ))
+            }
+        })
+    }
+}
+
 /// The part an extension plays in a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The extension placed the call (outgoing/internal, click-to-call).
@@ -111,7 +130,7 @@ pub enum Role {
 }
 
 /// Why a call record was closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// Every party hung up (the normal case).
@@ -150,6 +169,27 @@ impl Serialize for Timestamp {
     }
 }
 
+/// From RFC 3339 text (as serialized) or epoch seconds.
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum T {
+            N(f64),
+            S(String),
+        }
+        match T::deserialize(d)? {
+            T::N(n) => Ok(Timestamp(n)),
+            T::S(s) => s
+                .parse::<jiff::Timestamp>()
+                .map(|t| Timestamp(t.as_second() as f64 + f64::from(t.subsec_nanosecond()) / 1e9))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time: {e}"))
+                }),
+        }
+    }
+}
+
 /// Seconds rounded to milliseconds (a float in JSON).
 fn ser_secs<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((v * 1000.0).round() / 1000.0)
@@ -163,7 +203,7 @@ fn ser_opt_secs<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error>
 }
 
 /// A leg changed state.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LegEvent {
     /// The call's session id (the PBX's Linkedid).
     pub session_id: String,
@@ -193,12 +233,14 @@ pub struct LegEvent {
     pub at: Timestamp,
     /// On `hungup`: seconds from the leg's first state to its end.
     #[serde(
+        default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_opt_secs"
     )]
     pub duration: Option<f64>,
     /// On `hungup`: seconds the extension talked (0 when it never answered).
     #[serde(
+        default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_opt_secs"
     )]
@@ -207,6 +249,7 @@ pub struct LegEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disposition: Option<Disposition>,
     /// True when the time is an estimate (learned after a reconnect).
+    #[serde(default)]
     pub approximate: bool,
     /// Fields of a pushed event that have no place in the model (asterCC
     /// push: unknown fields and the agent number, by their pushed names),
@@ -214,12 +257,12 @@ pub struct LegEvent {
     /// out of the JSON) for AMI calls. Templates read them as
     /// `{{call.extra.NAME}}` (guard with `{{#if call.extra.NAME}}`: a
     /// missing name is an error in strict mode).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
 }
 
 /// The call as a whole started ringing or was answered by a person.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallStateEvent {
     /// The call's session id.
     pub session_id: String,
@@ -242,6 +285,7 @@ pub struct CallStateEvent {
     /// When it happened.
     pub at: Timestamp,
     /// True when the time is an estimate.
+    #[serde(default)]
     pub approximate: bool,
     /// Fields of a pushed event that have no place in the model (asterCC
     /// push: unknown fields and the agent number, by their pushed names),
@@ -249,12 +293,12 @@ pub struct CallStateEvent {
     /// out of the JSON) for AMI calls. Templates read them as
     /// `{{call.extra.NAME}}` (guard with `{{#if call.extra.NAME}}`: a
     /// missing name is an error in strict mode).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
 }
 
 /// A finished call: the record a call log wants.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
     /// The call's session id (the PBX's Linkedid).
     pub session_id: String,
@@ -297,6 +341,7 @@ pub struct CallRecord {
     /// push: `recordurl`, `recording_url`, `monitorfile`…); null for AMI.
     pub recording_url: Option<String>,
     /// True when some times are estimates (reconnect, maximum age).
+    #[serde(default)]
     pub approximate: bool,
     /// Fields of a pushed event that have no place in the model (asterCC
     /// push: unknown fields and the agent number, by their pushed names),
@@ -304,7 +349,7 @@ pub struct CallRecord {
     /// out of the JSON) for AMI calls. Templates read them as
     /// `{{call.extra.NAME}}` (guard with `{{#if call.extra.NAME}}`: a
     /// missing name is an error in strict mode).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
 }
 
@@ -407,7 +452,7 @@ impl CallRecord {
 }
 
 /// Everything the normalizer emits, in order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum ModelEvent {
     /// A leg transition.

@@ -91,6 +91,13 @@ impl Normalizer {
         }
     }
 
+    /// Replaces the settings (a reload): the classifier and the time limits
+    /// apply to what is handled next; channels already classified keep
+    /// their class, calls in progress stay as they are.
+    pub fn reconfigure(&mut self, cfg: NormalizerConfig) {
+        self.cfg = cfg;
+    }
+
     /// Handles one pushed event of `team`, appending what it causes to
     /// `out`; says whether it was a duplicate.
     pub fn handle_push(
@@ -210,6 +217,11 @@ impl Normalizer {
                 let t = p.pbx_time(*received_at);
                 p.snapshot(cfg, channels, t, out)
             }
+            SourceEvent::AmiOriginate { pbx, at, originate } => {
+                let p = Self::pbx(pbxs, pbx);
+                let t = p.pbx_time(*at);
+                p.originate_sent(cfg, originate, t)
+            }
             SourceEvent::AmiDisconnected { pbx, at } => {
                 let p = Self::pbx(pbxs, pbx);
                 let t = p.pbx_time(*at);
@@ -223,6 +235,7 @@ impl Normalizer {
         let pbx = match ev {
             SourceEvent::Ami { pbx, .. }
             | SourceEvent::AmiSnapshot { pbx, .. }
+            | SourceEvent::AmiOriginate { pbx, .. }
             | SourceEvent::AmiDisconnected { pbx, .. } => pbx,
             SourceEvent::Push { .. } => return,
         };
