@@ -218,7 +218,7 @@ pub async fn run(speed: f64) -> Result<(), AppError> {
     let state = std::env::temp_dir().join(format!("callhook-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let text = format!(
-        "state_dir: {}\npbx:\n  - id: demo\n    ami: {{ host: 127.0.0.1, port: {}, username: {USER}, secret: {SECRET}, auth: md5 }}\nlive:\n  tenants:\n    demo: {{ key: {LIVE_KEY}, code: 100 }}\n  crm_url: \"https://crm.example/DbFind.aspx?pi={{caller_number}}\"\n{}",
+        "state_dir: {}\nlisten: {http_addr}\npbx:\n  - id: demo\n    ami: {{ host: 127.0.0.1, port: {}, username: {USER}, secret: {SECRET}, auth: md5 }}\nlive:\n  tenants:\n    demo: {{ key: {LIVE_KEY}, code: 100 }}\n  crm_url: \"https://crm.example/DbFind.aspx?pi={{caller_number}}\"\n{}",
         state.display(),
         sim.local_addr().port(),
         DEMO_RULES.replace("127.0.0.1:8080", &sink_addr.to_string())
