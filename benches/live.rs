@@ -67,8 +67,11 @@ fn main() {
 }
 
 async fn run(n: usize) {
-    let cap = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ami/asterisk-20/load-dev.ami"))
-        .expect("load-dev.ami");
+    let cap = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ami/asterisk-20/load-dev.ami"
+    ))
+    .expect("load-dev.ami");
     let sim = Simulator::new("u", "secret-0123")
         .gated()
         .speed(Some(10.0))
@@ -76,7 +79,9 @@ async fn run(n: usize) {
         .start()
         .await
         .expect("simulator");
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = http.local_addr().expect("addr");
     let state = std::env::temp_dir().join(format!("callhook-bench-live-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
@@ -89,7 +94,8 @@ async fn run(n: usize) {
         n + 64,
         n + 64,
     );
-    let cfg = Config::from_text(&text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"));
+    let cfg =
+        Config::from_text(&text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"));
     let published: Published = Arc::new(Mutex::new(HashMap::new()));
     let p2 = published.clone();
     let observer = Box::new(move |evs: &[ModelEvent]| {
@@ -121,7 +127,9 @@ async fn run(n: usize) {
     let url = format!("ws://{addr}/v1/live?tenant=main&extension=999&key={KEY}");
     let mut clients = Vec::with_capacity(n);
     for _ in 0..n {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("connect");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("connect");
         // hello + snapshot
         for _ in 0..2 {
             let _ = ws.next().await;
@@ -135,7 +143,8 @@ async fn run(n: usize) {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     for mut ws in clients {
-        let (lat, total, published, stop) = (lat.clone(), total.clone(), published.clone(), stop.clone());
+        let (lat, total, published, stop) =
+            (lat.clone(), total.clone(), published.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
@@ -144,12 +153,16 @@ async fn run(n: usize) {
                     m = ws.next() => m,
                 };
                 let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = m else {
-                    if m.is_none() { break; }
+                    if m.is_none() {
+                        break;
+                    }
                     continue;
                 };
                 let now = Instant::now();
                 total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
+                    continue;
+                };
                 let kind = v["type"].as_str().unwrap_or("");
                 let kind: &'static str = match kind {
                     "call.ringing" => "call.ringing",
@@ -162,7 +175,11 @@ async fn run(n: usize) {
                     v["extension"].as_str().unwrap_or("").to_string(),
                     kind,
                 );
-                let t0 = published.lock().unwrap_or_else(|e| e.into_inner()).get(&k).copied();
+                let t0 = published
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&k)
+                    .copied();
                 if let Some(t0) = t0 {
                     mine.push(now.duration_since(t0).as_secs_f64());
                 }
@@ -181,11 +198,29 @@ async fn run(n: usize) {
     }
     let mut l = lat.lock().unwrap_or_else(|e| e.into_inner()).clone();
     l.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0.0) * 1000.0;
+    let q = |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+            * 1000.0
+    };
     let msgs = total.load(std::sync::atomic::Ordering::Relaxed);
-    println!("live bench: {n} monitor clients on one tenant, load-dev.ami at 10x ({:.1} s of replay)", replay.as_secs_f64());
-    println!("  messages delivered: {msgs} ({:.0}/s over the replay, {:.1} per client per second)", msgs as f64 / replay.as_secs_f64(), msgs as f64 / replay.as_secs_f64() / n as f64);
-    println!("  event -> client latency over {} call messages: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms", l.len(), q(0.5), q(0.99), q(1.0));
+    println!(
+        "live bench: {n} monitor clients on one tenant, load-dev.ami at 10x ({:.1} s of replay)",
+        replay.as_secs_f64()
+    );
+    println!(
+        "  messages delivered: {msgs} ({:.0}/s over the replay, {:.1} per client per second)",
+        msgs as f64 / replay.as_secs_f64(),
+        msgs as f64 / replay.as_secs_f64() / n as f64
+    );
+    println!(
+        "  event -> client latency over {} call messages: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        l.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
     println!("  memory: {:.1} KiB per connected client (RSS {before} -> {after} KiB; both ends in this process)", (after.saturating_sub(before)) as f64 / n as f64);
     token.cancel();
     let _ = app.await;

@@ -166,13 +166,8 @@ async fn login_phases_screen_pop_states_status_and_monitor_lines() {
     );
     // The monitor cannot call.
     mon.send("(call, 02122853301)").await;
-    assert_eq!(
-        until(&mut mon, "(info,El monitor no puede llamar)")
-            .await
-            .len()
-            < 10,
-        true
-    );
+    let before = until(&mut mon, "(info,El monitor no puede llamar)").await;
+    assert!(before.len() < 10, "{before:?}");
 
     // Login attempts are rate limited per address (6 per minute: 5 used).
     let mut n = 0;
