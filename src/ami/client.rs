@@ -12,7 +12,7 @@
 //! 2. **Log in**: MD5 challenge by default (`Challenge` → `Login` with
 //!    `Key: md5(challenge + secret)`), or plain `Secret` ([`AuthMode::Plain`]).
 //!    A `Response: Error` to the login is logged as
-//!    `authentication failed for pbx X as user Y` and retried with the normal
+//!    `AMI login failed at HOST:PORT as user Y: <message>` and retried with the normal
 //!    backoff: a wrong password never hammers the PBX. The secret is never
 //!    logged ([`ClientConfig`]'s `Debug` redacts it).
 //! 3. **Resync** ([`ClientConfig::resync`]): right after every login the
@@ -33,8 +33,13 @@
 //!    [`ClientConfig::backoff_max`]). The attempt counter resets once a
 //!    connection has stayed logged in for 30 s.
 //!
-//! Each state change (connecting, logged in, down) is one log line and one
-//! update of `ami_connection_state` (0 down, 1 connecting, 2 logged in);
+//! Each state change is exactly one log line and one update of
+//! `ami_connection_state` (0 down, 1 connecting, 2 logged in): `connecting
+//! to AMI at H:P` (info), `logged in to AMI at H:P as U (banner)` (info),
+//! then one warning for going down that gives the reason and the delay
+//! before the next attempt (`AMI connection lost: <reason>; reconnecting in
+//! 1.2s`, `cannot connect to AMI at H:P: <error>; …`, `AMI login failed …;
+//! …`, with a `retry_in_secs` field), and `AMI client stopped` at shutdown;
 //! every connection attempt after the first counts in `ami_reconnects`.
 //!
 //! # Actions
@@ -128,8 +133,9 @@ use tracing::{debug, info, warn};
 
 use super::codec::{AmiCodec, AmiFrame};
 use super::message::{Action, ActionError, AmiMessage, MessageKind};
+use super::state_sync::{presence_route, PresenceOutput, PresenceRoute, StateStep, StateSync};
 use crate::metrics::{event_label, metrics};
-use crate::source::{now_epoch, OriginateSent, PbxId, SourceEvent};
+use crate::source::{now_epoch, OriginateSent, PbxId, PresenceSourceEvent, SourceEvent};
 
 /// How often deadlines (actions, ping) and the overflow state are checked.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
@@ -435,9 +441,24 @@ impl AmiHandle {
 ///
 /// Unsolicited events, snapshots and disconnect notices go to `events` with
 /// `try_send` (see the backpressure policy in the module documentation).
+/// Extension state is not tracked (see [`spawn_with_presence`]).
 pub fn spawn(
     cfg: ClientConfig,
     events: mpsc::Sender<SourceEvent>,
+    shutdown: CancellationToken,
+) -> AmiHandle {
+    spawn_with_presence(cfg, events, None, shutdown)
+}
+
+/// Like [`spawn`], and with `presence` the client also feeds the presence
+/// tracker: `ExtensionStatus` / `DeviceStateChange` (and copies of
+/// `PeerStatus`, `ContactStatus`, `Hold`, `Unhold`) go to its channel
+/// instead of being dropped as noise, and every login asks for the
+/// extension and device state lists (see [`super::state_sync`]).
+pub fn spawn_with_presence(
+    cfg: ClientConfig,
+    events: mpsc::Sender<SourceEvent>,
+    presence: Option<PresenceOutput>,
     shutdown: CancellationToken,
 ) -> AmiHandle {
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -455,8 +476,10 @@ pub fn spawn(
             shutdown: shutdown.clone(),
         }),
     };
+    let presence = presence.map(|p| StateSync::new(cfg.pbx.clone(), p, cfg.queue_capacity));
     let client = Client {
         pbx: cfg.pbx.clone(),
+        presence,
         cfg,
         events,
         shutdown,
@@ -649,6 +672,8 @@ struct Overflow {
 enum PendingKind {
     User(Command),
     Ping,
+    /// A presence state action of the login sequence.
+    State(StateStep),
     Resync {
         action: &'static str,
         fell_back: bool,
@@ -715,6 +740,8 @@ struct Client {
     conn_seq: u64,
     overflow: Overflow,
     events_closed_logged: bool,
+    /// Presence: forwarding and login-time state lists (none: not tracked).
+    presence: Option<StateSync>,
 }
 
 impl Client {
@@ -735,7 +762,10 @@ impl Client {
             self.conn_seq += 1;
             self.set_state(ConnectionState::Connecting);
             info!(pbx = %self.pbx, "connecting to AMI at {}:{}", self.cfg.host, self.cfg.port);
-            match self.connect().await {
+            // Exactly one log line per state change: connecting, logged in
+            // (in `connect_and_login`), down with its reason and the delay
+            // before the next attempt, stopped.
+            let down = match self.connect().await {
                 Ok(sess) => {
                     self.set_state(ConnectionState::LoggedIn);
                     let since = Instant::now();
@@ -743,33 +773,43 @@ impl Client {
                         SessionEnd::Shutdown => break,
                         SessionEnd::Lost(reason) => {
                             self.set_state(ConnectionState::Down);
-                            warn!(pbx = %self.pbx, "AMI connection lost: {reason}");
                             self.deliver(SourceEvent::AmiDisconnected {
                                 pbx: self.pbx.clone(),
                                 at: now_epoch(),
                             });
+                            if let Some(s) = self.presence.as_mut() {
+                                s.disconnected(now_epoch());
+                            }
                             if since.elapsed() >= STABLE_SESSION {
                                 backoff.reset();
                             }
+                            format!("AMI connection lost: {reason}")
                         }
                     }
                 }
                 Err(ConnectError::Shutdown) => break,
                 Err(ConnectError::Auth(msg)) => {
                     self.set_state(ConnectionState::Down);
-                    warn!(
-                        pbx = %self.pbx,
-                        "authentication failed for pbx {} as user {}: {msg}",
-                        self.pbx, self.cfg.username
-                    );
+                    format!(
+                        "AMI login failed at {}:{} as user {}: {msg}",
+                        self.cfg.host, self.cfg.port, self.cfg.username
+                    )
                 }
                 Err(ConnectError::Io(msg)) | Err(ConnectError::Protocol(msg)) => {
                     self.set_state(ConnectionState::Down);
-                    warn!(pbx = %self.pbx, "cannot connect to AMI at {}:{}: {msg}", self.cfg.host, self.cfg.port);
+                    format!(
+                        "cannot connect to AMI at {}:{}: {msg}",
+                        self.cfg.host, self.cfg.port
+                    )
                 }
-            }
+            };
             let delay = backoff.next_delay(&mut rand::thread_rng());
-            debug!(pbx = %self.pbx, "next AMI connection attempt in {delay:?}");
+            warn!(
+                pbx = %self.pbx,
+                retry_in_secs = delay.as_secs_f64(),
+                "{down}; reconnecting in {:.1}s",
+                delay.as_secs_f64()
+            );
             if !self.wait(delay).await {
                 break;
             }
@@ -958,6 +998,9 @@ impl Client {
     }
 
     fn session_start(&mut self, sess: &mut Session) -> Result<(), Lost> {
+        // Presence state lists first: a PBX answers in order, so they come
+        // back before the channel snapshot starts the event flow.
+        self.start_state_sync(sess)?;
         if self.cfg.resync || self.overflow.resync_needed {
             self.overflow.resync_needed = false;
             self.start_resync(sess)?;
@@ -1053,6 +1096,20 @@ impl Client {
                         return Ok(());
                     }
                     return self.list_item(sess, msg);
+                }
+                if let Some(route) = self.presence.as_ref().and_then(|_| presence_route(name)) {
+                    if route == PresenceRoute::Also {
+                        self.forward(sess, msg.clone());
+                    }
+                    let ev = PresenceSourceEvent::Ami {
+                        pbx: self.pbx.clone(),
+                        received_at: now_epoch(),
+                        msg,
+                    };
+                    if let Some(s) = self.presence.as_mut() {
+                        s.forward(ev);
+                    }
+                    return Ok(());
                 }
                 if !noise {
                     self.forward(sess, msg);
@@ -1172,6 +1229,14 @@ impl Client {
                 }
                 Ok(())
             }
+            PendingKind::State(step) => {
+                count_action(&self.pbx, step.action_name(), outcome(&result));
+                let next = match self.presence.as_mut() {
+                    Some(s) => s.on_result(step, result),
+                    None => Vec::new(),
+                };
+                self.write_state_actions(sess, next)
+            }
             PendingKind::Resync { action, fell_back } => {
                 count_action(&self.pbx, action, outcome(&result));
                 match result {
@@ -1270,6 +1335,35 @@ impl Client {
         Ok(())
     }
 
+    /// Asks for the presence state lists (nothing without presence).
+    fn start_state_sync(&mut self, sess: &mut Session) -> Result<(), Lost> {
+        let modern = sess.modern;
+        let actions = match self.presence.as_mut() {
+            Some(s) => s.begin(modern),
+            None => return Ok(()),
+        };
+        self.write_state_actions(sess, actions)
+    }
+
+    fn write_state_actions(
+        &mut self,
+        sess: &mut Session,
+        actions: Vec<(Action, StateStep)>,
+    ) -> Result<(), Lost> {
+        for (action, step) in actions {
+            let deadline = Instant::now() + self.cfg.action_timeout;
+            if self
+                .write(sess, &action, PendingKind::State(step), deadline)?
+                .is_none()
+            {
+                if let Some(s) = self.presence.as_mut() {
+                    s.unsent();
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn start_resync(&mut self, sess: &mut Session) -> Result<(), Lost> {
         let action = if sess.modern {
             "CoreShowChannels"
@@ -1335,6 +1429,10 @@ impl Client {
         }
         if sess.writer.is_finished() {
             return Err(Lost("writing to the PBX failed".into()));
+        }
+        if self.presence.as_mut().is_some_and(StateSync::wants_resync) {
+            info!(pbx = %self.pbx, "presence queue has room again; asking for the state lists");
+            self.start_state_sync(sess)?;
         }
         if self.overflow.resync_needed && !sess.resync_in_flight && self.queue_has_room() {
             let recent = self

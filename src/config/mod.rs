@@ -114,6 +114,13 @@ pub struct Config {
     pub classify: RawClassify,
     /// Things that are allowed but probably not meant (sorted like errors).
     pub warnings: Vec<ConfigError>,
+    /// Extension state tracking.
+    pub presence: crate::presence::PresenceConfig,
+    /// The FastAGI server (none: not started).
+    pub agi: Option<crate::agi::AgiConfig>,
+    /// Log settings of the `log:` section (the command line and the
+    /// environment may override them).
+    pub log: crate::logging::LogSettings,
 }
 
 /// Name of the state directory when `state_dir` is not set.
@@ -162,6 +169,9 @@ impl Config {
             meetip: None,
             classify: RawClassify::default(),
             warnings: Vec::new(),
+            presence: crate::presence::PresenceConfig::default(),
+            agi: None,
+            log: crate::logging::LogSettings::default(),
         }
     }
 
@@ -169,10 +179,10 @@ impl Config {
     /// (`check` reports the same): a source of calls.
     pub fn daemon_errors(&self) -> Vec<ConfigError> {
         let mut out = Vec::new();
-        if self.pbx.is_empty() && self.push.is_none() {
+        if self.pbx.is_empty() && self.push.is_none() && self.agi.is_none() {
             out.push(ConfigError::general(
                 "no source configured: nothing would be received",
-                Some("add a `pbx:` entry or a `push:` section"),
+                Some("add a `pbx:` entry, a `push:` or an `agi:` section"),
             ));
         }
         out
@@ -182,7 +192,8 @@ impl Config {
     /// or has no HTTP listener (no /metrics, /healthz, HTTP reload).
     pub fn daemon_warnings(&self) -> Vec<ConfigError> {
         let mut out = self.warnings.clone();
-        if self.rules.is_empty() {
+        let only_agi = self.agi.is_some() && self.pbx.is_empty() && self.push.is_none();
+        if self.rules.is_empty() && !only_agi {
             out.push(ConfigError::general(
                 "no rules: calls are received but no webhook is ever sent",
                 Some("add rules: or include: a rule set from rules/"),
@@ -317,6 +328,14 @@ impl Config {
             validate::admin_listener(raw.admin.as_ref(), listen, &mut problems);
         let admin_token = validate::admin(raw.admin.as_ref(), base, &mut problems);
         let outbox = validate::outbox(raw.outbox.as_ref(), &mut problems);
+        let log = match std::mem::take(&mut raw.log).validate() {
+            Ok(l) => l,
+            Err(e) => {
+                problems
+                    .push(Problem::new(At::root().key("log").key(e.field), e.message).hint(e.hint));
+                crate::logging::LogSettings::default()
+            }
+        };
         let pbx = validate::pbx(std::mem::take(&mut raw.pbx), base, &mut problems);
         let classify = std::mem::take(&mut raw.classify);
         let classifier = validate::classify(classify.clone(), &mut problems);
@@ -330,6 +349,13 @@ impl Config {
         )
         .as_secs_f64();
         let pbx_ids: Vec<String> = pbx.iter().map(|p| p.id.clone()).collect();
+        let tenant_ids: Vec<String> = pbx_ids
+            .iter()
+            .cloned()
+            .chain(raw.push.iter().flat_map(|p| p.teams.keys().cloned()))
+            .collect();
+        let presence =
+            crate::presence::config::validate(raw.presence.take(), &tenant_ids, &mut problems);
         let push = raw
             .push
             .take()
@@ -363,6 +389,26 @@ impl Config {
             }
             m.validate(&mut problems)
         });
+        let targets = Arc::new(targets);
+        let agi = raw.agi.take().and_then(|a| {
+            let cx = crate::agi::BuildContext {
+                targets: &targets,
+                classifier: &classifier,
+                pbx_ids: &pbx_ids,
+                env: &spec.env,
+            };
+            match crate::agi::build(&a, &cx) {
+                Ok(c) => Some(c),
+                Err(ps) => {
+                    problems.extend(ps.into_iter().map(|p| {
+                        Problem::new(At::parse(&p.path), p.message)
+                            .hint_opt(p.hint)
+                            .needle(p.needle)
+                    }));
+                    None
+                }
+            }
+        });
         let (max_call_age, orphan_grace) = validate::calls(
             &raw.calls,
             (defaults.max_call_age, defaults.orphan_grace),
@@ -391,7 +437,7 @@ impl Config {
                 orphan_grace,
                 ..defaults
             },
-            targets: Arc::new(targets),
+            targets,
             rules: Arc::new(rules),
             admin_token,
             outbox,
@@ -403,6 +449,9 @@ impl Config {
             meetip,
             classify,
             warnings,
+            presence,
+            agi,
+            log,
         })
     }
 }

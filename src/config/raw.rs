@@ -62,6 +62,8 @@ pub struct RawConfig {
     pub calls: RawCalls,
     /// The asterCC-style push endpoint (needs `listen`).
     pub push: Option<RawPush>,
+    /// The FastAGI call-routing server (see `agi::config`).
+    pub agi: Option<crate::agi::RawAgi>,
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
@@ -69,6 +71,11 @@ pub struct RawConfig {
     pub live: Option<crate::live::config::RawLive>,
     /// The Meetip PRO compatible WebSocket (needs `live`).
     pub meetip: Option<crate::meetip::RawMeetip>,
+    /// Extension state tracking (see `presence::config`).
+    pub presence: Option<crate::presence::RawPresence>,
+    /// Log format and level (see `logging`).
+    #[serde(default)]
+    pub log: crate::logging::LogConfig,
 }
 
 /// A rule-set file named by `include`.
