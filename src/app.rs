@@ -498,6 +498,30 @@ pub async fn run_until(
     for p in &cfg.pbx {
         clients.start(p);
     }
+    // The live hub (consumes committed model events; click-to-call through
+    // the AMI clients) and the Meetip channel on top of it.
+    let live_token = CancellationToken::new();
+    let live = cfg.live.clone().map(|lc| {
+        // Looked up at each click-to-call: reloads add and remove PBXs.
+        let c = clients.clone();
+        let ami: crate::live::AmiLookup =
+            Arc::new(move |id: &str| c.handles().into_iter().find(|h| &**h.pbx() == id));
+        let live = crate::live::Live::new(lc, ami);
+        tokio::spawn(live.clone().run(live_token.clone()));
+        let hub = live.clone();
+        let mut prev = opts.observer.take();
+        opts.observer = Some(Box::new(move |evs: &[ModelEvent]| {
+            hub.publish_model(evs);
+            if let Some(p) = prev.as_mut() {
+                p(evs);
+            }
+        }));
+        live
+    });
+    let meetip = match (&live, cfg.meetip.clone()) {
+        (Some(l), Some(m)) => Some(crate::meetip::Meetip::new(m, l.clone())),
+        _ => None,
+    };
     // The push endpoint is a source too: it feeds the same queue.
     let (push_teams_tx, push_teams_rx) = watch::channel(Arc::new(Teams::new(
         cfg.push.as_ref().map_or(&[][..], |p| &p.teams[..]),
@@ -563,6 +587,8 @@ pub async fn run_until(
         admin_token: cfg.admin_token.clone(),
         outbox: Some(outbox.clone()),
         push: push_state.clone(),
+        live: live.clone(),
+        meetip: meetip.clone(),
     };
     let mut http_tasks = Vec::new();
     let mut serve = |l: tokio::net::TcpListener,
@@ -623,6 +649,24 @@ pub async fn run_until(
             "/metrics, /healthz, /readyz, /-/reload, /api",
         ),
         (None, None) => drop(state),
+    }
+    if let Some(m) = &meetip {
+        match m.config().listen {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                serve(
+                    l,
+                    m.own_router(),
+                    "meetip",
+                    caps.listen,
+                    "Meetip PRO WebSocket",
+                );
+            }
+            None => info!(path = %m.config().path, "Meetip PRO WebSocket on the main listener"),
+        }
+    }
+    if live.is_some() {
+        info!("live API ready: /v1/live, /v1/live/sse, /v1/calls, /v1/extensions, /console");
     }
     if let Some(p) = &push_state {
         info!(path = %p.path, "push endpoint ready");
@@ -839,6 +883,7 @@ pub async fn run_until(
     }
     deliver_token.cancel();
     dispatcher.stopped().await;
+    live_token.cancel();
     http_token.cancel();
     for t in http_tasks {
         let _ = t.await;

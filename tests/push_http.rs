@@ -53,6 +53,8 @@ async fn serve(
         reload: None,
         admin_token: None,
         outbox: None,
+        live: None,
+        meetip: None,
         push: Some(Arc::new(PushState {
             path: "/hooks/cc".into(),
             token_param: "key".into(),

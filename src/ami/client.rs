@@ -72,6 +72,12 @@
 //! knows a click-to-call's number from the agent's first ring and ties a
 //! failed one to its record even when the PBX says little.
 //!
+//! [`AmiHandle::originate`] is the click-to-call variant: an `Async: true`
+//! Originate whose pending entry outlives its `Response: Success` until the
+//! `OriginateResponse` event with the same ActionID arrives (correlated by
+//! ActionID, never by order: two in flight can finish in either order), or
+//! its outcome wait expires ([`AmiError::Timeout`]).
+//!
 //! Outcomes: [`AmiError::Rejected`] for `Response: Error`,
 //! [`AmiError::Timeout`] when nothing answered within
 //! [`ClientConfig::action_timeout`] (counted from submission, waiting for a
@@ -268,6 +274,18 @@ pub struct ActionResponse {
     pub items: Vec<AmiMessage>,
 }
 
+/// The outcome of [`AmiHandle::originate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginateReply {
+    /// The ActionID the client gave the Originate.
+    pub action_id: String,
+    /// The immediate `Response: Success` ("Originate successfully queued").
+    pub queued: AmiMessage,
+    /// The `OriginateResponse` event (`Response` Success/Failure, `Reason`,
+    /// `Channel`, `Uniqueid`).
+    pub event: AmiMessage,
+}
+
 /// Why an action did not produce a response.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AmiError {
@@ -340,6 +358,42 @@ impl AmiHandle {
     /// The ActionID is assigned by the client. See the module documentation
     /// for the outcomes and the re-send policy.
     pub async fn send(&self, action: Action) -> Result<ActionResponse, AmiError> {
+        self.submit(action, None).await
+    }
+
+    /// Sends an asynchronous `Originate` (`Async: true` is set) and waits for
+    /// its outcome: the `Response` (queued or rejected) and then the
+    /// `OriginateResponse` event carrying the same ActionID, for up to
+    /// `outcome_wait` after the Response (make it longer than the
+    /// Originate's `Timeout`). Like every non-read-only action it is never
+    /// re-sent: a connection lost before the outcome gives
+    /// [`AmiError::Disconnected`] (the call may or may not exist), no event
+    /// in time gives [`AmiError::Timeout`].
+    pub async fn originate(
+        &self,
+        action: Action,
+        outcome_wait: Duration,
+    ) -> Result<OriginateReply, AmiError> {
+        let action = if action.get("Async").is_some() {
+            action
+        } else {
+            action.field("Async", "true")
+        };
+        let r = self.submit(action, Some(outcome_wait)).await?;
+        let mut items = r.items.into_iter();
+        let queued = items.next().unwrap_or_default();
+        Ok(OriginateReply {
+            action_id: r.response.action_id().unwrap_or("").to_string(),
+            queued,
+            event: r.response,
+        })
+    }
+
+    async fn submit(
+        &self,
+        action: Action,
+        await_event: Option<Duration>,
+    ) -> Result<ActionResponse, AmiError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(AmiError::Shutdown);
         }
@@ -352,9 +406,10 @@ impl AmiHandle {
             action,
             reply,
             deadline,
+            await_event,
         };
         // The task enforces the deadline; this outer bound is a safety net.
-        let safety = deadline + Duration::from_millis(500);
+        let safety = deadline + await_event.unwrap_or_default() + Duration::from_millis(500);
         match tokio::time::timeout_at(safety, self.inner.commands.send(cmd)).await {
             Err(_) => return Err(AmiError::Timeout),
             Ok(Err(_)) => return Err(AmiError::Shutdown),
@@ -606,6 +661,9 @@ struct Command {
     action: Action,
     reply: oneshot::Sender<Result<ActionResponse, AmiError>>,
     deadline: Instant,
+    /// After a `Success` response, keep waiting this long for the
+    /// `OriginateResponse` event with the same ActionID.
+    await_event: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -1036,14 +1094,19 @@ impl Client {
                     if originate {
                         // Broadcast: an event for everyone, and maybe the
                         // answer to a pending (synchronous) Originate.
-                        if let Some(p) = sess.pending.remove(id) {
+                        if let Some(mut p) = sess.pending.remove(id) {
                             let id = id.to_string();
-                            let items = p.items.clone();
+                            let awaited =
+                                matches!(&p.kind, PendingKind::User(c) if c.await_event.is_some());
+                            let mut items = std::mem::take(&mut p.items);
+                            if awaited {
+                                items.insert(0, p.response.take().unwrap_or_default());
+                            }
                             let resp = ActionResponse {
                                 response: msg.clone(),
                                 items,
                             };
-                            let result = if is_error(&msg) {
+                            let result = if is_error(&msg) && !awaited {
                                 Err(AmiError::Rejected(
                                     msg.get("Reason").unwrap_or("originate failed").to_string(),
                                 ))
@@ -1092,6 +1155,14 @@ impl Client {
                 if starts_list(&msg) {
                     p.response = Some(msg);
                     return Ok(());
+                }
+                if let PendingKind::User(c) = &p.kind {
+                    if let (Some(wait), true) = (c.await_event, is_success(&msg)) {
+                        // Queued: the outcome is the OriginateResponse event.
+                        p.response = Some(msg);
+                        p.deadline = Instant::now() + wait;
+                        return Ok(());
+                    }
                 }
                 let Some(mut p) = sess.pending.remove(&id) else {
                     return Ok(());

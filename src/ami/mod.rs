@@ -5,6 +5,7 @@
 pub mod client;
 pub mod codec;
 pub mod message;
+pub mod sim_originate;
 pub(crate) mod sim_state;
 pub mod simulator;
 pub mod state_sync;

@@ -106,6 +106,10 @@ pub struct Config {
     pub admin_max_connections: usize,
     /// Limits of every HTTP listener.
     pub http: crate::http::limits::HttpLimits,
+    /// The live API (none: not mounted).
+    pub live: Option<crate::live::config::LiveConfig>,
+    /// The Meetip PRO compatible channel (none: not served).
+    pub meetip: Option<crate::meetip::MeetipConfig>,
     /// The `classify:` section as written (reloads compare it).
     pub classify: RawClassify,
     /// Things that are allowed but probably not meant (sorted like errors).
@@ -161,6 +165,8 @@ impl Config {
             admin_listen: None,
             admin_max_connections: crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS,
             http: crate::http::limits::HttpLimits::default(),
+            live: None,
+            meetip: None,
             classify: RawClassify::default(),
             warnings: Vec::new(),
             presence: crate::presence::PresenceConfig::default(),
@@ -367,6 +373,35 @@ impl Config {
             .push
             .take()
             .map(|p| push::validate_push(p, raw.listen.as_deref(), &pbx_ids, base, &mut problems));
+        // The live API and the Meetip channel (tenants: PBXs and push teams).
+        let mut known = pbx_ids.clone();
+        if let Some(p) = &push {
+            known.extend(p.teams.iter().map(|t| t.name.clone()));
+        }
+        let live = raw.live.take().map(|l| {
+            if listen.is_none() {
+                problems.push(
+                    Problem::new(
+                        At::root().key("live"),
+                        "the live API needs an HTTP listener",
+                    )
+                    .hint("set listen: 127.0.0.1:9188 (or another host:port)"),
+                );
+            }
+            l.validate(base, &known, &mut problems)
+        });
+        let meetip = raw.meetip.take().map(|m| {
+            if live.is_none() {
+                problems.push(
+                    Problem::new(
+                        At::root().key("meetip"),
+                        "the Meetip channel needs the live section (tenants)",
+                    )
+                    .hint("add live: { tenants: { PBX_ID: { key: ..., code: ... } } }"),
+                );
+            }
+            m.validate(&mut problems)
+        });
         let targets = Arc::new(targets);
         let agi = raw.agi.take().and_then(|a| {
             let cx = crate::agi::BuildContext {
@@ -423,6 +458,8 @@ impl Config {
             admin_listen,
             admin_max_connections,
             http,
+            live,
+            meetip,
             classify,
             warnings,
             presence,

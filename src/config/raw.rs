@@ -69,6 +69,10 @@ pub struct RawConfig {
     pub http: crate::http::limits::RawHttpLimits,
     /// Template limits (`max_value_length`), see `template::bound_values`.
     pub templates: Option<crate::template::RawTemplates>,
+    /// The live API (WebSocket/SSE, click-to-call) for people at the desk.
+    pub live: Option<crate::live::config::RawLive>,
+    /// The Meetip PRO compatible WebSocket (needs `live`).
+    pub meetip: Option<crate::meetip::RawMeetip>,
     /// Extension state tracking (see `presence::config`).
     pub presence: Option<crate::presence::RawPresence>,
     /// Log format and level (see `logging`).
