@@ -478,6 +478,20 @@ fn deliver_until_idle(cfg: &Config, outbox: Outbox) -> anyhow::Result<()> {
     })
 }
 
+/// A capture file whose read errors name it.
+struct Named<'a> {
+    file: &'a std::fs::File,
+    path: &'a std::path::Path,
+}
+
+impl std::io::Read for Named<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file
+            .read(buf)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
+    }
+}
+
 fn replay_cmd(
     captures: Vec<PathBuf>,
     config: Option<PathBuf>,
@@ -489,9 +503,12 @@ fn replay_cmd(
         Some(p) => load(p)?,
         None => Config::default_replay(),
     };
-    let mut data = Vec::new();
+    // Opened up front (a missing file fails before anything is printed),
+    // then streamed.
+    let mut files = Vec::new();
     for c in &captures {
-        data.push(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?);
+        let f = std::fs::File::open(c).with_context(|| format!("reading {}", c.display()))?;
+        files.push((c, f));
     }
     let rules = cfg.rules.clone();
     let mut normalizer = Normalizer::new(cfg.normalizer.clone());
@@ -501,7 +518,8 @@ fn replay_cmd(
     let mut write_err = None;
     let mut requests: Vec<DeliveryRequest> = Vec::new();
     let with_rules = config.is_some();
-    replay::replay(&data, &pbx, &mut normalizer, |ev| {
+    let readers = files.iter().map(|(path, file)| Named { file, path });
+    let replayed = replay::replay_from(readers, &pbx, &mut normalizer, |ev| {
         if with_rules {
             let reqs = rules.evaluate(ev);
             if dry_run && write_err.is_none() {
@@ -518,6 +536,9 @@ fn replay_cmd(
             }
         }
     });
+    if let Err(e) = replayed {
+        bail!("reading {e}");
+    }
     if let Some(e) = write_err {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             bail!("writing output: {e}");

@@ -375,7 +375,47 @@ async fn originate_is_not_resent_after_reconnect() {
     stop(&h, &token).await;
 }
 
-/// 7. A full events queue never stalls the reader; a resync follows.
+/// 7a. A consumer slower than the PBX: the reader waits for room (TCP
+/// backpressure) instead of dropping; every event arrives, in order.
+#[tokio::test]
+async fn slow_consumer_gets_every_event_through_backpressure() {
+    let cap = fixture("asterisk-20/queue-answered.ami");
+    let expected = expected_events(&cap);
+    let sim = sim(vec![SimSession::new(cap, AfterCapture::StayOpen)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(1);
+    let token = CancellationToken::new();
+    let mut cfg = config("t-slow", sim.local_addr());
+    // Generous: on a loaded machine this test's consumer may be descheduled
+    // for longer than the 50 ms default (the give-up path is test 7b).
+    cfg.max_stall = Duration::from_secs(30);
+    let h = client::spawn(cfg, tx, token.clone());
+
+    assert!(next_snapshot(&mut rx).await.is_empty());
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        if got.len() % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        got.extend(next_ami(&mut rx, 1).await);
+    }
+    assert_eq!(got, expected);
+    let dropped = metrics()
+        .ami_queue_dropped
+        .with_label_values(&["t-slow"])
+        .get();
+    assert_eq!(dropped, 0);
+    // No overflow, so no second resync.
+    let pong = h.send(Action::new("Ping")).await.unwrap();
+    assert_eq!(pong.response.get("Ping"), Some("Pong"));
+    assert_eq!(sim.stats().action_count("CoreShowChannels"), 1);
+    stop(&h, &token).await;
+}
+
+/// 7b. A queue that stays full: the reader stops reading for at most
+/// `max_stall`, then drops (counted) and reads on; a resync follows.
 #[tokio::test]
 async fn full_queue_drops_then_resyncs() {
     let cap = fixture("asterisk-20/incoming-answered.ami");

@@ -69,22 +69,33 @@
 //!   [`AmiError::Disconnected`] (outcome unknown) — re-sending could place a
 //!   duplicate call.
 //!
-//! # Backpressure policy
+//! # Reading and backpressure policy
 //!
-//! The socket reader never awaits the normalizer: writes go through a
-//! separate writer task and events are forwarded with `try_send`.
+//! Writes go through a separate writer task; the reader
+//! ([`super::reader::FrameReader`]) reads up to 64 KiB at a time and hands
+//! every frame of a read to the routing below before it reads again.
 //!
 //! * Pure noise that the normalizer never uses is dropped first
-//!   ([`is_noise_event`]: `VarSet`, `RTCPSent`, `RTCPReceived`,
+//!   ([`NOISE_EVENTS`]: `VarSet`, `RTCPSent`, `RTCPReceived`,
 //!   `DeviceStateChange`, unsolicited `ExtensionStatus`, `QueueMemberStatus`,
-//!   `SuccessfulAuth`, `ChallengeSent`, `RequestBadFormat`). `Newexten` and
-//!   `Cdr` are kept.
-//! * When the events channel is full the event is dropped and counted in
-//!   `ami_queue_dropped`; one warning is logged per overflow episode. Once
-//!   the channel is at least half empty again (and at most once per second)
-//!   the client re-runs the resync action and delivers a fresh
-//!   [`SourceEvent::AmiSnapshot`], so the normalizer can repair what it
-//!   missed. A snapshot that itself cannot be queued starts a new episode.
+//!   `SuccessfulAuth`, `ChallengeSent`, `RequestBadFormat`); the codec
+//!   recognises it from its first line and does not even build it
+//!   ([`super::route`]). `Newexten` and `Cdr` are kept.
+//! * When the events channel is full, the event waits in a backlog and the
+//!   client **stops reading the socket** until the normalizer has taken it
+//!   (TCP backpressure: the PBX's writes slow down, nothing is lost). The
+//!   kernel's socket buffers absorb short bursts; actions and pings are
+//!   still sent meanwhile.
+//! * A stall may last at most [`ClientConfig::max_stall`] (50 ms by
+//!   default, half of Asterisk's default `writetimeout`: Asterisk
+//!   disconnects a manager session one of whose writes blocks that long,
+//!   `main/manager.c` `send_string`). Past it the backlog is dropped and
+//!   counted in `ami_queue_dropped`, with one warning per overflow episode,
+//!   and the client reads on, dropping what does not fit, until the channel
+//!   is at least half empty again: then (at most once per second) it re-runs
+//!   the resync action and delivers a fresh [`SourceEvent::AmiSnapshot`], so
+//!   the normalizer can repair what it missed, and backpressure applies
+//!   again. A snapshot that itself cannot be queued starts a new episode.
 //!
 //! Every received `Event:` packet counts in `ami_events{pbx,event}` (event
 //! names folded by [`crate::metrics::event_label`]); packets the framer
@@ -102,8 +113,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use md5::{Digest, Md5};
+use prometheus::IntCounter;
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -111,12 +122,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant, MissedTickBehavior};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::{AmiCodec, AmiFrame};
 use super::message::{Action, ActionError, AmiMessage, MessageKind};
+use super::reader::FrameReader;
+use super::route::{self, route, Route};
+pub use super::route::{ends_list, is_noise_event, starts_list, NOISE_EVENTS};
 use crate::metrics::{event_label, metrics};
 use crate::source::{now_epoch, PbxId, SourceEvent};
 
@@ -134,6 +147,12 @@ const OVERFLOW_RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(1);
 const LOGOFF_TIMEOUT: Duration = Duration::from_secs(1);
 /// Floor of every reconnect delay (guards against a zero backoff config).
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// Default [`ClientConfig::max_stall`]: half of Asterisk's default
+/// `writetimeout`.
+pub const DEFAULT_MAX_STALL: Duration = Duration::from_millis(50);
+/// How long events still waiting for the queue when a session ends are
+/// given before they are dropped (no socket to protect any more).
+const END_FLUSH: Duration = Duration::from_secs(1);
 
 /// How the client authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -181,12 +200,18 @@ pub struct ClientConfig {
     pub queue_capacity: usize,
     /// List the live channels after every login (and after overflows).
     pub resync: bool,
+    /// Longest the client stops reading the socket while the normalizer's
+    /// queue is full (TCP backpressure) before it drops events instead. Keep
+    /// it below Asterisk's `writetimeout` (manager.conf, 100 ms by default):
+    /// a manager session whose write blocks that long is disconnected.
+    pub max_stall: Duration,
 }
 
 impl ClientConfig {
     /// A configuration with the defaults: MD5 auth, `Events: on`, connect
     /// timeout 5 s, ping every 20 s with a 5 s deadline, action timeout 10 s,
-    /// backoff 500 ms → 30 s, 1 MiB packets, queue capacity 10 000, resync on.
+    /// backoff 500 ms → 30 s, 1 MiB packets, queue capacity 10 000, resync on,
+    /// stalls of at most 50 ms.
     pub fn new(
         pbx: impl Into<PbxId>,
         host: impl Into<String>,
@@ -211,6 +236,7 @@ impl ClientConfig {
             max_packet: AmiCodec::DEFAULT_MAX_PACKET,
             queue_capacity: 10_000,
             resync: true,
+            max_stall: DEFAULT_MAX_STALL,
         }
     }
 }
@@ -234,6 +260,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_packet", &self.max_packet)
             .field("queue_capacity", &self.queue_capacity)
             .field("resync", &self.resync)
+            .field("max_stall", &self.max_stall)
             .finish()
     }
 }
@@ -407,6 +434,9 @@ pub fn spawn(
         conn_seq: 0,
         overflow: Overflow::default(),
         events_closed_logged: false,
+        backlog: VecDeque::new(),
+        stall_since: None,
+        event_counters: Vec::new(),
     };
     tokio::spawn(client.run());
     handle
@@ -455,23 +485,6 @@ pub fn is_idempotent(action: &str) -> bool {
     READ_ONLY.iter().any(|a| a.eq_ignore_ascii_case(action))
 }
 
-/// True for unsolicited events the normalizer never uses (dropped before the
-/// queue). Only called for events without an ActionID.
-pub fn is_noise_event(event: &str) -> bool {
-    const NOISE: &[&str] = &[
-        "VarSet",
-        "RTCPSent",
-        "RTCPReceived",
-        "DeviceStateChange",
-        "ExtensionStatus",
-        "QueueMemberStatus",
-        "SuccessfulAuth",
-        "ChallengeSent",
-        "RequestBadFormat",
-    ];
-    NOISE.iter().any(|n| n.eq_ignore_ascii_case(event))
-}
-
 /// `hex(md5(challenge + secret))`, the `Key` of an MD5 login.
 pub(crate) fn md5_key(challenge: &str, secret: &str) -> String {
     let mut h = Md5::new();
@@ -483,38 +496,6 @@ pub(crate) fn md5_key(challenge: &str, secret: &str) -> String {
 /// The ActionID of action `n` on connection `seq`.
 fn action_id(pbx: &str, seq: u64, n: u64) -> String {
     format!("{pbx}-{seq}-{n}")
-}
-
-/// True when `resp` opens a list: `Response: Success` with `EventList: start`,
-/// or without `EventList` a `Message` containing "will follow".
-pub fn starts_list(resp: &AmiMessage) -> bool {
-    let success = resp
-        .get("Response")
-        .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
-    if !success {
-        return false;
-    }
-    if let Some(el) = resp.get("EventList") {
-        return el.eq_ignore_ascii_case("start");
-    }
-    resp.get("Message")
-        .is_some_and(|m| m.to_ascii_lowercase().contains("will follow"))
-}
-
-/// True when `ev` closes a list: an event named `…Complete` or carrying
-/// `EventList: Complete`.
-pub fn ends_list(ev: &AmiMessage) -> bool {
-    if ev
-        .get("EventList")
-        .is_some_and(|v| v.eq_ignore_ascii_case("Complete"))
-    {
-        return true;
-    }
-    ev.event().is_some_and(|e| {
-        e.len() >= 8
-            && e.is_char_boundary(e.len() - 8)
-            && e[e.len() - 8..].eq_ignore_ascii_case("Complete")
-    })
 }
 
 /// Major AMI version from the banner (`Asterisk Call Manager/1.3` → 1).
@@ -603,7 +584,7 @@ struct Pending {
 
 /// One logged-in connection.
 struct Session {
-    framed: FramedRead<OwnedReadHalf, AmiCodec>,
+    reader: FrameReader<OwnedReadHalf>,
     writer_tx: mpsc::Sender<Vec<u8>>,
     writer: JoinHandle<()>,
     seq: u64,
@@ -652,6 +633,14 @@ struct Client {
     conn_seq: u64,
     overflow: Overflow,
     events_closed_logged: bool,
+    /// Events the queue had no room for, in order: while there are any the
+    /// socket is not read (backpressure).
+    backlog: VecDeque<SourceEvent>,
+    /// When the client last stopped reading the socket for lack of room
+    /// (cleared by the next read).
+    stall_since: Option<Instant>,
+    /// `ami_events` counters by label, looked up once.
+    event_counters: Vec<(&'static str, IntCounter)>,
 }
 
 impl Client {
@@ -801,7 +790,7 @@ impl Client {
         };
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
-        let mut framed = FramedRead::new(rd, AmiCodec::with_max_packet(cfg.max_packet));
+        let mut framed = FrameReader::new(rd, route::codec(cfg.max_packet));
 
         let banner = read_banner(&mut framed, pbx, step).await?;
         let modern = banner.as_deref().and_then(ami_major).is_none_or(|m| m >= 2);
@@ -859,7 +848,7 @@ impl Client {
         let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE);
         let writer = tokio::spawn(write_loop(wr, writer_rx));
         Ok(Session {
-            framed,
+            reader: framed,
             writer_tx,
             writer,
             seq,
@@ -891,7 +880,31 @@ impl Client {
             }
         }
         sess.writer.abort();
+        self.flush_backlog().await;
         end
+    }
+
+    /// At the end of a session: the events still waiting for room get
+    /// [`END_FLUSH`] to get into the queue (there is no socket to protect
+    /// any more), then the rest is dropped and counted.
+    async fn flush_backlog(&mut self) {
+        self.stall_since = None;
+        let until = Instant::now() + END_FLUSH;
+        while let Some(ev) = self.backlog.pop_front() {
+            match tokio::time::timeout_at(until, self.events.send(ev)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    // Closed: nobody is listening any more.
+                    self.backlog.clear();
+                }
+                Err(_) => {
+                    self.dropped();
+                    while self.backlog.pop_front().is_some() {
+                        self.dropped();
+                    }
+                }
+            }
+        }
     }
 
     fn session_start(&mut self, sess: &mut Session) -> Result<(), Lost> {
@@ -914,12 +927,41 @@ impl Client {
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // Everything already read, for as long as the queue takes it.
+            while self.backlog.is_empty() {
+                let Some(frame) = sess.reader.buffered() else {
+                    break;
+                };
+                if let Err(Lost(reason)) = self.on_frame(sess, frame) {
+                    return SessionEnd::Lost(reason);
+                }
+            }
+            let stalled = !self.backlog.is_empty();
+            if !stalled && sess.reader.at_eof() {
+                return SessionEnd::Lost("connection closed by the PBX".into());
+            }
+            let give_up = self
+                .stall_since
+                .map_or_else(Instant::now, |t| t + self.cfg.max_stall);
             let step = tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                frame = sess.framed.next() => match frame {
-                    Some(Ok(f)) => self.on_frame(sess, f),
-                    Some(Err(e)) => Err(Lost(format!("read error: {e}"))),
-                    None => Err(Lost("connection closed by the PBX".into())),
+                read = sess.reader.fill(), if !stalled => match read {
+                    Ok(_) => {
+                        self.stall_since = None;
+                        Ok(())
+                    }
+                    Err(e) => Err(Lost(format!("read error: {e}"))),
+                },
+                permit = self.events.clone().reserve_owned(), if stalled => {
+                    match permit {
+                        Ok(p) => self.resume(p),
+                        Err(_) => self.backlog.clear(),
+                    }
+                    Ok(())
+                },
+                _ = sleep_until(give_up), if stalled => {
+                    self.give_up_stall();
+                    Ok(())
                 },
                 cmd = self.commands.recv(), if !self.commands_closed => match cmd {
                     Some(c) => self.submit(sess, c),
@@ -937,6 +979,10 @@ impl Client {
     fn on_frame(&mut self, sess: &mut Session, frame: AmiFrame) -> Result<(), Lost> {
         match frame {
             AmiFrame::Message(msg) => self.on_message(sess, msg),
+            AmiFrame::Ignored { event, .. } => {
+                self.count_event(event);
+                Ok(())
+            }
             AmiFrame::Skipped { reason, bytes } => {
                 metrics()
                     .ami_packets_skipped
@@ -952,50 +998,57 @@ impl Client {
         }
     }
 
+    /// Counts one received event in `ami_events`.
+    fn count_event(&mut self, name: &str) {
+        let label = event_label(name);
+        if let Some((_, c)) = self.event_counters.iter().find(|(l, _)| *l == label) {
+            c.inc();
+            return;
+        }
+        let c = metrics().ami_events.with_label_values(&[&self.pbx, label]);
+        c.inc();
+        self.event_counters.push((label, c));
+    }
+
     fn on_message(&mut self, sess: &mut Session, msg: AmiMessage) -> Result<(), Lost> {
-        match msg.kind() {
-            MessageKind::Event(name) => {
-                metrics()
-                    .ami_events
-                    .with_label_values(&[&self.pbx, event_label(name)])
-                    .inc();
-                let originate = name.eq_ignore_ascii_case("OriginateResponse");
-                let noise = is_noise_event(name);
-                if let Some(id) = msg.action_id() {
-                    if originate {
-                        // Broadcast: an event for everyone, and maybe the
-                        // answer to a pending (synchronous) Originate.
-                        if let Some(p) = sess.pending.remove(id) {
-                            let id = id.to_string();
-                            let items = p.items.clone();
-                            let resp = ActionResponse {
-                                response: msg.clone(),
-                                items,
-                            };
-                            let result = if is_error(&msg) {
-                                Err(AmiError::Rejected(
-                                    msg.get("Reason").unwrap_or("originate failed").to_string(),
-                                ))
-                            } else {
-                                Ok(resp)
-                            };
-                            self.complete(sess, &id, p, result)?;
-                        }
-                        self.forward(sess, msg);
-                        return Ok(());
-                    }
-                    return self.list_item(sess, msg);
-                }
-                if !noise {
-                    self.forward(sess, msg);
-                }
+        if let Some(name) = msg.event() {
+            self.count_event(name);
+        }
+        match route(&msg) {
+            Route::Event => {
+                self.forward(sess, msg);
                 Ok(())
             }
-            MessageKind::Response(_) => {
-                let Some(id) = msg.action_id().map(str::to_string) else {
-                    debug!(pbx = %self.pbx, "dropping a response without ActionID");
-                    return Ok(());
-                };
+            Route::Noise => Ok(()),
+            Route::Broadcast(id) => {
+                // Broadcast: an event for everyone, and maybe the answer to
+                // a pending (synchronous) Originate.
+                if let Some(p) = sess.pending.remove(id) {
+                    let id = id.to_string();
+                    let items = p.items.clone();
+                    let resp = ActionResponse {
+                        response: msg.clone(),
+                        items,
+                    };
+                    let result = if is_error(&msg) {
+                        Err(AmiError::Rejected(
+                            msg.get("Reason").unwrap_or("originate failed").to_string(),
+                        ))
+                    } else {
+                        Ok(resp)
+                    };
+                    self.complete(sess, &id, p, result)?;
+                }
+                self.forward(sess, msg);
+                Ok(())
+            }
+            Route::ListItem(_) => self.list_item(sess, msg),
+            Route::Response(None) => {
+                debug!(pbx = %self.pbx, "dropping a response without ActionID");
+                Ok(())
+            }
+            Route::Response(Some(id)) => {
+                let id = id.to_string();
                 let Some(p) = sess.pending.get_mut(&id) else {
                     debug!(pbx = %self.pbx, "dropping a response for unknown ActionID {id}");
                     return Ok(());
@@ -1023,7 +1076,7 @@ impl Client {
                 };
                 self.complete(sess, &id, p, result)
             }
-            MessageKind::Other => {
+            Route::Other => {
                 debug!(pbx = %self.pbx, "dropping a packet that is neither an event nor a response");
                 Ok(())
             }
@@ -1230,6 +1283,11 @@ impl Client {
 
     fn housekeeping(&mut self, sess: &mut Session) -> Result<(), Lost> {
         let now = Instant::now();
+        if !self.backlog.is_empty() {
+            // Not reading: answers may be waiting in the socket. Deadlines
+            // are checked once reading resumes (within `max_stall`).
+            return Ok(());
+        }
         let expired: Vec<String> = sess
             .pending
             .iter()
@@ -1294,13 +1352,26 @@ impl Client {
         }
     }
 
-    /// `try_send` to the normalizer; never waits. True when queued.
+    /// Hands an event to the normalizer's queue without waiting. When the
+    /// queue is full the event waits in the backlog (and the socket is not
+    /// read until the backlog is gone) unless a stall already lasted
+    /// [`ClientConfig::max_stall`]: then it is dropped and counted. False
+    /// when dropped.
     fn deliver(&mut self, ev: SourceEvent) -> bool {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(ev);
+            return true;
+        }
         match self.events.try_send(ev) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped();
-                false
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                if self.overflow.active {
+                    self.dropped();
+                    return false;
+                }
+                self.stall_since.get_or_insert_with(Instant::now);
+                self.backlog.push_back(ev);
+                true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 if !self.events_closed_logged {
@@ -1310,6 +1381,42 @@ impl Client {
                 false
             }
         }
+    }
+
+    /// The queue has room again: the backlog goes first, in order.
+    fn resume(&mut self, permit: mpsc::OwnedPermit<SourceEvent>) {
+        if let Some(ev) = self.backlog.pop_front() {
+            permit.send(ev);
+        }
+        while let Some(ev) = self.backlog.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    self.backlog.push_front(ev);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The socket has not been read for `max_stall`: drop the backlog and
+    /// read on, dropping what does not fit until the resync (the PBX would
+    /// soon disconnect a session whose writes block).
+    fn give_up_stall(&mut self) {
+        let n = self.backlog.len();
+        warn!(
+            pbx = %self.pbx,
+            "normalizer queue still full after {:?} without reading the PBX socket: dropping {n} events",
+            self.cfg.max_stall
+        );
+        while self.backlog.pop_front().is_some() {
+            self.dropped();
+        }
+        self.stall_since = None;
     }
 
     fn dropped(&mut self) {
@@ -1371,7 +1478,7 @@ impl Client {
             return;
         }
         let wait = LOGOFF_TIMEOUT.min(self.cfg.action_timeout);
-        let framed = &mut sess.framed;
+        let framed = &mut sess.reader;
         let _ = timeout(wait, async {
             while let Some(Ok(frame)) = framed.next().await {
                 if let AmiFrame::Message(m) = frame {
@@ -1412,7 +1519,7 @@ async fn write_raw(
 }
 
 async fn read_banner(
-    framed: &mut FramedRead<OwnedReadHalf, AmiCodec>,
+    framed: &mut FrameReader<OwnedReadHalf>,
     pbx: &PbxId,
     step: Duration,
 ) -> Result<Option<String>, ConnectError> {
@@ -1422,7 +1529,7 @@ async fn read_banner(
                 None => return Err(ConnectError::Io("closed before the banner".into())),
                 Some(Err(e)) => return Err(ConnectError::Io(e.to_string())),
                 Some(Ok(AmiFrame::Banner(b))) => return Ok(Some(b)),
-                Some(Ok(AmiFrame::Message(_))) => return Ok(None),
+                Some(Ok(AmiFrame::Message(_) | AmiFrame::Ignored { .. })) => return Ok(None),
                 Some(Ok(AmiFrame::Skipped { reason, .. })) => {
                     metrics()
                         .ami_packets_skipped
@@ -1439,7 +1546,7 @@ async fn read_banner(
 }
 
 async fn read_response(
-    framed: &mut FramedRead<OwnedReadHalf, AmiCodec>,
+    framed: &mut FrameReader<OwnedReadHalf>,
     pbx: &PbxId,
     id: &str,
     step: Duration,
@@ -1460,7 +1567,7 @@ async fn read_response(
                         .with_label_values(&[pbx, reason.as_str()])
                         .inc();
                 }
-                Some(Ok(AmiFrame::Banner(_))) => {}
+                Some(Ok(AmiFrame::Banner(_) | AmiFrame::Ignored { .. })) => {}
             }
         }
     };

@@ -24,7 +24,8 @@
 //!   (leading/trailing spaces included; it may be empty, as in `Exten: `).
 //!   A line without `:` is kept as a field with the key `""` and the whole line
 //!   as value, so no data is dropped. Repeated keys are kept in wire order.
-//!   Keys and values are decoded with [`String::from_utf8_lossy`].
+//!   Keys and values are decoded with [`String::from_utf8_lossy`] (a
+//!   packet that is valid UTF-8, the usual case, is taken as it is).
 //! * Empty lines between packets (any number) produce no frame.
 //! * **Legacy command output** (Asterisk ≤ 13): a packet whose *first* line is
 //!   `Response: Follows` (key and value compared case-insensitively) goes on
@@ -82,14 +83,37 @@
 //!   not quadratic.
 //! * No panics on any input (no `unwrap`, no unchecked indexing).
 //!
+//!
+//! # Ignored events
+//!
+//! [`AmiCodec::ignoring`] names events that are not worth building (the
+//! client's noise list). A packet whose **first** line is `Event: NAME` with
+//! NAME on that list (case-insensitive, surrounding spaces ignored) and whose
+//! first `ActionID` header, if any, is empty, becomes [`AmiFrame::Ignored`]:
+//! it is framed and size-checked like any packet, but no message is built
+//! and nothing is allocated. Anything else is built normally, so a caller
+//! that filters built messages by the same list sees the same stream either
+//! way; the list only saves work.
+//!
+//! # Cost
+//!
+//! Complete lines are found with `memchr` and consumed from the read buffer
+//! once per frame (not once per line); each field's key and value are copied
+//! into one per-packet string that becomes the message (one UTF-8 validation
+//! per packet; only a packet with invalid UTF-8 takes the lossy path, field
+//! by field). A built message costs two allocations, an ignored or skipped
+//! packet none.
+//!
 //! [`SkipReason`] is not re-exported by [`crate::ami`]: name it as
 //! `callhook::ami::codec::SkipReason` (or just call `reason.as_str()`).
 
+use std::borrow::Cow;
 use std::{fmt, io, mem};
 
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;
 
+use super::message::{is_no_value, Span};
 use super::AmiMessage;
 
 /// The start of the greeting line.
@@ -98,6 +122,12 @@ const BANNER_PREFIX: &[u8] = b"Asterisk Call Manager/";
 const END_COMMAND: &[u8] = b"--END COMMAND--";
 /// Bytes of the current line kept while discarding: the marker plus a CR.
 const DISCARD_TAIL: usize = END_COMMAND.len() + 1;
+/// Initial capacity of a packet's text (a typical event is 300–700 bytes).
+const TEXT_HINT: usize = 512;
+/// Initial number of fields of a packet (a typical event has 10–25).
+const FIELDS_HINT: usize = 24;
+/// A packet buffer grown past this is released instead of reused.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// A decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +136,15 @@ pub enum AmiFrame {
     Banner(String),
     /// One packet (event, response, list item).
     Message(AmiMessage),
+    /// An unsolicited event on the codec's ignore list
+    /// ([`AmiCodec::ignoring`]); it was not built.
+    Ignored {
+        /// The list entry it matched (the list's spelling).
+        event: &'static str,
+        /// Bytes of the packet, line ends and the terminating empty line
+        /// included.
+        bytes: usize,
+    },
     /// A packet that was dropped; the stream resynchronised after it.
     Skipped {
         /// Why it was dropped.
@@ -162,18 +201,28 @@ pub struct AmiCodec {
     mode: Mode,
     /// Bytes of the buffer already searched for a line end.
     next_index: usize,
-    /// The packet being built.
-    msg: AmiMessage,
+    /// Event names not to build (see [`AmiCodec::ignoring`]).
+    ignore: &'static [&'static str],
+    /// Keys and values of the packet being built, back to back.
+    text: Vec<u8>,
+    /// Where each field of the packet being built is in `text`.
+    spans: Vec<Span>,
     /// Lines of the current packet (0: between packets).
     lines: usize,
     /// Bytes of the current packet (line ends included).
     packet_bytes: usize,
     /// The current packet has at least one valid `Key: Value` line.
     valid: bool,
+    /// The current packet is an event on the ignore list (so far).
+    ignored: Option<&'static str>,
+    /// The current packet's first `ActionID` header was seen.
+    action_id_seen: bool,
     /// Raw `Follows` body collected so far.
     body: Vec<u8>,
     /// Lines in `body`.
     body_lines: usize,
+    /// The finished `Follows` body (the marker was seen).
+    finished_body: Option<String>,
     /// Discard mode: bytes dropped so far.
     skipped: usize,
     /// Discard mode: part of the current line was dropped (it is not empty).
@@ -200,12 +249,17 @@ impl AmiCodec {
             max_packet: max,
             mode: Mode::Banner,
             next_index: 0,
-            msg: AmiMessage::new(),
+            ignore: &[],
+            text: Vec::with_capacity(TEXT_HINT),
+            spans: Vec::with_capacity(FIELDS_HINT),
             lines: 0,
             packet_bytes: 0,
             valid: false,
+            ignored: None,
+            action_id_seen: false,
             body: Vec::new(),
             body_lines: 0,
+            finished_body: None,
             skipped: 0,
             dirty: false,
             #[cfg(test)]
@@ -223,6 +277,14 @@ impl AmiCodec {
         self
     }
 
+    /// Unsolicited events named in `events` (case-insensitive) become
+    /// [`AmiFrame::Ignored`] instead of messages; see the
+    /// [module documentation](self#ignored-events).
+    pub fn ignoring(mut self, events: &'static [&'static str]) -> Self {
+        self.ignore = events;
+        self
+    }
+
     /// The configured maximum packet size.
     pub fn max_packet(&self) -> usize {
         self.max_packet
@@ -230,12 +292,24 @@ impl AmiCodec {
 
     /// Forgets the packet in progress (not the mode).
     fn reset_packet(&mut self) {
-        self.msg = AmiMessage::new();
+        if self.text.capacity() > KEEP_CAPACITY {
+            self.text = Vec::with_capacity(TEXT_HINT);
+        } else {
+            self.text.clear();
+        }
+        if self.spans.capacity() > KEEP_CAPACITY / mem::size_of::<Span>() {
+            self.spans = Vec::with_capacity(FIELDS_HINT);
+        } else {
+            self.spans.clear();
+        }
         self.lines = 0;
         self.packet_bytes = 0;
         self.valid = false;
+        self.ignored = None;
+        self.action_id_seen = false;
         self.body = Vec::new();
         self.body_lines = 0;
+        self.finished_body = None;
     }
 
     /// Drops the packet in progress and starts discarding.
@@ -251,26 +325,53 @@ impl AmiCodec {
         self.packet_bytes.saturating_add(extra) > self.max_packet
     }
 
+    /// Appends one field to the packet being built.
+    #[inline]
+    fn push_field(&mut self, key: &[u8], value: &[u8]) {
+        let start = self.text.len();
+        self.text.extend_from_slice(key);
+        let split = self.text.len();
+        self.text.extend_from_slice(value);
+        self.spans
+            .push(Span::new(start, split, self.text.len(), key));
+    }
+
+    /// Takes the packet built so far as a message.
+    fn take_message(&mut self) -> AmiMessage {
+        let hint = self.text.len().clamp(TEXT_HINT, KEEP_CAPACITY);
+        let text = mem::replace(&mut self.text, Vec::with_capacity(hint));
+        let fields = self.spans.len().max(FIELDS_HINT);
+        let spans = mem::replace(&mut self.spans, Vec::with_capacity(fields));
+        let mut msg = match String::from_utf8(text) {
+            Ok(text) => AmiMessage::from_parts(text, spans),
+            Err(e) => lossy_message(&e.into_bytes(), &spans),
+        };
+        if let Some(body) = self.finished_body.take() {
+            msg.set_body(body);
+        }
+        msg
+    }
+
     /// Ends the current packet. `term_len`: bytes of its terminating line.
     fn finish_packet(&mut self, term_len: usize) -> AmiFrame {
         let bytes = self.packet_bytes + term_len;
         if matches!(self.mode, Mode::FollowsHeaders | Mode::FollowsBody) && self.body_lines > 0 {
             let body = mem::take(&mut self.body);
-            self.msg
-                .set_body(String::from_utf8_lossy(&body).into_owned());
+            self.finished_body = Some(String::from_utf8_lossy(&body).into_owned());
         }
-        let msg = mem::take(&mut self.msg);
-        let valid = self.valid;
-        self.reset_packet();
         self.mode = Mode::Headers;
-        if valid {
-            AmiFrame::Message(msg)
-        } else {
+        let frame = if !self.valid {
             AmiFrame::Skipped {
                 reason: SkipReason::Garbage,
                 bytes,
             }
-        }
+        } else if let Some(event) = self.ignored {
+            AmiFrame::Ignored { event, bytes }
+        } else {
+            AmiFrame::Message(self.take_message())
+        };
+        self.reset_packet();
+        frame
     }
 
     /// Handles one complete line. `line` has no LF (a CR may remain);
@@ -278,6 +379,7 @@ impl AmiCodec {
     fn on_line(&mut self, line: &[u8], raw_len: usize) -> Option<AmiFrame> {
         let line = strip_cr(line);
         match self.mode {
+            Mode::Headers => self.header_line(line, raw_len),
             Mode::Discard { follows } => self.discard_line(follows, line, raw_len),
             Mode::Banner => {
                 if line.is_empty() {
@@ -288,12 +390,11 @@ impl AmiCodec {
                     return self.discard_line(false, line, raw_len);
                 }
                 self.mode = Mode::Headers;
-                if line.starts_with(BANNER_PREFIX) || !line.contains(&b':') {
+                if line.starts_with(BANNER_PREFIX) || memchr::memchr(b':', line).is_none() {
                     return Some(AmiFrame::Banner(lossy(line)));
                 }
                 self.header_line(line, raw_len)
             }
-            Mode::Headers => self.header_line(line, raw_len),
             Mode::FollowsHeaders => {
                 if self.too_big(raw_len) {
                     self.enter_discard(true);
@@ -303,7 +404,7 @@ impl AmiCodec {
                     if is_follows_header(field.key) {
                         self.packet_bytes += raw_len;
                         self.lines += 1;
-                        self.msg.push(lossy(field.key), lossy(field.value));
+                        self.push_field(field.key, field.value);
                         return None;
                     }
                 }
@@ -333,22 +434,45 @@ impl AmiCodec {
         self.lines += 1;
         match split_field(line) {
             Some(field) => {
-                let key = lossy(field.key);
-                let value = lossy(field.value);
                 if field.valid {
                     self.valid = true;
                 }
-                if self.lines == 1
-                    && key.eq_ignore_ascii_case("Response")
-                    && value.trim().eq_ignore_ascii_case("Follows")
+                if self.lines == 1 {
+                    self.first_field(&field);
+                } else if self.ignored.is_some()
+                    && !self.action_id_seen
+                    && field.key.eq_ignore_ascii_case(b"ActionID")
                 {
-                    self.mode = Mode::FollowsHeaders;
+                    // As `AmiMessage::action_id`: the first one, if meaningful.
+                    self.action_id_seen = true;
+                    if !is_no_value(String::from_utf8_lossy(field.value).trim()) {
+                        self.ignored = None;
+                    }
                 }
-                self.msg.push(key, value);
+                self.push_field(field.key, field.value);
             }
-            None => self.msg.push("", lossy(line)),
+            None => self.push_field(b"", line),
         }
         None
+    }
+
+    /// The first line of a packet: `Response: Follows`, or an ignored event.
+    fn first_field(&mut self, field: &Field<'_>) {
+        if field.key.eq_ignore_ascii_case(b"Response") {
+            if String::from_utf8_lossy(field.value)
+                .trim()
+                .eq_ignore_ascii_case("Follows")
+            {
+                self.mode = Mode::FollowsHeaders;
+            }
+        } else if !self.ignore.is_empty() && field.key.eq_ignore_ascii_case(b"Event") {
+            let name = trim_ascii(field.value);
+            self.ignored = self
+                .ignore
+                .iter()
+                .find(|n| n.as_bytes().eq_ignore_ascii_case(name))
+                .copied();
+        }
     }
 
     /// A line of a `Follows` body (possibly carrying the end marker).
@@ -366,8 +490,7 @@ impl AmiCodec {
                 }
                 let body = mem::take(&mut self.body);
                 self.body_lines = 0;
-                self.msg
-                    .set_body(String::from_utf8_lossy(&body).into_owned());
+                self.finished_body = Some(String::from_utf8_lossy(&body).into_owned());
                 self.mode = Mode::Headers;
             }
             None => self.push_body_line(line),
@@ -461,25 +584,33 @@ impl Decoder for AmiCodec {
     type Error = io::Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<AmiFrame>, io::Error> {
+        // Complete lines are handled in place and consumed together, once a
+        // frame is complete or the buffer holds no complete line any more.
+        let mut pos = 0;
         loop {
-            let start = self.next_index.min(buf.len());
-            let rest = buf.get(start..).unwrap_or_default();
-            let found = rest.iter().position(|&b| b == b'\n');
+            let from = self.next_index.max(pos);
+            let rest = buf.get(from..).unwrap_or_default();
+            let found = memchr::memchr(b'\n', rest);
             #[cfg(test)]
             {
                 self.scanned += found.map_or(rest.len(), |i| i + 1);
             }
             match found {
                 Some(offset) => {
-                    let end = start + offset;
-                    let mut line = buf.split_to(end + 1);
-                    line.truncate(end);
-                    self.next_index = 0;
-                    if let Some(frame) = self.on_line(&line, end + 1) {
+                    let end = from + offset;
+                    let line = buf.get(pos..end).unwrap_or_default();
+                    let raw_len = end + 1 - pos;
+                    pos = end + 1;
+                    self.next_index = pos;
+                    if let Some(frame) = self.on_line(line, raw_len) {
+                        buf.advance(pos);
+                        self.next_index = 0;
                         return Ok(Some(frame));
                     }
                 }
                 None => {
+                    buf.advance(pos);
+                    self.next_index = self.next_index.saturating_sub(pos);
                     self.on_partial(buf);
                     return Ok(None);
                 }
@@ -493,7 +624,7 @@ impl Decoder for AmiCodec {
         }
         if !buf.is_empty() {
             // The last line has no line end: take it as complete.
-            let line = buf.split_to(buf.len());
+            let line = buf.split();
             self.next_index = 0;
             if let Some(frame) = self.on_line(&line, line.len()) {
                 return Ok(Some(frame));
@@ -501,6 +632,19 @@ impl Decoder for AmiCodec {
         }
         Ok(self.finish_eof())
     }
+}
+
+/// A packet whose text is not valid UTF-8: every key and value decoded
+/// lossily on its own.
+fn lossy_message(text: &[u8], spans: &[Span]) -> AmiMessage {
+    let mut msg = AmiMessage::new();
+    for s in spans {
+        let (start, split, end) = s.ranges();
+        let key = text.get(start..split).unwrap_or_default();
+        let value = text.get(split..end).unwrap_or_default();
+        msg.push(String::from_utf8_lossy(key), String::from_utf8_lossy(value));
+    }
+    msg
 }
 
 /// One `Key: Value` line, split.
@@ -512,8 +656,9 @@ struct Field<'a> {
 }
 
 /// Splits at the first `:`, trims the key, removes one space after the colon.
+#[inline]
 fn split_field(line: &[u8]) -> Option<Field<'_>> {
-    let colon = line.iter().position(|&b| b == b':')?;
+    let colon = memchr::memchr(b':', line)?;
     let (key, rest) = line.split_at(colon);
     let value = rest.get(1..).unwrap_or_default();
     let value = value.strip_prefix(b" ").unwrap_or(value);
@@ -533,20 +678,16 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+#[inline]
 fn trim_ascii(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
-    s.get(start..end).unwrap_or_default()
+    s.trim_ascii()
 }
 
 fn lossy(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    match String::from_utf8_lossy(bytes) {
+        Cow::Borrowed(s) => s.to_string(),
+        Cow::Owned(s) => s,
+    }
 }
 
 #[cfg(test)]
@@ -849,7 +990,7 @@ mod tests {
             if i >= 16 {
                 assert!(buf.len() <= DISCARD_TAIL, "buffer grew to {}", buf.len());
             }
-            assert!(codec.msg.approx_size() < 64 && codec.body.is_empty());
+            assert!(codec.text.len() < 64 && codec.body.is_empty());
         }
         buf.extend_from_slice(b"\r\n\r\nEvent: Next\r\n\r\n");
         total += 4;
