@@ -149,6 +149,7 @@ pub fn client_configs(cfg: &Config) -> Vec<ClientConfig> {
             c.connect_timeout = p.connect_timeout;
             c.max_packet = p.max_packet;
             c.queue_capacity = p.queue_capacity;
+            c.max_stall = p.max_stall;
             c
         })
         .collect()

@@ -208,6 +208,10 @@ pub struct RawAmi {
     /// Events buffered between the socket reader and the normalizer (default 10000).
     #[serde(default)]
     pub queue_capacity: Option<usize>,
+    /// Longest the reader stops reading a full queue's PBX before it drops
+    /// events (default `50ms`; keep below manager.conf's `writetimeout`).
+    #[serde(default)]
+    pub max_stall: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -270,6 +274,8 @@ pub struct PbxConfig {
     pub max_packet: usize,
     /// Queue capacity.
     pub queue_capacity: usize,
+    /// Backpressure limit (see `ami::client::ClientConfig::max_stall`).
+    pub max_stall: Duration,
 }
 
 /// Default path of the push endpoint.
@@ -603,6 +609,12 @@ impl RawConfig {
                 ),
                 max_packet: a.max_packet.unwrap_or(1024 * 1024),
                 queue_capacity: a.queue_capacity.unwrap_or(10_000).max(1),
+                max_stall: dur(
+                    &a.max_stall,
+                    at("ami.max_stall"),
+                    crate::ami::client::DEFAULT_MAX_STALL,
+                    &mut errors,
+                ),
             });
         }
         let mut cc = ClassifierConfig::default();

@@ -24,8 +24,10 @@
 //!    [`ClientConfig::queue_capacity`]) and delivered right *after* the
 //!    snapshot, so the normalizer always sees "state at login, then changes".
 //! 4. **Keepalive**: a `Ping` every [`ClientConfig::ping_interval`]; no answer
-//!    within [`ClientConfig::ping_timeout`] means the connection is dead
-//!    (half-open TCP). A read error or EOF is dead too.
+//!    within [`ClientConfig::ping_timeout`] while nothing at all arrived for
+//!    that long either means the connection is dead (half-open TCP). (Under
+//!    a heavy stream the answer queues behind the events; bytes arriving
+//!    prove the connection alive.) A read error or EOF is dead too.
 //! 5. **Loss**: [`SourceEvent::AmiDisconnected`] is emitted whenever an
 //!    established (logged-in) connection is lost, then the client reconnects
 //!    forever with exponential backoff and *equal jitter* (a delay in
@@ -82,14 +84,19 @@
 //!   recognises it from its first line and does not even build it
 //!   ([`super::route`]). `Newexten` and `Cdr` are kept.
 //! * When the events channel is full, the event waits in a backlog and the
-//!   client **stops reading the socket** until the normalizer has taken it
-//!   (TCP backpressure: the PBX's writes slow down, nothing is lost). The
-//!   kernel's socket buffers absorb short bursts; actions and pings are
-//!   still sent meanwhile.
-//! * A stall may last at most [`ClientConfig::max_stall`] (50 ms by
+//!   client stops decoding; it still reads the socket ahead into its byte
+//!   buffer, up to 2 MiB, then **stops reading** until the normalizer has
+//!   taken the backlog (TCP backpressure: the PBX's writes slow down,
+//!   nothing is lost). Every event the normalizer takes lets decoding, and
+//!   so reading, go on: a normalizer that keeps taking events, however
+//!   slowly, never loses one. Actions and pings are still sent meanwhile;
+//!   their answers wait behind the events (an action still times out at its
+//!   deadline; an unanswered keepalive does not count while events wait).
+//! * Reading may stop for at most [`ClientConfig::max_stall`] (50 ms by
 //!   default, half of Asterisk's default `writetimeout`: Asterisk
 //!   disconnects a manager session one of whose writes blocks that long,
-//!   `main/manager.c` `send_string`). Past it the backlog is dropped and
+//!   `main/manager.c` `send_string`), i.e. the read-ahead is full and the
+//!   normalizer took nothing for that long. Then the backlog is dropped and
 //!   counted in `ami_queue_dropped`, with one warning per overflow episode,
 //!   and the client reads on, dropping what does not fit, until the channel
 //!   is at least half empty again: then (at most once per second) it re-runs
@@ -150,6 +157,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// Default [`ClientConfig::max_stall`]: half of Asterisk's default
 /// `writetimeout`.
 pub const DEFAULT_MAX_STALL: Duration = Duration::from_millis(50);
+/// Bytes read ahead from the socket while the queue is full, before
+/// reading stops (about 4,000 typical events).
+const READ_AHEAD: usize = 2 * 1024 * 1024;
 /// How long events still waiting for the queue when a session ends are
 /// given before they are dropped (no socket to protect any more).
 const END_FLUSH: Duration = Duration::from_secs(1);
@@ -636,8 +646,8 @@ struct Client {
     /// Events the queue had no room for, in order: while there are any the
     /// socket is not read (backpressure).
     backlog: VecDeque<SourceEvent>,
-    /// When the client last stopped reading the socket for lack of room
-    /// (cleared by the next read).
+    /// Since when the socket has not been read for lack of room (events
+    /// wait in the backlog and the read-ahead buffer is full).
     stall_since: Option<Instant>,
     /// `ami_events` counters by label, looked up once.
     event_counters: Vec<(&'static str, IntCounter)>,
@@ -937,19 +947,27 @@ impl Client {
                 }
             }
             let stalled = !self.backlog.is_empty();
-            if !stalled && sess.reader.at_eof() {
+            let eof = sess.reader.at_eof();
+            if !stalled && eof {
                 return SessionEnd::Lost("connection closed by the PBX".into());
+            }
+            // While stalled, the socket is still read ahead into the byte
+            // buffer up to READ_AHEAD; only then does reading stop, and the
+            // stall clock run (not after EOF: no session to protect).
+            let read = !eof && (!stalled || sess.reader.buffered_bytes() < READ_AHEAD);
+            let stopped = stalled && !read && !eof;
+            if stopped {
+                self.stall_since.get_or_insert_with(Instant::now);
+            } else {
+                self.stall_since = None;
             }
             let give_up = self
                 .stall_since
                 .map_or_else(Instant::now, |t| t + self.cfg.max_stall);
             let step = tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                read = sess.reader.fill(), if !stalled => match read {
-                    Ok(_) => {
-                        self.stall_since = None;
-                        Ok(())
-                    }
+                read = sess.reader.fill(), if read => match read {
+                    Ok(_) => Ok(()),
                     Err(e) => Err(Lost(format!("read error: {e}"))),
                 },
                 permit = self.events.clone().reserve_owned(), if stalled => {
@@ -959,7 +977,7 @@ impl Client {
                     }
                     Ok(())
                 },
-                _ = sleep_until(give_up), if stalled => {
+                _ = sleep_until(give_up), if stopped => {
                     self.give_up_stall();
                     Ok(())
                 },
@@ -1283,14 +1301,18 @@ impl Client {
 
     fn housekeeping(&mut self, sess: &mut Session) -> Result<(), Lost> {
         let now = Instant::now();
-        if !self.backlog.is_empty() {
-            // Not reading: answers may be waiting in the socket. Deadlines
-            // are checked once reading resumes (within `max_stall`).
-            return Ok(());
-        }
+        // The answer to a keepalive may be queued behind events (unread
+        // while they wait for room, or behind a long stream): bytes arriving
+        // prove the connection alive.
+        let stalled = !self.backlog.is_empty();
+        let quiet = sess
+            .reader
+            .last_read()
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.ping_timeout);
         let expired: Vec<String> = sess
             .pending
             .iter()
+            .filter(|(_, p)| !matches!(p.kind, PendingKind::Ping) || (quiet && !stalled))
             .filter(|(_, p)| {
                 p.deadline <= now || matches!(&p.kind, PendingKind::User(c) if c.reply.is_closed())
             })
@@ -1369,7 +1391,6 @@ impl Client {
                     self.dropped();
                     return false;
                 }
-                self.stall_since.get_or_insert_with(Instant::now);
                 self.backlog.push_back(ev);
                 true
             }
@@ -1410,7 +1431,7 @@ impl Client {
         let n = self.backlog.len();
         warn!(
             pbx = %self.pbx,
-            "normalizer queue still full after {:?} without reading the PBX socket: dropping {n} events",
+            "the normalizer took no event for {:?} and the read-ahead is full: dropping {n} waiting events and reading on",
             self.cfg.max_stall
         );
         while self.backlog.pop_front().is_some() {

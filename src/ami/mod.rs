@@ -8,6 +8,7 @@ pub mod message;
 pub mod reader;
 pub mod route;
 pub mod simulator;
+pub mod synthetic;
 
 pub use codec::{AmiCodec, AmiFrame, SkipReason};
 pub use message::{Action, AmiMessage, MessageKind};

@@ -13,6 +13,7 @@ use std::io;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
 
 use super::codec::{AmiCodec, AmiFrame};
 use tokio_util::codec::Decoder;
@@ -29,6 +30,8 @@ pub struct FrameReader<R> {
     codec: AmiCodec,
     buf: BytesMut,
     eof: bool,
+    /// When bytes last arrived.
+    last_read: Option<Instant>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -39,6 +42,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             codec,
             buf: BytesMut::with_capacity(READ_SIZE),
             eof: false,
+            last_read: None,
         }
     }
 
@@ -66,8 +70,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let n = self.rd.read_buf(&mut self.buf).await?;
         if n == 0 {
             self.eof = true;
+        } else {
+            self.last_read = Some(Instant::now());
         }
         Ok(n > 0)
+    }
+
+    /// Bytes read and not yet framed.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// When bytes last arrived (`None`: never).
+    pub fn last_read(&self) -> Option<Instant> {
+        self.last_read
     }
 
     /// True once the peer has closed the stream.
