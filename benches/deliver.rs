@@ -108,7 +108,7 @@ async fn outbox_run(base: &str, durability: Durability) -> (f64, Vec<f64>) {
         )
         .expect("outbox"),
     );
-    let raw: BTreeMap<String, RawTarget> = serde_yaml::from_str(&format!(
+    let raw: BTreeMap<String, RawTarget> = callhook::yaml::de::from_str(&format!(
         "crm: {{ concurrency: {CONCURRENCY}, timeout: 5s }}"
     ))
     .expect("yaml");

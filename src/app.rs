@@ -22,11 +22,17 @@
 //! applied again rather than taken for a duplicate.
 //!
 //! **Reload** (SIGHUP or `POST /-/reload`): the file is read and validated
-//! again; on success the rules and targets are swapped atomically (in-flight
-//! deliveries continue), on failure every error is logged/returned and the
-//! old configuration stays. Push team tokens and time zones are reloaded
-//! too. PBX, classification, `listen` and push path/parameter changes need
-//! a restart (logged).
+//! again; on failure every error is logged/returned and the old
+//! configuration stays. On success the rules and targets are swapped
+//! atomically (in-flight deliveries continue), push team tokens and time
+//! zones replaced, the normalizer's settings (`classify`, `calls`,
+//! `push.settle`) replaced between two batches, and the AMI clients made to
+//! match `pbx:` (a new PBX is connected, a removed one logged off, a changed
+//! one reconnected; the others are not touched). What only a restart can
+//! change (`listen`, `state_dir`, `outbox`, `admin`, the push endpoint's
+//! mount, a larger event queue: see `config::reload`) keeps its running
+//! value and is reported by key in the reply, the log and
+//! `callhook_config_restart_required{key}`.
 //!
 //! **Shutdown** (SIGINT/SIGTERM): clients log off and stop reading; the
 //! queue is closed (new pushes get 503); the normalizer drains what was
@@ -45,14 +51,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::ami::client::{self, AmiHandle, AuthMode, ClientConfig, ConnectionState};
-use crate::config::Config;
+use crate::config::{reload, Config, PbxConfig, ReloadOutcome};
 use crate::deliver::outbox::Outbox;
 use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
-use crate::http::{self, ApiState, Readiness, ReloadReply};
-use crate::metrics::metrics;
+use crate::http::server::ServeOptions;
+use crate::http::{self, fds, ApiState, Readiness, ReloadReply};
+use crate::metrics::{metrics, KnownLabels};
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
+use crate::notify::{Heartbeat, Notifier};
 use crate::rules::RuleSet;
 use crate::source::{now_epoch, PushAck, PushReceipt, SourceEvent};
 
@@ -126,39 +134,210 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
     }
 }
 
+/// The commit the binary was built from (`CALLHOOK_BUILD_COMMIT` at build
+/// time), for `callhook_build_info`.
+pub const BUILD_COMMIT: &str = match option_env!("CALLHOOK_BUILD_COMMIT") {
+    Some(c) => c,
+    None => "unknown",
+};
+
+/// Exports the series whose labels `cfg` makes known at 0.
+fn init_series(cfg: &Config) {
+    let pbx: Vec<&str> = cfg.pbx.iter().map(|p| p.id.as_str()).collect();
+    let teams: Vec<&str> = cfg
+        .push
+        .iter()
+        .flat_map(|p| p.teams.iter().map(|t| t.name.as_str()))
+        .collect();
+    let targets: Vec<&str> = cfg.targets.keys().map(String::as_str).collect();
+    let rules = cfg.rules.names();
+    let mut listeners = Vec::new();
+    if cfg.listen.is_some() {
+        listeners.push("listen");
+    }
+    if cfg.admin_listen.is_some() {
+        listeners.push("admin");
+    }
+    metrics().init_known_series(&KnownLabels {
+        pbx: &pbx,
+        teams: &teams,
+        targets: &targets,
+        rules: &rules,
+        listeners: &listeners,
+    });
+}
+
+/// Connection caps of the listeners: raises the descriptor limit, keeps a
+/// reserve for AMI, the outbox and webhooks, and fits the configured caps
+/// into the rest (logged).
+fn http_caps(cfg: &Config, admin: bool) -> fds::Budget {
+    let limit = match fds::raise_nofile_limit() {
+        Ok(l) => {
+            if let Some(from) = l.raised_from {
+                info!(
+                    from,
+                    to = l.soft,
+                    "raised the open-file limit to its hard limit"
+                );
+            }
+            l.soft
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read or raise the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let concurrency: usize = cfg.targets.values().map(|t| t.concurrency).sum();
+    let reserved = fds::reserve(fds::open_fds().unwrap_or(32), cfg.pbx.len(), concurrency);
+    let b = fds::budget(
+        limit,
+        reserved,
+        cfg.http.max_connections,
+        admin.then_some(cfg.admin_max_connections),
+    );
+    if b.lowered {
+        warn!(
+            open_file_limit = limit,
+            reserved,
+            listen = b.listen,
+            admin = b.admin,
+            "HTTP connection caps lowered to fit the open-file limit (raise LimitNOFILE= to allow more)"
+        );
+    }
+    b
+}
+
 /// Builds one client config per configured PBX.
 pub fn client_configs(cfg: &Config) -> Vec<ClientConfig> {
-    cfg.pbx
-        .iter()
-        .map(|p| {
-            let mut c = ClientConfig::new(
-                p.id.as_str(),
-                p.host.clone(),
-                p.port,
-                p.username.clone(),
-                p.secret.expose(),
-            );
-            c.auth = if p.md5 {
-                AuthMode::Md5
-            } else {
-                AuthMode::Plain
-            };
-            c.events = p.events.clone();
-            c.ping_interval = p.ping_interval;
-            c.ping_timeout = p.ping_timeout;
-            c.connect_timeout = p.connect_timeout;
-            c.max_packet = p.max_packet;
-            c.queue_capacity = p.queue_capacity;
-            c.max_stall = p.max_stall;
-            c
-        })
-        .collect()
+    cfg.pbx.iter().map(client_config).collect()
+}
+
+/// The client config of one PBX.
+pub fn client_config(p: &PbxConfig) -> ClientConfig {
+    let mut c = ClientConfig::new(
+        p.id.as_str(),
+        p.host.clone(),
+        p.port,
+        p.username.clone(),
+        p.secret.expose(),
+    );
+    c.auth = if p.md5 {
+        AuthMode::Md5
+    } else {
+        AuthMode::Plain
+    };
+    c.events = p.events.clone();
+    c.ping_interval = p.ping_interval;
+    c.ping_timeout = p.ping_timeout;
+    c.connect_timeout = p.connect_timeout;
+    c.max_packet = p.max_packet;
+    c.queue_capacity = p.queue_capacity;
+    c.max_stall = p.max_stall;
+    c
+}
+
+/// One running AMI client.
+struct Client {
+    cfg: PbxConfig,
+    handle: AmiHandle,
+    stop: CancellationToken,
+}
+
+/// The AMI clients of the daemon, started, stopped and restarted as
+/// reloads add, remove and change PBXs.
+#[derive(Clone)]
+struct Clients {
+    list: Arc<std::sync::Mutex<Vec<Client>>>,
+    events: mpsc::Sender<SourceEvent>,
+    parent: CancellationToken,
+}
+
+impl Clients {
+    fn new(events: mpsc::Sender<SourceEvent>, parent: CancellationToken) -> Self {
+        Self {
+            list: Arc::new(std::sync::Mutex::new(Vec::new())),
+            events,
+            parent,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
+        self.list
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn start(&self, p: &PbxConfig) {
+        let c = client_config(p);
+        info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
+        let stop = self.parent.child_token();
+        let handle = client::spawn(c, self.events.clone(), stop.clone());
+        self.lock().push(Client {
+            cfg: p.clone(),
+            handle,
+            stop,
+        });
+    }
+
+    fn handles(&self) -> Vec<AmiHandle> {
+        self.lock().iter().map(|c| c.handle.clone()).collect()
+    }
+
+    /// Stops the client of `id` and waits (a little) for it to log off.
+    async fn stop(&self, id: &str) {
+        let gone = {
+            let mut list = self.lock();
+            list.iter()
+                .position(|c| c.cfg.id == id)
+                .map(|i| list.remove(i))
+        };
+        if let Some(c) = gone {
+            c.stop.cancel();
+            if tokio::time::timeout(Duration::from_secs(3), c.handle.stopped())
+                .await
+                .is_err()
+            {
+                warn!(pbx = %id, "AMI client did not stop in time");
+            }
+        }
+    }
+
+    /// Makes the running clients those of `pbx`: new ones started,
+    /// removed ones stopped, changed ones restarted.
+    async fn apply(&self, pbx: &[PbxConfig]) {
+        let running: Vec<PbxConfig> = self.lock().iter().map(|c| c.cfg.clone()).collect();
+        for old in &running {
+            match pbx.iter().find(|p| p.id == old.id) {
+                None => {
+                    info!(pbx = %old.id, "PBX removed by a reload: disconnecting");
+                    self.stop(&old.id).await;
+                    metrics()
+                        .ami_connection_state
+                        .remove_label_values(&[&old.id])
+                        .ok();
+                }
+                Some(p) if p != old => {
+                    info!(pbx = %old.id, "PBX changed by a reload: reconnecting");
+                    self.stop(&old.id).await;
+                    self.start(p);
+                }
+                Some(_) => {}
+            }
+        }
+        for p in pbx {
+            if !running.iter().any(|o| o.id == p.id) {
+                info!(pbx = %p.id, "PBX added by a reload");
+                self.start(p);
+            }
+        }
+    }
 }
 
 /// Receives every batch of model events, in order.
 pub type Observer = Box<dyn FnMut(&[ModelEvent]) + Send>;
 
 /// What the daemon was started with, besides the config.
+#[derive(Default)]
 pub struct RunOptions {
     /// The config file, for reloads (none: reload unavailable).
     pub config_path: Option<PathBuf>,
@@ -166,6 +345,10 @@ pub struct RunOptions {
     pub observer: Option<Observer>,
     /// Bound HTTP listener to use instead of binding `cfg.listen` (tests, demo).
     pub listener: Option<tokio::net::TcpListener>,
+    /// Bound listener to use instead of binding `cfg.admin_listen`.
+    pub admin_listener: Option<tokio::net::TcpListener>,
+    /// The service manager to notify (`callhook run` under systemd).
+    pub notifier: Option<Arc<Notifier>>,
 }
 
 /// Handles the daemon hands out while it runs.
@@ -177,8 +360,12 @@ pub struct Running {
     pub outbox: Arc<Outbox>,
 }
 
-/// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads.
-pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), AppError> {
+/// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads. Notifies systemd
+/// when `$NOTIFY_SOCKET` is set (unless `opts` brings a notifier).
+pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<(), AppError> {
+    if opts.notifier.is_none() {
+        opts.notifier = Some(Arc::new(Notifier::from_env()));
+    }
     let token = CancellationToken::new();
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadReply>(8);
     let signals = spawn_signals(token.clone(), reload_tx.clone())?;
@@ -245,6 +432,8 @@ pub async fn run_until(
         })?;
     let outbox = Arc::new(outbox);
     info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
+    init_series(&cfg);
+    metrics().set_build_info(env!("CARGO_PKG_VERSION"), BUILD_COMMIT);
     let (targets_tx, targets_rx) = watch::channel(cfg.targets.clone());
     let (rules_tx, mut rules_rx) = watch::channel(cfg.rules.clone());
     let deliver_token = CancellationToken::new();
@@ -256,14 +445,11 @@ pub async fn run_until(
 
     // AMI clients.
     let sources_token = token.child_token();
-    let clients = client_configs(&cfg);
-    let capacity: usize = clients.iter().map(|c| c.queue_capacity).sum::<usize>()
-        + if cfg.push.is_some() { PUSH_QUEUE } else { 0 };
-    let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity.max(1));
-    let mut handles: Vec<AmiHandle> = Vec::new();
-    for c in clients {
-        info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
-        handles.push(client::spawn(c, tx.clone(), sources_token.clone()));
+    let capacity = reload::queue_capacity(&cfg, PUSH_QUEUE).max(1);
+    let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity);
+    let clients = Clients::new(tx.clone(), sources_token.clone());
+    for p in &cfg.pbx {
+        clients.start(p);
     }
     // The push endpoint is a source too: it feeds the same queue.
     let (push_teams_tx, push_teams_rx) = watch::channel(Arc::new(Teams::new(
@@ -286,91 +472,166 @@ pub async fn run_until(
     // HTTP.
     let outbox_ok = Arc::new(AtomicBool::new(true));
     let http_token = CancellationToken::new();
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Listen { addr, source })
+    };
     let listener = match (opts.listener.take(), cfg.listen) {
         (Some(l), _) => Some(l),
-        (None, Some(addr)) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| AppError::Listen { addr, source })?,
-        ),
+        (None, Some(addr)) => Some(bind(addr).await?),
         (None, None) => None,
     };
-    let http_task = listener.map(|l| {
-        let ready_handles = handles.clone();
-        let ok = outbox_ok.clone();
-        let readiness = move || {
-            let pbx: std::collections::BTreeMap<String, bool> = ready_handles
-                .iter()
-                .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
-                .collect();
-            let outbox_writable = ok.load(Ordering::Relaxed);
-            Readiness {
-                ready: outbox_writable && pbx.values().all(|v| *v),
-                pbx,
-                outbox_writable,
-            }
-        };
-        let state = ApiState {
-            readiness: Arc::new(readiness),
-            reload: Some(reload_tx.clone()),
-            admin_token: cfg.admin_token.clone(),
-            outbox: Some(outbox.clone()),
-            push: push_state.clone(),
-        };
-        if let Ok(a) = l.local_addr() {
-            info!(addr = %a, "HTTP listening (/metrics, /healthz, /readyz, /-/reload, /api)");
-            if let Some(p) = &push_state {
-                info!(addr = %a, path = %p.path, "push endpoint ready");
-            }
+    let admin_listener = match (opts.admin_listener.take(), cfg.admin_listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(bind(addr).await?),
+        (None, None) => None,
+    };
+    let caps = http_caps(&cfg, admin_listener.is_some());
+    let ready_clients = clients.clone();
+    let ok = outbox_ok.clone();
+    let readiness = move || {
+        let pbx: std::collections::BTreeMap<String, bool> = ready_clients
+            .handles()
+            .iter()
+            .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
+            .collect();
+        let outbox_writable = ok.load(Ordering::Relaxed);
+        Readiness {
+            ready: outbox_writable && pbx.values().all(|v| *v),
+            pbx,
+            outbox_writable,
         }
+    };
+    let state = ApiState {
+        readiness: Arc::new(readiness),
+        reload: Some(reload_tx.clone()),
+        admin_token: cfg.admin_token.clone(),
+        outbox: Some(outbox.clone()),
+        push: push_state.clone(),
+    };
+    let mut http_tasks = Vec::new();
+    let mut serve = |l: tokio::net::TcpListener,
+                     router: axum::Router,
+                     name: &'static str,
+                     cap: usize,
+                     routes: &str| {
+        let limits = cfg.http.with_max_connections(cap);
+        if let Ok(a) = l.local_addr() {
+            info!(listener = name, addr = %a, max_connections = limits.max_connections, per_ip = limits.max_connections_per_ip, "HTTP listening ({routes})");
+        }
+        let opts = ServeOptions {
+            name,
+            limits,
+            shutdown_grace: Duration::from_secs(5),
+        };
         let t = http_token.clone();
-        tokio::spawn(async move {
-            if let Err(e) = http::serve(l, http::router(state), t).await {
-                error!(error = %e, "HTTP listener failed");
+        http_tasks.push(tokio::spawn(async move {
+            if let Err(e) = http::server::serve(l, router, opts, t).await {
+                error!(listener = name, error = %e, "HTTP listener failed");
             }
-        })
-    });
+        }));
+    };
+    match (listener, admin_listener) {
+        (Some(l), Some(a)) => {
+            serve(
+                l,
+                http::public_router(state.clone()),
+                "listen",
+                caps.listen,
+                "push endpoint, /healthz",
+            );
+            serve(
+                a,
+                http::admin_router(state),
+                "admin",
+                caps.admin,
+                "/metrics, /healthz, /readyz, /-/reload, /api",
+            );
+        }
+        (Some(l), None) => {
+            if l.local_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+                warn!("`listen` is not a loopback address and there is no `admin.listen`: /metrics and /readyz are reachable by anyone who reaches it (reload and /api still need admin.token); set admin.listen: 127.0.0.1:9189");
+            }
+            serve(
+                l,
+                http::router(state),
+                "listen",
+                caps.listen,
+                "/metrics, /healthz, /readyz, /-/reload, /api, push endpoint",
+            );
+        }
+        (None, Some(a)) => serve(
+            a,
+            http::admin_router(state),
+            "admin",
+            caps.admin,
+            "/metrics, /healthz, /readyz, /-/reload, /api",
+        ),
+        (None, None) => drop(state),
+    }
+    if let Some(p) = &push_state {
+        info!(path = %p.path, "push endpoint ready");
+    }
     drop(reload_tx);
     drop(push_state);
 
     // Reloads.
     let config_path = opts.config_path.clone();
-    let push_mount = cfg.push.as_ref().map(|p| {
-        (
-            p.path.clone(),
-            p.token_param.clone(),
-            p.token_header.clone(),
-        )
-    });
+    let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
+    let started_cfg = cfg.clone();
+    let reload_clients = clients.clone();
     let reload_task = tokio::spawn(async move {
+        let mut running = started_cfg.clone();
         while let Some(reply) = reload_rx.recv().await {
             let result = match &config_path {
                 None => Err(vec!["no configuration file to reload".to_string()]),
                 Some(p) => match Config::load(p) {
                     Ok(new) => {
+                        let outcome = ReloadOutcome {
+                            applied: reload::applied(&running, &new),
+                            restart_required: reload::restart_required(
+                                &started_cfg,
+                                &new,
+                                capacity,
+                                PUSH_QUEUE,
+                            ),
+                        };
                         targets_tx.send_replace(new.targets.clone());
                         rules_tx.send_replace(new.rules.clone());
-                        let mount = new.push.as_ref().map(|p| {
-                            (
-                                p.path.clone(),
-                                p.token_param.clone(),
-                                p.token_header.clone(),
-                            )
-                        });
-                        if mount != push_mount {
-                            warn!("push endpoint added, removed, or its path/token parameter/header changed: restart to apply");
-                        }
-                        if push_mount.is_some() {
+                        normalizer_tx.send_replace(new.normalizer.clone());
+                        reload_clients.apply(&new.pbx).await;
+                        if started_cfg.push.is_some() {
                             if let Some(p) = &new.push {
                                 push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
                             }
                         }
-                        info!(rules = new.rules.len(), targets = new.targets.len(), "configuration reloaded (PBX, classify and listen changes need a restart)");
-                        Ok(())
+                        init_series(&new);
+                        metrics()
+                            .config_last_reload_success_timestamp_seconds
+                            .set(now_epoch());
+                        for k in reload::RESTART_KEYS {
+                            let pending = outcome.restart_required.iter().any(|x| x == k);
+                            metrics()
+                                .config_restart_required
+                                .with_label_values(&[k])
+                                .set(i64::from(pending));
+                        }
+                        for k in &outcome.restart_required {
+                            warn!(key = %k, "reloaded setting needs a restart to take effect; the running value stays");
+                        }
+                        info!(
+                            rules = new.rules.len(),
+                            targets = new.targets.len(),
+                            pbx = new.pbx.len(),
+                            applied = %outcome.applied.join(", "),
+                            "configuration reloaded"
+                        );
+                        running = new;
+                        Ok(outcome)
                     }
                     Err(e) => {
-                        let errors: Vec<String> =
-                            e.errors.iter().map(|x| x.render(&e.file)).collect();
+                        let errors = e.rendered();
                         for x in &errors {
                             error!(error = %x, "reload rejected, the previous configuration stays");
                         }
@@ -388,6 +649,26 @@ pub async fn run_until(
         }
     });
     metrics().config_last_reload_successful.set(1);
+    metrics()
+        .config_last_reload_success_timestamp_seconds
+        .set(now_epoch());
+    let heartbeat = Heartbeat::new();
+    let notifier = opts
+        .notifier
+        .take()
+        .unwrap_or_else(|| Arc::new(Notifier::disabled()));
+    let watchdog_token = CancellationToken::new();
+    let watchdog = tokio::spawn(crate::notify::watchdog(
+        notifier.clone(),
+        heartbeat.clone(),
+        watchdog_token.clone(),
+    ));
+    notifier.ready(&format!(
+        "running: {} PBX, {} targets, {} rules",
+        cfg.pbx.len(),
+        cfg.targets.len(),
+        cfg.rules.len()
+    ));
 
     // The normalizer task (this one).
     let mut normalizer = Normalizer::new(cfg.normalizer);
@@ -398,6 +679,7 @@ pub async fn run_until(
     let mut acks: Vec<(PushAck, PushReceipt)> = Vec::new();
     let mut open = true;
     while open {
+        heartbeat.beat();
         normalizer.begin_batch();
         tokio::select! {
             ev = rx.recv() => match ev {
@@ -415,6 +697,9 @@ pub async fn run_until(
             _ = tick.tick() => normalizer.tick(now_epoch(), &mut out),
             _ = token.cancelled() => open = false,
             Ok(()) = rules_rx.changed() => rules = rules_rx.borrow_and_update().clone(),
+            Ok(()) = normalizer_rx.changed() => {
+                normalizer.reconfigure(normalizer_rx.borrow_and_update().clone());
+            }
         }
         finish_batch(
             &rules,
@@ -429,8 +714,11 @@ pub async fn run_until(
     }
 
     // Shutdown: sources first, then what they queued, then delivery.
+    notifier.stopping();
+    watchdog_token.cancel();
+    let _ = watchdog.await;
     sources_token.cancel();
-    for h in &handles {
+    for h in &clients.handles() {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
             .await
             .is_err()
@@ -461,7 +749,7 @@ pub async fn run_until(
     deliver_token.cancel();
     dispatcher.stopped().await;
     http_token.cancel();
-    if let Some(t) = http_task {
+    for t in http_tasks {
         let _ = t.await;
     }
     reload_task.abort();

@@ -237,7 +237,7 @@ pub async fn run(speed: f64) -> Result<(), AppError> {
         RunOptions {
             config_path: None,
             observer: Some(observer),
-            listener: None,
+            ..RunOptions::default()
         },
         app_token,
         reload_tx,

@@ -1,17 +1,32 @@
 //! callhook: turns PBX call events into one call model and CRM webhooks.
 //!
-//! Layout (data flows one way, top to bottom):
+//! Layout, in the order data flows (no module reaches back upstream):
 //!
-//! - [`ami`]: the Asterisk Manager Interface: framing codec, messages, the
-//!   client task (login, keepalive, reconnect, actions) and a simulated PBX.
-//! - [`source`]: [`source::SourceEvent`], the only type crossing from a source
-//!   into the normalizer.
-//! - [`normalize`]: turns source events into the call model, emitting
-//!   [`model::ModelEvent`]s (leg and call transitions, finished call records).
-//! - [`model`]: the call model types (pure data, serializable).
-//! - [`config`]: typed configuration, validated before use.
-//! - [`replay`]: runs a capture file through the same path as live traffic.
-//! - [`metrics`]: every Prometheus metric.
+//! - Sources: [`ami`] (the Asterisk Manager Interface: framing codec,
+//!   messages, the client task with login, keepalive, reconnect and
+//!   actions, and a simulated PBX); [`http`] (the listeners: metrics,
+//!   health, reload, the admin API and the asterCC-style push endpoint,
+//!   on a server with connection caps and timeouts);
+//!   [`source`] ([`source::SourceEvent`], the only type crossing from a
+//!   source into the normalizer).
+//! - [`normalize`]: source events → the call model, emitting
+//!   [`model::ModelEvent`]s (leg and call transitions, finished records).
+//! - [`model`]: the call model types (pure data, the documented JSON).
+//! - [`backfill`]: CDR `Master.csv` → finished call records, the same
+//!   model semantics, rules and outbox as live traffic.
+//! - [`rules`]: which model events become which requests; [`template`]:
+//!   how a rule renders a URL, headers and body.
+//! - [`deliver`]: the durable outbox and the dispatcher sending webhooks.
+//! - Around them: [`config`] (typed, validated configuration), [`app`]
+//!   (the one wiring function of `callhook run`), [`replay`] (a capture
+//!   through the live path), [`demo`] (everything on one machine),
+//!   [`metrics`] (every Prometheus metric), [`notify`] (readiness,
+//!   watchdog and stopping notifications to systemd), [`log_limit`]
+//!   (rate-limited log lines for events that can repeat fast), [`ruletest`]
+//!   (`callhook test`: rule-set unit tests).
+//! - Leaves used by every config section: [`yaml`] (YAML documents with
+//!   positions, and a deserializer that reports every problem) and
+//!   [`values`] (durations, time zones, `${VAR}`, secret files).
 
 pub mod ami;
 pub mod app;
@@ -20,10 +35,15 @@ pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod model;
 pub mod normalize;
+pub mod notify;
 pub mod replay;
 pub mod rules;
+pub mod ruletest;
 pub mod source;
 pub mod template;
+pub mod values;
+pub mod yaml;

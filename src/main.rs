@@ -45,7 +45,7 @@ enum Command {
         #[arg(required = true)]
         captures: Vec<PathBuf>,
         /// Configuration file (classification, rules, targets).
-        #[arg(short, long)]
+        #[arg(short, long, env = "CALLHOOK_CONFIG")]
         config: Option<PathBuf>,
         /// Print the requests the rules would send instead of sending them.
         #[arg(long, requires = "config")]
@@ -61,8 +61,17 @@ enum Command {
     /// line and column, and exits non-zero when there is one.
     Check {
         /// Configuration file (YAML).
-        #[arg(short, long)]
+        #[arg(short, long, env = "CALLHOOK_CONFIG")]
         config: PathBuf,
+    },
+    /// Run rule-set unit tests: each FILE names a rule set (or a config) and
+    /// gives model events or captures with the requests they must produce
+    /// (format in the README, examples in rules/tests/). Exits non-zero
+    /// when a test fails.
+    Test {
+        /// Test files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Inspect and retry deliveries in the outbox (`state_dir` of the config).
     Deliveries(DeliveriesArgs),
@@ -117,13 +126,14 @@ struct BackfillArgs {
     /// Only calls that ended before this (same forms as --since).
     #[arg(long, value_name = "WHEN")]
     until: Option<String>,
-    /// Time zone of the CDR times: `UTC` (also right with `usegmtime=yes`),
-    /// an offset (`+02:00`, `-0300`), or `auto`: each call's offset from
-    /// its uniqueid (follows daylight saving; `auto:+01:00` sets the
-    /// offset for ids that do not tell).
+    /// Time zone of the CDR times: an IANA name (`America/Mexico_City`,
+    /// daylight saving applied to every time), `UTC` (also right with
+    /// `usegmtime=yes`), an offset (`+02:00`, `-0300`), or `auto`: each
+    /// call's offset from its uniqueid (`auto:Europe/Madrid` sets the zone
+    /// for ids that do not tell).
     #[arg(
         long,
-        value_name = "OFFSET|auto",
+        value_name = "ZONE|OFFSET|auto",
         default_value = "UTC",
         env = "CALLHOOK_CDR_TIMEZONE"
     )]
@@ -222,6 +232,69 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Loads a configuration for `run`: what `check` accepts, warnings logged.
+fn load_daemon(path: &std::path::Path) -> anyhow::Result<Config> {
+    let cfg = load(path)?;
+    let errors = cfg.daemon_errors();
+    if !errors.is_empty() {
+        let e = callhook::config::ConfigErrors {
+            file: path.to_path_buf(),
+            errors,
+            warnings: Vec::new(),
+        };
+        bail!("{e}");
+    }
+    for w in cfg.daemon_warnings() {
+        tracing::warn!("{}", w.render(path));
+    }
+    Ok(cfg)
+}
+
+/// `check`: every error and warning, exit 1 on an error (what `run` would refuse).
+fn check_cmd(config: &std::path::Path) -> anyhow::Result<()> {
+    let print_warnings = |ws: &[callhook::config::ConfigError]| {
+        for w in ws {
+            eprintln!("  warning: {}", w.render(config));
+        }
+    };
+    match Config::load(config) {
+        Ok(cfg) => {
+            let errors = cfg.daemon_errors();
+            let warnings = cfg.daemon_warnings();
+            if !errors.is_empty() {
+                let e = callhook::config::ConfigErrors {
+                    file: config.to_path_buf(),
+                    errors,
+                    warnings: Vec::new(),
+                };
+                eprint!("{e}");
+                print_warnings(&warnings);
+                std::process::exit(1);
+            }
+            let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
+            println!(
+                "{}: ok ({}, {}, {}{})",
+                config.display(),
+                n(cfg.pbx.len(), "PBX"),
+                n(cfg.targets.len(), "target"),
+                n(cfg.rules.len(), "rule"),
+                if warnings.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", n(warnings.len(), "warning"))
+                },
+            );
+            print_warnings(&warnings);
+            Ok(())
+        }
+        Err(e) => {
+            eprint!("{e}");
+            print_warnings(&e.warnings);
+            std::process::exit(1);
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting the runtime")
 }
@@ -237,32 +310,9 @@ fn main() -> anyhow::Result<()> {
             format,
             pbx,
         } => replay_cmd(captures, config, dry_run, format.into(), pbx),
-        Command::Check { config } => match Config::load(&config) {
-            Ok(cfg) => {
-                let n =
-                    |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
-                println!(
-                    "{}: ok ({}, {}, {})",
-                    config.display(),
-                    n(cfg.pbx.len(), "PBX"),
-                    n(cfg.targets.len(), "target"),
-                    n(cfg.rules.len(), "rule"),
-                );
-                Ok(())
-            }
-            Err(e) => {
-                eprint!("{e}");
-                std::process::exit(1);
-            }
-        },
+        Command::Check { config } => check_cmd(&config),
         Command::Run { config, print } => {
-            let cfg = load(&config)?;
-            if cfg.pbx.is_empty() && cfg.push.is_none() {
-                bail!(
-                    "{}: no source configured (add a `pbx:` entry or a `push:` section)",
-                    config.display()
-                );
-            }
+            let cfg = load_daemon(&config)?;
             let observer = print.map(|f| {
                 let f: Format = f.into();
                 Box::new(move |evs: &[ModelEvent]| {
@@ -277,12 +327,13 @@ fn main() -> anyhow::Result<()> {
             let opts = RunOptions {
                 config_path: Some(config),
                 observer,
-                listener: None,
+                ..RunOptions::default()
             };
             runtime()?.block_on(app::run(cfg, opts))?;
             Ok(())
         }
         Command::Deliveries(args) => deliveries_cmd(args),
+        Command::Test { files } => test_cmd(&files),
         Command::Demo { speed } => {
             if !(speed.is_finite() && speed > 0.0) {
                 bail!("--speed must be a positive number");
@@ -294,13 +345,45 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// `test`: runs every file, prints each case, exits 1 on any failure.
+fn test_cmd(files: &[PathBuf]) -> anyhow::Result<()> {
+    let (mut passed, mut failed, mut broken) = (0, 0, 0);
+    for f in files {
+        let r = callhook::ruletest::run_file(f);
+        print!("{}", r.render());
+        broken += usize::from(!r.errors.is_empty());
+        for c in &r.cases {
+            if c.failures.is_empty() {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "{passed} passed, {failed} failed{}",
+        if broken > 0 {
+            format!(
+                " ({broken} file{} could not run)",
+                if broken == 1 { "" } else { "s" }
+            )
+        } else {
+            String::new()
+        }
+    );
+    if failed > 0 || broken > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
     use callhook::backfill::{self, CdrTimezone, Destination, Options};
 
     let cfg = load(&args.config)?;
     let timezone = CdrTimezone::parse(&args.cdr_timezone).with_context(|| {
         format!(
-            "--cdr-timezone {:?}: write UTC, an offset such as +02:00 or -0300, or auto",
+            "--cdr-timezone {:?}: write a time zone name such as America/Mexico_City, UTC, an offset such as +02:00 or -0300, or auto",
             args.cdr_timezone
         )
     })?;
@@ -326,7 +409,7 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
     let since = bound(&args.since, "--since")?;
     let until = bound(&args.until, "--until")?;
     let window = match &args.group_window {
-        Some(w) => callhook::config::parse_duration(w)
+        Some(w) => callhook::values::parse_duration(w)
             .with_context(|| format!("--group-window {w:?} is not a duration (e.g. 4h)"))?
             .as_secs_f64(),
         None => cfg.normalizer.max_call_age,
@@ -339,7 +422,7 @@ fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
     };
     let opts = Options {
         pbx,
-        timezone,
+        timezone: timezone.clone(),
         since,
         until,
         window,

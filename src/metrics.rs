@@ -8,8 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics, registered in one registry.
@@ -76,10 +76,72 @@ pub struct Metrics {
     pub config_last_reload_successful: IntGauge,
     /// Reloads by outcome (success, failure).
     pub config_reloads: IntCounterVec,
+    /// 1 for each setting (`key`, one of [`CONFIG_RESTART_KEYS`])
+    /// whose reloaded value waits for a restart.
+    pub config_restart_required: IntGaugeVec,
     /// Push endpoint requests by team (configured teams, else `unknown`)
     /// and outcome (accepted, duplicate, unauthorized, bad_request, unavailable).
     pub push_requests: IntCounterVec,
+    /// Open inbound HTTP connections, by listener (`listen`, `admin`).
+    pub http_connections: IntGaugeVec,
+    /// The connection cap in force, by listener.
+    pub http_connection_limit: IntGaugeVec,
+    /// Inbound connections accepted, by listener.
+    pub http_connections_accepted: IntCounterVec,
+    /// Inbound connections refused at once, by listener and reason
+    /// (`total_cap`, `per_ip_cap`, `accept_error`).
+    pub http_connections_refused: IntCounterVec,
+    /// Inbound connections the server closed, by listener and reason
+    /// (`header_timeout`, `idle_timeout`, `body_timeout`, `body_too_large`,
+    /// `evicted`).
+    pub http_connections_closed: IntCounterVec,
+    /// Admin requests (reload, admin API, …) without the right token.
+    pub admin_unauthorized: IntCounter,
+    /// Always 1, labelled with the version and commit.
+    pub build_info: IntGaugeVec,
+    /// When the configuration last loaded successfully (start or reload).
+    pub config_last_reload_success_timestamp_seconds: Gauge,
+    /// Deliveries waiting in the outbox, by target.
+    pub outbox_waiting: IntGaugeVec,
+    /// Age of the oldest waiting delivery, by target (0 when none waits).
+    pub outbox_oldest_waiting_age_seconds: GaugeVec,
+    /// Targets whose outbox gauges were set (to reset them to 0 when drained).
+    outbox_targets: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Process metrics (standard names, refreshed at every render).
+    pub process: ProcessMetrics,
 }
+
+/// The standard `process_*` metrics, read from `/proc/self` when rendered.
+pub struct ProcessMetrics {
+    /// User + system CPU time.
+    pub cpu_seconds_total: Counter,
+    /// Resident set size.
+    pub resident_memory_bytes: IntGauge,
+    /// Virtual memory size.
+    pub virtual_memory_bytes: IntGauge,
+    /// Open file descriptors.
+    pub open_fds: IntGauge,
+    /// The soft `RLIMIT_NOFILE`.
+    pub max_fds: IntGauge,
+    /// Start time, seconds since the epoch.
+    pub start_time_seconds: Gauge,
+    /// OS threads.
+    pub threads: IntGauge,
+}
+
+/// The settings a reload can only apply at the next restart: the `key`
+/// label of `callhook_config_restart_required` (see `config::reload`).
+pub const CONFIG_RESTART_KEYS: &[&str] = &[
+    "listen",
+    "state_dir",
+    "outbox",
+    "admin",
+    "push",
+    "push.path",
+    "push.token_param",
+    "push.token_header",
+    "pbx.queue_capacity",
+];
 
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
@@ -324,18 +386,221 @@ impl Metrics {
                 "Configuration reloads by outcome",
                 &["outcome"],
             ),
+            config_restart_required: {
+                let g = gauge_vec(
+                    &r,
+                    "callhook_config_restart_required",
+                    "1 when a reloaded setting (key) only takes effect after a restart",
+                    &["key"],
+                );
+                for k in CONFIG_RESTART_KEYS {
+                    g.with_label_values(&[k]).set(0);
+                }
+                g
+            },
             push_requests: counter_vec(
                 &r,
                 "callhook_push_requests_total",
                 "Push endpoint requests by team and outcome",
                 &["team", "outcome"],
             ),
+            http_connections: gauge_vec(
+                &r,
+                "callhook_http_connections",
+                "Open inbound HTTP connections",
+                &["listener"],
+            ),
+            http_connection_limit: gauge_vec(
+                &r,
+                "callhook_http_connection_limit",
+                "Connection cap of the listener (configured, bounded by the file-descriptor budget)",
+                &["listener"],
+            ),
+            http_connections_accepted: counter_vec(
+                &r,
+                "callhook_http_connections_accepted_total",
+                "Inbound HTTP connections accepted",
+                &["listener"],
+            ),
+            http_connections_refused: counter_vec(
+                &r,
+                "callhook_http_connections_refused_total",
+                "Inbound HTTP connections refused at once",
+                &["listener", "reason"],
+            ),
+            http_connections_closed: counter_vec(
+                &r,
+                "callhook_http_connections_closed_total",
+                "Inbound HTTP connections closed by the server (timeouts, limits, eviction)",
+                &["listener", "reason"],
+            ),
+            admin_unauthorized: register(
+                &r,
+                "callhook_admin_unauthorized_total",
+                IntCounter::new(
+                    "callhook_admin_unauthorized_total",
+                    "Admin requests refused: missing or wrong admin token",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            build_info: gauge_vec(
+                &r,
+                "callhook_build_info",
+                "Always 1: the running version and commit",
+                &["version", "commit"],
+            ),
+            config_last_reload_success_timestamp_seconds: register(
+                &r,
+                "callhook_config_last_reload_success_timestamp_seconds",
+                Gauge::new(
+                    "callhook_config_last_reload_success_timestamp_seconds",
+                    "When the configuration last loaded successfully",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            outbox_waiting: gauge_vec(
+                &r,
+                "callhook_outbox_waiting",
+                "Deliveries waiting in the outbox, by target",
+                &["target"],
+            ),
+            outbox_oldest_waiting_age_seconds: register(
+                &r,
+                "callhook_outbox_oldest_waiting_age_seconds",
+                GaugeVec::new(
+                    Opts::new(
+                        "callhook_outbox_oldest_waiting_age_seconds",
+                        "Age of the oldest waiting delivery, by target",
+                    ),
+                    &["target"],
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            outbox_targets: std::sync::Mutex::new(std::collections::BTreeSet::new()),
+            process: ProcessMetrics::new(&r),
             registry: r,
         }
     }
 
+    /// Exports every series whose labels are known from the configuration
+    /// at 0, so dashboards and alerts see them before the first event.
+    /// Called at start and after each successful reload.
+    pub fn init_known_series(&self, known: &KnownLabels<'_>) {
+        for p in known.pbx {
+            self.ami_connection_state.with_label_values(&[p]);
+            self.ami_reconnects.with_label_values(&[p]);
+            self.ami_queue_dropped.with_label_values(&[p]);
+            for reason in ["oversized", "garbage"] {
+                self.ami_packets_skipped.with_label_values(&[p, reason]);
+            }
+        }
+        for p in known.pbx.iter().chain(known.teams) {
+            self.live_calls.with_label_values(&[p]);
+            for reason in ["max_age", "reconnect"] {
+                self.calls_closed_abnormally.with_label_values(&[p, reason]);
+            }
+        }
+        for state in STATES {
+            for dir in DIRECTIONS {
+                self.leg_transitions.with_label_values(&[state, dir]);
+            }
+        }
+        for dir in DIRECTIONS {
+            for disp in DISPOSITIONS {
+                self.calls_finished.with_label_values(&[dir, disp]);
+            }
+        }
+        for t in known.targets {
+            self.deliveries_enqueued.with_label_values(&[t]);
+            self.deliveries_duplicate.with_label_values(&[t]);
+            for outcome in ["delivered", "dead", "expired", "rejected"] {
+                self.deliveries.with_label_values(&[t, outcome]);
+            }
+            // The attempt outcomes that are not HTTP codes (`deliver::http`).
+            for status in ["timeout", "connect", "error"] {
+                self.delivery_attempts.with_label_values(&[t, status]);
+            }
+            self.delivery_retries.with_label_values(&[t]);
+            self.rate_limit_waits.with_label_values(&[t]);
+            self.breaker_state.with_label_values(&[t]);
+            self.target_disabled.with_label_values(&[t]);
+            self.delivery_seconds.with_label_values(&[t]);
+            self.event_to_request_seconds.with_label_values(&[t]);
+            self.outbox_waiting.with_label_values(&[t]);
+            self.outbox_oldest_waiting_age_seconds
+                .with_label_values(&[t]);
+            self.lock_outbox_targets().insert(t.to_string());
+        }
+        for rule in known.rules {
+            self.rule_matches.with_label_values(&[rule]);
+            self.render_errors.with_label_values(&[rule]);
+        }
+        for outcome in ["success", "failure"] {
+            self.config_reloads.with_label_values(&[outcome]);
+        }
+        for team in known.teams.iter().chain(["unknown"].iter()) {
+            for outcome in PUSH_OUTCOMES {
+                self.push_requests.with_label_values(&[team, outcome]);
+            }
+        }
+        for l in known.listeners {
+            self.http_connections.with_label_values(&[l]);
+            self.http_connection_limit.with_label_values(&[l]);
+            self.http_connections_accepted.with_label_values(&[l]);
+            for reason in ["total_cap", "per_ip_cap", "accept_error"] {
+                self.http_connections_refused
+                    .with_label_values(&[l, reason]);
+            }
+            for reason in [
+                "header_timeout",
+                "idle_timeout",
+                "body_timeout",
+                "body_too_large",
+                "evicted",
+            ] {
+                self.http_connections_closed.with_label_values(&[l, reason]);
+            }
+        }
+    }
+
+    fn lock_outbox_targets(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.outbox_targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the per-target outbox gauges: `waiting` maps target → (rows
+    /// waiting, age of the oldest in seconds); targets seen before and
+    /// absent now go back to 0.
+    pub fn set_outbox_by_target(&self, waiting: &std::collections::BTreeMap<String, (u64, f64)>) {
+        let mut seen = self.lock_outbox_targets();
+        for t in seen.iter() {
+            if !waiting.contains_key(t) {
+                self.outbox_waiting.with_label_values(&[t]).set(0);
+                self.outbox_oldest_waiting_age_seconds
+                    .with_label_values(&[t])
+                    .set(0.0);
+            }
+        }
+        for (t, (n, age)) in waiting {
+            self.outbox_waiting
+                .with_label_values(&[t])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+            self.outbox_oldest_waiting_age_seconds
+                .with_label_values(&[t])
+                .set(*age);
+            seen.insert(t.clone());
+        }
+    }
+
+    /// Sets `callhook_build_info{version,commit} 1`.
+    pub fn set_build_info(&self, version: &str, commit: &str) {
+        self.build_info.with_label_values(&[version, commit]).set(1);
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.process.refresh();
         let mut buf = Vec::new();
         let enc = TextEncoder::new();
         if enc.encode(&self.registry.gather(), &mut buf).is_err() {
@@ -343,6 +608,168 @@ impl Metrics {
         }
         String::from_utf8_lossy(&buf).into_owned()
     }
+}
+
+/// Leg and call states (`model::State`), for series exported at 0.
+const STATES: [&str; 3] = ["ringing", "answered", "hungup"];
+/// Directions (`model::Direction`).
+const DIRECTIONS: [&str; 3] = ["incoming", "outgoing", "internal"];
+/// Dispositions (`model::Disposition`).
+const DISPOSITIONS: [&str; 5] = ["ANSWERED", "NO ANSWER", "BUSY", "FAILED", "ABANDONED"];
+/// Outcomes of `callhook_push_requests_total` (`http::push`).
+const PUSH_OUTCOMES: [&str; 5] = [
+    "accepted",
+    "duplicate",
+    "unauthorized",
+    "bad_request",
+    "unavailable",
+];
+
+/// The label values the configuration makes known (see
+/// [`Metrics::init_known_series`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KnownLabels<'a> {
+    /// PBX ids.
+    pub pbx: &'a [&'a str],
+    /// Push team names.
+    pub teams: &'a [&'a str],
+    /// Target names.
+    pub targets: &'a [&'a str],
+    /// Rule names.
+    pub rules: &'a [&'a str],
+    /// HTTP listeners (`listen`, `admin`).
+    pub listeners: &'a [&'a str],
+}
+
+impl ProcessMetrics {
+    fn new(r: &Registry) -> Self {
+        let int = |name: &str, help: &str| {
+            register(
+                r,
+                name,
+                IntGauge::new(name, help).unwrap_or_else(|e| panic!("{e}")),
+            )
+        };
+        Self {
+            cpu_seconds_total: register(
+                r,
+                "process_cpu_seconds_total",
+                Counter::new(
+                    "process_cpu_seconds_total",
+                    "Total user and system CPU time spent in seconds",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            resident_memory_bytes: int(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+            ),
+            virtual_memory_bytes: int(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+            ),
+            open_fds: int("process_open_fds", "Number of open file descriptors"),
+            max_fds: int("process_max_fds", "Maximum number of open file descriptors"),
+            start_time_seconds: register(
+                r,
+                "process_start_time_seconds",
+                Gauge::new(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            threads: int("process_threads", "Number of OS threads in the process"),
+        }
+        .with_start_time_now()
+    }
+
+    /// Until `/proc` says better (it may be hidden, e.g. by systemd's
+    /// `ProcSubset=pid`): the time the metrics were created, at start.
+    fn with_start_time_now(self) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.start_time_seconds.set(now);
+        self
+    }
+
+    /// Reads `/proc/self/stat`, `/proc/self/fd` and the descriptor limit
+    /// (nothing changes where they cannot be read).
+    pub fn refresh(&self) {
+        if let Some(s) = proc_stat() {
+            let cur = self.cpu_seconds_total.get();
+            if s.cpu_seconds > cur {
+                self.cpu_seconds_total.inc_by(s.cpu_seconds - cur);
+            }
+            self.resident_memory_bytes.set(s.rss_bytes);
+            self.virtual_memory_bytes.set(s.vsize_bytes);
+            self.threads.set(s.threads);
+            if let Some(t) = s.start_time {
+                self.start_time_seconds.set(t);
+            }
+        }
+        if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
+            // The directory handle itself is one of the entries.
+            self.open_fds
+                .set(i64::try_from(d.count()).unwrap_or(i64::MAX) - 1);
+        }
+        #[cfg(unix)]
+        {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into the struct we pass and nothing else.
+            if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+                self.max_fds
+                    .set(i64::try_from(lim.rlim_cur).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+struct ProcStat {
+    cpu_seconds: f64,
+    rss_bytes: i64,
+    vsize_bytes: i64,
+    threads: i64,
+    start_time: Option<f64>,
+}
+
+#[cfg(unix)]
+fn proc_stat() -> Option<ProcStat> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may contain spaces and parentheses: fields start
+    // after the last ')'. Field 3 (state) is the first one after it.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as f64;
+    if ticks <= 0.0 || page <= 0.0 {
+        return None;
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    Some(ProcStat {
+        cpu_seconds: (field(14)? + field(15)?) / ticks,
+        threads: field(20)? as i64,
+        start_time: boot.map(|b| b + field(22).unwrap_or(0.0) / ticks),
+        vsize_bytes: field(23)? as i64,
+        rss_bytes: (field(24)? * page) as i64,
+    })
+}
+
+#[cfg(not(unix))]
+fn proc_stat() -> Option<ProcStat> {
+    None
 }
 
 /// Folds an AMI event name into a bounded label set: the events callhook

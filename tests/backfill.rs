@@ -559,6 +559,49 @@ fn a_pbx_in_another_time_zone_gives_the_same_records_with_its_offset_or_auto() {
     assert_eq!(s.implied_offsets.iter().collect::<Vec<_>>(), ["+02:00"]);
 }
 
+#[test]
+fn an_iana_time_zone_applies_its_daylight_saving_rules() {
+    // The CDR of a PBX in Madrid: November is winter time, UTC+01:00.
+    let cdr = fixtures().join("asterisk-20/queue-answered.cdr.csv");
+    let text = std::fs::read_to_string(&cdr).unwrap();
+    let madrid = text.replace("2026-11-22 19:", "2026-11-22 20:");
+    let (utc, _) = records(&cdr);
+    let mut o = opts();
+    o.timezone = CdrTimezone::parse("Europe/Madrid").unwrap();
+    let mut out = Vec::new();
+    let mut summary = Summary::default();
+    backfill::for_each_call(
+        madrid.as_bytes(),
+        &Classifier::default(),
+        &o,
+        &mut summary,
+        |r, _, _| {
+            out.push(r);
+            Ok(())
+        },
+    )
+    .unwrap();
+    assert_eq!(out, utc);
+    assert_eq!(summary.timezone_mismatch, 0);
+    // Read at the summer offset (+02:00) the ids give the mistake away.
+    let mut o = opts();
+    o.timezone = CdrTimezone::parse("+02:00").unwrap();
+    let mut summary = Summary::default();
+    backfill::for_each_call(
+        madrid.as_bytes(),
+        &Classifier::default(),
+        &o,
+        &mut summary,
+        |_, _, _| Ok(()),
+    )
+    .unwrap();
+    assert_eq!(summary.timezone_mismatch, 1);
+    assert_eq!(
+        summary.implied_offsets.iter().collect::<Vec<_>>(),
+        ["+01:00"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backfill_opening_the_outbox_leaves_the_daemons_attempts_in_flight() {
     use callhook::deliver::outbox::{ClaimWant, Status};

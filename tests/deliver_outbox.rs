@@ -499,3 +499,33 @@ async fn measure_enqueue_latency() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_set_the_per_target_depth_and_oldest_age_and_reset_drained_targets() {
+    let dir = state_dir("per-target-gauges");
+    let ob = Outbox::open(&dir, OutboxOptions::default()).unwrap();
+    let url = "https://crm.example/hook";
+    let mut reqs: Vec<_> = (0..3)
+        .map(|i| request("t-gauge-a", &format!("g{i}"), "ringing", url))
+        .collect();
+    reqs.push(request("t-gauge-b", "gb", "ringing", url));
+    ob.enqueue(&reqs).await.unwrap();
+    let waiting = |t: &str| metrics().outbox_waiting.with_label_values(&[t]).get();
+    let age = |t: &str| {
+        metrics()
+            .outbox_oldest_waiting_age_seconds
+            .with_label_values(&[t])
+            .get()
+    };
+    ob.stats().await.unwrap();
+    assert_eq!((waiting("t-gauge-a"), waiting("t-gauge-b")), (3, 1));
+    assert!(age("t-gauge-a") >= 0.0 && age("t-gauge-a") < 60.0);
+    // b's only delivery goes out: b drops to 0 (it is not left at 1).
+    let p = ob.poll(now(), want("t-gauge-b", 1)).await.unwrap();
+    ob.complete(p.claimed[0].id, Completion::Delivered { status: 200 })
+        .await
+        .unwrap();
+    ob.stats().await.unwrap();
+    assert_eq!((waiting("t-gauge-a"), waiting("t-gauge-b")), (3, 0));
+    assert_eq!(age("t-gauge-b"), 0.0);
+}

@@ -48,7 +48,7 @@ crm:
   headers:
     Authorization: "Bearer ${CRM_TOKEN}"
 "#;
-    let raw: BTreeMap<String, RawTarget> = serde_yaml::from_str(yaml).unwrap();
+    let raw: BTreeMap<String, RawTarget> = callhook::yaml::de::from_str(yaml).unwrap();
     let t = validate_targets(&raw, tls_dir()).unwrap_or_else(|e| panic!("{e:#?}"));
     let crm = &t["crm"];
     assert_eq!(crm.rate.unwrap().to_string(), "20/s");
@@ -77,9 +77,9 @@ both: {{ signing: {{ secret: x, secret_file: secret }} }}
 "#,
         ca = ca.display()
     );
-    let raw: BTreeMap<String, RawTarget> = serde_yaml::from_str(&yaml).unwrap();
+    let raw: BTreeMap<String, RawTarget> = callhook::yaml::de::from_str(&yaml).unwrap();
     let errs = validate_targets(&raw, &dir).unwrap_err();
-    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    let paths: Vec<String> = errs.iter().map(|e| e.path.to_string()).collect();
     assert_eq!(
         paths,
         [

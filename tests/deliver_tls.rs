@@ -214,7 +214,8 @@ struct Rig {
 impl Rig {
     /// Targets from YAML, file names relative to the TLS material.
     fn start(name: &str, yaml: &str) -> Rig {
-        let raw: BTreeMap<String, RawTarget> = serde_yaml::from_str(yaml).expect("target yaml");
+        let raw: BTreeMap<String, RawTarget> =
+            callhook::yaml::de::from_str(yaml).expect("target yaml");
         let targets: BTreeMap<String, Target> =
             validate_targets(&raw, tls_dir()).unwrap_or_else(|e| panic!("{e:#?}"));
         let (tx, rx) = watch::channel(Arc::new(targets));

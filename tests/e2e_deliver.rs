@@ -447,8 +447,21 @@ async fn an_invalid_reload_keeps_the_old_config() {
         good.replace("/v1?pi=%CALLER_ID%", "/v2?pi=%CALLER_IDD%"),
     )
     .unwrap();
+    // Anonymous: 401, and not a word about the configuration.
     let r = reqwest::Client::new()
         .post(d.url("/-/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("CALLER_IDD") && !text.contains("yaml"),
+        "{text}"
+    );
+    let r = reqwest::Client::new()
+        .post(d.url("/-/reload"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();

@@ -111,6 +111,7 @@ async fn a_burst_of_30000_calls_reaches_the_model_whole() {
             config_path: None,
             observer: Some(observer),
             listener: None,
+            ..RunOptions::default()
         },
         token.clone(),
         reload_tx,

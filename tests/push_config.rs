@@ -26,7 +26,13 @@ fn defaults_and_secrets() {
     assert_eq!(p.teams.len(), 2);
     assert_eq!(p.teams[0].name, "acme");
     assert_eq!(p.teams[0].token.expose(), "acme-0123456789");
-    assert_eq!(p.teams[0].utc_offset, -3 * 3600);
+    assert_eq!(
+        p.teams[0]
+            .timezone
+            .to_offset(jiff::Timestamp::UNIX_EPOCH)
+            .seconds(),
+        -3 * 3600
+    );
     assert_eq!(p.teams[1].token.expose(), "beta-0123456789");
     assert_eq!(cfg.normalizer.push_settle, 2.0);
     assert!(
@@ -70,7 +76,7 @@ push:
         "push.token_header:",
         "push.settle:",
         "push.teams.main: \"main\" is also a PBX id",
-        "push.teams.acme.timezone: \"Mars\" is not a UTC offset",
+        "push.teams.acme.timezone: \"Mars\" is not a time zone",
         "push.teams.beta.token: is the same as another team's token",
         "push.teams.gamma.token: no token",
         "push.teams.delta: both token and token_file are set",

@@ -108,6 +108,7 @@ async fn start(extra: &str) -> App {
             config_path: None,
             observer: None,
             listener: Some(listener),
+            ..RunOptions::default()
         },
         token.clone(),
         reload_tx,

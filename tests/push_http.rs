@@ -38,7 +38,7 @@ async fn serve(
     let teams = Teams::new(&[PushTeam {
         name: "acme".into(),
         token: Secret::new(TOKEN),
-        utc_offset: 0,
+        timezone: jiff::tz::TimeZone::UTC,
     }]);
     // The receiver keeps the last value when the sender is gone.
     let (_, teams_rx) = watch::channel(Arc::new(teams));
@@ -219,13 +219,18 @@ async fn a_closed_queue_is_503_and_bodies_are_bounded() {
     let big = format!("{BODY}&blob={}", "x".repeat(70 * 1024));
     let (s, v, _) = ep.post("/hooks/cc", &[("X-Team-Key", TOKEN)], &big).await;
     assert_eq!(s, 413);
-    assert_eq!(v["accepted"], false);
+    assert!(v["error"].as_str().unwrap().contains("65536"), "{v}");
     let long = format!("{BODY}&note={}", "y".repeat(5000));
     let (s, v, _) = ep.post("/hooks/cc", &[("X-Team-Key", TOKEN)], &long).await;
     assert_eq!((s, v["field"].clone()), (400, serde_json::json!("note")));
-    // Wrong token: 401 before the body is even read.
+    // Wrong token: 401, nothing queued.
+    let (s, _, _) = ep
+        .post("/hooks/cc", &[("X-Team-Key", "acme-push-token-2")], BODY)
+        .await;
+    assert_eq!(s, 401);
+    // The size limit applies to every request, before any handler runs.
     let (s, _, _) = ep
         .post("/hooks/cc", &[("X-Team-Key", "acme-push-token-2")], &big)
         .await;
-    assert_eq!(s, 401);
+    assert_eq!(s, 413);
 }

@@ -56,7 +56,16 @@ fn every_rule_set_and_the_example_config_validate() {
             assert!(!cfg.rules.is_empty(), "{}", p.display());
         }
     }
-    std::env::set_var("AMI_SECRET", "x");
+    // The example config reads its secrets as systemd credentials and its
+    // template variables from the environment (tests/deploy.rs runs it).
+    let creds =
+        std::env::temp_dir().join(format!("callhook-rule-sets-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&creds).unwrap();
+    for id in ["ami-secret", "admin-token", "acme-push-token"] {
+        std::fs::write(creds.join(id), "credential-value-123\n").unwrap();
+    }
+    std::env::set_var("CREDENTIALS_DIRECTORY", &creds);
+    std::env::set_var("CRM_TOKEN", "x");
     Config::load(&root().join("deploy/callhook.example.yaml")).unwrap();
 }
 

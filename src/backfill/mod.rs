@@ -449,7 +449,7 @@ pub fn for_each_call<R: BufRead>(
     let mut handle = |groups: &mut Vec<Vec<CdrRow>>, summary: &mut Summary| {
         for rows in groups.drain(..) {
             let n = rows.len() as u64;
-            match build(rows, classifier, &opts.pbx, opts.timezone) {
+            match build(rows, classifier, &opts.pbx, &opts.timezone) {
                 Ok(b) => {
                     summary.calls += 1;
                     if let Some(o) = b.offset_mismatch {

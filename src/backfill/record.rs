@@ -3,13 +3,11 @@
 //! decides"). The mapping, and what CDR cannot tell, is documented in
 //! [`super`].
 
-use time::UtcOffset;
-
-use crate::model::{CallRecord, Direction, Disposition, EndReason, Timestamp};
+use crate::model::{CallFacts, CallRecord, Direction, Disposition, EndReason};
 use crate::normalize::{Classifier, Party};
 
 use super::cdr::CdrRow;
-use super::times::{id_epoch, implied_offset, CdrTimezone};
+use super::times::{id_epoch, implied_offset, zone_offset, CdrTimezone, LocalTime};
 
 /// Why a group of rows gives no record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,11 +25,11 @@ pub enum NotACall {
 pub struct Built {
     /// The record.
     pub record: CallRecord,
-    /// The UTC offset its CDR times were read at.
-    pub offset: UtcOffset,
+    /// The UTC offset (seconds east) its start was read at.
+    pub offset: i32,
     /// The offset the call's id implies, when it has an epoch and it
     /// differs from `offset` (the configured time zone looks wrong).
-    pub offset_mismatch: Option<UtcOffset>,
+    pub offset_mismatch: Option<i32>,
 }
 
 /// A party of the call, as the live model sees it.
@@ -98,8 +96,11 @@ pub fn recording_url(userfield: Option<&str>) -> Option<String> {
     ok.then(|| u.to_string())
 }
 
-/// The UTC offset for this call.
-fn offset_for(root: &CdrRow, tz: CdrTimezone) -> (UtcOffset, Option<UtcOffset>) {
+/// How this call's CDR times become real time: a fixed offset (from its
+/// id with `auto`), or the configured zone time by time (daylight saving
+/// can change during a call); and the offset its id implies when that
+/// disagrees with the zone.
+fn offset_for<'z>(root: &CdrRow, tz: &'z CdrTimezone) -> (Clock<'z>, Option<i32>) {
     let implied = root
         .uniqueid
         .as_deref()
@@ -107,8 +108,28 @@ fn offset_for(root: &CdrRow, tz: CdrTimezone) -> (UtcOffset, Option<UtcOffset>) 
         .and_then(id_epoch)
         .and_then(|e| implied_offset(root.start, e));
     match tz {
-        CdrTimezone::Fixed(o) => (o, implied.filter(|i| *i != o)),
-        CdrTimezone::Auto { fallback } => (implied.unwrap_or(fallback), None),
+        CdrTimezone::Zone(z) => {
+            let at_start = zone_offset(z, root.start);
+            (Clock::Zone(z), implied.filter(|i| *i != at_start))
+        }
+        CdrTimezone::Auto { fallback } => {
+            (implied.map_or(Clock::Zone(fallback), Clock::Fixed), None)
+        }
+    }
+}
+
+/// See [`offset_for`].
+enum Clock<'z> {
+    Fixed(i32),
+    Zone(&'z jiff::tz::TimeZone),
+}
+
+impl Clock<'_> {
+    fn utc(&self, t: LocalTime) -> f64 {
+        match self {
+            Clock::Fixed(o) => t.to_utc(*o),
+            Clock::Zone(z) => t.in_zone(z),
+        }
     }
 }
 
@@ -117,7 +138,7 @@ pub fn build(
     mut rows: Vec<CdrRow>,
     classifier: &Classifier,
     pbx: &str,
-    tz: CdrTimezone,
+    tz: &CdrTimezone,
 ) -> Result<Built, NotACall> {
     // Creation order: start, then the CDR sequence (or the file order).
     rows.sort_by(|a, b| {
@@ -142,8 +163,9 @@ pub fn build(
     if root.linkedid.is_none() && is_local_half_2(&root.channel) {
         return Err(NotACall::LocalHalf);
     }
-    let (offset, offset_mismatch) = offset_for(root, tz);
-    let utc = |t: super::times::LocalTime| t.to_utc(offset);
+    let (clock, offset_mismatch) = offset_for(root, tz);
+    let offset = (root.start.0 - clock.utc(root.start)).round() as i32;
+    let utc = |t: LocalTime| clock.utc(t);
     let root_chan = root.channel.clone();
     let root_ctx = (!root.dcontext.is_empty()).then_some(root.dcontext.as_str());
     let root_who = who(classifier, &root_chan, root_ctx);
@@ -365,36 +387,35 @@ pub fn build(
     let ended = rows
         .iter()
         .map(|r| utc(r.end))
-        .fold(f64::NEG_INFINITY, f64::max)
-        .max(started);
+        .fold(f64::NEG_INFINITY, f64::max);
     let session_id = match (&root.linkedid, &root.uniqueid) {
         (Some(l), _) => l.trim().to_string(),
         (None, Some(u)) => u.trim().to_string(),
         // No id at all: stable, but not the PBX's.
         (None, None) => format!("cdr-{}-{}", started as i64, root_chan),
     };
-    let record = CallRecord {
-        session_id,
-        pbx: pbx.to_string(),
-        direction,
-        caller_number,
-        caller_name,
-        dialed_number,
-        queue,
-        extensions_rung,
-        answered_by,
-        final_answered_by,
-        started_at: Timestamp(started),
-        answered_at: answered_at.map(Timestamp),
-        ended_at: Timestamp(ended),
-        duration: (ended - started).max(0.0),
-        billsec: answered_at.map_or(0.0, |a| (ended - a).max(0.0)),
-        disposition,
-        end_reason: EndReason::Hangup,
-        recording_url: recording_url(root.userfield.as_deref()),
-        approximate,
-        extra: Default::default(),
-    };
+    let record = CallRecord::new(
+        CallFacts {
+            session_id,
+            pbx: pbx.to_string(),
+            direction,
+            caller_number,
+            caller_name,
+            dialed_number,
+            queue,
+            extensions_rung,
+            answered_by,
+            final_answered_by,
+            disposition,
+            end_reason: EndReason::Hangup,
+            recording_url: recording_url(root.userfield.as_deref()),
+            approximate,
+            extra: Default::default(),
+        },
+        started,
+        answered_at,
+        ended,
+    );
     Ok(Built {
         record,
         offset,

@@ -2,20 +2,20 @@
 //!
 //! `cdr_csv` writes `2026-11-22 19:10:26` in the PBX's local time zone (UTC
 //! with `usegmtime=yes` in `cdr.conf`), without the offset. A
-//! [`CdrTimezone`] says how to read them: a fixed offset, or `auto`, which
-//! derives the offset of every call from its Uniqueid/Linkedid (Asterisk
-//! names channels `[SYSTEMNAME-]EPOCH.SEQ`, the epoch being the UTC second
-//! the first channel was created, the same instant as the CDR `start`), so
-//! daylight-saving changes are followed call by call.
+//! [`CdrTimezone`] says how to read them: a time zone (an IANA name such as
+//! `America/Mexico_City`, whose daylight-saving rules are applied to every
+//! time, or a fixed offset), or `auto`, which derives the offset of every
+//! call from its Uniqueid/Linkedid (Asterisk names channels
+//! `[SYSTEMNAME-]EPOCH.SEQ`, the epoch being the UTC second the first
+//! channel was created, the same instant as the CDR `start`).
 //!
 //! Also here: the `--since` / `--until` values ([`parse_bound`]).
 
 use std::fmt;
 
-use time::macros::format_description;
-use time::{Date, PrimitiveDateTime, UtcOffset};
+use jiff::tz::TimeZone;
 
-use crate::template::parse_offset;
+use crate::values::{parse_offset_seconds, parse_zone};
 
 /// A CDR time as written: seconds since the epoch *as if the wall-clock
 /// text were UTC* (the offset is applied per call, see [`CdrTimezone`]).
@@ -23,10 +23,32 @@ use crate::template::parse_offset;
 pub struct LocalTime(pub f64);
 
 impl LocalTime {
-    /// The real instant, given the PBX's UTC offset at that time.
-    pub fn to_utc(self, offset: UtcOffset) -> f64 {
-        self.0 - f64::from(offset.whole_seconds())
+    /// The real instant, given the PBX's UTC offset (seconds east) at that time.
+    pub fn to_utc(self, offset: i32) -> f64 {
+        self.0 - f64::from(offset)
     }
+
+    /// The real instant of this wall-clock time in `zone` (a time skipped
+    /// by a spring-forward is read after the change, one that happens twice
+    /// as the first).
+    pub fn in_zone(self, zone: &TimeZone) -> f64 {
+        self.to_utc(zone_offset(zone, self))
+    }
+}
+
+/// Epoch seconds of a wall-clock time read as UTC.
+fn as_if_utc(dt: jiff::civil::DateTime) -> Option<i64> {
+    TimeZone::UTC.to_timestamp(dt).ok().map(|t| t.as_second())
+}
+
+/// The offset (seconds east of UTC) `zone` has at wall-clock time `local`.
+pub fn zone_offset(zone: &TimeZone, local: LocalTime) -> i32 {
+    let whole = local.0.floor() as i64;
+    jiff::Timestamp::from_second(whole)
+        .ok()
+        .map(|t| TimeZone::UTC.to_datetime(t))
+        .and_then(|dt| zone.to_ambiguous_timestamp(dt).compatible().ok())
+        .map_or(0, |t| (whole - t.as_second()) as i32)
 }
 
 /// Parses `YYYY-MM-DD HH:MM:SS` (also with `T`, and with a fraction such
@@ -49,22 +71,18 @@ pub fn parse_local(s: &str) -> Option<LocalTime> {
     if !sep_ok {
         return None;
     }
-    let month = time::Month::try_from(u8::try_from(num(5..7)?).ok()?).ok()?;
-    let date = Date::from_calendar_date(
-        i32::try_from(num(0..4)?).ok()?,
-        month,
-        u8::try_from(num(8..10)?).ok()?,
+    let small = |r: std::ops::Range<usize>| -> Option<i8> { i8::try_from(num(r)?).ok() };
+    let dt = jiff::civil::DateTime::new(
+        i16::try_from(num(0..4)?).ok()?,
+        small(5..7)?,
+        small(8..10)?,
+        small(11..13)?,
+        small(14..16)?,
+        small(17..19)?,
+        0,
     )
     .ok()?;
-    let t = time::Time::from_hms(
-        u8::try_from(num(11..13)?).ok()?,
-        u8::try_from(num(14..16)?).ok()?,
-        u8::try_from(num(17..19)?).ok()?,
-    )
-    .ok()?;
-    let mut secs = PrimitiveDateTime::new(date, t)
-        .assume_utc()
-        .unix_timestamp() as f64;
+    let mut secs = as_if_utc(dt)? as f64;
     let frac = &b[19..];
     if !frac.is_empty() {
         let digits = frac.strip_prefix(b".")?;
@@ -83,27 +101,29 @@ pub fn parse_local(s: &str) -> Option<LocalTime> {
 }
 
 /// How CDR times map to real time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CdrTimezone {
-    /// Every CDR time is at this UTC offset (`+00:00` by default).
-    Fixed(UtcOffset),
+    /// Every CDR time is in this zone (UTC by default; an IANA zone with
+    /// its daylight-saving rules, or a fixed offset).
+    Zone(TimeZone),
     /// Per call, from its Uniqueid/Linkedid epoch; calls whose ids carry no
-    /// usable epoch use the fallback offset.
+    /// usable epoch use the fallback zone.
     Auto {
-        /// The offset when an id does not tell.
-        fallback: UtcOffset,
+        /// The zone when an id does not tell.
+        fallback: TimeZone,
     },
 }
 
 impl Default for CdrTimezone {
     fn default() -> Self {
-        CdrTimezone::Fixed(UtcOffset::UTC)
+        CdrTimezone::Zone(TimeZone::UTC)
     }
 }
 
 impl CdrTimezone {
-    /// Parses `UTC`, `Z`, `+02:00`, `-0300`, `+05`, or `auto` (optionally
-    /// `auto:+01:00` for the fallback).
+    /// Parses an IANA zone (`America/Mexico_City`), `UTC`, `Z`, an offset
+    /// (`+02:00`, `-0300`, `+05`), or `auto` (optionally `auto:ZONE` for
+    /// the fallback).
     pub fn parse(s: &str) -> Option<Self> {
         let s = s.trim();
         if let Some(rest) = s
@@ -113,38 +133,45 @@ impl CdrTimezone {
         {
             if rest.is_empty() {
                 return Some(CdrTimezone::Auto {
-                    fallback: UtcOffset::UTC,
+                    fallback: TimeZone::UTC,
                 });
             }
-            let fb = rest.strip_prefix(':').and_then(parse_offset)?;
-            return Some(CdrTimezone::Auto { fallback: fb });
+            let fallback = rest.strip_prefix(':').and_then(parse_zone)?;
+            return Some(CdrTimezone::Auto { fallback });
         }
-        parse_offset(s).map(CdrTimezone::Fixed)
+        parse_zone(s).map(CdrTimezone::Zone)
     }
 
-    /// The offset used when nothing else tells (dates in `--since`, ids
+    /// The zone used when nothing else tells (dates in `--since`, ids
     /// without an epoch).
-    pub fn base(self) -> UtcOffset {
+    pub fn base(&self) -> &TimeZone {
         match self {
-            CdrTimezone::Fixed(o) => o,
+            CdrTimezone::Zone(z) => z,
             CdrTimezone::Auto { fallback } => fallback,
         }
+    }
+}
+
+/// A zone as the user writes it: its IANA name, else its offset.
+pub fn zone_text(z: &TimeZone) -> String {
+    match z.iana_name() {
+        Some(n) => n.to_string(),
+        None => offset_text(z.to_offset(jiff::Timestamp::UNIX_EPOCH).seconds()),
     }
 }
 
 impl fmt::Display for CdrTimezone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CdrTimezone::Fixed(o) => f.write_str(&offset_text(*o)),
-            CdrTimezone::Auto { fallback } if *fallback == UtcOffset::UTC => f.write_str("auto"),
-            CdrTimezone::Auto { fallback } => write!(f, "auto:{}", offset_text(*fallback)),
+            CdrTimezone::Zone(z) => f.write_str(&zone_text(z)),
+            CdrTimezone::Auto { fallback } if *fallback == TimeZone::UTC => f.write_str("auto"),
+            CdrTimezone::Auto { fallback } => write!(f, "auto:{}", zone_text(fallback)),
         }
     }
 }
 
-/// `+02:00`, `-03:30`.
-pub fn offset_text(o: UtcOffset) -> String {
-    let s = o.whole_seconds();
+/// `+02:00`, `-03:30` of an offset in seconds east of UTC.
+pub fn offset_text(s: i32) -> String {
     let sign = if s < 0 { '-' } else { '+' };
     let a = s.unsigned_abs();
     format!("{sign}{:02}:{:02}", a / 3600, (a % 3600) / 60)
@@ -171,13 +198,13 @@ pub fn id_epoch(id: &str) -> Option<i64> {
 /// first channel's id: a multiple of 15 minutes within ±14 h, the two
 /// within 2 s of each other (an id is minted a moment before the CDR
 /// starts). `None` when they do not fit (a custom id, another clock).
-pub fn implied_offset(local_start: LocalTime, id_epoch: i64) -> Option<UtcOffset> {
+pub fn implied_offset(local_start: LocalTime, id_epoch: i64) -> Option<i32> {
     let diff = local_start.0.floor() - id_epoch as f64;
     let quarter = (diff / 900.0).round();
     if (diff - quarter * 900.0).abs() > 2.0 || quarter.abs() > 56.0 {
         return None;
     }
-    UtcOffset::from_whole_seconds((quarter * 900.0) as i32).ok()
+    Some((quarter * 900.0) as i32)
 }
 
 /// A `--since` / `--until` value that could not be read.
@@ -188,15 +215,15 @@ pub struct BadBound(pub String);
 /// Reads a range bound: a duration back from `now` (`200h`, `7d`, `30m`,
 /// `90s`), a date (`2026-11-01`, midnight) or a date and time
 /// (`2026-11-01 08:00`, `2026-11-01T08:00:00`, optionally with `Z` or an
-/// offset). Dates and times without an offset are read at `offset` (the
+/// offset). Dates and times without an offset are read in `zone` (the
 /// CDR time zone). Returns epoch seconds.
-pub fn parse_bound(s: &str, now: f64, offset: UtcOffset) -> Result<f64, BadBound> {
+pub fn parse_bound(s: &str, now: f64, zone: &TimeZone) -> Result<f64, BadBound> {
     let t = s.trim();
     let bad = || BadBound(s.to_string());
     if t.is_empty() {
         return Err(bad());
     }
-    if let Some(d) = crate::config::parse_duration(t) {
+    if let Some(d) = crate::values::parse_duration(t) {
         // A bare number would be seconds: accept it only with a unit, so a
         // year such as `2026` is not read as 2026 s.
         if t.bytes().any(|b| b.is_ascii_alphabetic()) {
@@ -204,18 +231,15 @@ pub fn parse_bound(s: &str, now: f64, offset: UtcOffset) -> Result<f64, BadBound
         }
     }
     if t.len() == 10 {
-        let date =
-            Date::parse(t, format_description!("[year]-[month]-[day]")).map_err(|_| bad())?;
-        let local = PrimitiveDateTime::new(date, time::Time::MIDNIGHT)
-            .assume_utc()
-            .unix_timestamp() as f64;
-        return Ok(LocalTime(local).to_utc(offset));
+        let date: jiff::civil::Date = t.parse().map_err(|_| bad())?;
+        let local = as_if_utc(date.to_datetime(jiff::civil::Time::midnight())).ok_or_else(bad)?;
+        return Ok(LocalTime(local as f64).in_zone(zone));
     }
     // Date and time, with an optional offset at the end.
     let (body, off) = split_offset(t);
     let off = match off {
-        Some(o) => parse_offset(o).ok_or_else(bad)?,
-        None => offset,
+        Some(o) => Some(parse_offset_seconds(o).ok_or_else(bad)?),
+        None => None,
     };
     let body = if body.len() == 16 {
         format!("{body}:00")
@@ -223,7 +247,10 @@ pub fn parse_bound(s: &str, now: f64, offset: UtcOffset) -> Result<f64, BadBound
         body.to_string()
     };
     let local = parse_local(&body).ok_or_else(bad)?;
-    Ok(local.to_utc(off))
+    Ok(match off {
+        Some(o) => local.to_utc(o),
+        None => local.in_zone(zone),
+    })
 }
 
 /// Splits `2026-11-01T08:00:00+02:00` into the time and `+02:00` (or `Z`).
@@ -242,8 +269,12 @@ fn split_offset(t: &str) -> (&str, Option<&str>) {
 mod tests {
     use super::*;
 
-    fn off(s: &str) -> UtcOffset {
-        parse_offset(s).unwrap()
+    fn off(s: &str) -> i32 {
+        parse_offset_seconds(s).unwrap()
+    }
+
+    fn zone(s: &str) -> TimeZone {
+        parse_zone(s).unwrap()
     }
 
     #[test]
@@ -276,27 +307,37 @@ mod tests {
         assert_eq!(CdrTimezone::parse("UTC"), Some(CdrTimezone::default()));
         assert_eq!(
             CdrTimezone::parse("-03:00"),
-            Some(CdrTimezone::Fixed(off("-03:00")))
+            Some(CdrTimezone::Zone(zone("-03:00")))
         );
         assert_eq!(
             CdrTimezone::parse("auto"),
             Some(CdrTimezone::Auto {
-                fallback: UtcOffset::UTC
+                fallback: TimeZone::UTC
             })
         );
         assert_eq!(
             CdrTimezone::parse("auto:+05:30"),
             Some(CdrTimezone::Auto {
-                fallback: off("+05:30")
+                fallback: zone("+05:30")
             })
         );
-        assert_eq!(CdrTimezone::parse("Europe/Madrid"), None);
+        assert_eq!(
+            CdrTimezone::parse("Europe/Madrid"),
+            Some(CdrTimezone::Zone(zone("Europe/Madrid")))
+        );
+        assert_eq!(CdrTimezone::parse("Mars/Olympus"), None);
         assert_eq!(CdrTimezone::parse("auto:x"), None);
         assert_eq!(
             CdrTimezone::parse("auto:+05:30").unwrap().to_string(),
             "auto:+05:30"
         );
-        assert_eq!(CdrTimezone::Fixed(off("-0330")).to_string(), "-03:30");
+        assert_eq!(
+            CdrTimezone::parse("auto:America/Mexico_City")
+                .unwrap()
+                .to_string(),
+            "auto:America/Mexico_City"
+        );
+        assert_eq!(CdrTimezone::Zone(zone("-0330")).to_string(), "-03:30");
     }
 
     #[test]
@@ -308,10 +349,7 @@ mod tests {
         assert_eq!(id_epoch("1795374626."), None);
         let local = LocalTime(1795374626.0 + 7200.0);
         assert_eq!(implied_offset(local, 1795374626), Some(off("+02:00")));
-        assert_eq!(
-            implied_offset(LocalTime(1795374627.0), 1795374626),
-            Some(UtcOffset::UTC)
-        );
+        assert_eq!(implied_offset(LocalTime(1795374627.0), 1795374626), Some(0));
         assert_eq!(
             implied_offset(LocalTime(1795374626.0 - 5.5 * 3600.0), 1795374626),
             Some(off("-05:30"))
@@ -329,17 +367,17 @@ mod tests {
     #[test]
     fn bounds() {
         let now = 1795374626.0;
-        let utc = UtcOffset::UTC;
+        let utc = &TimeZone::UTC;
         assert_eq!(parse_bound("200h", now, utc), Ok(now - 200.0 * 3600.0));
         assert_eq!(parse_bound("7d", now, utc), Ok(now - 7.0 * 86400.0));
         assert_eq!(parse_bound("2026-11-22", now, utc), Ok(1795305600.0));
         assert_eq!(
-            parse_bound("2026-11-22", now, off("+02:00")),
+            parse_bound("2026-11-22", now, &zone("+02:00")),
             Ok(1795305600.0 - 7200.0)
         );
         assert_eq!(parse_bound("2026-11-22 19:10", now, utc), Ok(1795374600.0));
         assert_eq!(
-            parse_bound("2026-11-22T19:10:26Z", now, off("+02:00")),
+            parse_bound("2026-11-22T19:10:26Z", now, &zone("+02:00")),
             Ok(1795374626.0)
         );
         assert_eq!(
@@ -349,5 +387,54 @@ mod tests {
         for bad in ["", "2026", "yesterday", "2026-11-31", "2026-11-22 19", "5x"] {
             assert!(parse_bound(bad, now, utc).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn zones_follow_daylight_saving() {
+        let madrid = zone("Europe/Madrid");
+        let local = |s: &str| parse_local(s).unwrap();
+        let utc = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_second() as f64;
+        assert_eq!(
+            local("2026-01-15 12:00:00").in_zone(&madrid),
+            utc("2026-01-15T11:00:00Z")
+        );
+        assert_eq!(
+            local("2026-07-15 12:00:00").in_zone(&madrid),
+            utc("2026-07-15T10:00:00Z")
+        );
+        // Spring forward (02:00 → 03:00 on 2026-03-29): the skipped 02:30 is
+        // read after the change; fall back (03:00 → 02:00 on 2026-10-25): the
+        // twice-seen 02:30 is the first, summer one.
+        assert_eq!(
+            local("2026-03-29 02:30:00").in_zone(&madrid),
+            utc("2026-03-29T01:30:00Z")
+        );
+        assert_eq!(
+            local("2026-03-29 03:30:00").in_zone(&madrid),
+            utc("2026-03-29T01:30:00Z")
+        );
+        assert_eq!(
+            local("2026-10-25 02:30:00").in_zone(&madrid),
+            utc("2026-10-25T00:30:00Z")
+        );
+        assert_eq!(
+            local("2026-10-25 03:30:00").in_zone(&madrid),
+            utc("2026-10-25T02:30:00Z")
+        );
+        // Mexico City dropped daylight saving after October 2022.
+        let mx = zone("America/Mexico_City");
+        assert_eq!(
+            local("2022-07-01 12:00:00").in_zone(&mx),
+            utc("2022-07-01T17:00:00Z")
+        );
+        assert_eq!(
+            local("2026-07-01 12:00:00").in_zone(&mx),
+            utc("2026-07-01T18:00:00Z")
+        );
+        // --since dates are read in the zone too.
+        assert_eq!(
+            parse_bound("2026-07-15", 0.0, &madrid),
+            Ok(utc("2026-07-14T22:00:00Z"))
+        );
     }
 }

@@ -985,7 +985,8 @@ impl Outbox {
     }
 
     /// Counts by state; also refreshes the `outbox_depth` and
-    /// `outbox_oldest_age_seconds` gauges.
+    /// `outbox_oldest_age_seconds` gauges, and per target
+    /// `outbox_waiting` and `outbox_oldest_waiting_age_seconds`.
     pub async fn stats(&self) -> Result<OutboxStats> {
         let s = self
             .read(|c| {
@@ -1018,18 +1019,25 @@ impl Outbox {
                     .flatten();
                 s.oldest_pending_age = oldest.map(|t| (now_epoch() - t).max(0.0));
                 let mut st = c.prepare(&format!(
-                    "SELECT target, COUNT(*) FROM deliveries WHERE {WAITING} GROUP BY target"
+                    "SELECT target, COUNT(*), MIN(enqueued_at) FROM deliveries WHERE {WAITING} GROUP BY target"
                 ))?;
                 let mut rows = st.query([])?;
+                let now = now_epoch();
+                let mut by_target = BTreeMap::new();
                 while let Some(r) = rows.next()? {
                     let t: String = r.get(0)?;
                     let n: i64 = r.get(1)?;
-                    s.waiting_by_target.insert(t, n.max(0) as u64);
+                    let oldest: Option<f64> = r.get(2)?;
+                    let n = n.max(0) as u64;
+                    by_target.insert(t.clone(), (n, oldest.map_or(0.0, |o| (now - o).max(0.0))));
+                    s.waiting_by_target.insert(t, n);
                 }
-                Ok(s)
+                Ok((s, by_target))
             })
             .await?;
+        let (s, by_target) = s;
         let m = metrics();
+        m.set_outbox_by_target(&by_target);
         m.outbox_depth.set((s.pending + s.inflight) as i64);
         m.outbox_oldest_age_seconds
             .set(s.oldest_pending_age.unwrap_or(0.0));

@@ -25,7 +25,7 @@
 //! `created_at + max_age` ([`next_step`]). The first attempt is always made
 //! (only `expires_at` prevents it).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 
@@ -123,83 +123,20 @@ pub fn next_step(
 
 /// Parses a `Retry-After` value: delay seconds (`120`) or an HTTP-date
 /// (`Sun, 06 Nov 1994 08:49:37 GMT`, also the obsolete RFC 850 and asctime
-/// forms). A date in the past gives zero.
+/// forms, read by the `httpdate` crate). A date in the past gives zero.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         return v.parse::<u64>().ok().map(Duration::from_secs);
     }
-    let at = parse_http_date(v)?;
-    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs() as i64;
-    Some(Duration::from_secs(at.saturating_sub(now).max(0) as u64))
-}
-
-/// Parses an HTTP-date into unix seconds.
-pub fn parse_http_date(s: &str) -> Option<i64> {
-    const MONTHS: [&str; 12] = [
-        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
-    ];
-    let cleaned = s.replace([',', '-'], " ");
-    let mut month = None;
-    let mut clock = None;
-    let mut numbers_before = Vec::new();
-    let mut numbers_after = Vec::new();
-    for tok in cleaned.split_whitespace() {
-        let lower = tok.to_ascii_lowercase();
-        if let Some(m) = MONTHS.iter().position(|m| lower == *m) {
-            month = Some(m as u8 + 1);
-        } else if tok.contains(':') {
-            let mut it = tok.split(':').map(|p| p.parse::<u8>().ok());
-            clock = Some((it.next()??, it.next()??, it.next()??));
-        } else if tok.bytes().all(|b| b.is_ascii_digit()) {
-            let n: i32 = tok.parse().ok()?;
-            let y2 = tok.len() <= 2;
-            if month.is_none() {
-                numbers_before.push((n, y2));
-            } else {
-                numbers_after.push((n, y2, tok.len()));
-            }
-        } else if lower != "gmt"
-            && lower != "utc"
-            && !lower.chars().all(|c| c.is_ascii_alphabetic())
-        {
-            return None;
-        }
-    }
-    let month = month?;
-    let (h, mi, sec) = clock?;
-    let (day, year) = match (numbers_before.as_slice(), numbers_after.as_slice()) {
-        // IMF-fixdate and RFC 850: day month year.
-        ([(d, _)], [(y, y2, _)]) => (*d, if *y2 { two_digit_year(*y) } else { *y }),
-        // asctime: month day … year.
-        ([], [(d, _, _), (y, _, 4)]) => (*d, *y),
-        _ => return None,
-    };
-    let date = time::Date::from_calendar_date(
-        year,
-        time::Month::try_from(month).ok()?,
-        u8::try_from(day).ok()?,
-    )
-    .ok()?;
-    let t = time::Time::from_hms(h, mi, sec).ok()?;
-    Some(
-        time::PrimitiveDateTime::new(date, t)
-            .assume_utc()
-            .unix_timestamp(),
-    )
-}
-
-fn two_digit_year(y: i32) -> i32 {
-    if y >= 70 {
-        1900 + y
-    } else {
-        2000 + y
-    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -319,10 +256,6 @@ mod tests {
         assert_eq!(
             parse_retry_after("Sun, 32 Nov 1994 08:49:37 GMT", now),
             None
-        );
-        assert_eq!(
-            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(784111777)
         );
     }
 }

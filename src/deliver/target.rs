@@ -52,7 +52,8 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer};
 use sha2::{Digest, Sha256};
 
-use crate::config::parse_duration;
+use crate::values::{expand_vars, parse_duration, read_secret_file, resolve_path};
+use crate::yaml::Path as At;
 
 use super::sign::SigningKey;
 
@@ -411,8 +412,8 @@ impl Target {
 /// A target problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetError {
-    /// Dotted path of the setting (`targets.crm.rate_limit`).
-    pub path: String,
+    /// Path of the setting (`targets.crm.rate_limit`).
+    pub path: At,
     /// What is wrong.
     pub message: String,
     /// How to fix it.
@@ -432,7 +433,7 @@ impl fmt::Display for TargetError {
 }
 
 struct Errors<'a> {
-    prefix: String,
+    prefix: At,
     list: &'a mut Vec<TargetError>,
 }
 
@@ -442,7 +443,7 @@ impl Errors<'_> {
             path: if key.is_empty() {
                 self.prefix.clone()
             } else {
-                format!("{}.{key}", self.prefix)
+                self.prefix.join(&At::parse(key))
             },
             message,
             hint: hint.map(str::to_string),
@@ -468,7 +469,7 @@ impl Errors<'_> {
 
 /// Expands `${VAR}` from the environment; unset variables are reported by name.
 fn expand_env(s: &str) -> Result<String, Vec<String>> {
-    match crate::config::expand_vars(s) {
+    match expand_vars(s) {
         (out, missing) if missing.is_empty() => Ok(out),
         (_, missing) => Err(missing),
     }
@@ -484,14 +485,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
-}
-
-fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
-    if p.is_relative() {
-        base_dir.join(p)
-    } else {
-        p.to_path_buf()
-    }
 }
 
 /// Validates every target, collecting every problem.
@@ -524,7 +517,7 @@ fn validate_one(
 ) -> Option<Target> {
     let before = list.len();
     let mut e = Errors {
-        prefix: format!("targets.{name}"),
+        prefix: At::root().key("targets").key(name),
         list,
     };
     let mut hasher = Sha256::new();
@@ -690,7 +683,7 @@ fn validate_one(
                     }
                 },
                 (None, Some(f)) => {
-                    let (path, text) = crate::config::read_secret_file(base_dir, f);
+                    let (path, text) = read_secret_file(base_dir, f);
                     match text {
                         Ok(v) => Some(v),
                         Err(err) => {
@@ -789,7 +782,7 @@ fn validate_one(
         .pool_max_idle_per_host(concurrency.max(1));
     if let Some(tls) = &r.tls {
         let read = |key: &str, p: &Path, e: &mut Errors<'_>| -> Option<Vec<u8>> {
-            let path = resolve(base_dir, p);
+            let path = resolve_path(base_dir, p);
             match std::fs::read(&path) {
                 Ok(b) => Some(b),
                 Err(err) => {
@@ -907,7 +900,7 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> BTreeMap<String, RawTarget> {
-        serde_yaml::from_str(yaml).unwrap()
+        crate::yaml::de::from_str(yaml).unwrap()
     }
 
     #[test]
@@ -1012,7 +1005,7 @@ crm:
         );
         let errs = validate_targets(&raw, Path::new(".")).unwrap_err();
         let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
-        let has = |p: &str| errs.iter().any(|e| e.path == p);
+        let has = |p: &str| errs.iter().any(|e| e.path.to_string() == p);
         for p in [
             "targets.crm.rate_limit",
             "targets.crm.timeout",
@@ -1030,7 +1023,7 @@ crm:
         }
         let rate = errs
             .iter()
-            .find(|e| e.path == "targets.crm.rate_limit")
+            .find(|e| e.path.to_string() == "targets.crm.rate_limit")
             .unwrap();
         assert_eq!(rate.hint.as_deref(), Some("write 20/s"));
         assert_eq!(rate.needle.as_deref(), Some("20/sec"));
@@ -1041,13 +1034,14 @@ crm:
 
     #[test]
     fn unknown_keys_are_refused() {
-        let e =
-            serde_yaml::from_str::<BTreeMap<String, RawTarget>>("crm: { rate: 20/s }").unwrap_err();
-        assert!(e.to_string().contains("rate"), "{e}");
-        let e =
-            serde_yaml::from_str::<BTreeMap<String, RawTarget>>("crm: { retry: { attempts: 3 } }")
-                .unwrap_err();
-        assert!(e.to_string().contains("attempts"), "{e}");
+        let e = crate::yaml::de::from_str::<BTreeMap<String, RawTarget>>("crm: { rate: 20/s }")
+            .unwrap_err();
+        assert!(e[0].message.contains("`rate`"), "{e:?}");
+        let e = crate::yaml::de::from_str::<BTreeMap<String, RawTarget>>(
+            "crm: { retry: { attempts: 3 } }",
+        )
+        .unwrap_err();
+        assert!(e[0].message.contains("`attempts`"), "{e:?}");
     }
 
     #[test]
@@ -1066,13 +1060,14 @@ crm:
             "crm: { tls: { ca_file: ca.pem, client_cert_file: c.pem, client_key_file: k.pem }, signing: { secret_file: secret } }",
         );
         let errs = validate_targets(&raw, &dir).unwrap_err();
-        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
-        assert!(paths.contains(&"targets.crm.tls.ca_file"), "{errs:#?}");
-        assert!(
-            paths.contains(&"targets.crm.tls.client_cert_file"),
-            "{errs:#?}"
-        );
-        assert!(paths.contains(&"targets.crm.signing.secret"), "{errs:#?}");
+        let paths: Vec<String> = errs.iter().map(|e| e.path.to_string()).collect();
+        for p in [
+            "targets.crm.tls.ca_file",
+            "targets.crm.tls.client_cert_file",
+            "targets.crm.signing.secret",
+        ] {
+            assert!(paths.iter().any(|x| x == p), "{errs:#?}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,6 +1,8 @@
 //! The admin API: inspect and retry deliveries. Every route needs
-//! `Authorization: Bearer <admin.token>` (compared in constant time); with
-//! no token configured the routes answer 404.
+//! `Authorization: Bearer <admin.token>` ([`authorize`], also used by
+//! `/-/reload`; compared in constant time, also in length); with no token
+//! configured the routes answer 404. Refusals are counted in
+//! `callhook_admin_unauthorized_total` and logged (rate-limited).
 //!
 //! - `GET /api/deliveries?status=dead&target=crm&limit=100`: rows, newest first
 //!   (secrets masked, body as an excerpt).
@@ -38,8 +40,33 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `None` when the request carries the admin token, else the refusal.
-fn authorize(st: &ApiState, headers: &HeaderMap) -> Option<Response> {
+/// Whether `given` is `expected`, in time independent of both contents and
+/// lengths (their SHA-256 digests are compared in constant time).
+pub fn token_eq(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    constant_time_eq(
+        &Sha256::digest(given.as_bytes()),
+        &Sha256::digest(expected.as_bytes()),
+    )
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme is
+/// case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+static UNAUTHORIZED_LOG: crate::log_limit::LogLimiter =
+    crate::log_limit::LogLimiter::new(std::time::Duration::from_secs(10));
+
+/// `None` when the request carries the admin token, else the refusal (404
+/// when no token is configured: the admin routes are off). Shared by the
+/// admin API, `/-/reload` and anything else reserved to operators.
+pub fn authorize(st: &ApiState, headers: &HeaderMap) -> Option<Response> {
     let Some(token) = &st.admin_token else {
         return Some(
             (
@@ -49,14 +76,17 @@ fn authorize(st: &ApiState, headers: &HeaderMap) -> Option<Response> {
                 .into_response(),
         );
     };
-    let given = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+    let given = bearer(headers).unwrap_or("");
+    if !given.is_empty() && token_eq(given, token.expose()) {
         None
     } else {
+        crate::metrics::metrics().admin_unauthorized.inc();
+        if let Some(suppressed) = UNAUTHORIZED_LOG.check() {
+            tracing::warn!(
+                suppressed,
+                "admin request refused: missing or wrong bearer token"
+            );
+        }
         Some(
             (
                 StatusCode::UNAUTHORIZED,
@@ -186,5 +216,21 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(token_eq("s3cret-token", "s3cret-token"));
+        assert!(!token_eq("s3cret-token", "s3cret-toke"));
+        assert!(!token_eq("", "x"));
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert("authorization", v.parse().unwrap());
+            m
+        };
+        assert_eq!(bearer(&h("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&h("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(&h("Basic abc")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
     }
 }

@@ -1,21 +1,30 @@
-//! The HTTP side of the daemon, on the `listen` address: `/metrics`,
-//! `/healthz`, `/readyz`, `POST /-/reload`, the admin API ([`admin`]) and,
-//! when configured, the asterCC-style push endpoint ([`push`], `POST
-//! /v1/events/astercc` by default).
+//! The HTTP side of the daemon: the routes, on one or two listeners.
 //!
-//! - `/metrics`: Prometheus text (every metric of `crate::metrics`).
-//! - `/healthz`: 200 while the process runs.
-//! - `/readyz`: 200 when every PBX is logged in and the outbox is writable,
-//!   503 otherwise, with a JSON body saying what is not ready.
-//! - `POST /-/reload`: re-reads the configuration (like SIGHUP); 200 when the
-//!   new one is in force, 400 with every error when it was rejected (the old
-//!   one stays).
+//! | route | listener | auth |
+//! |---|---|---|
+//! | `GET /healthz` (200 while the process runs) | every listener | none |
+//! | push endpoint (`POST /v1/events/astercc` by default, [`push`]) | `listen` | the team's token |
+//! | `GET /readyz` (200 when every PBX is logged in and the outbox is writable, else 503 with a JSON reason) | admin | none |
+//! | `GET /metrics` (Prometheus text) | admin | none: keep the admin listener private |
+//! | `POST /-/reload` (re-reads the configuration like SIGHUP; 200 with `{"reloaded": true, "applied": [...], "restart_required": [keys]}` (those keys keep their running values until a restart), or 400 with every error) | admin | admin token |
+//! | the admin API ([`admin`]) | admin | admin token |
 //!
-//! The admin routes need `Authorization: Bearer <admin.token>`; without a
-//! configured token they are disabled (404).
+//! "admin" is `admin.listen` when it is set (then `listen` serves only the
+//! push endpoint and `/healthz`), else `listen` itself. Admin routes need
+//! `Authorization: Bearer <admin.token>` (compared in constant time, also
+//! in length); without a configured token they answer 404. Anonymous
+//! callers learn nothing about the configuration: a refused reload says
+//! only `401`.
+//!
+//! Every listener runs on [`server`] (connection caps, eviction, header,
+//! idle and body timeouts, [`limits`]); [`fds`] sizes the caps to the
+//! file descriptors the process has.
 
 pub mod admin;
+pub mod fds;
+pub mod limits;
 pub mod push;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -43,8 +52,9 @@ pub struct Readiness {
     pub outbox_writable: bool,
 }
 
-/// A reload request: the answer is `Ok` or the list of errors.
-pub type ReloadReply = oneshot::Sender<Result<(), Vec<String>>>;
+/// A reload request: the answer is what was applied and what needs a
+/// restart, or the list of errors.
+pub type ReloadReply = oneshot::Sender<Result<crate::config::ReloadOutcome, Vec<String>>>;
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -61,18 +71,41 @@ pub struct ApiState {
     pub push: Option<Arc<push::PushState>>,
 }
 
-/// The full router.
+/// Every route on one listener (no `admin.listen`).
 pub fn router(state: ApiState) -> Router {
-    let mut r = Router::new()
+    with_push(admin_routes(), &state).with_state(state)
+}
+
+/// The public listener when `admin.listen` is set: the push endpoint and
+/// `/healthz`.
+pub fn public_router(state: ApiState) -> Router {
+    with_push(Router::new().route("/healthz", get(healthz)), &state).with_state(state)
+}
+
+/// The admin listener: `/healthz`, `/readyz`, `/metrics`, `/-/reload` and
+/// the admin API.
+pub fn admin_router(state: ApiState) -> Router {
+    admin_routes().with_state(state)
+}
+
+fn admin_routes() -> Router<ApiState> {
+    Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/-/reload", post(reload))
-        .merge(admin::router());
-    if let Some(p) = &state.push {
-        r = r.route(&p.path, post(push::handle));
+        .merge(admin::router())
+}
+
+fn with_push(r: Router<ApiState>, state: &ApiState) -> Router<ApiState> {
+    match &state.push {
+        Some(p) => r.route(&p.path, post(push::handle)),
+        None => r,
     }
-    r.with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
 }
 
 async fn metrics_text() -> Response {
@@ -93,7 +126,10 @@ async fn readyz(State(st): State<ApiState>) -> Response {
     (code, Json(r)).into_response()
 }
 
-async fn reload(State(st): State<ApiState>) -> Response {
+async fn reload(State(st): State<ApiState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(refusal) = admin::authorize(&st, &headers) {
+        return refusal;
+    }
     let Some(tx) = st.reload else {
         return (StatusCode::NOT_FOUND, "reload is not available\n").into_response();
     };
@@ -102,7 +138,15 @@ async fn reload(State(st): State<ApiState>) -> Response {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     match rx.await {
-        Ok(Ok(())) => (StatusCode::OK, "reloaded\n").into_response(),
+        Ok(Ok(outcome)) => (
+            StatusCode::OK,
+            Json(serde_json::json!({
+                "reloaded": true,
+                "applied": outcome.applied,
+                "restart_required": outcome.restart_required,
+            })),
+        )
+            .into_response(),
         Ok(Err(errors)) => (
             StatusCode::BAD_REQUEST,
             Json(serde_json::json!({ "reloaded": false, "errors": errors })),
@@ -112,13 +156,12 @@ async fn reload(State(st): State<ApiState>) -> Response {
     }
 }
 
-/// Serves `router` on `listener` until `token` is cancelled.
+/// Serves `router` on `listener` with the default limits until `token` is
+/// cancelled (see [`server::serve`] for the options).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     token: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
+    server::serve(listener, router, server::ServeOptions::new("listen"), token).await
 }

@@ -53,10 +53,11 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use jiff::tz::TimeZone;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::admin::constant_time_eq;
+use super::admin::token_eq;
 use super::ApiState;
 use crate::config::PushTeam;
 use crate::metrics::metrics;
@@ -170,7 +171,7 @@ fn unavailable(team: &str, why: &str) -> Response {
 pub fn authenticate<'a>(teams: &'a Teams, given: &str) -> Option<&'a (PbxId, PushTeam)> {
     let mut found = None;
     for t in &teams.0 {
-        let ok = constant_time_eq(given.as_bytes(), t.1.token.expose().as_bytes());
+        let ok = token_eq(given, t.1.token.expose());
         if ok && !given.is_empty() && found.is_none() {
             found = Some(t);
         }
@@ -289,11 +290,11 @@ const CONSUMED: &[&[&str]] = &[
 ];
 
 /// Parses an `eventTime`: epoch seconds (or milliseconds), RFC 3339, or
-/// `YYYY-MM-DD HH:MM:SS[.fff]` (also with `T`) at `utc_offset` seconds east
-/// of UTC. Times before 2000 or after 2100 are refused.
-pub fn parse_event_time(s: &str, utc_offset: i32) -> Option<f64> {
-    use time::format_description::well_known::Rfc3339;
-    use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
+/// `YYYY-MM-DD HH:MM:SS[.fff]` (also with `T`) in the team's time zone
+/// (daylight saving applied; a time that a spring-forward skips is read
+/// as after the change, one that falls twice as the first).
+/// Times before 2000 or after 2100 are refused.
+pub fn parse_event_time(s: &str, zone: &TimeZone) -> Option<f64> {
     let s = s.trim();
     let t = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         let v: f64 = s.parse().ok()?;
@@ -303,21 +304,22 @@ pub fn parse_event_time(s: &str, utc_offset: i32) -> Option<f64> {
             v
         }
     } else {
-        let t_form = if s.len() > 10 && s.as_bytes()[10] == b' ' {
+        let iso = if s.len() > 10 && s.as_bytes()[10] == b' ' {
             format!("{}T{}", &s[..10], &s[11..])
         } else {
             s.to_string()
         };
-        if let Ok(t) = OffsetDateTime::parse(&t_form, &Rfc3339) {
-            t.unix_timestamp_nanos() as f64 / 1e9
-        } else {
-            let fmt = time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]"
-            );
-            let p = PrimitiveDateTime::parse(&t_form, &fmt).ok()?;
-            let off = UtcOffset::from_whole_seconds(utc_offset).ok()?;
-            p.assume_offset(off).unix_timestamp_nanos() as f64 / 1e9
+        if !iso.contains(':') {
+            return None;
         }
+        let ts = match iso.parse::<jiff::Timestamp>() {
+            Ok(ts) => ts,
+            Err(_) => {
+                let dt: jiff::civil::DateTime = iso.parse().ok()?;
+                zone.to_ambiguous_timestamp(dt).compatible().ok()?
+            }
+        };
+        ts.as_second() as f64 + f64::from(ts.subsec_nanosecond()) / 1e9
     };
     (t.is_finite() && (946_684_800.0..4_102_444_800.0).contains(&t)).then_some(t)
 }
@@ -326,7 +328,7 @@ pub fn parse_event_time(s: &str, utc_offset: i32) -> Option<f64> {
 /// query parameter name) is never kept.
 pub fn parse_fields(
     fields: Vec<(String, String)>,
-    utc_offset: i32,
+    zone: &TimeZone,
     token_param: &str,
 ) -> Result<PushEvent, BadField> {
     if fields.len() > MAX_FIELDS {
@@ -393,7 +395,7 @@ pub fn parse_fields(
     };
     let (event_time, event_time_raw) = match get(EVENTTIME) {
         None => (None, None),
-        Some((k, v)) => match parse_event_time(&v, utc_offset) {
+        Some((k, v)) => match parse_event_time(&v, zone) {
             Some(t) => (Some(t), Some(v)),
             None => {
                 return Err(BadField::field(
@@ -500,7 +502,7 @@ pub async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
     let ev = match parse_body(ctype, &bytes)
-        .and_then(|f| parse_fields(f, cfg.utc_offset, &p.token_param))
+        .and_then(|f| parse_fields(f, &cfg.timezone, &p.token_param))
     {
         Ok(ev) => ev,
         Err(b) => return bad(b),
@@ -551,7 +553,7 @@ mod tests {
     fn form_fields_map_to_the_event_and_extra() {
         let ev = parse_fields(
             fields("sessionid=abc.1&event=Answered&source=callee&calltype=dialin&activenum=5551234&eventTime=2026-01-02+03%3A04%3A05&exten=1001&workno=A7&teamid=acme&queuename=ventas&recordurl=http%3A%2F%2Fr%2F1.wav&crm_id=42&token=sekret"),
-            3600,
+            &fixed(3600),
             "token",
         )
         .unwrap();
@@ -575,7 +577,7 @@ mod tests {
 
     #[test]
     fn malformed_events_name_the_field() {
-        let f = |s: &str| parse_fields(fields(s), 0, "token").unwrap_err();
+        let f = |s: &str| parse_fields(fields(s), &TimeZone::UTC, "token").unwrap_err();
         assert_eq!(f("event=ringing").field.as_deref(), Some("sessionid"));
         assert_eq!(
             f("sessionid=&event=ringing").field.as_deref(),
@@ -599,28 +601,78 @@ mod tests {
             Some("extension")
         );
         // Unknown event types are kept.
-        let ev = parse_fields(fields("sessionid=1&event=Transfer"), 0, "token").unwrap();
+        let ev = parse_fields(
+            fields("sessionid=1&event=Transfer"),
+            &TimeZone::UTC,
+            "token",
+        )
+        .unwrap();
         assert_eq!(ev.kind, PushKind::Other("transfer".into()));
+    }
+
+    fn fixed(secs: i32) -> TimeZone {
+        TimeZone::fixed(jiff::tz::Offset::from_seconds(secs).unwrap())
     }
 
     #[test]
     fn event_times() {
-        assert_eq!(parse_event_time("1767319445", 0), Some(1767319445.0));
-        assert_eq!(parse_event_time("1767319445123", 0), Some(1767319445.123));
+        let utc = TimeZone::UTC;
+        assert_eq!(parse_event_time("1767319445", &utc), Some(1767319445.0));
         assert_eq!(
-            parse_event_time("2026-01-02T02:04:05Z", 7200),
+            parse_event_time("1767319445123", &utc),
+            Some(1767319445.123)
+        );
+        assert_eq!(
+            parse_event_time("2026-01-02T02:04:05Z", &fixed(7200)),
             Some(1767319445.0)
         );
         assert_eq!(
-            parse_event_time("2026-01-02 04:04:05+02:00", 0),
+            parse_event_time("2026-01-02 04:04:05+02:00", &utc),
             Some(1767319445.0)
         );
         assert_eq!(
-            parse_event_time("2026-01-02 04:04:05.5", 7200),
+            parse_event_time("2026-01-02 04:04:05.5", &fixed(7200)),
             Some(1767319445.5)
         );
-        assert_eq!(parse_event_time("0", 0), None);
-        assert_eq!(parse_event_time("soon", 0), None);
+        assert_eq!(parse_event_time("0", &utc), None);
+        assert_eq!(parse_event_time("soon", &utc), None);
+        assert_eq!(parse_event_time("2026-01-02", &utc), None);
+    }
+
+    #[test]
+    fn event_times_follow_daylight_saving() {
+        let at = |s: &str, z: &str| {
+            parse_event_time(s, &crate::values::parse_zone(z).unwrap()).unwrap() as i64
+        };
+        let utc = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_second();
+        // Madrid: +01:00 in winter, +02:00 in summer.
+        assert_eq!(
+            at("2026-01-15 12:00:00", "Europe/Madrid"),
+            utc("2026-01-15T11:00:00Z")
+        );
+        assert_eq!(
+            at("2026-07-15 12:00:00", "Europe/Madrid"),
+            utc("2026-07-15T10:00:00Z")
+        );
+        // The hour skipped on 2026-03-29 (02:00 → 03:00) is read after the change.
+        assert_eq!(
+            at("2026-03-29 02:30:00", "Europe/Madrid"),
+            utc("2026-03-29T01:30:00Z")
+        );
+        // The hour that falls twice on 2026-10-25 is read as the first (summer) one.
+        assert_eq!(
+            at("2026-10-25 02:30:00", "Europe/Madrid"),
+            utc("2026-10-25T00:30:00Z")
+        );
+        // Mexico City kept daylight saving until October 2022, not after.
+        assert_eq!(
+            at("2022-07-01 12:00:00", "America/Mexico_City"),
+            utc("2022-07-01T17:00:00Z")
+        );
+        assert_eq!(
+            at("2026-07-01 12:00:00", "America/Mexico_City"),
+            utc("2026-07-01T18:00:00Z")
+        );
     }
 
     #[test]
@@ -653,7 +705,7 @@ mod tests {
         let team = |n: &str, t: &str| PushTeam {
             name: n.into(),
             token: Secret::new(t),
-            utc_offset: 0,
+            timezone: TimeZone::UTC,
         };
         let teams = Teams::new(&[team("acme", "acme-token-1"), team("beta", "beta-token-2")]);
         assert_eq!(

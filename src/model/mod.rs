@@ -17,10 +17,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Where a leg or call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// The PBX offered the call to the extension (or, for the calling
@@ -44,7 +44,7 @@ impl State {
 }
 
 /// Which way the call goes, as a CRM user reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// From outside (a trunk) to extensions.
@@ -100,8 +100,27 @@ impl Serialize for Disposition {
     }
 }
 
+impl<'de> Deserialize<'de> for Disposition {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.to_ascii_uppercase().replace('_', " ").as_str() {
+            "ANSWERED" => Disposition::Answered,
+            "NO ANSWER" => Disposition::NoAnswer,
+            "BUSY" => Disposition::Busy,
+            "FAILED" => Disposition::Failed,
+            "ABANDONED" => Disposition::Abandoned,
+            _ => {
+                return Err(serde::de::Error::invalid_value(
+                    serde::de::Unexpected::Str(&s),
+                    &"ANSWERED, NO ANSWER, BUSY, FAILED or ABANDONED",
+                ))
+            }
+        })
+    }
+}
+
 /// The part an extension plays in a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// The extension placed the call (outgoing/internal, click-to-call).
@@ -111,7 +130,7 @@ pub enum Role {
 }
 
 /// Why a call record was closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// Every party hung up (the normal case).
@@ -150,6 +169,27 @@ impl Serialize for Timestamp {
     }
 }
 
+/// From RFC 3339 text (as serialized) or epoch seconds.
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum T {
+            N(f64),
+            S(String),
+        }
+        match T::deserialize(d)? {
+            T::N(n) => Ok(Timestamp(n)),
+            T::S(s) => s
+                .parse::<jiff::Timestamp>()
+                .map(|t| Timestamp(t.as_second() as f64 + f64::from(t.subsec_nanosecond()) / 1e9))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!("{s:?} is not an RFC 3339 time: {e}"))
+                }),
+        }
+    }
+}
+
 /// Seconds rounded to milliseconds (a float in JSON).
 fn ser_secs<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((v * 1000.0).round() / 1000.0)
@@ -163,7 +203,7 @@ fn ser_opt_secs<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error>
 }
 
 /// A leg changed state.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LegEvent {
     /// The call's session id (the PBX's Linkedid).
     pub session_id: String,
@@ -193,12 +233,14 @@ pub struct LegEvent {
     pub at: Timestamp,
     /// On `hungup`: seconds from the leg's first state to its end.
     #[serde(
+        default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_opt_secs"
     )]
     pub duration: Option<f64>,
     /// On `hungup`: seconds the extension talked (0 when it never answered).
     #[serde(
+        default,
         skip_serializing_if = "Option::is_none",
         serialize_with = "ser_opt_secs"
     )]
@@ -207,6 +249,7 @@ pub struct LegEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disposition: Option<Disposition>,
     /// True when the time is an estimate (learned after a reconnect).
+    #[serde(default)]
     pub approximate: bool,
     /// Fields of a pushed event that have no place in the model (asterCC
     /// push: unknown fields and the agent number, by their pushed names),
@@ -214,12 +257,12 @@ pub struct LegEvent {
     /// out of the JSON) for AMI calls. Templates read them as
     /// `{{call.extra.NAME}}` (guard with `{{#if call.extra.NAME}}`: a
     /// missing name is an error in strict mode).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
 }
 
 /// The call as a whole started ringing or was answered by a person.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallStateEvent {
     /// The call's session id.
     pub session_id: String,
@@ -242,6 +285,7 @@ pub struct CallStateEvent {
     /// When it happened.
     pub at: Timestamp,
     /// True when the time is an estimate.
+    #[serde(default)]
     pub approximate: bool,
     /// Fields of a pushed event that have no place in the model (asterCC
     /// push: unknown fields and the agent number, by their pushed names),
@@ -249,12 +293,12 @@ pub struct CallStateEvent {
     /// out of the JSON) for AMI calls. Templates read them as
     /// `{{call.extra.NAME}}` (guard with `{{#if call.extra.NAME}}`: a
     /// missing name is an error in strict mode).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
 }
 
 /// A finished call: the record a call log wants.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CallRecord {
     /// The call's session id (the PBX's Linkedid).
     pub session_id: String,
@@ -297,6 +341,7 @@ pub struct CallRecord {
     /// push: `recordurl`, `recording_url`, `monitorfile`…); null for AMI.
     pub recording_url: Option<String>,
     /// True when some times are estimates (reconnect, maximum age).
+    #[serde(default)]
     pub approximate: bool,
     /// Fields of a pushed event that have no place in the model (asterCC
     /// push: unknown fields and the agent number, by their pushed names),
@@ -304,12 +349,110 @@ pub struct CallRecord {
     /// out of the JSON) for AMI calls. Templates read them as
     /// `{{call.extra.NAME}}` (guard with `{{#if call.extra.NAME}}`: a
     /// missing name is an error in strict mode).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
 }
 
+/// What a source knows about a finished call apart from its times: the
+/// input of [`CallRecord::new`], which owns the time arithmetic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallFacts {
+    /// The call's session id.
+    pub session_id: String,
+    /// The PBX id (or push team).
+    pub pbx: String,
+    /// Direction.
+    pub direction: Direction,
+    /// The real caller's number.
+    pub caller_number: Option<String>,
+    /// The real caller's name.
+    pub caller_name: Option<String>,
+    /// The dialed number.
+    pub dialed_number: Option<String>,
+    /// The queue, if any.
+    pub queue: Option<String>,
+    /// Extensions offered the call, in order.
+    pub extensions_rung: Vec<String>,
+    /// The first person who answered.
+    pub answered_by: Option<String>,
+    /// Who had the call at the end.
+    pub final_answered_by: Option<String>,
+    /// How the call ended.
+    pub disposition: Disposition,
+    /// Why the record was closed.
+    pub end_reason: EndReason,
+    /// The recording's location, when the source says.
+    pub recording_url: Option<String>,
+    /// True when some times are estimates.
+    pub approximate: bool,
+    /// Pushed fields with no place in the model.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// Seconds from `start` to `end` and seconds talked (from `answered` to
+/// `end`, 0 when unanswered), never negative: the one duration/billsec
+/// arithmetic of records and hung-up legs.
+pub fn duration_billsec(start: f64, answered: Option<f64>, end: f64) -> (f64, f64) {
+    (
+        (end - start).max(0.0),
+        answered.map_or(0.0, |a| (end - a).max(0.0)),
+    )
+}
+
+impl CallRecord {
+    /// The record of a call that started at `started`, was answered by a
+    /// person at `answered` and ended at `ended` (epoch seconds). The times
+    /// are made consistent (`started ≤ answered ≤ ended`: a start after the
+    /// end moves back to the end, an answer is clamped into the call) and
+    /// `duration` and `billsec` derived from them.
+    pub fn new(facts: CallFacts, started: f64, answered: Option<f64>, ended: f64) -> Self {
+        let started = started.min(ended);
+        let answered = answered.map(|a| a.clamp(started, ended));
+        let (duration, billsec) = duration_billsec(started, answered, ended);
+        let CallFacts {
+            session_id,
+            pbx,
+            direction,
+            caller_number,
+            caller_name,
+            dialed_number,
+            queue,
+            extensions_rung,
+            answered_by,
+            final_answered_by,
+            disposition,
+            end_reason,
+            recording_url,
+            approximate,
+            extra,
+        } = facts;
+        Self {
+            session_id,
+            pbx,
+            direction,
+            caller_number,
+            caller_name,
+            dialed_number,
+            queue,
+            extensions_rung,
+            answered_by,
+            final_answered_by,
+            started_at: Timestamp(started),
+            answered_at: answered.map(Timestamp),
+            ended_at: Timestamp(ended),
+            duration,
+            billsec,
+            disposition,
+            end_reason,
+            recording_url,
+            approximate,
+            extra,
+        }
+    }
+}
+
 /// Everything the normalizer emits, in order.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum ModelEvent {
     /// A leg transition.
@@ -344,6 +487,42 @@ mod tests {
             Timestamp(1795374648.127205).to_rfc3339(),
             "2026-11-22T19:10:48.127205Z"
         );
+    }
+
+    fn facts() -> CallFacts {
+        CallFacts {
+            session_id: "1.0".into(),
+            pbx: "main".into(),
+            direction: Direction::Incoming,
+            caller_number: None,
+            caller_name: None,
+            dialed_number: None,
+            queue: None,
+            extensions_rung: Vec::new(),
+            answered_by: None,
+            final_answered_by: None,
+            disposition: Disposition::NoAnswer,
+            end_reason: EndReason::Hangup,
+            recording_url: None,
+            approximate: false,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn record_times_are_consistent() {
+        let r = CallRecord::new(facts(), 10.0, Some(12.0), 15.5);
+        assert_eq!((r.duration, r.billsec), (5.5, 3.5));
+        assert_eq!(r.answered_at, Some(Timestamp(12.0)));
+        let r = CallRecord::new(facts(), 10.0, None, 15.0);
+        assert_eq!((r.duration, r.billsec), (5.0, 0.0));
+        // An end before the start, an answer outside the call.
+        let r = CallRecord::new(facts(), 20.0, Some(25.0), 15.0);
+        assert_eq!(r.started_at, Timestamp(15.0));
+        assert_eq!(r.answered_at, Some(Timestamp(15.0)));
+        assert_eq!((r.duration, r.billsec), (0.0, 0.0));
+        let r = CallRecord::new(facts(), 10.0, Some(5.0), 15.0);
+        assert_eq!((r.duration, r.billsec), (5.0, 5.0));
     }
 
     #[test]

@@ -91,6 +91,13 @@ impl Normalizer {
         }
     }
 
+    /// Replaces the settings (a reload): the classifier and the time limits
+    /// apply to what is handled next; channels already classified keep
+    /// their class, calls in progress stay as they are.
+    pub fn reconfigure(&mut self, cfg: NormalizerConfig) {
+        self.cfg = cfg;
+    }
+
     /// Handles one pushed event of `team`, appending what it causes to
     /// `out`; says whether it was a duplicate.
     pub fn handle_push(

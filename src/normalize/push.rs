@@ -105,8 +105,8 @@ use tracing::debug;
 use super::NormalizerConfig;
 use crate::metrics::metrics;
 use crate::model::{
-    CallRecord, CallStateEvent, Direction, Disposition, EndReason, LegEvent, ModelEvent, Role,
-    State, Timestamp,
+    duration_billsec, CallFacts, CallRecord, CallStateEvent, Direction, Disposition, EndReason,
+    LegEvent, ModelEvent, Role, State, Timestamp,
 };
 use crate::source::{PbxId, PushEvent, PushKind, PushReceipt, PushSide};
 
@@ -510,9 +510,10 @@ impl Session {
         self.announced = true;
         let leg = &self.legs[idx];
         let (duration, billsec, disposition) = if state == State::Hungup {
+            let (duration, billsec) = duration_billsec(leg.first_at, leg.answered_at, t);
             (
-                Some((t - leg.first_at).max(0.0)),
-                Some(leg.answered_at.map_or(0.0, |a| (t - a).max(0.0))),
+                Some(duration),
+                Some(billsec),
                 Some(self.leg_disposition(leg)),
             )
         } else {
@@ -798,9 +799,7 @@ impl Session {
     }
 
     fn record(&self, team: &str, ended: f64, reason: EndReason) -> CallRecord {
-        let started = self.started_at.min(ended);
-        let answered_at = self.answered_at.map(|a| a.clamp(started, ended));
-        let final_answered_by = if answered_at.is_none() {
+        let final_answered_by = if self.answered_at.is_none() {
             None
         } else if self.answered_by.as_deref() == Some("external") {
             Some("external".to_string())
@@ -816,28 +815,28 @@ impl Session {
                 .map(|(_, _, l)| l.ext.clone())
                 .or_else(|| self.answered_by.clone())
         };
-        CallRecord {
-            session_id: self.id.clone(),
-            pbx: team.to_string(),
-            direction: self.dir(),
-            caller_number: self.caller_number(),
-            caller_name: self.caller_name.clone(),
-            dialed_number: self.dialed_number(),
-            queue: self.queue.clone(),
-            extensions_rung: self.rung.clone(),
-            answered_by: self.answered_by.clone(),
-            final_answered_by,
-            started_at: Timestamp(started),
-            answered_at: answered_at.map(Timestamp),
-            ended_at: Timestamp(ended),
-            duration: (ended - started).max(0.0),
-            billsec: answered_at.map_or(0.0, |a| (ended - a).max(0.0)),
-            disposition: self.disposition(),
-            end_reason: reason,
-            recording_url: self.recording_url.clone(),
-            approximate: self.approximate,
-            extra: self.extra.clone(),
-        }
+        CallRecord::new(
+            CallFacts {
+                session_id: self.id.clone(),
+                pbx: team.to_string(),
+                direction: self.dir(),
+                caller_number: self.caller_number(),
+                caller_name: self.caller_name.clone(),
+                dialed_number: self.dialed_number(),
+                queue: self.queue.clone(),
+                extensions_rung: self.rung.clone(),
+                answered_by: self.answered_by.clone(),
+                final_answered_by,
+                disposition: self.disposition(),
+                end_reason: reason,
+                recording_url: self.recording_url.clone(),
+                approximate: self.approximate,
+                extra: self.extra.clone(),
+            },
+            self.started_at,
+            self.answered_at,
+            ended,
+        )
     }
 }
 

@@ -104,12 +104,17 @@ pub fn compile_with_env(
             Some(v) => {
                 env.insert(name.clone(), Value::String(v.clone()));
             }
-            None => errors.push(top_error(
-                format!("env[{i}]"),
-                format!("environment variable {name} is not set"),
-                Some("set it, or remove it from env:".into()),
-                Some(name.clone()),
-            )),
+            None => {
+                errors.push(top_error(
+                    format!("env[{i}]"),
+                    format!("environment variable {name} is not set"),
+                    Some("set it, or remove it from env:".into()),
+                    Some(name.clone()),
+                ));
+                // A placeholder, so that the templates reading it are
+                // still checked without a follow-on "not available" error.
+                env.insert(name.clone(), Value::String(String::new()));
+            }
         }
     }
 
@@ -349,7 +354,7 @@ fn compile_rule(
     let max_age = match &r.max_age {
         None => None,
         Some(s) => {
-            match crate::config::parse_duration(&s.0) {
+            match crate::values::parse_duration(&s.0) {
                 Some(d) if d.as_secs_f64() > 0.0 => Some(d.as_secs_f64()),
                 _ => {
                     errs.push(

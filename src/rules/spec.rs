@@ -26,9 +26,9 @@ pub struct RulesSpec {
 }
 
 impl RulesSpec {
-    /// Parses a YAML document.
-    pub fn from_yaml(s: &str) -> Result<Self, serde_yaml::Error> {
-        serde_yaml::from_str(s)
+    /// Parses a YAML document (every problem, with its position).
+    pub fn from_yaml(s: &str) -> Result<Self, Vec<crate::yaml::Problem>> {
+        crate::yaml::de::from_str(s)
     }
 }
 
@@ -67,13 +67,13 @@ pub struct RuleSpec {
     pub method: Option<String>,
     /// Header templates, in order.
     #[serde(default)]
-    pub headers: Option<serde_yaml::Mapping>,
+    pub headers: Option<crate::yaml::Mapping>,
     /// JSON body (a YAML value with templated strings).
     #[serde(default)]
-    pub json: Option<serde_yaml::Value>,
+    pub json: Option<crate::yaml::Value>,
     /// Form body (a flat map with templated values).
     #[serde(default)]
-    pub form: Option<serde_yaml::Mapping>,
+    pub form: Option<crate::yaml::Mapping>,
     /// Text body template.
     #[serde(default)]
     pub body: Option<String>,

@@ -11,7 +11,7 @@ fn targets(t: &str) -> bool {
 }
 
 fn set(yaml: &str) -> RuleSet {
-    let spec = RulesSpec::from_yaml(yaml).unwrap_or_else(|e| panic!("yaml: {e}"));
+    let spec = RulesSpec::from_yaml(yaml).unwrap_or_else(|e| panic!("yaml: {e:?}"));
     compile_with_env(
         &spec,
         &targets,
@@ -29,7 +29,7 @@ fn set(yaml: &str) -> RuleSet {
 }
 
 fn errors(yaml: &str) -> Vec<RuleError> {
-    let spec = RulesSpec::from_yaml(yaml).unwrap_or_else(|e| panic!("yaml: {e}"));
+    let spec = RulesSpec::from_yaml(yaml).unwrap_or_else(|e| panic!("yaml: {e:?}"));
     match compile_with_env(&spec, &targets, Vec::new()) {
         Ok(_) => panic!("expected errors for {yaml}"),
         Err(e) => e,

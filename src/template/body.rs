@@ -1,7 +1,7 @@
 //! `json:` and `form:` bodies, and headers.
 
+use crate::yaml::{Mapping, Value as Yaml};
 use serde_json::Value;
-use serde_yaml::Value as Yaml;
 
 use super::helpers::VALUE_HELPERS;
 use super::url::encode_component;
@@ -179,13 +179,6 @@ impl Templates {
                 }
                 JNode::Object(fields)
             }
-            Yaml::Tagged(t) => {
-                errs.push(
-                    TemplateError::new(format!("YAML tags ({}) are not allowed in json:", t.tag))
-                        .at(at),
-                );
-                JNode::Const(Value::Null)
-            }
         }
     }
 
@@ -211,7 +204,7 @@ impl Templates {
     }
 
     /// Compiles a `form:` map (flat: scalar values only).
-    pub fn form(&mut self, m: &serde_yaml::Mapping) -> Result<FormTemplate, Vec<TemplateError>> {
+    pub fn form(&mut self, m: &Mapping) -> Result<FormTemplate, Vec<TemplateError>> {
         let (t, errs) = self.form_partial(m);
         if errs.is_empty() {
             Ok(t)
@@ -221,7 +214,7 @@ impl Templates {
     }
 
     /// [`form`](Self::form) as far as possible, and the errors.
-    pub fn form_partial(&mut self, m: &serde_yaml::Mapping) -> (FormTemplate, Vec<TemplateError>) {
+    pub fn form_partial(&mut self, m: &Mapping) -> (FormTemplate, Vec<TemplateError>) {
         let (fields, errs) = self.flat_map(m, false);
         (FormTemplate { fields }, errs)
     }
@@ -229,7 +222,7 @@ impl Templates {
     /// Compiles `headers:` (names are literal HTTP tokens).
     pub fn headers(
         &mut self,
-        m: &serde_yaml::Mapping,
+        m: &Mapping,
     ) -> Result<Vec<(String, TextTemplate)>, Vec<TemplateError>> {
         let (h, errs) = self.headers_partial(m);
         if errs.is_empty() {
@@ -242,14 +235,14 @@ impl Templates {
     /// [`headers`](Self::headers) as far as possible, and the errors.
     pub fn headers_partial(
         &mut self,
-        m: &serde_yaml::Mapping,
+        m: &Mapping,
     ) -> (Vec<(String, TextTemplate)>, Vec<TemplateError>) {
         self.flat_map(m, true)
     }
 
     fn flat_map(
         &mut self,
-        m: &serde_yaml::Mapping,
+        m: &Mapping,
         headers: bool,
     ) -> (Vec<(String, TextTemplate)>, Vec<TemplateError>) {
         let mut errs = Vec::new();
@@ -474,7 +467,7 @@ mod tests {
 
     fn render_json(yaml: &str, kind: EventKind) -> Value {
         let mut ts = Templates::new();
-        let v: Yaml = serde_yaml::from_str(yaml).unwrap();
+        let v: Yaml = crate::yaml::de::from_str(yaml).unwrap();
         let t = ts.json(&v).unwrap();
         let ev = sample_event(kind);
         let env = Map::new();
@@ -561,7 +554,7 @@ nested: { list: [1, "x", "%EXTENSION%"], n: null, t: true }
     fn json_keeps_key_order_and_whole_event() {
         let mut ts = Templates::new();
         let t = ts
-            .json(&serde_yaml::from_str("{z: 1, a: 2, m: 3}").unwrap())
+            .json(&crate::yaml::de::from_str("{z: 1, a: 2, m: 3}").unwrap())
             .unwrap();
         let ev = sample_event(EventKind::Leg);
         let env = Map::new();
@@ -576,7 +569,7 @@ nested: { list: [1, "x", "%EXTENSION%"], n: null, t: true }
     fn bad_json_templates_are_reported_with_paths() {
         let mut ts = Templates::new();
         let v: Yaml =
-            serde_yaml::from_str(r#"{a: "%NOPE%", b: [ "{{#if}}" ], "c d": "%CALLER_IDD%"}"#)
+            crate::yaml::de::from_str(r#"{a: "%NOPE%", b: [ "{{#if}}" ], "c d": "%CALLER_IDD%"}"#)
                 .unwrap();
         let errs = ts.json(&v).unwrap_err();
         let ats: Vec<&str> = errs.iter().map(|e| e.at.as_str()).collect();
@@ -586,8 +579,9 @@ nested: { list: [1, "x", "%EXTENSION%"], n: null, t: true }
     #[test]
     fn headers_are_validated_and_sanitized() {
         let mut ts = Templates::new();
-        let m: serde_yaml::Mapping =
-            serde_yaml::from_str("{'Bad Name': x, Host: y, X-List: [1], X-Ok: 'a%NOPE%'}").unwrap();
+        let m: Mapping =
+            crate::yaml::de::from_str("{'Bad Name': x, Host: y, X-List: [1], X-Ok: 'a%NOPE%'}")
+                .unwrap();
         let errs = ts.headers(&m).unwrap_err();
         assert_eq!(errs.len(), 4, "{errs:?}");
         assert_eq!(sanitize_header_value("a\r\nX-Evil: 1"), "a  X-Evil: 1");
@@ -597,8 +591,8 @@ nested: { list: [1, "x", "%EXTENSION%"], n: null, t: true }
     #[test]
     fn form_encoding() {
         let mut ts = Templates::new();
-        let m: serde_yaml::Mapping =
-            serde_yaml::from_str("{name: '%CALLER_NAME%', 'a b': 'x&y=z+ñ', n: 5}").unwrap();
+        let m: Mapping =
+            crate::yaml::de::from_str("{name: '%CALLER_NAME%', 'a b': 'x&y=z+ñ', n: 5}").unwrap();
         let t = ts.form(&m).unwrap();
         let ev = sample_event(EventKind::Leg);
         let env = Map::new();

@@ -3,11 +3,11 @@
 //! HTTP listener.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -38,11 +38,46 @@ pub fn fixture(rel: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
-/// The daemon, its stdout lines arriving on a channel.
+/// The daemon, its stdout lines arriving on a channel, its stderr collected.
 pub struct Daemon {
     pub child: Child,
     pub lines: mpsc::Receiver<String>,
+    /// `listen:` of the config.
     pub listen: Option<SocketAddr>,
+    /// `admin.listen` of the config (admin routes and /metrics live there).
+    pub admin: Option<SocketAddr>,
+    stderr: Arc<Mutex<String>>,
+    stderr_done: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The top-level `listen:` and `admin.listen` of a config (inline
+/// `admin: { …, listen: X }` or an indented `listen:` under `admin:`).
+fn listen_addrs(text: &str) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let listen = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen:"))
+        .and_then(|a| a.trim().parse().ok());
+    let mut admin = None;
+    let mut in_admin = false;
+    for l in text.lines() {
+        if l.starts_with("admin:") {
+            in_admin = true;
+            if let Some(i) = l.find("listen:") {
+                let rest = &l[i + 7..];
+                let end = rest.find([',', '}']).unwrap_or(rest.len());
+                admin = rest[..end].trim().parse().ok();
+                break;
+            }
+        } else if in_admin && l.starts_with(' ') {
+            if let Some(a) = l.trim().strip_prefix("listen:") {
+                admin = a.trim().parse().ok();
+                break;
+            }
+        } else {
+            in_admin = false;
+        }
+    }
+    (listen, admin)
 }
 
 impl Daemon {
@@ -56,6 +91,38 @@ impl Daemon {
 
     /// Runs `callhook run` on an existing config file.
     pub fn start_file(path: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::start_cmd(path, env, |_| {})
+    }
+
+    /// Like [`Daemon::start`], with the process limited to `nofile` open
+    /// files (soft and hard limit, set between fork and exec).
+    pub fn start_limited(config: &str, dir: &Path, env: &[(&str, &str)], nofile: u64) -> Daemon {
+        let path = dir.join("callhook.yaml");
+        std::fs::write(&path, config).unwrap();
+        Self::start_cmd(&path, env, move |cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit (async-signal-safe) runs in the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: nofile as libc::rlim_t,
+                        rlim_max: nofile as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    /// Runs `callhook run --config path` after `customize(&mut cmd)`.
+    pub fn start_cmd(
+        path: &Path,
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_callhook"));
         cmd.args(["run", "--config"])
             .arg(path)
@@ -66,6 +133,7 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        customize(&mut cmd);
         let mut child = cmd.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
@@ -76,16 +144,50 @@ impl Daemon {
                 }
             }
         });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr_done = child.stderr.take().map(|e| {
+            let buf = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(e).lines().map_while(Result::ok) {
+                    let mut b = buf.lock().unwrap();
+                    b.push_str(&line);
+                    b.push('\n');
+                }
+            })
+        });
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let listen = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("listen:"))
-            .and_then(|a| a.trim().parse().ok());
+        let (listen, admin) = listen_addrs(&text);
         Daemon {
             child,
             lines: rx,
             listen,
+            admin,
+            stderr,
+            stderr_done,
         }
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Base URL of the admin routes: `admin.listen`, else `listen`.
+    pub fn admin_url(&self, path: &str) -> String {
+        match self.admin {
+            Some(a) => format!("http://{a}{path}"),
+            None => self.url(path),
+        }
+    }
+
+    /// The whole `/metrics` text (from the admin listener when there is one).
+    pub async fn metrics_text(&self) -> Option<String> {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
     }
 
     /// Model events until one satisfies `pred` (panics after WAIT).
@@ -128,10 +230,10 @@ impl Daemon {
             rest.push(serde_json::from_str(&line).unwrap());
         }
         let status = self.child.wait().unwrap();
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            e.read_to_string(&mut err).ok();
+        if let Some(t) = self.stderr_done.take() {
+            let _ = t.join();
         }
+        let err = self.stderr();
         (rest, status, err)
     }
 
@@ -146,11 +248,12 @@ impl Daemon {
         format!("http://{}{path}", self.listen.expect("config has listen:"))
     }
 
-    /// Waits until `GET url` answers (the listener is up).
+    /// Waits until `GET /healthz` answers (the listener is up; the admin
+    /// listener when there is one).
     pub async fn wait_http(&self) {
         let deadline = Instant::now() + WAIT;
         let client = reqwest::Client::new();
-        while client.get(self.url("/healthz")).send().await.is_err() {
+        while client.get(self.admin_url("/healthz")).send().await.is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the daemon's HTTP listener never came up"
@@ -161,12 +264,7 @@ impl Daemon {
 
     /// The value of one metric sample (`name{labels}` exactly as rendered), if present.
     pub async fn metric(&self, sample: &str) -> Option<f64> {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let text = self.metrics_text().await?;
         text.lines()
             .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
@@ -179,7 +277,7 @@ impl Daemon {
         let client = reqwest::Client::new();
         loop {
             if let Ok(r) = client
-                .get(self.url("/api/outbox"))
+                .get(self.admin_url("/api/outbox"))
                 .bearer_auth(token)
                 .send()
                 .await

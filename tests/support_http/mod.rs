@@ -303,7 +303,7 @@ pub fn request(target: &str, session: &str, state: &str, url: &str) -> DeliveryR
 
 /// Parses `name: {...}` YAML and validates it.
 pub fn targets(yaml: &str) -> BTreeMap<String, Target> {
-    let raw: BTreeMap<String, RawTarget> = serde_yaml::from_str(yaml).expect("target yaml");
+    let raw: BTreeMap<String, RawTarget> = callhook::yaml::de::from_str(yaml).expect("target yaml");
     validate_targets(&raw, std::path::Path::new(".")).expect("valid targets")
 }
 

@@ -1,0 +1,126 @@
+//! What a reload changes: which settings the running daemon applies and
+//! which ones only a restart can change, by key.
+//!
+//! Applied at once: `rules`, `targets`, `env`, `rewrite`, `include`, push
+//! team tokens and time zones, `pbx` (a PBX added, removed or changed is
+//! connected, disconnected or reconnected), `classify`, `calls` and
+//! `push.settle` (they apply to what the normalizer sees next; channels
+//! already classified keep their class).
+//!
+//! Need a restart ([`RESTART_KEYS`]): `listen`, `state_dir`, `outbox`,
+//! `admin` (the token), the push endpoint's mount (`push` added or removed,
+//! `push.path`, `push.token_param`, `push.token_header`), and a larger
+//! shared event queue (`pbx.queue_capacity`: the sum over PBXs is sized at
+//! start).
+
+use serde::Serialize;
+
+use super::Config;
+
+/// Every key a reload can report as needing a restart (a bounded metric label).
+pub use crate::metrics::CONFIG_RESTART_KEYS as RESTART_KEYS;
+
+/// The result of a successful reload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadOutcome {
+    /// What changed and was applied (`rules`, `pbx.branch-2 added`, …).
+    pub applied: Vec<String>,
+    /// Keys whose change waits for a restart (from [`RESTART_KEYS`]); the
+    /// running daemon keeps the values it started with.
+    pub restart_required: Vec<String>,
+}
+
+/// Total capacity of the shared event queue for a config.
+pub fn queue_capacity(cfg: &Config, push_room: usize) -> usize {
+    cfg.pbx.iter().map(|p| p.queue_capacity).sum::<usize>()
+        + if cfg.push.is_some() { push_room } else { 0 }
+}
+
+/// The keys that differ between the config the process started with and
+/// `new` and that only a restart applies. `queue` is the size of the
+/// running queue.
+pub fn restart_required(
+    started: &Config,
+    new: &Config,
+    queue: usize,
+    push_room: usize,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut diff = |key: &str, changed: bool| {
+        if changed {
+            out.push(key.to_string());
+        }
+    };
+    diff("listen", started.listen != new.listen);
+    diff("state_dir", started.state_dir != new.state_dir);
+    let (a, b) = (&started.outbox, &new.outbox);
+    diff(
+        "outbox",
+        (a.max_rows, a.done_retention, a.dedupe_window, a.durability)
+            != (b.max_rows, b.done_retention, b.dedupe_window, b.durability),
+    );
+    diff("admin", started.admin_token != new.admin_token);
+    match (&started.push, &new.push) {
+        (Some(a), Some(b)) => {
+            diff("push.path", a.path != b.path);
+            diff("push.token_param", a.token_param != b.token_param);
+            diff("push.token_header", a.token_header != b.token_header);
+        }
+        (None, None) => {}
+        _ => diff("push", true),
+    }
+    diff(
+        "pbx.queue_capacity",
+        queue_capacity(new, push_room) > queue.max(1),
+    );
+    out
+}
+
+/// What a reload from `old` (the running config) to `new` applies.
+pub fn applied(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if !std::sync::Arc::ptr_eq(&old.rules, &new.rules) && old.rules.len() + new.rules.len() > 0 {
+        out.push(format!("rules ({})", new.rules.len()));
+    }
+    let changed_targets = new
+        .targets
+        .iter()
+        .filter(|(k, t)| old.targets.get(*k).is_none_or(|o| !o.same_as(t)))
+        .count()
+        + old
+            .targets
+            .keys()
+            .filter(|k| !new.targets.contains_key(*k))
+            .count();
+    if changed_targets > 0 {
+        out.push(format!("targets ({changed_targets} changed)"));
+    }
+    for p in &new.pbx {
+        match old.pbx.iter().find(|o| o.id == p.id) {
+            None => out.push(format!("pbx {} added", p.id)),
+            Some(o) if o != p => out.push(format!("pbx {} reconnected", p.id)),
+            Some(_) => {}
+        }
+    }
+    for o in &old.pbx {
+        if !new.pbx.iter().any(|p| p.id == o.id) {
+            out.push(format!("pbx {} removed", o.id));
+        }
+    }
+    if old.classify != new.classify {
+        out.push("classify".into());
+    }
+    let (a, b) = (&old.normalizer, &new.normalizer);
+    if (a.max_call_age, a.orphan_grace) != (b.max_call_age, b.orphan_grace) {
+        out.push("calls".into());
+    }
+    if a.push_settle != b.push_settle {
+        out.push("push.settle".into());
+    }
+    if let (Some(a), Some(b)) = (&old.push, &new.push) {
+        if a.teams != b.teams {
+            out.push("push.teams".into());
+        }
+    }
+    out
+}

@@ -1,0 +1,184 @@
+//! Per-PBX channel and call tables: the call state machine.
+//!
+//! Grouping. A channel belongs to exactly one call. With a `Linkedid`
+//! (Asterisk 12+) the call is the Linkedid, and a Linkedid change merges the
+//! two calls. Without one (Asterisk ≤ 11) every channel starts as its own
+//! provisional call and calls are merged (union-find style) when the stream
+//! ties two channels together: `Dial` Begin, `Bridge` Link, `LocalBridge`,
+//! the Local `;1`/`;2` name stem, `AgentCalled`/`AgentConnect`,
+//! `Masquerade`, a snapshot's bridged peer. The survivor is the call whose
+//! first channel is older, so the session id is the Uniqueid of the call's
+//! first channel — what the PBX itself records as the linkedid.
+//!
+//! Two ≤ 11 situations have no tie in the stream and are decided by rule
+//! (documented in the README):
+//! - a ringing extension channel that nothing ties to a call within
+//!   `orphan_grace` is a queue member when its connected line is the number
+//!   of exactly one caller waiting in a queue (app_queue without
+//!   `eventwhencalled`), otherwise it is the first leg of an originated call
+//!   (click-to-call);
+//! - a Local channel pair created outside any call (features' attended
+//!   transfer) that dials on behalf of an extension currently talking in
+//!   exactly one call joins that call (the PBX gives it that call's linkedid).
+//!
+//! Emission. Leg and call states are monotonic and emitted once each; a call
+//! that never said anything (a lone channel that never rang, a placeholder)
+//! leaves no record. A finished call's channel ids are remembered for
+//! `late_event_window`, so late or duplicated events never open a new call.
+//!
+//! Layout: this file holds [`PbxCalls`] (the per-PBX tables, clock and
+//! time-driven decisions); `channels` the channel table and tombstones;
+//! `grouping` which call a channel belongs to; `call` one call's facts,
+//! call-scope state machine and record; `leg` the leg state machine;
+//! `events` maps each canonical event to these; `snapshot` reconciles
+//! after a (re)login. Per-call state (`Call` with its `Leg`s, `Chan`) is
+//! plain owned data.
+
+mod call;
+mod channels;
+mod events;
+mod grouping;
+mod leg;
+mod snapshot;
+
+use std::collections::{HashMap, VecDeque};
+
+use tracing::debug;
+
+use super::NormalizerConfig;
+use crate::metrics::metrics;
+use crate::model::{EndReason, ModelEvent};
+use crate::source::PbxId;
+
+use call::Call;
+use channels::Chan;
+
+/// Everything about one PBX.
+#[derive(Debug)]
+pub struct PbxCalls {
+    pbx: PbxId,
+    chans: HashMap<String, Chan>,
+    by_name: HashMap<String, String>,
+    calls: HashMap<String, Call>,
+    tombstones: HashMap<String, f64>,
+    tomb_order: VecDeque<(f64, String)>,
+    /// ≤ 11 ringing channels not tied to anything yet: (uid, decide at, rang at).
+    pending: Vec<(String, f64, f64)>,
+    disconnected_at: Option<f64>,
+    live_gauge: prometheus::IntGauge,
+    /// PBX clock minus local clock, from the last event with a `Timestamp`:
+    /// time-driven decisions ([`Normalizer::tick`](super::Normalizer::tick))
+    /// run on the PBX's clock, whatever the local one says.
+    skew: f64,
+}
+
+fn meaningful_exten(e: &str) -> bool {
+    let e = e.trim();
+    !(e.is_empty() || e.len() == 1 || e.eq_ignore_ascii_case("failed"))
+}
+
+/// Orders dial outcomes: the strongest one wins for a destination.
+fn status_rank(s: &str) -> u8 {
+    match s.to_ascii_uppercase().as_str() {
+        "ANSWER" => 5,
+        "BUSY" => 4,
+        "NOANSWER" => 3,
+        "CHANUNAVAIL" | "CONGESTION" => 2,
+        "CANCEL" => 1,
+        _ => 0,
+    }
+}
+
+impl PbxCalls {
+    /// Empty tables for one PBX.
+    pub fn new(pbx: PbxId) -> Self {
+        Self {
+            chans: HashMap::new(),
+            by_name: HashMap::new(),
+            calls: HashMap::new(),
+            tombstones: HashMap::new(),
+            tomb_order: VecDeque::new(),
+            pending: Vec::new(),
+            disconnected_at: None,
+            live_gauge: metrics().live_calls.with_label_values(&[&pbx]),
+            skew: 0.0,
+            pbx,
+        }
+    }
+
+    /// Records the PBX clock's offset from the local clock.
+    pub fn observe_clock(&mut self, event_time: f64, received_at: f64) {
+        self.skew = event_time - received_at;
+    }
+
+    /// Local time → this PBX's clock.
+    pub fn pbx_time(&self, local: f64) -> f64 {
+        local + self.skew
+    }
+
+    /// Publishes the live-call gauge.
+    pub fn publish(&self) {
+        self.live_gauge.set(self.calls.len() as i64);
+    }
+
+    /// Calls currently tracked.
+    pub fn live_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Channels currently tracked.
+    pub fn channels(&self) -> usize {
+        self.chans.len()
+    }
+
+    /// Finished channel ids remembered for late events.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    fn ignored(reason: &str) {
+        metrics()
+            .normalizer_ignored
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// Decides ≤ 11 ringing channels whose grace period is over.
+    pub fn advance(&mut self, cfg: &NormalizerConfig, now: f64, out: &mut Vec<ModelEvent>) {
+        while let Some(pos) = self.pending.iter().position(|(_, due, _)| *due <= now) {
+            let (uid, _, rang_at) = self.pending.remove(pos);
+            self.decide_orphan(cfg, &uid, rang_at, out);
+        }
+        self.prune_tombstones(cfg, now);
+    }
+
+    /// Closes calls older than the maximum age.
+    pub fn expire(&mut self, cfg: &NormalizerConfig, now: f64, out: &mut Vec<ModelEvent>) {
+        let old: Vec<(String, f64)> = self
+            .calls
+            .values()
+            .filter(|c| {
+                let started = self
+                    .chans
+                    .get(&c.root)
+                    .map_or(c.last_activity, |r| r.created_at);
+                now - started > cfg.max_call_age
+            })
+            .map(|c| (c.session.clone(), c.last_activity))
+            .collect();
+        for (session, last) in old {
+            debug!(pbx = %self.pbx, session, "closing a call past its maximum age");
+            self.end_call(
+                &session,
+                last.max(now - cfg.max_call_age).min(now),
+                EndReason::MaxAge,
+                out,
+            );
+        }
+    }
+
+    /// The AMI connection was lost.
+    pub fn disconnected(&mut self, at: f64) {
+        self.disconnected_at = Some(at);
+    }
+}
