@@ -10,12 +10,13 @@
 //! # Layout
 //!
 //! A message is two allocations whatever its number of fields: one string
-//! holding every key and value back to back, and one vector of spans (where
-//! each key and value starts and ends, plus a small case-folded tag of the
-//! key). Lookups compare tags first (length and first and last letter, case
-//! folded), so a miss costs one integer comparison per field and nothing is
-//! ever lower-cased or allocated. The codec fills the string straight from
-//! the wire bytes (one UTF-8 validation per packet, see [`super::codec`]).
+//! holding its text (for a received packet: the packet's bytes as they came,
+//! line ends included) and one vector of spans (where each key and value
+//! starts and ends, plus a small case-folded tag of the key). Lookups
+//! compare tags first (length and first and last letter, case folded), so a
+//! miss costs one integer comparison per field and nothing is ever
+//! lower-cased or allocated. The codec copies a packet into its string in
+//! one go (one UTF-8 validation per packet, see [`super::codec`]).
 //!
 //! [`Action`] is the outgoing side: an action with its fields, encoded with
 //! CRLF line ends as Asterisk expects.
@@ -25,45 +26,51 @@ use std::fmt;
 /// One AMI packet (an event, a response, or a list item).
 #[derive(Clone, Default)]
 pub struct AmiMessage {
-    /// Every key and value, back to back, in wire order.
+    /// The text the spans point into.
     text: String,
     /// Where each field is in `text`.
     spans: Vec<Span>,
+    /// One bit per key tag present ([`tag_bit`]): most lookups of an absent
+    /// key end here.
+    keys: u64,
     /// Raw text of a legacy `Response: Follows` command output (Asterisk ≤ 13),
     /// without the closing `--END COMMAND--` marker.
     body: Option<String>,
 }
 
-/// One field of a message: `text[start..split]` is the key,
-/// `text[split..end]` the value.
+/// One field of a message: `text[key..key_end]` is the key,
+/// `text[value..end]` the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Span {
-    start: u32,
-    split: u32,
+    key: u32,
+    key_end: u32,
+    value: u32,
     end: u32,
     /// [`key_tag`] of the key.
     tag: u32,
 }
 
 impl Span {
-    /// A span over `text[start..split]` (key bytes `key`) and
-    /// `text[split..end]`. Offsets beyond `u32` saturate (the field then reads
-    /// as empty; no packet that large is ever accepted).
-    pub(crate) fn new(start: usize, split: usize, end: usize, key: &[u8]) -> Self {
+    /// A span over `text[key.0..key.1]` (whose bytes are `key_bytes`) and
+    /// `text[value.0..value.1]`. Offsets beyond `u32` saturate (the field then
+    /// reads as empty; no packet that large is ever accepted).
+    pub(crate) fn new(key: (usize, usize), value: (usize, usize), key_bytes: &[u8]) -> Self {
         let at = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
         Self {
-            start: at(start),
-            split: at(split),
-            end: at(end),
-            tag: key_tag(key),
+            key: at(key.0),
+            key_end: at(key.1),
+            value: at(value.0),
+            end: at(value.1),
+            tag: key_tag(key_bytes),
         }
     }
-}
 
-impl Span {
-    /// Key start, key end = value start, value end.
-    pub(crate) fn ranges(&self) -> (usize, usize, usize) {
-        (self.start as usize, self.split as usize, self.end as usize)
+    /// The key's and the value's ranges.
+    pub(crate) fn ranges(&self) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        (
+            self.key as usize..self.key_end as usize,
+            self.value as usize..self.end as usize,
+        )
     }
 }
 
@@ -76,6 +83,12 @@ pub(crate) fn key_tag(key: &[u8]) -> u32 {
     let first = key.first().map_or(0, u8::to_ascii_lowercase);
     let last = key.last().map_or(0, u8::to_ascii_lowercase);
     (len << 16) | (u32::from(first) << 8) | u32::from(last)
+}
+
+/// The bit of a key tag in [`AmiMessage`]'s key mask.
+#[inline]
+fn tag_bit(tag: u32) -> u64 {
+    1 << (tag.wrapping_mul(0x9E37_79B1) >> 26)
 }
 
 /// What a message is, from its first meaningful header.
@@ -95,12 +108,13 @@ impl AmiMessage {
         Self::default()
     }
 
-    /// A message from the codec: `text` holds the keys and values that
-    /// `spans` point into.
+    /// A message from the codec: `spans` point into `text`.
     pub(crate) fn from_parts(text: String, spans: Vec<Span>) -> Self {
+        let keys = spans.iter().fold(0, |m, s| m | tag_bit(s.tag));
         Self {
             text,
             spans,
+            keys,
             body: None,
         }
     }
@@ -123,8 +137,9 @@ impl AmiMessage {
         self.text.push_str(key);
         let split = self.text.len();
         self.text.push_str(value);
-        self.spans
-            .push(Span::new(start, split, self.text.len(), key.as_bytes()));
+        let span = Span::new((start, split), (split, self.text.len()), key.as_bytes());
+        self.keys |= tag_bit(span.tag);
+        self.spans.push(span);
     }
 
     /// Sets the legacy `Response: Follows` body.
@@ -140,14 +155,14 @@ impl AmiMessage {
     #[inline]
     fn key_of(&self, s: &Span) -> &str {
         self.text
-            .get(s.start as usize..s.split as usize)
+            .get(s.key as usize..s.key_end as usize)
             .unwrap_or_default()
     }
 
     #[inline]
     fn value_of(&self, s: &Span) -> &str {
         self.text
-            .get(s.split as usize..s.end as usize)
+            .get(s.value as usize..s.end as usize)
             .unwrap_or_default()
     }
 
@@ -172,7 +187,12 @@ impl AmiMessage {
     #[inline]
     fn matching<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Span> + 'a {
         let tag = key_tag(key.as_bytes());
-        self.spans
+        let spans = if self.keys & tag_bit(tag) == 0 {
+            &[][..]
+        } else {
+            &self.spans[..]
+        };
+        spans
             .iter()
             .filter(move |s| s.tag == tag && self.key_of(s).eq_ignore_ascii_case(key))
     }

@@ -149,6 +149,12 @@ mod tests {
             (b"Event: VarSet\r\nActionID: \r\n\r\n", true),
             (b"Event: VarSet\r\nActionID: <unknown>\r\n\r\n", true),
             (b"Event: VarSet\r\nActionID: 7\r\n\r\n", false),
+            (b"Event: VarSet\r\n  actionid : 7\r\n\r\n", false),
+            (b"Event: VarSet\r\nX: 1\r\n\x0cActionID: 7\r\n\r\n", false),
+            (
+                b"Event: VarSet\r\nAction: x\r\nAccountCode: 7\r\n\r\n",
+                true,
+            ),
             (b"Event: VarSet\r\nActionID: \r\nActionID: 7\r\n\r\n", true),
             (
                 b"Event: ExtensionStatus\r\nX: 1\r\nActionID: q-1\r\n\r\n",
@@ -159,9 +165,23 @@ mod tests {
             (b"Event: VarSetX\r\n\r\n", false),
         ];
         for (bytes, ignored) in cases {
-            let mut codec = codec(1024).without_banner();
+            let mut codec1 = codec(1024).without_banner();
             let mut buf = BytesMut::from(*bytes);
-            let frame = codec.decode_eof(&mut buf).unwrap();
+            let frame = codec1.decode_eof(&mut buf).unwrap();
+            // Byte by byte: the same frame (a late ActionID included).
+            let mut codec2 = codec(1024).without_banner();
+            let mut buf = BytesMut::new();
+            let mut bytewise = None;
+            for b in bytes.iter() {
+                buf.extend_from_slice(&[*b]);
+                if let Some(f) = codec2.decode(&mut buf).unwrap() {
+                    bytewise = Some(f);
+                }
+            }
+            if bytewise.is_none() {
+                bytewise = codec2.decode_eof(&mut buf).unwrap();
+            }
+            assert_eq!(bytewise, frame);
             let mut plain = AmiCodec::new().without_banner();
             let mut buf = BytesMut::from(*bytes);
             let Some(AmiFrame::Message(msg)) = plain.decode_eof(&mut buf).unwrap() else {
