@@ -84,10 +84,12 @@ fn main() {
         // One path in a loop, for `perf record`.
         for _ in 0..10 {
             match what {
-                "replay" => drop(replay_records(&capture)),
+                "replay" => {
+                    replay_records(&capture);
+                }
                 "run" => {
                     let fake = FakeAmi::start(Arc::new(events.clone()));
-                    drop(daemon(fake.addr, "profile", calls));
+                    daemon(fake.addr, "profile", calls);
                     fake.stop();
                 }
                 _ => panic!("--profile=replay|run"),
