@@ -92,7 +92,31 @@ fn main() {
                     daemon(fake.addr, "profile", calls);
                     fake.stop();
                 }
-                _ => panic!("--profile=replay|run"),
+                "codec" => {
+                    let t = Instant::now();
+                    let mut codec = callhook::ami::route::codec(AmiCodec::DEFAULT_MAX_PACKET);
+                    let mut buf = BytesMut::from(&capture[..]);
+                    let (mut msgs, mut ignored) = (0, 0);
+                    while let Ok(Some(f)) = codec.decode_eof(&mut buf) {
+                        match f {
+                            AmiFrame::Message(m) => {
+                                msgs += 1;
+                                std::hint::black_box(m);
+                            }
+                            AmiFrame::Ignored { .. } => ignored += 1,
+                            _ => {}
+                        }
+                    }
+                    let d = t.elapsed();
+                    let t = Instant::now();
+                    split_memory(&capture);
+                    println!(
+                        "codec: {msgs} built, {ignored} ignored in {d:?} ({:.0}/s); memchr {:?}",
+                        n_events as f64 / d.as_secs_f64(),
+                        t.elapsed()
+                    );
+                }
+                _ => panic!("--profile=replay|run|codec"),
             }
         }
         return;

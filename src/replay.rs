@@ -119,6 +119,50 @@ pub struct ReplayStats {
     pub emitted: usize,
 }
 
+/// The AMI packets (messages, not banners or skipped garbage) in a
+/// capture: 0 means it is not an AMI capture at all.
+pub fn count_packets(bytes: &[u8]) -> usize {
+    let mut codec = AmiCodec::new();
+    let mut buf = BytesMut::from(bytes);
+    let mut n = 0;
+    while let Ok(Some(frame)) = codec.decode_eof(&mut buf) {
+        if matches!(frame, AmiFrame::Message(_)) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// True when the capture read from `r` holds at least one AMI packet
+/// (streamed; stops at the first one).
+pub fn has_packets(mut r: impl Read) -> io::Result<bool> {
+    let mut codec = AmiCodec::new();
+    let mut buf = BytesMut::with_capacity(READ_SIZE);
+    let mut chunk = vec![0u8; READ_SIZE];
+    loop {
+        let n = match r.read(&mut chunk) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => other?,
+        };
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+        loop {
+            let frame = if n == 0 {
+                codec.decode_eof(&mut buf)
+            } else {
+                codec.decode(&mut buf)
+            };
+            match frame {
+                Ok(Some(AmiFrame::Message(_))) => return Ok(true),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if n == 0 {
+            return Ok(false);
+        }
+    }
+}
+
 /// Replays in-memory captures (successive connections of PBX `pbx`) into
 /// `normalizer`, calling `sink` for every model event in order.
 pub fn replay(

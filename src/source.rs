@@ -39,6 +39,19 @@ pub enum SourceEvent {
         /// The list items (`Event: CoreShowChannel` or `Event: Status`).
         channels: Vec<AmiMessage>,
     },
+    /// An `Originate` action this AMI connection sent (click-to-call),
+    /// delivered when it was written, before any event it causes. A passive
+    /// listener only sees the broadcast `OriginateResponse`; the client knows
+    /// what it asked for, and the normalizer uses it (the dialed number from
+    /// the agent's first ring on, the outcome when the PBX says little).
+    AmiOriginate {
+        /// Which PBX.
+        pbx: PbxId,
+        /// When it was written (local clock, epoch seconds).
+        at: f64,
+        /// What was asked.
+        originate: OriginateSent,
+    },
     /// The AMI connection to this PBX was lost; calls stay open until the next
     /// snapshot (or the maximum call age) settles them.
     AmiDisconnected {
@@ -85,6 +98,11 @@ impl Clone for SourceEvent {
                 received_at: *received_at,
                 channels: channels.clone(),
             },
+            SourceEvent::AmiOriginate { pbx, at, originate } => SourceEvent::AmiOriginate {
+                pbx: pbx.clone(),
+                at: *at,
+                originate: originate.clone(),
+            },
             SourceEvent::AmiDisconnected { pbx, at } => SourceEvent::AmiDisconnected {
                 pbx: pbx.clone(),
                 at: *at,
@@ -101,6 +119,45 @@ impl Clone for SourceEvent {
                 ack: None,
             },
         }
+    }
+}
+
+/// The call-relevant fields of an `Originate` action that was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OriginateSent {
+    /// The ActionID it was sent with (the `OriginateResponse` carries it).
+    pub action_id: String,
+    /// `Channel`: the dial string of the first leg (`SIP/1001`,
+    /// `PJSIP/1001`, `Local/1001@from-internal`).
+    pub channel: String,
+    /// `Context`, when the first leg then runs the dialplan.
+    pub context: Option<String>,
+    /// `Exten`: the number the first leg is then connected to.
+    pub exten: Option<String>,
+    /// `ChannelId` (Asterisk 13+): the Uniqueid the first leg will have.
+    pub channel_id: Option<String>,
+}
+
+impl OriginateSent {
+    /// The call fields of an `Originate` (`None` for any other action).
+    pub fn from_action(action: &crate::ami::Action, action_id: &str) -> Option<Self> {
+        if !action.name().eq_ignore_ascii_case("Originate") {
+            return None;
+        }
+        let get = |k: &str| {
+            action
+                .get(k)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        Some(Self {
+            action_id: action_id.to_string(),
+            channel: get("Channel")?,
+            context: get("Context"),
+            exten: get("Exten"),
+            channel_id: get("ChannelId"),
+        })
     }
 }
 
@@ -197,4 +254,41 @@ pub fn now_epoch() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ami::Action;
+
+    #[test]
+    fn originate_fields_of_an_action() {
+        let a = Action::new("Originate")
+            .field("Channel", "PJSIP/1001")
+            .field("Context", "from-internal")
+            .field("Exten", "02122853348")
+            .field("ChannelId", "c2c-1")
+            .field("Async", "true");
+        let o = OriginateSent::from_action(&a, "main-1-2").unwrap();
+        assert_eq!(o.action_id, "main-1-2");
+        assert_eq!(o.channel, "PJSIP/1001");
+        assert_eq!(o.exten.as_deref(), Some("02122853348"));
+        assert_eq!(o.context.as_deref(), Some("from-internal"));
+        assert_eq!(o.channel_id.as_deref(), Some("c2c-1"));
+        let no_exten = Action::new("originate")
+            .field("Channel", "SIP/1001")
+            .field("Application", "Playback")
+            .field("Exten", " ");
+        let o = OriginateSent::from_action(&no_exten, "x").unwrap();
+        assert_eq!((o.exten, o.channel_id), (None, None));
+        assert_eq!(
+            OriginateSent::from_action(&Action::new("Originate"), "x"),
+            None,
+            "no Channel: not a call"
+        );
+        assert_eq!(
+            OriginateSent::from_action(&Action::new("Ping").field("Channel", "SIP/1"), "x"),
+            None
+        );
+    }
 }

@@ -11,7 +11,7 @@ use callhook::ami::client::{self, AmiError, AuthMode, ConnectionState};
 use callhook::ami::simulator::{AfterCapture, SimSession, Simulator};
 use callhook::ami::{Action, AmiMessage};
 use callhook::metrics::metrics;
-use callhook::source::SourceEvent;
+use callhook::source::{OriginateSent, SourceEvent};
 use support::*;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
@@ -324,8 +324,17 @@ async fn ping_timeout_reconnects() {
     stop(&h, &token).await;
 }
 
+/// The next event, which must announce an Originate the client wrote.
+async fn next_originate(rx: &mut mpsc::Receiver<SourceEvent>) -> OriginateSent {
+    match timeout(Duration::from_secs(30), rx.recv()).await {
+        Ok(Some(SourceEvent::AmiOriginate { originate, .. })) => originate,
+        other => panic!("expected AmiOriginate, got {other:?}"),
+    }
+}
+
 /// 6. An Originate in flight when the connection drops is never re-sent; one
-///    submitted while disconnected is sent once after the next login.
+///    submitted while disconnected is sent once after the next login. Each
+///    one written is announced to the normalizer (what it asked for), once.
 #[tokio::test]
 async fn originate_is_not_resent_after_reconnect() {
     let sim = sim(vec![
@@ -352,12 +361,18 @@ async fn originate_is_not_resent_after_reconnect() {
     };
     let r = h.send(originate()).await;
     assert_eq!(r, Err(AmiError::Disconnected));
+    let first = next_originate(&mut rx).await;
+    assert_eq!(first.channel, "SIP/1001");
+    assert_eq!(first.exten.as_deref(), Some("02122853348"));
+    assert_eq!(first.context.as_deref(), Some("from-internal"));
     // The client is now backing off (>= 200 ms): this one waits for the login.
     let second = h.send(originate());
-    let (second, ()) = tokio::join!(second, async {
+    let (second, announced) = tokio::join!(second, async {
         next_disconnect(&mut rx).await;
         next_snapshot(&mut rx).await;
+        next_originate(&mut rx).await
     });
+    assert_ne!(announced.action_id, first.action_id);
     let second = second.unwrap();
     assert_eq!(second.response.get("Message"), Some("queued (simulated)"));
     // A Ping round trip after the reconnect: anything re-sent would be before it.

@@ -13,6 +13,7 @@ use support_daemon::{fixture, free_port, temp_dir, Daemon};
 
 const USER: &str = "amiuser";
 const SECRET: &str = "reload-secret-42";
+const ADMIN: &str = "reload-admin-token-0123456789";
 
 fn pbx(id: &str, sim: &SimulatorHandle, ping: &str) -> String {
     format!(
@@ -23,7 +24,7 @@ fn pbx(id: &str, sim: &SimulatorHandle, ping: &str) -> String {
 
 fn config(dir: &Path, port: u16, pbxs: &[String], extra: &str) -> String {
     format!(
-        "listen: 127.0.0.1:{port}\nstate_dir: {}\n{extra}pbx:\n{}",
+        "listen: 127.0.0.1:{port}\nadmin: {{ token: \"{ADMIN}\" }}\nstate_dir: {}\n{extra}pbx:\n{}",
         dir.join("state").display(),
         pbxs.concat()
     )
@@ -32,6 +33,7 @@ fn config(dir: &Path, port: u16, pbxs: &[String], extra: &str) -> String {
 async fn reload(d: &Daemon) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(d.url("/-/reload"))
+        .bearer_auth(ADMIN)
         .send()
         .await
         .unwrap();

@@ -117,6 +117,10 @@ fn duplicated_events_change_nothing() {
         "asterisk-11/queue-answered.ami",
         "asterisk-11/transfer-attended.ami",
         "asterisk-11/queue-answered-noagentevents.ami",
+        "asterisk-20-extra/pickup.ami",
+        "handwritten/pickup-direct-11.ami",
+        "handwritten/pickup-queue-group-11-masquerade-only.ami",
+        "handwritten/pickup-ringgroup-group-20-pjsip.ami",
     ] {
         let evs = source_events(rel);
         let once = feed(&mut Normalizer::new(NormalizerConfig::default()), &evs);
@@ -129,6 +133,52 @@ fn duplicated_events_change_nothing() {
             "{rel}: duplicates emitted extra transitions"
         );
         assert_monotonic(&dup);
+    }
+}
+
+/// Asterisk publishes `Pickup` on the picking channel's topic and the
+/// caller's `DialEnd`/`AgentConnect` on another: their order on the wire is
+/// not fixed. Wherever the `Pickup` lands among the events of that moment,
+/// the call is the same.
+#[test]
+fn pickup_in_any_order_with_the_answer_gives_the_same_call() {
+    for rel in [
+        "asterisk-20-extra/pickup.ami",
+        "handwritten/pickup-queue-directed-20-pjsip.ami",
+        "handwritten/pickup-ringgroup-group-20.ami",
+        "handwritten/pickup-direct-11.ami",
+    ] {
+        let evs = source_events(rel);
+        let at = evs
+            .iter()
+            .position(|e| match e {
+                SourceEvent::Ami { msg, .. } => msg.event() == Some("Pickup"),
+                _ => false,
+            })
+            .unwrap();
+        let want = records(&feed(
+            &mut Normalizer::new(NormalizerConfig::default()),
+            &evs,
+        ));
+        assert_eq!(want.len(), 1, "{rel}");
+        for shift in -3i64..=8 {
+            let mut moved = evs.clone();
+            let ev = moved.remove(at);
+            let to = (at as i64 + shift).clamp(0, moved.len() as i64) as usize;
+            moved.insert(to, ev);
+            let out = feed(&mut Normalizer::new(NormalizerConfig::default()), &moved);
+            assert_monotonic(&out);
+            let got = records(&out);
+            assert_eq!(got.len(), 1, "{rel} shift {shift}: {got:#?}");
+            let (g, w) = (&got[0], &want[0]);
+            assert_eq!(
+                (&g.answered_by, &g.final_answered_by, &g.extensions_rung),
+                (&w.answered_by, &w.final_answered_by, &w.extensions_rung),
+                "{rel} shift {shift}"
+            );
+            assert_eq!(g.disposition, w.disposition, "{rel} shift {shift}");
+            assert!((g.billsec - w.billsec).abs() < 1.0, "{rel} shift {shift}");
+        }
     }
 }
 

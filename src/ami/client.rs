@@ -12,7 +12,7 @@
 //! 2. **Log in**: MD5 challenge by default (`Challenge` → `Login` with
 //!    `Key: md5(challenge + secret)`), or plain `Secret` ([`AuthMode::Plain`]).
 //!    A `Response: Error` to the login is logged as
-//!    `authentication failed for pbx X as user Y` and retried with the normal
+//!    `AMI login failed at HOST:PORT as user Y: <message>` and retried with the normal
 //!    backoff: a wrong password never hammers the PBX. The secret is never
 //!    logged ([`ClientConfig`]'s `Debug` redacts it).
 //! 3. **Resync** ([`ClientConfig::resync`]): right after every login the
@@ -35,8 +35,13 @@
 //!    [`ClientConfig::backoff_max`]). The attempt counter resets once a
 //!    connection has stayed logged in for 30 s.
 //!
-//! Each state change (connecting, logged in, down) is one log line and one
-//! update of `ami_connection_state` (0 down, 1 connecting, 2 logged in);
+//! Each state change is exactly one log line and one update of
+//! `ami_connection_state` (0 down, 1 connecting, 2 logged in): `connecting
+//! to AMI at H:P` (info), `logged in to AMI at H:P as U (banner)` (info),
+//! then one warning for going down that gives the reason and the delay
+//! before the next attempt (`AMI connection lost: <reason>; reconnecting in
+//! 1.2s`, `cannot connect to AMI at H:P: <error>; …`, `AMI login failed …;
+//! …`, with a `retry_in_secs` field), and `AMI client stopped` at shutdown;
 //! every connection attempt after the first counts in `ami_reconnects`.
 //!
 //! # Actions
@@ -55,6 +60,11 @@
 //! timeout) are dropped with a debug log. `Event: OriginateResponse` is the
 //! exception: Asterisk broadcasts it, so it is forwarded as an event *and*
 //! resolves a pending action with that ActionID, if one is still waiting.
+//! Every `Originate` written is also announced to the normalizer as a
+//! [`SourceEvent::AmiOriginate`] (its ActionID, `Channel`, `Exten`,
+//! `ChannelId`), in stream order before anything it causes: the call model
+//! knows a click-to-call's number from the agent's first ring and ties a
+//! failed one to its record even when the PBX says little.
 //!
 //! Outcomes: [`AmiError::Rejected`] for `Response: Error`,
 //! [`AmiError::Timeout`] when nothing answered within
@@ -138,7 +148,7 @@ use super::reader::FrameReader;
 use super::route::{self, route, Route};
 pub use super::route::{ends_list, is_noise_event, starts_list, NOISE_EVENTS};
 use crate::metrics::{event_label, metrics};
-use crate::source::{now_epoch, PbxId, SourceEvent};
+use crate::source::{now_epoch, OriginateSent, PbxId, SourceEvent};
 
 /// How often deadlines (actions, ping) and the overflow state are checked.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
@@ -671,7 +681,10 @@ impl Client {
             self.conn_seq += 1;
             self.set_state(ConnectionState::Connecting);
             info!(pbx = %self.pbx, "connecting to AMI at {}:{}", self.cfg.host, self.cfg.port);
-            match self.connect().await {
+            // Exactly one log line per state change: connecting, logged in
+            // (in `connect_and_login`), down with its reason and the delay
+            // before the next attempt, stopped.
+            let down = match self.connect().await {
                 Ok(sess) => {
                     self.set_state(ConnectionState::LoggedIn);
                     let since = Instant::now();
@@ -679,7 +692,6 @@ impl Client {
                         SessionEnd::Shutdown => break,
                         SessionEnd::Lost(reason) => {
                             self.set_state(ConnectionState::Down);
-                            warn!(pbx = %self.pbx, "AMI connection lost: {reason}");
                             self.deliver(SourceEvent::AmiDisconnected {
                                 pbx: self.pbx.clone(),
                                 at: now_epoch(),
@@ -687,25 +699,33 @@ impl Client {
                             if since.elapsed() >= STABLE_SESSION {
                                 backoff.reset();
                             }
+                            format!("AMI connection lost: {reason}")
                         }
                     }
                 }
                 Err(ConnectError::Shutdown) => break,
                 Err(ConnectError::Auth(msg)) => {
                     self.set_state(ConnectionState::Down);
-                    warn!(
-                        pbx = %self.pbx,
-                        "authentication failed for pbx {} as user {}: {msg}",
-                        self.pbx, self.cfg.username
-                    );
+                    format!(
+                        "AMI login failed at {}:{} as user {}: {msg}",
+                        self.cfg.host, self.cfg.port, self.cfg.username
+                    )
                 }
                 Err(ConnectError::Io(msg)) | Err(ConnectError::Protocol(msg)) => {
                     self.set_state(ConnectionState::Down);
-                    warn!(pbx = %self.pbx, "cannot connect to AMI at {}:{}: {msg}", self.cfg.host, self.cfg.port);
+                    format!(
+                        "cannot connect to AMI at {}:{}: {msg}",
+                        self.cfg.host, self.cfg.port
+                    )
                 }
-            }
+            };
             let delay = backoff.next_delay(&mut rand::thread_rng());
-            debug!(pbx = %self.pbx, "next AMI connection attempt in {delay:?}");
+            warn!(
+                pbx = %self.pbx,
+                retry_in_secs = delay.as_secs_f64(),
+                "{down}; reconnecting in {:.1}s",
+                delay.as_secs_f64()
+            );
             if !self.wait(delay).await {
                 break;
             }
@@ -1242,8 +1262,18 @@ impl Client {
         }
         let action = cmd.action.clone();
         let deadline = cmd.deadline;
-        self.write(sess, &action, PendingKind::User(cmd), deadline)
-            .map(|_| ())
+        let id = self.write(sess, &action, PendingKind::User(cmd), deadline)?;
+        // The normalizer learns what a click-to-call asked for (a passive
+        // listener only sees the broadcast OriginateResponse).
+        if let Some(originate) = id.and_then(|id| OriginateSent::from_action(&action, &id)) {
+            let ev = SourceEvent::AmiOriginate {
+                pbx: self.pbx.clone(),
+                at: now_epoch(),
+                originate,
+            };
+            self.forward_event(sess, ev);
+        }
+        Ok(())
     }
 
     fn send_ping(&mut self, sess: &mut Session) -> Result<(), Lost> {
@@ -1363,6 +1393,12 @@ impl Client {
             received_at: now_epoch(),
             msg,
         };
+        self.forward_event(sess, ev);
+    }
+
+    /// Forwards a source event in stream order (held back while a resync
+    /// runs).
+    fn forward_event(&mut self, sess: &mut Session, ev: SourceEvent) {
         if sess.resync_in_flight {
             if sess.held.len() < self.cfg.queue_capacity.max(1) {
                 sess.held.push_back(ev);

@@ -44,10 +44,10 @@ fn who(classifier: &Classifier, channel: &str, context: Option<&str>) -> Option<
         return None;
     }
     match classifier.classify(channel, context) {
-        Party::Extension(e) => Some(Who::Ext(e)),
+        Party::Extension(e) => Some(Who::Ext(e.into())),
         Party::Trunk(_) => Some(Who::Trunk),
         // A Local channel stands for the extension it dials, when it is one.
-        Party::Local(e) if classifier.is_extension_number(&e) => Some(Who::Ext(e)),
+        Party::Local(e) if classifier.is_extension_number(&e) => Some(Who::Ext(e.into())),
         Party::Local(_) | Party::Placeholder => None,
     }
 }

@@ -11,32 +11,7 @@ use jiff::tz::TimeZone;
 use crate::values::{expand_vars, parse_zone, read_secret_file, Secret};
 use crate::yaml::{Path as At, Problem};
 
-/// Default path of the push endpoint.
-pub const DEFAULT_PUSH_PATH: &str = "/v1/events/astercc";
-
-/// The validated push endpoint settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PushConfig {
-    /// URL path.
-    pub path: String,
-    /// Query parameter with the token.
-    pub token_param: String,
-    /// Header with the token.
-    pub token_header: String,
-    /// Teams, by name.
-    pub teams: Vec<PushTeam>,
-}
-
-/// A validated push team.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PushTeam {
-    /// Name: the `pbx` of its calls.
-    pub name: String,
-    /// Token (compared in constant time).
-    pub token: Secret,
-    /// Time zone of `eventTime`s written without an offset.
-    pub timezone: TimeZone,
-}
+pub use crate::http::push::{PushConfig, PushTeam, DEFAULT_PUSH_PATH};
 
 /// The asterCC-style push endpoint.
 #[derive(Debug, Deserialize, Default)]

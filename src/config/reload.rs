@@ -13,22 +13,12 @@
 //! shared event queue (`pbx.queue_capacity`: the sum over PBXs is sized at
 //! start).
 
-use serde::Serialize;
-
 use super::Config;
 
 /// Every key a reload can report as needing a restart (a bounded metric label).
 pub use crate::metrics::CONFIG_RESTART_KEYS as RESTART_KEYS;
 
-/// The result of a successful reload.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ReloadOutcome {
-    /// What changed and was applied (`rules`, `pbx.branch-2 added`, …).
-    pub applied: Vec<String>,
-    /// Keys whose change waits for a restart (from [`RESTART_KEYS`]); the
-    /// running daemon keeps the values it started with.
-    pub restart_required: Vec<String>,
-}
+pub use crate::http::ReloadOutcome;
 
 /// Total capacity of the shared event queue for a config.
 pub fn queue_capacity(cfg: &Config, push_room: usize) -> usize {

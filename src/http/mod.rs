@@ -37,9 +37,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Secret;
 use crate::deliver::outbox::Outbox;
 use crate::metrics::metrics;
+use crate::values::Secret;
 
 /// Whether the service can do its job.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -54,7 +54,18 @@ pub struct Readiness {
 
 /// A reload request: the answer is what was applied and what needs a
 /// restart, or the list of errors.
-pub type ReloadReply = oneshot::Sender<Result<crate::config::ReloadOutcome, Vec<String>>>;
+pub type ReloadReply = oneshot::Sender<Result<ReloadOutcome, Vec<String>>>;
+
+/// The result of a successful reload (computed by `config::reload`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadOutcome {
+    /// What changed and was applied (`rules`, `pbx branch-2 added`, …).
+    pub applied: Vec<String>,
+    /// Keys whose change waits for a restart (from
+    /// `metrics::CONFIG_RESTART_KEYS`); the running daemon keeps the values
+    /// it started with.
+    pub restart_required: Vec<String>,
+}
 
 /// What the handlers need.
 #[derive(Clone)]

@@ -59,9 +59,36 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::admin::token_eq;
 use super::ApiState;
-use crate::config::PushTeam;
 use crate::metrics::metrics;
 use crate::source::{now_epoch, PbxId, PushEvent, PushKind, PushSide, SourceEvent};
+use crate::values::Secret;
+
+/// Default path of the push endpoint.
+pub const DEFAULT_PUSH_PATH: &str = "/v1/events/astercc";
+
+/// The validated push endpoint settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushConfig {
+    /// URL path.
+    pub path: String,
+    /// Query parameter with the token.
+    pub token_param: String,
+    /// Header with the token.
+    pub token_header: String,
+    /// Teams, by name.
+    pub teams: Vec<PushTeam>,
+}
+
+/// A validated push team.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushTeam {
+    /// Name: the `pbx` of its calls.
+    pub name: String,
+    /// Token (compared in constant time).
+    pub token: Secret,
+    /// Time zone of `eventTime`s written without an offset.
+    pub timezone: TimeZone,
+}
 
 /// Largest accepted body.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -543,7 +570,7 @@ pub async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use crate::values::Secret;
 
     fn fields(s: &str) -> Vec<(String, String)> {
         parse_urlencoded(s)

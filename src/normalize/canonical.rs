@@ -116,7 +116,7 @@ pub enum Canon<'a> {
         status: &'a str,
     },
     /// Two channels are connected (≤ 11 Bridge Link, LocalBridge, 1.4 Link,
-    /// Masquerade clone/original, Status' bridged peer): same call.
+    /// Status' bridged peer): same call.
     Tie(ChanRef<'a>, ChanRef<'a>),
     /// A caller joined a queue.
     QueueJoin {
@@ -159,6 +159,23 @@ pub enum Canon<'a> {
         /// Queue name.
         queue: Option<&'a str>,
     },
+    /// A phone picked up a call ringing elsewhere (`Pickup`: 12+ with the
+    /// picking channel's block and a `Target*` block; 1.8–11 with the two
+    /// channel names only).
+    Pickup {
+        /// The channel of the phone that dialed the pickup code.
+        picker: ChanInfo<'a>,
+        /// The ringing channel it took the call from.
+        target: ChanRef<'a>,
+    },
+    /// ≤ 11: the clone channel's device went into the original channel
+    /// (which keeps its Uniqueid); the clone becomes a zombie.
+    Masquerade {
+        /// `Clone`.
+        clone: ChanRef<'a>,
+        /// `Original`.
+        original: ChanRef<'a>,
+    },
     /// A channel was renamed (≤ 11 masquerades).
     Rename {
         /// Uniqueid of the renamed channel, when given.
@@ -175,15 +192,28 @@ pub enum Canon<'a> {
         /// Q.850 cause.
         cause: Option<u16>,
     },
-    /// An Originate action's outcome (broadcast).
-    OriginateResponse {
-        /// The originated channel's uniqueid.
-        uid: Option<&'a str>,
-        /// The extension the Originate targeted.
-        exten: Option<&'a str>,
-        /// `Success` / `Failure`.
-        success: bool,
-    },
+    /// An Originate action's outcome (broadcast to every session).
+    OriginateResponse(OriginateOutcome<'a>),
+}
+
+/// What an `OriginateResponse` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OriginateOutcome<'a> {
+    /// The ActionID of the Originate (another session's, possibly).
+    pub action_id: Option<&'a str>,
+    /// The originated channel's uniqueid (on a failure: the `ChannelId`
+    /// that was asked for, or none).
+    pub uid: Option<&'a str>,
+    /// The channel name, or on a failure the dial string asked for.
+    pub channel: Option<&'a str>,
+    /// The extension the Originate targeted.
+    pub exten: Option<&'a str>,
+    /// `Success` / `Failure`.
+    pub success: bool,
+    /// The last control frame the originate saw (0 none, 1 hangup,
+    /// 3 ringing, 4 answered, 5 busy, 8 congestion): channel drivers
+    /// differ, so only a hint.
+    pub reason: Option<u8>,
 }
 
 /// Header names of one channel block (plain or `Dest`-prefixed).
@@ -335,10 +365,14 @@ pub fn canonicalize(m: &AmiMessage) -> Option<Canon<'_>> {
             );
             Canon::Tie(a, b)
         }
-        "masquerade" => Canon::Tie(
-            chan_ref(None, m.get("Clone")),
-            chan_ref(None, m.get("Original")),
-        ),
+        "masquerade" => Canon::Masquerade {
+            clone: chan_ref(None, m.get("Clone")),
+            original: chan_ref(None, m.get("Original")),
+        },
+        "pickup" => Canon::Pickup {
+            picker: chan_info(m, &PLAIN),
+            target: chan_ref(m.get("TargetUniqueid"), m.get("TargetChannel")),
+        },
         "rename" => Canon::Rename {
             uid: m.get("Uniqueid"),
             old: m.get("Channel").or_else(|| m.get("Oldname")),
@@ -395,13 +429,18 @@ pub fn canonicalize(m: &AmiMessage) -> Option<Canon<'_>> {
             chan: chan_info(m, &PLAIN),
             cause: m.get("Cause").and_then(|c| c.trim().parse().ok()),
         },
-        "originateresponse" => Canon::OriginateResponse {
-            uid: m.get("Uniqueid"),
-            exten: m.get("Exten"),
+        "originateresponse" => Canon::OriginateResponse(OriginateOutcome {
+            action_id: m.action_id(),
+            uid: m
+                .get("Uniqueid")
+                .filter(|u| !u.trim().is_empty() && *u != "<null>"),
+            channel: m.get("Channel"),
+            exten: m.get("Exten").filter(|e| !e.trim().is_empty()),
             success: m
                 .get("Response")
                 .is_some_and(|r| r.eq_ignore_ascii_case("Success")),
-        },
+            reason: m.get("Reason").and_then(|r| r.trim().parse().ok()),
+        }),
         "bridgeenter" | "bridgeleave" | "musiconholdstart" | "musiconholdstop"
         | "hanguprequest" | "softhanguprequest" | "agentcomplete" | "agentringnoanswer"
         | "dialstate" | "blindtransfer" | "attendedtransfer" | "newaccountcode" => {

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use compact_str::CompactString;
 use regex::Regex;
 
 /// What a channel name says, before classification.
@@ -39,15 +40,16 @@ pub enum ParsedChannel {
     Placeholder,
 }
 
-/// Who is on a channel, after classification.
+/// Who is on a channel, after classification. (Names are inline strings:
+/// the normalizer holds two of these per live channel.)
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Party {
     /// A phone: the extension number.
-    Extension(String),
+    Extension(CompactString),
     /// The outside world (carrier, SIP trunk, DAHDI line): the endpoint.
-    Trunk(String),
+    Trunk(CompactString),
     /// A Local channel; the extension it targets.
-    Local(String),
+    Local(CompactString),
     /// An internal channel that is nobody.
     Placeholder,
 }
@@ -151,7 +153,7 @@ pub fn interface_extension(classifier: &Classifier, interface: &str) -> Option<S
             .then(|| exten.to_string());
     }
     match classifier.classify_endpoint(interface, rest, None) {
-        Party::Extension(e) => Some(e),
+        Party::Extension(e) => Some(e.into()),
         _ => None,
     }
 }
@@ -253,7 +255,7 @@ impl Classifier {
     pub fn classify(&self, name: &str, context: Option<&str>) -> Party {
         match parse_channel(name) {
             ParsedChannel::Placeholder => Party::Placeholder,
-            ParsedChannel::Local { exten, .. } => Party::Local(exten),
+            ParsedChannel::Local { exten, .. } => Party::Local(exten.into()),
             ParsedChannel::Device { tech, endpoint } => {
                 self.classify_device(name, &tech, &endpoint, context)
             }
@@ -272,30 +274,30 @@ impl Classifier {
         // Telephony cards (DAHDI, Zap) carry lines from the carrier unless
         // the config says a channel is an analog extension.
         if !explicit && (tech.eq_ignore_ascii_case("DAHDI") || tech.eq_ignore_ascii_case("Zap")) {
-            return Party::Trunk(endpoint.to_string());
+            return Party::Trunk(endpoint.into());
         }
         self.classify_endpoint(name, endpoint, context)
     }
 
     fn classify_endpoint(&self, name: &str, endpoint: &str, context: Option<&str>) -> Party {
         if let Some(ext) = self.endpoint_extensions.get(endpoint) {
-            return Party::Extension(ext.clone());
+            return Party::Extension(ext.as_str().into());
         }
         if self.extension_channels.iter().any(|r| r.is_match(name)) {
-            return Party::Extension(endpoint.to_string());
+            return Party::Extension(endpoint.into());
         }
         if self.trunk_channels.iter().any(|r| r.is_match(name)) {
-            return Party::Trunk(endpoint.to_string());
+            return Party::Trunk(endpoint.into());
         }
         if let Some(ctx) = context {
             if self.trunk_contexts.iter().any(|c| c == ctx) {
-                return Party::Trunk(endpoint.to_string());
+                return Party::Trunk(endpoint.into());
             }
         }
         if self.extension_pattern.is_match(endpoint) {
-            Party::Extension(endpoint.to_string())
+            Party::Extension(endpoint.into())
         } else {
-            Party::Trunk(endpoint.to_string())
+            Party::Trunk(endpoint.into())
         }
     }
 }

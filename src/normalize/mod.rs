@@ -217,6 +217,11 @@ impl Normalizer {
                 let t = p.pbx_time(*received_at);
                 p.snapshot(cfg, channels, t, out)
             }
+            SourceEvent::AmiOriginate { pbx, at, originate } => {
+                let p = Self::pbx(pbxs, pbx);
+                let t = p.pbx_time(*at);
+                p.originate_sent(cfg, originate, t)
+            }
             SourceEvent::AmiDisconnected { pbx, at } => {
                 let p = Self::pbx(pbxs, pbx);
                 let t = p.pbx_time(*at);
@@ -230,6 +235,7 @@ impl Normalizer {
         let pbx = match ev {
             SourceEvent::Ami { pbx, .. }
             | SourceEvent::AmiSnapshot { pbx, .. }
+            | SourceEvent::AmiOriginate { pbx, .. }
             | SourceEvent::AmiDisconnected { pbx, .. } => pbx,
             SourceEvent::Push { .. } => return,
         };

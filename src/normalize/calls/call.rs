@@ -4,7 +4,7 @@
 
 use super::channels::Chan;
 use super::leg::Leg;
-use super::PbxCalls;
+use super::{owned, owned_opt, PbxCalls, Str};
 use crate::metrics::metrics;
 use crate::model::{
     CallFacts, CallRecord, CallStateEvent, Direction, Disposition, EndReason, ModelEvent, State,
@@ -12,23 +12,29 @@ use crate::model::{
 };
 use crate::normalize::canonical::ChanState;
 use crate::normalize::channel::Party;
+use compact_str::ToCompactString;
 
 /// One call.
 #[derive(Debug, Clone)]
 pub(super) struct Call {
-    pub(super) session: String,
-    pub(super) root: String,
-    pub(super) members: Vec<String>,
+    pub(super) session: Str,
+    pub(super) root: Str,
+    pub(super) members: Vec<Str>,
+    /// Other session ids this call absorbed against the PBX's Linkedids (a
+    /// pickup): events still naming them belong here.
+    pub(super) aliases: Vec<Str>,
     pub(super) originated: bool,
-    pub(super) originate_exten: Option<String>,
-    pub(super) queue: Option<String>,
+    pub(super) originate_exten: Option<Str>,
+    /// The `Reason` of a failed `OriginateResponse` for this call.
+    pub(super) originate_reason: Option<u8>,
+    pub(super) queue: Option<Str>,
     pub(super) in_queue: bool,
     pub(super) abandoned: bool,
-    pub(super) dial_statuses: Vec<String>,
+    pub(super) dial_statuses: Vec<Str>,
     pub(super) legs: Vec<Leg>,
-    pub(super) rung: Vec<String>,
+    pub(super) rung: Vec<Str>,
     pub(super) answered_at: Option<f64>,
-    pub(super) answered_by: Option<String>,
+    pub(super) answered_by: Option<Str>,
     pub(super) ringing_emitted: bool,
     pub(super) answered_emitted: bool,
     /// Said something (emitted, or a real party started a call).
@@ -40,11 +46,13 @@ pub(super) struct Call {
 impl Call {
     pub(super) fn new(session: &str, root: &str, t: f64) -> Self {
         Self {
-            session: session.to_string(),
-            root: root.to_string(),
+            session: session.to_compact_string(),
+            root: root.to_compact_string(),
             members: Vec::new(),
+            aliases: Vec::new(),
             originated: false,
             originate_exten: None,
+            originate_reason: None,
             queue: None,
             in_queue: false,
             abandoned: false,
@@ -124,9 +132,10 @@ impl PbxCalls {
             .iter()
             .filter_map(|m| self.chans.get(m))
             .find(|c| matches!(c.party_at_create, Party::Extension(_)))
+            .map(|c| &**c)
     }
 
-    pub(super) fn caller(&self, call: &Call, dir: Direction) -> (Option<String>, Option<String>) {
+    pub(super) fn caller(&self, call: &Call, dir: Direction) -> (Option<Str>, Option<Str>) {
         match dir {
             Direction::Incoming => match self.chans.get(&call.root) {
                 Some(r) => (r.caller_num.clone(), r.caller_name.clone()),
@@ -136,7 +145,7 @@ impl PbxCalls {
                 Some(c) => (
                     c.first_caller_num
                         .clone()
-                        .or_else(|| c.party_at_create.extension().map(str::to_string)),
+                        .or_else(|| c.party_at_create.extension().map(Str::from)),
                     c.first_caller_name.clone(),
                 ),
                 None => (None, None),
@@ -144,7 +153,7 @@ impl PbxCalls {
         }
     }
 
-    pub(super) fn dialed(&self, call: &Call) -> Option<String> {
+    pub(super) fn dialed(&self, call: &Call) -> Option<Str> {
         self.chans
             .get(&call.root)
             .and_then(|r| r.first_exten.clone())
@@ -162,7 +171,7 @@ impl PbxCalls {
                 Disposition::NoAnswer
             };
         }
-        let mut statuses: Vec<&str> = call.dial_statuses.iter().map(String::as_str).collect();
+        let mut statuses: Vec<&str> = call.dial_statuses.iter().map(Str::as_str).collect();
         for m in &call.members {
             if let Some(s) = self.chans.get(m).and_then(|c| c.dial_status.as_deref()) {
                 statuses.push(s);
@@ -182,9 +191,11 @@ impl PbxCalls {
         } else if call
             .members
             .iter()
-            .any(|m| m != &call.root && self.chans.get(m).is_some_and(|c| c.cause == Some(17)))
+            .any(|m| *m != call.root && self.chans.get(m).is_some_and(|c| c.cause == Some(17)))
         {
             Disposition::Busy
+        } else if let Some(d) = self.first_leg_outcome(call) {
+            d
         } else {
             Disposition::NoAnswer
         }
@@ -211,16 +222,16 @@ impl PbxCalls {
         let dir = self.direction(call);
         let (num, name) = self.caller(call, dir);
         let ev = CallStateEvent {
-            session_id: call.session.clone(),
+            session_id: owned(&call.session),
             pbx: self.pbx.to_string(),
             state,
             direction: dir,
-            caller_number: num,
-            caller_name: name,
-            dialed_number: self.dialed(call),
-            queue: call.queue.clone(),
+            caller_number: owned_opt(&num),
+            caller_name: owned_opt(&name),
+            dialed_number: owned_opt(&self.dialed(call)),
+            queue: owned_opt(&call.queue),
             answered_by: if state == State::Answered {
-                call.answered_by.clone()
+                owned_opt(&call.answered_by)
             } else {
                 None
             },
@@ -296,7 +307,12 @@ impl PbxCalls {
             // The session id itself: a late channel or Linkedid naming it
             // must not reopen the call.
             if !call.members.iter().any(|m| m == session) {
-                self.tombstone(session.to_string(), t);
+                self.tombstone(session.to_compact_string(), t);
+            }
+            for a in call.aliases {
+                if !call.members.contains(&a) {
+                    self.tombstone(a, t);
+                }
             }
             for m in call.members {
                 if let Some(ch) = self.chans.remove(&m) {
@@ -331,7 +347,7 @@ impl PbxCalls {
         );
         // Who had the call at the end: of the parties that answered (the
         // caller excepted), the one that stayed longest.
-        let mut final_by: Option<(f64, f64, String)> = None;
+        let mut final_by: Option<(f64, f64, Str)> = None;
         for c in call
             .members
             .iter()
@@ -341,7 +357,7 @@ impl PbxCalls {
             let Some(up) = c.up_at else { continue };
             let who = match &c.party_at_create {
                 Party::Extension(e) => e.clone(),
-                Party::Trunk(_) if dir == Direction::Outgoing => "external".to_string(),
+                Party::Trunk(_) if dir == Direction::Outgoing => Str::const_new("external"),
                 _ => continue,
             };
             let end = c.hungup_at.unwrap_or(f64::MAX);
@@ -357,20 +373,20 @@ impl PbxCalls {
                 .map(|(_, _, w)| w)
                 .or_else(|| call.answered_by.clone())
         } else {
-            None
+            None::<Str>
         };
         CallRecord::new(
             CallFacts {
-                session_id: call.session.clone(),
+                session_id: owned(&call.session),
                 pbx: self.pbx.to_string(),
                 direction: dir,
-                caller_number: num,
-                caller_name: name,
-                dialed_number: self.dialed(call),
-                queue: call.queue.clone(),
-                extensions_rung: call.rung.clone(),
-                answered_by: call.answered_by.clone(),
-                final_answered_by,
+                caller_number: owned_opt(&num),
+                caller_name: owned_opt(&name),
+                dialed_number: owned_opt(&self.dialed(call)),
+                queue: owned_opt(&call.queue),
+                extensions_rung: call.rung.iter().map(owned).collect(),
+                answered_by: owned_opt(&call.answered_by),
+                final_answered_by: owned_opt(&final_answered_by),
                 disposition: self.disposition(call),
                 end_reason: reason,
                 recording_url: None,

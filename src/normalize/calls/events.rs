@@ -1,9 +1,10 @@
 //! Canonical events → table changes: the dispatcher of [`PbxCalls::apply`].
 
-use super::{status_rank, PbxCalls};
+use super::{push_exact, status_rank, PbxCalls, Str};
 use crate::model::ModelEvent;
 use crate::normalize::canonical::{Canon, ChanInfo, ChanState};
 use crate::normalize::NormalizerConfig;
+use compact_str::ToCompactString;
 
 impl PbxCalls {
     /// Applies one canonical event at time `t`.
@@ -32,10 +33,10 @@ impl PbxCalls {
                 if let Some(uid) = self.ensure(cfg, info, t, true) {
                     if let Some(ch) = self.chans.get_mut(&uid) {
                         if let Some(n) = info.caller_num {
-                            ch.caller_num = Some(n.to_string());
+                            ch.caller_num = Some(n.to_compact_string());
                         }
                         if let Some(n) = info.caller_name {
-                            ch.caller_name = Some(n.to_string());
+                            ch.caller_name = Some(n.to_compact_string());
                         }
                     }
                 }
@@ -62,7 +63,7 @@ impl PbxCalls {
                             .as_deref()
                             .is_none_or(|s| status_rank(status) > status_rank(s))
                         {
-                            ch.dial_status = Some(status.to_string());
+                            ch.dial_status = Some(status.to_compact_string());
                         }
                     }
                     if status.eq_ignore_ascii_case("ANSWER") {
@@ -72,7 +73,7 @@ impl PbxCalls {
                 } else if let Some(c) = caller_uid {
                     let session = self.chans.get(&c).map(|ch| ch.call.clone());
                     if let Some(call) = session.and_then(|s| self.calls.get_mut(&s)) {
-                        call.dial_statuses.push(status.to_string());
+                        push_exact(&mut call.dial_statuses, status.to_compact_string());
                     }
                 }
             }
@@ -81,12 +82,23 @@ impl PbxCalls {
                     self.tie(&a, &b, t);
                 }
             }
+            Canon::Masquerade { clone, original } => {
+                if let (Some(c), Some(o)) = (self.resolve(clone), self.resolve(original)) {
+                    self.masquerade(cfg, &c, &o, t, out);
+                }
+            }
+            Canon::Pickup { picker, target } => {
+                let picker = self.ensure(cfg, picker, t, false);
+                if let (Some(p), Some(g)) = (picker, self.resolve(target)) {
+                    self.pickup(cfg, &p, &g, t, out);
+                }
+            }
             Canon::QueueJoin { chan, queue } => {
                 if let Some(uid) = self.ensure(cfg, chan, t, true) {
                     let session = self.chans.get(&uid).map(|c| c.call.clone());
                     if let Some(call) = session.and_then(|s| self.calls.get_mut(&s)) {
                         if call.queue.is_none() {
-                            call.queue = Some(queue.to_string());
+                            call.queue = Some(queue.to_compact_string());
                         }
                         call.in_queue = true;
                         call.announced = true;
@@ -122,14 +134,14 @@ impl PbxCalls {
                         (queue, session.and_then(|s| self.calls.get_mut(&s)))
                     {
                         if call.queue.is_none() {
-                            call.queue = Some(q.to_string());
+                            call.queue = Some(q.to_compact_string());
                         }
                     }
                     let hint = interface.and_then(|i| {
                         crate::normalize::channel::interface_extension(&cfg.classifier, i)
                     });
                     let d = d.clone();
-                    self.offer(cfg, &d, hint, t, out);
+                    self.offer(cfg, &d, hint.map(Str::from), t, out);
                 }
             }
             Canon::AgentConnect { caller, dest, .. } => {
@@ -141,55 +153,35 @@ impl PbxCalls {
             Canon::Rename { uid, old, new } => {
                 let target = uid
                     .filter(|u| self.chans.contains_key(*u))
-                    .map(str::to_string)
+                    .map(Str::from)
                     .or_else(|| old.and_then(|o| self.by_name.get(o).cloned()));
                 if let Some(u) = target {
                     let party = cfg.classifier.classify(new, None);
                     if let Some(ch) = self.chans.get_mut(&u) {
-                        let oldname = std::mem::replace(&mut ch.name, new.to_string());
+                        let oldname = std::mem::replace(&mut ch.name, new.to_compact_string());
                         ch.party = party;
                         if self.by_name.get(&oldname).is_some_and(|x| *x == u) {
                             self.by_name.remove(&oldname);
                         }
-                        self.by_name.insert(new.to_string(), u);
+                        self.by_name.insert(new.to_compact_string(), u);
                     }
                 }
             }
             Canon::Hangup { chan, cause } => {
                 match chan.uid {
                     Some(u) if self.chans.contains_key(u) => {
-                        let u = u.to_string();
+                        let u = u.to_compact_string();
                         self.hangup(&u, *cause, t, false, out);
                     }
                     Some(u) if !self.tombstones.contains_key(u) => {
                         // Never seen: remember it so a late Newchannel opens nothing.
                         Self::ignored("unknown_channel");
-                        self.tombstone(u.to_string(), t);
+                        self.tombstone(u.to_compact_string(), t);
                     }
                     _ => Self::ignored("late"),
                 }
             }
-            Canon::OriginateResponse {
-                uid,
-                exten,
-                success: _,
-            } => {
-                if let Some(u) = uid.filter(|u| self.chans.contains_key(*u)) {
-                    let session = self.chans.get(u).map(|c| c.call.clone());
-                    let is_root = session
-                        .as_ref()
-                        .and_then(|s| self.calls.get(s))
-                        .is_some_and(|c| c.root == *u);
-                    if let Some(call) = session.and_then(|s| self.calls.get_mut(&s)) {
-                        if is_root {
-                            call.originated = true;
-                        }
-                        if call.originate_exten.is_none() {
-                            call.originate_exten = exten.map(str::to_string);
-                        }
-                    }
-                }
-            }
+            Canon::OriginateResponse(o) => self.originate_response(cfg, o, t, out),
         }
     }
 
@@ -227,7 +219,7 @@ impl PbxCalls {
                 } else if !self.pending.iter().any(|(u, _, _)| u == uid) {
                     // ≤ 11: wait briefly for the event that ties it.
                     self.pending
-                        .push((uid.to_string(), t + cfg.orphan_grace, t));
+                        .push((uid.to_compact_string(), t + cfg.orphan_grace, t));
                 }
             }
             ChanState::Up => self.up(cfg, uid, t, false, out),
@@ -270,6 +262,7 @@ impl PbxCalls {
                         call.originated = true;
                     }
                 }
+                self.claim_originate(cfg, &dest_uid);
             }
         }
         self.offer(cfg, &dest_uid, None, t, out);

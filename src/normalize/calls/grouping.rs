@@ -1,10 +1,11 @@
 //! Grouping: which call a channel belongs to (module docs of [`super`]).
 
+use compact_str::ToCompactString;
 use std::collections::HashSet;
 
 use tracing::debug;
 
-use super::PbxCalls;
+use super::{push_exact, PbxCalls, Str};
 use crate::model::{ModelEvent, State};
 use crate::normalize::canonical::ChanInfo;
 use crate::normalize::channel::Party;
@@ -67,17 +68,19 @@ impl PbxCalls {
         }
         for m in &g.members {
             if let Some(ch) = self.chans.get_mut(m) {
-                ch.call = keep.to_string();
+                ch.call = keep.to_compact_string();
             }
         }
         let Some(k) = self.calls.get_mut(keep) else {
             return;
         };
         k.members.extend(g.members);
+        k.aliases.extend(g.aliases);
         k.originated |= g.originated && !k.announced && k.legs.is_empty();
         if k.originate_exten.is_none() {
             k.originate_exten = g.originate_exten;
         }
+        k.originate_reason = k.originate_reason.or(g.originate_reason);
         if k.queue.is_none() {
             k.queue = g.queue;
         }
@@ -92,12 +95,12 @@ impl PbxCalls {
             {
                 l.chans.extend(leg.chans);
             } else {
-                k.legs.push(leg);
+                push_exact(&mut k.legs, leg);
             }
         }
         for r in g.rung {
             if !k.rung.contains(&r) {
-                k.rung.push(r);
+                push_exact(&mut k.rung, r);
             }
         }
         if k.answered_at.is_none() {
@@ -126,7 +129,7 @@ impl PbxCalls {
         // connected line is the waiting caller.
         if let (Party::Extension(_), Some(cl)) = (&ch.party, ch.connected_num.clone()) {
             let my_call = ch.call.clone();
-            let candidates: Vec<String> = self
+            let candidates: Vec<Str> = self
                 .calls
                 .values()
                 .filter(|c| c.session != my_call && c.in_queue && c.answered_at.is_none())
@@ -148,6 +151,7 @@ impl PbxCalls {
         if let Some(call) = self.calls.get_mut(&ch.call.clone()) {
             call.originated = true;
         }
+        self.claim_originate(cfg, uid);
         self.offer(cfg, uid, None, rang_at, out);
     }
 
@@ -174,7 +178,7 @@ impl PbxCalls {
         let Some(on_behalf) = caller.and_then(|c| c.caller_num) else {
             return;
         };
-        let talking: HashSet<String> = self
+        let talking: HashSet<Str> = self
             .chans
             .values()
             .filter(|c| {

@@ -3,7 +3,7 @@
 
 use super::call::Call;
 use super::status_rank;
-use super::PbxCalls;
+use super::{owned, owned_opt, push_exact, PbxCalls, Str};
 use crate::metrics::metrics;
 use crate::model::{
     duration_billsec, Disposition, EndReason, LegEvent, ModelEvent, Role, State, Timestamp,
@@ -11,14 +11,15 @@ use crate::model::{
 use crate::normalize::canonical::ChanState;
 use crate::normalize::channel::Party;
 use crate::normalize::NormalizerConfig;
+use compact_str::ToCompactString;
 
 /// One extension's part in a call.
 #[derive(Debug, Clone)]
 pub(super) struct Leg {
-    pub(super) id: String,
-    pub(super) ext: String,
+    pub(super) id: Str,
+    pub(super) ext: Str,
     pub(super) role: Role,
-    pub(super) chans: Vec<String>,
+    pub(super) chans: Vec<Str>,
     pub(super) state: Option<State>,
     pub(super) first_at: f64,
     pub(super) answered_at: Option<f64>,
@@ -109,17 +110,17 @@ impl PbxCalls {
             .with_label_values(&[state.as_str(), dir.as_str()])
             .inc();
         out.push(ModelEvent::Leg(LegEvent {
-            session_id: call.session.clone(),
+            session_id: owned(&call.session),
             pbx: self.pbx.to_string(),
-            leg_id: leg.id.clone(),
+            leg_id: owned(&leg.id),
             state,
             direction: dir,
             role: leg.role,
-            extension: leg.ext.clone(),
-            caller_number: num,
-            caller_name: name,
-            dialed_number: self.dialed(call),
-            queue: call.queue.clone(),
+            extension: owned(&leg.ext),
+            caller_number: owned_opt(&num),
+            caller_name: owned_opt(&name),
+            dialed_number: owned_opt(&self.dialed(call)),
+            queue: owned_opt(&call.queue),
             at: Timestamp(t),
             duration,
             billsec,
@@ -137,7 +138,7 @@ impl PbxCalls {
         ext: &str,
         role: Role,
         t: f64,
-    ) -> Option<(String, usize)> {
+    ) -> Option<(Str, usize)> {
         let session = self.chans.get(uid)?.call.clone();
         let call = self.calls.get_mut(&session)?;
         if let Some(i) = call
@@ -146,27 +147,30 @@ impl PbxCalls {
             .position(|l| l.ext == ext && l.state != Some(State::Hungup))
         {
             if !call.legs[i].chans.iter().any(|c| c == uid) {
-                call.legs[i].chans.push(uid.to_string());
+                push_exact(&mut call.legs[i].chans, uid.to_compact_string());
             }
             return Some((session, i));
         }
         let n = call.legs.iter().filter(|l| l.ext == ext).count();
         let id = if n == 0 {
-            format!("{}/{}", call.session, ext)
+            compact_str::format_compact!("{}/{}", call.session, ext)
         } else {
-            format!("{}/{}#{}", call.session, ext, n + 1)
+            compact_str::format_compact!("{}/{}#{}", call.session, ext, n + 1)
         };
-        call.legs.push(Leg {
-            id,
-            ext: ext.to_string(),
-            role,
-            chans: vec![uid.to_string()],
-            state: None,
-            first_at: t,
-            answered_at: None,
-            hungup_at: None,
-            approximate: false,
-        });
+        push_exact(
+            &mut call.legs,
+            Leg {
+                id,
+                ext: ext.to_compact_string(),
+                role,
+                chans: vec![uid.to_compact_string()],
+                state: None,
+                first_at: t,
+                answered_at: None,
+                hungup_at: None,
+                approximate: false,
+            },
+        );
         Some((session, call.legs.len() - 1))
     }
 
@@ -175,7 +179,7 @@ impl PbxCalls {
         &mut self,
         cfg: &NormalizerConfig,
         uid: &str,
-        ext_hint: Option<String>,
+        ext_hint: Option<Str>,
         t: f64,
         out: &mut Vec<ModelEvent>,
     ) {
@@ -225,7 +229,7 @@ impl PbxCalls {
             // the phone an Originate rings first.
             if let Some(call) = self.calls.get_mut(&session) {
                 if !call.rung.contains(&ext) {
-                    call.rung.push(ext.clone());
+                    push_exact(&mut call.rung, ext.clone());
                 }
             }
             self.leg_to(&session, idx, State::Ringing, t, false, out);
@@ -270,7 +274,6 @@ impl PbxCalls {
         ch.up_at = Some(t);
         ch.state = ChanState::Up;
         let party = ch.party.clone();
-        let offered = ch.offered;
         let session = ch.call.clone();
         let Some(call) = self.calls.get(&session) else {
             return;
@@ -288,6 +291,24 @@ impl PbxCalls {
             // Otherwise the PBX answered the caller (queue, IVR): not an answer.
             return;
         }
+        self.answered(cfg, uid, t, approx, out);
+    }
+
+    /// The party on channel `uid` (not the call's first channel) answered:
+    /// its leg is answered, and the call with it if it is the first answer.
+    pub(super) fn answered(
+        &mut self,
+        cfg: &NormalizerConfig,
+        uid: &str,
+        t: f64,
+        approx: bool,
+        out: &mut Vec<ModelEvent>,
+    ) {
+        let Some(ch) = self.chans.get(uid) else {
+            return;
+        };
+        let party = ch.party.clone();
+        let offered = ch.offered;
         if !party.is_party() {
             return;
         }
@@ -305,7 +326,7 @@ impl PbxCalls {
         };
         let by = match &party {
             Party::Extension(e) => e.clone(),
-            _ => "external".to_string(),
+            _ => Str::const_new("external"),
         };
         let first = self
             .calls

@@ -30,6 +30,8 @@
 //! time-driven decisions); `channels` the channel table and tombstones;
 //! `grouping` which call a channel belongs to; `call` one call's facts,
 //! call-scope state machine and record; `leg` the leg state machine;
+//! `pickup` call pickup and ≤ 11 masquerades (a device taking another
+//! channel's place); `originate` click-to-call outcomes;
 //! `events` maps each canonical event to these; `snapshot` reconciles
 //! after a (re)login. Per-call state (`Call` with its `Leg`s, `Chan`) is
 //! plain owned data.
@@ -39,6 +41,8 @@ mod channels;
 mod events;
 mod grouping;
 mod leg;
+mod originate;
+mod pickup;
 mod snapshot;
 
 use std::collections::{HashMap, VecDeque};
@@ -51,19 +55,43 @@ use crate::model::{EndReason, ModelEvent};
 use crate::source::PbxId;
 
 use call::Call;
+
+/// Ids, names and numbers held per channel and call: inline up to 24 bytes
+/// (every Uniqueid, channel name and phone number in practice), so a live
+/// call costs a few allocations, not dozens.
+pub(super) type Str = compact_str::CompactString;
+
+/// Appends without the usual growth to 4 slots: a call has one or two
+/// channels, legs, rung extensions; thousands of live calls add up.
+pub(super) fn push_exact<T>(v: &mut Vec<T>, x: T) {
+    v.reserve_exact(1);
+    v.push(x);
+}
+
+/// A held string as the model's (owned, plain) `String`.
+pub(super) fn owned(s: &Str) -> String {
+    s.as_str().to_owned()
+}
+
+/// An optional held string as the model's.
+pub(super) fn owned_opt(s: &Option<Str>) -> Option<String> {
+    s.as_deref().map(str::to_owned)
+}
 use channels::Chan;
 
 /// Everything about one PBX.
 #[derive(Debug)]
 pub struct PbxCalls {
     pbx: PbxId,
-    chans: HashMap<String, Chan>,
-    by_name: HashMap<String, String>,
-    calls: HashMap<String, Call>,
-    tombstones: HashMap<String, f64>,
-    tomb_order: VecDeque<(f64, String)>,
+    chans: HashMap<Str, Box<Chan>>,
+    by_name: HashMap<Str, Str>,
+    calls: HashMap<Str, Box<Call>>,
+    tombstones: HashMap<Str, f64>,
+    tomb_order: VecDeque<(f64, Str)>,
     /// ≤ 11 ringing channels not tied to anything yet: (uid, decide at, rang at).
-    pending: Vec<(String, f64, f64)>,
+    pending: Vec<(Str, f64, f64)>,
+    /// Originates this connection sent, waiting for their outcome.
+    originates: originate::Originates,
     disconnected_at: Option<f64>,
     live_gauge: prometheus::IntGauge,
     /// PBX clock minus local clock, from the last event with a `Timestamp`:
@@ -99,6 +127,7 @@ impl PbxCalls {
             tombstones: HashMap::new(),
             tomb_order: VecDeque::new(),
             pending: Vec::new(),
+            originates: Default::default(),
             disconnected_at: None,
             live_gauge: metrics().live_calls.with_label_values(&[&pbx]),
             skew: 0.0,
@@ -150,11 +179,12 @@ impl PbxCalls {
             self.decide_orphan(cfg, &uid, rang_at, out);
         }
         self.prune_tombstones(cfg, now);
+        self.advance_originates(now);
     }
 
     /// Closes calls older than the maximum age.
     pub fn expire(&mut self, cfg: &NormalizerConfig, now: f64, out: &mut Vec<ModelEvent>) {
-        let old: Vec<(String, f64)> = self
+        let old: Vec<(Str, f64)> = self
             .calls
             .values()
             .filter(|c| {
@@ -167,7 +197,7 @@ impl PbxCalls {
             .map(|c| (c.session.clone(), c.last_activity))
             .collect();
         for (session, last) in old {
-            debug!(pbx = %self.pbx, session, "closing a call past its maximum age");
+            debug!(pbx = %self.pbx, %session, "closing a call past its maximum age");
             self.end_call(
                 &session,
                 last.max(now - cfg.max_call_age).min(now),

@@ -1,8 +1,9 @@
 //! Reconciliation with the channels the PBX reports after a (re)login.
 
+use compact_str::ToCompactString;
 use std::collections::HashSet;
 
-use super::PbxCalls;
+use super::{PbxCalls, Str};
 use crate::ami::AmiMessage;
 use crate::model::ModelEvent;
 use crate::normalize::canonical::ChanInfo;
@@ -20,7 +21,7 @@ impl PbxCalls {
         self.advance(cfg, t, out);
         let present: HashSet<&str> = items.iter().filter_map(|m| m.get("Uniqueid")).collect();
         // 1. Channels that ended while we were away.
-        let gone: Vec<String> = self
+        let gone: Vec<Str> = self
             .chans
             .values()
             .filter(|c| c.live() && !present.contains(c.uid.as_str()))
@@ -67,7 +68,7 @@ impl PbxCalls {
                 .get("BridgedUniqueid")
                 .or_else(|| m.get("BridgedUniqueID"));
             if let Some(p) = peer.filter(|p| self.chans.contains_key(*p)) {
-                let p = p.to_string();
+                let p = p.to_compact_string();
                 self.tie(&p, uid, t);
             }
             let session = self.chans.get(uid).map(|c| c.call.clone());
