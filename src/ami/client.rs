@@ -143,7 +143,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::{AmiCodec, AmiFrame};
-use super::message::{Action, ActionError, AmiMessage, MessageKind};
+use super::message::{key_tag, Action, ActionError, AmiMessage, MessageKind};
 use super::reader::FrameReader;
 use super::route::{self, route, Route};
 pub use super::route::{ends_list, is_noise_event, starts_list, NOISE_EVENTS};
@@ -170,6 +170,8 @@ pub const DEFAULT_MAX_STALL: Duration = Duration::from_millis(50);
 /// Bytes read ahead from the socket while the queue is full, before
 /// reading stops (about 4,000 typical events).
 const READ_AHEAD: usize = 2 * 1024 * 1024;
+/// Event name spellings whose counter is remembered.
+const MAX_EVENT_NAMES: usize = 128;
 /// How long events still waiting for the queue when a session ends are
 /// given before they are dropped (no socket to protect any more).
 const END_FLUSH: Duration = Duration::from_secs(1);
@@ -659,8 +661,8 @@ struct Client {
     /// Since when the socket has not been read for lack of room (events
     /// wait in the backlog and the read-ahead buffer is full).
     stall_since: Option<Instant>,
-    /// `ami_events` counters by label, looked up once.
-    event_counters: Vec<(&'static str, IntCounter)>,
+    /// `ami_events` counters by event name (with its [`key_tag`]).
+    event_counters: Vec<(u32, Box<str>, IntCounter)>,
 }
 
 impl Client {
@@ -1036,16 +1038,25 @@ impl Client {
         }
     }
 
-    /// Counts one received event in `ami_events`.
+    /// Counts one received event in `ami_events` (counters are looked up
+    /// once per spelling of an event name, at most [`MAX_EVENT_NAMES`]).
     fn count_event(&mut self, name: &str) {
-        let label = event_label(name);
-        if let Some((_, c)) = self.event_counters.iter().find(|(l, _)| *l == label) {
+        let tag = key_tag(name.as_bytes());
+        if let Some((_, _, c)) = self
+            .event_counters
+            .iter()
+            .find(|(t, n, _)| *t == tag && **n == *name)
+        {
             c.inc();
             return;
         }
-        let c = metrics().ami_events.with_label_values(&[&self.pbx, label]);
+        let c = metrics()
+            .ami_events
+            .with_label_values(&[&self.pbx, event_label(name)]);
         c.inc();
-        self.event_counters.push((label, c));
+        if self.event_counters.len() < MAX_EVENT_NAMES {
+            self.event_counters.push((tag, name.into(), c));
+        }
     }
 
     fn on_message(&mut self, sess: &mut Session, msg: AmiMessage) -> Result<(), Lost> {
@@ -1390,7 +1401,7 @@ impl Client {
     fn forward(&mut self, sess: &mut Session, msg: AmiMessage) {
         let ev = SourceEvent::Ami {
             pbx: self.pbx.clone(),
-            received_at: now_epoch(),
+            received_at: sess.reader.read_at(),
             msg,
         };
         self.forward_event(sess, ev);

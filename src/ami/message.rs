@@ -192,9 +192,13 @@ impl AmiMessage {
         } else {
             &self.spans[..]
         };
-        spans
-            .iter()
-            .filter(move |s| s.tag == tag && self.key_of(s).eq_ignore_ascii_case(key))
+        let text = self.text.as_bytes();
+        spans.iter().filter(move |s| {
+            s.tag == tag
+                && text
+                    .get(s.key as usize..s.key_end as usize)
+                    .is_some_and(|k| k.eq_ignore_ascii_case(key.as_bytes()))
+        })
     }
 
     /// The first value of `key` (case-insensitive), exactly as received.

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use super::codec::{AmiCodec, AmiFrame};
+use crate::source::now_epoch;
 use tokio_util::codec::Decoder;
 
 /// Bytes asked from the socket per read (at most).
@@ -32,6 +33,8 @@ pub struct FrameReader<R> {
     eof: bool,
     /// When bytes last arrived.
     last_read: Option<Instant>,
+    /// The same, as epoch seconds (the receive time of what was read).
+    read_at: f64,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -43,6 +46,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             buf: BytesMut::with_capacity(READ_SIZE),
             eof: false,
             last_read: None,
+            read_at: 0.0,
         }
     }
 
@@ -72,6 +76,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.eof = true;
         } else {
             self.last_read = Some(Instant::now());
+            self.read_at = now_epoch();
         }
         Ok(n > 0)
     }
@@ -79,6 +84,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Bytes read and not yet framed.
     pub fn buffered_bytes(&self) -> usize {
         self.buf.len()
+    }
+
+    /// When bytes last arrived, as epoch seconds: the receive time of the
+    /// frames now handed out (0 before the first read).
+    pub fn read_at(&self) -> f64 {
+        self.read_at
     }
 
     /// When bytes last arrived (`None`: never).
