@@ -138,13 +138,11 @@ fn run_with_actions(path: &Path) -> Replayed {
             }
         }
         let ev = match router.route(m) {
-            Routed::Event(m) => {
-                SourceEvent::Ami {
-                    pbx: pbx.clone(),
-                    received_at: last,
-                    msg: m,
-                }
-            }
+            Routed::Event(m) => SourceEvent::Ami {
+                pbx: pbx.clone(),
+                received_at: last,
+                msg: m,
+            },
             Routed::Snapshot(channels) => SourceEvent::AmiSnapshot {
                 pbx: pbx.clone(),
                 received_at: last,

@@ -92,7 +92,10 @@
 //!   `DeviceStateChange`, unsolicited `ExtensionStatus`, `QueueMemberStatus`,
 //!   `SuccessfulAuth`, `ChallengeSent`, `RequestBadFormat`); the codec
 //!   recognises it from its first line and does not even build it
-//!   ([`super::route`]). `Newexten` and `Cdr` are kept.
+//!   ([`super::route`]). `Newexten` and `Cdr` are kept. A client started
+//!   with presence ([`spawn_with_presence`]) builds `ExtensionStatus` and
+//!   `DeviceStateChange` and hands them to presence only
+//!   ([`super::state_sync`]).
 //! * When the events channel is full, the event waits in a backlog and the
 //!   client stops decoding; it still reads the socket ahead into its byte
 //!   buffer, up to 2 MiB, then **stops reading** until the normalizer has
@@ -147,8 +150,9 @@ use super::message::{key_tag, Action, ActionError, AmiMessage, MessageKind};
 use super::reader::FrameReader;
 use super::route::{self, route, Route};
 pub use super::route::{ends_list, is_noise_event, starts_list, NOISE_EVENTS};
+use super::state_sync::{presence_route, PresenceOutput, PresenceRoute, StateStep, StateSync};
 use crate::metrics::{event_label, metrics};
-use crate::source::{now_epoch, OriginateSent, PbxId, SourceEvent};
+use crate::source::{now_epoch, OriginateSent, PbxId, PresenceSourceEvent, SourceEvent};
 
 /// How often deadlines (actions, ping) and the overflow state are checked.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
@@ -424,9 +428,24 @@ impl AmiHandle {
 ///
 /// Unsolicited events, snapshots and disconnect notices go to `events` with
 /// `try_send` (see the backpressure policy in the module documentation).
+/// Extension state is not tracked (see [`spawn_with_presence`]).
 pub fn spawn(
     cfg: ClientConfig,
     events: mpsc::Sender<SourceEvent>,
+    shutdown: CancellationToken,
+) -> AmiHandle {
+    spawn_with_presence(cfg, events, None, shutdown)
+}
+
+/// Like [`spawn`], and with `presence` the client also feeds the presence
+/// tracker: `ExtensionStatus` / `DeviceStateChange` (and copies of
+/// `PeerStatus`, `ContactStatus`, `Hold`, `Unhold`) go to its channel
+/// instead of being dropped as noise, and every login asks for the
+/// extension and device state lists (see [`super::state_sync`]).
+pub fn spawn_with_presence(
+    cfg: ClientConfig,
+    events: mpsc::Sender<SourceEvent>,
+    presence: Option<PresenceOutput>,
     shutdown: CancellationToken,
 ) -> AmiHandle {
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -444,8 +463,10 @@ pub fn spawn(
             shutdown: shutdown.clone(),
         }),
     };
+    let presence = presence.map(|p| StateSync::new(cfg.pbx.clone(), p, cfg.queue_capacity));
     let client = Client {
         pbx: cfg.pbx.clone(),
+        presence,
         cfg,
         events,
         shutdown,
@@ -589,6 +610,8 @@ struct Overflow {
 enum PendingKind {
     User(Command),
     Ping,
+    /// A presence state action of the login sequence.
+    State(StateStep),
     Resync {
         action: &'static str,
         fell_back: bool,
@@ -663,6 +686,8 @@ struct Client {
     stall_since: Option<Instant>,
     /// `ami_events` counters by event name (with its [`key_tag`]).
     event_counters: Vec<(u32, Box<str>, IntCounter)>,
+    /// Presence: forwarding and login-time state lists (none: not tracked).
+    presence: Option<StateSync>,
 }
 
 impl Client {
@@ -698,6 +723,9 @@ impl Client {
                                 pbx: self.pbx.clone(),
                                 at: now_epoch(),
                             });
+                            if let Some(s) = self.presence.as_mut() {
+                                s.disconnected(now_epoch());
+                            }
                             if since.elapsed() >= STABLE_SESSION {
                                 backoff.reset();
                             }
@@ -822,7 +850,12 @@ impl Client {
         };
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
-        let mut framed = FrameReader::new(rd, route::codec(cfg.max_packet));
+        let codec = if self.presence.is_some() {
+            route::codec_with_presence(cfg.max_packet)
+        } else {
+            route::codec(cfg.max_packet)
+        };
+        let mut framed = FrameReader::new(rd, codec);
 
         let banner = read_banner(&mut framed, pbx, step).await?;
         let modern = banner.as_deref().and_then(ami_major).is_none_or(|m| m >= 2);
@@ -940,6 +973,9 @@ impl Client {
     }
 
     fn session_start(&mut self, sess: &mut Session) -> Result<(), Lost> {
+        // Presence state lists first: a PBX answers in order, so they come
+        // back before the channel snapshot starts the event flow.
+        self.start_state_sync(sess)?;
         if self.cfg.resync || self.overflow.resync_needed {
             self.overflow.resync_needed = false;
             self.start_resync(sess)?;
@@ -1064,11 +1100,29 @@ impl Client {
             self.count_event(name);
         }
         match route(&msg) {
-            Route::Event => {
-                self.forward(sess, msg);
+            r @ (Route::Event | Route::Noise) => {
+                // Presence events go there first (some only there); the
+                // codec of a client with presence builds them.
+                let name = msg.event().unwrap_or_default();
+                if let Some(pr) = self.presence.as_ref().and_then(|_| presence_route(name)) {
+                    if pr == PresenceRoute::Also {
+                        self.forward(sess, msg.clone());
+                    }
+                    let ev = PresenceSourceEvent::Ami {
+                        pbx: self.pbx.clone(),
+                        received_at: now_epoch(),
+                        msg,
+                    };
+                    if let Some(s) = self.presence.as_mut() {
+                        s.forward(ev);
+                    }
+                    return Ok(());
+                }
+                if r == Route::Event {
+                    self.forward(sess, msg);
+                }
                 Ok(())
             }
-            Route::Noise => Ok(()),
             Route::Broadcast(id) => {
                 // Broadcast: an event for everyone, and maybe the answer to
                 // a pending (synchronous) Originate.
@@ -1198,6 +1252,14 @@ impl Client {
                 }
                 Ok(())
             }
+            PendingKind::State(step) => {
+                count_action(&self.pbx, step.action_name(), outcome(&result));
+                let next = match self.presence.as_mut() {
+                    Some(s) => s.on_result(step, result),
+                    None => Vec::new(),
+                };
+                self.write_state_actions(sess, next)
+            }
             PendingKind::Resync { action, fell_back } => {
                 count_action(&self.pbx, action, outcome(&result));
                 match result {
@@ -1296,6 +1358,35 @@ impl Client {
         Ok(())
     }
 
+    /// Asks for the presence state lists (nothing without presence).
+    fn start_state_sync(&mut self, sess: &mut Session) -> Result<(), Lost> {
+        let modern = sess.modern;
+        let actions = match self.presence.as_mut() {
+            Some(s) => s.begin(modern),
+            None => return Ok(()),
+        };
+        self.write_state_actions(sess, actions)
+    }
+
+    fn write_state_actions(
+        &mut self,
+        sess: &mut Session,
+        actions: Vec<(Action, StateStep)>,
+    ) -> Result<(), Lost> {
+        for (action, step) in actions {
+            let deadline = Instant::now() + self.cfg.action_timeout;
+            if self
+                .write(sess, &action, PendingKind::State(step), deadline)?
+                .is_none()
+            {
+                if let Some(s) = self.presence.as_mut() {
+                    s.unsent();
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn start_resync(&mut self, sess: &mut Session) -> Result<(), Lost> {
         let action = if sess.modern {
             "CoreShowChannels"
@@ -1370,6 +1461,10 @@ impl Client {
         }
         if sess.writer.is_finished() {
             return Err(Lost("writing to the PBX failed".into()));
+        }
+        if self.presence.as_mut().is_some_and(StateSync::wants_resync) {
+            info!(pbx = %self.pbx, "presence queue has room again; asking for the state lists");
+            self.start_state_sync(sess)?;
         }
         if self.overflow.resync_needed && !sess.resync_in_flight && self.queue_has_room() {
             let recent = self

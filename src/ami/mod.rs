@@ -1,13 +1,16 @@
 //! Asterisk Manager Interface: framing ([`codec`]), messages ([`message`]),
 //! reading a connection ([`reader`]), whose business a message is
-//! ([`route`]) and the client task ([`client`]).
+//! ([`route`]), the client task ([`client`]) and what it feeds the presence
+//! tracker ([`state_sync`]).
 
 pub mod client;
 pub mod codec;
 pub mod message;
 pub mod reader;
 pub mod route;
+pub(crate) mod sim_state;
 pub mod simulator;
+pub mod state_sync;
 pub mod synthetic;
 
 pub use codec::{AmiCodec, AmiFrame, SkipReason};

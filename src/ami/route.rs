@@ -29,6 +29,19 @@ pub const NOISE_EVENTS: &[&str] = &[
     "RequestBadFormat",
 ];
 
+/// [`NOISE_EVENTS`] less the events only presence uses
+/// ([`PresenceRoute::Only`](super::state_sync::PresenceRoute::Only)): what
+/// the codec of a client that feeds presence may skip.
+pub const NOISE_EVENTS_WITH_PRESENCE: &[&str] = &[
+    "VarSet",
+    "RTCPSent",
+    "RTCPReceived",
+    "QueueMemberStatus",
+    "SuccessfulAuth",
+    "ChallengeSent",
+    "RequestBadFormat",
+];
+
 /// True for unsolicited events the normalizer never uses (dropped before the
 /// queue). Only meaningful for events without an ActionID.
 pub fn is_noise_event(event: &str) -> bool {
@@ -38,6 +51,12 @@ pub fn is_noise_event(event: &str) -> bool {
 /// The codec for one PBX connection (live or replayed): noise is ignored.
 pub fn codec(max_packet: usize) -> AmiCodec {
     AmiCodec::with_max_packet(max_packet).ignoring(NOISE_EVENTS)
+}
+
+/// The codec for a connection that also feeds presence: the noise that
+/// presence needs (`ExtensionStatus`, `DeviceStateChange`) is built.
+pub fn codec_with_presence(max_packet: usize) -> AmiCodec {
+    AmiCodec::with_max_packet(max_packet).ignoring(NOISE_EVENTS_WITH_PRESENCE)
 }
 
 /// What a message is to the service.
@@ -113,6 +132,21 @@ mod tests {
 
     fn m(pairs: &[(&str, &str)]) -> AmiMessage {
         AmiMessage::from_pairs(pairs.iter().copied())
+    }
+
+    /// The presence codec skips exactly the noise presence has no use for.
+    #[test]
+    fn presence_keeps_its_events() {
+        use crate::ami::state_sync::{presence_route, PresenceRoute};
+        let expected: Vec<&str> = NOISE_EVENTS
+            .iter()
+            .copied()
+            .filter(|n| presence_route(n) != Some(PresenceRoute::Only))
+            .collect();
+        assert_eq!(expected, NOISE_EVENTS_WITH_PRESENCE);
+        for n in NOISE_EVENTS_WITH_PRESENCE {
+            assert!(presence_route(n).is_none(), "{n}");
+        }
     }
 
     #[test]
