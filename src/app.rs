@@ -259,6 +259,7 @@ pub fn client_config(p: &PbxConfig) -> ClientConfig {
     c.connect_timeout = p.connect_timeout;
     c.max_packet = p.max_packet;
     c.queue_capacity = p.queue_capacity;
+    c.max_stall = p.max_stall;
     c
 }
 

@@ -77,6 +77,8 @@ pub struct PbxConfig {
     pub max_packet: usize,
     /// Queue capacity.
     pub queue_capacity: usize,
+    /// Backpressure limit (see `ami::client::ClientConfig::max_stall`).
+    pub max_stall: Duration,
 }
 
 /// The validated configuration.

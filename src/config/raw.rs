@@ -174,6 +174,10 @@ pub struct RawAmi {
     /// Events buffered between the socket reader and the normalizer (default 10000).
     #[serde(default)]
     pub queue_capacity: Option<usize>,
+    /// Longest the reader stops reading a full queue's PBX before it drops
+    /// events (default `50ms`; keep below manager.conf's `writetimeout`).
+    #[serde(default)]
+    pub max_stall: Option<String>,
 }
 
 fn default_port() -> u16 {

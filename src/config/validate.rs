@@ -179,6 +179,12 @@ pub(crate) fn pbx(list: Vec<RawPbx>, base_dir: &Path, errors: &mut Vec<Problem>)
             ),
             max_packet: a.max_packet.unwrap_or(1024 * 1024),
             queue_capacity: a.queue_capacity.unwrap_or(10_000).max(1),
+            max_stall: duration(
+                &a.max_stall,
+                ami.key("max_stall"),
+                crate::ami::client::DEFAULT_MAX_STALL,
+                errors,
+            ),
         });
     }
     out
