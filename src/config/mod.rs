@@ -379,6 +379,7 @@ impl Config {
             (defaults.max_call_age, defaults.orphan_grace),
             &mut problems,
         );
+        let max_live_calls = validate::max_live(&raw.calls, defaults.max_live_calls, &mut problems);
         for p in problems {
             report.error(p);
         }
@@ -400,6 +401,7 @@ impl Config {
                 classifier,
                 max_call_age,
                 orphan_grace,
+                max_live_calls,
                 ..defaults
             },
             targets,
