@@ -535,7 +535,7 @@ fn calls_beyond_max_live_are_not_tracked_and_room_comes_back() {
     let pbx: Arc<str> = "main".into();
     let mut out = Vec::new();
     let t0 = 1_800_000_000.0;
-    let mut feed_msgs =
+    let feed_msgs =
         |n: &mut Normalizer, msgs: Vec<AmiMessage>, t: f64, out: &mut Vec<ModelEvent>| {
             for msg in msgs {
                 n.handle(
