@@ -429,6 +429,7 @@ impl Config {
             (defaults.max_call_age, defaults.orphan_grace),
             &mut problems,
         );
+        let max_live_calls = validate::max_live(&raw.calls, defaults.max_live_calls, &mut problems);
         for p in problems {
             report.error(p);
         }
@@ -450,6 +451,7 @@ impl Config {
                 classifier,
                 max_call_age,
                 orphan_grace,
+                max_live_calls,
                 ..defaults
             },
             targets,

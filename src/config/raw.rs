@@ -211,4 +211,6 @@ pub struct RawCalls {
     pub max_age: Option<String>,
     /// Asterisk ≤ 11: wait this long for the event tying a ringing channel (default `500ms`).
     pub orphan_grace: Option<String>,
+    /// At most this many calls in progress per PBX or push team (default 50000).
+    pub max_live: Option<usize>,
 }
