@@ -126,12 +126,20 @@ async fn login_phases_screen_pop_states_status_and_monitor_lines() {
         Vec::<String>::new()
     );
 
-    // Monitor: every extension, code-state-ext-session lines.
+    // Monitor: every extension, code-state-ext-session lines (states come
+    // from the presence tracker, calls from the model: a state line and a
+    // call's end are not ordered with each other).
     let mut lines = Vec::new();
-    while !lines
+    let done = |lines: &Vec<String>| {
+        [
+            "(info,270-Libre-1002-",
+            "(info,270-terminada-1001-",
+            "(info,270-terminada-1002-",
+        ]
         .iter()
-        .any(|l: &String| l.starts_with("(info,270-Libre-1002-"))
-    {
+        .all(|p| lines.iter().any(|l| l.starts_with(p)))
+    };
+    while !done(&lines) {
         lines.push(mon.text().await);
     }
     let session = lines
