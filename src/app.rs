@@ -66,6 +66,7 @@ use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::server::ServeOptions;
 use crate::http::{self, fds, ApiState, Readiness, ReloadReply};
+use crate::log_limit::LogLimiter;
 use crate::metrics::{metrics, KnownLabels};
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
@@ -123,22 +124,28 @@ const TICK: Duration = Duration::from_millis(250);
 /// Room in the normalizer's queue for pushed events (added to the PBXs').
 const PUSH_QUEUE: usize = 1024;
 
-/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir):
+/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir,
+/// mode 0700; the lock file 0600):
 /// held by `callhook run` for its lifetime, and by one-shot commands that
-/// send from the outbox (`replay --config`, `backfill --deliver`). Dropping
+/// send from the outbox (`replay --config`, `backfill --deliver`, `outbox recover`). Dropping
 /// the file releases it (so does the OS when the process dies).
 pub fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
     let io = |source| AppError::LockFile {
         dir: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("callhook.lock"))
-        .map_err(io)?;
+    crate::deliver::outbox::secure_state_dir(dir).map_err(|source| AppError::Outbox {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut open = std::fs::OpenOptions::new();
+    open.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
+    }
+    let file = open.open(dir.join("callhook.lock")).map_err(io)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(AppError::Locked {
@@ -565,6 +572,7 @@ pub async fn run_until(
     let caps = http_caps(&cfg, admin_listener.is_some());
     let ready_clients = clients.clone();
     let ok = outbox_ok.clone();
+    let ready_dispatcher = dispatcher.clone();
     let readiness = move || {
         let pbx: std::collections::BTreeMap<String, bool> = ready_clients
             .handles()
@@ -572,10 +580,13 @@ pub async fn run_until(
             .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
             .collect();
         let outbox_writable = ok.load(Ordering::Relaxed);
+        let polling = ready_dispatcher.polling();
         Readiness {
-            ready: outbox_writable && pbx.values().all(|v| *v),
+            ready: outbox_writable && polling.is_ok() && pbx.values().all(|v| *v),
             pbx,
             outbox_writable,
+            outbox_polling: polling.is_ok(),
+            outbox_error: polling.err(),
         }
     };
     let state = ApiState {
@@ -960,6 +971,11 @@ async fn finish_batch(
     out.clear();
 }
 
+/// These repeat for every event while the outbox cannot take more (a full
+/// disk, the cap): one line per half minute, with the count left out.
+static OUTBOX_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+static OUTBOX_REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+
 /// Evaluates the rules for a batch of model events and commits the
 /// deliveries; returns once they are durable, or why they are not (logged:
 /// the outbox failed, or was full and refused some).
@@ -982,12 +998,16 @@ pub async fn deliver_batch(
     }
     match outbox.submit(reqs).await {
         Ok(o) => {
-            ok.store(true, Ordering::Relaxed);
+            if !ok.swap(true, Ordering::Relaxed) {
+                info!("the outbox accepts writes again");
+            }
             if o.rejected_full > 0 {
-                warn!(
-                    rejected = o.rejected_full,
-                    "outbox full: deliveries refused"
-                );
+                if let Some(suppressed) = OUTBOX_REFUSED.check() {
+                    warn!(
+                        rejected = o.rejected_full,
+                        suppressed, "outbox full: deliveries refused"
+                    );
+                }
                 return Err(format!(
                     "outbox full: {} deliveries refused",
                     o.rejected_full
@@ -997,7 +1017,9 @@ pub async fn deliver_batch(
         }
         Err(e) => {
             ok.store(false, Ordering::Relaxed);
-            error!(error = %e, "cannot write deliveries to the outbox");
+            if let Some(suppressed) = OUTBOX_FAILED.check() {
+                error!(error = %e, suppressed, "cannot write deliveries to the outbox");
+            }
             Err(format!("cannot write deliveries to the outbox: {e}"))
         }
     }

@@ -62,6 +62,11 @@ pub struct Metrics {
     pub outbox_oldest_age_seconds: Gauge,
     /// Deliveries refused because the outbox was at its cap.
     pub outbox_full: IntCounter,
+    /// Outbox rows that could not be decoded (a damaged file) and were
+    /// moved aside as dead.
+    pub outbox_damaged_rows: IntCounter,
+    /// Template values cut to `templates.max_value_length`.
+    pub template_values_truncated: IntCounter,
     /// HTTP request latency by target.
     pub delivery_seconds: HistogramVec,
     /// From the call event to the first attempt, by target.
@@ -370,6 +375,24 @@ impl Metrics {
                 IntCounter::new(
                     "callhook_outbox_full_total",
                     "Deliveries refused: outbox at its cap",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            outbox_damaged_rows: register(
+                &r,
+                "callhook_outbox_damaged_rows_total",
+                IntCounter::new(
+                    "callhook_outbox_damaged_rows_total",
+                    "Outbox rows that could not be decoded and were moved aside as dead",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            template_values_truncated: register(
+                &r,
+                "callhook_template_values_truncated_total",
+                IntCounter::new(
+                    "callhook_template_values_truncated_total",
+                    "Template values cut to templates.max_value_length",
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),

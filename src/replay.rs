@@ -286,18 +286,62 @@ pub fn text_line(ev: &ModelEvent) -> String {
     }
 }
 
-/// Writes one rendered request (for `replay --dry-run`): text shows it as an
-/// HTTP request would look; jsonl gives one object per line with the body as
-/// text.
+/// Writes one rendered request (for `replay --dry-run`), without a
+/// target's own headers: see [`write_request_to`].
 pub fn write_request(
     w: &mut impl Write,
     r: &crate::deliver::DeliveryRequest,
     format: Format,
 ) -> std::io::Result<()> {
+    write_request_to(w, r, None, format)
+}
+
+/// Writes one rendered request as it would be sent to `target` (for
+/// `--dry-run`): built by the same builder as the dispatcher's
+/// ([`crate::deliver::http::build`]), so the URL is exactly the one sent;
+/// the target's static headers and signature are included, and every
+/// credential-like header value is masked (`***`). A request that would
+/// not be sent says why. Text shows it as an HTTP request would look;
+/// jsonl gives one object per line with the body as text.
+pub fn write_request_to(
+    w: &mut impl Write,
+    r: &crate::deliver::DeliveryRequest,
+    target: Option<&crate::deliver::Target>,
+    format: Format,
+) -> std::io::Result<()> {
+    use crate::deliver::http::{build, Parts};
     let body = r
         .body
         .as_ref()
         .map(|b| String::from_utf8_lossy(b).into_owned());
+    let unix = crate::source::now_epoch() as i64;
+    let built = build(target, Parts::from(r), unix);
+    let (url, headers, refused) = match &built {
+        Ok(b) => {
+            let headers: Vec<(String, String)> = b
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    let v = if crate::deliver::outbox::sensitive_name(k.as_str()) {
+                        "***".to_string()
+                    } else {
+                        String::from_utf8_lossy(v.as_bytes()).into_owned()
+                    };
+                    (k.as_str().to_string(), v)
+                })
+                .collect();
+            (
+                crate::deliver::outbox::mask_url(b.url.as_str()),
+                headers,
+                None,
+            )
+        }
+        Err(e) => (
+            crate::deliver::outbox::mask_url(&r.url),
+            r.headers.clone(),
+            Some(e.to_string()),
+        ),
+    };
     match format {
         Format::Jsonl => {
             let v = serde_json::json!({
@@ -306,11 +350,12 @@ pub fn write_request(
                 "session_id": r.session_id,
                 "event_id": r.event_id,
                 "method": r.method,
-                "url": r.url,
-                "headers": r.headers,
+                "url": url,
+                "headers": headers,
                 "body": body,
                 "idempotency_key": r.idempotency_key,
                 "expires_at": r.expires_at,
+                "not_sent": refused,
             });
             writeln!(w, "{v}")
         }
@@ -320,12 +365,12 @@ pub fn write_request(
                 "# rule {} → target {} ({})",
                 r.rule, r.target, r.event_id
             )?;
-            writeln!(w, "{} {}", r.method, r.url)?;
-            for (k, v) in &r.headers {
-                writeln!(w, "{k}: {v}")?;
+            if let Some(why) = &refused {
+                writeln!(w, "# NOT SENT (dead at once): {why}")?;
             }
-            if let Some(k) = &r.idempotency_key {
-                writeln!(w, "Idempotency-Key: {k}")?;
+            writeln!(w, "{} {}", r.method.to_ascii_uppercase(), url)?;
+            for (k, v) in &headers {
+                writeln!(w, "{k}: {v}")?;
             }
             if let Some(b) = body {
                 writeln!(w)?;

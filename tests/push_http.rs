@@ -47,6 +47,8 @@ async fn serve(
             ready: true,
             pbx: BTreeMap::new(),
             outbox_writable: true,
+            outbox_polling: true,
+            outbox_error: None,
         }),
         reload: None,
         admin_token: None,

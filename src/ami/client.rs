@@ -28,10 +28,18 @@
 //!    (half-open TCP). A read error or EOF is dead too.
 //! 5. **Loss**: [`SourceEvent::AmiDisconnected`] is emitted whenever an
 //!    established (logged-in) connection is lost, then the client reconnects
-//!    forever with exponential backoff and *equal jitter* (a delay in
-//!    `[c/2, c]`, `c = backoff_initial · 2^attempt` capped at
-//!    [`ClientConfig::backoff_max`]). The attempt counter resets once a
-//!    connection has stayed logged in for 30 s.
+//!    forever. **Reconnect policy:** after a session that delivered events
+//!    (the link works, it just dropped) the next attempt starts at once —
+//!    at most one connection per [`ClientConfig::backoff_initial`] (500 ms),
+//!    so a PBX that drops every connection right after a few events is not
+//!    hammered — and the backoff starts over. Otherwise (connection refused,
+//!    login failed, a session that delivered nothing) attempts back off
+//!    exponentially with *equal jitter* (a delay in `[c/2, c]`,
+//!    `c = backoff_initial · 2^attempt` capped at
+//!    [`ClientConfig::backoff_max`]); the counter also resets once a
+//!    connection has stayed logged in for 30 s. A link that flaps every few
+//!    seconds is therefore blind only for the reconnect itself (login and
+//!    snapshot), never for a growing backoff.
 //!
 //! Each state change is exactly one log line and one update of
 //! `ami_connection_state` (0 down, 1 connecting, 2 logged in): `connecting
@@ -488,6 +496,7 @@ pub fn spawn_with_presence(
         state: state_tx,
         waiting: VecDeque::new(),
         conn_seq: 0,
+        session_events: 0,
         overflow: Overflow::default(),
         events_closed_logged: false,
     };
@@ -738,6 +747,9 @@ struct Client {
     /// Actions not written yet (waiting for a login).
     waiting: VecDeque<Command>,
     conn_seq: u64,
+    /// Events forwarded during the current session (a session that
+    /// delivered some is followed by an immediate reconnect).
+    session_events: u64,
     overflow: Overflow,
     events_closed_logged: bool,
     /// Presence: forwarding and login-time state lists (none: not tracked).
@@ -747,6 +759,7 @@ struct Client {
 impl Client {
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max);
+        let mut at_once: Option<Duration> = None;
         let mut first = true;
         loop {
             if self.shutdown.is_cancelled() {
@@ -769,6 +782,7 @@ impl Client {
                 Ok(sess) => {
                     self.set_state(ConnectionState::LoggedIn);
                     let since = Instant::now();
+                    self.session_events = 0;
                     match self.session(sess).await {
                         SessionEnd::Shutdown => break,
                         SessionEnd::Lost(reason) => {
@@ -780,7 +794,13 @@ impl Client {
                             if let Some(s) = self.presence.as_mut() {
                                 s.disconnected(now_epoch());
                             }
-                            if since.elapsed() >= STABLE_SESSION {
+                            let lasted = since.elapsed();
+                            if self.session_events > 0 {
+                                // The link works: reconnect at once (at most
+                                // one connection per backoff_initial).
+                                backoff.reset();
+                                at_once = Some(self.cfg.backoff_initial.saturating_sub(lasted));
+                            } else if lasted >= STABLE_SESSION {
                                 backoff.reset();
                             }
                             format!("AMI connection lost: {reason}")
@@ -803,7 +823,10 @@ impl Client {
                     )
                 }
             };
-            let delay = backoff.next_delay(&mut rand::thread_rng());
+            let delay = match at_once.take() {
+                Some(d) => d,
+                None => backoff.next_delay(&mut rand::thread_rng()),
+            };
             warn!(
                 pbx = %self.pbx,
                 retry_in_secs = delay.as_secs_f64(),
@@ -1462,6 +1485,13 @@ impl Client {
 
     /// Forwards an unsolicited event (held back while a resync runs).
     fn forward(&mut self, sess: &mut Session, msg: AmiMessage) {
+        // What every login brings says nothing about whether the link works.
+        if !msg
+            .event()
+            .is_some_and(|e| e.eq_ignore_ascii_case("FullyBooted"))
+        {
+            self.session_events += 1;
+        }
         let ev = SourceEvent::Ami {
             pbx: self.pbx.clone(),
             received_at: now_epoch(),

@@ -306,7 +306,7 @@ impl Config {
         };
         let known: std::collections::HashSet<&str> =
             raw.targets.keys().map(String::as_str).collect();
-        let rules = match crate::rules::compile(&spec, &|t| known.contains(t)) {
+        let mut rules = match crate::rules::compile(&spec, &|t| known.contains(t)) {
             Ok(r) => r,
             Err(es) => {
                 for e in es {
@@ -323,6 +323,19 @@ impl Config {
                 RuleSet::default()
             }
         };
+        if let Some(n) = raw.templates.as_ref().and_then(|t| t.max_value_length) {
+            if n == 0 {
+                problems.push(
+                    Problem::new(
+                        At::root().key("templates").key("max_value_length"),
+                        "must be at least 1 (bytes)",
+                    )
+                    .hint("the default is 4096"),
+                );
+            } else {
+                rules.set_max_value_length(n);
+            }
+        }
         let http = raw.http.validate(&mut problems);
         let (admin_listen, admin_max_connections) =
             validate::admin_listener(raw.admin.as_ref(), listen, &mut problems);

@@ -67,6 +67,8 @@ pub struct RawConfig {
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
+    /// Template limits (`max_value_length`), see `template::bound_values`.
+    pub templates: Option<crate::template::RawTemplates>,
     /// The live API (WebSocket/SSE, click-to-call) for people at the desk.
     pub live: Option<crate::live::config::RawLive>,
     /// The Meetip PRO compatible WebSocket (needs `live`).

@@ -50,6 +50,11 @@ pub struct Readiness {
     pub pbx: std::collections::BTreeMap<String, bool>,
     /// The outbox accepted a write recently.
     pub outbox_writable: bool,
+    /// The dispatcher can read the outbox (when not, nothing is delivered).
+    pub outbox_polling: bool,
+    /// Why the dispatcher cannot read the outbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox_error: Option<String>,
 }
 
 /// A reload request: the answer is what was applied and what needs a

@@ -559,7 +559,12 @@ pub async fn handle(
             )
         }
         Ok(Ok(Err(e))) => {
-            tracing::warn!(team = %team, error = %e, "push not recorded");
+            // Repeats for every push while the outbox fails (a full disk).
+            static NOT_RECORDED: crate::log_limit::LogLimiter =
+                crate::log_limit::LogLimiter::new(std::time::Duration::from_secs(30));
+            if let Some(suppressed) = NOT_RECORDED.check() {
+                tracing::warn!(team = %team, error = %e, suppressed, "push not recorded");
+            }
             unavailable(team, "not recorded (outbox unavailable), retry")
         }
         Ok(Err(_)) => unavailable(team, "shutting down, retry"),
