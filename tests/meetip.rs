@@ -63,7 +63,7 @@ async fn until_states(ws: &mut Ws, want: &[&str]) -> Vec<String> {
                 states.push(l);
             }
         }
-        if states.first().is_some() && states.first() != want.first() {
+        if !states.is_empty() && states.first() != want.first() {
             states.remove(0);
         }
         if states == want {
