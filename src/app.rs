@@ -8,12 +8,16 @@
 //!        ▲                                               │                                   │
 //!        └──────────── ack (after the commit) ───────────┼───────────────────────────────────┘
 //!                                                        ├─▶ optional printout of the call model (stdout)
-//!                                                        └─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
+//!                                                        ├─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
+//!                                                        │                                     │ change stream
+//!                                                        └─▶ try_send committed batch ─▶ live hub ◀┘ ─▶ WS / SSE / Meetip clients
 //! ```
 //!
 //! **Presence** runs in a task of its own ([`crate::presence::task`]); the
 //! table is readable through [`Running::presence`]. Neither the clients nor
-//! the normalizer task ever wait for it.
+//! the normalizer task ever wait for it. The **live** hub
+//! ([`crate::live`]) takes the committed batches the same way and follows
+//! the presence hub's change stream for its extension states.
 //!
 //! **Durability.** The normalizer task evaluates the rules for a batch of
 //! events and waits until the resulting deliveries are committed to the
@@ -518,6 +522,10 @@ pub async fn run_until(
             Arc::new(move |id: &str| c.handles().into_iter().find(|h| &**h.pbx() == id));
         let live = crate::live::Live::new(lc, ami);
         tokio::spawn(live.clone().run(live_token.clone()));
+        // Extension states: the presence tracker's, where it has any.
+        if cfg.presence.enabled {
+            crate::live::presence::spawn(&live, &presence.hub, &live_token);
+        }
         let hub = live.clone();
         let mut prev = opts.observer.take();
         opts.observer = Some(Box::new(move |evs: &[ModelEvent]| {
