@@ -65,6 +65,9 @@ pub struct RawConfig {
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
+    /// Log format and level (see `logging`).
+    #[serde(default)]
+    pub log: crate::logging::LogConfig,
 }
 
 /// A rule-set file named by `include`.
