@@ -220,7 +220,12 @@ struct BackfillArgs {
     /// password: --cdr-db-password-file, else $CALLHOOK_CDR_DB_PASSWORD (in
     /// the URL it works too, but shows in `ps`). Reads on from a cursor
     /// saved in state_dir, so a run from cron reads only new rows.
-    #[arg(long, value_name = "URL", env = "CALLHOOK_CDR_DB", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CALLHOOK_CDR_DB",
+        hide_env_values = true
+    )]
     cdr_db: Option<String>,
     /// File holding the --cdr-db password (`${CREDENTIALS_DIRECTORY}/cdr-db`
     /// with systemd's LoadCredential=).

@@ -245,7 +245,6 @@ pub enum BackfillError {
     },
 }
 
-
 /// `30d 4h`, `5h 12m`, `40s`.
 pub fn human_secs(s: f64) -> String {
     let s = s.max(0.0).round() as u64;

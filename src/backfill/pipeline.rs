@@ -113,7 +113,11 @@ pub(super) fn drive(
 }
 
 /// Builds one call's record (rows in any order).
-pub(super) fn build_call(rows: Vec<CdrRow>, classifier: &Classifier, opts: &Options) -> (Result<Built, NotACall>, u64) {
+pub(super) fn build_call(
+    rows: Vec<CdrRow>,
+    classifier: &Classifier,
+    opts: &Options,
+) -> (Result<Built, NotACall>, u64) {
     let n = rows.len() as u64;
     (build(rows, classifier, &opts.pbx, &opts.timezone), n)
 }
@@ -156,7 +160,13 @@ pub fn for_each_call<R: BufRead>(
     summary: &mut Summary,
     on_call: impl FnMut(CallRecord, bool, &mut Summary) -> Result<(), BackfillError>,
 ) -> Result<(), BackfillError> {
-    for_each_call_from(&mut CdrReader::new(input), classifier, opts, summary, on_call)
+    for_each_call_from(
+        &mut CdrReader::new(input),
+        classifier,
+        opts,
+        summary,
+        on_call,
+    )
 }
 
 /// [`for_each_call`] over any [`RowSource`].
@@ -251,7 +261,11 @@ impl<'r, 'd> Sender<'r, 'd> {
     }
 
     /// One call in the period.
-    pub(super) fn call(&mut self, record: CallRecord, summary: &mut Summary) -> Result<(), BackfillError> {
+    pub(super) fn call(
+        &mut self,
+        record: CallRecord,
+        summary: &mut Summary,
+    ) -> Result<(), BackfillError> {
         let reqs = self.rules.evaluate(&ModelEvent::Call(record));
         summary.requests += reqs.len() as u64;
         if let Some((w, format)) = self.out.as_mut() {
@@ -339,13 +353,19 @@ pub fn run_from(
     let mut summary = Summary::default();
     let opts = period(opts, &dest, &mut summary)?;
     let mut sender = Sender::new(rules, dest, opts.now);
-    for_each_call_from(source, classifier, &opts, &mut summary, |record, in_range, summary| {
-        if in_range {
-            sender.call(record, summary)
-        } else {
-            Ok(())
-        }
-    })?;
+    for_each_call_from(
+        source,
+        classifier,
+        &opts,
+        &mut summary,
+        |record, in_range, summary| {
+            if in_range {
+                sender.call(record, summary)
+            } else {
+                Ok(())
+            }
+        },
+    )?;
     sender.finish(&mut summary)?;
     Ok(summary)
 }

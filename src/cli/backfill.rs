@@ -310,7 +310,11 @@ fn report(
 ) {
     if let Some(c) = cursor {
         if let Some(from) = &c.read_from {
-            let how = if c.from_saved { "the saved cursor" } else { "--since" };
+            let how = if c.from_saved {
+                "the saved cursor"
+            } else {
+                "--since"
+            };
             let next = match &c.saved {
                 Some(k) => format!("; the next run starts at {}", describe(k)),
                 None => String::new(),

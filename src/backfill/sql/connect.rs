@@ -125,7 +125,10 @@ impl DbUrl {
                 .query_pairs()
                 .map(|(k, v)| {
                     let secret = k.to_ascii_lowercase().contains("pass");
-                    (k.into_owned(), if secret { "***".into() } else { v.into_owned() })
+                    (
+                        k.into_owned(),
+                        if secret { "***".into() } else { v.into_owned() },
+                    )
                 })
                 .collect();
             u.query_pairs_mut().clear().extend_pairs(pairs);
@@ -172,7 +175,8 @@ impl DbUrl {
 
     /// MySQL/MariaDB connection options.
     pub(super) fn mysql(&self) -> Result<MySqlConnectOptions, String> {
-        let mut o = MySqlConnectOptions::from_str(self.url.as_str()).map_err(|e| self.mask(&e.to_string()))?;
+        let mut o = MySqlConnectOptions::from_str(self.url.as_str())
+            .map_err(|e| self.mask(&e.to_string()))?;
         if let Some(p) = &self.password {
             o = o.password(p.expose());
         }
@@ -181,11 +185,13 @@ impl DbUrl {
 
     /// PostgreSQL connection options.
     pub(super) fn postgres(&self) -> Result<PgConnectOptions, String> {
-        let mut o = PgConnectOptions::from_str(self.url.as_str()).map_err(|e| self.mask(&e.to_string()))?;
+        let mut o =
+            PgConnectOptions::from_str(self.url.as_str()).map_err(|e| self.mask(&e.to_string()))?;
         if let Some(p) = &self.password {
             o = o.password(p.expose());
         }
-        Ok(o.application_name("callhook-backfill").disable_statement_logging())
+        Ok(o.application_name("callhook-backfill")
+            .disable_statement_logging())
     }
 }
 
@@ -195,11 +201,19 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        let u = DbUrl::parse("mysql://cdr:s%40cr3t:x@db.example:3306/asteriskcdrdb?ssl-mode=required").unwrap();
+        let u =
+            DbUrl::parse("mysql://cdr:s%40cr3t:x@db.example:3306/asteriskcdrdb?ssl-mode=required")
+                .unwrap();
         assert_eq!(u.kind(), DbKind::MySql);
         let shown = u.shown();
-        assert!(!shown.contains("s%40cr3t") && !shown.contains("s@cr3t"), "{shown}");
-        assert!(shown.contains("cdr:***@db.example:3306/asteriskcdrdb"), "{shown}");
+        assert!(
+            !shown.contains("s%40cr3t") && !shown.contains("s@cr3t"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("cdr:***@db.example:3306/asteriskcdrdb"),
+            "{shown}"
+        );
         assert_eq!(
             u.mask("Access denied: s@cr3t:x and s%40cr3t:x"),
             "Access denied: *** and ***"

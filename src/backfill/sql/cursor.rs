@@ -97,12 +97,19 @@ impl Cursor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(err(e.to_string())),
         };
-        let c: Cursor = serde_json::from_str(&text).map_err(|e| err(format!("not a cursor file: {e}")))?;
+        let c: Cursor =
+            serde_json::from_str(&text).map_err(|e| err(format!("not a cursor file: {e}")))?;
         if c.version != 1 {
-            return Err(err(format!("cursor format {} (this callhook reads 1)", c.version)));
+            return Err(err(format!(
+                "cursor format {} (this callhook reads 1)",
+                c.version
+            )));
         }
         if c.from.time().is_none() {
-            return Err(err(format!("cursor start {:?} is not a time", c.from.start)));
+            return Err(err(format!(
+                "cursor start {:?} is not a time",
+                c.from.start
+            )));
         }
         Ok(Some(c))
     }

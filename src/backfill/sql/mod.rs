@@ -98,6 +98,18 @@ impl SqlSource {
     }
 }
 
+/// The table's rows from `from` on (inclusive), as a
+/// [`RowSource`](super::RowSource) (for [`super::for_each_call_from`]).
+pub fn rows(src: &SqlSource, from: &RowKey) -> Result<SqlRows, BackfillError> {
+    SqlRows::open(reader::ReadSpec {
+        url: src.url.clone(),
+        table: src.table.clone(),
+        overrides: src.columns.clone(),
+        from_start: from.start.clone(),
+        from_uniqueid: from.uniqueid.clone(),
+    })
+}
+
 /// What a run does with the saved cursor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CursorUse {
@@ -150,7 +162,11 @@ pub fn run(
     let since = opts.since.unwrap_or(f64::NEG_INFINITY);
     let since_key = RowKey::at(LocalTime(since - opts.window - MAX_OFFSET));
     let from = match &saved {
-        Some(c) if c.from.time().is_some_and(|t| t.0 >= since_key.time().map_or(0.0, |s| s.0)) => {
+        Some(c)
+            if c.from
+                .time()
+                .is_some_and(|t| t.0 >= since_key.time().map_or(0.0, |s| s.0)) =>
+        {
             report.from_saved = true;
             c.from.clone()
         }
@@ -165,13 +181,7 @@ pub fn run(
         .and_then(super::times::parse_local)
         .map(|t| t.0);
 
-    let mut rows = SqlRows::open(reader::ReadSpec {
-        url: src.url.clone(),
-        table: src.table.clone(),
-        overrides: src.columns.clone(),
-        from_start: from.start.clone(),
-        from_uniqueid: from.uniqueid.clone(),
-    })?;
+    let mut rows = rows(src, &from)?;
     let mut sender = Sender::new(rules, dest, opts.now);
     let newest = Cell::new(prev_newest.unwrap_or(f64::NEG_INFINITY));
     let seen_before = Cell::new(0u64);
@@ -204,7 +214,10 @@ pub fn run(
         |group, at_end, summary| {
             let key = group.first().map(group_key).unwrap_or_default();
             let first = first_row(&group);
-            let last_end = group.iter().map(|r| r.end.0).fold(f64::NEG_INFINITY, f64::max);
+            let last_end = group
+                .iter()
+                .map(|r| r.end.0)
+                .fold(f64::NEG_INFINITY, f64::max);
             let (built, n) = build_call(group, classifier, &opts);
             if at_end {
                 let by_table = newest.get() - last_end >= src.settle;
@@ -255,10 +268,13 @@ pub fn run(
             version: 1,
             source: src.shown(),
             from: next.clone(),
-            newest_end: newest.is_finite().then(|| cursor::local_text(LocalTime(newest))),
+            newest_end: newest
+                .is_finite()
+                .then(|| cursor::local_text(LocalTime(newest))),
             done,
         };
-        c.save(path).map_err(|e| BackfillError::Cursor(e.to_string()))?;
+        c.save(path)
+            .map_err(|e| BackfillError::Cursor(e.to_string()))?;
         report.saved = Some(next);
     }
     Ok((summary, report))

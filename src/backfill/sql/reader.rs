@@ -338,7 +338,10 @@ fn normalize(field: &str, v: String) -> String {
             Some((whole, frac))
                 if frac.bytes().all(|b| b.is_ascii_digit())
                     && !whole.is_empty()
-                    && whole.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()) =>
+                    && whole
+                        .trim_start_matches('-')
+                        .bytes()
+                        .all(|b| b.is_ascii_digit()) =>
             {
                 whole.to_string()
             }

@@ -81,7 +81,8 @@ pub fn is_identifier(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 63
         && !b[0].is_ascii_digit()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$')
 }
 
 /// A table name: `cdr` or `schema.cdr`.
@@ -125,10 +126,16 @@ pub fn parse_overrides(items: &[String]) -> Result<Vec<(String, String)>, String
     let mut out: Vec<(String, String)> = Vec::new();
     for it in items {
         let Some((f, c)) = it.split_once('=') else {
-            return Err(format!("--cdr-column {it:?}: write FIELD=COLUMN, e.g. start=calldate"));
+            return Err(format!(
+                "--cdr-column {it:?}: write FIELD=COLUMN, e.g. start=calldate"
+            ));
         };
         let f = f.trim().to_ascii_lowercase();
-        let f = if f == "calldate" { "start".to_string() } else { f };
+        let f = if f == "calldate" {
+            "start".to_string()
+        } else {
+            f
+        };
         let c = c.trim().to_string();
         if !FIELDS.contains(&f.as_str()) {
             return Err(format!(
@@ -184,7 +191,9 @@ impl Mapping {
                 Some((_, c)) => match find(c) {
                     Some(col) => Some(col),
                     None => {
-                        problems.push(format!("--cdr-column {field}={c}: table {table} has no column {c}"));
+                        problems.push(format!(
+                            "--cdr-column {field}={c}: table {table} has no column {c}"
+                        ));
                         None
                     }
                 },
@@ -201,14 +210,21 @@ impl Mapping {
         }
         if !problems.is_empty() {
             let names: Vec<&str> = have.iter().map(|c| c.name.as_str()).collect();
-            return Err(format!("{}; its columns: {}", problems.join("; "), names.join(", ")));
+            return Err(format!(
+                "{}; its columns: {}",
+                problems.join("; "),
+                names.join(", ")
+            ));
         }
         Ok(Mapping { columns })
     }
 
     /// The column of `field`.
     pub fn column(&self, field: &str) -> Option<&TableColumn> {
-        self.columns.iter().find(|(f, _)| *f == field).map(|(_, c)| c)
+        self.columns
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, c)| c)
     }
 
     /// The fields read, in query order.
@@ -253,7 +269,11 @@ pub fn select(kind: DbKind, table: &TableName, m: &Mapping) -> String {
     let param = |n: usize| match kind {
         DbKind::MySql => "?".to_string(),
         DbKind::Postgres => {
-            let ty = if start_type.is_empty() { "text".to_string() } else { start_type.clone() };
+            let ty = if start_type.is_empty() {
+                "text".to_string()
+            } else {
+                start_type.clone()
+            };
             format!("CAST(${n} AS {ty})")
         }
     };
@@ -261,7 +281,11 @@ pub fn select(kind: DbKind, table: &TableName, m: &Mapping) -> String {
         DbKind::MySql => format!("COALESCE({}, '')", q(&c.name)),
         DbKind::Postgres => format!("COALESCE(({})::text, '')", q(&c.name)),
     });
-    let mut sql = format!("SELECT {} FROM {from} WHERE {start} >= {}", cols.join(", "), param(1));
+    let mut sql = format!(
+        "SELECT {} FROM {from} WHERE {start} >= {}",
+        cols.join(", "),
+        param(1)
+    );
     let mut order = vec![start.clone()];
     if let Some(u) = &uid {
         let p3 = match kind {
@@ -320,9 +344,24 @@ mod tests {
     }
 
     const CLASSIC: &[&str] = &[
-        "calldate", "clid", "src", "dst", "dcontext", "channel", "dstchannel", "lastapp",
-        "lastdata", "duration", "billsec", "disposition", "amaflags", "accountcode", "uniqueid",
-        "userfield", "did", "recordingfile",
+        "calldate",
+        "clid",
+        "src",
+        "dst",
+        "dcontext",
+        "channel",
+        "dstchannel",
+        "lastapp",
+        "lastdata",
+        "duration",
+        "billsec",
+        "disposition",
+        "amaflags",
+        "accountcode",
+        "uniqueid",
+        "userfield",
+        "did",
+        "recordingfile",
     ];
 
     #[test]
@@ -342,26 +381,34 @@ mod tests {
         let t = TableName::parse("asterisk.calls").unwrap();
         let have = cols(&["begin", "source", "dst", "channel"]);
         let e = Mapping::new(&t, &have, &[]).unwrap_err();
-        assert!(e.contains("no src column") && e.contains("start or calldate"), "{e}");
+        assert!(
+            e.contains("no src column") && e.contains("start or calldate"),
+            "{e}"
+        );
         assert!(e.contains("its columns: begin, source"), "{e}");
         let o = parse_overrides(&["src=source".into(), "calldate=begin".into()]).unwrap();
         let m = Mapping::new(&t, &have, &o).unwrap();
         assert_eq!(m.column("src").unwrap().name, "source");
         assert_eq!(m.column("start").unwrap().name, "begin");
-        let e = Mapping::new(&t, &have, &parse_overrides(&["src=nope".into()]).unwrap()).unwrap_err();
+        let e =
+            Mapping::new(&t, &have, &parse_overrides(&["src=nope".into()]).unwrap()).unwrap_err();
         assert!(e.contains("no column nope"), "{e}");
         assert!(parse_overrides(&["src".into()]).is_err());
         assert!(parse_overrides(&["bogus=x".into()]).is_err());
         assert!(parse_overrides(&["src=x; DROP TABLE cdr".into()]).is_err());
         assert!(TableName::parse("cdr; DROP").is_err());
         assert!(TableName::parse("a.b.c").is_err());
-        assert!(Mapping::new(&t, &[], &[]).unwrap_err().contains("not found"));
+        assert!(Mapping::new(&t, &[], &[])
+            .unwrap_err()
+            .contains("not found"));
     }
 
     #[test]
     fn queries_quote_and_keyset() {
         let t = TableName::parse("cdr").unwrap();
-        let mut have = cols(&["start", "src", "dst", "channel", "uniqueid", "sequence", "end"]);
+        let mut have = cols(&[
+            "start", "src", "dst", "channel", "uniqueid", "sequence", "end",
+        ]);
         have[6].data_type = "timestamp with time zone".into();
         let m = Mapping::new(&t, &have, &[]).unwrap();
         let my = select(DbKind::MySql, &t, &m);
@@ -380,6 +427,9 @@ mod tests {
         );
         let m = Mapping::new(&t, &cols(&["calldate", "src", "dst", "channel"]), &[]).unwrap();
         let my = select(DbKind::MySql, &t, &m);
-        assert!(my.ends_with("WHERE `calldate` >= ? ORDER BY `calldate`"), "{my}");
+        assert!(
+            my.ends_with("WHERE `calldate` >= ? ORDER BY `calldate`"),
+            "{my}"
+        );
     }
 }
