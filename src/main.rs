@@ -156,7 +156,7 @@ enum Command {
     /// Malformed rows are reported with their line number (or, from a
     /// database, their uniqueid and start) and skipped.
     #[command(after_long_help = BACKFILL_HELP)]
-    Backfill(BackfillArgs),
+    Backfill(Box<BackfillArgs>),
     /// Print a shell completion script (e.g. `callhook completions bash >
     /// /etc/bash_completion.d/callhook`).
     Completions {
@@ -600,7 +600,7 @@ fn dispatch(cmd: Command) -> CliResult {
             runtime()?.block_on(callhook::demo::run(speed))?;
             Ok(())
         }
-        Command::Backfill(args) => cli::backfill::run(args),
+        Command::Backfill(args) => cli::backfill::run(*args),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             cli::generate::completions(command(), shell, &mut out);

@@ -33,6 +33,8 @@ pub(super) struct ReadSpec {
     pub from_uniqueid: String,
 }
 
+// Nearly every message is a row: boxing it would allocate once per row.
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Ready(Mapping),
     Row(Result<CdrRow, RowError>),
