@@ -238,7 +238,7 @@ struct BackfillArgs {
     /// --cdr-db: a CDR field held in a column of another name (repeat as
     /// needed), e.g. `start=calldate`, `src=source`. By default the
     /// columns are Asterisk's: start (or calldate), answer, end, src, dst,
-    /// channel, dstchannel, uniqueid, linkedid, sequence, …
+    /// channel, dstchannel, uniqueid, linkedid, sequence and the rest
     #[arg(long, value_name = "FIELD=COLUMN", requires = "cdr_db")]
     cdr_column: Vec<String>,
     /// --cdr-db: a call whose last row ended less than this before the
