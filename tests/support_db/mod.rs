@@ -19,6 +19,8 @@
 //! [`READER_PASSWORD`].
 #![allow(dead_code)]
 
+pub mod cdr;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -181,10 +183,16 @@ fn on_keeper<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tx.lock()
         .unwrap()
         .send(Box::new(move || {
-            let _ = rtx.send(f());
+            // A failed start panics in the test that asked, not here (the
+            // keeper lives on for the next one).
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = rtx.send(r);
         }))
         .unwrap();
-    rrx.recv().unwrap()
+    match rrx.recv().unwrap() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// Whether a server that is missing fails the test (CI) or skips it.
