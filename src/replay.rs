@@ -204,7 +204,24 @@ struct Run<'a, F> {
     stats: ReplayStats,
     out: Vec<ModelEvent>,
     last_t: f64,
+    /// Events seen before any packet carried a time (an Asterisk 11 login
+    /// and its snapshot precede the first `Timestamp`): they are handled,
+    /// in order, at the first time the capture gives, never at epoch 0.
+    untimed: Vec<SourceEvent>,
     captures: usize,
+}
+
+/// Events held back waiting for the capture's first time, at most.
+const MAX_UNTIMED: usize = 10_000;
+
+fn set_time(ev: &mut SourceEvent, t: f64) {
+    match ev {
+        SourceEvent::Ami { received_at, .. } | SourceEvent::AmiSnapshot { received_at, .. } => {
+            *received_at = t
+        }
+        SourceEvent::AmiDisconnected { at, .. } | SourceEvent::AmiOriginate { at, .. } => *at = t,
+        SourceEvent::Push { received_at, .. } => *received_at = t,
+    }
 }
 
 impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
@@ -216,6 +233,7 @@ impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
             stats: ReplayStats::default(),
             out: Vec::new(),
             last_t: 0.0,
+            untimed: Vec::new(),
             captures: 0,
         }
     }
@@ -301,8 +319,22 @@ impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
     }
 
     fn handle(&mut self, ev: &SourceEvent) {
+        if self.last_t == 0.0 && self.untimed.len() < MAX_UNTIMED {
+            self.untimed.push(ev.clone());
+            return;
+        }
+        self.flush_untimed();
         self.normalizer.handle(ev, &mut self.out);
         self.emit();
+    }
+
+    /// Handles what waited for the first time, at that time.
+    fn flush_untimed(&mut self) {
+        for mut ev in std::mem::take(&mut self.untimed) {
+            set_time(&mut ev, self.last_t);
+            self.normalizer.handle(&ev, &mut self.out);
+            self.emit();
+        }
     }
 
     fn emit(&mut self) {
@@ -313,6 +345,7 @@ impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
     }
 
     fn finish(mut self) -> ReplayStats {
+        self.flush_untimed();
         // Let undecided channels settle (no wall clock in a replay).
         self.normalizer.tick(self.last_t + 60.0, &mut self.out);
         self.emit();
