@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod notify;
+pub mod proxy;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

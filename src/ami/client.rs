@@ -64,6 +64,20 @@
 //! knows a click-to-call's number from the agent's first ring and ties a
 //! failed one to its record even when the PBX says little.
 //!
+//! [`AmiHandle::send_with`] takes [`SendOptions`]: an ActionID prefix
+//! (the AMI proxy's per-client tag, so that the `OriginateResponse` of a
+//! proxied `Originate` can be routed back), its own deadline, and
+//! `proxied` (the action comes from an AMI proxy client: it is not
+//! announced to the normalizer, which sees such a tool's calls exactly as
+//! it would with the tool on its own AMI login). [`ActionResponse::complete`]
+//! keeps the event that closed a list.
+//!
+//! [`AmiHandle::subscribe_events`] taps the unsolicited events (noise
+//! included, `OriginateResponse` too) for the AMI proxy: a broadcast
+//! channel the reader publishes to without waiting (a subscriber that
+//! falls behind by more than [`TAP_CAPACITY`] events sees a `Lagged`
+//! error); nothing is copied while nobody subscribes.
+//!
 //! Outcomes: [`AmiError::Rejected`] for `Response: Error`,
 //! [`AmiError::Timeout`] when nothing answered within
 //! [`ClientConfig::action_timeout`] (counted from submission, waiting for a
@@ -118,7 +132,7 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_util::codec::FramedRead;
@@ -127,7 +141,7 @@ use tracing::{debug, info, warn};
 
 use super::codec::{AmiCodec, AmiFrame};
 use super::message::{Action, ActionError, AmiMessage, MessageKind};
-use crate::metrics::{event_label, metrics};
+use crate::metrics::{action_label, event_label, metrics};
 use crate::source::{now_epoch, OriginateSent, PbxId, SourceEvent};
 
 /// How often deadlines (actions, ping) and the overflow state are checked.
@@ -144,6 +158,8 @@ const OVERFLOW_RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(1);
 const LOGOFF_TIMEOUT: Duration = Duration::from_secs(1);
 /// Floor of every reconnect delay (guards against a zero backoff config).
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// Events buffered for each subscriber of [`AmiHandle::subscribe_events`].
+pub const TAP_CAPACITY: usize = 4096;
 
 /// How the client authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -257,6 +273,22 @@ pub struct ActionResponse {
     pub response: AmiMessage,
     /// List items, in order, without the closing `…Complete` event.
     pub items: Vec<AmiMessage>,
+    /// The event that closed the list (`…Complete`, `EventList: Complete`),
+    /// when there was one.
+    pub complete: Option<AmiMessage>,
+}
+
+/// How [`AmiHandle::send_with`] sends an action.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// Put before the client's ActionID (`{prefix}{pbx}-{seq}-{n}`).
+    pub id_prefix: Option<String>,
+    /// Deadline counted from submission instead of
+    /// [`ClientConfig::action_timeout`].
+    pub timeout: Option<Duration>,
+    /// The action comes from an AMI proxy client: an `Originate` is not
+    /// announced to the normalizer.
+    pub proxied: bool,
 }
 
 /// Why an action did not produce a response.
@@ -314,6 +346,8 @@ struct HandleInner {
     state: watch::Receiver<ConnectionState>,
     action_timeout: Duration,
     shutdown: CancellationToken,
+    tap: broadcast::Sender<Arc<AmiMessage>>,
+    banner: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for AmiHandle {
@@ -331,18 +365,29 @@ impl AmiHandle {
     /// The ActionID is assigned by the client. See the module documentation
     /// for the outcomes and the re-send policy.
     pub async fn send(&self, action: Action) -> Result<ActionResponse, AmiError> {
+        self.send_with(action, SendOptions::default()).await
+    }
+
+    /// [`AmiHandle::send`] with [`SendOptions`].
+    pub async fn send_with(
+        &self,
+        action: Action,
+        opts: SendOptions,
+    ) -> Result<ActionResponse, AmiError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(AmiError::Shutdown);
         }
         // Reject header injection before anything is queued.
-        action.encode("probe")?;
+        action.encode(opts.id_prefix.as_deref().unwrap_or("probe"))?;
         let started = Instant::now();
-        let deadline = started + self.inner.action_timeout;
+        let deadline = started + opts.timeout.unwrap_or(self.inner.action_timeout);
         let (reply, rx) = oneshot::channel();
         let cmd = Command {
             action,
             reply,
             deadline,
+            id_prefix: opts.id_prefix,
+            proxied: opts.proxied,
         };
         // The task enforces the deadline; this outer bound is a safety net.
         let safety = deadline + Duration::from_millis(500);
@@ -361,6 +406,21 @@ impl AmiHandle {
     /// The PBX this handle talks to.
     pub fn pbx(&self) -> &PbxId {
         &self.inner.pbx
+    }
+
+    /// Every unsolicited event from now on (see the module documentation).
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<AmiMessage>> {
+        self.inner.tap.subscribe()
+    }
+
+    /// The banner of the current (or last) connection,
+    /// `Asterisk Call Manager/9.0.0`.
+    pub fn banner(&self) -> Option<String> {
+        self.inner
+            .banner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The current connection state.
@@ -392,6 +452,8 @@ pub fn spawn(
 ) -> AmiHandle {
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (state_tx, state_rx) = watch::channel(ConnectionState::Down);
+    let (tap, _) = broadcast::channel(TAP_CAPACITY);
+    let banner = Arc::new(std::sync::Mutex::new(None));
     metrics()
         .ami_connection_state
         .with_label_values(&[&cfg.pbx])
@@ -403,6 +465,8 @@ pub fn spawn(
             state: state_rx,
             action_timeout: cfg.action_timeout,
             shutdown: shutdown.clone(),
+            tap: tap.clone(),
+            banner: banner.clone(),
         }),
     };
     let client = Client {
@@ -417,6 +481,8 @@ pub fn spawn(
         conn_seq: 0,
         overflow: Overflow::default(),
         events_closed_logged: false,
+        tap,
+        banner,
     };
     tokio::spawn(client.run());
     handle
@@ -579,6 +645,10 @@ struct Command {
     action: Action,
     reply: oneshot::Sender<Result<ActionResponse, AmiError>>,
     deadline: Instant,
+    /// [`SendOptions::id_prefix`].
+    id_prefix: Option<String>,
+    /// [`SendOptions::proxied`].
+    proxied: bool,
 }
 
 #[derive(Default)]
@@ -662,6 +732,10 @@ struct Client {
     conn_seq: u64,
     overflow: Overflow,
     events_closed_logged: bool,
+    /// [`AmiHandle::subscribe_events`].
+    tap: broadcast::Sender<Arc<AmiMessage>>,
+    /// [`AmiHandle::banner`].
+    banner: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Client {
@@ -824,6 +898,10 @@ impl Client {
         let mut framed = FramedRead::new(rd, AmiCodec::with_max_packet(cfg.max_packet));
 
         let banner = read_banner(&mut framed, pbx, step).await?;
+        *self
+            .banner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = banner.clone();
         let modern = banner.as_deref().and_then(ami_major).is_none_or(|m| m >= 2);
         let mut n = 0u64;
 
@@ -991,6 +1069,7 @@ impl Client {
                             let resp = ActionResponse {
                                 response: msg.clone(),
                                 items,
+                                complete: None,
                             };
                             let result = if is_error(&msg) {
                                 Err(AmiError::Rejected(
@@ -1006,7 +1085,9 @@ impl Client {
                     }
                     return self.list_item(sess, msg);
                 }
-                if !noise {
+                if noise {
+                    self.publish(&msg);
+                } else {
                     self.forward(sess, msg);
                 }
                 Ok(())
@@ -1039,6 +1120,7 @@ impl Client {
                     Ok(ActionResponse {
                         response: msg,
                         items: std::mem::take(&mut p.items),
+                        complete: None,
                     })
                 };
                 self.complete(sess, &id, p, result)
@@ -1065,8 +1147,9 @@ impl Client {
         };
         let in_list = p.response.as_ref().is_some_and(starts_list);
         let has_eventlist = p.response.as_ref().is_some_and(|r| r.has("EventList"));
+        let mut complete = None;
         if in_list && ends_list(&msg) {
-            // fall through to completion below
+            complete = Some(msg);
         } else if in_list
             && !has_eventlist
             && msg
@@ -1086,7 +1169,16 @@ impl Client {
             return Ok(());
         };
         let items = std::mem::take(&mut p.items);
-        self.complete(sess, &id, p, Ok(ActionResponse { response, items }))
+        self.complete(
+            sess,
+            &id,
+            p,
+            Ok(ActionResponse {
+                response,
+                items,
+                complete,
+            }),
+        )
     }
 
     /// Resolves a pending action removed from the table.
@@ -1150,7 +1242,14 @@ impl Client {
         kind: PendingKind,
         deadline: Instant,
     ) -> Result<Option<String>, Lost> {
-        let (id, n) = sess.next_id(&self.pbx);
+        let (mut id, n) = sess.next_id(&self.pbx);
+        if let PendingKind::User(Command {
+            id_prefix: Some(prefix),
+            ..
+        }) = &kind
+        {
+            id.insert_str(0, prefix);
+        }
         let bytes = match action.encode(&id) {
             Ok(b) => b,
             Err(e) => {
@@ -1191,10 +1290,15 @@ impl Client {
         }
         let action = cmd.action.clone();
         let deadline = cmd.deadline;
+        let proxied = cmd.proxied;
         let id = self.write(sess, &action, PendingKind::User(cmd), deadline)?;
         // The normalizer learns what a click-to-call asked for (a passive
-        // listener only sees the broadcast OriginateResponse).
-        if let Some(originate) = id.and_then(|id| OriginateSent::from_action(&action, &id)) {
+        // listener only sees the broadcast OriginateResponse). Not for a
+        // proxied tool: the model sees its calls as if it had its own login.
+        if let Some(originate) = id
+            .filter(|_| !proxied)
+            .and_then(|id| OriginateSent::from_action(&action, &id))
+        {
             let ev = SourceEvent::AmiOriginate {
                 pbx: self.pbx.clone(),
                 at: now_epoch(),
@@ -1306,8 +1410,18 @@ impl Client {
         self.events.capacity() * 2 >= max
     }
 
+    /// Hands an unsolicited event to the subscribers of
+    /// [`AmiHandle::subscribe_events`], without waiting; no copy is made
+    /// while there are none.
+    fn publish(&self, msg: &AmiMessage) {
+        if self.tap.receiver_count() > 0 {
+            let _ = self.tap.send(Arc::new(msg.clone()));
+        }
+    }
+
     /// Forwards an unsolicited event (held back while a resync runs).
     fn forward(&mut self, sess: &mut Session, msg: AmiMessage) {
+        self.publish(&msg);
         let ev = SourceEvent::Ami {
             pbx: self.pbx.clone(),
             received_at: now_epoch(),
@@ -1528,7 +1642,7 @@ fn outcome(r: &Result<ActionResponse, AmiError>) -> &'static str {
 fn count_action(pbx: &str, action: &str, outcome: &str) {
     metrics()
         .ami_actions
-        .with_label_values(&[pbx, action, outcome])
+        .with_label_values(&[pbx, action_label(action), outcome])
         .inc();
 }
 
