@@ -7,8 +7,13 @@
 //! push endpoint ─send (≤ 2 s)───┘                        │                                   │
 //!        ▲                                               │                                   │
 //!        └──────────── ack (after the commit) ───────────┼───────────────────────────────────┘
-//!                                                        └─▶ optional printout of the call model (stdout)
+//!                                                        ├─▶ optional printout of the call model (stdout)
+//!                                                        └─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
 //! ```
+//!
+//! **Presence** runs in a task of its own ([`crate::presence::task`]); the
+//! table is readable through [`Running::presence`]. Neither the clients nor
+//! the normalizer task ever wait for it.
 //!
 //! **Durability.** The normalizer task evaluates the rules for a batch of
 //! events and waits until the resulting deliveries are committed to the
@@ -61,6 +66,8 @@ use crate::metrics::{metrics, KnownLabels};
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
 use crate::notify::{Heartbeat, Notifier};
+use crate::presence::task::{send_model, PresenceFeed, PresenceWiring};
+use crate::presence::PresenceHub;
 use crate::rules::RuleSet;
 use crate::source::{now_epoch, PushAck, PushReceipt, SourceEvent};
 
@@ -262,14 +269,21 @@ struct Clients {
     list: Arc<std::sync::Mutex<Vec<Client>>>,
     events: mpsc::Sender<SourceEvent>,
     parent: CancellationToken,
+    /// Presence settings for the clients (none: presence disabled).
+    presence: Option<PresenceFeed>,
 }
 
 impl Clients {
-    fn new(events: mpsc::Sender<SourceEvent>, parent: CancellationToken) -> Self {
+    fn new(
+        events: mpsc::Sender<SourceEvent>,
+        parent: CancellationToken,
+        presence: Option<PresenceFeed>,
+    ) -> Self {
         Self {
             list: Arc::new(std::sync::Mutex::new(Vec::new())),
             events,
             parent,
+            presence,
         }
     }
 
@@ -283,7 +297,8 @@ impl Clients {
         let c = client_config(p);
         info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
         let stop = self.parent.child_token();
-        let handle = client::spawn(c, self.events.clone(), stop.clone());
+        let presence = self.presence.as_ref().map(|f| f.output(&p.id));
+        let handle = client::spawn_with_presence(c, self.events.clone(), presence, stop.clone());
         self.lock().push(Client {
             cfg: p.clone(),
             handle,
@@ -370,6 +385,8 @@ pub struct Running {
     pub reload: mpsc::Sender<ReloadReply>,
     /// The outbox.
     pub outbox: Arc<Outbox>,
+    /// Extension presence: snapshot, per-extension lookup, change stream.
+    pub presence: PresenceHub,
 }
 
 /// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads. Notifies systemd
@@ -450,16 +467,27 @@ pub async fn run_until(
     let (rules_tx, mut rules_rx) = watch::channel(cfg.rules.clone());
     let deliver_token = CancellationToken::new();
     let dispatcher = deliver::spawn(outbox.clone(), targets_rx, deliver_token.clone());
+    // Presence: its own task, fed by the clients and the committed batches.
+    let presence = PresenceWiring::start(
+        &cfg.presence,
+        &cfg.normalizer,
+        cfg.pbx.iter().map(|p| p.id.as_str()),
+    );
     started(Running {
         reload: reload_tx.clone(),
         outbox: outbox.clone(),
+        presence: presence.hub.clone(),
     });
 
     // AMI clients.
     let sources_token = token.child_token();
     let capacity = reload::queue_capacity(&cfg, PUSH_QUEUE).max(1);
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity);
-    let clients = Clients::new(tx.clone(), sources_token.clone());
+    let clients = Clients::new(
+        tx.clone(),
+        sources_token.clone(),
+        presence.feed(&cfg.presence, &cfg.normalizer.classifier),
+    );
     for p in &cfg.pbx {
         clients.start(p);
     }
@@ -479,6 +507,9 @@ pub async fn run_until(
             ack_wait: ACK_WAIT,
         }))
     });
+    // A daemon that only routes calls (FastAGI) has no source feeding the
+    // queue: keep it open until shutdown.
+    let _agi_keeps_queue_open = cfg.agi.as_ref().map(|_| tx.clone());
     drop(tx);
 
     // HTTP.
@@ -588,6 +619,25 @@ pub async fn run_until(
     drop(reload_tx);
     drop(push_state);
 
+    // FastAGI call routing: an edge of its own (it feeds nothing downstream).
+    let agi_token = CancellationToken::new();
+    let mut agi_router_tx = None;
+    let mut agi_task = None;
+    if let Some(a) = &cfg.agi {
+        let addr = a.settings.listen;
+        let l = bind(addr).await?;
+        info!(addr = %l.local_addr().unwrap_or(addr), routes = a.router.routes.len(), max_sessions = a.settings.max_sessions, "FastAGI listening");
+        metrics().agi.init_series(&a.router.names());
+        let (tx, rx) = watch::channel(a.router.clone());
+        agi_router_tx = Some(tx);
+        agi_task = Some(tokio::spawn(crate::agi::serve(
+            l,
+            a.settings.clone(),
+            rx,
+            agi_token.clone(),
+        )));
+    }
+
     // Reloads.
     let config_path = opts.config_path.clone();
     let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
@@ -617,6 +667,10 @@ pub async fn run_until(
                             if let Some(p) = &new.push {
                                 push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
                             }
+                        }
+                        if let (Some(tx), Some(a)) = (&agi_router_tx, &new.agi) {
+                            metrics().agi.init_series(&a.router.names());
+                            tx.send_replace(a.router.clone());
                         }
                         init_series(&new);
                         metrics()
@@ -682,7 +736,17 @@ pub async fn run_until(
         cfg.rules.len()
     ));
 
-    // The normalizer task (this one).
+    // The normalizer task (this one). Committed batches also go to
+    // presence (try_send: presence never slows this loop).
+    let mut observer: Option<Observer> = match (opts.observer.take(), presence.model().cloned()) {
+        (o, None) => o,
+        (mut o, Some(tx)) => Some(Box::new(move |evs: &[ModelEvent]| {
+            send_model(&tx, evs);
+            if let Some(o) = o.as_mut() {
+                o(evs);
+            }
+        })),
+    };
     let mut normalizer = Normalizer::new(cfg.normalizer);
     let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();
@@ -720,7 +784,7 @@ pub async fn run_until(
             &mut normalizer,
             &mut out,
             &mut acks,
-            &mut opts.observer,
+            &mut observer,
         )
         .await;
     }
@@ -730,6 +794,10 @@ pub async fn run_until(
     watchdog_token.cancel();
     let _ = watchdog.await;
     sources_token.cancel();
+    agi_token.cancel();
+    if let Some(t) = agi_task {
+        let _ = t.await;
+    }
     for h in &clients.handles() {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
             .await
@@ -751,7 +819,7 @@ pub async fn run_until(
         &mut normalizer,
         &mut out,
         &mut acks,
-        &mut opts.observer,
+        &mut observer,
     )
     .await;
     let live = normalizer.live_calls();
@@ -765,6 +833,8 @@ pub async fn run_until(
         let _ = t.await;
     }
     reload_task.abort();
+    drop(observer);
+    presence.stop().await;
     outbox.close();
     Ok(())
 }
