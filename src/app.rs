@@ -271,6 +271,8 @@ struct Clients {
     parent: CancellationToken,
     /// Presence settings for the clients (none: presence disabled).
     presence: Option<PresenceFeed>,
+    /// The running clients by PBX id, for the AMI proxy.
+    links: Arc<watch::Sender<Arc<std::collections::BTreeMap<String, AmiHandle>>>>,
 }
 
 impl Clients {
@@ -284,7 +286,22 @@ impl Clients {
             events,
             parent,
             presence,
+            links: Arc::new(watch::channel(Arc::new(std::collections::BTreeMap::new())).0),
         }
+    }
+
+    /// Follows the running clients (the AMI proxy's view of the PBXs).
+    fn links(&self) -> crate::proxy::Links {
+        self.links.subscribe()
+    }
+
+    fn publish_links(&self) {
+        let map: std::collections::BTreeMap<String, AmiHandle> = self
+            .lock()
+            .iter()
+            .map(|c| (c.cfg.id.clone(), c.handle.clone()))
+            .collect();
+        self.links.send_replace(Arc::new(map));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
@@ -304,6 +321,7 @@ impl Clients {
             handle,
             stop,
         });
+        self.publish_links();
     }
 
     fn handles(&self) -> Vec<AmiHandle> {
@@ -318,6 +336,7 @@ impl Clients {
                 .position(|c| c.cfg.id == id)
                 .map(|i| list.remove(i))
         };
+        self.publish_links();
         if let Some(c) = gone {
             c.stop.cancel();
             if tokio::time::timeout(Duration::from_secs(3), c.handle.stopped())
@@ -638,6 +657,22 @@ pub async fn run_until(
         )));
     }
 
+    // The AMI proxy: an edge next to the AMI clients (it feeds nothing
+    // downstream; it shares their connections with existing tools).
+    let proxy_token = CancellationToken::new();
+    let mut proxy = None;
+    if let Some(p) = &cfg.ami_proxy {
+        let l = bind(p.listen).await?;
+        proxy = Some(
+            crate::proxy::AmiProxy::start(p.clone(), Some(l), clients.links(), proxy_token.clone())
+                .await
+                .map_err(|source| AppError::Listen {
+                    addr: p.listen,
+                    source,
+                })?,
+        );
+    }
+
     // Reloads.
     let config_path = opts.config_path.clone();
     let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
@@ -797,6 +832,10 @@ pub async fn run_until(
     agi_token.cancel();
     if let Some(t) = agi_task {
         let _ = t.await;
+    }
+    proxy_token.cancel();
+    if let Some(p) = proxy {
+        p.stopped().await;
     }
     for h in &clients.handles() {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())

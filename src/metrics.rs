@@ -249,6 +249,7 @@ pub const CONFIG_RESTART_KEYS: &[&str] = &[
     "agi",
     "agi.listen",
     "agi.limits",
+    "ami_proxy",
 ];
 
 /// The process-wide metrics.

@@ -157,6 +157,18 @@ impl AmiProxyConfig {
         }
     }
 
+    /// Whether `other` configures the same proxy (reloads compare them).
+    pub fn same_as(&self, other: &AmiProxyConfig) -> bool {
+        // The Debug form covers every setting but the secrets (redacted).
+        format!("{self:?}") == format!("{other:?}")
+            && self.users.len() == other.users.len()
+            && self
+                .users
+                .iter()
+                .zip(&other.users)
+                .all(|(a, b)| a.secret == b.secret)
+    }
+
     /// The PBX ids the users talk to, without duplicates.
     pub fn pbx_ids(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
