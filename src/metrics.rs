@@ -154,6 +154,9 @@ pub struct ProxyMetrics {
     pub events_lost: IntCounterVec,
     /// Client packets dropped by the framer, by reason (`oversized`, `garbage`).
     pub packets_skipped: IntCounterVec,
+    /// Times a client hit `max_actions_per_second` (its socket was not
+    /// read until a token was back), by user.
+    pub throttled: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -210,6 +213,12 @@ impl ProxyMetrics {
                 "callhook_ami_proxy_packets_skipped_total",
                 "AMI proxy client packets dropped by the framer",
                 &["reason"],
+            ),
+            throttled: counter_vec(
+                r,
+                "callhook_ami_proxy_throttled_total",
+                "Times an AMI proxy client hit its action rate",
+                &["user"],
             ),
         }
     }

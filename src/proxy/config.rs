@@ -10,6 +10,7 @@
 //!   client_queue: 2000              # events waiting for a slow client before it is disconnected
 //!   write_timeout: 10s              # a client that accepts no byte for this long is disconnected
 //!   max_pending_actions: 16         # actions of one client in flight on the PBX connection
+//!   max_actions_per_second: 50      # per client (also its burst); beyond, its socket is not read
 //!   max_login_failures: 5           # failed logins per address within login_failure_window ...
 //!   login_failure_window: 1m        # ... after which that address is refused until the window passes
 //!   login_failure_delay: 1s         # wait before answering a failed login (as Asterisk does)
@@ -61,6 +62,8 @@ pub struct RawAmiProxy {
     pub write_timeout: Option<String>,
     /// Actions of one client in flight (default 16).
     pub max_pending_actions: Option<usize>,
+    /// Actions one client may send per second, also its burst (default 50).
+    pub max_actions_per_second: Option<u32>,
     /// Failed logins per address within the window (default 5).
     pub max_login_failures: Option<u32>,
     /// The failed-login window (default `1m`).
@@ -115,6 +118,8 @@ pub struct AmiProxyConfig {
     pub write_timeout: Duration,
     /// Actions of one client in flight.
     pub max_pending_actions: usize,
+    /// Actions of one client per second (and its burst).
+    pub max_actions_per_second: u32,
     /// Failed logins per address per window.
     pub max_login_failures: u32,
     /// The failed-login window.
@@ -151,6 +156,7 @@ impl AmiProxyConfig {
             client_queue: 2000,
             write_timeout: Duration::from_secs(10),
             max_pending_actions: 16,
+            max_actions_per_second: 50,
             max_login_failures: 5,
             login_failure_window: Duration::from_secs(60),
             login_failure_delay: Duration::from_secs(1),
@@ -296,6 +302,13 @@ pub fn validate(
             d.max_pending_actions,
             errors,
         ),
+        max_actions_per_second: count(
+            raw.max_actions_per_second.map(|n| n as usize),
+            "max_actions_per_second",
+            d.max_actions_per_second as usize,
+            errors,
+        )
+        .min(u32::MAX as usize) as u32,
         max_login_failures: cfg_max_login_failures,
         login_failure_window: dur(
             &raw.login_failure_window,

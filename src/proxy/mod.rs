@@ -25,7 +25,8 @@
 //! * [`actions`]: a user's allow-list; [`events`]: a user's event filter
 //!   and the session's `Events:` mask.
 //! * [`fanout`]: one PBX's events to the clients, bounded per client.
-//! * [`login_limit`]: failed logins per address; [`wire`]: bytes out.
+//! * [`login_limit`]: failed logins per address; [`rate`]: a client's
+//!   action rate; [`wire`]: bytes out.
 //!
 //! **When the PBX link is down**, clients stay connected and logged in:
 //! `Ping` and the other local actions still work, forwarded actions get
@@ -44,6 +45,7 @@ pub mod fanout;
 mod listener;
 pub mod login;
 pub mod login_limit;
+pub mod rate;
 pub mod session;
 pub mod wire;
 

@@ -3,7 +3,8 @@
 //! **Before login** (at most `login_timeout`): the banner
 //! `Asterisk Call Manager/<the PBX's version>`, then `Challenge`, `Login`
 //! and `Logoff` are answered as Asterisk answers them (see
-//! [`super::login`]); any other action gets `Permission denied`. A failed
+//! [`super::login`]); any other action gets `Permission denied` and,
+//! like a second `Challenge`, counts as a bad packet. A failed
 //! login is answered `Authentication failed` after `login_failure_delay`
 //! and the connection is closed (one guess per connection).
 //!
@@ -29,8 +30,9 @@
 //!   reconnect: if the link drops with it in flight, the client gets an
 //!   error saying the outcome is unknown.
 //!
-//! At most `max_pending_actions` of a client are in flight; beyond that
-//! the proxy stops reading its socket until one is answered. Responses are
+//! At most `max_pending_actions` of a client are in flight, and it may
+//! send `max_actions_per_second` ([`super::rate`]); beyond either the
+//! proxy stops reading its socket until one is answered or a token is back. Responses are
 //! written as they arrive (correlate them by ActionID, as with Asterisk).
 //!
 //! Writes to the client are bounded by `write_timeout`; its event queue
@@ -51,7 +53,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{sleep, timeout_at, Instant};
+use tokio::time::{sleep, sleep_until, timeout_at, Instant};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
@@ -59,6 +61,7 @@ use super::config::ProxyUser;
 use super::events::EventMask;
 use super::fanout::{Hub, Kill, Outgoing, Subscriber};
 use super::login::{authenticate, login_mask, new_challenge};
+use super::rate::ActionRate;
 use super::wire::{self, ActionId};
 use super::Shared;
 use crate::ami::client::{ActionResponse, AmiError, SendOptions};
@@ -154,6 +157,8 @@ struct Conn {
     wr: OwnedWriteHalf,
     bad: u32,
     challenge: Option<String>,
+    /// Challenges asked for before login.
+    challenges: u32,
     kill: Arc<Kill>,
 }
 
@@ -171,6 +176,7 @@ pub(crate) async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr
         wr,
         bad: 0,
         challenge: None,
+        challenges: 0,
         kill: Arc::new(Kill::default()),
     };
     let end = c.serve().await;
@@ -215,6 +221,12 @@ impl Conn {
             _ = kill.cancelled() => Err(self.killed()),
             _ = shutdown.cancelled() => Err(End::Shutdown),
         }
+    }
+
+    /// Counts a pre-login Challenge; true from the second one on.
+    fn challenges_seen(&mut self) -> bool {
+        self.challenges += 1;
+        self.challenges > 1
     }
 
     fn killed(&self) -> End {
@@ -282,8 +294,15 @@ impl Conn {
                 self.bad_packet()?;
                 continue;
             };
+            // Before login a client needs one Challenge and one Login: every
+            // other packet counts as a bad one (a pre-login flood ends fast).
             match action.as_str() {
-                "challenge" => self.challenge(&m, id.as_deref()).await?,
+                "challenge" => {
+                    self.challenge(&m, id.as_deref()).await?;
+                    if self.challenges_seen() {
+                        self.bad_packet()?;
+                    }
+                }
                 "logoff" => {
                     self.write(&goodbye(id.as_deref())).await?;
                     return Err(End::Logoff);
@@ -310,7 +329,8 @@ impl Conn {
                 }
                 _ => {
                     self.write(&wire::error(id.as_deref(), "Permission denied"))
-                        .await?
+                        .await?;
+                    self.bad_packet()?;
                 }
             }
         }
@@ -410,12 +430,25 @@ impl Conn {
             .ami_proxy
             .events
             .with_label_values(&[&user.username]);
+        let throttled = metrics()
+            .ami_proxy
+            .throttled
+            .with_label_values(&[&user.username]);
+        let mut rate = ActionRate::new(self.shared.cfg.max_actions_per_second);
+        let mut was_throttled = false;
         loop {
             let room = answers.len() < self.shared.cfg.max_pending_actions.max(1);
+            let wait = rate.wait_until(Instant::now());
+            if wait.is_some() && !was_throttled {
+                throttled.inc();
+            }
+            was_throttled = wait.is_some();
+            let paced = wait.unwrap_or_else(Instant::now);
             let step: Result<(), End> = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => Err(End::Shutdown),
                 _ = kill.cancelled() => Err(self.killed()),
+                _ = sleep_until(paced), if wait.is_some() => Ok(()),
                 Some((k, r)) = answers.next(), if !answers.is_empty() => {
                     self.answer(user, &mut pending, k, r).await
                 }
@@ -436,10 +469,11 @@ impl Conn {
                         if buf.is_empty() { Ok(()) } else { self.write(&buf).await }
                     }
                 },
-                f = self.rd.next(), if room => match self.frame(f) {
+                f = self.rd.next(), if room && wait.is_none() => match self.frame(f) {
                     Err(e) => Err(e),
                     Ok(None) => Ok(()),
                     Ok(Some(m)) => {
+                        rate.take(Instant::now());
                         self.action(user, &hub, &mask_cell, m, &mut next_k, &mut pending, &mut answers).await
                     }
                 },
