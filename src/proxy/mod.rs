@@ -21,7 +21,8 @@
 //! * [`config`]: the `ami_proxy:` section (users, caps, timeouts).
 //! * [`listener`]: accept loop, connection caps, failed-login block.
 //! * [`session`]: one client — banner, login ([`login`]), local and
-//!   forwarded actions, ActionID rewriting, answers, events.
+//!   forwarded actions, events; [`pending`]: its forwarded actions and
+//!   their answers under its own ActionIDs.
 //! * [`actions`]: a user's allow-list; [`events`]: a user's event filter
 //!   and the session's `Events:` mask.
 //! * [`fanout`]: one PBX's events to the clients, bounded per client.
@@ -45,6 +46,7 @@ pub mod fanout;
 mod listener;
 pub mod login;
 pub mod login_limit;
+pub mod pending;
 pub mod rate;
 pub mod session;
 pub mod wire;

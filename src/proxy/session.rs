@@ -41,7 +41,6 @@
 //! after [`MAX_BAD_PACKETS`] of them, or of packets without `Action:`, the
 //! client is disconnected.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -61,6 +60,7 @@ use super::config::ProxyUser;
 use super::events::EventMask;
 use super::fanout::{Hub, Kill, Outgoing, Subscriber};
 use super::login::{authenticate, login_mask, new_challenge};
+use super::pending::Inflight;
 use super::rate::ActionRate;
 use super::wire::{self, ActionId};
 use super::Shared;
@@ -76,10 +76,6 @@ pub const MAX_BAD_PACKETS: u32 = 8;
 const DEFAULT_BANNER: &str = "Asterisk Call Manager/9.0.0";
 /// Events and answers written in one go.
 const WRITE_BATCH: usize = 64 * 1024;
-/// Action numbers remembered for late `OriginateResponse`s.
-const MAX_IDS: usize = 1024;
-/// Early events held per action until its response is written.
-const MAX_HELD: usize = 16;
 /// Margin on a synchronous Originate's own `Timeout`.
 const ORIGINATE_MARGIN: Duration = Duration::from_secs(5);
 /// Longest deadline given to a synchronous Originate.
@@ -132,18 +128,6 @@ impl End {
             End::Shutdown => "shutdown",
         }
     }
-}
-
-/// One forwarded action this client may still get answers for.
-struct Pending {
-    /// The client's ActionID.
-    orig: Option<String>,
-    /// Its response has been written.
-    answered: bool,
-    /// An asynchronous Originate: its `OriginateResponse` is still to come.
-    awaits_event: bool,
-    /// Events that arrived before the response.
-    held: Vec<Arc<AmiMessage>>,
 }
 
 type Answer = (u64, Result<ActionResponse, AmiError>);
@@ -422,8 +406,7 @@ impl Conn {
         }
         let mut answers: FuturesUnordered<futures::future::BoxFuture<'static, Answer>> =
             FuturesUnordered::new();
-        let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
-        let mut next_k: u64 = 0;
+        let mut inflight = Inflight::default();
         let shutdown = self.shared.shutdown.clone();
         let kill = self.kill.token.clone();
         let events_sent = metrics()
@@ -450,7 +433,7 @@ impl Conn {
                 _ = kill.cancelled() => Err(self.killed()),
                 _ = sleep_until(paced), if wait.is_some() => Ok(()),
                 Some((k, r)) = answers.next(), if !answers.is_empty() => {
-                    self.answer(user, &mut pending, k, r).await
+                    self.answer(user, &mut inflight, k, r).await
                 }
                 out = rx.recv() => match out {
                     // The hub dropped us (overflow): the kill says why.
@@ -460,7 +443,7 @@ impl Conn {
                         let mut n = 0u64;
                         let mut next = Some(first);
                         while let Some(o) = next.take() {
-                            n += self.outgoing(o, &mut pending, &mut buf);
+                            n += self.outgoing(o, &mut inflight, &mut buf);
                             if buf.len() < WRITE_BATCH {
                                 next = rx.try_recv().ok();
                             }
@@ -474,7 +457,7 @@ impl Conn {
                     Ok(None) => Ok(()),
                     Ok(Some(m)) => {
                         rate.take(Instant::now());
-                        self.action(user, &hub, &mask_cell, m, &mut next_k, &mut pending, &mut answers).await
+                        self.action(user, &hub, &mask_cell, m, &mut inflight, &mut answers).await
                     }
                 },
             };
@@ -484,108 +467,48 @@ impl Conn {
         }
     }
 
+    /// Writes the answer to action `k`.
+    async fn answer(
+        &mut self,
+        user: &ProxyUser,
+        inflight: &mut Inflight,
+        k: u64,
+        r: Result<ActionResponse, AmiError>,
+    ) -> Result<(), End> {
+        let mut buf = Vec::new();
+        if let Some(outcome) = inflight.answer(k, r, &mut buf) {
+            count(user, outcome);
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.write(&buf).await
+    }
+
     /// Encodes one queued item into `buf`; 1 when it was written.
-    fn outgoing(
-        &self,
-        o: Outgoing,
-        pending: &mut BTreeMap<u64, Pending>,
-        buf: &mut Vec<u8>,
-    ) -> u64 {
+    fn outgoing(&self, o: Outgoing, inflight: &mut Inflight, buf: &mut Vec<u8>) -> u64 {
         match o {
             Outgoing::Event(ev) => {
                 wire::encode(&ev, ActionId::Keep, buf);
                 1
             }
             Outgoing::Own { k, msg } => {
-                let Some(p) = pending.get_mut(&k) else {
+                let n = inflight.event(k, msg, buf);
+                if n.is_none() {
                     debug!(peer = %self.peer, "late answer for a forgotten action");
-                    return 0;
-                };
-                if !p.answered {
-                    if p.held.len() < MAX_HELD {
-                        p.held.push(msg);
-                    }
-                    return 0;
                 }
-                wire::encode(&msg, ActionId::Restore(p.orig.as_deref()), buf);
-                if is_originate_response(&msg) {
-                    pending.remove(&k);
-                }
-                1
+                n.unwrap_or(0)
             }
         }
     }
 
-    /// Writes the answer to action `k`.
-    async fn answer(
-        &mut self,
-        user: &ProxyUser,
-        pending: &mut BTreeMap<u64, Pending>,
-        k: u64,
-        r: Result<ActionResponse, AmiError>,
-    ) -> Result<(), End> {
-        let Some(p) = pending.get_mut(&k) else {
-            return Ok(());
-        };
-        let orig = p.orig.clone();
-        let outcome = match &r {
-            Ok(_) => "success",
-            Err(AmiError::Timeout) => "timeout",
-            Err(AmiError::Disconnected) => "disconnected",
-            Err(_) => "error",
-        };
-        count(user, outcome);
-        let mut buf = Vec::new();
-        let id = orig.as_deref();
-        match r {
-            Ok(resp) => {
-                wire::encode(&resp.response, ActionId::Restore(id), &mut buf);
-                for item in &resp.items {
-                    wire::encode(item, ActionId::Restore(id), &mut buf);
-                }
-                if let Some(c) = &resp.complete {
-                    wire::encode(c, ActionId::Restore(id), &mut buf);
-                }
-                // A queued async Originate's outcome is still to come.
-                let queued = resp
-                    .response
-                    .get("Response")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("Success"));
-                p.awaits_event &= queued;
-            }
-            Err(e) => {
-                p.awaits_event = false;
-                buf.extend(wire::error(id, &error_message(&e)));
-            }
-        }
-        p.answered = true;
-        let mut done = !p.awaits_event;
-        for ev in std::mem::take(&mut p.held) {
-            wire::encode(&ev, ActionId::Restore(id), &mut buf);
-            done |= is_originate_response(&ev);
-        }
-        if done {
-            pending.remove(&k);
-        }
-        // Forget the oldest answered actions whose events never came.
-        while pending.len() > MAX_IDS {
-            let Some(old) = pending.iter().find(|(_, p)| p.answered).map(|(k, _)| *k) else {
-                break;
-            };
-            pending.remove(&old);
-        }
-        self.write(&buf).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
     async fn action(
         &mut self,
         user: &ProxyUser,
         hub: &Arc<Hub>,
         mask: &AtomicU32,
         m: AmiMessage,
-        next_k: &mut u64,
-        pending: &mut BTreeMap<u64, Pending>,
+        inflight: &mut Inflight,
         answers: &mut FuturesUnordered<futures::future::BoxFuture<'static, Answer>>,
     ) -> Result<(), End> {
         let id = client_id(&m);
@@ -675,17 +598,7 @@ impl Conn {
         let is_originate = name.eq_ignore_ascii_case("Originate");
         let asynchronous = m.get("Async").is_some_and(is_true);
         let timeout = (is_originate && !asynchronous).then(|| originate_deadline(&m));
-        *next_k += 1;
-        let k = *next_k;
-        pending.insert(
-            k,
-            Pending {
-                orig: id.clone(),
-                answered: false,
-                awaits_event: is_originate && asynchronous,
-                held: Vec::new(),
-            },
-        );
+        let k = inflight.open(id.clone(), is_originate && asynchronous);
         let opts = SendOptions {
             id_prefix: Some(hub.id_prefix(self.client, k)),
             timeout,
@@ -717,11 +630,6 @@ fn goodbye(id: Option<&str>) -> Vec<u8> {
     wire::response("Goodbye", id, &[("Message", "Thanks for all the fish.")])
 }
 
-fn is_originate_response(m: &AmiMessage) -> bool {
-    m.event()
-        .is_some_and(|e| e.eq_ignore_ascii_case("OriginateResponse"))
-}
-
 /// Asterisk's `ast_true`.
 fn is_true(v: &str) -> bool {
     matches!(
@@ -740,18 +648,6 @@ fn originate_deadline(m: &AmiMessage) -> Duration {
     (Duration::from_millis(ms) + ORIGINATE_MARGIN).min(ORIGINATE_MAX)
 }
 
-fn error_message(e: &AmiError) -> String {
-    match e {
-        AmiError::Rejected(m) => m.clone(),
-        AmiError::Timeout => "No answer from the PBX in time (callhook AMI proxy)".into(),
-        AmiError::Disconnected => {
-            "The PBX connection was lost while the action was pending; its outcome is unknown (callhook AMI proxy)".into()
-        }
-        AmiError::Shutdown => "callhook is shutting down".into(),
-        AmiError::Encode(e) => format!("Invalid action: {e}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,14 +659,5 @@ mod tests {
         assert_eq!(originate_deadline(&m("junk")), Duration::from_secs(35));
         assert_eq!(originate_deadline(&m("99999999999")), ORIGINATE_MAX);
         assert!(is_true("True") && is_true("1") && !is_true("false") && !is_true(""));
-    }
-
-    #[test]
-    fn errors_read_like_asterisk() {
-        assert_eq!(
-            error_message(&AmiError::Rejected("No such channel".into())),
-            "No such channel"
-        );
-        assert!(error_message(&AmiError::Disconnected).contains("outcome is unknown"));
     }
 }
