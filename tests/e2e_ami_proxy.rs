@@ -510,3 +510,129 @@ async fn daemon_metric(http: u16, sample: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+#[test]
+fn check_reports_every_ami_proxy_mistake_with_its_position() {
+    let dir = temp_dir("ami-proxy-check");
+    let path = dir.join("c.yaml");
+    std::fs::write(
+        &path,
+        r#"pbx:
+  - id: main
+    ami: { host: 127.0.0.1, username: u, secret: s }
+ami_proxy:
+  listen: nowhere
+  max_connections: 0
+  login_timeout: soon
+  client_qeue: 5
+  users:
+    - username: panel
+      secret: "${CALLHOOK_PROXY_TEST_UNSET}"
+      actions: [Ping, "Bad Name"]
+      limits: { Hangup: { Channel: [x] } }
+      events: ["Dial*", "no good"]
+      extensions: ["["]
+    - username: panel
+      pbx: other
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_callhook"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("CALLHOOK_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = path.display().to_string();
+    let want = [
+        ":5:11: ami_proxy.listen: \"nowhere\" is not an address",
+        ":6:20: ami_proxy.max_connections: must be at least 1",
+        ":7:18: ami_proxy.login_timeout: \"soon\" is not a duration",
+        ":8:3: ami_proxy.client_qeue: unknown key `client_qeue` (did you mean `client_queue`?)",
+        ":11:16: ami_proxy.users[0].secret: environment variable CALLHOOK_PROXY_TEST_UNSET is not set",
+        ":12:23: ami_proxy.users[0].actions[1]: \"Bad Name\" is not an action name",
+        ":13:17: ami_proxy.users[0].limits.Hangup: Hangup is not in actions",
+        ":14:25: ami_proxy.users[0].events[1]: \"no good\" is not an event name",
+        ":15:20: ami_proxy.users[0].extensions[0]:",
+        ":16:7: ami_proxy.users[1].secret: no secret",
+        ":16:17: ami_proxy.users[1].username: user \"panel\" is defined twice",
+        ":17:12: ami_proxy.users[1].pbx: unknown PBX \"other\"",
+    ];
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("  ") && !l.starts_with("  warning:"))
+        .map(str::trim)
+        .collect();
+    assert_eq!(lines.len(), want.len(), "{err}");
+    for (l, w) in lines.iter().zip(want) {
+        assert!(
+            l.starts_with(&format!("{f}{w}")),
+            "want {w:?}, got {l:?}\n{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_proxy_reports_a_restart_and_keeps_serving() {
+    let sim = Simulator::new(PBX_USER, PBX_SECRET)
+        .session(Vec::new(), AfterCapture::StayOpen)
+        .start()
+        .await
+        .unwrap();
+    let dir = temp_dir("ami-proxy-reload");
+    let (http, proxy) = (free_port(), free_port());
+    let user = |secret: &'static str| {
+        [User {
+            name: "panel",
+            secret,
+            extra: "      actions: [Ping]\n",
+        }]
+    };
+    let state = dir.join("state");
+    let port = sim.local_addr().port();
+    let cfg = config(&state, port, http, proxy, "", &user("first-s3cret"));
+    let daemon = Daemon::start(&cfg, &dir, &[("E2E_AMI_SECRET", PBX_SECRET)]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], proxy));
+    let mut tool = Raw::connect(addr).await;
+    assert_eq!(
+        get(&tool.login("panel", "first-s3cret").await, "Response"),
+        Some("Success")
+    );
+    let restart = "callhook_config_restart_required{key=\"ami_proxy\"}";
+    assert_eq!(daemon_metric(http, restart).await, Some(0.0));
+    // A new secret needs a restart: reported, the running users stay.
+    std::fs::write(
+        dir.join("callhook.yaml"),
+        config(&state, port, http, proxy, "", &user("second-s3cret")),
+    )
+    .unwrap();
+    let before = daemon_metric(http, "callhook_config_reloads_total{outcome=\"success\"}").await;
+    daemon.hup();
+    let deadline = Instant::now() + WAIT;
+    while daemon_metric(http, "callhook_config_reloads_total{outcome=\"success\"}").await == before
+    {
+        assert!(Instant::now() < deadline, "the reload never happened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(daemon_metric(http, restart).await, Some(1.0));
+    let r = tool.action("p1", &[("Action", "Ping")]).await;
+    assert_eq!(
+        get(&r, "Ping"),
+        Some("Pong"),
+        "the connected tool keeps its session"
+    );
+    let mut again = Raw::connect(addr).await;
+    assert_eq!(
+        get(&again.login("panel", "first-s3cret").await, "Response"),
+        Some("Success")
+    );
+    let (_, status, stderr) = tokio::task::block_in_place(|| daemon.stop());
+    assert!(status.success(), "{status:?}\n{stderr}");
+    assert!(
+        stderr.contains("ami_proxy"),
+        "the restart-required key is logged"
+    );
+    sim.shutdown().await;
+}
