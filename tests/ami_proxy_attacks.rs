@@ -630,9 +630,10 @@ async fn a_reader_that_never_reads_is_cut_off_without_slowing_the_others() {
             Ok(n) => total += n,
         }
     }
+    let all = load_capture(N).len();
     assert!(
-        total < 4_000_000,
-        "the stuck client was not sent everything: {total} bytes"
+        total < all * 3 / 4,
+        "the stuck client was not sent everything: {total} of {all} bytes"
     );
     let r = reader.action("p", &[("Action", "Ping")]).await;
     assert_eq!(get(&r, "Ping"), Some("Pong"));

@@ -519,6 +519,19 @@ mod tests {
     }
 
     #[test]
+    fn reloads_compare_settings_and_secrets() {
+        let yaml = |secret: &str, queue: u32| {
+            format!("listen: 5040\nclient_queue: {queue}\nusers:\n  - {{ username: a, secret: {secret}, actions: [Ping] }}\n")
+        };
+        let get = |y: String| check(&y, &["main"]).0.expect("config");
+        let a = get(yaml("one", 10));
+        assert!(a.same_as(&get(yaml("one", 10))));
+        assert!(!a.same_as(&get(yaml("two", 10))), "a new secret");
+        assert!(!a.same_as(&get(yaml("one", 11))), "a new limit");
+        assert_eq!(a.max_actions_per_second, 50);
+    }
+
+    #[test]
     fn no_users_and_no_pbx() {
         let (c, e) = check("listen: 5040\n", &[]);
         assert!(c.is_none());

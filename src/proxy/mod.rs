@@ -61,7 +61,7 @@ use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use config::{AmiProxyConfig, ProxyUser, RawAmiProxy};
 pub use fanout::Links;
@@ -129,6 +129,9 @@ impl AmiProxy {
             max_connections = cfg.max_connections,
             "AMI proxy listening"
         );
+        if !addr.ip().is_loopback() {
+            warn!(addr = %addr, "the AMI proxy listens beyond loopback: AMI has no TLS, so keep it on a private network and firewall it to the tools' hosts");
+        }
         let shared = Arc::new(Shared {
             limit: LoginLimit::new(cfg.max_login_failures, cfg.login_failure_window),
             cfg,
