@@ -62,6 +62,7 @@ use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::server::ServeOptions;
 use crate::http::{self, fds, ApiState, Readiness, ReloadReply};
+use crate::log_limit::LogLimiter;
 use crate::metrics::{metrics, KnownLabels};
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
@@ -119,22 +120,28 @@ const TICK: Duration = Duration::from_millis(250);
 /// Room in the normalizer's queue for pushed events (added to the PBXs').
 const PUSH_QUEUE: usize = 1024;
 
-/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir):
+/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir,
+/// mode 0700; the lock file 0600):
 /// held by `callhook run` for its lifetime, and by one-shot commands that
-/// send from the outbox (`replay --config`, `backfill --deliver`). Dropping
+/// send from the outbox (`replay --config`, `backfill --deliver`, `outbox recover`). Dropping
 /// the file releases it (so does the OS when the process dies).
 pub fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
     let io = |source| AppError::LockFile {
         dir: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("callhook.lock"))
-        .map_err(io)?;
+    crate::deliver::outbox::secure_state_dir(dir).map_err(|source| AppError::Outbox {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut open = std::fs::OpenOptions::new();
+    open.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
+    }
+    let file = open.open(dir.join("callhook.lock")).map_err(io)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(AppError::Locked {
@@ -252,6 +259,7 @@ pub fn client_config(p: &PbxConfig) -> ClientConfig {
     c.connect_timeout = p.connect_timeout;
     c.max_packet = p.max_packet;
     c.queue_capacity = p.queue_capacity;
+    c.max_stall = p.max_stall;
     c
 }
 
@@ -273,6 +281,9 @@ struct Clients {
     presence: Option<PresenceFeed>,
     /// The running clients by PBX id, for the AMI proxy.
     links: Arc<watch::Sender<Arc<std::collections::BTreeMap<String, AmiHandle>>>>,
+    /// The PBXs the AMI proxy serves: their clients build noise events too
+    /// (the proxy's tools get every event).
+    proxied: Arc<Vec<String>>,
 }
 
 impl Clients {
@@ -280,6 +291,7 @@ impl Clients {
         events: mpsc::Sender<SourceEvent>,
         parent: CancellationToken,
         presence: Option<PresenceFeed>,
+        proxied: Vec<String>,
     ) -> Self {
         Self {
             list: Arc::new(std::sync::Mutex::new(Vec::new())),
@@ -287,6 +299,7 @@ impl Clients {
             parent,
             presence,
             links: Arc::new(watch::channel(Arc::new(std::collections::BTreeMap::new())).0),
+            proxied: Arc::new(proxied),
         }
     }
 
@@ -311,7 +324,8 @@ impl Clients {
     }
 
     fn start(&self, p: &PbxConfig) {
-        let c = client_config(p);
+        let mut c = client_config(p);
+        c.keep_noise = self.proxied.contains(&p.id);
         info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
         let stop = self.parent.child_token();
         let presence = self.presence.as_ref().map(|f| f.output(&p.id));
@@ -506,10 +520,38 @@ pub async fn run_until(
         tx.clone(),
         sources_token.clone(),
         presence.feed(&cfg.presence, &cfg.normalizer.classifier),
+        cfg.ami_proxy
+            .as_ref()
+            .map(|p| p.pbx_ids())
+            .unwrap_or_default(),
     );
     for p in &cfg.pbx {
         clients.start(p);
     }
+    // The live hub (consumes committed model events; click-to-call through
+    // the AMI clients) and the Meetip channel on top of it.
+    let live_token = CancellationToken::new();
+    let live = cfg.live.clone().map(|lc| {
+        // Looked up at each click-to-call: reloads add and remove PBXs.
+        let c = clients.clone();
+        let ami: crate::live::AmiLookup =
+            Arc::new(move |id: &str| c.handles().into_iter().find(|h| &**h.pbx() == id));
+        let live = crate::live::Live::new(lc, ami);
+        tokio::spawn(live.clone().run(live_token.clone()));
+        let hub = live.clone();
+        let mut prev = opts.observer.take();
+        opts.observer = Some(Box::new(move |evs: &[ModelEvent]| {
+            hub.publish_model(evs);
+            if let Some(p) = prev.as_mut() {
+                p(evs);
+            }
+        }));
+        live
+    });
+    let meetip = match (&live, cfg.meetip.clone()) {
+        (Some(l), Some(m)) => Some(crate::meetip::Meetip::new(m, l.clone())),
+        _ => None,
+    };
     // The push endpoint is a source too: it feeds the same queue.
     let (push_teams_tx, push_teams_rx) = watch::channel(Arc::new(Teams::new(
         cfg.push.as_ref().map_or(&[][..], |p| &p.teams[..]),
@@ -552,6 +594,7 @@ pub async fn run_until(
     let caps = http_caps(&cfg, admin_listener.is_some());
     let ready_clients = clients.clone();
     let ok = outbox_ok.clone();
+    let ready_dispatcher = dispatcher.clone();
     let readiness = move || {
         let pbx: std::collections::BTreeMap<String, bool> = ready_clients
             .handles()
@@ -559,10 +602,13 @@ pub async fn run_until(
             .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
             .collect();
         let outbox_writable = ok.load(Ordering::Relaxed);
+        let polling = ready_dispatcher.polling();
         Readiness {
-            ready: outbox_writable && pbx.values().all(|v| *v),
+            ready: outbox_writable && polling.is_ok() && pbx.values().all(|v| *v),
             pbx,
             outbox_writable,
+            outbox_polling: polling.is_ok(),
+            outbox_error: polling.err(),
         }
     };
     let state = ApiState {
@@ -571,6 +617,8 @@ pub async fn run_until(
         admin_token: cfg.admin_token.clone(),
         outbox: Some(outbox.clone()),
         push: push_state.clone(),
+        live: live.clone(),
+        meetip: meetip.clone(),
     };
     let mut http_tasks = Vec::new();
     let mut serve = |l: tokio::net::TcpListener,
@@ -631,6 +679,24 @@ pub async fn run_until(
             "/metrics, /healthz, /readyz, /-/reload, /api",
         ),
         (None, None) => drop(state),
+    }
+    if let Some(m) = &meetip {
+        match m.config().listen {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                serve(
+                    l,
+                    m.own_router(),
+                    "meetip",
+                    caps.listen,
+                    "Meetip PRO WebSocket",
+                );
+            }
+            None => info!(path = %m.config().path, "Meetip PRO WebSocket on the main listener"),
+        }
+    }
+    if live.is_some() {
+        info!("live API ready: /v1/live, /v1/live/sse, /v1/calls, /v1/extensions, /console");
     }
     if let Some(p) = &push_state {
         info!(path = %p.path, "push endpoint ready");
@@ -867,6 +933,7 @@ pub async fn run_until(
     }
     deliver_token.cancel();
     dispatcher.stopped().await;
+    live_token.cancel();
     http_token.cancel();
     for t in http_tasks {
         let _ = t.await;
@@ -946,6 +1013,11 @@ async fn finish_batch(
     out.clear();
 }
 
+/// These repeat for every event while the outbox cannot take more (a full
+/// disk, the cap): one line per half minute, with the count left out.
+static OUTBOX_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+static OUTBOX_REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+
 /// Evaluates the rules for a batch of model events and commits the
 /// deliveries; returns once they are durable, or why they are not (logged:
 /// the outbox failed, or was full and refused some).
@@ -968,12 +1040,16 @@ pub async fn deliver_batch(
     }
     match outbox.submit(reqs).await {
         Ok(o) => {
-            ok.store(true, Ordering::Relaxed);
+            if !ok.swap(true, Ordering::Relaxed) {
+                info!("the outbox accepts writes again");
+            }
             if o.rejected_full > 0 {
-                warn!(
-                    rejected = o.rejected_full,
-                    "outbox full: deliveries refused"
-                );
+                if let Some(suppressed) = OUTBOX_REFUSED.check() {
+                    warn!(
+                        rejected = o.rejected_full,
+                        suppressed, "outbox full: deliveries refused"
+                    );
+                }
                 return Err(format!(
                     "outbox full: {} deliveries refused",
                     o.rejected_full
@@ -983,7 +1059,9 @@ pub async fn deliver_batch(
         }
         Err(e) => {
             ok.store(false, Ordering::Relaxed);
-            error!(error = %e, "cannot write deliveries to the outbox");
+            if let Some(suppressed) = OUTBOX_FAILED.check() {
+                error!(error = %e, suppressed, "cannot write deliveries to the outbox");
+            }
             Err(format!("cannot write deliveries to the outbox: {e}"))
         }
     }

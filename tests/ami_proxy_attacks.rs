@@ -21,12 +21,12 @@ const USERS: &[User<'static>] = &[
     User {
         name: "panel",
         secret: "panel-s3cret",
-        extra: "      actions: [Ping, Getvar, Originate, UserEvent]\n      limits: { Originate: { Context: [from-internal], Application: [] } }\n",
+        extra: "      actions: [Ping, Getvar, Originate, UserEvent, CoreSettings]\n      limits: { Originate: { Context: [from-internal], Application: [] } }\n",
     },
     User {
         name: "other",
         secret: "other-s3cret",
-        extra: "      actions: [Ping, Getvar]\n",
+        extra: "      actions: [Ping, Getvar, CoreSettings]\n",
     },
 ];
 
@@ -52,8 +52,25 @@ async fn setup(name: &str, sim: Simulator) -> Setup {
     let daemon = Daemon::start(&cfg, &dir, &[("E2E_AMI_SECRET", PBX_SECRET)]);
     sim.wait_for(|s| s.logins >= 1).await;
     let proxy = SocketAddr::from(([127, 0, 0, 1], proxy));
-    // Up once a connection gets the banner; that probe logs off.
+    // Up once a connection gets the banner and a forwarded action is
+    // answered by the PBX (callhook's link is up); that probe logs off.
     let mut probe = Raw::connect(proxy).await;
+    assert_eq!(
+        get(&probe.login("other", "other-s3cret").await, "Response"),
+        Some("Success")
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = probe.action("up", &[("Action", "CoreSettings")]).await;
+        if get(&r, "Response") == Some("Success") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the PBX link never came up: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     probe.send(&[("Action", "Logoff")]).await;
     assert!(probe.closed().await);
     Setup {
@@ -580,16 +597,19 @@ async fn a_reader_that_never_reads_is_cut_off_without_slowing_the_others() {
         get(&trigger.login("panel", "panel-s3cret").await, "Response"),
         Some("Success")
     );
-    trigger
-        .send(&[("Action", "UserEvent"), ("UserEvent", "Go")])
-        .await;
+    let r = trigger.trigger().await;
+    assert_eq!(get(&r, "Response"), Some("Error"), "{r:?}");
     // The reading tool gets every event, in order.
     let mut next = 0usize;
     while next < N {
-        let p = reader
-            .packet()
-            .await
-            .expect("the reading tool stays connected");
+        let p = match tokio::time::timeout(Duration::from_secs(25), reader.packet()).await {
+            Ok(p) => p.expect("the reading tool stays connected"),
+            Err(_) => panic!(
+                "event {next} of {N} never came; sim {:?}\n{}",
+                s.sim.stats(),
+                s.daemon.stderr()
+            ),
+        };
         if get(&p, "UserEvent") != Some("Load") {
             continue;
         }

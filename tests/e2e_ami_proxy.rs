@@ -315,9 +315,7 @@ async fn real_client_libraries_share_one_ami_connection() {
     });
 
     // The PBX drops the link on UserEvent: the action's outcome is unknown.
-    let r = admin
-        .action("ue-1", &[("Action", "UserEvent"), ("UserEvent", "Trigger")])
-        .await;
+    let r = admin.trigger().await;
     assert_eq!(get(&r, "Response"), Some("Error"), "{r:?}");
     assert!(
         get(&r, "Message").is_some_and(|m| m.contains("outcome is unknown")),

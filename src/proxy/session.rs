@@ -253,6 +253,8 @@ impl Conn {
                 self.skipped(reason.as_str(), bytes).map(|()| None)
             }
             Some(Ok(AmiFrame::Banner(_))) => self.skipped("garbage", 0).map(|()| None),
+            // The client codec ignores nothing.
+            Some(Ok(AmiFrame::Ignored { .. })) => Ok(None),
         }
     }
 
@@ -600,6 +602,7 @@ impl Conn {
         let timeout = (is_originate && !asynchronous).then(|| originate_deadline(&m));
         let k = inflight.open(id.clone(), is_originate && asynchronous);
         let opts = SendOptions {
+            await_event: None,
             id_prefix: Some(hub.id_prefix(self.client, k)),
             timeout,
             proxied: true,

@@ -184,6 +184,25 @@ impl Raw {
         .await
     }
 
+    /// Sends `UserEvent` (the simulator's cue to drop the PBX link) once
+    /// callhook's PBX link is up — the proxy answers "down" until then —
+    /// and returns its answer (an error: the outcome is unknown).
+    pub async fn trigger(&mut self) -> Packet {
+        let deadline = Instant::now() + WAIT;
+        for n in 0.. {
+            let id = format!("trigger-{n}");
+            let r = self
+                .action(&id, &[("Action", "UserEvent"), ("UserEvent", "Trigger")])
+                .await;
+            if !get(&r, "Message").is_some_and(|m| m.contains("connection is down")) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "the PBX link never came up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        unreachable!()
+    }
+
     /// True once the proxy has closed the connection (reads and drops
     /// whatever comes before).
     pub async fn closed(&mut self) -> bool {
