@@ -283,6 +283,11 @@ struct Clients {
     parent: CancellationToken,
     /// Presence settings for the clients (none: presence disabled).
     presence: Option<PresenceFeed>,
+    /// The running clients by PBX id, for the AMI proxy.
+    links: Arc<watch::Sender<Arc<std::collections::BTreeMap<String, AmiHandle>>>>,
+    /// The PBXs the AMI proxy serves: their clients build noise events too
+    /// (the proxy's tools get every event).
+    proxied: Arc<Vec<String>>,
 }
 
 impl Clients {
@@ -290,13 +295,30 @@ impl Clients {
         events: mpsc::Sender<SourceEvent>,
         parent: CancellationToken,
         presence: Option<PresenceFeed>,
+        proxied: Vec<String>,
     ) -> Self {
         Self {
             list: Arc::new(std::sync::Mutex::new(Vec::new())),
             events,
             parent,
             presence,
+            links: Arc::new(watch::channel(Arc::new(std::collections::BTreeMap::new())).0),
+            proxied: Arc::new(proxied),
         }
+    }
+
+    /// Follows the running clients (the AMI proxy's view of the PBXs).
+    fn links(&self) -> crate::proxy::Links {
+        self.links.subscribe()
+    }
+
+    fn publish_links(&self) {
+        let map: std::collections::BTreeMap<String, AmiHandle> = self
+            .lock()
+            .iter()
+            .map(|c| (c.cfg.id.clone(), c.handle.clone()))
+            .collect();
+        self.links.send_replace(Arc::new(map));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
@@ -306,7 +328,8 @@ impl Clients {
     }
 
     fn start(&self, p: &PbxConfig) {
-        let c = client_config(p);
+        let mut c = client_config(p);
+        c.keep_noise = self.proxied.contains(&p.id);
         info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
         let stop = self.parent.child_token();
         let presence = self.presence.as_ref().map(|f| f.output(&p.id));
@@ -316,6 +339,7 @@ impl Clients {
             handle,
             stop,
         });
+        self.publish_links();
     }
 
     fn handles(&self) -> Vec<AmiHandle> {
@@ -330,6 +354,7 @@ impl Clients {
                 .position(|c| c.cfg.id == id)
                 .map(|i| list.remove(i))
         };
+        self.publish_links();
         if let Some(c) = gone {
             c.stop.cancel();
             if tokio::time::timeout(Duration::from_secs(3), c.handle.stopped())
@@ -508,6 +533,10 @@ pub async fn run_until(
         tx.clone(),
         sources_token.clone(),
         presence.feed(&cfg.presence, &cfg.normalizer.classifier),
+        cfg.ami_proxy
+            .as_ref()
+            .map(|p| p.pbx_ids())
+            .unwrap_or_default(),
     );
     for p in &cfg.pbx {
         clients.start(p);
@@ -711,6 +740,22 @@ pub async fn run_until(
         )));
     }
 
+    // The AMI proxy: an edge next to the AMI clients (it feeds nothing
+    // downstream; it shares their connections with existing tools).
+    let proxy_token = CancellationToken::new();
+    let mut proxy = None;
+    if let Some(p) = &cfg.ami_proxy {
+        let l = bind(p.listen).await?;
+        proxy = Some(
+            crate::proxy::AmiProxy::start(p.clone(), Some(l), clients.links(), proxy_token.clone())
+                .await
+                .map_err(|source| AppError::Listen {
+                    addr: p.listen,
+                    source,
+                })?,
+        );
+    }
+
     // Reloads.
     let config_path = opts.config_path.clone();
     let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
@@ -870,6 +915,10 @@ pub async fn run_until(
     agi_token.cancel();
     if let Some(t) = agi_task {
         let _ = t.await;
+    }
+    proxy_token.cancel();
+    if let Some(p) = proxy {
+        p.stopped().await;
     }
     for h in &clients.handles() {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
