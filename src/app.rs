@@ -8,12 +8,16 @@
 //!        ▲                                               │                                   │
 //!        └──────────── ack (after the commit) ───────────┼───────────────────────────────────┘
 //!                                                        ├─▶ optional printout of the call model (stdout)
-//!                                                        └─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
+//!                                                        ├─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
+//!                                                        │                                     │ change stream
+//!                                                        └─▶ try_send committed batch ─▶ live hub ◀┘ ─▶ WS / SSE / Meetip clients
 //! ```
 //!
 //! **Presence** runs in a task of its own ([`crate::presence::task`]); the
 //! table is readable through [`Running::presence`]. Neither the clients nor
-//! the normalizer task ever wait for it.
+//! the normalizer task ever wait for it. The **live** hub
+//! ([`crate::live`]) takes the committed batches the same way and follows
+//! the presence hub's change stream for its extension states.
 //!
 //! **Durability.** The normalizer task evaluates the rules for a batch of
 //! events and waits until the resulting deliveries are committed to the
@@ -259,6 +263,7 @@ pub fn client_config(p: &PbxConfig) -> ClientConfig {
     c.connect_timeout = p.connect_timeout;
     c.max_packet = p.max_packet;
     c.queue_capacity = p.queue_capacity;
+    c.max_stall = p.max_stall;
     c
 }
 
@@ -507,6 +512,34 @@ pub async fn run_until(
     for p in &cfg.pbx {
         clients.start(p);
     }
+    // The live hub (consumes committed model events; click-to-call through
+    // the AMI clients) and the Meetip channel on top of it.
+    let live_token = CancellationToken::new();
+    let live = cfg.live.clone().map(|lc| {
+        // Looked up at each click-to-call: reloads add and remove PBXs.
+        let c = clients.clone();
+        let ami: crate::live::AmiLookup =
+            Arc::new(move |id: &str| c.handles().into_iter().find(|h| &**h.pbx() == id));
+        let live = crate::live::Live::new(lc, ami);
+        tokio::spawn(live.clone().run(live_token.clone()));
+        // Extension states: the presence tracker's, where it has any.
+        if cfg.presence.enabled {
+            crate::live::presence::spawn(&live, &presence.hub, &live_token);
+        }
+        let hub = live.clone();
+        let mut prev = opts.observer.take();
+        opts.observer = Some(Box::new(move |evs: &[ModelEvent]| {
+            hub.publish_model(evs);
+            if let Some(p) = prev.as_mut() {
+                p(evs);
+            }
+        }));
+        live
+    });
+    let meetip = match (&live, cfg.meetip.clone()) {
+        (Some(l), Some(m)) => Some(crate::meetip::Meetip::new(m, l.clone())),
+        _ => None,
+    };
     // The push endpoint is a source too: it feeds the same queue.
     let (push_teams_tx, push_teams_rx) = watch::channel(Arc::new(Teams::new(
         cfg.push.as_ref().map_or(&[][..], |p| &p.teams[..]),
@@ -572,6 +605,8 @@ pub async fn run_until(
         admin_token: cfg.admin_token.clone(),
         outbox: Some(outbox.clone()),
         push: push_state.clone(),
+        live: live.clone(),
+        meetip: meetip.clone(),
     };
     let mut http_tasks = Vec::new();
     let mut serve = |l: tokio::net::TcpListener,
@@ -632,6 +667,24 @@ pub async fn run_until(
             "/metrics, /healthz, /readyz, /-/reload, /api",
         ),
         (None, None) => drop(state),
+    }
+    if let Some(m) = &meetip {
+        match m.config().listen {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                serve(
+                    l,
+                    m.own_router(),
+                    "meetip",
+                    caps.listen,
+                    "Meetip PRO WebSocket",
+                );
+            }
+            None => info!(path = %m.config().path, "Meetip PRO WebSocket on the main listener"),
+        }
+    }
+    if live.is_some() {
+        info!("live API ready: /v1/live, /v1/live/sse, /v1/calls, /v1/extensions, /console");
     }
     if let Some(p) = &push_state {
         info!(path = %p.path, "push endpoint ready");
@@ -849,6 +902,7 @@ pub async fn run_until(
     }
     deliver_token.cancel();
     dispatcher.stopped().await;
+    live_token.cancel();
     http_token.cancel();
     for t in http_tasks {
         let _ = t.await;

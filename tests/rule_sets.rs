@@ -16,6 +16,7 @@ fn root() -> &'static Path {
 
 fn config_including(rule_file: &str) -> Config {
     std::env::set_var("CRM_TOKEN", "test-token");
+    std::env::set_var("ASTERCC_PUSH_TOKEN", "test-push-token");
     std::env::set_var(
         "FEED_WEBHOOK_SECRET",
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
