@@ -61,7 +61,7 @@ use tracing::{error, info, warn};
 
 use crate::ami::client::{self, AmiHandle, AuthMode, ClientConfig, ConnectionState};
 use crate::config::{reload, Config, PbxConfig, ReloadOutcome};
-use crate::deliver::outbox::Outbox;
+use crate::deliver::outbox::{LiveCallWrite, Outbox};
 use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::server::ServeOptions;
@@ -866,6 +866,7 @@ pub async fn run_until(
         })),
     };
     let mut normalizer = Normalizer::new(cfg.normalizer);
+    restore_live_calls(&mut normalizer, &outbox, &cfg.pbx).await;
     let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(TICK);
@@ -1006,14 +1007,33 @@ async fn finish_batch(
     acks: &mut Vec<(PushAck, PushReceipt)>,
     observer: &mut Option<Observer>,
 ) {
-    let result = if out.is_empty() {
+    let changes = normalizer.take_dirty();
+    let calls: Vec<LiveCallWrite> = changes
+        .iter()
+        .map(|c| LiveCallWrite {
+            pbx: c.pbx.to_string(),
+            session: c.session.clone(),
+            snapshot: c.snapshot.clone(),
+        })
+        .collect();
+    let result = if out.is_empty() && calls.is_empty() {
         Ok(())
     } else {
-        deliver_batch(rules, outbox, ok, out, |p| normalizer.clock_offset(p)).await
+        deliver_batch(rules, outbox, ok, out, calls, |p| {
+            normalizer.clock_offset(p)
+        })
+        .await
     };
     match &result {
         Ok(()) => normalizer.commit_batch(),
+        Err(e) if e.starts_with(OUTBOX_FULL) => {
+            // The calls were stored with what the outbox took.
+            normalizer.rollback_batch();
+            out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
+        }
         Err(_) => {
+            // Not stored: written with the next batch.
+            normalizer.requeue_dirty(&changes);
             normalizer.rollback_batch();
             // Pushed calls will say it again when the pushes are retried.
             out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
@@ -1028,6 +1048,42 @@ async fn finish_batch(
         let _ = ack.send(result.clone().map(|()| receipt));
     }
     out.clear();
+}
+
+/// How a refusal by the cap or the backlog starts (the batch's calls were
+/// stored all the same).
+const OUTBOX_FULL: &str = "outbox full";
+
+/// Puts the live calls stored by the previous run back into the model,
+/// before the first login's reconciliation closes those that ended while
+/// callhook was down (exactly once: a call's removal is committed with its
+/// record). Calls of PBXs no longer configured stay stored, untouched.
+async fn restore_live_calls(
+    normalizer: &mut Normalizer,
+    outbox: &Outbox,
+    pbxs: &[crate::config::PbxConfig],
+) {
+    normalizer.track_changes();
+    let stored = match outbox.live_calls().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read the stored live calls: calls in progress before the restart get no record");
+            return;
+        }
+    };
+    for p in pbxs {
+        let snaps: Vec<Vec<u8>> = stored
+            .iter()
+            .filter(|c| c.pbx == p.id)
+            .map(|c| c.snapshot.clone())
+            .collect();
+        if snaps.is_empty() {
+            continue;
+        }
+        let id: crate::source::PbxId = p.id.as_str().into();
+        let r = normalizer.restore(&id, &snaps);
+        info!(pbx = %p.id, calls = r.calls, skipped = r.skipped, "live calls restored; the login's snapshot settles those that ended meanwhile");
+    }
 }
 
 /// These repeat for every event while the outbox cannot take more (a full
@@ -1045,6 +1101,7 @@ pub async fn deliver_batch(
     outbox: &Outbox,
     ok: &AtomicBool,
     events: &[ModelEvent],
+    calls: Vec<LiveCallWrite>,
     clock_offset: impl Fn(&str) -> f64,
 ) -> Result<(), String> {
     let mut reqs: Vec<DeliveryRequest> = events.iter().flat_map(|e| rules.evaluate(e)).collect();
@@ -1052,10 +1109,10 @@ pub async fn deliver_batch(
         let local = r.created_at - clock_offset(&r.pbx);
         r.rebase(local);
     }
-    if reqs.is_empty() {
+    if reqs.is_empty() && calls.is_empty() {
         return Ok(());
     }
-    match outbox.submit(reqs).await {
+    match outbox.submit_with_calls(reqs, calls).await {
         Ok(o) => {
             if !ok.swap(true, Ordering::Relaxed) {
                 info!("the outbox accepts writes again");
@@ -1068,7 +1125,7 @@ pub async fn deliver_batch(
                     );
                 }
                 return Err(format!(
-                    "outbox full: {} deliveries refused",
+                    "{OUTBOX_FULL}: {} deliveries refused",
                     o.rejected_full
                 ));
             }

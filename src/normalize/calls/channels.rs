@@ -9,7 +9,7 @@ use crate::normalize::NormalizerConfig;
 use compact_str::ToCompactString;
 
 /// One channel as the normalizer knows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Chan {
     pub(super) uid: Str,
     pub(super) name: Str,

@@ -42,8 +42,11 @@ mod events;
 mod grouping;
 mod leg;
 mod originate;
+mod persist;
 mod pickup;
 mod snapshot;
+
+pub use persist::{Restored, SNAPSHOT_VERSION};
 
 use std::collections::{HashMap, VecDeque};
 
@@ -102,6 +105,8 @@ pub struct PbxCalls {
     /// time-driven decisions ([`Normalizer::tick`](super::Normalizer::tick))
     /// run on the PBX's clock, whatever the local one says.
     skew: f64,
+    /// Calls changed since the last `take_dirty` (see `persist`).
+    dirty: std::collections::HashSet<Str>,
 }
 
 fn meaningful_exten(e: &str) -> bool {
@@ -135,6 +140,7 @@ impl PbxCalls {
             disconnected_at: None,
             live_gauge: metrics().live_calls.with_label_values(&[&pbx]),
             skew: 0.0,
+            dirty: Default::default(),
             pbx,
         }
     }
