@@ -263,6 +263,7 @@ pub fn client_config(p: &PbxConfig) -> ClientConfig {
     c.connect_timeout = p.connect_timeout;
     c.max_packet = p.max_packet;
     c.queue_capacity = p.queue_capacity;
+    c.max_stall = p.max_stall;
     c
 }
 
@@ -472,6 +473,15 @@ pub async fn run_until(
         })?;
     let outbox = Arc::new(outbox);
     info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
+    // Rows stored in clear by an older version: masked before anything else.
+    match outbox
+        .conceal_stored(Arc::new(cfg.rules.secrets().clone()))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => info!(rows = n, "secrets stored in clear in the outbox masked"),
+        Err(e) => warn!(error = %e, "cannot mask secrets stored in the outbox"),
+    }
     init_series(&cfg);
     metrics().set_build_info(env!("CARGO_PKG_VERSION"), BUILD_COMMIT);
     let (targets_tx, targets_rx) = watch::channel(cfg.targets.clone());

@@ -24,8 +24,10 @@
 //!    [`ClientConfig::queue_capacity`]) and delivered right *after* the
 //!    snapshot, so the normalizer always sees "state at login, then changes".
 //! 4. **Keepalive**: a `Ping` every [`ClientConfig::ping_interval`]; no answer
-//!    within [`ClientConfig::ping_timeout`] means the connection is dead
-//!    (half-open TCP). A read error or EOF is dead too.
+//!    within [`ClientConfig::ping_timeout`] while nothing at all arrived for
+//!    that long either means the connection is dead (half-open TCP). (Under
+//!    a heavy stream the answer queues behind the events; bytes arriving
+//!    prove the connection alive.) A read error or EOF is dead too.
 //! 5. **Loss**: [`SourceEvent::AmiDisconnected`] is emitted whenever an
 //!    established (logged-in) connection is lost, then the client reconnects
 //!    forever. **Reconnect policy:** after a session that delivered events
@@ -93,22 +95,41 @@
 //!   [`AmiError::Disconnected`] (outcome unknown) — re-sending could place a
 //!   duplicate call.
 //!
-//! # Backpressure policy
+//! # Reading and backpressure policy
 //!
-//! The socket reader never awaits the normalizer: writes go through a
-//! separate writer task and events are forwarded with `try_send`.
+//! Writes go through a separate writer task; the reader
+//! ([`super::reader::FrameReader`]) reads up to 64 KiB at a time and hands
+//! every frame of a read to the routing below before it reads again.
 //!
 //! * Pure noise that the normalizer never uses is dropped first
-//!   ([`is_noise_event`]: `VarSet`, `RTCPSent`, `RTCPReceived`,
+//!   ([`NOISE_EVENTS`]: `VarSet`, `RTCPSent`, `RTCPReceived`,
 //!   `DeviceStateChange`, unsolicited `ExtensionStatus`, `QueueMemberStatus`,
-//!   `SuccessfulAuth`, `ChallengeSent`, `RequestBadFormat`). `Newexten` and
-//!   `Cdr` are kept.
-//! * When the events channel is full the event is dropped and counted in
-//!   `ami_queue_dropped`; one warning is logged per overflow episode. Once
-//!   the channel is at least half empty again (and at most once per second)
-//!   the client re-runs the resync action and delivers a fresh
-//!   [`SourceEvent::AmiSnapshot`], so the normalizer can repair what it
-//!   missed. A snapshot that itself cannot be queued starts a new episode.
+//!   `SuccessfulAuth`, `ChallengeSent`, `RequestBadFormat`); the codec
+//!   recognises it from its first line and does not even build it
+//!   ([`super::route`]). `Newexten` and `Cdr` are kept. A client started
+//!   with presence ([`spawn_with_presence`]) builds `ExtensionStatus` and
+//!   `DeviceStateChange` and hands them to presence only
+//!   ([`super::state_sync`]).
+//! * When the events channel is full, the event waits in a backlog and the
+//!   client stops decoding; it still reads the socket ahead into its byte
+//!   buffer, up to 2 MiB, then **stops reading** until the normalizer has
+//!   taken the backlog (TCP backpressure: the PBX's writes slow down,
+//!   nothing is lost). Every event the normalizer takes lets decoding, and
+//!   so reading, go on: a normalizer that keeps taking events, however
+//!   slowly, never loses one. Actions and pings are still sent meanwhile;
+//!   their answers wait behind the events (an action still times out at its
+//!   deadline; an unanswered keepalive does not count while events wait).
+//! * Reading may stop for at most [`ClientConfig::max_stall`] (50 ms by
+//!   default, half of Asterisk's default `writetimeout`: Asterisk
+//!   disconnects a manager session one of whose writes blocks that long,
+//!   `main/manager.c` `send_string`), i.e. the read-ahead is full and the
+//!   normalizer took nothing for that long. Then the backlog is dropped and
+//!   counted in `ami_queue_dropped`, with one warning per overflow episode,
+//!   and the client reads on, dropping what does not fit, until the channel
+//!   is at least half empty again: then (at most once per second) it re-runs
+//!   the resync action and delivers a fresh [`SourceEvent::AmiSnapshot`], so
+//!   the normalizer can repair what it missed, and backpressure applies
+//!   again. A snapshot that itself cannot be queued starts a new episode.
 //!
 //! Every received `Event:` packet counts in `ami_events{pbx,event}` (event
 //! names folded by [`crate::metrics::event_label`]); packets the framer
@@ -126,8 +147,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use md5::{Digest, Md5};
+use prometheus::IntCounter;
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -135,12 +156,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant, MissedTickBehavior};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::{AmiCodec, AmiFrame};
-use super::message::{Action, ActionError, AmiMessage, MessageKind};
+use super::message::{key_tag, Action, ActionError, AmiMessage, MessageKind};
+use super::reader::FrameReader;
+use super::route::{self, route, Route};
+pub use super::route::{ends_list, is_noise_event, starts_list, NOISE_EVENTS};
 use super::state_sync::{presence_route, PresenceOutput, PresenceRoute, StateStep, StateSync};
 use crate::metrics::{event_label, metrics};
 use crate::source::{now_epoch, OriginateSent, PbxId, PresenceSourceEvent, SourceEvent};
@@ -159,6 +182,17 @@ const OVERFLOW_RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(1);
 const LOGOFF_TIMEOUT: Duration = Duration::from_secs(1);
 /// Floor of every reconnect delay (guards against a zero backoff config).
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// Default [`ClientConfig::max_stall`]: half of Asterisk's default
+/// `writetimeout`.
+pub const DEFAULT_MAX_STALL: Duration = Duration::from_millis(50);
+/// Bytes read ahead from the socket while the queue is full, before
+/// reading stops (about 4,000 typical events).
+const READ_AHEAD: usize = 2 * 1024 * 1024;
+/// Event name spellings whose counter is remembered.
+const MAX_EVENT_NAMES: usize = 128;
+/// How long events still waiting for the queue when a session ends are
+/// given before they are dropped (no socket to protect any more).
+const END_FLUSH: Duration = Duration::from_secs(1);
 
 /// How the client authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -206,12 +240,18 @@ pub struct ClientConfig {
     pub queue_capacity: usize,
     /// List the live channels after every login (and after overflows).
     pub resync: bool,
+    /// Longest the client stops reading the socket while the normalizer's
+    /// queue is full (TCP backpressure) before it drops events instead. Keep
+    /// it below Asterisk's `writetimeout` (manager.conf, 100 ms by default):
+    /// a manager session whose write blocks that long is disconnected.
+    pub max_stall: Duration,
 }
 
 impl ClientConfig {
     /// A configuration with the defaults: MD5 auth, `Events: on`, connect
     /// timeout 5 s, ping every 20 s with a 5 s deadline, action timeout 10 s,
-    /// backoff 500 ms → 30 s, 1 MiB packets, queue capacity 10 000, resync on.
+    /// backoff 500 ms → 30 s, 1 MiB packets, queue capacity 10 000, resync on,
+    /// stalls of at most 50 ms.
     pub fn new(
         pbx: impl Into<PbxId>,
         host: impl Into<String>,
@@ -236,6 +276,7 @@ impl ClientConfig {
             max_packet: AmiCodec::DEFAULT_MAX_PACKET,
             queue_capacity: 10_000,
             resync: true,
+            max_stall: DEFAULT_MAX_STALL,
         }
     }
 }
@@ -259,6 +300,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_packet", &self.max_packet)
             .field("queue_capacity", &self.queue_capacity)
             .field("resync", &self.resync)
+            .field("max_stall", &self.max_stall)
             .finish()
     }
 }
@@ -499,6 +541,9 @@ pub fn spawn_with_presence(
         session_events: 0,
         overflow: Overflow::default(),
         events_closed_logged: false,
+        backlog: VecDeque::new(),
+        stall_since: None,
+        event_counters: Vec::new(),
     };
     tokio::spawn(client.run());
     handle
@@ -547,23 +592,6 @@ pub fn is_idempotent(action: &str) -> bool {
     READ_ONLY.iter().any(|a| a.eq_ignore_ascii_case(action))
 }
 
-/// True for unsolicited events the normalizer never uses (dropped before the
-/// queue). Only called for events without an ActionID.
-pub fn is_noise_event(event: &str) -> bool {
-    const NOISE: &[&str] = &[
-        "VarSet",
-        "RTCPSent",
-        "RTCPReceived",
-        "DeviceStateChange",
-        "ExtensionStatus",
-        "QueueMemberStatus",
-        "SuccessfulAuth",
-        "ChallengeSent",
-        "RequestBadFormat",
-    ];
-    NOISE.iter().any(|n| n.eq_ignore_ascii_case(event))
-}
-
 /// `hex(md5(challenge + secret))`, the `Key` of an MD5 login.
 pub(crate) fn md5_key(challenge: &str, secret: &str) -> String {
     let mut h = Md5::new();
@@ -575,38 +603,6 @@ pub(crate) fn md5_key(challenge: &str, secret: &str) -> String {
 /// The ActionID of action `n` on connection `seq`.
 fn action_id(pbx: &str, seq: u64, n: u64) -> String {
     format!("{pbx}-{seq}-{n}")
-}
-
-/// True when `resp` opens a list: `Response: Success` with `EventList: start`,
-/// or without `EventList` a `Message` containing "will follow".
-pub fn starts_list(resp: &AmiMessage) -> bool {
-    let success = resp
-        .get("Response")
-        .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
-    if !success {
-        return false;
-    }
-    if let Some(el) = resp.get("EventList") {
-        return el.eq_ignore_ascii_case("start");
-    }
-    resp.get("Message")
-        .is_some_and(|m| m.to_ascii_lowercase().contains("will follow"))
-}
-
-/// True when `ev` closes a list: an event named `…Complete` or carrying
-/// `EventList: Complete`.
-pub fn ends_list(ev: &AmiMessage) -> bool {
-    if ev
-        .get("EventList")
-        .is_some_and(|v| v.eq_ignore_ascii_case("Complete"))
-    {
-        return true;
-    }
-    ev.event().is_some_and(|e| {
-        e.len() >= 8
-            && e.is_char_boundary(e.len() - 8)
-            && e[e.len() - 8..].eq_ignore_ascii_case("Complete")
-    })
 }
 
 /// Major AMI version from the banner (`Asterisk Call Manager/1.3` → 1).
@@ -700,7 +696,7 @@ struct Pending {
 
 /// One logged-in connection.
 struct Session {
-    framed: FramedRead<OwnedReadHalf, AmiCodec>,
+    reader: FrameReader<OwnedReadHalf>,
     writer_tx: mpsc::Sender<Vec<u8>>,
     writer: JoinHandle<()>,
     seq: u64,
@@ -752,6 +748,14 @@ struct Client {
     session_events: u64,
     overflow: Overflow,
     events_closed_logged: bool,
+    /// Events the queue had no room for, in order: while there are any the
+    /// socket is not read (backpressure).
+    backlog: VecDeque<SourceEvent>,
+    /// Since when the socket has not been read for lack of room (events
+    /// wait in the backlog and the read-ahead buffer is full).
+    stall_since: Option<Instant>,
+    /// `ami_events` counters by event name (with its [`key_tag`]).
+    event_counters: Vec<(u32, Box<str>, IntCounter)>,
     /// Presence: forwarding and login-time state lists (none: not tracked).
     presence: Option<StateSync>,
 }
@@ -927,7 +931,12 @@ impl Client {
         };
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
-        let mut framed = FramedRead::new(rd, AmiCodec::with_max_packet(cfg.max_packet));
+        let codec = if self.presence.is_some() {
+            route::codec_with_presence(cfg.max_packet)
+        } else {
+            route::codec(cfg.max_packet)
+        };
+        let mut framed = FrameReader::new(rd, codec);
 
         let banner = read_banner(&mut framed, pbx, step).await?;
         let modern = banner.as_deref().and_then(ami_major).is_none_or(|m| m >= 2);
@@ -985,7 +994,7 @@ impl Client {
         let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE);
         let writer = tokio::spawn(write_loop(wr, writer_rx));
         Ok(Session {
-            framed,
+            reader: framed,
             writer_tx,
             writer,
             seq,
@@ -1017,7 +1026,31 @@ impl Client {
             }
         }
         sess.writer.abort();
+        self.flush_backlog().await;
         end
+    }
+
+    /// At the end of a session: the events still waiting for room get
+    /// [`END_FLUSH`] to get into the queue (there is no socket to protect
+    /// any more), then the rest is dropped and counted.
+    async fn flush_backlog(&mut self) {
+        self.stall_since = None;
+        let until = Instant::now() + END_FLUSH;
+        while let Some(ev) = self.backlog.pop_front() {
+            match tokio::time::timeout_at(until, self.events.send(ev)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    // Closed: nobody is listening any more.
+                    self.backlog.clear();
+                }
+                Err(_) => {
+                    self.dropped();
+                    while self.backlog.pop_front().is_some() {
+                        self.dropped();
+                    }
+                }
+            }
+        }
     }
 
     fn session_start(&mut self, sess: &mut Session) -> Result<(), Lost> {
@@ -1043,12 +1076,49 @@ impl Client {
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // Everything already read, for as long as the queue takes it.
+            while self.backlog.is_empty() {
+                let Some(frame) = sess.reader.buffered() else {
+                    break;
+                };
+                if let Err(Lost(reason)) = self.on_frame(sess, frame) {
+                    return SessionEnd::Lost(reason);
+                }
+            }
+            let stalled = !self.backlog.is_empty();
+            let eof = sess.reader.at_eof();
+            if !stalled && eof {
+                return SessionEnd::Lost("connection closed by the PBX".into());
+            }
+            // While stalled, the socket is still read ahead into the byte
+            // buffer up to READ_AHEAD; only then does reading stop, and the
+            // stall clock run (not after EOF: no session to protect).
+            let read = !eof && (!stalled || sess.reader.buffered_bytes() < READ_AHEAD);
+            let stopped = stalled && !read && !eof;
+            if stopped {
+                self.stall_since.get_or_insert_with(Instant::now);
+            } else {
+                self.stall_since = None;
+            }
+            let give_up = self
+                .stall_since
+                .map_or_else(Instant::now, |t| t + self.cfg.max_stall);
             let step = tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                frame = sess.framed.next() => match frame {
-                    Some(Ok(f)) => self.on_frame(sess, f),
-                    Some(Err(e)) => Err(Lost(format!("read error: {e}"))),
-                    None => Err(Lost("connection closed by the PBX".into())),
+                read = sess.reader.fill(), if read => match read {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(Lost(format!("read error: {e}"))),
+                },
+                permit = self.events.clone().reserve_owned(), if stalled => {
+                    match permit {
+                        Ok(p) => self.resume(p),
+                        Err(_) => self.backlog.clear(),
+                    }
+                    Ok(())
+                },
+                _ = sleep_until(give_up), if stopped => {
+                    self.give_up_stall();
+                    Ok(())
                 },
                 cmd = self.commands.recv(), if !self.commands_closed => match cmd {
                     Some(c) => self.submit(sess, c),
@@ -1066,6 +1136,10 @@ impl Client {
     fn on_frame(&mut self, sess: &mut Session, frame: AmiFrame) -> Result<(), Lost> {
         match frame {
             AmiFrame::Message(msg) => self.on_message(sess, msg),
+            AmiFrame::Ignored { event, .. } => {
+                self.count_event(event);
+                Ok(())
+            }
             AmiFrame::Skipped { reason, bytes } => {
                 metrics()
                     .ami_packets_skipped
@@ -1081,47 +1155,38 @@ impl Client {
         }
     }
 
+    /// Counts one received event in `ami_events` (counters are looked up
+    /// once per spelling of an event name, at most [`MAX_EVENT_NAMES`]).
+    fn count_event(&mut self, name: &str) {
+        let tag = key_tag(name.as_bytes());
+        if let Some((_, _, c)) = self
+            .event_counters
+            .iter()
+            .find(|(t, n, _)| *t == tag && **n == *name)
+        {
+            c.inc();
+            return;
+        }
+        let c = metrics()
+            .ami_events
+            .with_label_values(&[&self.pbx, event_label(name)]);
+        c.inc();
+        if self.event_counters.len() < MAX_EVENT_NAMES {
+            self.event_counters.push((tag, name.into(), c));
+        }
+    }
+
     fn on_message(&mut self, sess: &mut Session, msg: AmiMessage) -> Result<(), Lost> {
-        match msg.kind() {
-            MessageKind::Event(name) => {
-                metrics()
-                    .ami_events
-                    .with_label_values(&[&self.pbx, event_label(name)])
-                    .inc();
-                let originate = name.eq_ignore_ascii_case("OriginateResponse");
-                let noise = is_noise_event(name);
-                if let Some(id) = msg.action_id() {
-                    if originate {
-                        // Broadcast: an event for everyone, and maybe the
-                        // answer to a pending (synchronous) Originate.
-                        if let Some(mut p) = sess.pending.remove(id) {
-                            let id = id.to_string();
-                            let awaited =
-                                matches!(&p.kind, PendingKind::User(c) if c.await_event.is_some());
-                            let mut items = std::mem::take(&mut p.items);
-                            if awaited {
-                                items.insert(0, p.response.take().unwrap_or_default());
-                            }
-                            let resp = ActionResponse {
-                                response: msg.clone(),
-                                items,
-                            };
-                            let result = if is_error(&msg) && !awaited {
-                                Err(AmiError::Rejected(
-                                    msg.get("Reason").unwrap_or("originate failed").to_string(),
-                                ))
-                            } else {
-                                Ok(resp)
-                            };
-                            self.complete(sess, &id, p, result)?;
-                        }
-                        self.forward(sess, msg);
-                        return Ok(());
-                    }
-                    return self.list_item(sess, msg);
-                }
-                if let Some(route) = self.presence.as_ref().and_then(|_| presence_route(name)) {
-                    if route == PresenceRoute::Also {
+        if let Some(name) = msg.event() {
+            self.count_event(name);
+        }
+        match route(&msg) {
+            r @ (Route::Event | Route::Noise) => {
+                // Presence events go there first (some only there); the
+                // codec of a client with presence builds them.
+                let name = msg.event().unwrap_or_default();
+                if let Some(pr) = self.presence.as_ref().and_then(|_| presence_route(name)) {
+                    if pr == PresenceRoute::Also {
                         self.forward(sess, msg.clone());
                     }
                     let ev = PresenceSourceEvent::Ami {
@@ -1134,16 +1199,45 @@ impl Client {
                     }
                     return Ok(());
                 }
-                if !noise {
+                if r == Route::Event {
                     self.forward(sess, msg);
                 }
                 Ok(())
             }
-            MessageKind::Response(_) => {
-                let Some(id) = msg.action_id().map(str::to_string) else {
-                    debug!(pbx = %self.pbx, "dropping a response without ActionID");
-                    return Ok(());
-                };
+            Route::Broadcast(id) => {
+                // Broadcast: an event for everyone, and maybe the answer to
+                // a pending (synchronous or awaited) Originate.
+                if let Some(mut p) = sess.pending.remove(id) {
+                    let id = id.to_string();
+                    let awaited =
+                        matches!(&p.kind, PendingKind::User(c) if c.await_event.is_some());
+                    let mut items = std::mem::take(&mut p.items);
+                    if awaited {
+                        items.insert(0, p.response.take().unwrap_or_default());
+                    }
+                    let resp = ActionResponse {
+                        response: msg.clone(),
+                        items,
+                    };
+                    let result = if is_error(&msg) && !awaited {
+                        Err(AmiError::Rejected(
+                            msg.get("Reason").unwrap_or("originate failed").to_string(),
+                        ))
+                    } else {
+                        Ok(resp)
+                    };
+                    self.complete(sess, &id, p, result)?;
+                }
+                self.forward(sess, msg);
+                Ok(())
+            }
+            Route::ListItem(_) => self.list_item(sess, msg),
+            Route::Response(None) => {
+                debug!(pbx = %self.pbx, "dropping a response without ActionID");
+                Ok(())
+            }
+            Route::Response(Some(id)) => {
+                let id = id.to_string();
                 let Some(p) = sess.pending.get_mut(&id) else {
                     debug!(pbx = %self.pbx, "dropping a response for unknown ActionID {id}");
                     return Ok(());
@@ -1179,7 +1273,7 @@ impl Client {
                 };
                 self.complete(sess, &id, p, result)
             }
-            MessageKind::Other => {
+            Route::Other => {
                 debug!(pbx = %self.pbx, "dropping a packet that is neither an event nor a response");
                 Ok(())
             }
@@ -1433,9 +1527,18 @@ impl Client {
 
     fn housekeeping(&mut self, sess: &mut Session) -> Result<(), Lost> {
         let now = Instant::now();
+        // The answer to a keepalive may be queued behind events (unread
+        // while they wait for room, or behind a long stream): bytes arriving
+        // prove the connection alive.
+        let stalled = !self.backlog.is_empty();
+        let quiet = sess
+            .reader
+            .last_read()
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.ping_timeout);
         let expired: Vec<String> = sess
             .pending
             .iter()
+            .filter(|(_, p)| !matches!(p.kind, PendingKind::Ping) || (quiet && !stalled))
             .filter(|(_, p)| {
                 p.deadline <= now || matches!(&p.kind, PendingKind::User(c) if c.reply.is_closed())
             })
@@ -1494,7 +1597,7 @@ impl Client {
         }
         let ev = SourceEvent::Ami {
             pbx: self.pbx.clone(),
-            received_at: now_epoch(),
+            received_at: sess.reader.read_at(),
             msg,
         };
         self.forward_event(sess, ev);
@@ -1514,13 +1617,25 @@ impl Client {
         }
     }
 
-    /// `try_send` to the normalizer; never waits. True when queued.
+    /// Hands an event to the normalizer's queue without waiting. When the
+    /// queue is full the event waits in the backlog (and the socket is not
+    /// read until the backlog is gone) unless a stall already lasted
+    /// [`ClientConfig::max_stall`]: then it is dropped and counted. False
+    /// when dropped.
     fn deliver(&mut self, ev: SourceEvent) -> bool {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(ev);
+            return true;
+        }
         match self.events.try_send(ev) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped();
-                false
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                if self.overflow.active {
+                    self.dropped();
+                    return false;
+                }
+                self.backlog.push_back(ev);
+                true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 if !self.events_closed_logged {
@@ -1530,6 +1645,42 @@ impl Client {
                 false
             }
         }
+    }
+
+    /// The queue has room again: the backlog goes first, in order.
+    fn resume(&mut self, permit: mpsc::OwnedPermit<SourceEvent>) {
+        if let Some(ev) = self.backlog.pop_front() {
+            permit.send(ev);
+        }
+        while let Some(ev) = self.backlog.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    self.backlog.push_front(ev);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The socket has not been read for `max_stall`: drop the backlog and
+    /// read on, dropping what does not fit until the resync (the PBX would
+    /// soon disconnect a session whose writes block).
+    fn give_up_stall(&mut self) {
+        let n = self.backlog.len();
+        warn!(
+            pbx = %self.pbx,
+            "the normalizer took no event for {:?} and the read-ahead is full: dropping {n} waiting events and reading on",
+            self.cfg.max_stall
+        );
+        while self.backlog.pop_front().is_some() {
+            self.dropped();
+        }
+        self.stall_since = None;
     }
 
     fn dropped(&mut self) {
@@ -1591,7 +1742,7 @@ impl Client {
             return;
         }
         let wait = LOGOFF_TIMEOUT.min(self.cfg.action_timeout);
-        let framed = &mut sess.framed;
+        let framed = &mut sess.reader;
         let _ = timeout(wait, async {
             while let Some(Ok(frame)) = framed.next().await {
                 if let AmiFrame::Message(m) = frame {
@@ -1632,7 +1783,7 @@ async fn write_raw(
 }
 
 async fn read_banner(
-    framed: &mut FramedRead<OwnedReadHalf, AmiCodec>,
+    framed: &mut FrameReader<OwnedReadHalf>,
     pbx: &PbxId,
     step: Duration,
 ) -> Result<Option<String>, ConnectError> {
@@ -1642,7 +1793,7 @@ async fn read_banner(
                 None => return Err(ConnectError::Io("closed before the banner".into())),
                 Some(Err(e)) => return Err(ConnectError::Io(e.to_string())),
                 Some(Ok(AmiFrame::Banner(b))) => return Ok(Some(b)),
-                Some(Ok(AmiFrame::Message(_))) => return Ok(None),
+                Some(Ok(AmiFrame::Message(_) | AmiFrame::Ignored { .. })) => return Ok(None),
                 Some(Ok(AmiFrame::Skipped { reason, .. })) => {
                     metrics()
                         .ami_packets_skipped
@@ -1659,7 +1810,7 @@ async fn read_banner(
 }
 
 async fn read_response(
-    framed: &mut FramedRead<OwnedReadHalf, AmiCodec>,
+    framed: &mut FrameReader<OwnedReadHalf>,
     pbx: &PbxId,
     id: &str,
     step: Duration,
@@ -1680,7 +1831,7 @@ async fn read_response(
                         .with_label_values(&[pbx, reason.as_str()])
                         .inc();
                 }
-                Some(Ok(AmiFrame::Banner(_))) => {}
+                Some(Ok(AmiFrame::Banner(_) | AmiFrame::Ignored { .. })) => {}
             }
         }
     };

@@ -454,7 +454,7 @@ impl Prepared {
                         version = Some(banner_version(&b));
                     }
                 }
-                AmiFrame::Skipped { .. } => {}
+                AmiFrame::Skipped { .. } | AmiFrame::Ignored { .. } => {}
                 AmiFrame::Message(m) => match m.kind() {
                     // Answers to the recorder's own actions.
                     MessageKind::Response(_) => states.learn(&m),

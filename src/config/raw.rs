@@ -174,6 +174,10 @@ pub struct RawAmi {
     /// Events buffered between the socket reader and the normalizer (default 10000).
     #[serde(default)]
     pub queue_capacity: Option<usize>,
+    /// Longest the reader stops reading a full queue's PBX before it drops
+    /// events (default `50ms`; keep below manager.conf's `writetimeout`).
+    #[serde(default)]
+    pub max_stall: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -207,4 +211,6 @@ pub struct RawCalls {
     pub max_age: Option<String>,
     /// Asterisk ≤ 11: wait this long for the event tying a ringing channel (default `500ms`).
     pub orphan_grace: Option<String>,
+    /// At most this many calls in progress per PBX or push team (default 50000).
+    pub max_live: Option<usize>,
 }

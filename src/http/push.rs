@@ -20,7 +20,9 @@
 //!    deliveries it caused to the outbox: only then `200
 //!    {"accepted":true,"duplicate":false}` (`duplicate: true` when the same
 //!    event was already applied). If the outbox refused them, `503`: the
-//!    pusher retries and the event is applied again.
+//!    pusher retries and the event is applied again. A push that would open
+//!    a new call while the team already has `calls.max_live` calls in
+//!    progress is `503` too (nothing applied).
 //!
 //! | field | spellings | use |
 //! |---|---|---|
@@ -551,6 +553,10 @@ pub async fn handle(
         }
     }
     match tokio::time::timeout(p.ack_wait, answer).await {
+        Ok(Ok(Ok(r))) if r.full => unavailable(
+            team,
+            "too many calls in progress for this team (calls.max_live), retry",
+        ),
         Ok(Ok(Ok(r))) => {
             count(team, if r.duplicate { "duplicate" } else { "accepted" });
             reply(
