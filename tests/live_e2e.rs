@@ -118,9 +118,8 @@ async fn screen_pop_on_every_tab_answered_elsewhere_monitor_and_sse() {
         .await;
     // Presence comes from the tracker on its own path: it may trail the
     // model's messages, so wait for the state itself.
-    let in_use = |v: &Value| {
-        v["type"] == "presence" && v["extension"] == "1002" && v["state"] == "in_use"
-    };
+    let in_use =
+        |v: &Value| v["type"] == "presence" && v["extension"] == "1002" && v["state"] == "in_use";
     if !mon.seen.iter().any(in_use) {
         mon.until(in_use).await;
     }
