@@ -8,12 +8,16 @@
 //!        ▲                                               │                                   │
 //!        └──────────── ack (after the commit) ───────────┼───────────────────────────────────┘
 //!                                                        ├─▶ optional printout of the call model (stdout)
-//!                                                        └─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
+//!                                                        ├─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
+//!                                                        │                                     │ change stream
+//!                                                        └─▶ try_send committed batch ─▶ live hub ◀┘ ─▶ WS / SSE / Meetip clients
 //! ```
 //!
 //! **Presence** runs in a task of its own ([`crate::presence::task`]); the
 //! table is readable through [`Running::presence`]. Neither the clients nor
-//! the normalizer task ever wait for it.
+//! the normalizer task ever wait for it. The **live** hub
+//! ([`crate::live`]) takes the committed batches the same way and follows
+//! the presence hub's change stream for its extension states.
 //!
 //! **Durability.** The normalizer task evaluates the rules for a batch of
 //! events and waits until the resulting deliveries are committed to the
@@ -494,6 +498,15 @@ pub async fn run_until(
         })?;
     let outbox = Arc::new(outbox);
     info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
+    // Rows stored in clear by an older version: masked before anything else.
+    match outbox
+        .conceal_stored(Arc::new(cfg.rules.secrets().clone()))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => info!(rows = n, "secrets stored in clear in the outbox masked"),
+        Err(e) => warn!(error = %e, "cannot mask secrets stored in the outbox"),
+    }
     init_series(&cfg);
     metrics().set_build_info(env!("CARGO_PKG_VERSION"), BUILD_COMMIT);
     let (targets_tx, targets_rx) = watch::channel(cfg.targets.clone());
@@ -538,6 +551,10 @@ pub async fn run_until(
             Arc::new(move |id: &str| c.handles().into_iter().find(|h| &**h.pbx() == id));
         let live = crate::live::Live::new(lc, ami);
         tokio::spawn(live.clone().run(live_token.clone()));
+        // Extension states: the presence tracker's, where it has any.
+        if cfg.presence.enabled {
+            crate::live::presence::spawn(&live, &presence.hub, &live_token);
+        }
         let hub = live.clone();
         let mut prev = opts.observer.take();
         opts.observer = Some(Box::new(move |evs: &[ModelEvent]| {

@@ -397,6 +397,14 @@ fn load(path: &Path) -> CliResult<Config> {
     Ok(cfg)
 }
 
+/// Reads what the outbox commands need of a config (no secrets needed,
+/// status 3 when it does not parse), then starts logging.
+fn load_outbox(path: &Path) -> CliResult<callhook::config::OutboxSettings> {
+    let s = Config::load_outbox(path).map_err(|e| fail!(Code::Config, "{e}"))?;
+    init_logs(&s.log);
+    Ok(s)
+}
+
 /// Loads a configuration for `run`: what `check` accepts (status 3
 /// otherwise), warnings logged.
 fn load_daemon(path: &Path) -> CliResult<Config> {

@@ -92,7 +92,7 @@ pub struct Metrics {
     /// Live messages delivered to clients, by type (bounded set).
     pub live_messages: IntCounterVec,
     /// Live messages not delivered or clients dropped, by reason
-    /// (`slow_client`, `resnapshot`, `slow_disconnected`, `resume_too_old`, `input_full`).
+    /// (`slow_client`, `resnapshot`, `slow_disconnected`, `resume_too_old`, `input_full`, `presence_resync`).
     pub live_dropped: IntCounterVec,
     /// Live credential failures by reason (`missing`, `bad_credential`, `expired`).
     pub live_auth_failures: IntCounterVec,

@@ -418,7 +418,9 @@ pub fn write_request(
 /// `--dry-run`): built by the same builder as the dispatcher's
 /// ([`crate::deliver::http::build`]), so the URL is exactly the one sent;
 /// the target's static headers and signature are included, and every
-/// credential-like header value is masked (`***`). A request that would
+/// credential-like header value is masked (`***`: credential names, values
+/// from the environment; the rules' `env:` values are already `***` in the
+/// rendered request, see [`crate::deliver::secret`]). A request that would
 /// not be sent says why. Text shows it as an HTTP request would look;
 /// jsonl gives one object per line with the body as text.
 pub fn write_request_to(
@@ -440,11 +442,12 @@ pub fn write_request_to(
                 .headers
                 .iter()
                 .map(|(k, v)| {
-                    let v = if crate::deliver::outbox::sensitive_name(k.as_str()) {
-                        "***".to_string()
-                    } else {
-                        String::from_utf8_lossy(v.as_bytes()).into_owned()
-                    };
+                    let v =
+                        if v.is_sensitive() || crate::deliver::outbox::sensitive_name(k.as_str()) {
+                            "***".to_string()
+                        } else {
+                            String::from_utf8_lossy(v.as_bytes()).into_owned()
+                        };
                     (k.as_str().to_string(), v)
                 })
                 .collect();
@@ -456,7 +459,17 @@ pub fn write_request_to(
         }
         Err(e) => (
             crate::deliver::outbox::mask_url(&r.url),
-            r.headers.clone(),
+            r.headers
+                .iter()
+                .map(|(k, v)| {
+                    let v = if crate::deliver::outbox::sensitive_name(k) {
+                        "***".to_string()
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
             Some(e.to_string()),
         ),
     };

@@ -142,7 +142,13 @@ fn call_log_posts_one_record_per_call_with_a_stable_key() {
     assert_eq!(keys.len(), reqs.len(), "one key per call");
     for r in &reqs {
         assert_eq!(r.method, "POST");
+        // Stored masked; the dispatcher sends the configured value.
         assert!(r
+            .headers
+            .iter()
+            .any(|(k, v)| k == "Authorization" && v == "Bearer ***"));
+        let sent = callhook::deliver::secret::revealed(r, cfg.rules.secrets()).unwrap();
+        assert!(sent
             .headers
             .iter()
             .any(|(k, v)| k == "Authorization" && v == "Bearer test-token"));

@@ -5,12 +5,12 @@
 use callhook::deliver::outbox::repair;
 
 use super::exit::{fail, CliResult, Code};
-use crate::{load, OutboxAction, OutboxArgs};
+use crate::{load_outbox, OutboxAction, OutboxArgs};
 
 pub fn run(args: OutboxArgs) -> CliResult {
     let state_dir = match (args.state_dir, args.config) {
         (Some(d), _) => d,
-        (None, Some(c)) => load(&c)?.state_dir,
+        (None, Some(c)) => load_outbox(&c)?.state_dir,
         (None, None) => {
             return Err(fail!(
                 Code::Usage,

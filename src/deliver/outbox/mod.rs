@@ -98,6 +98,7 @@ use crate::source::now_epoch;
 use super::DeliveryRequest;
 
 mod admin;
+mod conceal;
 pub mod repair;
 mod schema;
 mod tx;
@@ -401,6 +402,9 @@ pub struct Claimed {
     /// Why it can never be sent, when known at enqueue (then the attempt
     /// fails at once).
     pub refused: Option<String>,
+    /// Where secrets are masked in the URL, headers and body: the
+    /// dispatcher puts them back at send time (see `deliver::secret`).
+    pub secrets: Vec<crate::deliver::secret::SecretRef>,
 }
 
 /// One target's share of a [`Outbox::poll`].
