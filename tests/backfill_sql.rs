@@ -705,3 +705,59 @@ async fn postgres_credentials_and_errors() {
     };
     credentials_and_errors(db, "creds_pg").await;
 }
+
+/// A "server" that accepts and then says nothing, or answers garbage: the
+/// backfill fails with a clear error in bounded time (the connection
+/// timeout is 20 s), never hangs, never shows the password.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_or_garbage_server_fails_cleanly() {
+    use tokio::io::AsyncWriteExt;
+    let (dir, cfg) = config("http://127.0.0.1:9");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let garbage_port = garbage.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = garbage.accept().await {
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n\xff\xfe\x00\x01garbage")
+                .await;
+        }
+    });
+    // All four at once: the two silent ones take the 20 s timeout each.
+    let mut runs = Vec::new();
+    for scheme in ["mysql", "postgres"] {
+        for (port, said) in [
+            (silent_port, "connecting: no answer within 20s"),
+            (garbage_port, "connecting: "),
+        ] {
+            let url = format!("{scheme}://reader:{READER_PASSWORD_IN_URL}@127.0.0.1:{port}/cdr");
+            let args = db_args(&cfg, &url, &["--dry-run"]);
+            runs.push(async move {
+                let started = std::time::Instant::now();
+                let o = callhook(args, vec![]).await;
+                (scheme, port, said, o, started.elapsed())
+            });
+        }
+    }
+    for (scheme, port, said, o, took) in futures::future::join_all(runs).await {
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(4), "{scheme}:{port}: {out}{err}");
+        assert!(err.contains(said), "{scheme}:{port}: {err}");
+        assert!(err.contains("reader:***@127.0.0.1"), "{err}");
+        let all = format!("{out}{err}");
+        assert_no_password(
+            "a hostile server",
+            &all,
+            &[READER_PASSWORD, READER_PASSWORD_IN_URL],
+        );
+        assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
