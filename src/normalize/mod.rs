@@ -178,19 +178,12 @@ impl Normalizer {
             t
         });
         if t.live_calls() >= self.cfg.max_live_calls && !t.knows(&ev.session_id) {
-            metrics()
-                .normalizer_ignored
-                .with_label_values(&["max_live"])
-                .inc();
-            if let Some(suppressed) = calls::AT_CAPACITY.check() {
-                tracing::warn!(
-                    team = %team,
-                    calls = t.live_calls(),
-                    max_live = self.cfg.max_live_calls,
-                    suppressed,
-                    "too many calls in progress (calls.max_live): a push for a new call is refused"
-                );
-            }
+            calls::refused_at_capacity(
+                team,
+                t.live_calls(),
+                self.cfg.max_live_calls,
+                "a push for a new call is refused",
+            );
             return PushReceipt {
                 full: true,
                 ..PushReceipt::default()

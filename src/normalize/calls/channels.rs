@@ -82,17 +82,12 @@ impl PbxCalls {
         if !(calls_full || chans_full) {
             return false;
         }
-        Self::ignored("max_live");
-        if let Some(suppressed) = super::AT_CAPACITY.check() {
-            tracing::warn!(
-                pbx = %self.pbx,
-                calls = self.calls.len(),
-                channels = self.chans.len(),
-                max_live = cfg.max_live_calls,
-                suppressed,
-                "too many calls in progress (calls.max_live): a new call's events are ignored"
-            );
-        }
+        super::refused_at_capacity(
+            &self.pbx,
+            self.calls.len(),
+            cfg.max_live_calls,
+            "a new call's events are ignored",
+        );
         true
     }
 
