@@ -205,6 +205,8 @@ struct TargetRt {
     breaker: Breaker,
     pause_until: Mutex<Option<Instant>>,
     disabled: AtomicBool,
+    /// Replaced or removed by a reload: its slots take no new deliveries.
+    retired: AtomicBool,
 }
 
 impl TargetRt {
@@ -219,6 +221,7 @@ impl TargetRt {
             breaker: Breaker::new(&t.name, t.breaker),
             pause_until: Mutex::new(None),
             disabled: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             target: Arc::new(t.clone()),
         }
     }
@@ -260,7 +263,8 @@ impl TargetRt {
 type Runtimes = BTreeMap<String, Arc<TargetRt>>;
 
 fn build(map: &BTreeMap<String, Target>, old: &Runtimes) -> Runtimes {
-    map.iter()
+    let new: Runtimes = map
+        .iter()
         .map(|(name, t)| {
             let rt = match old.get(name) {
                 Some(o) if o.target.same_as(t) => {
@@ -274,7 +278,13 @@ fn build(map: &BTreeMap<String, Target>, old: &Runtimes) -> Runtimes {
             };
             (name.clone(), rt)
         })
-        .collect()
+        .collect();
+    for (name, o) in old {
+        if !new.get(name).is_some_and(|n| Arc::ptr_eq(n, o)) {
+            o.retired.store(true, Ordering::Release);
+        }
+    }
+    new
 }
 
 fn at_instant(now_i: Instant, now: f64, at: f64) -> Instant {
@@ -364,10 +374,7 @@ async fn run(
         match outbox.poll(now, wants).await {
             Ok(p) => {
                 health.ok();
-                for (id, why) in &p.damaged {
-                    metrics().outbox_damaged_rows.inc();
-                    tracing::error!(target: "callhook::deliver", id, reason = %why, "an outbox row cannot be decoded: moved aside as dead (the file is damaged; run `callhook outbox check`)");
-                }
+                report_damaged(&p.damaged);
                 for (id, target) in &p.expired {
                     metrics()
                         .deliveries
@@ -510,7 +517,16 @@ async fn housekeeping(
     }
 }
 
-/// One attempt for one claimed delivery.
+fn report_damaged(rows: &[(i64, String)]) {
+    for (id, why) in rows {
+        metrics().outbox_damaged_rows.inc();
+        tracing::error!(target: "callhook::deliver", id, reason = %why, "an outbox row cannot be decoded: moved aside as dead (the file is damaged; run `callhook outbox check`)");
+    }
+}
+
+/// One slot of a target: attempts for the claimed delivery and, while the
+/// target takes requests, for the next ready one it claims when it records
+/// the outcome (same transaction), until none is ready.
 async fn attempt(
     rt: Arc<TargetRt>,
     row: Claimed,
@@ -518,6 +534,31 @@ async fn attempt(
     outbox: Arc<Outbox>,
     shutdown: CancellationToken,
 ) {
+    let mut next = Some(row);
+    while let Some(row) = next.take() {
+        next = attempt_one(&rt, row, &outbox, &shutdown).await;
+    }
+}
+
+/// Whether a slot that just finished may take the target's next delivery
+/// at once (otherwise the loop claims it when the target is ready again).
+fn takes_more(rt: &TargetRt, shutdown: &CancellationToken) -> bool {
+    let now = Instant::now();
+    !shutdown.is_cancelled()
+        && !rt.disabled.load(Ordering::Acquire)
+        && !rt.retired.load(Ordering::Acquire)
+        && rt.paused(now).is_none()
+        && matches!(rt.breaker.peek(now), Admit::Yes)
+}
+
+/// One attempt for one claimed delivery; returns the next delivery claimed
+/// for this slot, if any.
+async fn attempt_one(
+    rt: &Arc<TargetRt>,
+    row: Claimed,
+    outbox: &Arc<Outbox>,
+    shutdown: &CancellationToken,
+) -> Option<Claimed> {
     let t = rt.target.clone();
     let name = t.name.as_str();
     let m = metrics();
@@ -545,11 +586,15 @@ async fn attempt(
     };
     tokio::select! {
         biased;
-        _ = shutdown.cancelled() => return release("shutdown").await,
+        _ = shutdown.cancelled() => {
+            release("shutdown").await;
+            return None;
+        }
         _ = ready => {}
     }
     if rt.disabled.load(Ordering::Acquire) {
-        return release("target disabled").await;
+        release("target disabled").await;
+        return None;
     }
 
     // 2. Freshness.
@@ -562,14 +607,17 @@ async fn attempt(
                 tracing::error!(target: "callhook::deliver", id = row.id, error = %e, "cannot record an expiry")
             }
         }
-        return;
+        return None;
     }
 
     // 3. Breaker.
     let probe = match rt.breaker.admit(Instant::now()) {
         Admit::Yes => false,
         Admit::Probe => true,
-        Admit::No(_) => return release("breaker open").await,
+        Admit::No(_) => {
+            release("breaker open").await;
+            return None;
+        }
     };
 
     // 4. Send.
@@ -674,13 +722,17 @@ async fn attempt(
         Completion::Retry { .. } => "retry",
         _ => "dead",
     };
-    match outbox.complete(row.id, completion).await {
-        Ok(true) => {
+    let claim = takes_more(rt, shutdown).then(|| t.name.clone());
+    let mut next = None;
+    match outbox.complete_and_claim(row.id, completion, claim).await {
+        Ok(f) if f.recorded => {
             if let Some(o) = outcome {
                 m.deliveries.with_label_values(&[name, o]).inc();
             }
+            report_damaged(&f.damaged);
+            next = f.next;
         }
-        Ok(false) => {
+        Ok(_) => {
             tracing::warn!(target: "callhook::deliver", id = row.id, "delivery was no longer in flight when its attempt ended")
         }
         Err(e) => {
@@ -701,4 +753,5 @@ async fn attempt(
         attempt: attempts,
         outcome: observed_outcome,
     });
+    next
 }
