@@ -15,6 +15,15 @@
 //! `next_attempt_at` / `expires_at` / breaker re-opening / pause end, a
 //! target reload, shutdown, or 5 s as a safety net.
 //!
+//! **Slots.** A slot does not go back to the loop after its attempt: it
+//! records the outcome with [`Outbox::complete_and_claim`], which claims the
+//! target's next ready head in the same transaction, and sends that one,
+//! for as long as the target takes requests (breaker closed, no pause, not
+//! disabled or replaced by a reload, no shutdown) and something is ready.
+//! Under load a delivery thus costs one writer round trip after its
+//! request, shared with every other slot's (the outbox records all queued
+//! outcomes in one job), instead of an outcome commit plus a poll.
+//!
 //! **Order.** The outbox only hands out the head of each
 //! `(session_id, target)` chain, so one call's deliveries to one target go
 //! out one at a time, in creation order, across retries (head-of-line

@@ -19,7 +19,12 @@
 //! dispatcher (claiming rows, recording attempts) runs with
 //! `synchronous=NORMAL`, which survives a process crash (`kill -9`) and at
 //! worst, on power loss, re-sends a request whose success was not yet on disk
-//! (at-least-once either way). Callers never touch SQLite: [`Outbox::submit`]
+//! (at-least-once either way). When a group holds both, the bookkeeping is
+//! committed first, on its own, so the dispatcher never waits for an
+//! enqueue's fsync (and never sees the group's enqueues before they are
+//! fsynced). Outcomes of attempts are batched once more (see
+//! [`completion`]): every outcome queued when the writer gets to them is
+//! one job. Callers never touch SQLite: [`Outbox::submit`]
 //! only queues (no I/O, a few µs) and returns a receipt that resolves after
 //! the commit; [`Outbox::enqueue`] is `submit(..).await`. Reads for the admin
 //! API ([`Outbox::list`], [`Outbox::stats`]) use a second, read-only
