@@ -604,3 +604,47 @@ async fn batched_outcomes_and_claims_keep_one_head_per_call() {
     assert!(!f.recorded);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Slots the dispatcher offers are filled by the enqueue itself, in its
+/// transaction: the rows are in flight once the enqueue is committed, no
+/// more than offered, only heads, and a withdrawn offer claims nothing.
+#[tokio::test]
+async fn offered_slots_are_claimed_by_the_enqueue_that_stores_the_rows() {
+    let dir = state_dir("handoff");
+    let ob = Outbox::open(&dir, OutboxOptions::default()).unwrap();
+    let url = "http://127.0.0.1:9/x";
+    ob.offer_slots([("t-handoff".to_string(), 2)].into());
+    let reqs = vec![
+        request("t-handoff", "a", "ringing", url),
+        request("t-handoff", "a", "answered", url),
+        request("t-handoff", "b", "ringing", url),
+        request("t-handoff", "c", "ringing", url),
+        request("t-other", "a", "ringing", url),
+    ];
+    ob.enqueue(&reqs).await.unwrap();
+    let h = ob.take_handed();
+    assert!(h.damaged.is_empty());
+    let got: Vec<(&str, &str)> = h
+        .rows
+        .iter()
+        .map(|r| (r.target.as_str(), r.event_id.as_str()))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got
+        .iter()
+        .all(|(t, e)| *t == "t-handoff" && e.contains("ringing")));
+    let st = ob.stats().await.unwrap();
+    assert_eq!((st.inflight, st.pending), (2, 3));
+    // Withdrawn by take_handed: the next enqueue claims nothing.
+    ob.enqueue(&[request("t-handoff", "d", "ringing", url)])
+        .await
+        .unwrap();
+    assert!(ob.take_handed().rows.is_empty());
+    // The rest is polled as usual; a's second row waits for its first.
+    let p = ob.poll(now(), want("t-handoff", 10)).await.unwrap();
+    let mut ids: Vec<&str> = p.claimed.iter().map(|c| c.event_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.iter().all(|e| e.contains("ringing")));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,6 +24,13 @@
 //! request, shared with every other slot's (the outbox records all queued
 //! outcomes in one job), instead of an outcome commit plus a poll.
 //!
+//! **Hand-off.** Before it sleeps, the loop offers the free slots of the
+//! targets that take requests to the outbox ([`Outbox::offer_slots`]); an
+//! enqueue for such a target claims its ready heads for them in its own
+//! transaction, and the loop, woken by that commit, sends them
+//! ([`Outbox::take_handed`], which also withdraws the offers) without a
+//! poll of its own: a fresh delivery waits for one commit, not two.
+//!
 //! **Order.** The outbox only hands out the head of each
 //! `(session_id, target)` chain, so one call's deliveries to one target go
 //! out one at a time, in creation order, across retries (head-of-line
@@ -349,6 +356,11 @@ async fn run(
         if shutdown.is_cancelled() {
             break;
         }
+        // Rows that enqueues claimed for the slots offered last pass (this
+        // also withdraws the offers: the pass below counts slots afresh).
+        let handed = outbox.take_handed();
+        report_damaged(&handed.damaged);
+        launch(handed.rows, &rts, &mut tasks, &outbox, &shutdown).await;
         let now_i = Instant::now();
         let now = now_epoch();
         let mut wake = now_i + IDLE_WAKE;
@@ -391,20 +403,7 @@ async fn run(
                         .inc();
                     tracing::debug!(target: "callhook::deliver", id, delivery_target = %target, "delivery expired before it could be sent");
                 }
-                for row in p.claimed {
-                    let Some(rt) = rts.get(&row.target).cloned() else {
-                        let _ = outbox.release(vec![row.id]).await;
-                        continue;
-                    };
-                    match rt.slots.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            tasks.spawn(attempt(rt, row, permit, outbox.clone(), shutdown.clone()));
-                        }
-                        Err(_) => {
-                            let _ = outbox.release(vec![row.id]).await;
-                        }
-                    }
-                }
+                launch(p.claimed, &rts, &mut tasks, &outbox, &shutdown).await;
                 for (t, at) in &p.next_ready {
                     let free = rts
                         .get(t)
@@ -425,6 +424,15 @@ async fn run(
                 earliest(&mut wake, now_i + Duration::from_secs(1));
             }
         }
+        // Free slots of targets that take requests now: the next enqueues
+        // claim their rows for them in their own transaction.
+        outbox.offer_slots(
+            rts.iter()
+                .filter(|(_, rt)| takes_more(rt, &shutdown))
+                .map(|(name, rt)| (name.clone(), rt.slots.available_permits().min(MAX_CLAIM)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        );
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = notify.notified() => {}
@@ -454,6 +462,9 @@ async fn run(
         }
     }
 
+    // No more hand-offs; rows handed meanwhile are in flight in the file
+    // and go back to pending with the others below.
+    drop(outbox.take_handed());
     // Shutdown: attempts waiting for a permit put their rows back by
     // themselves; requests on the wire get until the longest timeout.
     let grace = rts
@@ -522,6 +533,31 @@ async fn housekeeping(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(STATS_EVERY) => {}
+        }
+    }
+}
+
+/// Starts an attempt per claimed row on a free slot of its target; a row
+/// without one (its target is gone, or every slot is taken) goes back to
+/// `pending`.
+async fn launch(
+    rows: Vec<Claimed>,
+    rts: &Runtimes,
+    tasks: &mut JoinSet<()>,
+    outbox: &Arc<Outbox>,
+    shutdown: &CancellationToken,
+) {
+    for row in rows {
+        let permit = rts
+            .get(&row.target)
+            .and_then(|rt| Some((rt.clone(), rt.slots.clone().try_acquire_owned().ok()?)));
+        match permit {
+            Some((rt, permit)) => {
+                tasks.spawn(attempt(rt, row, permit, outbox.clone(), shutdown.clone()));
+            }
+            None => {
+                let _ = outbox.release(vec![row.id]).await;
+            }
         }
     }
 }

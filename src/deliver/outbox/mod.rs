@@ -104,6 +104,7 @@ use super::DeliveryRequest;
 mod admin;
 mod completion;
 mod conceal;
+mod handoff;
 pub mod live;
 pub mod repair;
 mod schema;
@@ -113,6 +114,7 @@ mod writer;
 
 pub use admin::{mask_url, sensitive_name};
 pub use completion::Finished;
+pub use handoff::Handed;
 pub use live::{LiveCall, LiveCallStore, LiveCallWrite};
 use schema::WAITING;
 pub use schema::{db_path, quick_check, secure_state_dir};
@@ -244,6 +246,7 @@ pub struct Outbox {
     queued: Arc<AtomicUsize>,
     notify: Arc<Notify>,
     done: Arc<completion::Queue>,
+    handoff: Arc<handoff::Handoff>,
     path: PathBuf,
     opts: OutboxOptions,
 }
@@ -325,6 +328,7 @@ impl Outbox {
             queued: Arc::new(AtomicUsize::new(0)),
             notify: Arc::new(Notify::new()),
             done: Arc::default(),
+            handoff: Arc::default(),
             path,
             opts,
         })
@@ -360,7 +364,7 @@ impl Outbox {
     where
         R: Send + 'static,
         F: FnOnce(&Connection, &mut WriterState) -> Result<R> + Send + 'static,
-        C: FnOnce(&R) + Send + 'static,
+        C: FnOnce(&mut R) + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job = Job {
@@ -374,8 +378,8 @@ impl Outbox {
                 let finish: Finish = Box::new(move |commit_err| {
                     let out = match (commit_err, r) {
                         (Some(e), _) => Err(e.clone()),
-                        (None, r) => {
-                            if let Ok(v) = &r {
+                        (None, mut r) => {
+                            if let Ok(v) = &mut r {
                                 on_commit(v);
                             }
                             r
@@ -452,6 +456,7 @@ impl Outbox {
         }
         let counter = self.queued.clone();
         let notify = self.notify.clone();
+        let (handoff, handoff_w) = (self.handoff.clone(), self.handoff.clone());
         let rx = self.call(
             true,
             move |conn, st| {
@@ -460,9 +465,11 @@ impl Outbox {
                 let mut d = insert_batch(conn, st, &reqs, now)?;
                 live::write(conn, &calls, now)?;
                 d.outcome.rejected_full += pre_rejected;
+                d.claim = handoff::claim_offered(conn, st, &handoff_w, d.inserted.keys(), now)?;
                 Ok(d)
             },
-            move |d: &EnqueueDetail| {
+            move |d: &mut EnqueueDetail| {
+                handoff::hand_over(&handoff, std::mem::take(&mut d.claim));
                 let m = metrics();
                 for (t, c) in &d.inserted {
                     m.deliveries_enqueued.with_label_values(&[t]).inc_by(*c);

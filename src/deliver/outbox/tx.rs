@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::handoff::Claim;
 use super::schema::{COLS, WAITING};
 use super::writer::WriterState;
 use super::OutboxError;
@@ -18,6 +19,8 @@ pub(super) struct EnqueueDetail {
     pub(super) rejected: BTreeMap<String, u64>,
     /// Stored dead at once (`DeliveryRequest::refused`).
     pub(super) refused: BTreeMap<String, u64>,
+    /// Ready heads claimed for the dispatcher's offered slots.
+    pub(super) claim: Claim,
 }
 
 pub(super) fn insert_batch(
@@ -32,6 +35,7 @@ pub(super) fn insert_batch(
         duplicates: BTreeMap::new(),
         rejected: BTreeMap::new(),
         refused: BTreeMap::new(),
+        claim: Claim::default(),
     };
     let window_start = now - st.opts.dedupe_window.as_secs_f64();
     let mut event_dup = c.prepare_cached(&format!(
