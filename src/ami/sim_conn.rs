@@ -289,19 +289,29 @@ impl Conn {
         }
     }
 
+    /// Answers `m`, closing the connection when it asks to. `None` when the
+    /// connection is over (no action: EOF; or closed after this one).
+    async fn serve_one(&mut self, m: Option<AmiMessage>) -> io::Result<Option<Reply>> {
+        let Some(m) = m else { return Ok(None) };
+        match self.answer(&m).await? {
+            Reply::Close => {
+                self.close().await;
+                Ok(None)
+            }
+            reply => Ok(Some(reply)),
+        }
+    }
+
     /// Answers actions until the client's resync is answered or the grace
     /// expires. False when the connection is over.
     async fn resync_grace(&mut self) -> io::Result<bool> {
         let until = Instant::now() + self.settings.resync_grace;
         loop {
             tokio::select! {
-                m = self.next_action_serving() => match m? {
+                m = self.next_action_serving() => match self.serve_one(m?).await? {
                     None => return Ok(false),
-                    Some(m) => match self.answer(&m).await? {
-                        Reply::Close => { self.close().await; return Ok(false) }
-                        Reply::Resynced => return Ok(true),
-                        Reply::Continue => {}
-                    },
+                    Some(Reply::Resynced) => return Ok(true),
+                    Some(_) => {}
                 },
                 _ = sleep_until(until) => return Ok(true),
             }
@@ -316,12 +326,8 @@ impl Conn {
                 return Ok(true);
             }
             tokio::select! {
-                m = self.next_action_serving() => match m? {
-                    None => return Ok(false),
-                    Some(m) => if self.answer(&m).await? == Reply::Close {
-                        self.close().await;
-                        return Ok(false);
-                    },
+                m = self.next_action_serving() => if self.serve_one(m?).await?.is_none() {
+                    return Ok(false);
                 },
                 r = gate.changed() => if r.is_err() { return Ok(true) },
             }
@@ -332,12 +338,8 @@ impl Conn {
     async fn serve_until(&mut self, until: Instant) -> io::Result<bool> {
         loop {
             tokio::select! {
-                m = self.next_action_serving() => match m? {
-                    None => return Ok(false),
-                    Some(m) => if self.answer(&m).await? == Reply::Close {
-                        self.close().await;
-                        return Ok(false);
-                    },
+                m = self.next_action_serving() => if self.serve_one(m?).await?.is_none() {
+                    return Ok(false);
                 },
                 _ = sleep_until(until) => return Ok(true),
             }
@@ -353,14 +355,8 @@ impl Conn {
                 m = self.next_action() => m,
                 _ = std::future::ready(()) => return Ok(true),
             };
-            match m {
-                None => return Ok(false),
-                Some(m) => {
-                    if self.answer(&m).await? == Reply::Close {
-                        self.close().await;
-                        return Ok(false);
-                    }
-                }
+            if self.serve_one(m).await?.is_none() {
+                return Ok(false);
             }
         }
     }
@@ -417,8 +413,7 @@ impl Conn {
             }
             AfterCapture::StayOpen | AfterCapture::CloseOnAction(_) => {
                 while let Some(m) = self.next_action_serving().await? {
-                    if self.answer(&m).await? == Reply::Close {
-                        self.close().await;
+                    if self.serve_one(Some(m)).await?.is_none() {
                         break;
                     }
                 }
