@@ -27,8 +27,9 @@
 //! close codes), [`tenant`] (per-tenant state, seq, resume ring), [`message`]
 //! (frames), [`session`] (one connected client, transport-neutral), [`ws`]
 //! and [`sse`] (transports), [`originate`] (click-to-call outcomes),
-//! [`api`] (HTTP routes), [`limits`] (rate windows), [`presence`] (the
-//! presence tracker's states into the tenants).
+//! [`api`] (HTTP routes), [`limits`] (rate windows), [`guard`] (failed
+//! authentications per address), [`presence`] (the presence tracker's
+//! states into the tenants).
 
 pub mod api;
 pub mod auth;

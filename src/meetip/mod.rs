@@ -8,8 +8,8 @@
 //! | page → server | `<tenant>/<extension>, <key> ` | login (tenant = id or numeric code) |
 //! | server → page | `(ID?,CONECTADO)` | on connect, when this address logged in within `fast_reconnect` |
 //! | page → server | `<tenant>, <extension>` | light login (only for a tenant/extension this address logged in as) |
-//! | server → page | `(info,<bad_login>)` + close | wrong key, unknown tenant, bad extension, light login not allowed |
-//! | server → page | `(info,<too_many_logins>)` + close | over `logins_per_minute` from the address |
+//! | server → page | `(info,<bad_login>)` + close | wrong key, unknown tenant, bad extension, light login not allowed, an extension unknown to a closed directory ([`crate::live::presence::directory_knows`]) |
+//! | server → page | `(info,<too_many_logins>)` + close | over `logins_per_minute` from the address, or the address is blocked for failed authentications ([`crate::live::guard`]) |
 //! | server → page | `(CALL,<caller number>)` | a call rings at my extension (the real caller, as in the model) |
 //! | server → page | `(info,-Timbre)` / `(info,-Ocupado)` / `(info,-Libre)` | my state: ringing / in use, busy, on hold / idle |
 //! | server → page | `(info,-No disponible)` | my phone is unregistered or unreachable (no Meetip word: `texts.unavailable_state`, empty for no line) |
