@@ -94,6 +94,14 @@ pub async fn handle(
         })
 }
 
+/// Whether a receive error is a client message above `max_message`
+/// (tungstenite's capacity error; axum does not expose its type, so its
+/// text: `tests/live_limits.rs` fails if that ever changes).
+fn too_big(e: &axum::Error) -> bool {
+    let s = e.to_string();
+    s.contains("Message too long") || s.contains("Space limit exceeded")
+}
+
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
@@ -153,6 +161,10 @@ async fn serve(
             m = socket.recv() => {
                 heard = Instant::now();
                 match m {
+                    Some(Err(e)) if too_big(&e) => {
+                        metrics().live_refused.with_label_values(&["message_too_big"]).inc();
+                        return close(socket, 1009, "message too big").await;
+                    }
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                     Some(Ok(Message::Text(t))) => match session.on_client(&t) {
                         Next::Send(texts) => {
