@@ -19,6 +19,7 @@
 //! `click-to-call.ami` captures of Asterisk 20 (chan_sip, PJSIP) and 11.
 
 mod support_daemon;
+mod support_http;
 mod support_live;
 
 use std::time::Duration;
@@ -27,6 +28,7 @@ use callhook::ami::sim_originate::OriginateRecording;
 use callhook::ami::simulator::{AfterCapture, SimSession, Simulator, SimulatorHandle};
 use serde_json::Value;
 use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_http::Sink;
 use support_live::*;
 
 const ENV: &[(&str, &str)] = &[("E2E_AMI_SECRET", "amipass-1234")];
@@ -54,7 +56,7 @@ fn truth(rel: &str) -> Value {
 }
 
 /// A daemon whose tenant `main` dials its agents with `channel`, on `sim`.
-async fn daemon(name: &str, sim: Simulator, channel: &str) -> (Daemon, SimulatorHandle) {
+async fn daemon(name: &str, sim: Simulator, channel: &str, top: &str) -> (Daemon, SimulatorHandle) {
     let sim = sim.start().await.unwrap();
     let dir = temp_dir(name);
     let ports = PORTS.lock().await;
@@ -63,7 +65,7 @@ async fn daemon(name: &str, sim: Simulator, channel: &str) -> (Daemon, Simulator
         &dir,
         sim.local_addr().port(),
         port,
-        "  originate:\n    per_user_per_minute: 60\n    per_user_concurrent: 2\n    timeout: 10s\n",
+        &format!("  originate:\n    per_user_per_minute: 60\n    per_user_concurrent: 2\n    timeout: 10s\n{top}"),
     );
     let tenant = format!("main: {{ key: \"{KEY}\", code: 270 }}");
     assert!(cfg.contains(&tenant));
@@ -160,7 +162,7 @@ async fn every_outcome_of(dir: &str, count: usize, channel: &str) {
             .unwrap_or_else(|| panic!("{n}: no originate"));
         sim = sim.originate(rec);
     }
-    let (d, sim) = daemon(&format!("live-c2c-{dir}"), sim, channel).await;
+    let (d, sim) = daemon(&format!("live-c2c-{dir}"), sim, channel, "").await;
 
     let mut errs = Vec::new();
     for n in &names {
@@ -227,7 +229,9 @@ async fn pjsip_outcomes_through_post_v1_calls() {
 /// The `click-to-call.ami` captures of Asterisk 20 chan_sip, 20 PJSIP and
 /// 11 (AMI 1.x: no `ChannelId`, the agent's first new outgoing call after
 /// the request is taken to be it): connected, the outside leg answered, as
-/// each truth says.
+/// each truth says; and the resulting call fires the usual rules (a
+/// webhook for the agent's outgoing call, with the session id callhook
+/// announced).
 #[tokio::test]
 async fn click_to_call_captures_of_each_driver_and_version() {
     for (rel, channel, modern) in [
@@ -263,7 +267,12 @@ async fn click_to_call_captures_of_each_driver_and_version() {
             OriginateRecording::from_capture(&cap).unwrap_or_else(|| panic!("{rel}: no originate")),
         );
         let name = format!("live-c2c-{}", rel.replace('/', "-"));
-        let (d, sim) = daemon(&name, sim, channel).await;
+        let sink = Sink::start().await;
+        let rules = format!(
+            "targets:\n  crm: {{ timeout: 2s }}\nrules:\n  - name: calls\n    when: {{ scope: call, state: hungup }}\n    target: crm\n    url: \"{}\"\n    json: {{ s: \"{{{{call.session_id}}}}\", d: \"{{{{call.direction}}}}\" }}\n",
+            sink.url("/ev")
+        );
+        let (d, sim) = daemon(&name, sim, channel, &rules).await;
         let id = post(&d, agent, number).await;
         let got = settled(&d, agent, &id).await;
         assert_eq!(got["status"], "connected", "{rel}: {got}");
@@ -275,6 +284,11 @@ async fn click_to_call_captures_of_each_driver_and_version() {
             assert!(!session_id.is_empty(), "{rel}: {got}");
         }
         assert_eq!(sim.actions("Originate"), 1, "{rel}");
+        let hooks = sink.wait_for(1).await;
+        let body: Value = serde_json::from_slice(&hooks[0].body).unwrap();
+        assert_eq!(body["s"], session_id, "{rel}: {body}");
+        assert_eq!(body["d"], "outgoing", "{rel}: {body}");
         d.stop();
+        sink.stop();
     }
 }
