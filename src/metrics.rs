@@ -114,7 +114,7 @@ pub struct Metrics {
     pub live_dropped: IntCounterVec,
     /// Live credential failures by reason (`missing`, `bad_credential`, `expired`).
     pub live_auth_failures: IntCounterVec,
-    /// Live connections refused by limit (`rate`, `max_clients`, `max_clients_per_tenant`, `unknown_tenant`, `meetip_login_rate`).
+    /// Live connections refused by limit (`rate`, `max_clients`, `max_clients_per_tenant`, `unknown_tenant`, `meetip_login_rate`, `auth_blocked`, `meetip_unknown_extension`, `message_too_big`).
     pub live_refused: IntCounterVec,
     /// Live clients dropped for missing heartbeats.
     pub live_heartbeat_timeouts: IntCounter,
