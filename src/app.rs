@@ -51,8 +51,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::ami::client::{self, AmiHandle, AuthMode, ClientConfig, ConnectionState};
+use crate::cluster::ownership::{Item, Kind, OwnershipHandle};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{reload, Config, PbxConfig, ReloadOutcome};
 use crate::deliver::outbox::Outbox;
+use crate::deliver::store::DeliveryStore;
 use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::server::ServeOptions;
@@ -94,6 +97,9 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// Cluster mode could not start.
+    #[error("cluster mode: {0}")]
+    Cluster(#[source] ClusterError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -355,8 +361,184 @@ pub struct RunOptions {
 pub struct Running {
     /// Ask for a reload.
     pub reload: mpsc::Sender<ReloadReply>,
-    /// The outbox.
-    pub outbox: Arc<Outbox>,
+    /// The SQLite outbox (none in cluster mode).
+    pub outbox: Option<Arc<Outbox>>,
+    /// The delivery store (the outbox, or the cluster's stream).
+    pub store: Arc<dyn DeliveryStore>,
+}
+
+/// Where deliveries are stored and who sends them.
+enum Delivery {
+    /// One process: the SQLite outbox in `state_dir` (locked) and its dispatcher.
+    Local {
+        outbox: Arc<Outbox>,
+        dispatcher: deliver::DispatcherHandle,
+        _lock: std::fs::File,
+    },
+    /// Cluster mode: the replicated stream and the partition dispatcher.
+    Cluster {
+        cluster: Cluster,
+        store: Arc<crate::cluster::store::ClusterStore>,
+        dispatcher: crate::cluster::dispatch::ClusterDispatcher,
+    },
+}
+
+impl Delivery {
+    async fn start(
+        cfg: &Config,
+        targets: watch::Receiver<Arc<std::collections::BTreeMap<String, deliver::Target>>>,
+        token: CancellationToken,
+    ) -> Result<Delivery, AppError> {
+        if let Some(cc) = &cfg.cluster {
+            let cluster = Cluster::connect(cc.clone())
+                .await
+                .map_err(AppError::Cluster)?;
+            let store = Arc::new(
+                crate::cluster::store::ClusterStore::new(&cluster)
+                    .await
+                    .map_err(AppError::Cluster)?,
+            );
+            info!(instance = %cluster.id, servers = %cc.servers.join(","), replicas = cc.replicas, partitions = cc.partitions, "cluster mode: connected to NATS JetStream");
+            let dispatcher =
+                crate::cluster::dispatch::spawn(cluster.clone(), store.clone(), targets, token);
+            return Ok(Delivery::Cluster {
+                cluster,
+                store,
+                dispatcher,
+            });
+        }
+        // One daemon per outbox: the lock lives as long as the daemon and
+        // is released by the OS even on kill -9. (Short-lived tools such as
+        // `backfill` and `deliveries` share the outbox on purpose and take no lock.)
+        let lock = lock_state_dir(&cfg.state_dir)?;
+        let outbox = Outbox::open(&cfg.state_dir, cfg.outbox.clone()).map_err(|source| {
+            AppError::Outbox {
+                dir: cfg.state_dir.clone(),
+                source,
+            }
+        })?;
+        let outbox = Arc::new(outbox);
+        info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
+        let dispatcher = deliver::spawn(outbox.clone(), targets, token);
+        Ok(Delivery::Local {
+            outbox,
+            dispatcher,
+            _lock: lock,
+        })
+    }
+
+    fn store(&self) -> Arc<dyn DeliveryStore> {
+        match self {
+            Delivery::Local { outbox, .. } => outbox.clone(),
+            Delivery::Cluster { store, .. } => store.clone(),
+        }
+    }
+
+    fn outbox(&self) -> Option<Arc<Outbox>> {
+        match self {
+            Delivery::Local { outbox, .. } => Some(outbox.clone()),
+            Delivery::Cluster { .. } => None,
+        }
+    }
+
+    fn cluster(&self) -> Option<&Cluster> {
+        match self {
+            Delivery::Local { .. } => None,
+            Delivery::Cluster { cluster, .. } => Some(cluster),
+        }
+    }
+
+    async fn stopped(&self) {
+        match self {
+            Delivery::Local { dispatcher, .. } => dispatcher.stopped().await,
+            Delivery::Cluster { dispatcher, .. } => dispatcher.stopped().await,
+        }
+    }
+
+    fn close(&self) {
+        if let Delivery::Local { outbox, .. } = self {
+            outbox.close();
+        }
+    }
+}
+
+/// What an instance may own in cluster mode: every PBX and push team.
+fn ownable(cfg: &Config) -> Vec<Item> {
+    let mut v: Vec<Item> = cfg.pbx.iter().map(|p| (Kind::Pbx, p.id.clone())).collect();
+    if let Some(p) = &cfg.push {
+        v.extend(p.teams.iter().map(|t| (Kind::Team, t.name.clone())));
+    }
+    v
+}
+
+/// Whether this instance may turn events of `pbx` into deliveries: always
+/// in single-node mode; in cluster mode while it holds the lease.
+fn owns(o: &Option<OwnershipHandle>, pbx: &str, team: bool) -> bool {
+    match o {
+        None => true,
+        Some(o) => o.holds(if team { Kind::Team } else { Kind::Pbx }, pbx),
+    }
+}
+
+/// Cluster mode: makes the AMI clients and push consumers follow what this
+/// instance owns (and the configured PBXs, replaced on reload); what is
+/// given up is forgotten by the normalizer (`forget`).
+#[allow(clippy::too_many_arguments)]
+async fn follow_ownership(
+    cluster: Cluster,
+    mut owned: watch::Receiver<Arc<std::collections::BTreeSet<Item>>>,
+    mut pbx: watch::Receiver<Vec<PbxConfig>>,
+    clients: Clients,
+    teams: watch::Receiver<Arc<Teams>>,
+    token_param: String,
+    events: mpsc::Sender<SourceEvent>,
+    forget: mpsc::UnboundedSender<String>,
+    stop: CancellationToken,
+) {
+    let mut consumers: std::collections::BTreeMap<String, CancellationToken> = Default::default();
+    let mut before = std::collections::BTreeSet::<Item>::new();
+    loop {
+        let now = owned.borrow_and_update().clone();
+        let list: Vec<PbxConfig> = pbx
+            .borrow_and_update()
+            .iter()
+            .filter(|p| now.contains(&(Kind::Pbx, p.id.clone())))
+            .cloned()
+            .collect();
+        for gone in before.difference(&now) {
+            if gone.0 == Kind::Team {
+                if let Some(t) = consumers.remove(&gone.1) {
+                    t.cancel();
+                }
+            }
+            info!(kind = ?gone.0, id = %gone.1, "no longer owned here");
+            let _ = forget.send(gone.1.clone());
+        }
+        clients.apply(&list).await;
+        for (kind, id) in now.iter() {
+            if *kind == Kind::Team && !consumers.contains_key(id) {
+                let t = stop.child_token();
+                consumers.insert(id.clone(), t.clone());
+                tokio::spawn(crate::cluster::push::consume(
+                    cluster.clone(),
+                    id.clone(),
+                    teams.clone(),
+                    token_param.clone(),
+                    events.clone(),
+                    t,
+                ));
+            }
+        }
+        before = (*now).clone();
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            r = owned.changed() => if r.is_err() { break },
+            r = pbx.changed() => if r.is_err() { break },
+        }
+    }
+    for t in consumers.values() {
+        t.cancel();
+    }
 }
 
 /// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads. Notifies systemd
@@ -420,36 +602,41 @@ pub async fn run_until(
     mut reload_rx: mpsc::Receiver<ReloadReply>,
     started: impl FnOnce(Running),
 ) -> Result<(), AppError> {
-    // One daemon per outbox: the lock lives as long as this function and
-    // is released by the OS even on kill -9. (Short-lived tools such as
-    // `backfill` and `deliveries` share the outbox on purpose and take no lock.)
-    let _lock = lock_state_dir(&cfg.state_dir)?;
-    let outbox =
-        Outbox::open(&cfg.state_dir, cfg.outbox.clone()).map_err(|source| AppError::Outbox {
-            dir: cfg.state_dir.clone(),
-            source,
-        })?;
-    let outbox = Arc::new(outbox);
-    info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
     init_series(&cfg);
     metrics().set_build_info(env!("CARGO_PKG_VERSION"), BUILD_COMMIT);
     let (targets_tx, targets_rx) = watch::channel(cfg.targets.clone());
     let (rules_tx, mut rules_rx) = watch::channel(cfg.rules.clone());
     let deliver_token = CancellationToken::new();
-    let dispatcher = deliver::spawn(outbox.clone(), targets_rx, deliver_token.clone());
+    let delivery = Delivery::start(&cfg, targets_rx, deliver_token.clone()).await?;
+    let store = delivery.store();
     started(Running {
         reload: reload_tx.clone(),
-        outbox: outbox.clone(),
+        outbox: delivery.outbox(),
+        store: store.clone(),
     });
 
-    // AMI clients.
+    // AMI clients: every PBX, or in cluster mode the ones this instance owns.
     let sources_token = token.child_token();
     let capacity = reload::queue_capacity(&cfg, PUSH_QUEUE).max(1);
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity);
     let clients = Clients::new(tx.clone(), sources_token.clone());
-    for p in &cfg.pbx {
-        clients.start(p);
-    }
+    let ownership_token = CancellationToken::new();
+    let (items_tx, items_rx) = watch::channel(ownable(&cfg));
+    let (pbx_cfg_tx, pbx_cfg_rx) = watch::channel(cfg.pbx.clone());
+    let (forget_tx, mut forget_rx) = mpsc::unbounded_channel::<String>();
+    let ownership = match delivery.cluster() {
+        None => {
+            for p in &cfg.pbx {
+                clients.start(p);
+            }
+            None
+        }
+        Some(c) => Some(
+            crate::cluster::ownership::start(c.clone(), items_rx, ownership_token.clone())
+                .await
+                .map_err(AppError::Cluster)?,
+        ),
+    };
     // The push endpoint is a source too: it feeds the same queue.
     let (push_teams_tx, push_teams_rx) = watch::channel(Arc::new(Teams::new(
         cfg.push.as_ref().map_or(&[][..], |p| &p.teams[..]),
@@ -464,8 +651,28 @@ pub async fn run_until(
             tx: tx.clone(),
             queue_wait: QUEUE_WAIT,
             ack_wait: ACK_WAIT,
+            forward: delivery.cluster().map(|c| {
+                Arc::new(crate::cluster::push::PushStream::new(c))
+                    as Arc<dyn crate::http::push::PushForward>
+            }),
         }))
     });
+    let follower = match (delivery.cluster(), &ownership) {
+        (Some(c), Some(o)) => Some(tokio::spawn(follow_ownership(
+            c.clone(),
+            o.subscribe(),
+            pbx_cfg_rx,
+            clients.clone(),
+            push_teams_rx.clone(),
+            cfg.push
+                .as_ref()
+                .map_or_else(String::new, |p| p.token_param.clone()),
+            tx.clone(),
+            forget_tx,
+            sources_token.clone(),
+        ))),
+        _ => None,
+    };
     drop(tx);
 
     // HTTP.
@@ -489,6 +696,7 @@ pub async fn run_until(
     let caps = http_caps(&cfg, admin_listener.is_some());
     let ready_clients = clients.clone();
     let ok = outbox_ok.clone();
+    let ready_ownership = ownership.clone();
     let readiness = move || {
         let pbx: std::collections::BTreeMap<String, bool> = ready_clients
             .handles()
@@ -496,17 +704,21 @@ pub async fn run_until(
             .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
             .collect();
         let outbox_writable = ok.load(Ordering::Relaxed);
+        let cluster = ready_ownership.as_ref().map(|o| o.view());
         Readiness {
-            ready: outbox_writable && pbx.values().all(|v| *v),
+            ready: outbox_writable
+                && pbx.values().all(|v| *v)
+                && cluster.as_ref().is_none_or(|c| !c.members.is_empty()),
             pbx,
             outbox_writable,
+            cluster,
         }
     };
     let state = ApiState {
         readiness: Arc::new(readiness),
         reload: Some(reload_tx.clone()),
         admin_token: cfg.admin_token.clone(),
-        outbox: Some(outbox.clone()),
+        outbox: Some(store.clone()),
         push: push_state.clone(),
     };
     let mut http_tasks = Vec::new();
@@ -580,6 +792,7 @@ pub async fn run_until(
     let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
     let started_cfg = cfg.clone();
     let reload_clients = clients.clone();
+    let clustered = ownership.is_some();
     let reload_task = tokio::spawn(async move {
         let mut running = started_cfg.clone();
         while let Some(reply) = reload_rx.recv().await {
@@ -599,7 +812,13 @@ pub async fn run_until(
                         targets_tx.send_replace(new.targets.clone());
                         rules_tx.send_replace(new.rules.clone());
                         normalizer_tx.send_replace(new.normalizer.clone());
-                        reload_clients.apply(&new.pbx).await;
+                        if clustered {
+                            // The owned ones follow (follow_ownership).
+                            pbx_cfg_tx.send_replace(new.pbx.clone());
+                            items_tx.send_replace(ownable(&new));
+                        } else {
+                            reload_clients.apply(&new.pbx).await;
+                        }
                         if started_cfg.push.is_some() {
                             if let Some(p) = &new.push {
                                 push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
@@ -683,16 +902,22 @@ pub async fn run_until(
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(ev) => {
-                    take(&mut normalizer, ev, &mut out, &mut acks);
+                    take(&mut normalizer, &ownership, ev, &mut out, &mut acks);
                     while out.len() < 1024 {
                         match rx.try_recv() {
-                            Ok(ev) => take(&mut normalizer, ev, &mut out, &mut acks),
+                            Ok(ev) => take(&mut normalizer, &ownership, ev, &mut out, &mut acks),
                             Err(_) => break,
                         }
                     }
                 }
                 None => open = false,
             },
+            Some(gone) = forget_rx.recv() => {
+                let n = normalizer.forget(&gone);
+                if n > 0 {
+                    info!(pbx = %gone, calls = n, "calls in progress handed over to the new owner");
+                }
+            }
             _ = tick.tick() => normalizer.tick(now_epoch(), &mut out),
             _ = token.cancelled() => open = false,
             Ok(()) = rules_rx.changed() => rules = rules_rx.borrow_and_update().clone(),
@@ -702,7 +927,8 @@ pub async fn run_until(
         }
         finish_batch(
             &rules,
-            &outbox,
+            store.as_ref(),
+            &ownership,
             &outbox_ok,
             &mut normalizer,
             &mut out,
@@ -725,15 +951,19 @@ pub async fn run_until(
             warn!(pbx = %h.pbx(), "AMI client did not stop in time");
         }
     }
+    if let Some(f) = follower {
+        let _ = f.await;
+    }
     rx.close();
     normalizer.begin_batch();
     while let Ok(ev) = rx.try_recv() {
-        take(&mut normalizer, ev, &mut out, &mut acks);
+        take(&mut normalizer, &ownership, ev, &mut out, &mut acks);
     }
     normalizer.settle_pushed(now_epoch(), &mut out);
     finish_batch(
         &rules,
-        &outbox,
+        store.as_ref(),
+        &ownership,
         &outbox_ok,
         &mut normalizer,
         &mut out,
@@ -745,25 +975,47 @@ pub async fn run_until(
     if live > 0 {
         info!(live, "stopping with calls in progress (the reconnect snapshot settles them at the next start)");
     }
+    // Cluster mode: leases released now, so the next owners take over at once.
+    ownership_token.cancel();
+    if let Some(o) = &ownership {
+        let _ = tokio::time::timeout(Duration::from_secs(3), o.stopped()).await;
+    }
     deliver_token.cancel();
-    dispatcher.stopped().await;
+    delivery.stopped().await;
     http_token.cancel();
     for t in http_tasks {
         let _ = t.await;
     }
     reload_task.abort();
-    outbox.close();
+    delivery.close();
     Ok(())
 }
 
 /// Feeds one source event to the normalizer, keeping a push's
-/// acknowledgement for when its batch is committed.
+/// acknowledgement for when its batch is committed. In cluster mode,
+/// events of a PBX or team this instance does not own (any more) are
+/// dropped (a push is answered with an error: it stays in the stream).
 fn take(
     n: &mut Normalizer,
+    ownership: &Option<OwnershipHandle>,
     ev: SourceEvent,
     out: &mut Vec<ModelEvent>,
     acks: &mut Vec<(PushAck, PushReceipt)>,
 ) {
+    let (pbx, team) = match &ev {
+        SourceEvent::Push { team, .. } => (team, true),
+        SourceEvent::Ami { pbx, .. }
+        | SourceEvent::AmiSnapshot { pbx, .. }
+        | SourceEvent::AmiOriginate { pbx, .. }
+        | SourceEvent::AmiDisconnected { pbx, .. } => (pbx, false),
+    };
+    if !owns(ownership, pbx, team) {
+        metrics().cluster_fenced_events.inc();
+        if let SourceEvent::Push { ack: Some(a), .. } = ev {
+            let _ = a.send(Err("this instance no longer owns the team".into()));
+        }
+        return;
+    }
     match ev {
         SourceEvent::Push {
             team,
@@ -791,15 +1043,27 @@ fn event_pbx(e: &ModelEvent) -> &str {
 /// Ends a batch: commits its deliveries, then keeps (or, if they could not
 /// be committed, rolls back) the batch's changes to pushed calls, answers
 /// the pushes and shows the events to the observer.
+#[allow(clippy::too_many_arguments)]
 async fn finish_batch(
     rules: &RuleSet,
-    outbox: &Outbox,
+    outbox: &dyn DeliveryStore,
+    ownership: &Option<OwnershipHandle>,
     ok: &AtomicBool,
     normalizer: &mut Normalizer,
     out: &mut Vec<ModelEvent>,
     acks: &mut Vec<(PushAck, PushReceipt)>,
     observer: &mut Option<Observer>,
 ) {
+    if ownership.is_some() {
+        let before = out.len();
+        out.retain(|e| {
+            let p = event_pbx(e);
+            owns(ownership, p, normalizer.is_push_team(p))
+        });
+        metrics()
+            .cluster_fenced_events
+            .inc_by((before - out.len()) as u64);
+    }
     let result = if out.is_empty() {
         Ok(())
     } else {
@@ -831,7 +1095,7 @@ async fn finish_batch(
 /// and latency metrics run on the local clock).
 pub async fn deliver_batch(
     rules: &RuleSet,
-    outbox: &Outbox,
+    outbox: &dyn DeliveryStore,
     ok: &AtomicBool,
     events: &[ModelEvent],
     clock_offset: impl Fn(&str) -> f64,

@@ -31,6 +31,7 @@
 pub mod ami;
 pub mod app;
 pub mod backfill;
+pub mod cluster;
 pub mod config;
 pub mod deliver;
 pub mod demo;

@@ -47,6 +47,7 @@ async fn serve(
             ready: true,
             pbx: BTreeMap::new(),
             outbox_writable: true,
+            cluster: None,
         }),
         reload: None,
         admin_token: None,
@@ -59,6 +60,7 @@ async fn serve(
             tx,
             queue_wait,
             ack_wait,
+            forward: None,
         })),
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -108,6 +108,8 @@ pub struct Config {
     pub http: crate::http::limits::HttpLimits,
     /// The `classify:` section as written (reloads compare it).
     pub classify: RawClassify,
+    /// Cluster mode (none: one process with the SQLite outbox).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Things that are allowed but probably not meant (sorted like errors).
     pub warnings: Vec<ConfigError>,
 }
@@ -155,6 +157,7 @@ impl Config {
             admin_max_connections: crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS,
             http: crate::http::limits::HttpLimits::default(),
             classify: RawClassify::default(),
+            cluster: None,
             warnings: Vec::new(),
         }
     }
@@ -307,6 +310,10 @@ impl Config {
             }
         };
         let http = raw.http.validate(&mut problems);
+        let cluster = raw
+            .cluster
+            .as_ref()
+            .map(|c| c.validate(base, &mut problems));
         let (admin_listen, admin_max_connections) =
             validate::admin_listener(raw.admin.as_ref(), listen, &mut problems);
         let admin_token = validate::admin(raw.admin.as_ref(), base, &mut problems);
@@ -365,6 +372,7 @@ impl Config {
             admin_max_connections,
             http,
             classify,
+            cluster,
             warnings,
         })
     }

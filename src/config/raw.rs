@@ -65,6 +65,8 @@ pub struct RawConfig {
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
+    /// Cluster mode on NATS JetStream (unset: one process, SQLite outbox).
+    pub cluster: Option<crate::cluster::RawCluster>,
 }
 
 /// A rule-set file named by `include`.

@@ -35,6 +35,7 @@ pub mod limit;
 pub mod outbox;
 pub mod retry;
 pub mod sign;
+pub mod store;
 pub mod target;
 
 pub use dispatcher::{spawn, DispatcherHandle};

@@ -1447,7 +1447,8 @@ fn complete_tx(
 // ---------------------------------------------------------------------------
 // Admin rows: masking.
 
-fn sensitive_name(name: &str) -> bool {
+/// Whether a header or query parameter name looks like a credential.
+pub fn sensitive_name(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     [
         "auth",
@@ -1465,7 +1466,7 @@ fn sensitive_name(name: &str) -> bool {
 }
 
 /// Masks values of credential-like query parameters (`?api_key=…`).
-fn mask_url(url: &str) -> String {
+pub fn mask_url(url: &str) -> String {
     let Some((base, rest)) = url.split_once('?') else {
         return url.to_string();
     };

@@ -261,6 +261,22 @@ impl Normalizer {
         }
     }
 
+    /// Drops everything known about a PBX or push team without emitting
+    /// anything (cluster mode: another instance owns it now and carries
+    /// its calls on). Returns the calls dropped.
+    pub fn forget(&mut self, pbx: &str) -> usize {
+        let mut n = 0;
+        if let Some(p) = self.pbxs.remove(pbx) {
+            n += p.live_calls();
+            metrics().live_calls.with_label_values(&[pbx]).set(0);
+        }
+        if let Some(t) = self.teams.remove(pbx) {
+            n += t.live_calls();
+            metrics().live_calls.with_label_values(&[pbx]).set(0);
+        }
+        n
+    }
+
     /// Number of calls currently tracked (all PBXs and push teams).
     pub fn live_calls(&self) -> usize {
         self.pbxs
