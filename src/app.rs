@@ -118,8 +118,11 @@ const TICK: Duration = Duration::from_millis(250);
 /// Room in the normalizer's queue for pushed events (added to the PBXs').
 const PUSH_QUEUE: usize = 1024;
 
-/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir).
-fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
+/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir):
+/// held by `callhook run` for its lifetime, and by one-shot commands that
+/// send from the outbox (`replay --config`, `backfill --deliver`). Dropping
+/// the file releases it (so does the OS when the process dies).
+pub fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
     let io = |source| AppError::LockFile {
         dir: dir.to_path_buf(),
         source,
@@ -140,12 +143,22 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
     }
 }
 
-/// The commit the binary was built from (`CALLHOOK_BUILD_COMMIT` at build
-/// time), for `callhook_build_info`.
-pub const BUILD_COMMIT: &str = match option_env!("CALLHOOK_BUILD_COMMIT") {
-    Some(c) => c,
-    None => "unknown",
-};
+/// True when a process holds the lock on `dir` (a daemon, or a one-shot
+/// command sending from the outbox); false when nobody does or the lock
+/// file does not exist yet. Never creates anything.
+pub fn state_dir_in_use(dir: &std::path::Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("callhook.lock"))
+    else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
+/// The commit the binary was built from (`build.rs`, `unknown` without
+/// git), for `callhook_build_info`.
+pub const BUILD_COMMIT: &str = crate::build_info::COMMIT;
 
 /// Exports the series whose labels `cfg` makes known at 0.
 fn init_series(cfg: &Config) {

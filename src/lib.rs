@@ -23,7 +23,9 @@
 //!   [`metrics`] (every Prometheus metric), [`notify`] (readiness,
 //!   watchdog and stopping notifications to systemd), [`log_limit`]
 //!   (rate-limited log lines for events that can repeat fast), [`ruletest`]
-//!   (`callhook test`: rule-set unit tests).
+//!   (`callhook test`: rule-set unit tests), [`logging`] (log format,
+//!   level and the `log:` config section), [`build_info`] (what the binary
+//!   was built from, for `--version`).
 //! - Leaves used by every config section: [`yaml`] (YAML documents with
 //!   positions, and a deserializer that reports every problem) and
 //!   [`values`] (durations, time zones, `${VAR}`, secret files).
@@ -31,12 +33,14 @@
 pub mod ami;
 pub mod app;
 pub mod backfill;
+pub mod build_info;
 pub mod cluster;
 pub mod config;
 pub mod deliver;
 pub mod demo;
 pub mod http;
 pub mod log_limit;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod normalize;

@@ -1,26 +1,79 @@
-//! The `callhook` command line: thin glue over the library (anyhow lives here).
+//! The `callhook` command line: thin glue over the library (anyhow lives
+//! here and in `cli/`). Failures print one `error: …` and exit with the
+//! status documented in `cli/exit.rs` and the README.
+
+mod cli;
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use callhook::app::{self, RunOptions};
 use callhook::config::Config;
-use callhook::deliver::outbox::{ListFilter, Outbox, Status};
-use callhook::deliver::DeliveryRequest;
+use callhook::deliver::outbox::Status;
+use callhook::logging::{self, LogFormat, LogSettings};
 use callhook::model::ModelEvent;
-use callhook::normalize::Normalizer;
 use callhook::replay::{self, Format};
+
+use cli::exit::{fail, CliResult, Code, Coded};
 
 /// Turns Asterisk call events into one call model and CRM webhooks.
 #[derive(Parser, Debug)]
-#[command(name = "callhook", version, about, long_about = None)]
+#[command(
+    name = "callhook",
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_long_help = MAIN_HELP
+)]
 struct Cli {
+    /// Log format on stderr (default: the config's `log.format`, else text).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "FORMAT",
+        env = "CALLHOOK_LOG_FORMAT"
+    )]
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
+}
+
+const MAIN_HELP: &str = "\
+Exit status:
+  0    success
+  1    runtime failure (I/O, outbox, network; requests that failed or did not go out in time)
+  2    usage error (unknown option, missing or malformed argument)
+  3    the configuration is invalid
+  4    unusable input (a capture or CDR file that cannot be read or holds no AMI packets)
+  101  internal error (a bug: please report it)
+
+Environment:
+  CALLHOOK_CONFIG      configuration file (instead of --config)
+  CALLHOOK_LOG         log level or filter (error, warn, info, debug, trace; info,callhook::deliver=debug)
+  CALLHOOK_LOG_FORMAT  text or json (instead of --log-format)
+  NO_COLOR             set and not empty: no colours in logs (they are only used on a terminal anyway)";
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormatArg {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,6 +109,12 @@ enum Command {
         /// PBX id to stamp on events.
         #[arg(long, default_value = "main")]
         pbx: String,
+        /// With --config (not --dry-run): stop waiting for the targets after
+        /// this long (`30s`, `5m`); what is left stays in the outbox and the
+        /// exit status is 1. Default: wait until every request is delivered,
+        /// dead or expired.
+        #[arg(long, value_name = "DURATION", requires = "config", conflicts_with = "dry_run", value_parser = parse_duration_arg)]
+        timeout: Option<Duration>,
     },
     /// Validate a configuration file; prints every problem with its file,
     /// line and column, and exits non-zero when there is one.
@@ -92,6 +151,29 @@ enum Command {
     /// Malformed rows are reported with their line number and skipped.
     #[command(after_long_help = BACKFILL_HELP)]
     Backfill(BackfillArgs),
+    /// Print a shell completion script (e.g. `callhook completions bash >
+    /// /etc/bash_completion.d/callhook`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`callhook man | man -l -`), or with --dir write
+    /// one page per command (`callhook.1`, `callhook-run.1`, …) there.
+    Man {
+        /// Directory to write the pages into (e.g. /usr/local/share/man/man1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Panics on purpose: tests that a bug is reported in one line.
+    #[command(hide = true, name = "internal-test-panic")]
+    InternalTestPanic,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    callhook::values::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 5m, 1h)"))
 }
 
 const BACKFILL_HELP: &str = "\
@@ -106,8 +188,11 @@ or a CSV export with a header line naming the columns (calldate, src, ...).
 
 Examples:
   callhook backfill --cdr /var/log/asterisk/cdr-csv/Master.csv --config /etc/callhook.yaml --since 2h
-  callhook backfill --cdr Master.csv --config callhook.yaml --since 2026-11-01 --until 2026-12-01 --dry-run
-  zcat Master.csv.1.gz | callhook backfill --cdr - --config callhook.yaml --cdr-timezone auto";
+  callhook backfill --cdr Master.csv --config callhook.yaml --since '2026-11-30 08:00' --until '2026-11-30 18:00' --dry-run
+  zcat Master.csv.1.gz | callhook backfill --cdr - --config callhook.yaml --cdr-timezone -05:00
+
+From cron, give it the daemon's state_dir (absolute) and environment:
+cron runs with none, in another working directory.";
 
 #[derive(Args, Debug)]
 struct BackfillArgs {
@@ -126,15 +211,16 @@ struct BackfillArgs {
     /// Only calls that ended before this (same forms as --since).
     #[arg(long, value_name = "WHEN")]
     until: Option<String>,
-    /// Time zone of the CDR times: an IANA name (`America/Mexico_City`,
-    /// daylight saving applied to every time), `UTC` (also right with
-    /// `usegmtime=yes`), an offset (`+02:00`, `-0300`), or `auto`: each
-    /// call's offset from its uniqueid (`auto:Europe/Madrid` sets the zone
-    /// for ids that do not tell).
+    /// Time zone of the CDR times: `auto` (default): each call's offset
+    /// from its uniqueid, which follows daylight saving (`auto:Europe/Madrid`
+    /// or `auto:+01:00` sets the zone for ids that do not tell, else UTC);
+    /// an IANA name (`America/Mexico_City`, daylight saving applied to
+    /// every time); `UTC` (right with `usegmtime=yes`); or a fixed offset
+    /// (`+02:00`, `-0300`).
     #[arg(
         long,
         value_name = "ZONE|OFFSET|auto",
-        default_value = "UTC",
+        default_value = "auto",
         env = "CALLHOOK_CDR_TIMEZONE"
     )]
     cdr_timezone: String,
@@ -153,6 +239,10 @@ struct BackfillArgs {
     /// delivers what a backfill enqueues within seconds).
     #[arg(long, conflicts_with = "dry_run")]
     deliver: bool,
+    /// With --deliver: stop waiting for the targets after this long
+    /// (`10m`); what is left stays in the outbox, the exit status is 1.
+    #[arg(long, value_name = "DURATION", requires = "deliver", value_parser = parse_duration_arg)]
+    timeout: Option<Duration>,
     /// Rows of one call are grouped while at most this far apart in CDR
     /// time (default: `calls.max_age` of the config, 4h).
     #[arg(long, value_name = "DURATION")]
@@ -178,9 +268,9 @@ enum DeliveriesAction {
         /// Only dead deliveries (gave up after their retries).
         #[arg(long)]
         dead: bool,
-        /// Only this state: pending, inflight, done, dead, expired.
-        #[arg(long, conflicts_with = "dead")]
-        status: Option<String>,
+        /// Only this state.
+        #[arg(long, value_enum, conflicts_with = "dead")]
+        status: Option<StatusArg>,
         /// Only this target.
         #[arg(long)]
         target: Option<String>,
@@ -203,6 +293,32 @@ enum DeliveriesAction {
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum StatusArg {
+    /// Waiting for an attempt.
+    Pending,
+    /// Being sent.
+    Inflight,
+    /// Delivered.
+    Done,
+    /// Gave up after the retries (or a permanent error).
+    Dead,
+    /// Not sent in time (the rule's max_age).
+    Expired,
+}
+
+impl From<StatusArg> for Status {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Pending => Status::Pending,
+            StatusArg::Inflight => Status::Inflight,
+            StatusArg::Done => Status::Done,
+            StatusArg::Dead => Status::Dead,
+            StatusArg::Expired => Status::Expired,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum OutFormat {
     /// One JSON object per line (schema in the README).
     Jsonl,
@@ -219,21 +335,29 @@ impl From<OutFormat> for Format {
     }
 }
 
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CALLHOOK_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// `--log-format` (or `CALLHOOK_LOG_FORMAT`), set once in `main`.
+static LOG_FORMAT: OnceLock<Option<LogFormat>> = OnceLock::new();
+
+/// Starts logging on stderr with the config's `log:` settings (the command
+/// line and `CALLHOOK_LOG` win). Only the first call counts.
+fn init_logs(settings: &LogSettings) {
+    let format = LOG_FORMAT.get().copied().flatten();
+    if let Some(w) = logging::init(format, settings) {
+        eprintln!("warning: {w}");
+    }
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<Config> {
-    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+/// Loads and validates a config (status 3 when it is refused), then starts
+/// logging with its `log:` section.
+fn load(path: &Path) -> CliResult<Config> {
+    let cfg = Config::load(path).map_err(|e| fail!(Code::Config, "{e}"))?;
+    init_logs(&cfg.log);
+    Ok(cfg)
 }
 
-/// Loads a configuration for `run`: what `check` accepts, warnings logged.
-fn load_daemon(path: &std::path::Path) -> anyhow::Result<Config> {
+/// Loads a configuration for `run`: what `check` accepts (status 3
+/// otherwise), warnings logged.
+fn load_daemon(path: &Path) -> CliResult<Config> {
     let cfg = load(path)?;
     let errors = cfg.daemon_errors();
     if !errors.is_empty() {
@@ -242,7 +366,7 @@ fn load_daemon(path: &std::path::Path) -> anyhow::Result<Config> {
             errors,
             warnings: Vec::new(),
         };
-        bail!("{e}");
+        return Err(fail!(Code::Config, "{e}"));
     }
     for w in cfg.daemon_warnings() {
         tracing::warn!("{}", w.render(path));
@@ -250,8 +374,9 @@ fn load_daemon(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-/// `check`: every error and warning, exit 1 on an error (what `run` would refuse).
-fn check_cmd(config: &std::path::Path) -> anyhow::Result<()> {
+/// `check`: every error and warning; status 3 on an error (what `run`
+/// would refuse).
+fn check_cmd(config: &Path) -> CliResult {
     let print_warnings = |ws: &[callhook::config::ConfigError]| {
         for w in ws {
             eprintln!("  warning: {}", w.render(config));
@@ -267,12 +392,12 @@ fn check_cmd(config: &std::path::Path) -> anyhow::Result<()> {
                     errors,
                     warnings: Vec::new(),
                 };
-                eprint!("{e}");
                 print_warnings(&warnings);
-                std::process::exit(1);
+                return Err(fail!(Code::Config, "{e}"));
             }
             let n = |k: usize, what: &str| format!("{k} {what}{}", if k == 1 { "" } else { "s" });
-            println!(
+            writeln!(
+                std::io::stdout().lock(),
                 "{}: ok ({}, {}, {}{})",
                 config.display(),
                 n(cfg.pbx.len(), "PBX"),
@@ -283,34 +408,93 @@ fn check_cmd(config: &std::path::Path) -> anyhow::Result<()> {
                 } else {
                     format!(", {}", n(warnings.len(), "warning"))
                 },
-            );
+            )?;
             print_warnings(&warnings);
             Ok(())
         }
         Err(e) => {
-            eprint!("{e}");
             print_warnings(&e.warnings);
-            std::process::exit(1);
+            Err(fail!(Code::Config, "{e}"))
         }
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Runtime::new().context("starting the runtime")
+/// `test`: runs every file, prints each case; status 1 when a case fails
+/// or a file cannot run.
+fn test_cmd(files: &[PathBuf]) -> CliResult {
+    let (mut passed, mut failed, mut broken) = (0, 0, 0);
+    let mut out = std::io::stdout().lock();
+    for f in files {
+        let r = callhook::ruletest::run_file(f);
+        write!(out, "{}", r.render())?;
+        broken += usize::from(!r.errors.is_empty());
+        for c in &r.cases {
+            if c.failures.is_empty() {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{passed} passed, {failed} failed{}",
+        if broken > 0 {
+            format!(
+                " ({broken} file{} could not run)",
+                if broken == 1 { "" } else { "s" }
+            )
+        } else {
+            String::new()
+        }
+    )?;
+    drop(out);
+    if failed > 0 || broken > 0 {
+        return Err(fail!(
+            Code::Runtime,
+            "{failed} test cases failed, {broken} files could not run"
+        ));
+    }
+    Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logs();
-    match cli.command {
+fn runtime() -> CliResult<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().code_with(Code::Runtime, || "starting the runtime")
+}
+
+/// The command-line definition, with the build information as version.
+fn command() -> clap::Command {
+    static VERSION: OnceLock<(String, String)> = OnceLock::new();
+    let (short, long) =
+        VERSION.get_or_init(|| (callhook::build_info::short(), callhook::build_info::long()));
+    Cli::command()
+        .version(short.as_str())
+        .long_version(long.as_str())
+}
+
+fn main() -> ExitCode {
+    cli::exit::install_panic_hook();
+    // Usage errors, --help and --version exit here (status 2 or 0).
+    let cli = match Cli::from_arg_matches(&command().get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let _ = LOG_FORMAT.set(cli.log_format.map(Into::into));
+    cli::exit::report(dispatch(cli.command))
+}
+
+fn dispatch(cmd: Command) -> CliResult {
+    match cmd {
         Command::Replay {
             captures,
             config,
             dry_run,
             format,
             pbx,
-        } => replay_cmd(captures, config, dry_run, format.into(), pbx),
+            timeout,
+        } => cli::replay::run(captures, config, dry_run, format.into(), pbx, timeout),
         Command::Check { config } => check_cmd(&config),
+        Command::Test { files } => test_cmd(&files),
         Command::Run { config, print } => {
             let cfg = load_daemon(&config)?;
             let observer = print.map(|f| {
@@ -332,374 +516,39 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(app::run(cfg, opts))?;
             Ok(())
         }
-        Command::Deliveries(args) => deliveries_cmd(args),
-        Command::Test { files } => test_cmd(&files),
+        Command::Deliveries(args) => cli::deliveries::run(args),
         Command::Demo { speed } => {
             if !(speed.is_finite() && speed > 0.0) {
-                bail!("--speed must be a positive number");
+                return Err(fail!(Code::Usage, "--speed must be a positive number"));
             }
+            init_logs(&LogSettings::default());
             runtime()?.block_on(callhook::demo::run(speed))?;
             Ok(())
         }
-        Command::Backfill(args) => backfill_cmd(args),
-    }
-}
-
-/// `test`: runs every file, prints each case, exits 1 on any failure.
-fn test_cmd(files: &[PathBuf]) -> anyhow::Result<()> {
-    let (mut passed, mut failed, mut broken) = (0, 0, 0);
-    for f in files {
-        let r = callhook::ruletest::run_file(f);
-        print!("{}", r.render());
-        broken += usize::from(!r.errors.is_empty());
-        for c in &r.cases {
-            if c.failures.is_empty() {
-                passed += 1;
-            } else {
-                failed += 1;
+        Command::Backfill(args) => cli::backfill::run(args),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            cli::generate::completions(command(), shell, &mut out);
+            std::io::stdout().lock().write_all(&out)?;
+            Ok(())
+        }
+        Command::Man { dir: None } => {
+            let mut out = Vec::new();
+            cli::generate::man(command(), &mut out)?;
+            std::io::stdout().lock().write_all(&out)?;
+            Ok(())
+        }
+        Command::Man { dir: Some(dir) } => {
+            let files = cli::generate::man_pages(command(), &dir)
+                .code_with(Code::Runtime, || {
+                    format!("writing man pages into {}", dir.display())
+                })?;
+            let mut out = std::io::stdout().lock();
+            for f in files {
+                writeln!(out, "{}", f.display())?;
             }
+            Ok(())
         }
+        Command::InternalTestPanic => panic!("internal-test-panic was asked for"),
     }
-    println!(
-        "{passed} passed, {failed} failed{}",
-        if broken > 0 {
-            format!(
-                " ({broken} file{} could not run)",
-                if broken == 1 { "" } else { "s" }
-            )
-        } else {
-            String::new()
-        }
-    );
-    if failed > 0 || broken > 0 {
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
-fn backfill_cmd(args: BackfillArgs) -> anyhow::Result<()> {
-    use callhook::backfill::{self, CdrTimezone, Destination, Options};
-
-    let cfg = load(&args.config)?;
-    let timezone = CdrTimezone::parse(&args.cdr_timezone).with_context(|| {
-        format!(
-            "--cdr-timezone {:?}: write a time zone name such as America/Mexico_City, UTC, an offset such as +02:00 or -0300, or auto",
-            args.cdr_timezone
-        )
-    })?;
-    let pbx = match (&args.pbx, cfg.pbx.as_slice()) {
-        (Some(p), _) => p.clone(),
-        (None, []) => "main".to_string(),
-        (None, [one]) => one.id.clone(),
-        (None, many) => bail!(
-            "several PBXs are configured ({}): say which one wrote this CDR with --pbx",
-            many.iter()
-                .map(|p| p.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    let now = callhook::source::now_epoch();
-    let bound = |v: &Option<String>, flag: &str| -> anyhow::Result<Option<f64>> {
-        v.as_deref()
-            .map(|s| backfill::parse_bound(s, now, timezone.base()))
-            .transpose()
-            .with_context(|| flag.to_string())
-    };
-    let since = bound(&args.since, "--since")?;
-    let until = bound(&args.until, "--until")?;
-    let window = match &args.group_window {
-        Some(w) => callhook::values::parse_duration(w)
-            .with_context(|| format!("--group-window {w:?} is not a duration (e.g. 4h)"))?
-            .as_secs_f64(),
-        None => cfg.normalizer.max_call_age,
-    };
-    let stdin = args.cdr.as_os_str() == "-";
-    let total_bytes = if stdin {
-        None
-    } else {
-        std::fs::metadata(&args.cdr).ok().map(|m| m.len())
-    };
-    let opts = Options {
-        pbx,
-        timezone: timezone.clone(),
-        since,
-        until,
-        window,
-        max_open: backfill::DEFAULT_MAX_OPEN,
-        progress: !args.no_progress,
-        total_bytes,
-        now,
-    };
-    let input: Box<dyn std::io::BufRead> = if stdin {
-        Box::new(std::io::stdin().lock())
-    } else {
-        let f = std::fs::File::open(&args.cdr)
-            .with_context(|| format!("opening {}", args.cdr.display()))?;
-        Box::new(std::io::BufReader::with_capacity(1 << 16, f))
-    };
-    let classifier = &cfg.normalizer.classifier;
-    let summary = if args.dry_run {
-        let stdout = std::io::stdout();
-        let mut w = std::io::BufWriter::new(stdout.lock());
-        let dest = Destination::Print {
-            out: &mut w,
-            format: args.format.into(),
-        };
-        match backfill::run(input, classifier, &cfg.rules, &opts, dest) {
-            Ok(s) => s,
-            Err(backfill::BackfillError::Write(e))
-                if e.kind() == std::io::ErrorKind::BrokenPipe =>
-            {
-                return Ok(())
-            }
-            Err(e) => return Err(e.into()),
-        }
-    } else {
-        // Without --deliver a daemon may be sending from this outbox: leave
-        // its attempts in flight alone. With --deliver this process is the
-        // sender and recovers what a crashed one left in flight.
-        let open = if args.deliver {
-            Outbox::open
-        } else {
-            Outbox::open_shared
-        };
-        let outbox = open(&cfg.state_dir, cfg.outbox.clone()).map_err(|e| {
-            anyhow::anyhow!("opening the outbox in {}: {e}", cfg.state_dir.display())
-        })?;
-        let s = backfill::run(
-            input,
-            classifier,
-            &cfg.rules,
-            &opts,
-            Destination::Outbox(&outbox),
-        )?;
-        if args.deliver {
-            eprintln!("{s}");
-            deliver_until_idle(&cfg, outbox)?;
-        } else {
-            outbox.close();
-        }
-        s
-    };
-    if !args.deliver {
-        eprintln!("{summary}");
-    }
-    if summary.since_defaulted {
-        if let Some(s) = summary.since {
-            eprintln!(
-                "(no --since: calls that ended in the last {}, as far back as the outbox remembers keys)",
-                backfill::human_secs(now - s)
-            );
-        }
-    }
-    if summary.malformed > 0 {
-        eprintln!(
-            "{} malformed rows skipped{}:",
-            summary.malformed,
-            if summary.malformed as usize > summary.errors.len() {
-                " (the first ones below, all in the log)"
-            } else {
-                ""
-            }
-        );
-        for e in &summary.errors {
-            eprintln!("  {}: {e}", args.cdr.display());
-        }
-    }
-    if summary.timezone_mismatch > 0 {
-        eprintln!(
-            "warning: {} calls have uniqueids that put their CDR times at UTC{} rather than {}: check --cdr-timezone (or use --cdr-timezone auto)",
-            summary.timezone_mismatch,
-            summary.implied_offsets.iter().cloned().collect::<Vec<_>>().join(" / UTC"),
-            timezone
-        );
-    }
-    if summary.forced_groups > 0 || summary.late_rows > 0 {
-        eprintln!(
-            "warning: {} calls grouped early (too many open at once) and {} rows arrived after their call was done; raise --group-window if calls last longer than {}",
-            summary.forced_groups,
-            summary.late_rows,
-            backfill::human_secs(window)
-        );
-    }
-    if !args.dry_run && !args.deliver && summary.queued > 0 {
-        eprintln!("(a running `callhook run` delivers them; or add --deliver)");
-    }
-    if summary.failed > 0 {
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
-/// Runs a dispatcher on the outbox until nothing is waiting (or Ctrl-C).
-fn deliver_until_idle(cfg: &Config, outbox: Outbox) -> anyhow::Result<()> {
-    let targets = cfg.targets.clone();
-    runtime()?.block_on(async move {
-        let outbox = Arc::new(outbox);
-        let (_tx, rx) = tokio::sync::watch::channel(targets);
-        let token = tokio_util::sync::CancellationToken::new();
-        let d = callhook::deliver::spawn(outbox.clone(), rx, token.clone());
-        loop {
-            let s = outbox.stats().await?;
-            if s.pending + s.inflight == 0 {
-                eprintln!("done: {} delivered, {} dead, {} expired", s.done, s.dead, s.expired);
-                break;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
-                _ = tokio::signal::ctrl_c() => {
-                    eprintln!("interrupted: {} still waiting in the outbox", s.pending + s.inflight);
-                    break;
-                }
-            }
-        }
-        token.cancel();
-        d.stopped().await;
-        outbox.close();
-        Ok::<(), anyhow::Error>(())
-    })
-}
-
-fn replay_cmd(
-    captures: Vec<PathBuf>,
-    config: Option<PathBuf>,
-    dry_run: bool,
-    format: Format,
-    pbx: String,
-) -> anyhow::Result<()> {
-    let cfg = match &config {
-        Some(p) => load(p)?,
-        None => Config::default_replay(),
-    };
-    let mut data = Vec::new();
-    for c in &captures {
-        data.push(std::fs::read(c).with_context(|| format!("reading {}", c.display()))?);
-    }
-    let rules = cfg.rules.clone();
-    let mut normalizer = Normalizer::new(cfg.normalizer.clone());
-    let pbx: Arc<str> = pbx.into();
-    let stdout = std::io::stdout();
-    let mut w = std::io::BufWriter::new(stdout.lock());
-    let mut write_err = None;
-    let mut requests: Vec<DeliveryRequest> = Vec::new();
-    let with_rules = config.is_some();
-    replay::replay(&data, &pbx, &mut normalizer, |ev| {
-        if with_rules {
-            let reqs = rules.evaluate(ev);
-            if dry_run && write_err.is_none() {
-                for r in &reqs {
-                    if let Err(e) = replay::write_request(&mut w, r, format) {
-                        write_err = Some(e);
-                    }
-                }
-            }
-            requests.extend(reqs);
-        } else if write_err.is_none() {
-            if let Err(e) = replay::write_event(&mut w, ev, format) {
-                write_err = Some(e);
-            }
-        }
-    });
-    if let Some(e) = write_err {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            bail!("writing output: {e}");
-        }
-        return Ok(());
-    }
-    w.flush().ok();
-    drop(w);
-    if !with_rules || dry_run {
-        return Ok(());
-    }
-    // Really send: through the outbox, until nothing is waiting. A replay
-    // happens now: its requests count as fresh.
-    let now = callhook::source::now_epoch();
-    for r in &mut requests {
-        r.rebase(now);
-    }
-    let n = requests.len();
-    let outbox = Outbox::open(&cfg.state_dir, cfg.outbox.clone())
-        .map_err(|e| anyhow::anyhow!("opening the outbox in {}: {e}", cfg.state_dir.display()))?;
-    let outcome = runtime()?.block_on(outbox.submit(requests))?;
-    eprintln!(
-        "{n} requests: {} enqueued, {} already there (same idempotency key), {} refused (outbox full)",
-        outcome.inserted, outcome.duplicates, outcome.rejected_full
-    );
-    deliver_until_idle(&cfg, outbox)
-}
-
-fn deliveries_cmd(args: DeliveriesArgs) -> anyhow::Result<()> {
-    let Some(config) = args.config else {
-        bail!("--config FILE is needed to find the outbox (state_dir)");
-    };
-    let cfg = load(&config)?;
-    runtime()?.block_on(async move {
-        // Shared: a running daemon's attempts in flight stay its own.
-        let outbox = Outbox::open_shared(&cfg.state_dir, cfg.outbox.clone()).map_err(|e| {
-            anyhow::anyhow!("opening the outbox in {}: {e}", cfg.state_dir.display())
-        })?;
-        match args.action {
-            DeliveriesAction::List {
-                dead,
-                status,
-                target,
-                limit,
-                json,
-            } => {
-                let status = match (dead, status) {
-                    (true, _) => Some(Status::Dead),
-                    (false, Some(s)) => Some(Status::parse(&s).with_context(|| {
-                        format!("unknown status {s:?} (pending, inflight, done, dead, expired)")
-                    })?),
-                    (false, None) => None,
-                };
-                let rows = outbox
-                    .list(ListFilter {
-                        status,
-                        target,
-                        limit,
-                    })
-                    .await?;
-                let stdout = std::io::stdout();
-                let mut w = stdout.lock();
-                for r in &rows {
-                    if json {
-                        writeln!(w, "{}", serde_json::to_string(r)?)?;
-                    } else {
-                        writeln!(
-                            w,
-                            "{:>6}  {:<8} {:<10} {:<16} att {:<2} last {:<8} {} {}",
-                            r.id,
-                            r.status.as_str(),
-                            r.target,
-                            r.rule,
-                            r.attempts,
-                            r.last_status.as_deref().unwrap_or("-"),
-                            r.method,
-                            r.url
-                        )?;
-                    }
-                }
-                if rows.is_empty() && !json {
-                    writeln!(w, "no deliveries")?;
-                }
-            }
-            DeliveriesAction::Retry { id, all_dead } => {
-                if all_dead {
-                    let n = outbox.retry_all_dead().await?;
-                    println!("{n} dead deliveries will be retried");
-                } else if let Some(id) = id {
-                    if outbox.retry(id).await? {
-                        println!("delivery {id} will be retried");
-                    } else {
-                        bail!("delivery {id} not found, or not dead/expired");
-                    }
-                }
-                println!("(a running daemon picks them up within seconds)");
-            }
-        }
-        outbox.close();
-        Ok(())
-    })
 }

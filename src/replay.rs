@@ -119,6 +119,20 @@ pub struct ReplayStats {
     pub emitted: usize,
 }
 
+/// The AMI packets (messages, not banners or skipped garbage) in a
+/// capture: 0 means it is not an AMI capture at all.
+pub fn count_packets(bytes: &[u8]) -> usize {
+    let mut codec = AmiCodec::new();
+    let mut buf = BytesMut::from(bytes);
+    let mut n = 0;
+    while let Ok(Some(frame)) = codec.decode_eof(&mut buf) {
+        if matches!(frame, AmiFrame::Message(_)) {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Replays captures (successive connections of PBX `pbx`) into `normalizer`,
 /// calling `sink` for every model event in order.
 pub fn replay(

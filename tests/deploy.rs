@@ -227,7 +227,17 @@ rules:
         ],
     );
     d.wait_http().await;
-    let text = d.metrics_text().await.unwrap();
+    // `callhook_ami_events_total{pbx,event}` has an open label set (event
+    // names), so it cannot be exported at 0: it appears with the login's
+    // `FullyBooted`. Wait for that (a loaded machine may scrape first).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = d.metrics_text().await.unwrap_or_default();
+        if text.contains("callhook_ami_events_total{") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let (names, samples) = parse_scrape(&text);
     let mut missing = Vec::new();
     for e in dashboard_exprs().iter().chain(rule_exprs().iter()) {

@@ -596,7 +596,8 @@ async fn dead_deliveries_are_listed_and_retried_through_the_admin_api() {
         "{}",
         String::from_utf8_lossy(&cli.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&cli.stdout).lines().count(), 2);
+    // A header and the two dead rows.
+    assert_eq!(String::from_utf8_lossy(&cli.stdout).lines().count(), 3);
     // The CRM is fixed; retry every dead delivery.
     sink.set_fallback(Reply::status(200));
     let r: Value = client

@@ -12,7 +12,7 @@
 //! 2. **Log in**: MD5 challenge by default (`Challenge` → `Login` with
 //!    `Key: md5(challenge + secret)`), or plain `Secret` ([`AuthMode::Plain`]).
 //!    A `Response: Error` to the login is logged as
-//!    `authentication failed for pbx X as user Y` and retried with the normal
+//!    `AMI login failed at HOST:PORT as user Y: <message>` and retried with the normal
 //!    backoff: a wrong password never hammers the PBX. The secret is never
 //!    logged ([`ClientConfig`]'s `Debug` redacts it).
 //! 3. **Resync** ([`ClientConfig::resync`]): right after every login the
@@ -33,8 +33,13 @@
 //!    [`ClientConfig::backoff_max`]). The attempt counter resets once a
 //!    connection has stayed logged in for 30 s.
 //!
-//! Each state change (connecting, logged in, down) is one log line and one
-//! update of `ami_connection_state` (0 down, 1 connecting, 2 logged in);
+//! Each state change is exactly one log line and one update of
+//! `ami_connection_state` (0 down, 1 connecting, 2 logged in): `connecting
+//! to AMI at H:P` (info), `logged in to AMI at H:P as U (banner)` (info),
+//! then one warning for going down that gives the reason and the delay
+//! before the next attempt (`AMI connection lost: <reason>; reconnecting in
+//! 1.2s`, `cannot connect to AMI at H:P: <error>; …`, `AMI login failed …;
+//! …`, with a `retry_in_secs` field), and `AMI client stopped` at shutdown;
 //! every connection attempt after the first counts in `ami_reconnects`.
 //!
 //! # Actions
@@ -677,7 +682,10 @@ impl Client {
             self.conn_seq += 1;
             self.set_state(ConnectionState::Connecting);
             info!(pbx = %self.pbx, "connecting to AMI at {}:{}", self.cfg.host, self.cfg.port);
-            match self.connect().await {
+            // Exactly one log line per state change: connecting, logged in
+            // (in `connect_and_login`), down with its reason and the delay
+            // before the next attempt, stopped.
+            let down = match self.connect().await {
                 Ok(sess) => {
                     self.set_state(ConnectionState::LoggedIn);
                     let since = Instant::now();
@@ -685,7 +693,6 @@ impl Client {
                         SessionEnd::Shutdown => break,
                         SessionEnd::Lost(reason) => {
                             self.set_state(ConnectionState::Down);
-                            warn!(pbx = %self.pbx, "AMI connection lost: {reason}");
                             self.deliver(SourceEvent::AmiDisconnected {
                                 pbx: self.pbx.clone(),
                                 at: now_epoch(),
@@ -693,25 +700,33 @@ impl Client {
                             if since.elapsed() >= STABLE_SESSION {
                                 backoff.reset();
                             }
+                            format!("AMI connection lost: {reason}")
                         }
                     }
                 }
                 Err(ConnectError::Shutdown) => break,
                 Err(ConnectError::Auth(msg)) => {
                     self.set_state(ConnectionState::Down);
-                    warn!(
-                        pbx = %self.pbx,
-                        "authentication failed for pbx {} as user {}: {msg}",
-                        self.pbx, self.cfg.username
-                    );
+                    format!(
+                        "AMI login failed at {}:{} as user {}: {msg}",
+                        self.cfg.host, self.cfg.port, self.cfg.username
+                    )
                 }
                 Err(ConnectError::Io(msg)) | Err(ConnectError::Protocol(msg)) => {
                     self.set_state(ConnectionState::Down);
-                    warn!(pbx = %self.pbx, "cannot connect to AMI at {}:{}: {msg}", self.cfg.host, self.cfg.port);
+                    format!(
+                        "cannot connect to AMI at {}:{}: {msg}",
+                        self.cfg.host, self.cfg.port
+                    )
                 }
-            }
+            };
             let delay = backoff.next_delay(&mut rand::thread_rng());
-            debug!(pbx = %self.pbx, "next AMI connection attempt in {delay:?}");
+            warn!(
+                pbx = %self.pbx,
+                retry_in_secs = delay.as_secs_f64(),
+                "{down}; reconnecting in {:.1}s",
+                delay.as_secs_f64()
+            );
             if !self.wait(delay).await {
                 break;
             }

@@ -22,7 +22,7 @@
 //!
 //! - The outbox remembers a key for `outbox.dedupe_window` (default 7 d)
 //!   from its first enqueue. A call that ended earlier than that may have
-//!   been sent and forgotten, so enqueuing refuses a `since` further back
+//!   been sent and forgotten, so a backfill (a dry run too) refuses a `since` further back
 //!   than `dedupe_window − 15 min` ([`BackfillError::BeyondDedupeWindow`]);
 //!   without `since` it defaults to that. To backfill a year nightly, set
 //!   `outbox: { dedupe_window: 400d }`.
@@ -171,6 +171,10 @@ pub struct Options {
     pub total_bytes: Option<u64>,
     /// The current time (epoch seconds).
     pub now: f64,
+    /// How long the outbox remembers idempotency keys (`outbox.dedupe_window`,
+    /// seconds): bounds the default and the earliest `since` of a dry run
+    /// exactly as of a real one (a real run uses its outbox's setting).
+    pub dedupe_window: f64,
 }
 
 impl Default for Options {
@@ -185,6 +189,9 @@ impl Default for Options {
             progress: false,
             total_bytes: None,
             now: crate::source::now_epoch(),
+            dedupe_window: crate::deliver::outbox::OutboxOptions::default()
+                .dedupe_window
+                .as_secs_f64(),
         }
     }
 }
@@ -266,8 +273,19 @@ pub struct Summary {
     pub requests: u64,
     /// Enqueued.
     pub queued: u64,
-    /// Not enqueued: the outbox already had their idempotency key.
+    /// Not enqueued: the outbox already had their idempotency key (the sum
+    /// of the four below).
     pub already_sent: u64,
+    /// … and that delivery is still waiting (pending or in flight).
+    pub already_queued: u64,
+    /// … and that delivery was delivered.
+    pub already_delivered: u64,
+    /// … and that delivery is dead or expired (`callhook deliveries list
+    /// --dead`; a backfill does not try again).
+    pub already_failed: u64,
+    /// … and that delivery finished longer than `outbox.done_retention`
+    /// ago (its row is pruned, the key remembered).
+    pub already_pruned: u64,
     /// Not enqueued: no idempotency key (see the module docs).
     pub unkeyed: u64,
     /// Not enqueued: the rule's `max_age` had passed.
@@ -291,6 +309,10 @@ impl Summary {
     fn add(&mut self, o: EnqueueOutcome) {
         self.queued += o.inserted as u64;
         self.already_sent += o.duplicates as u64;
+        self.already_queued += o.duplicates_waiting as u64;
+        self.already_delivered += o.duplicates_delivered as u64;
+        self.already_failed += o.duplicates_failed as u64;
+        self.already_pruned += o.duplicates_pruned as u64;
         self.failed += o.rejected_full as u64;
     }
 }
@@ -318,9 +340,24 @@ impl std::fmt::Display for Summary {
         }
         write!(
             f,
-            "{in_period} calls in the period, {} requests: {} queued, {} already sent, {} failed",
-            self.requests, self.queued, self.already_sent, self.failed
+            "{in_period} calls in the period, {} requests: {} queued, {} already delivered, {} already queued",
+            self.requests, self.queued, self.already_delivered, self.already_queued
         )?;
+        if self.already_failed > 0 {
+            write!(
+                f,
+                ", {} already dead or expired (not retried: see `callhook deliveries list --dead`)",
+                self.already_failed
+            )?;
+        }
+        if self.already_pruned > 0 {
+            write!(
+                f,
+                ", {} already done longer than outbox.done_retention ago",
+                self.already_pruned
+            )?;
+        }
+        write!(f, ", {} failed", self.failed)?;
         if self.unkeyed > 0 {
             write!(f, ", {} without idempotency key (not sent)", self.unkeyed)?;
         }
@@ -523,12 +560,15 @@ pub fn run<R: BufRead>(
 ) -> Result<Summary, BackfillError> {
     let mut summary = Summary::default();
     let mut opts = opts.clone();
-    if let Destination::Outbox(outbox) = &dest {
-        let window = outbox.options().dedupe_window.as_secs_f64();
-        let (since, defaulted) = enqueue_since(opts.since, opts.now, window)?;
-        opts.since = Some(since);
-        summary.since_defaulted = defaulted;
-    }
+    // The same period for a dry run as for a real one: what is printed is
+    // what would be enqueued.
+    let window = match &dest {
+        Destination::Outbox(outbox) => outbox.options().dedupe_window.as_secs_f64(),
+        Destination::Print { .. } => opts.dedupe_window,
+    };
+    let (since, defaulted) = enqueue_since(opts.since, opts.now, window)?;
+    opts.since = Some(since);
+    summary.since_defaulted = defaulted;
     summary.since = opts.since;
     summary.dry_run = matches!(dest, Destination::Print { .. });
     let errors_before = render_errors(rules);

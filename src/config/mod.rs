@@ -112,6 +112,9 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Things that are allowed but probably not meant (sorted like errors).
     pub warnings: Vec<ConfigError>,
+    /// Log settings of the `log:` section (the command line and the
+    /// environment may override them).
+    pub log: crate::logging::LogSettings,
 }
 
 /// Name of the state directory when `state_dir` is not set.
@@ -159,6 +162,7 @@ impl Config {
             classify: RawClassify::default(),
             cluster: None,
             warnings: Vec::new(),
+            log: crate::logging::LogSettings::default(),
         }
     }
 
@@ -318,6 +322,14 @@ impl Config {
             validate::admin_listener(raw.admin.as_ref(), listen, &mut problems);
         let admin_token = validate::admin(raw.admin.as_ref(), base, &mut problems);
         let outbox = validate::outbox(raw.outbox.as_ref(), &mut problems);
+        let log = match std::mem::take(&mut raw.log).validate() {
+            Ok(l) => l,
+            Err(e) => {
+                problems
+                    .push(Problem::new(At::root().key("log").key(e.field), e.message).hint(e.hint));
+                crate::logging::LogSettings::default()
+            }
+        };
         let pbx = validate::pbx(std::mem::take(&mut raw.pbx), base, &mut problems);
         let classify = std::mem::take(&mut raw.classify);
         let classifier = validate::classify(classify.clone(), &mut problems);
@@ -374,6 +386,7 @@ impl Config {
             classify,
             cluster,
             warnings,
+            log,
         })
     }
 }

@@ -67,6 +67,9 @@ pub struct RawConfig {
     pub http: crate::http::limits::RawHttpLimits,
     /// Cluster mode on NATS JetStream (unset: one process, SQLite outbox).
     pub cluster: Option<crate::cluster::RawCluster>,
+    /// Log format and level (see `logging`).
+    #[serde(default)]
+    pub log: crate::logging::LogConfig,
 }
 
 /// A rule-set file named by `include`.

@@ -236,6 +236,16 @@ pub struct EnqueueOutcome {
     pub inserted: usize,
     /// Requests skipped as duplicates (idempotency key or event still waiting).
     pub duplicates: usize,
+    /// Of the duplicates: the earlier delivery is still waiting (pending or
+    /// in flight).
+    pub duplicates_waiting: usize,
+    /// Of the duplicates: the earlier delivery was delivered.
+    pub duplicates_delivered: usize,
+    /// Of the duplicates: the earlier delivery is dead or expired.
+    pub duplicates_failed: usize,
+    /// Of the duplicates: the key is remembered but its delivery finished
+    /// more than `done_retention` ago and was pruned (delivered or expired).
+    pub duplicates_pruned: usize,
     /// Requests refused because the outbox was full.
     pub rejected_full: usize,
 }
@@ -525,6 +535,8 @@ CREATE INDEX IF NOT EXISTS deliveries_event
 CREATE INDEX IF NOT EXISTS deliveries_expiry
     ON deliveries (expires_at) WHERE status = 'pending' AND expires_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status);
+CREATE INDEX IF NOT EXISTS deliveries_key
+    ON deliveries (target, idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dedupe (
     target   TEXT NOT NULL,
     key      TEXT NOT NULL,
@@ -1200,6 +1212,10 @@ fn insert_batch(
     let mut key_put = c.prepare_cached(
         "INSERT OR REPLACE INTO dedupe (target, key, seen_at) VALUES (?1, ?2, ?3)",
     )?;
+    let mut key_status = c.prepare_cached(
+        "SELECT status FROM deliveries INDEXED BY deliveries_key \
+         WHERE target = ?1 AND idempotency_key = ?2 ORDER BY id DESC LIMIT 1",
+    )?;
     let mut chain_busy = c.prepare_cached(&format!(
         "SELECT 1 FROM deliveries INDEXED BY deliveries_chain \
          WHERE target = ?1 AND session_id = ?2 AND {WAITING} LIMIT 1"
@@ -1220,6 +1236,20 @@ fn insert_batch(
             None => false,
         };
         if dup_event || dup_key {
+            // What became of the earlier one (for reports such as backfill's
+            // "already delivered" / "already queued").
+            let earlier = match (&r.idempotency_key, dup_event) {
+                (Some(k), false) => key_status
+                    .query_row(params![r.target, k], |row| row.get::<_, String>(0))
+                    .optional()?,
+                _ => Some("pending".to_string()),
+            };
+            match earlier.as_deref().and_then(Status::parse) {
+                Some(Status::Pending | Status::Inflight) => d.outcome.duplicates_waiting += 1,
+                Some(Status::Done) => d.outcome.duplicates_delivered += 1,
+                Some(Status::Dead | Status::Expired) => d.outcome.duplicates_failed += 1,
+                None => d.outcome.duplicates_pruned += 1,
+            }
             d.outcome.duplicates += 1;
             *d.duplicates.entry(r.target.clone()).or_default() += 1;
             continue;
