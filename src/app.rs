@@ -390,7 +390,7 @@ enum Delivery {
     },
     /// Cluster mode: the replicated stream and the partition dispatcher.
     Cluster {
-        cluster: Cluster,
+        cluster: Box<Cluster>,
         store: Arc<crate::cluster::store::ClusterStore>,
         dispatcher: crate::cluster::dispatch::ClusterDispatcher,
     },
@@ -415,7 +415,7 @@ impl Delivery {
             let dispatcher =
                 crate::cluster::dispatch::spawn(cluster.clone(), store.clone(), targets, token);
             return Ok(Delivery::Cluster {
-                cluster,
+                cluster: Box::new(cluster),
                 store,
                 dispatcher,
             });

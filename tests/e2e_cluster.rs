@@ -354,4 +354,13 @@ async fn pushes_to_any_instance_are_delivered_once() {
     assert_eq!(r.status().as_u16(), 200);
     let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(v["pending"], 0, "{v}");
+    // So does the CLI (it reads the streams, not a local outbox).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+        .args(["deliveries", "list", "--config"])
+        .arg(site.dirs[1].join("callhook.yaml"))
+        .envs(env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no deliveries");
 }
