@@ -152,6 +152,13 @@ pub fn is_name_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// A file path with `${VAR}`s expanded (`${CREDENTIALS_DIRECTORY}/nats.creds`),
+/// relative to `base`.
+fn path_in(base: &Path, p: &Path) -> PathBuf {
+    let (expanded, _) = crate::values::expand_vars(&p.to_string_lossy());
+    resolve_path(base, Path::new(&expanded))
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -256,7 +263,7 @@ impl RawCluster {
                     }
                 };
                 if let Some(f) = &n.creds {
-                    let full = resolve_path(base, f);
+                    let full = path_in(base, f);
                     if let Err(e) = std::fs::metadata(&full) {
                         problems.push(Problem::new(
                             nat("creds"),
@@ -288,7 +295,7 @@ impl RawCluster {
                     let tls = |k: &str| nat("tls").key(k);
                     for (p, k) in [(&t.ca, "ca"), (&t.cert, "cert"), (&t.key, "key")] {
                         if let Some(p) = p {
-                            let full = resolve_path(base, p);
+                            let full = path_in(base, p);
                             if let Err(e) = std::fs::metadata(&full) {
                                 problems.push(Problem::new(
                                     tls(k),
@@ -297,10 +304,10 @@ impl RawCluster {
                             }
                         }
                     }
-                    c.tls_ca = t.ca.as_ref().map(|p| resolve_path(base, p));
+                    c.tls_ca = t.ca.as_ref().map(|p| path_in(base, p));
                     match (&t.cert, &t.key) {
                         (Some(cert), Some(key)) => {
-                            c.tls_client = Some((resolve_path(base, cert), resolve_path(base, key)))
+                            c.tls_client = Some((path_in(base, cert), path_in(base, key)))
                         }
                         (None, None) => {}
                         (Some(_), None) => {

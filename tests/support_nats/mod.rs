@@ -51,6 +51,8 @@ impl Node {
 pub struct NatsCluster {
     pub nodes: Vec<Node>,
     pub dir: PathBuf,
+    /// User and password clients must log in with, when set.
+    pub auth: Option<(String, String)>,
 }
 
 impl NatsCluster {
@@ -59,8 +61,17 @@ impl NatsCluster {
         Self::start_n(name, 3).await
     }
 
+    /// Starts three nodes that require a user and password.
+    pub async fn start_with_auth(name: &str, user: &str, password: &str) -> NatsCluster {
+        Self::start_opts(name, 3, Some((user.to_string(), password.to_string()))).await
+    }
+
     /// Starts `n` routed nodes (1: a single server, still clustered config-free).
     pub async fn start_n(name: &str, n: usize) -> NatsCluster {
+        Self::start_opts(name, n, None).await
+    }
+
+    async fn start_opts(name: &str, n: usize, auth: Option<(String, String)>) -> NatsCluster {
         let dir = std::env::temp_dir().join(format!("callhook-nats-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -85,11 +96,15 @@ impl NatsCluster {
                 String::new()
             };
             let conf = dir.join(format!("{node}.conf"));
+            let authorization = match &auth {
+                Some((u, p)) => format!("authorization {{\n  user: {u}\n  password: \"{p}\"\n}}\n"),
+                None => String::new(),
+            };
             std::fs::write(
                 &conf,
                 format!(
                     "server_name: {node}\nlisten: 127.0.0.1:{port}\n\
-                     jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n{cluster}",
+                     jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n{cluster}{authorization}",
                     store.display()
                 ),
             )
@@ -102,7 +117,7 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut c = NatsCluster { nodes, dir };
+        let mut c = NatsCluster { nodes, dir, auth };
         for i in 0..n {
             c.start_node(i);
         }
@@ -158,7 +173,11 @@ impl NatsCluster {
                 .filter(|n| n.child.is_some())
                 .filter_map(|n| n.url().parse().ok())
                 .collect();
-            match async_nats::ConnectOptions::new()
+            let opts = match &self.auth {
+                Some((u, p)) => async_nats::ConnectOptions::with_user_and_password(u.clone(), p.clone()),
+                None => async_nats::ConnectOptions::new(),
+            };
+            match opts
                 .retry_on_initial_connect()
                 .connection_timeout(Duration::from_secs(2))
                 .connect(urls)
