@@ -21,7 +21,9 @@ use support_http::Sink;
 use support_nats::NatsCluster;
 
 fn read(rel: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(rel);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -58,7 +60,10 @@ fn cred_dir(dir: &Path, ids: &BTreeSet<String>, nats_password: &str) -> PathBuf 
 }
 
 fn rewrite(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "the cluster example no longer has {from:?}");
+    assert!(
+        text.contains(from),
+        "the cluster example no longer has {from:?}"
+    );
     text.replacen(from, to, 1)
 }
 
@@ -118,8 +123,16 @@ async fn the_cluster_example_runs_against_a_password_protected_nats_cluster() {
         );
     }
     let (listen, admin) = (free_port(), free_port());
-    let mut cfg = rewrite(&example, "listen: 0.0.0.0:9188", &format!("listen: 127.0.0.1:{listen}"));
-    cfg = rewrite(&cfg, "listen: 127.0.0.1:9189", &format!("listen: 127.0.0.1:{admin}"));
+    let mut cfg = rewrite(
+        &example,
+        "listen: 0.0.0.0:9188",
+        &format!("listen: 127.0.0.1:{listen}"),
+    );
+    cfg = rewrite(
+        &cfg,
+        "listen: 127.0.0.1:9189",
+        &format!("listen: 127.0.0.1:{admin}"),
+    );
     cfg = rewrite(
         &cfg,
         "state_dir: /var/lib/callhook",
@@ -137,7 +150,11 @@ async fn the_cluster_example_runs_against_a_password_protected_nats_cluster() {
             &format!("host: 127.0.0.1\n      port: {}", sim.local_addr().port()),
         );
     }
-    cfg = rewrite(&cfg, "https://crm.example.com/api/calls", &sink.url("/api/calls"));
+    cfg = rewrite(
+        &cfg,
+        "https://crm.example.com/api/calls",
+        &sink.url("/api/calls"),
+    );
     let d = Daemon::start(
         &cfg,
         &dir,
@@ -151,10 +168,15 @@ async fn the_cluster_example_runs_against_a_password_protected_nats_cluster() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let v: Value = match reqwest::get(d.admin_url("/readyz")).await {
-            Ok(r) => serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or(Value::Null),
+            Ok(r) => {
+                serde_json::from_str(&r.text().await.unwrap_or_default()).unwrap_or(Value::Null)
+            }
             Err(_) => Value::Null,
         };
-        let owned = v["cluster"]["owned"].as_array().cloned().unwrap_or_default();
+        let owned = v["cluster"]["owned"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if owned.len() == 3 && v["ready"] == true {
             break;
         }
@@ -166,11 +188,20 @@ async fn the_cluster_example_runs_against_a_password_protected_nats_cluster() {
     let pbxs: BTreeSet<String> = got
         .iter()
         .map(|r| {
-            assert_eq!(r.header("authorization").as_deref(), Some("Bearer crm-token"));
+            assert_eq!(
+                r.header("authorization").as_deref(),
+                Some("Bearer crm-token")
+            );
             let v: Value = serde_json::from_slice(&r.body).unwrap();
             v["pbx"].as_str().unwrap().to_string()
         })
         .collect();
-    assert_eq!(pbxs, ["branch-north", "branch-south"].map(String::from).into());
-    assert!(!d.stderr().contains(password), "the NATS password reached the log");
+    assert_eq!(
+        pbxs,
+        ["branch-north", "branch-south"].map(String::from).into()
+    );
+    assert!(
+        !d.stderr().contains(password),
+        "the NATS password reached the log"
+    );
 }

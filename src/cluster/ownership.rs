@@ -21,8 +21,8 @@
 //! (on the revision) so the new owner takes it at its next tick. A lease
 //! nobody renews vanishes after `lease_ttl`: another instance takes it
 //! within `lease_ttl` + one tick (≈ 12.5 s with the default 10 s). An
-//! item free for two ticks is taken by whoever sees it (no item stays
-//! orphaned if its desired owner cannot take it).
+//! item free for four ticks is taken by whoever sees it (no item stays
+//! orphaned if its desired owner cannot take it): four ticks, one `lease_ttl`.
 //!
 //! **Fencing.** An instance owns an item only while its last successful
 //! renewal is younger than ¾ `lease_ttl` ([`OwnershipHandle::holds`], on
@@ -45,6 +45,11 @@ use super::names::{self, digest, lease_key};
 use super::Cluster;
 use crate::metrics::metrics;
 use crate::source::now_epoch;
+
+/// Rounds an item must stay free before an instance that is not its
+/// desired owner takes it (its desired owner may see another membership
+/// for a moment: no item changes hands for that).
+const ORPHAN_ROUNDS: u32 = 4;
 
 /// What can be owned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -396,7 +401,7 @@ impl Task {
                 continue;
             }
             let first_free = *self.free_since.entry(item.clone()).or_insert(round_no);
-            let orphaned = round_no.saturating_sub(first_free) >= 2;
+            let orphaned = round_no.saturating_sub(first_free) >= ORPHAN_ROUNDS;
             if desired_mine || orphaned {
                 creates.push(async move {
                     match leases.create(&key, value).await {

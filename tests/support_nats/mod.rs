@@ -174,7 +174,9 @@ impl NatsCluster {
                 .filter_map(|n| n.url().parse().ok())
                 .collect();
             let opts = match &self.auth {
-                Some((u, p)) => async_nats::ConnectOptions::with_user_and_password(u.clone(), p.clone()),
+                Some((u, p)) => {
+                    async_nats::ConnectOptions::with_user_and_password(u.clone(), p.clone())
+                }
                 None => async_nats::ConnectOptions::new(),
             };
             match opts
