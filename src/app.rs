@@ -7,8 +7,13 @@
 //! push endpoint ─send (≤ 2 s)───┘                        │                                   │
 //!        ▲                                               │                                   │
 //!        └──────────── ack (after the commit) ───────────┼───────────────────────────────────┘
-//!                                                        └─▶ optional printout of the call model (stdout)
+//!                                                        ├─▶ optional printout of the call model (stdout)
+//!                                                        └─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
 //! ```
+//!
+//! **Presence** runs in a task of its own ([`crate::presence::task`]); the
+//! table is readable through [`Running::presence`]. Neither the clients nor
+//! the normalizer task ever wait for it.
 //!
 //! **Durability.** The normalizer task evaluates the rules for a batch of
 //! events and waits until the resulting deliveries are committed to the
@@ -64,6 +69,8 @@ use crate::metrics::{metrics, KnownLabels};
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
 use crate::notify::{Heartbeat, Notifier};
+use crate::presence::task::{send_model, PresenceFeed, PresenceWiring};
+use crate::presence::PresenceHub;
 use crate::rules::RuleSet;
 use crate::source::{now_epoch, PushAck, PushReceipt, SourceEvent};
 
@@ -268,14 +275,21 @@ struct Clients {
     list: Arc<std::sync::Mutex<Vec<Client>>>,
     events: mpsc::Sender<SourceEvent>,
     parent: CancellationToken,
+    /// Presence settings for the clients (none: presence disabled).
+    presence: Option<PresenceFeed>,
 }
 
 impl Clients {
-    fn new(events: mpsc::Sender<SourceEvent>, parent: CancellationToken) -> Self {
+    fn new(
+        events: mpsc::Sender<SourceEvent>,
+        parent: CancellationToken,
+        presence: Option<PresenceFeed>,
+    ) -> Self {
         Self {
             list: Arc::new(std::sync::Mutex::new(Vec::new())),
             events,
             parent,
+            presence,
         }
     }
 
@@ -289,7 +303,8 @@ impl Clients {
         let c = client_config(p);
         info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
         let stop = self.parent.child_token();
-        let handle = client::spawn(c, self.events.clone(), stop.clone());
+        let presence = self.presence.as_ref().map(|f| f.output(&p.id));
+        let handle = client::spawn_with_presence(c, self.events.clone(), presence, stop.clone());
         self.lock().push(Client {
             cfg: p.clone(),
             handle,
@@ -378,6 +393,8 @@ pub struct Running {
     pub outbox: Option<Arc<Outbox>>,
     /// The delivery store (the outbox, or the cluster's stream).
     pub store: Arc<dyn DeliveryStore>,
+    /// Extension presence: snapshot, per-extension lookup, change stream.
+    pub presence: PresenceHub,
 }
 
 /// Where deliveries are stored and who sends them.
@@ -622,17 +639,28 @@ pub async fn run_until(
     let deliver_token = CancellationToken::new();
     let delivery = Delivery::start(&cfg, targets_rx, deliver_token.clone()).await?;
     let store = delivery.store();
+    // Presence: its own task, fed by the clients and the committed batches.
+    let presence = PresenceWiring::start(
+        &cfg.presence,
+        &cfg.normalizer,
+        cfg.pbx.iter().map(|p| p.id.as_str()),
+    );
     started(Running {
         reload: reload_tx.clone(),
         outbox: delivery.outbox(),
         store: store.clone(),
+        presence: presence.hub.clone(),
     });
 
     // AMI clients: every PBX, or in cluster mode the ones this instance owns.
     let sources_token = token.child_token();
     let capacity = reload::queue_capacity(&cfg, PUSH_QUEUE).max(1);
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity);
-    let clients = Clients::new(tx.clone(), sources_token.clone());
+    let clients = Clients::new(
+        tx.clone(),
+        sources_token.clone(),
+        presence.feed(&cfg.presence, &cfg.normalizer.classifier),
+    );
     let ownership_token = CancellationToken::new();
     let (items_tx, items_rx) = watch::channel(ownable(&cfg));
     let (pbx_cfg_tx, pbx_cfg_rx) = watch::channel(cfg.pbx.clone());
@@ -686,6 +714,9 @@ pub async fn run_until(
         ))),
         _ => None,
     };
+    // A daemon that only routes calls (FastAGI) has no source feeding the
+    // queue: keep it open until shutdown.
+    let _agi_keeps_queue_open = cfg.agi.as_ref().map(|_| tx.clone());
     drop(tx);
 
     // HTTP.
@@ -800,6 +831,25 @@ pub async fn run_until(
     drop(reload_tx);
     drop(push_state);
 
+    // FastAGI call routing: an edge of its own (it feeds nothing downstream).
+    let agi_token = CancellationToken::new();
+    let mut agi_router_tx = None;
+    let mut agi_task = None;
+    if let Some(a) = &cfg.agi {
+        let addr = a.settings.listen;
+        let l = bind(addr).await?;
+        info!(addr = %l.local_addr().unwrap_or(addr), routes = a.router.routes.len(), max_sessions = a.settings.max_sessions, "FastAGI listening");
+        metrics().agi.init_series(&a.router.names());
+        let (tx, rx) = watch::channel(a.router.clone());
+        agi_router_tx = Some(tx);
+        agi_task = Some(tokio::spawn(crate::agi::serve(
+            l,
+            a.settings.clone(),
+            rx,
+            agi_token.clone(),
+        )));
+    }
+
     // Reloads.
     let config_path = opts.config_path.clone();
     let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
@@ -836,6 +886,10 @@ pub async fn run_until(
                             if let Some(p) = &new.push {
                                 push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
                             }
+                        }
+                        if let (Some(tx), Some(a)) = (&agi_router_tx, &new.agi) {
+                            metrics().agi.init_series(&a.router.names());
+                            tx.send_replace(a.router.clone());
                         }
                         init_series(&new);
                         metrics()
@@ -901,7 +955,17 @@ pub async fn run_until(
         cfg.rules.len()
     ));
 
-    // The normalizer task (this one).
+    // The normalizer task (this one). Committed batches also go to
+    // presence (try_send: presence never slows this loop).
+    let mut observer: Option<Observer> = match (opts.observer.take(), presence.model().cloned()) {
+        (o, None) => o,
+        (mut o, Some(tx)) => Some(Box::new(move |evs: &[ModelEvent]| {
+            send_model(&tx, evs);
+            if let Some(o) = o.as_mut() {
+                o(evs);
+            }
+        })),
+    };
     let mut normalizer = Normalizer::new(cfg.normalizer);
     let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();
@@ -946,7 +1010,7 @@ pub async fn run_until(
             &mut normalizer,
             &mut out,
             &mut acks,
-            &mut opts.observer,
+            &mut observer,
         )
         .await;
     }
@@ -956,6 +1020,10 @@ pub async fn run_until(
     watchdog_token.cancel();
     let _ = watchdog.await;
     sources_token.cancel();
+    agi_token.cancel();
+    if let Some(t) = agi_task {
+        let _ = t.await;
+    }
     for h in &clients.handles() {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
             .await
@@ -981,7 +1049,7 @@ pub async fn run_until(
         &mut normalizer,
         &mut out,
         &mut acks,
-        &mut opts.observer,
+        &mut observer,
     )
     .await;
     let live = normalizer.live_calls();
@@ -1000,6 +1068,8 @@ pub async fn run_until(
         let _ = t.await;
     }
     reload_task.abort();
+    drop(observer);
+    presence.stop().await;
     delivery.close();
     Ok(())
 }

@@ -9,9 +9,15 @@
 //!   on a server with connection caps and timeouts);
 //!   [`source`] ([`source::SourceEvent`], the only type crossing from a
 //!   source into the normalizer).
+//! - [`agi`]: call routing over FastAGI (an edge next to the AMI client:
+//!   Asterisk asks where a call goes; routes reuse the rules' patterns and
+//!   the template engine, and may ask a CRM).
 //! - [`normalize`]: source events → the call model, emitting
 //!   [`model::ModelEvent`]s (leg and call transitions, finished records).
 //! - [`model`]: the call model types (pure data, the documented JSON).
+//! - [`presence`]: extension state per PBX and push team, from the AMI
+//!   client's presence events and the model's events (consumes both,
+//!   feeds nothing back).
 //! - [`backfill`]: CDR `Master.csv` → finished call records, the same
 //!   model semantics, rules and outbox as live traffic.
 //! - [`rules`]: which model events become which requests; [`template`]:
@@ -30,6 +36,7 @@
 //!   positions, and a deserializer that reports every problem) and
 //!   [`values`] (durations, time zones, `${VAR}`, secret files).
 
+pub mod agi;
 pub mod ami;
 pub mod app;
 pub mod backfill;
@@ -45,6 +52,7 @@ pub mod metrics;
 pub mod model;
 pub mod normalize;
 pub mod notify;
+pub mod presence;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

@@ -115,6 +115,11 @@ enum Command {
         /// dead or expired.
         #[arg(long, value_name = "DURATION", requires = "config", conflicts_with = "dry_run", value_parser = parse_duration_arg)]
         timeout: Option<Duration>,
+        /// Print the presence timeline (every extension's state changes,
+        /// then the table at the end) instead of the call model; sends
+        /// nothing.
+        #[arg(long, conflicts_with_all = ["dry_run", "timeout"])]
+        presence: bool,
     },
     /// Validate a configuration file; prints every problem with its file,
     /// line and column, and exits non-zero when there is one.
@@ -168,6 +173,9 @@ enum Command {
     /// Panics on purpose: tests that a bug is reported in one line.
     #[command(hide = true, name = "internal-test-panic")]
     InternalTestPanic,
+    /// Print the argon2id hash of a PIN read from stdin, for `pin.hash` of
+    /// an AGI route (`echo 4711 | callhook hash-pin`).
+    HashPin,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -376,6 +384,23 @@ fn load_daemon(path: &Path) -> CliResult<Config> {
 
 /// `check`: every error and warning; status 3 on an error (what `run`
 /// would refuse).
+/// `hash-pin`: the argon2id hash of a PIN read from stdin (never argv:
+/// it would show in `ps` and the shell history).
+fn hash_pin_cmd() -> CliResult {
+    let mut pin = String::new();
+    std::io::stdin().read_line(&mut pin)?;
+    let pin = pin.trim_end_matches(['\r', '\n']);
+    if pin.is_empty() || !pin.chars().all(|c| c.is_ascii_digit() || c == '*') {
+        return Err(fail!(
+            Code::Input,
+            "a PIN is digits (and *), read from stdin: echo 4711 | callhook hash-pin"
+        ));
+    }
+    let h = callhook::agi::pin::hash_pin(pin).map_err(|e| fail!(Code::Runtime, "{e}"))?;
+    println!("{h}");
+    Ok(())
+}
+
 fn check_cmd(config: &Path) -> CliResult {
     let print_warnings = |ws: &[callhook::config::ConfigError]| {
         for w in ws {
@@ -492,9 +517,17 @@ fn dispatch(cmd: Command) -> CliResult {
             format,
             pbx,
             timeout,
-        } => cli::replay::run(captures, config, dry_run, format.into(), pbx, timeout),
+            presence,
+        } => {
+            if presence {
+                cli::replay::run_presence(captures, config, format.into(), pbx)
+            } else {
+                cli::replay::run(captures, config, dry_run, format.into(), pbx, timeout)
+            }
+        }
         Command::Check { config } => check_cmd(&config),
         Command::Test { files } => test_cmd(&files),
+        Command::HashPin => hash_pin_cmd(),
         Command::Run { config, print } => {
             let cfg = load_daemon(&config)?;
             let observer = print.map(|f| {

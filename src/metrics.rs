@@ -82,6 +82,21 @@ pub struct Metrics {
     /// Push endpoint requests by team (configured teams, else `unknown`)
     /// and outcome (accepted, duplicate, unauthorized, bad_request, unavailable).
     pub push_requests: IntCounterVec,
+    /// Presence inputs by kind (extension_status, device_state,
+    /// registration, hold, state_list, model, other).
+    pub presence_inputs: IntCounterVec,
+    /// Presence inputs ignored, by reason (bad_status, bad_extension,
+    /// table_full, too_many_calls).
+    pub presence_ignored: IntCounterVec,
+    /// Extension state changes, by new state.
+    pub presence_changes: IntCounterVec,
+    /// Presence inputs dropped because a queue was full (queue: source, model).
+    pub presence_dropped: IntCounterVec,
+    /// Extensions in the presence tables.
+    pub presence_extensions: IntGauge,
+    /// Calls dropped from the presence table because the model never ended
+    /// them (presence.max_ringing, calls.max_age).
+    pub presence_calls_expired: IntCounter,
     /// Open inbound HTTP connections, by listener (`listen`, `admin`).
     pub http_connections: IntGaugeVec,
     /// The connection cap in force, by listener.
@@ -116,6 +131,8 @@ pub struct Metrics {
     outbox_targets: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Process metrics (standard names, refreshed at every render).
     pub process: ProcessMetrics,
+    /// The FastAGI server.
+    pub agi: AgiMetrics,
 }
 
 /// The standard `process_*` metrics, read from `/proc/self` when rendered.
@@ -149,6 +166,10 @@ pub const CONFIG_RESTART_KEYS: &[&str] = &[
     "push.token_header",
     "pbx.queue_capacity",
     "cluster",
+    "presence",
+    "agi",
+    "agi.listen",
+    "agi.limits",
 ];
 
 /// The process-wide metrics.
@@ -412,6 +433,48 @@ impl Metrics {
                 "Push endpoint requests by team and outcome",
                 &["team", "outcome"],
             ),
+            presence_inputs: counter_vec(
+                &r,
+                "callhook_presence_inputs_total",
+                "Presence inputs by kind",
+                &["kind"],
+            ),
+            presence_ignored: counter_vec(
+                &r,
+                "callhook_presence_ignored_total",
+                "Presence inputs ignored, by reason",
+                &["reason"],
+            ),
+            presence_changes: counter_vec(
+                &r,
+                "callhook_presence_changes_total",
+                "Extension state changes, by new state",
+                &["state"],
+            ),
+            presence_dropped: counter_vec(
+                &r,
+                "callhook_presence_dropped_total",
+                "Presence inputs dropped because a queue was full",
+                &["queue"],
+            ),
+            presence_extensions: register(
+                &r,
+                "callhook_presence_extensions",
+                IntGauge::new(
+                    "callhook_presence_extensions",
+                    "Extensions in the presence tables",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            presence_calls_expired: register(
+                &r,
+                "callhook_presence_calls_expired_total",
+                IntCounter::new(
+                    "callhook_presence_calls_expired_total",
+                    "Calls dropped from the presence table because the model never ended them",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
             http_connections: gauge_vec(
                 &r,
                 "callhook_http_connections",
@@ -510,6 +573,7 @@ impl Metrics {
             ),
             outbox_targets: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             process: ProcessMetrics::new(&r),
+            agi: AgiMetrics::new(&r),
             registry: r,
         }
     }
@@ -855,4 +919,118 @@ pub fn event_label(event: &str) -> &'static str {
         .find(|k| k.eq_ignore_ascii_case(event))
         .copied()
         .unwrap_or("other")
+}
+
+/// The FastAGI server's metrics (`agi::`). Route labels come from the
+/// configuration.
+pub struct AgiMetrics {
+    /// Open AGI sessions.
+    pub sessions_open: IntGauge,
+    /// Sessions by result (routed, fallback, no_route, denied,
+    /// pin_refused, caller_hangup, error).
+    pub sessions: IntCounterVec,
+    /// Connections closed at once, by reason (not_allowed, total_cap,
+    /// per_ip_cap, accept_error).
+    pub refused: IntCounterVec,
+    /// Sessions ended by a protocol problem, by phase (env, command) and
+    /// kind (timeout, closed, io, protocol).
+    pub protocol_errors: IntCounterVec,
+    /// Calls that took a route, by route.
+    pub route_matches: IntCounterVec,
+    /// Authorization failures by route and reason (denied, pin).
+    pub auth_failures: IntCounterVec,
+    /// CRM lookups by route and result (ok, cached, timeout, error, invalid).
+    pub crm_requests: IntCounterVec,
+    /// CRM lookup time by route (cache hits not included).
+    pub crm_seconds: HistogramVec,
+    /// Actions skipped because a value failed its check, by route.
+    pub action_errors: IntCounterVec,
+}
+
+impl AgiMetrics {
+    fn new(r: &Registry) -> Self {
+        Self {
+            sessions_open: register(
+                r,
+                "callhook_agi_sessions",
+                IntGauge::new("callhook_agi_sessions", "Open FastAGI sessions")
+                    .unwrap_or_else(|e| panic!("callhook_agi_sessions: {e}")),
+            ),
+            sessions: counter_vec(
+                r,
+                "callhook_agi_sessions_total",
+                "FastAGI sessions by result",
+                &["result"],
+            ),
+            refused: counter_vec(
+                r,
+                "callhook_agi_connections_refused_total",
+                "FastAGI connections closed at once, by reason",
+                &["reason"],
+            ),
+            protocol_errors: counter_vec(
+                r,
+                "callhook_agi_protocol_errors_total",
+                "FastAGI sessions ended by a protocol problem, by phase and kind",
+                &["phase", "kind"],
+            ),
+            route_matches: counter_vec(
+                r,
+                "callhook_agi_route_matches_total",
+                "Calls that took an AGI route",
+                &["route"],
+            ),
+            auth_failures: counter_vec(
+                r,
+                "callhook_agi_auth_failures_total",
+                "AGI authorization failures by route and reason (denied, pin)",
+                &["route", "reason"],
+            ),
+            crm_requests: counter_vec(
+                r,
+                "callhook_agi_crm_requests_total",
+                "AGI CRM lookups by route and result",
+                &["route", "result"],
+            ),
+            crm_seconds: histogram_vec(
+                r,
+                "callhook_agi_crm_seconds",
+                "AGI CRM lookup time",
+                &["route"],
+                vec![0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0],
+            ),
+            action_errors: counter_vec(
+                r,
+                "callhook_agi_action_errors_total",
+                "AGI actions skipped because a value failed its check",
+                &["route"],
+            ),
+        }
+    }
+
+    /// Exports the series of the configured routes (and the fixed label
+    /// sets) at 0.
+    pub fn init_series(&self, routes: &[&str]) {
+        for result in [
+            "routed",
+            "fallback",
+            "no_route",
+            "denied",
+            "pin_refused",
+            "caller_hangup",
+            "error",
+        ] {
+            self.sessions.with_label_values(&[result]);
+        }
+        for reason in ["not_allowed", "total_cap", "per_ip_cap", "accept_error"] {
+            self.refused.with_label_values(&[reason]);
+        }
+        for route in routes {
+            self.route_matches.with_label_values(&[route]);
+            self.action_errors.with_label_values(&[route]);
+            for reason in ["denied", "pin"] {
+                self.auth_failures.with_label_values(&[route, reason]);
+            }
+        }
+    }
 }

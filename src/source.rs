@@ -1,5 +1,8 @@
 //! `SourceEvent`: the only type that crosses from a source (the AMI client,
-//! the asterCC-style HTTP push endpoint) into the normalizer.
+//! the asterCC-style HTTP push endpoint) into the normalizer; and
+//! `PresenceSourceEvent`, what the AMI client hands the presence tracker
+//! (extension and device states, registration, hold) on its own bounded
+//! channel, never through the normalizer's queue.
 //!
 //! Sources know their wire formats; the normalizer knows calls. Nothing else
 //! travels between them.
@@ -118,6 +121,60 @@ impl Clone for SourceEvent {
                 event: event.clone(),
                 ack: None,
             },
+        }
+    }
+}
+
+/// Extension-state input from an AMI connection, for the presence tracker
+/// (`presence`), never for the normalizer. The AMI client sends these with
+/// `try_send` on a channel of their own, so they never slow the call path.
+#[derive(Debug, Clone)]
+pub enum PresenceSourceEvent {
+    /// An unsolicited `ExtensionStatus`, `DeviceStateChange`, `PeerStatus`,
+    /// `ContactStatus`, `Hold` or `Unhold` (the last four also reach the
+    /// normalizer as ordinary events).
+    Ami {
+        /// Which PBX sent it.
+        pbx: PbxId,
+        /// Local receive time, epoch seconds (used when the event has no `Timestamp`).
+        received_at: f64,
+        /// The event.
+        msg: AmiMessage,
+    },
+    /// The answer to a state action the client sent after (re)login:
+    /// `ExtensionStateList` (items `Event: ExtensionStatus`), `ExtensionState`
+    /// (a single response), `DeviceStateList`, `SIPpeers` (`PeerEntry`),
+    /// `PJSIPShowEndpoints` (`EndpointList`).
+    AmiStateList {
+        /// Which PBX.
+        pbx: PbxId,
+        /// When the answer was complete (local clock, epoch seconds).
+        received_at: f64,
+        /// The action that was answered, when known (`None` in a replay of
+        /// someone else's capture).
+        action: Option<String>,
+        /// The `Response:` packet.
+        response: AmiMessage,
+        /// The list items, in order (empty for a single response).
+        items: Vec<AmiMessage>,
+    },
+    /// The AMI connection to this PBX was lost (states are as last known
+    /// until the next state lists).
+    AmiDisconnected {
+        /// Which PBX.
+        pbx: PbxId,
+        /// When the loss was noticed (local clock, epoch seconds).
+        at: f64,
+    },
+}
+
+impl PresenceSourceEvent {
+    /// The PBX the event is about.
+    pub fn pbx(&self) -> &PbxId {
+        match self {
+            PresenceSourceEvent::Ami { pbx, .. }
+            | PresenceSourceEvent::AmiStateList { pbx, .. }
+            | PresenceSourceEvent::AmiDisconnected { pbx, .. } => pbx,
         }
     }
 }

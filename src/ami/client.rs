@@ -127,8 +127,9 @@ use tracing::{debug, info, warn};
 
 use super::codec::{AmiCodec, AmiFrame};
 use super::message::{Action, ActionError, AmiMessage, MessageKind};
+use super::state_sync::{presence_route, PresenceOutput, PresenceRoute, StateStep, StateSync};
 use crate::metrics::{event_label, metrics};
-use crate::source::{now_epoch, OriginateSent, PbxId, SourceEvent};
+use crate::source::{now_epoch, OriginateSent, PbxId, PresenceSourceEvent, SourceEvent};
 
 /// How often deadlines (actions, ping) and the overflow state are checked.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
@@ -385,9 +386,24 @@ impl AmiHandle {
 ///
 /// Unsolicited events, snapshots and disconnect notices go to `events` with
 /// `try_send` (see the backpressure policy in the module documentation).
+/// Extension state is not tracked (see [`spawn_with_presence`]).
 pub fn spawn(
     cfg: ClientConfig,
     events: mpsc::Sender<SourceEvent>,
+    shutdown: CancellationToken,
+) -> AmiHandle {
+    spawn_with_presence(cfg, events, None, shutdown)
+}
+
+/// Like [`spawn`], and with `presence` the client also feeds the presence
+/// tracker: `ExtensionStatus` / `DeviceStateChange` (and copies of
+/// `PeerStatus`, `ContactStatus`, `Hold`, `Unhold`) go to its channel
+/// instead of being dropped as noise, and every login asks for the
+/// extension and device state lists (see [`super::state_sync`]).
+pub fn spawn_with_presence(
+    cfg: ClientConfig,
+    events: mpsc::Sender<SourceEvent>,
+    presence: Option<PresenceOutput>,
     shutdown: CancellationToken,
 ) -> AmiHandle {
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -405,8 +421,10 @@ pub fn spawn(
             shutdown: shutdown.clone(),
         }),
     };
+    let presence = presence.map(|p| StateSync::new(cfg.pbx.clone(), p, cfg.queue_capacity));
     let client = Client {
         pbx: cfg.pbx.clone(),
+        presence,
         cfg,
         events,
         shutdown,
@@ -596,6 +614,8 @@ struct Overflow {
 enum PendingKind {
     User(Command),
     Ping,
+    /// A presence state action of the login sequence.
+    State(StateStep),
     Resync {
         action: &'static str,
         fell_back: bool,
@@ -662,6 +682,8 @@ struct Client {
     conn_seq: u64,
     overflow: Overflow,
     events_closed_logged: bool,
+    /// Presence: forwarding and login-time state lists (none: not tracked).
+    presence: Option<StateSync>,
 }
 
 impl Client {
@@ -697,6 +719,9 @@ impl Client {
                                 pbx: self.pbx.clone(),
                                 at: now_epoch(),
                             });
+                            if let Some(s) = self.presence.as_mut() {
+                                s.disconnected(now_epoch());
+                            }
                             if since.elapsed() >= STABLE_SESSION {
                                 backoff.reset();
                             }
@@ -915,6 +940,9 @@ impl Client {
     }
 
     fn session_start(&mut self, sess: &mut Session) -> Result<(), Lost> {
+        // Presence state lists first: a PBX answers in order, so they come
+        // back before the channel snapshot starts the event flow.
+        self.start_state_sync(sess)?;
         if self.cfg.resync || self.overflow.resync_needed {
             self.overflow.resync_needed = false;
             self.start_resync(sess)?;
@@ -1005,6 +1033,20 @@ impl Client {
                         return Ok(());
                     }
                     return self.list_item(sess, msg);
+                }
+                if let Some(route) = self.presence.as_ref().and_then(|_| presence_route(name)) {
+                    if route == PresenceRoute::Also {
+                        self.forward(sess, msg.clone());
+                    }
+                    let ev = PresenceSourceEvent::Ami {
+                        pbx: self.pbx.clone(),
+                        received_at: now_epoch(),
+                        msg,
+                    };
+                    if let Some(s) = self.presence.as_mut() {
+                        s.forward(ev);
+                    }
+                    return Ok(());
                 }
                 if !noise {
                     self.forward(sess, msg);
@@ -1116,6 +1158,14 @@ impl Client {
                 }
                 Ok(())
             }
+            PendingKind::State(step) => {
+                count_action(&self.pbx, step.action_name(), outcome(&result));
+                let next = match self.presence.as_mut() {
+                    Some(s) => s.on_result(step, result),
+                    None => Vec::new(),
+                };
+                self.write_state_actions(sess, next)
+            }
             PendingKind::Resync { action, fell_back } => {
                 count_action(&self.pbx, action, outcome(&result));
                 match result {
@@ -1214,6 +1264,35 @@ impl Client {
         Ok(())
     }
 
+    /// Asks for the presence state lists (nothing without presence).
+    fn start_state_sync(&mut self, sess: &mut Session) -> Result<(), Lost> {
+        let modern = sess.modern;
+        let actions = match self.presence.as_mut() {
+            Some(s) => s.begin(modern),
+            None => return Ok(()),
+        };
+        self.write_state_actions(sess, actions)
+    }
+
+    fn write_state_actions(
+        &mut self,
+        sess: &mut Session,
+        actions: Vec<(Action, StateStep)>,
+    ) -> Result<(), Lost> {
+        for (action, step) in actions {
+            let deadline = Instant::now() + self.cfg.action_timeout;
+            if self
+                .write(sess, &action, PendingKind::State(step), deadline)?
+                .is_none()
+            {
+                if let Some(s) = self.presence.as_mut() {
+                    s.unsent();
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn start_resync(&mut self, sess: &mut Session) -> Result<(), Lost> {
         let action = if sess.modern {
             "CoreShowChannels"
@@ -1279,6 +1358,10 @@ impl Client {
         }
         if sess.writer.is_finished() {
             return Err(Lost("writing to the PBX failed".into()));
+        }
+        if self.presence.as_mut().is_some_and(StateSync::wants_resync) {
+            info!(pbx = %self.pbx, "presence queue has room again; asking for the state lists");
+            self.start_state_sync(sess)?;
         }
         if self.overflow.resync_needed && !sess.resync_in_flight && self.queue_has_room() {
             let recent = self

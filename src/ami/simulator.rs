@@ -45,6 +45,11 @@
 //!   name) are answered with that canned list, the ActionID rewritten to the
 //!   client's. `CoreShowChannels` and `Status` without a canned list get an
 //!   empty but well-formed list (`EventList: start` … `ListItems: 0`).
+//! * The presence state actions without a canned list (`ExtensionStateList`,
+//!   `DeviceStateList`, `SIPpeers`, `PJSIPShowEndpoints`) and
+//!   `ExtensionState` are answered as the capture's Asterisk version would
+//!   (see `sim_state`): an empty list, `Invalid/unknown command` on AMI 1.x
+//!   for actions it lacks, the capture's own state of an extension.
 //! * Any other action: `Response: Success`, `Message: queued (simulated)`.
 //!
 //! Every action received is counted by name in [`SimStats`], so tests can
@@ -75,6 +80,7 @@ use tracing::{debug, warn};
 use super::client::{ends_list, md5_key, starts_list};
 use super::codec::{AmiCodec, AmiFrame};
 use super::message::{AmiMessage, MessageKind};
+use super::sim_state::{self, ExtensionStates};
 
 /// AMI version announced when a capture has no banner.
 const DEFAULT_VERSION: &str = "9.0.0";
@@ -222,6 +228,7 @@ impl Simulator {
             canned: HashMap::new(),
             then: AfterCapture::StayOpen,
             reencoded: 0,
+            states: ExtensionStates::default(),
         });
         let speed = self.speed.filter(|s| s.is_finite() && *s > 0.0);
         let settings = Arc::new(Settings {
@@ -367,6 +374,8 @@ struct Prepared {
     /// Frames that had to be re-encoded (their captured bytes did not
     /// decode back to the same message alone).
     reencoded: usize,
+    /// The capture's own extension states, for `ExtensionState`.
+    states: ExtensionStates,
 }
 
 impl Prepared {
@@ -389,6 +398,7 @@ impl Prepared {
         let mut frames = Vec::new();
         let mut canned = HashMap::new();
         let mut reencoded = 0;
+        let mut states = ExtensionStates::default();
         let mut replay = |m: &AmiMessage, raw: &[u8]| match captured_bytes(m, raw) {
             Some(b) => b,
             None => {
@@ -406,7 +416,7 @@ impl Prepared {
                 AmiFrame::Skipped { .. } => {}
                 AmiFrame::Message(m) => match m.kind() {
                     // Answers to the recorder's own actions.
-                    MessageKind::Response(_) => {}
+                    MessageKind::Response(_) => states.learn(&m),
                     MessageKind::Event(_) => {
                         let list = m.action_id().and_then(|id| {
                             let id = id.to_string();
@@ -422,7 +432,10 @@ impl Prepared {
                                     });
                                 }
                             }
-                            Some((_, (_, items))) => items.push(m),
+                            Some((_, (_, items))) => {
+                                states.learn(&m);
+                                items.push(m)
+                            }
                             None => frames.push(ReplayFrame {
                                 timestamp: m.timestamp(),
                                 bytes: replay(&m, raw),
@@ -442,6 +455,7 @@ impl Prepared {
             canned,
             then,
             reencoded,
+            states,
         }
     }
 }
@@ -505,6 +519,7 @@ fn list_action_name(complete: &str) -> String {
     let base = lower.strip_suffix("complete").unwrap_or(&lower);
     match base {
         "peerlist" => "sippeers".to_string(),
+        "endpointlist" => "pjsipshowendpoints".to_string(),
         other => other.to_string(),
     }
 }
@@ -951,6 +966,14 @@ impl Conn {
                         empty_list("Channel status will follow", "StatusComplete", id),
                         reply,
                     )
+                } else if let Some(msgs) =
+                    sim_state::answer(&lower, msg, &self.prepared.version, &self.prepared.states)
+                {
+                    let mut out = Vec::new();
+                    for m in &msgs {
+                        out.extend_from_slice(&encode_with_id(m, id));
+                    }
+                    (out, Reply::Continue)
                 } else {
                     (
                         response(

@@ -1,5 +1,6 @@
 //! `callhook replay`: captures through the live code path; with a config,
-//! the rules' requests printed (`--dry-run`) or sent through the outbox.
+//! the rules' requests printed (`--dry-run`) or sent through the outbox;
+//! with `--presence`, the presence timeline instead.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,6 +18,79 @@ use super::exit::{fail, CliResult, Code, Coded};
 use super::wait::{deliver_until_idle, lock_for_sending};
 use crate::{init_logs, load, runtime};
 
+/// Reads the captures, refusing files with no AMI packet.
+fn read_captures(captures: &[PathBuf]) -> Result<Vec<Vec<u8>>, super::exit::Failure> {
+    let mut data = Vec::new();
+    for c in captures {
+        data.push(std::fs::read(c).code_with(Code::Input, || format!("reading {}", c.display()))?);
+    }
+    for (c, bytes) in captures.iter().zip(&data) {
+        if replay::count_packets(bytes) == 0 {
+            return Err(fail!(
+                Code::Input,
+                "{}: no AMI packets found ({} bytes): expected the raw bytes of an AMI connection (`Event: …` blocks separated by empty lines)",
+                c.display(),
+                bytes.len()
+            ));
+        }
+    }
+    Ok(data)
+}
+
+/// Runs `callhook replay --presence`: every presence event, then (text)
+/// the table at the end. The config, when given, supplies `classify` and
+/// `presence`.
+pub fn run_presence(
+    captures: Vec<PathBuf>,
+    config: Option<PathBuf>,
+    format: Format,
+    pbx: String,
+) -> CliResult {
+    use callhook::presence::{self, PresenceTracker};
+    let cfg = match &config {
+        Some(p) => load(p)?,
+        None => {
+            init_logs(&LogSettings::default());
+            Config::default_replay()
+        }
+    };
+    let data = read_captures(&captures)?;
+    let mut normalizer = Normalizer::new(cfg.normalizer.clone());
+    let mut tracker = PresenceTracker::from_config(&cfg.presence, &cfg.normalizer);
+    let pbx: Arc<str> = pbx.into();
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    let mut write_err = None;
+    let jsonl = format == Format::Jsonl;
+    presence::replay::replay(
+        &data,
+        &pbx,
+        &mut normalizer,
+        &mut tracker,
+        presence::replay::ReplayOptions::default(),
+        |ev| {
+            if write_err.is_none() {
+                if let Err(e) = presence::replay::write_event(&mut w, ev, jsonl) {
+                    write_err = Some(e);
+                }
+            }
+        },
+    );
+    if let Some(e) = write_err {
+        return Err(anyhow::Error::from(e).context("writing output").into());
+    }
+    if !jsonl {
+        if let Some(snap) = tracker.snapshot(&pbx) {
+            writeln!(w, "# at the end:")?;
+            for x in &snap.extensions {
+                writeln!(w, "#   {:<8} {}", x.extension, x.human())?;
+            }
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
 /// Runs `callhook replay`.
 pub fn run(
     captures: Vec<PathBuf>,
@@ -33,22 +107,9 @@ pub fn run(
             Config::default_replay()
         }
     };
-    let mut data = Vec::new();
-    for c in &captures {
-        data.push(std::fs::read(c).code_with(Code::Input, || format!("reading {}", c.display()))?);
-    }
     // A file that is not an AMI capture (a pcap, a log, an empty file) would
     // replay as "no calls": say so instead.
-    for (c, bytes) in captures.iter().zip(&data) {
-        if replay::count_packets(bytes) == 0 {
-            return Err(fail!(
-                Code::Input,
-                "{}: no AMI packets found ({} bytes): expected the raw bytes of an AMI connection (`Event: …` blocks separated by empty lines)",
-                c.display(),
-                bytes.len()
-            ));
-        }
-    }
+    let data = read_captures(&captures)?;
     let rules = cfg.rules.clone();
     let mut normalizer = Normalizer::new(cfg.normalizer.clone());
     let pbx: Arc<str> = pbx.into();

@@ -112,6 +112,10 @@ pub struct Config {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Things that are allowed but probably not meant (sorted like errors).
     pub warnings: Vec<ConfigError>,
+    /// Extension state tracking.
+    pub presence: crate::presence::PresenceConfig,
+    /// The FastAGI server (none: not started).
+    pub agi: Option<crate::agi::AgiConfig>,
     /// Log settings of the `log:` section (the command line and the
     /// environment may override them).
     pub log: crate::logging::LogSettings,
@@ -162,6 +166,8 @@ impl Config {
             classify: RawClassify::default(),
             cluster: None,
             warnings: Vec::new(),
+            presence: crate::presence::PresenceConfig::default(),
+            agi: None,
             log: crate::logging::LogSettings::default(),
         }
     }
@@ -170,10 +176,10 @@ impl Config {
     /// (`check` reports the same): a source of calls.
     pub fn daemon_errors(&self) -> Vec<ConfigError> {
         let mut out = Vec::new();
-        if self.pbx.is_empty() && self.push.is_none() {
+        if self.pbx.is_empty() && self.push.is_none() && self.agi.is_none() {
             out.push(ConfigError::general(
                 "no source configured: nothing would be received",
-                Some("add a `pbx:` entry or a `push:` section"),
+                Some("add a `pbx:` entry, a `push:` or an `agi:` section"),
             ));
         }
         out
@@ -183,7 +189,8 @@ impl Config {
     /// or has no HTTP listener (no /metrics, /healthz, HTTP reload).
     pub fn daemon_warnings(&self) -> Vec<ConfigError> {
         let mut out = self.warnings.clone();
-        if self.rules.is_empty() {
+        let only_agi = self.agi.is_some() && self.pbx.is_empty() && self.push.is_none();
+        if self.rules.is_empty() && !only_agi {
             out.push(ConfigError::general(
                 "no rules: calls are received but no webhook is ever sent",
                 Some("add rules: or include: a rule set from rules/"),
@@ -343,10 +350,37 @@ impl Config {
         )
         .as_secs_f64();
         let pbx_ids: Vec<String> = pbx.iter().map(|p| p.id.clone()).collect();
+        let tenant_ids: Vec<String> = pbx_ids
+            .iter()
+            .cloned()
+            .chain(raw.push.iter().flat_map(|p| p.teams.keys().cloned()))
+            .collect();
+        let presence =
+            crate::presence::config::validate(raw.presence.take(), &tenant_ids, &mut problems);
         let push = raw
             .push
             .take()
             .map(|p| push::validate_push(p, raw.listen.as_deref(), &pbx_ids, base, &mut problems));
+        let targets = Arc::new(targets);
+        let agi = raw.agi.take().and_then(|a| {
+            let cx = crate::agi::BuildContext {
+                targets: &targets,
+                classifier: &classifier,
+                pbx_ids: &pbx_ids,
+                env: &spec.env,
+            };
+            match crate::agi::build(&a, &cx) {
+                Ok(c) => Some(c),
+                Err(ps) => {
+                    problems.extend(ps.into_iter().map(|p| {
+                        Problem::new(At::parse(&p.path), p.message)
+                            .hint_opt(p.hint)
+                            .needle(p.needle)
+                    }));
+                    None
+                }
+            }
+        });
         let (max_call_age, orphan_grace) = validate::calls(
             &raw.calls,
             (defaults.max_call_age, defaults.orphan_grace),
@@ -375,7 +409,7 @@ impl Config {
                 orphan_grace,
                 ..defaults
             },
-            targets: Arc::new(targets),
+            targets,
             rules: Arc::new(rules),
             admin_token,
             outbox,
@@ -386,6 +420,8 @@ impl Config {
             classify,
             cluster,
             warnings,
+            presence,
+            agi,
             log,
         })
     }

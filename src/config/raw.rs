@@ -62,11 +62,15 @@ pub struct RawConfig {
     pub calls: RawCalls,
     /// The asterCC-style push endpoint (needs `listen`).
     pub push: Option<RawPush>,
+    /// The FastAGI call-routing server (see `agi::config`).
+    pub agi: Option<crate::agi::RawAgi>,
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
     /// Cluster mode on NATS JetStream (unset: one process, SQLite outbox).
     pub cluster: Option<crate::cluster::RawCluster>,
+    /// Extension state tracking (see `presence::config`).
+    pub presence: Option<crate::presence::RawPresence>,
     /// Log format and level (see `logging`).
     #[serde(default)]
     pub log: crate::logging::LogConfig,

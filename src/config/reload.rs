@@ -5,13 +5,19 @@
 //! team tokens and time zones, `pbx` (a PBX added, removed or changed is
 //! connected, disconnected or reconnected), `classify`, `calls` and
 //! `push.settle` (they apply to what the normalizer sees next; channels
-//! already classified keep their class).
+//! already classified keep their class), the AGI routing table (`agi.routes`,
+//! `agi.rewrite`, `agi.no_route` and the other per-call settings: calls in
+//! progress keep the table they started with).
 //!
 //! Need a restart ([`RESTART_KEYS`]): `listen`, `state_dir`, `outbox`,
 //! `admin` (the token), the push endpoint's mount (`push` added or removed,
 //! `push.path`, `push.token_param`, `push.token_header`), and a larger
 //! shared event queue (`pbx.queue_capacity`: the sum over PBXs is sized at
-//! start).
+//! start), `presence` (the tracker and the clients' state actions keep
+//! the settings they started with), the FastAGI server added or removed
+//! (`agi`), its `agi.listen`, and its listener limits (`agi.limits`:
+//! `allow_from`, the session caps, `env_timeout`, `session_timeout`,
+//! `max_line`).
 
 use super::Config;
 
@@ -64,6 +70,20 @@ pub fn restart_required(
         "pbx.queue_capacity",
         queue_capacity(new, push_room) > queue.max(1),
     );
+    diff("presence", started.presence != new.presence);
+    match (&started.agi, &new.agi) {
+        (Some(a), Some(b)) => {
+            let (a, b) = (&a.settings, &b.settings);
+            diff("agi.listen", a.listen != b.listen);
+            let limits = |s: &crate::agi::AgiSettings| crate::agi::AgiSettings {
+                listen: b.listen,
+                ..s.clone()
+            };
+            diff("agi.limits", limits(a) != limits(b));
+        }
+        (None, None) => {}
+        _ => diff("agi", true),
+    }
     out
 }
 
@@ -111,6 +131,11 @@ pub fn applied(old: &Config, new: &Config) -> Vec<String> {
     if let (Some(a), Some(b)) = (&old.push, &new.push) {
         if a.teams != b.teams {
             out.push("push.teams".into());
+        }
+    }
+    if let (Some(a), Some(b)) = (&old.agi, &new.agi) {
+        if !std::sync::Arc::ptr_eq(&a.router, &b.router) {
+            out.push(format!("agi routes ({})", b.router.routes.len()));
         }
     }
     out

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::conditions::{Conditions, Errs};
 use super::pattern::NumberPattern;
-use super::spec::{RuleSpec, RulesSpec};
+use super::spec::{RewriteSpec, RuleSpec, RulesSpec};
 use super::{Body, Rewrite, RewriteField, Rule, RuleSet};
 use crate::template::{
     sample_event, EventKind, TemplateContext, TemplateError, Templates, TextTemplate, UrlTemplate,
@@ -119,52 +119,7 @@ pub fn compile_with_env(
     }
 
     // rewrite
-    let mut rewrites = Vec::new();
-    for (i, r) in spec.rewrite.iter().enumerate() {
-        let field = match r.field.trim().to_ascii_lowercase().as_str() {
-            "caller" => Some(RewriteField::Caller),
-            "dialed" => Some(RewriteField::Dialed),
-            "both" => Some(RewriteField::Both),
-            other => {
-                errors.push(top_error(
-                    format!("rewrite[{i}].field"),
-                    format!("unknown field {other:?}"),
-                    Some("valid: caller, dialed, both".into()),
-                    Some(r.field.clone()),
-                ));
-                None
-            }
-        };
-        let pattern = match NumberPattern::compile(&r.pattern.0) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                errors.push(top_error(
-                    format!("rewrite[{i}].match"),
-                    format!("bad number pattern {:?}: {e}", r.pattern.0),
-                    Some("dialplan pattern (_9X., _XXXXXXX) or /regex/".into()),
-                    Some(r.pattern.0.clone()),
-                ));
-                None
-            }
-        };
-        let prefix = r.prefix.as_ref().map(|p| p.0.clone()).unwrap_or_default();
-        if r.strip.unwrap_or(0) == 0 && prefix.is_empty() {
-            errors.push(top_error(
-                format!("rewrite[{i}]"),
-                "this rewrite changes nothing".into(),
-                Some("give strip: N and/or prefix: \"…\"".into()),
-                Some(r.pattern.0.clone()),
-            ));
-        }
-        if let (Some(field), Some(pattern)) = (field, pattern) {
-            rewrites.push(Rewrite {
-                field,
-                pattern,
-                strip: r.strip.unwrap_or(0),
-                prefix,
-            });
-        }
-    }
+    let rewrites = compile_rewrites(&spec.rewrite, "rewrite", &mut errors);
 
     // rules
     let mut templates = Templates::new();
@@ -195,6 +150,61 @@ pub fn compile_with_env(
     } else {
         Err(errors)
     }
+}
+
+/// Compiles `rewrite:` steps; problems are reported at `{path}[i]…`.
+pub(crate) fn compile_rewrites(
+    specs: &[RewriteSpec],
+    path: &str,
+    errors: &mut Vec<RuleError>,
+) -> Vec<Rewrite> {
+    let mut rewrites = Vec::new();
+    for (i, r) in specs.iter().enumerate() {
+        let field = match r.field.trim().to_ascii_lowercase().as_str() {
+            "caller" => Some(RewriteField::Caller),
+            "dialed" => Some(RewriteField::Dialed),
+            "both" => Some(RewriteField::Both),
+            other => {
+                errors.push(top_error(
+                    format!("{path}[{i}].field"),
+                    format!("unknown field {other:?}"),
+                    Some("valid: caller, dialed, both".into()),
+                    Some(r.field.clone()),
+                ));
+                None
+            }
+        };
+        let pattern = match NumberPattern::compile(&r.pattern.0) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                errors.push(top_error(
+                    format!("{path}[{i}].match"),
+                    format!("bad number pattern {:?}: {e}", r.pattern.0),
+                    Some("dialplan pattern (_9X., _XXXXXXX) or /regex/".into()),
+                    Some(r.pattern.0.clone()),
+                ));
+                None
+            }
+        };
+        let prefix = r.prefix.as_ref().map(|p| p.0.clone()).unwrap_or_default();
+        if r.strip.unwrap_or(0) == 0 && prefix.is_empty() {
+            errors.push(top_error(
+                format!("{path}[{i}]"),
+                "this rewrite changes nothing".into(),
+                Some("give strip: N and/or prefix: \"…\"".into()),
+                Some(r.pattern.0.clone()),
+            ));
+        }
+        if let (Some(field), Some(pattern)) = (field, pattern) {
+            rewrites.push(Rewrite {
+                field,
+                pattern,
+                strip: r.strip.unwrap_or(0),
+                prefix,
+            });
+        }
+    }
+    rewrites
 }
 
 fn check_name<'a>(

@@ -29,7 +29,8 @@ pub enum NameMatcher {
 }
 
 impl NameMatcher {
-    fn is_match(&self, v: &str) -> bool {
+    /// Whether `v` matches.
+    pub fn is_match(&self, v: &str) -> bool {
         match self {
             NameMatcher::Exact(s) => s == v,
             NameMatcher::Pattern(p) => p.is_match(v),
@@ -158,7 +159,7 @@ fn words<T>(
     Some(out)
 }
 
-fn word_error(kind: &str, w: &str, valid: &[&str]) -> (String, Option<String>) {
+pub(crate) fn word_error(kind: &str, w: &str, valid: &[&str]) -> (String, Option<String>) {
     let list = format!("valid: {}", valid.join(", "));
     let hint = match did_you_mean(w, valid.iter().copied()) {
         Some(s) => format!("did you mean {s}? {list}"),
@@ -167,7 +168,11 @@ fn word_error(kind: &str, w: &str, valid: &[&str]) -> (String, Option<String>) {
     (format!("unknown {kind} {w:?}"), Some(hint))
 }
 
-fn name_matcher(s: &str, dialplan: bool) -> Result<NameMatcher, (String, Option<String>)> {
+/// An exact name, a `_dialplan` pattern (when `dialplan`) or a `/regex/`.
+pub(crate) fn name_matcher(
+    s: &str,
+    dialplan: bool,
+) -> Result<NameMatcher, (String, Option<String>)> {
     if s.len() >= 2 && s.starts_with('/') && s.ends_with('/') {
         if dialplan {
             return NumberPattern::compile(s)
@@ -189,7 +194,8 @@ fn name_matcher(s: &str, dialplan: bool) -> Result<NameMatcher, (String, Option<
     Ok(NameMatcher::Exact(s.to_string()))
 }
 
-fn number_pattern(s: &str) -> Result<NumberPattern, (String, Option<String>)> {
+/// A number pattern, with the error message the rules use.
+pub(crate) fn number_pattern(s: &str) -> Result<NumberPattern, (String, Option<String>)> {
     NumberPattern::compile(s).map_err(|e| {
         (
             format!("bad number pattern {s:?}: {e}"),

@@ -122,15 +122,21 @@
 mod compile;
 mod conditions;
 mod pattern;
+pub mod schedule;
 pub mod spec;
 
 use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
+pub(crate) use compile::compile_rewrites;
 pub use compile::{compile, compile_with_env, RuleError};
-pub use conditions::{involved_extensions, parse_direction, parse_disposition, parse_state, Scope};
+pub use conditions::{
+    involved_extensions, parse_direction, parse_disposition, parse_state, NameMatcher, Scope,
+};
+pub(crate) use conditions::{name_matcher, number_pattern};
 pub use pattern::NumberPattern;
+pub use schedule::{Schedule, ScheduleError, TimeSpec};
 pub use spec::{RewriteSpec, RuleSpec, RulesSpec, Scalar, WhenSpec, Words};
 
 use crate::deliver::DeliveryRequest;
@@ -143,7 +149,7 @@ use conditions::Conditions;
 
 /// Which number a rewrite step applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RewriteField {
+pub(crate) enum RewriteField {
     Caller,
     Dialed,
     Both,
@@ -151,7 +157,7 @@ enum RewriteField {
 
 /// A compiled rewrite step.
 #[derive(Debug, Clone)]
-struct Rewrite {
+pub(crate) struct Rewrite {
     field: RewriteField,
     pattern: NumberPattern,
     strip: usize,
@@ -242,6 +248,29 @@ pub fn event_time(ev: &ModelEvent) -> f64 {
     }
 }
 
+/// Applies rewrite steps, in order, to a caller and a dialed number;
+/// returns whether anything changed.
+pub(crate) fn apply_rewrites(
+    rewrites: &[Rewrite],
+    caller: &mut Option<String>,
+    dialed: &mut Option<String>,
+) -> bool {
+    let mut changed = false;
+    for rw in rewrites {
+        if matches!(rw.field, RewriteField::Caller | RewriteField::Both) {
+            if let Some(n) = caller.as_mut() {
+                changed |= rw.apply(n);
+            }
+        }
+        if matches!(rw.field, RewriteField::Dialed | RewriteField::Both) {
+            if let Some(n) = dialed.as_mut() {
+                changed |= rw.apply(n);
+            }
+        }
+    }
+    changed
+}
+
 fn numbers_mut(ev: &mut ModelEvent) -> (&mut Option<String>, &mut Option<String>) {
     match ev {
         ModelEvent::Leg(l) => (&mut l.caller_number, &mut l.dialed_number),
@@ -273,22 +302,10 @@ impl RuleSet {
             return Cow::Borrowed(ev);
         }
         let mut copy = ev.clone();
-        let mut changed = false;
-        {
+        let changed = {
             let (caller, dialed) = numbers_mut(&mut copy);
-            for rw in &self.rewrites {
-                if matches!(rw.field, RewriteField::Caller | RewriteField::Both) {
-                    if let Some(n) = caller.as_mut() {
-                        changed |= rw.apply(n);
-                    }
-                }
-                if matches!(rw.field, RewriteField::Dialed | RewriteField::Both) {
-                    if let Some(n) = dialed.as_mut() {
-                        changed |= rw.apply(n);
-                    }
-                }
-            }
-        }
+            apply_rewrites(&self.rewrites, caller, dialed)
+        };
         if changed {
             Cow::Owned(copy)
         } else {

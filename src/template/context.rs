@@ -83,6 +83,16 @@ impl<'a> TemplateContext<'a> {
         }
     }
 
+    /// A context for `ev` with placeholder values computed elsewhere.
+    pub fn with_values(ev: &'a ModelEvent, env: &'a Map<String, Value>, ph: Values) -> Self {
+        Self {
+            ev,
+            env,
+            ph,
+            hb: None,
+        }
+    }
+
     /// Placeholder values.
     pub fn placeholders(&self) -> &Values {
         &self.ph

@@ -257,6 +257,14 @@ impl Values {
         v
     }
 
+    /// Replaces one value (sources that know better than the event, such
+    /// as FastAGI's calling extension).
+    pub fn set(&mut self, p: Placeholder, v: Option<String>) {
+        if let Some(i) = ALL.iter().position(|q| *q == p) {
+            self.vals[i] = v;
+        }
+    }
+
     /// One value (`""` when missing).
     pub fn get(&self, p: Placeholder) -> &str {
         let i = ALL.iter().position(|q| *q == p).unwrap_or(0);
