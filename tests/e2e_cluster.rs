@@ -121,7 +121,13 @@ impl Site {
     /// `/readyz` of instance `i` (its cluster view).
     async fn readyz(&self, i: usize) -> Option<Value> {
         let d = self.daemons[i].as_ref()?;
-        let r = reqwest::get(d.url("/readyz")).await.ok()?;
+        // Bounded: a stopped instance accepts connections but never answers.
+        let r = reqwest::Client::new()
+            .get(d.url("/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
         serde_json::from_str(&r.text().await.ok()?).ok()
     }
 
@@ -190,7 +196,7 @@ async fn wait_calls(sink: &Sink, n: usize) -> Vec<Received> {
             keys.len(),
             sink.received()
                 .iter()
-                .map(|r| r.uri.clone())
+                .map(|r| format!("{} {}", r.uri, String::from_utf8_lossy(&r.body)))
                 .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -243,7 +249,7 @@ async fn kill_9_of_a_pbx_owner_mid_call_hands_over_within_the_goal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_instance_gives_up_its_pbxs_and_sends_no_duplicates() {
-    let site = Site::start("c-stop", "4s").await;
+    let site = Site::start("c-stop", "10s").await;
     let east = site.owner("pbx:east").await;
     site.sim("east")
         .wait_for(|s| s.replays_completed >= 1)
@@ -260,6 +266,11 @@ async fn a_stopped_instance_gives_up_its_pbxs_and_sends_no_duplicates() {
     // Stopped for longer than the lease: another instance takes east.
     signal("-STOP");
     site.sim("east").wait_for(|s| s.logins >= 2).await;
+    eprintln!(
+        "east owned by {east}, stopped; now east {}, west {}",
+        site.owner("pbx:east").await,
+        site.owner("pbx:west").await
+    );
     wait_calls(&site.sink, 2).await;
     signal("-CONT");
     // It gives up what it owned (it sees the new owner's lease).
@@ -367,4 +378,121 @@ async fn pushes_to_any_instance_are_delivered_once() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no deliveries");
+}
+
+/// Pushes one astercc event until an instance accepts it (a pusher retries
+/// what was not answered 2xx); returns how long that took.
+async fn push_until_accepted(http: &reqwest::Client, url: &str, body: &str) -> Duration {
+    let t = Instant::now();
+    loop {
+        let r = http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if r.as_ref().is_ok_and(|r| r.status().is_success()) {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "push never accepted: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The server name of the deliveries stream's leader.
+async fn stream_leader(nats: &NatsCluster, stream: &str) -> String {
+    let js = async_nats::jetstream::new(nats.client().await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = js.get_stream(stream).await {
+            if let Ok(info) = s.info().await {
+                if let Some(l) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                    return l;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader for {stream}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nats_node_loses_no_accepted_event() {
+    let mut site = Site::start("c-node", "10s").await;
+    site.owner("team:cc1").await;
+    let http = reqwest::Client::new();
+    let mut sessions = Vec::new();
+    let mut stall = Duration::ZERO;
+    let mut killed = None;
+    for i in 0..24 {
+        if i == 6 {
+            // The node leading the deliveries stream, the worst one to lose.
+            let leader = stream_leader(&site.nats, "CALLHOOK_DELIVERIES").await;
+            let n = site
+                .nats
+                .nodes
+                .iter()
+                .position(|n| n.name == leader)
+                .unwrap();
+            eprintln!("kill -9 of NATS node {leader} (deliveries stream leader)");
+            site.nats.kill_node(n);
+            killed = Some(Instant::now());
+        }
+        let s = format!("910.{i}");
+        for (j, ev) in ["ringing", "answer", "hangup"].iter().enumerate() {
+            let body = format!(
+                "sessionid={s}&event={ev}&source=CALLEE&calltype=dialin&activenum=5551234&extension=1001"
+            );
+            let url = format!(
+                "http://127.0.0.1:{}/v1/events/astercc?token={TEAM}",
+                site.listens[(i + j) % 3]
+            );
+            stall = stall.max(push_until_accepted(&http, &url, &body).await);
+        }
+        sessions.push(s);
+    }
+    eprintln!("longest wait for an accepted push around the node loss: {stall:?}");
+    // Every accepted call gets its record, within the engine's failover.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ids: BTreeSet<String> = site
+            .sink
+            .for_path("/calls")
+            .iter()
+            .map(|r| body(r)["id"].as_str().unwrap_or("").to_string())
+            .collect();
+        if sessions.iter().all(|s| ids.contains(s)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} records",
+            ids.len(),
+            sessions.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let since = killed.map(|k| k.elapsed()).unwrap_or_default();
+    eprintln!("every record delivered {since:?} after the kill");
+    assert!(stall < Duration::from_secs(30), "pushes stalled {stall:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = site.sink.received();
+    // A copy sent twice (an acknowledgement lost with the node) carries the
+    // same webhook-id, body and key (`by_key` checks that).
+    let keys = by_key(&all);
+    let twice = sessions
+        .iter()
+        .filter(|s| keys.get(&format!("call-cc1-{s}")).map_or(0, Vec::len) > 1)
+        .count();
+    eprintln!(
+        "{twice} of {} records sent twice (redelivery)",
+        sessions.len()
+    );
+    for s in &sessions {
+        assert!(keys.contains_key(&format!("call-cc1-{s}")), "{s}");
+    }
 }
