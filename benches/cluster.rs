@@ -81,6 +81,7 @@ fn request(base: &str, run: &str, i: usize, now: f64) -> DeliveryRequest {
         idempotency_key: None,
         created_at: now,
         expires_at: None,
+        refused: None,
     }
 }
 

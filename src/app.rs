@@ -65,6 +65,7 @@ use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::server::ServeOptions;
 use crate::http::{self, fds, ApiState, Readiness, ReloadReply};
+use crate::log_limit::LogLimiter;
 use crate::metrics::{metrics, KnownLabels};
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
@@ -125,22 +126,28 @@ const TICK: Duration = Duration::from_millis(250);
 /// Room in the normalizer's queue for pushed events (added to the PBXs').
 const PUSH_QUEUE: usize = 1024;
 
-/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir):
+/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir,
+/// mode 0700; the lock file 0600):
 /// held by `callhook run` for its lifetime, and by one-shot commands that
-/// send from the outbox (`replay --config`, `backfill --deliver`). Dropping
+/// send from the outbox (`replay --config`, `backfill --deliver`, `outbox recover`). Dropping
 /// the file releases it (so does the OS when the process dies).
 pub fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
     let io = |source| AppError::LockFile {
         dir: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("callhook.lock"))
-        .map_err(io)?;
+    crate::deliver::outbox::secure_state_dir(dir).map_err(|source| AppError::Outbox {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut open = std::fs::OpenOptions::new();
+    open.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
+    }
+    let file = open.open(dir.join("callhook.lock")).map_err(io)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(AppError::Locked {
@@ -258,6 +265,7 @@ pub fn client_config(p: &PbxConfig) -> ClientConfig {
     c.connect_timeout = p.connect_timeout;
     c.max_packet = p.max_packet;
     c.queue_capacity = p.queue_capacity;
+    c.max_stall = p.max_stall;
     c
 }
 
@@ -471,6 +479,15 @@ impl Delivery {
         }
     }
 
+    /// The single-node dispatcher, whose outbox polling `/readyz` reports
+    /// (cluster mode: none; the stream's health is in the cluster view).
+    fn polling_probe(&self) -> Option<deliver::DispatcherHandle> {
+        match self {
+            Delivery::Local { dispatcher, .. } => Some(dispatcher.clone()),
+            Delivery::Cluster { .. } => None,
+        }
+    }
+
     fn cluster(&self) -> Option<&Cluster> {
         match self {
             Delivery::Local { .. } => None,
@@ -678,6 +695,30 @@ pub async fn run_until(
                 .map_err(AppError::Cluster)?,
         ),
     };
+    // The live hub (consumes committed model events; click-to-call through
+    // the AMI clients) and the Meetip channel on top of it.
+    let live_token = CancellationToken::new();
+    let live = cfg.live.clone().map(|lc| {
+        // Looked up at each click-to-call: reloads add and remove PBXs.
+        let c = clients.clone();
+        let ami: crate::live::AmiLookup =
+            Arc::new(move |id: &str| c.handles().into_iter().find(|h| &**h.pbx() == id));
+        let live = crate::live::Live::new(lc, ami);
+        tokio::spawn(live.clone().run(live_token.clone()));
+        let hub = live.clone();
+        let mut prev = opts.observer.take();
+        opts.observer = Some(Box::new(move |evs: &[ModelEvent]| {
+            hub.publish_model(evs);
+            if let Some(p) = prev.as_mut() {
+                p(evs);
+            }
+        }));
+        live
+    });
+    let meetip = match (&live, cfg.meetip.clone()) {
+        (Some(l), Some(m)) => Some(crate::meetip::Meetip::new(m, l.clone())),
+        _ => None,
+    };
     // The push endpoint is a source too: it feeds the same queue.
     let (push_teams_tx, push_teams_rx) = watch::channel(Arc::new(Teams::new(
         cfg.push.as_ref().map_or(&[][..], |p| &p.teams[..]),
@@ -741,6 +782,7 @@ pub async fn run_until(
     let ready_clients = clients.clone();
     let ok = outbox_ok.clone();
     let ready_ownership = ownership.clone();
+    let ready_delivery = delivery.polling_probe();
     let readiness = move || {
         let pbx: std::collections::BTreeMap<String, bool> = ready_clients
             .handles()
@@ -749,12 +791,16 @@ pub async fn run_until(
             .collect();
         let outbox_writable = ok.load(Ordering::Relaxed);
         let cluster = ready_ownership.as_ref().map(|o| o.view());
+        let polling = ready_delivery.as_ref().map_or(Ok(()), |d| d.polling());
         Readiness {
             ready: outbox_writable
+                && polling.is_ok()
                 && pbx.values().all(|v| *v)
                 && cluster.as_ref().is_none_or(|c| !c.members.is_empty()),
             pbx,
             outbox_writable,
+            outbox_polling: polling.is_ok(),
+            outbox_error: polling.err(),
             cluster,
         }
     };
@@ -764,6 +810,8 @@ pub async fn run_until(
         admin_token: cfg.admin_token.clone(),
         outbox: Some(store.clone()),
         push: push_state.clone(),
+        live: live.clone(),
+        meetip: meetip.clone(),
     };
     let mut http_tasks = Vec::new();
     let mut serve = |l: tokio::net::TcpListener,
@@ -824,6 +872,24 @@ pub async fn run_until(
             "/metrics, /healthz, /readyz, /-/reload, /api",
         ),
         (None, None) => drop(state),
+    }
+    if let Some(m) = &meetip {
+        match m.config().listen {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                serve(
+                    l,
+                    m.own_router(),
+                    "meetip",
+                    caps.listen,
+                    "Meetip PRO WebSocket",
+                );
+            }
+            None => info!(path = %m.config().path, "Meetip PRO WebSocket on the main listener"),
+        }
+    }
+    if live.is_some() {
+        info!("live API ready: /v1/live, /v1/live/sse, /v1/calls, /v1/extensions, /console");
     }
     if let Some(p) = &push_state {
         info!(path = %p.path, "push endpoint ready");
@@ -1063,6 +1129,7 @@ pub async fn run_until(
     }
     deliver_token.cancel();
     delivery.stopped().await;
+    live_token.cancel();
     http_token.cancel();
     for t in http_tasks {
         let _ = t.await;
@@ -1171,6 +1238,11 @@ async fn finish_batch(
     out.clear();
 }
 
+/// These repeat for every event while the outbox cannot take more (a full
+/// disk, the cap): one line per half minute, with the count left out.
+static OUTBOX_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+static OUTBOX_REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+
 /// Evaluates the rules for a batch of model events and commits the
 /// deliveries; returns once they are durable, or why they are not (logged:
 /// the outbox failed, or was full and refused some).
@@ -1193,12 +1265,16 @@ pub async fn deliver_batch(
     }
     match outbox.submit(reqs).await {
         Ok(o) => {
-            ok.store(true, Ordering::Relaxed);
+            if !ok.swap(true, Ordering::Relaxed) {
+                info!("the outbox accepts writes again");
+            }
             if o.rejected_full > 0 {
-                warn!(
-                    rejected = o.rejected_full,
-                    "outbox full: deliveries refused"
-                );
+                if let Some(suppressed) = OUTBOX_REFUSED.check() {
+                    warn!(
+                        rejected = o.rejected_full,
+                        suppressed, "outbox full: deliveries refused"
+                    );
+                }
                 return Err(format!(
                     "outbox full: {} deliveries refused",
                     o.rejected_full
@@ -1208,7 +1284,9 @@ pub async fn deliver_batch(
         }
         Err(e) => {
             ok.store(false, Ordering::Relaxed);
-            error!(error = %e, "cannot write deliveries to the outbox");
+            if let Some(suppressed) = OUTBOX_FAILED.check() {
+                error!(error = %e, suppressed, "cannot write deliveries to the outbox");
+            }
             Err(format!("cannot write deliveries to the outbox: {e}"))
         }
     }

@@ -139,6 +139,8 @@ enum Command {
     },
     /// Inspect and retry deliveries in the outbox (`state_dir` of the config).
     Deliveries(DeliveriesArgs),
+    /// Check the outbox file for damage, or recover a damaged one.
+    Outbox(OutboxArgs),
     /// Play bundled real captures on a simulated PBX into callhook with
     /// `rules/demo.yaml` and a built-in webhook sink, and print a timeline.
     Demo {
@@ -267,6 +269,38 @@ struct DeliveriesArgs {
     /// Configuration file (for `state_dir`).
     #[arg(short, long, global = true, env = "CALLHOOK_CONFIG")]
     config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct OutboxArgs {
+    #[command(subcommand)]
+    action: OutboxAction,
+    /// Configuration file (for `state_dir`).
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "CALLHOOK_CONFIG",
+        conflicts_with = "state_dir"
+    )]
+    config: Option<PathBuf>,
+    /// The state directory itself, instead of a configuration file.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum OutboxAction {
+    /// Read every page and delivery of `outbox.sqlite3` and report what is
+    /// damaged (safe while the daemon runs); exits 1 when something is.
+    Check,
+    /// Copy every readable delivery into a fresh database and put it in
+    /// place, keeping the damaged file as `outbox.sqlite3.damaged-<time>`
+    /// (the daemon must be stopped).
+    Recover,
 }
 
 #[derive(Subcommand, Debug)]
@@ -550,6 +584,7 @@ fn dispatch(cmd: Command) -> CliResult {
             Ok(())
         }
         Command::Deliveries(args) => cli::deliveries::run(args),
+        Command::Outbox(args) => cli::outbox::run(args),
         Command::Demo { speed } => {
             if !(speed.is_finite() && speed > 0.0) {
                 return Err(fail!(Code::Usage, "--speed must be a positive number"));

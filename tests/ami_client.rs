@@ -390,10 +390,56 @@ async fn originate_is_not_resent_after_reconnect() {
     stop(&h, &token).await;
 }
 
-/// 7. A full events queue never stalls the reader; a resync follows.
+/// 7a. A consumer slower than the PBX: the reader waits for room (TCP
+/// backpressure) instead of dropping; every event arrives, in order.
 #[tokio::test]
-async fn full_queue_drops_then_resyncs() {
-    let cap = fixture("asterisk-20/incoming-answered.ami");
+async fn slow_consumer_gets_every_event_through_backpressure() {
+    let cap = fixture("asterisk-20/queue-answered.ami");
+    let expected = expected_events(&cap);
+    let sim = sim(vec![SimSession::new(cap, AfterCapture::StayOpen)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(1);
+    let token = CancellationToken::new();
+    let mut cfg = config("t-slow", sim.local_addr());
+    // Generous: on a loaded machine this test's consumer may be descheduled
+    // for longer than the 50 ms default (the give-up path is test 7b).
+    cfg.max_stall = Duration::from_secs(30);
+    let h = client::spawn(cfg, tx, token.clone());
+
+    assert!(next_snapshot(&mut rx).await.is_empty());
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        if got.len() % 8 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        got.extend(next_ami(&mut rx, 1).await);
+    }
+    assert_eq!(got, expected);
+    let dropped = metrics()
+        .ami_queue_dropped
+        .with_label_values(&["t-slow"])
+        .get();
+    assert_eq!(dropped, 0);
+    // No overflow, so no second resync.
+    let pong = h.send(Action::new("Ping")).await.unwrap();
+    assert_eq!(pong.response.get("Ping"), Some("Pong"));
+    assert_eq!(sim.stats().action_count("CoreShowChannels"), 1);
+    stop(&h, &token).await;
+}
+
+/// 7b. A queue that stays full while the PBX keeps sending: once the 2 MiB
+/// read-ahead is full and `max_stall` (50 ms) has passed without room, the
+/// client drops (counted) and reads on (actions are answered again); the
+/// connection stays up and a resync follows when the consumer wakes.
+#[tokio::test]
+async fn full_queue_drops_after_max_stall_then_resyncs() {
+    let cap = fixture("asterisk-20/load-dev.ami");
+    assert!(
+        cap.len() > 4 * 1024 * 1024,
+        "needs more than the read-ahead"
+    );
     let expected = expected_events(&cap);
     let sim = sim(vec![SimSession::new(cap, AfterCapture::StayOpen)])
         .start()
@@ -403,8 +449,8 @@ async fn full_queue_drops_then_resyncs() {
     let token = CancellationToken::new();
     let h = client::spawn(config("t-full", sim.local_addr()), tx, token.clone());
 
-    // Nobody reads: the login snapshot fills the queue, the replay still
-    // completes and the client still answers actions.
+    // Nobody reads: the login snapshot fills the queue, yet the replay
+    // completes and the client answers actions again.
     timeout(WAIT, sim.wait_for(|s| s.replays_completed >= 1))
         .await
         .unwrap();
@@ -416,11 +462,53 @@ async fn full_queue_drops_then_resyncs() {
         .get();
     assert_eq!(dropped, expected.len() as u64);
     assert_eq!(sim.stats().action_count("CoreShowChannels"), 1);
+    assert_eq!(sim.stats().connections, 1);
 
     // The consumer wakes up: the old snapshot, then a fresh one (resync).
     assert!(next_snapshot(&mut rx).await.is_empty());
     next_snapshot(&mut rx).await;
     assert_eq!(sim.stats().action_count("CoreShowChannels"), 2);
+    stop(&h, &token).await;
+}
+
+/// 7c. A consumer that pauses while what the PBX sends fits in the
+/// read-ahead: nothing is dropped however long the pause (here 20 times
+/// `max_stall`), and an action sent meanwhile is answered once reading goes
+/// on.
+#[tokio::test]
+async fn a_paused_consumer_loses_nothing_that_fits_the_read_ahead() {
+    let cap = fixture("asterisk-20/queue-answered.ami");
+    let expected = expected_events(&cap);
+    let sim = sim(vec![SimSession::new(cap, AfterCapture::StayOpen)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(1);
+    let token = CancellationToken::new();
+    let mut cfg = config("t-pause", sim.local_addr());
+    cfg.action_timeout = Duration::from_secs(10);
+    let h = client::spawn(cfg, tx, token.clone());
+    timeout(WAIT, sim.wait_for(|s| s.replays_completed >= 1))
+        .await
+        .unwrap();
+    let ping = tokio::spawn({
+        let h = h.clone();
+        async move { h.send(Action::new("Ping")).await }
+    });
+    timeout(WAIT, sim.wait_for(|s| s.action_count("Ping") >= 1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(next_snapshot(&mut rx).await.is_empty());
+    let got = next_ami(&mut rx, expected.len()).await;
+    assert_eq!(got, expected);
+    let dropped = metrics()
+        .ami_queue_dropped
+        .with_label_values(&["t-pause"])
+        .get();
+    assert_eq!(dropped, 0);
+    let pong = ping.await.unwrap().unwrap();
+    assert_eq!(pong.response.get("Ping"), Some("Pong"));
     stop(&h, &token).await;
 }
 
@@ -544,4 +632,90 @@ async fn idempotent_action_is_resent_after_reconnect() {
     next_disconnect(&mut rx).await;
     next_snapshot(&mut rx).await;
     stop(&h, &token).await;
+}
+
+/// A link that drops every connection shortly after login, each time after
+/// delivering events (the README's policy): the client reconnects at once
+/// every time instead of backing off further and further, so the model is
+/// blind only for the reconnect itself. Measured here as the time from each
+/// disconnect to the next snapshot (the model is current again), with the
+/// default backoff (500 ms doubling to 30 s).
+#[tokio::test]
+async fn a_flapping_link_reconnects_at_once_after_sessions_that_delivered_events() {
+    let cap = fixture("asterisk-20/incoming-answered.ami");
+    let flaps = 8;
+    let sessions = (0..flaps)
+        .map(|_| SimSession::new(cap.clone(), AfterCapture::Close))
+        .collect();
+    let sim = sim(sessions)
+        .pause_before_close(Duration::from_millis(700))
+        .start()
+        .await
+        .unwrap();
+    let mut cfg = config("t-flap", sim.local_addr());
+    cfg.backoff_initial = Duration::from_millis(500);
+    cfg.backoff_max = Duration::from_secs(30);
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let token = CancellationToken::new();
+    let h = client::spawn(cfg, tx, token.clone());
+    let mut blind = Vec::new();
+    let mut down_at = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while blind.len() < flaps - 1 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = timeout(left, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("blind windows so far: {blind:?}"))
+            .unwrap();
+        match ev {
+            SourceEvent::AmiDisconnected { .. } => down_at = Some(Instant::now()),
+            SourceEvent::AmiSnapshot { .. } => {
+                if let Some(d) = down_at.take() {
+                    blind.push(d.elapsed());
+                }
+            }
+            _ => {}
+        }
+    }
+    let total: Duration = blind.iter().sum();
+    eprintln!(
+        "flapping link: {} reconnects, blind windows {:?} (total {total:?}, longest {:?})",
+        blind.len(),
+        blind,
+        blind.iter().max().unwrap()
+    );
+    // The old policy (reset only after a 30 s session) waited 0.25–0.5,
+    // 0.5–1, 1–2, 2–4 … s: the fifth reconnect alone took ≥ 4 s.
+    for (i, b) in blind.iter().enumerate() {
+        assert!(
+            *b < Duration::from_secs(1),
+            "reconnect {} left the model blind for {b:?}: {blind:?}",
+            i + 1
+        );
+    }
+    stop(&h, &token).await;
+}
+
+/// A PBX that drops every connection right after the login, without a
+/// single event, is not hammered: those sessions back off like failed
+/// connections.
+#[tokio::test]
+async fn sessions_without_events_still_back_off() {
+    let sessions = (0..20)
+        .map(|_| SimSession::empty(AfterCapture::Close))
+        .collect();
+    let sim = sim(sessions).start().await.unwrap();
+    let mut cfg = config("t-flap-empty", sim.local_addr());
+    cfg.backoff_initial = Duration::from_millis(500);
+    cfg.backoff_max = Duration::from_secs(30);
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let token = CancellationToken::new();
+    let h = client::spawn(cfg, tx, token.clone());
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = sim.connections();
+    // 0, then ≤ 0.5, ≤ 1, ≤ 2 s later: at most 4 in 3 s (5 with slack).
+    assert!((2..=5).contains(&n), "{n} connections in 3 s");
+    stop(&h, &token).await;
+    drain.abort();
 }

@@ -193,6 +193,25 @@ async fn dead_deliveries_are_kept_listed_and_retried() {
     let got = sink.wait_for(2).await;
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
     assert_eq!(s.stats().await.unwrap().dead, 0);
+    // A request the rules already know can never be sent is dead at once,
+    // with the reason, and the call's next delivery goes out.
+    let mut never = request("crm", "19000.2", "ringing", &url);
+    never.refused = Some("a path segment would be `..`".into());
+    let next = request("crm", "19000.2", "answered", &url);
+    let o = s.submit(vec![never, next]).await.unwrap();
+    assert_eq!((o.inserted, o.refused), (1, 1));
+    let got = sink.wait_for(3).await;
+    assert!(String::from_utf8_lossy(&got[2].body).contains("answered"));
+    let dead = s
+        .list(ListFilter {
+            status: Some(Status::Dead),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_status.as_deref(), Some("refused"));
+    assert!(dead[0].last_error.as_deref().unwrap_or("").contains(".."));
     d.stop().await;
 }
 

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 
 use bytes::BytesMut;
 use callhook::ami::codec::SkipReason;
+use callhook::ami::route::{self, route, Route, NOISE_EVENTS};
 use callhook::ami::{AmiCodec, AmiFrame};
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
@@ -44,9 +45,16 @@ fn captures() -> &'static [Capture] {
     CAPTURES.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ami");
         let mut out = Vec::new();
-        for dir in ["asterisk-20", "asterisk-11"] {
-            let entries = fs::read_dir(root.join(dir))
-                .unwrap_or_else(|e| panic!("reading fixtures {dir}: {e}"));
+        // Every capture folder (asterisk-20, asterisk-11, and any added).
+        let mut dirs: Vec<PathBuf> = fs::read_dir(&root)
+            .unwrap_or_else(|e| panic!("reading fixtures {}: {e}", root.display()))
+            .map(|e| e.expect("dir entry").path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let entries = fs::read_dir(&dir)
+                .unwrap_or_else(|e| panic!("reading fixtures {}: {e}", dir.display()));
             for entry in entries {
                 let path = entry.expect("dir entry").path();
                 if path.extension().is_some_and(|e| e == "ami") {
@@ -277,6 +285,46 @@ fn captures_byte_at_a_time() {
     }
 }
 
+/// The codec with the noise list gives the same frames as without it, except
+/// that noise events come as `Ignored` (of the same size) instead of built.
+fn assert_same_but_ignored(name: &str, how: &str, got: &[AmiFrame], want: &[AmiFrame]) {
+    assert_eq!(got.len(), want.len(), "{name} ({how}): frame count");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        match (g, w) {
+            (AmiFrame::Ignored { bytes, .. }, AmiFrame::Message(m)) => {
+                assert_eq!(route(m), Route::Noise, "{name} ({how}) frame {i}: {m:?}");
+                assert!(*bytes > 0);
+            }
+            (g, AmiFrame::Message(m)) if route(m) == Route::Noise => {
+                // Noise whose Event is not its first line is built (allowed).
+                assert_eq!(g, w, "{name} ({how}) frame {i}");
+                assert!(m.fields().next().is_none_or(|(k, _)| k != "Event"));
+            }
+            (g, w) => assert_eq!(g, w, "{name} ({how}) frame {i}"),
+        }
+    }
+}
+
+#[test]
+fn captures_with_the_noise_list() {
+    let mut ignored = 0;
+    for (i, c) in captures().iter().enumerate() {
+        let codec = || route::codec(AmiCodec::DEFAULT_MAX_PACKET);
+        let whole = decode_with(codec(), [&c.bytes[..]]);
+        assert_same_but_ignored(&c.name(), "one chunk", &whole, &c.reference);
+        for (seed, max_chunk) in [(11, 5), (12, 900)] {
+            let seed = seed * 0x9E37_79B9 + i as u64;
+            let got = decode_with(codec(), random_chunks(&c.bytes, seed, max_chunk));
+            assert_eq!(got, whole, "{} seed {seed}", c.name());
+        }
+        ignored += whole
+            .iter()
+            .filter(|f| matches!(f, AmiFrame::Ignored { .. }))
+            .count();
+    }
+    assert!(ignored > 1000, "only {ignored} noise events ignored");
+}
+
 #[test]
 fn captures_random_chunkings() {
     for (i, c) in captures().iter().enumerate() {
@@ -433,6 +481,9 @@ fn ami_token() -> impl Strategy<Value = Vec<u8>> {
         Just(b": ".to_vec()),
         Just(b" ".to_vec()),
         Just(b"Event: X\r\n".to_vec()),
+        Just(b"Event: VarSet\r\n".to_vec()),
+        Just(b"ActionID: 1\r\n".to_vec()),
+        Just(b"ActionID: \r\n".to_vec()),
         Just(b"Response: Follows\r\n".to_vec()),
         Just(b"Privilege: Command\r\n".to_vec()),
         Just(b"--END COMMAND--".to_vec()),
@@ -452,9 +503,13 @@ fn any_codec() -> impl Strategy<Value = AmiCodec> {
     (
         prop_oneof![Just(AmiCodec::DEFAULT_MAX_PACKET), 0usize..200],
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(max, banner)| {
-            let c = AmiCodec::with_max_packet(max);
+        .prop_map(|(max, banner, noise)| {
+            let mut c = AmiCodec::with_max_packet(max);
+            if noise {
+                c = c.ignoring(NOISE_EVENTS);
+            }
             if banner {
                 c
             } else {

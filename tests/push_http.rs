@@ -48,10 +48,14 @@ async fn serve(
             pbx: BTreeMap::new(),
             outbox_writable: true,
             cluster: None,
+            outbox_polling: true,
+            outbox_error: None,
         }),
         reload: None,
         admin_token: None,
         outbox: None,
+        live: None,
+        meetip: None,
         push: Some(Arc::new(PushState {
             path: "/hooks/cc".into(),
             token_param: "key".into(),
@@ -123,8 +127,18 @@ async fn the_event_reaches_the_queue_and_the_ack_decides_the_answer() {
             };
             let ack = ack.expect("an acknowledgement to answer");
             match i {
-                0 => ack.send(Ok(PushReceipt { duplicate: false })).unwrap(),
-                1 => ack.send(Ok(PushReceipt { duplicate: true })).unwrap(),
+                0 => ack
+                    .send(Ok(PushReceipt {
+                        duplicate: false,
+                        full: false,
+                    }))
+                    .unwrap(),
+                1 => ack
+                    .send(Ok(PushReceipt {
+                        duplicate: true,
+                        full: false,
+                    }))
+                    .unwrap(),
                 2 => ack.send(Err("disk full".into())).unwrap(),
                 _ => drop(ack),
             }

@@ -121,6 +121,12 @@ fn run_with_actions(path: &Path) -> Replayed {
         let AmiFrame::Message(m) = frame else {
             continue;
         };
+        // The client stamps an Originate with the wall clock: here, the
+        // time of the last packet received (noise included, though the
+        // router drops it).
+        if let Some(t) = m.timestamp() {
+            last = last.max(t);
+        }
         if m.event().is_none() {
             if let Some(o) = m.action_id().and_then(|id| actions.remove(id)) {
                 let ev = SourceEvent::AmiOriginate {
@@ -132,14 +138,11 @@ fn run_with_actions(path: &Path) -> Replayed {
             }
         }
         let ev = match router.route(m) {
-            Routed::Event(m) => {
-                last = m.timestamp().unwrap_or(last).max(last);
-                SourceEvent::Ami {
-                    pbx: pbx.clone(),
-                    received_at: last,
-                    msg: m,
-                }
-            }
+            Routed::Event(m) => SourceEvent::Ami {
+                pbx: pbx.clone(),
+                received_at: last,
+                msg: m,
+            },
             Routed::Snapshot(channels) => SourceEvent::AmiSnapshot {
                 pbx: pbx.clone(),
                 received_at: last,

@@ -24,14 +24,24 @@
 //!    [`ClientConfig::queue_capacity`]) and delivered right *after* the
 //!    snapshot, so the normalizer always sees "state at login, then changes".
 //! 4. **Keepalive**: a `Ping` every [`ClientConfig::ping_interval`]; no answer
-//!    within [`ClientConfig::ping_timeout`] means the connection is dead
-//!    (half-open TCP). A read error or EOF is dead too.
+//!    within [`ClientConfig::ping_timeout`] while nothing at all arrived for
+//!    that long either means the connection is dead (half-open TCP). (Under
+//!    a heavy stream the answer queues behind the events; bytes arriving
+//!    prove the connection alive.) A read error or EOF is dead too.
 //! 5. **Loss**: [`SourceEvent::AmiDisconnected`] is emitted whenever an
 //!    established (logged-in) connection is lost, then the client reconnects
-//!    forever with exponential backoff and *equal jitter* (a delay in
-//!    `[c/2, c]`, `c = backoff_initial · 2^attempt` capped at
-//!    [`ClientConfig::backoff_max`]). The attempt counter resets once a
-//!    connection has stayed logged in for 30 s.
+//!    forever. **Reconnect policy:** after a session that delivered events
+//!    (the link works, it just dropped) the next attempt starts at once —
+//!    at most one connection per [`ClientConfig::backoff_initial`] (500 ms),
+//!    so a PBX that drops every connection right after a few events is not
+//!    hammered — and the backoff starts over. Otherwise (connection refused,
+//!    login failed, a session that delivered nothing) attempts back off
+//!    exponentially with *equal jitter* (a delay in `[c/2, c]`,
+//!    `c = backoff_initial · 2^attempt` capped at
+//!    [`ClientConfig::backoff_max`]); the counter also resets once a
+//!    connection has stayed logged in for 30 s. A link that flaps every few
+//!    seconds is therefore blind only for the reconnect itself (login and
+//!    snapshot), never for a growing backoff.
 //!
 //! Each state change is exactly one log line and one update of
 //! `ami_connection_state` (0 down, 1 connecting, 2 logged in): `connecting
@@ -64,6 +74,12 @@
 //! knows a click-to-call's number from the agent's first ring and ties a
 //! failed one to its record even when the PBX says little.
 //!
+//! [`AmiHandle::originate`] is the click-to-call variant: an `Async: true`
+//! Originate whose pending entry outlives its `Response: Success` until the
+//! `OriginateResponse` event with the same ActionID arrives (correlated by
+//! ActionID, never by order: two in flight can finish in either order), or
+//! its outcome wait expires ([`AmiError::Timeout`]).
+//!
 //! Outcomes: [`AmiError::Rejected`] for `Response: Error`,
 //! [`AmiError::Timeout`] when nothing answered within
 //! [`ClientConfig::action_timeout`] (counted from submission, waiting for a
@@ -79,22 +95,41 @@
 //!   [`AmiError::Disconnected`] (outcome unknown) — re-sending could place a
 //!   duplicate call.
 //!
-//! # Backpressure policy
+//! # Reading and backpressure policy
 //!
-//! The socket reader never awaits the normalizer: writes go through a
-//! separate writer task and events are forwarded with `try_send`.
+//! Writes go through a separate writer task; the reader
+//! ([`super::reader::FrameReader`]) reads up to 64 KiB at a time and hands
+//! every frame of a read to the routing below before it reads again.
 //!
 //! * Pure noise that the normalizer never uses is dropped first
-//!   ([`is_noise_event`]: `VarSet`, `RTCPSent`, `RTCPReceived`,
+//!   ([`NOISE_EVENTS`]: `VarSet`, `RTCPSent`, `RTCPReceived`,
 //!   `DeviceStateChange`, unsolicited `ExtensionStatus`, `QueueMemberStatus`,
-//!   `SuccessfulAuth`, `ChallengeSent`, `RequestBadFormat`). `Newexten` and
-//!   `Cdr` are kept.
-//! * When the events channel is full the event is dropped and counted in
-//!   `ami_queue_dropped`; one warning is logged per overflow episode. Once
-//!   the channel is at least half empty again (and at most once per second)
-//!   the client re-runs the resync action and delivers a fresh
-//!   [`SourceEvent::AmiSnapshot`], so the normalizer can repair what it
-//!   missed. A snapshot that itself cannot be queued starts a new episode.
+//!   `SuccessfulAuth`, `ChallengeSent`, `RequestBadFormat`); the codec
+//!   recognises it from its first line and does not even build it
+//!   ([`super::route`]). `Newexten` and `Cdr` are kept. A client started
+//!   with presence ([`spawn_with_presence`]) builds `ExtensionStatus` and
+//!   `DeviceStateChange` and hands them to presence only
+//!   ([`super::state_sync`]).
+//! * When the events channel is full, the event waits in a backlog and the
+//!   client stops decoding; it still reads the socket ahead into its byte
+//!   buffer, up to 2 MiB, then **stops reading** until the normalizer has
+//!   taken the backlog (TCP backpressure: the PBX's writes slow down,
+//!   nothing is lost). Every event the normalizer takes lets decoding, and
+//!   so reading, go on: a normalizer that keeps taking events, however
+//!   slowly, never loses one. Actions and pings are still sent meanwhile;
+//!   their answers wait behind the events (an action still times out at its
+//!   deadline; an unanswered keepalive does not count while events wait).
+//! * Reading may stop for at most [`ClientConfig::max_stall`] (50 ms by
+//!   default, half of Asterisk's default `writetimeout`: Asterisk
+//!   disconnects a manager session one of whose writes blocks that long,
+//!   `main/manager.c` `send_string`), i.e. the read-ahead is full and the
+//!   normalizer took nothing for that long. Then the backlog is dropped and
+//!   counted in `ami_queue_dropped`, with one warning per overflow episode,
+//!   and the client reads on, dropping what does not fit, until the channel
+//!   is at least half empty again: then (at most once per second) it re-runs
+//!   the resync action and delivers a fresh [`SourceEvent::AmiSnapshot`], so
+//!   the normalizer can repair what it missed, and backpressure applies
+//!   again. A snapshot that itself cannot be queued starts a new episode.
 //!
 //! Every received `Event:` packet counts in `ami_events{pbx,event}` (event
 //! names folded by [`crate::metrics::event_label`]); packets the framer
@@ -112,8 +147,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use md5::{Digest, Md5};
+use prometheus::IntCounter;
 use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -121,12 +156,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant, MissedTickBehavior};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::{AmiCodec, AmiFrame};
-use super::message::{Action, ActionError, AmiMessage, MessageKind};
+use super::message::{key_tag, Action, ActionError, AmiMessage, MessageKind};
+use super::reader::FrameReader;
+use super::route::{self, route, Route};
+pub use super::route::{ends_list, is_noise_event, starts_list, NOISE_EVENTS};
 use super::state_sync::{presence_route, PresenceOutput, PresenceRoute, StateStep, StateSync};
 use crate::metrics::{event_label, metrics};
 use crate::source::{now_epoch, OriginateSent, PbxId, PresenceSourceEvent, SourceEvent};
@@ -145,6 +182,17 @@ const OVERFLOW_RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(1);
 const LOGOFF_TIMEOUT: Duration = Duration::from_secs(1);
 /// Floor of every reconnect delay (guards against a zero backoff config).
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
+/// Default [`ClientConfig::max_stall`]: half of Asterisk's default
+/// `writetimeout`.
+pub const DEFAULT_MAX_STALL: Duration = Duration::from_millis(50);
+/// Bytes read ahead from the socket while the queue is full, before
+/// reading stops (about 4,000 typical events).
+const READ_AHEAD: usize = 2 * 1024 * 1024;
+/// Event name spellings whose counter is remembered.
+const MAX_EVENT_NAMES: usize = 128;
+/// How long events still waiting for the queue when a session ends are
+/// given before they are dropped (no socket to protect any more).
+const END_FLUSH: Duration = Duration::from_secs(1);
 
 /// How the client authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -192,12 +240,18 @@ pub struct ClientConfig {
     pub queue_capacity: usize,
     /// List the live channels after every login (and after overflows).
     pub resync: bool,
+    /// Longest the client stops reading the socket while the normalizer's
+    /// queue is full (TCP backpressure) before it drops events instead. Keep
+    /// it below Asterisk's `writetimeout` (manager.conf, 100 ms by default):
+    /// a manager session whose write blocks that long is disconnected.
+    pub max_stall: Duration,
 }
 
 impl ClientConfig {
     /// A configuration with the defaults: MD5 auth, `Events: on`, connect
     /// timeout 5 s, ping every 20 s with a 5 s deadline, action timeout 10 s,
-    /// backoff 500 ms → 30 s, 1 MiB packets, queue capacity 10 000, resync on.
+    /// backoff 500 ms → 30 s, 1 MiB packets, queue capacity 10 000, resync on,
+    /// stalls of at most 50 ms.
     pub fn new(
         pbx: impl Into<PbxId>,
         host: impl Into<String>,
@@ -222,6 +276,7 @@ impl ClientConfig {
             max_packet: AmiCodec::DEFAULT_MAX_PACKET,
             queue_capacity: 10_000,
             resync: true,
+            max_stall: DEFAULT_MAX_STALL,
         }
     }
 }
@@ -245,6 +300,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_packet", &self.max_packet)
             .field("queue_capacity", &self.queue_capacity)
             .field("resync", &self.resync)
+            .field("max_stall", &self.max_stall)
             .finish()
     }
 }
@@ -258,6 +314,18 @@ pub struct ActionResponse {
     pub response: AmiMessage,
     /// List items, in order, without the closing `…Complete` event.
     pub items: Vec<AmiMessage>,
+}
+
+/// The outcome of [`AmiHandle::originate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginateReply {
+    /// The ActionID the client gave the Originate.
+    pub action_id: String,
+    /// The immediate `Response: Success` ("Originate successfully queued").
+    pub queued: AmiMessage,
+    /// The `OriginateResponse` event (`Response` Success/Failure, `Reason`,
+    /// `Channel`, `Uniqueid`).
+    pub event: AmiMessage,
 }
 
 /// Why an action did not produce a response.
@@ -332,6 +400,42 @@ impl AmiHandle {
     /// The ActionID is assigned by the client. See the module documentation
     /// for the outcomes and the re-send policy.
     pub async fn send(&self, action: Action) -> Result<ActionResponse, AmiError> {
+        self.submit(action, None).await
+    }
+
+    /// Sends an asynchronous `Originate` (`Async: true` is set) and waits for
+    /// its outcome: the `Response` (queued or rejected) and then the
+    /// `OriginateResponse` event carrying the same ActionID, for up to
+    /// `outcome_wait` after the Response (make it longer than the
+    /// Originate's `Timeout`). Like every non-read-only action it is never
+    /// re-sent: a connection lost before the outcome gives
+    /// [`AmiError::Disconnected`] (the call may or may not exist), no event
+    /// in time gives [`AmiError::Timeout`].
+    pub async fn originate(
+        &self,
+        action: Action,
+        outcome_wait: Duration,
+    ) -> Result<OriginateReply, AmiError> {
+        let action = if action.get("Async").is_some() {
+            action
+        } else {
+            action.field("Async", "true")
+        };
+        let r = self.submit(action, Some(outcome_wait)).await?;
+        let mut items = r.items.into_iter();
+        let queued = items.next().unwrap_or_default();
+        Ok(OriginateReply {
+            action_id: r.response.action_id().unwrap_or("").to_string(),
+            queued,
+            event: r.response,
+        })
+    }
+
+    async fn submit(
+        &self,
+        action: Action,
+        await_event: Option<Duration>,
+    ) -> Result<ActionResponse, AmiError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(AmiError::Shutdown);
         }
@@ -344,9 +448,10 @@ impl AmiHandle {
             action,
             reply,
             deadline,
+            await_event,
         };
         // The task enforces the deadline; this outer bound is a safety net.
-        let safety = deadline + Duration::from_millis(500);
+        let safety = deadline + await_event.unwrap_or_default() + Duration::from_millis(500);
         match tokio::time::timeout_at(safety, self.inner.commands.send(cmd)).await {
             Err(_) => return Err(AmiError::Timeout),
             Ok(Err(_)) => return Err(AmiError::Shutdown),
@@ -433,8 +538,12 @@ pub fn spawn_with_presence(
         state: state_tx,
         waiting: VecDeque::new(),
         conn_seq: 0,
+        session_events: 0,
         overflow: Overflow::default(),
         events_closed_logged: false,
+        backlog: VecDeque::new(),
+        stall_since: None,
+        event_counters: Vec::new(),
     };
     tokio::spawn(client.run());
     handle
@@ -483,23 +592,6 @@ pub fn is_idempotent(action: &str) -> bool {
     READ_ONLY.iter().any(|a| a.eq_ignore_ascii_case(action))
 }
 
-/// True for unsolicited events the normalizer never uses (dropped before the
-/// queue). Only called for events without an ActionID.
-pub fn is_noise_event(event: &str) -> bool {
-    const NOISE: &[&str] = &[
-        "VarSet",
-        "RTCPSent",
-        "RTCPReceived",
-        "DeviceStateChange",
-        "ExtensionStatus",
-        "QueueMemberStatus",
-        "SuccessfulAuth",
-        "ChallengeSent",
-        "RequestBadFormat",
-    ];
-    NOISE.iter().any(|n| n.eq_ignore_ascii_case(event))
-}
-
 /// `hex(md5(challenge + secret))`, the `Key` of an MD5 login.
 pub(crate) fn md5_key(challenge: &str, secret: &str) -> String {
     let mut h = Md5::new();
@@ -511,38 +603,6 @@ pub(crate) fn md5_key(challenge: &str, secret: &str) -> String {
 /// The ActionID of action `n` on connection `seq`.
 fn action_id(pbx: &str, seq: u64, n: u64) -> String {
     format!("{pbx}-{seq}-{n}")
-}
-
-/// True when `resp` opens a list: `Response: Success` with `EventList: start`,
-/// or without `EventList` a `Message` containing "will follow".
-pub fn starts_list(resp: &AmiMessage) -> bool {
-    let success = resp
-        .get("Response")
-        .is_some_and(|r| r.eq_ignore_ascii_case("Success"));
-    if !success {
-        return false;
-    }
-    if let Some(el) = resp.get("EventList") {
-        return el.eq_ignore_ascii_case("start");
-    }
-    resp.get("Message")
-        .is_some_and(|m| m.to_ascii_lowercase().contains("will follow"))
-}
-
-/// True when `ev` closes a list: an event named `…Complete` or carrying
-/// `EventList: Complete`.
-pub fn ends_list(ev: &AmiMessage) -> bool {
-    if ev
-        .get("EventList")
-        .is_some_and(|v| v.eq_ignore_ascii_case("Complete"))
-    {
-        return true;
-    }
-    ev.event().is_some_and(|e| {
-        e.len() >= 8
-            && e.is_char_boundary(e.len() - 8)
-            && e[e.len() - 8..].eq_ignore_ascii_case("Complete")
-    })
 }
 
 /// Major AMI version from the banner (`Asterisk Call Manager/1.3` → 1).
@@ -597,6 +657,9 @@ struct Command {
     action: Action,
     reply: oneshot::Sender<Result<ActionResponse, AmiError>>,
     deadline: Instant,
+    /// After a `Success` response, keep waiting this long for the
+    /// `OriginateResponse` event with the same ActionID.
+    await_event: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -633,7 +696,7 @@ struct Pending {
 
 /// One logged-in connection.
 struct Session {
-    framed: FramedRead<OwnedReadHalf, AmiCodec>,
+    reader: FrameReader<OwnedReadHalf>,
     writer_tx: mpsc::Sender<Vec<u8>>,
     writer: JoinHandle<()>,
     seq: u64,
@@ -680,8 +743,19 @@ struct Client {
     /// Actions not written yet (waiting for a login).
     waiting: VecDeque<Command>,
     conn_seq: u64,
+    /// Events forwarded during the current session (a session that
+    /// delivered some is followed by an immediate reconnect).
+    session_events: u64,
     overflow: Overflow,
     events_closed_logged: bool,
+    /// Events the queue had no room for, in order: while there are any the
+    /// socket is not read (backpressure).
+    backlog: VecDeque<SourceEvent>,
+    /// Since when the socket has not been read for lack of room (events
+    /// wait in the backlog and the read-ahead buffer is full).
+    stall_since: Option<Instant>,
+    /// `ami_events` counters by event name (with its [`key_tag`]).
+    event_counters: Vec<(u32, Box<str>, IntCounter)>,
     /// Presence: forwarding and login-time state lists (none: not tracked).
     presence: Option<StateSync>,
 }
@@ -689,6 +763,7 @@ struct Client {
 impl Client {
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max);
+        let mut at_once: Option<Duration> = None;
         let mut first = true;
         loop {
             if self.shutdown.is_cancelled() {
@@ -711,6 +786,7 @@ impl Client {
                 Ok(sess) => {
                     self.set_state(ConnectionState::LoggedIn);
                     let since = Instant::now();
+                    self.session_events = 0;
                     match self.session(sess).await {
                         SessionEnd::Shutdown => break,
                         SessionEnd::Lost(reason) => {
@@ -722,7 +798,13 @@ impl Client {
                             if let Some(s) = self.presence.as_mut() {
                                 s.disconnected(now_epoch());
                             }
-                            if since.elapsed() >= STABLE_SESSION {
+                            let lasted = since.elapsed();
+                            if self.session_events > 0 {
+                                // The link works: reconnect at once (at most
+                                // one connection per backoff_initial).
+                                backoff.reset();
+                                at_once = Some(self.cfg.backoff_initial.saturating_sub(lasted));
+                            } else if lasted >= STABLE_SESSION {
                                 backoff.reset();
                             }
                             format!("AMI connection lost: {reason}")
@@ -745,7 +827,10 @@ impl Client {
                     )
                 }
             };
-            let delay = backoff.next_delay(&mut rand::thread_rng());
+            let delay = match at_once.take() {
+                Some(d) => d,
+                None => backoff.next_delay(&mut rand::thread_rng()),
+            };
             warn!(
                 pbx = %self.pbx,
                 retry_in_secs = delay.as_secs_f64(),
@@ -846,7 +931,12 @@ impl Client {
         };
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
-        let mut framed = FramedRead::new(rd, AmiCodec::with_max_packet(cfg.max_packet));
+        let codec = if self.presence.is_some() {
+            route::codec_with_presence(cfg.max_packet)
+        } else {
+            route::codec(cfg.max_packet)
+        };
+        let mut framed = FrameReader::new(rd, codec);
 
         let banner = read_banner(&mut framed, pbx, step).await?;
         let modern = banner.as_deref().and_then(ami_major).is_none_or(|m| m >= 2);
@@ -904,7 +994,7 @@ impl Client {
         let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE);
         let writer = tokio::spawn(write_loop(wr, writer_rx));
         Ok(Session {
-            framed,
+            reader: framed,
             writer_tx,
             writer,
             seq,
@@ -936,7 +1026,31 @@ impl Client {
             }
         }
         sess.writer.abort();
+        self.flush_backlog().await;
         end
+    }
+
+    /// At the end of a session: the events still waiting for room get
+    /// [`END_FLUSH`] to get into the queue (there is no socket to protect
+    /// any more), then the rest is dropped and counted.
+    async fn flush_backlog(&mut self) {
+        self.stall_since = None;
+        let until = Instant::now() + END_FLUSH;
+        while let Some(ev) = self.backlog.pop_front() {
+            match tokio::time::timeout_at(until, self.events.send(ev)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    // Closed: nobody is listening any more.
+                    self.backlog.clear();
+                }
+                Err(_) => {
+                    self.dropped();
+                    while self.backlog.pop_front().is_some() {
+                        self.dropped();
+                    }
+                }
+            }
+        }
     }
 
     fn session_start(&mut self, sess: &mut Session) -> Result<(), Lost> {
@@ -962,12 +1076,49 @@ impl Client {
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            // Everything already read, for as long as the queue takes it.
+            while self.backlog.is_empty() {
+                let Some(frame) = sess.reader.buffered() else {
+                    break;
+                };
+                if let Err(Lost(reason)) = self.on_frame(sess, frame) {
+                    return SessionEnd::Lost(reason);
+                }
+            }
+            let stalled = !self.backlog.is_empty();
+            let eof = sess.reader.at_eof();
+            if !stalled && eof {
+                return SessionEnd::Lost("connection closed by the PBX".into());
+            }
+            // While stalled, the socket is still read ahead into the byte
+            // buffer up to READ_AHEAD; only then does reading stop, and the
+            // stall clock run (not after EOF: no session to protect).
+            let read = !eof && (!stalled || sess.reader.buffered_bytes() < READ_AHEAD);
+            let stopped = stalled && !read && !eof;
+            if stopped {
+                self.stall_since.get_or_insert_with(Instant::now);
+            } else {
+                self.stall_since = None;
+            }
+            let give_up = self
+                .stall_since
+                .map_or_else(Instant::now, |t| t + self.cfg.max_stall);
             let step = tokio::select! {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                frame = sess.framed.next() => match frame {
-                    Some(Ok(f)) => self.on_frame(sess, f),
-                    Some(Err(e)) => Err(Lost(format!("read error: {e}"))),
-                    None => Err(Lost("connection closed by the PBX".into())),
+                read = sess.reader.fill(), if read => match read {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(Lost(format!("read error: {e}"))),
+                },
+                permit = self.events.clone().reserve_owned(), if stalled => {
+                    match permit {
+                        Ok(p) => self.resume(p),
+                        Err(_) => self.backlog.clear(),
+                    }
+                    Ok(())
+                },
+                _ = sleep_until(give_up), if stopped => {
+                    self.give_up_stall();
+                    Ok(())
                 },
                 cmd = self.commands.recv(), if !self.commands_closed => match cmd {
                     Some(c) => self.submit(sess, c),
@@ -985,6 +1136,10 @@ impl Client {
     fn on_frame(&mut self, sess: &mut Session, frame: AmiFrame) -> Result<(), Lost> {
         match frame {
             AmiFrame::Message(msg) => self.on_message(sess, msg),
+            AmiFrame::Ignored { event, .. } => {
+                self.count_event(event);
+                Ok(())
+            }
             AmiFrame::Skipped { reason, bytes } => {
                 metrics()
                     .ami_packets_skipped
@@ -1000,42 +1155,38 @@ impl Client {
         }
     }
 
+    /// Counts one received event in `ami_events` (counters are looked up
+    /// once per spelling of an event name, at most [`MAX_EVENT_NAMES`]).
+    fn count_event(&mut self, name: &str) {
+        let tag = key_tag(name.as_bytes());
+        if let Some((_, _, c)) = self
+            .event_counters
+            .iter()
+            .find(|(t, n, _)| *t == tag && **n == *name)
+        {
+            c.inc();
+            return;
+        }
+        let c = metrics()
+            .ami_events
+            .with_label_values(&[&self.pbx, event_label(name)]);
+        c.inc();
+        if self.event_counters.len() < MAX_EVENT_NAMES {
+            self.event_counters.push((tag, name.into(), c));
+        }
+    }
+
     fn on_message(&mut self, sess: &mut Session, msg: AmiMessage) -> Result<(), Lost> {
-        match msg.kind() {
-            MessageKind::Event(name) => {
-                metrics()
-                    .ami_events
-                    .with_label_values(&[&self.pbx, event_label(name)])
-                    .inc();
-                let originate = name.eq_ignore_ascii_case("OriginateResponse");
-                let noise = is_noise_event(name);
-                if let Some(id) = msg.action_id() {
-                    if originate {
-                        // Broadcast: an event for everyone, and maybe the
-                        // answer to a pending (synchronous) Originate.
-                        if let Some(p) = sess.pending.remove(id) {
-                            let id = id.to_string();
-                            let items = p.items.clone();
-                            let resp = ActionResponse {
-                                response: msg.clone(),
-                                items,
-                            };
-                            let result = if is_error(&msg) {
-                                Err(AmiError::Rejected(
-                                    msg.get("Reason").unwrap_or("originate failed").to_string(),
-                                ))
-                            } else {
-                                Ok(resp)
-                            };
-                            self.complete(sess, &id, p, result)?;
-                        }
-                        self.forward(sess, msg);
-                        return Ok(());
-                    }
-                    return self.list_item(sess, msg);
-                }
-                if let Some(route) = self.presence.as_ref().and_then(|_| presence_route(name)) {
-                    if route == PresenceRoute::Also {
+        if let Some(name) = msg.event() {
+            self.count_event(name);
+        }
+        match route(&msg) {
+            r @ (Route::Event | Route::Noise) => {
+                // Presence events go there first (some only there); the
+                // codec of a client with presence builds them.
+                let name = msg.event().unwrap_or_default();
+                if let Some(pr) = self.presence.as_ref().and_then(|_| presence_route(name)) {
+                    if pr == PresenceRoute::Also {
                         self.forward(sess, msg.clone());
                     }
                     let ev = PresenceSourceEvent::Ami {
@@ -1048,16 +1199,45 @@ impl Client {
                     }
                     return Ok(());
                 }
-                if !noise {
+                if r == Route::Event {
                     self.forward(sess, msg);
                 }
                 Ok(())
             }
-            MessageKind::Response(_) => {
-                let Some(id) = msg.action_id().map(str::to_string) else {
-                    debug!(pbx = %self.pbx, "dropping a response without ActionID");
-                    return Ok(());
-                };
+            Route::Broadcast(id) => {
+                // Broadcast: an event for everyone, and maybe the answer to
+                // a pending (synchronous or awaited) Originate.
+                if let Some(mut p) = sess.pending.remove(id) {
+                    let id = id.to_string();
+                    let awaited =
+                        matches!(&p.kind, PendingKind::User(c) if c.await_event.is_some());
+                    let mut items = std::mem::take(&mut p.items);
+                    if awaited {
+                        items.insert(0, p.response.take().unwrap_or_default());
+                    }
+                    let resp = ActionResponse {
+                        response: msg.clone(),
+                        items,
+                    };
+                    let result = if is_error(&msg) && !awaited {
+                        Err(AmiError::Rejected(
+                            msg.get("Reason").unwrap_or("originate failed").to_string(),
+                        ))
+                    } else {
+                        Ok(resp)
+                    };
+                    self.complete(sess, &id, p, result)?;
+                }
+                self.forward(sess, msg);
+                Ok(())
+            }
+            Route::ListItem(_) => self.list_item(sess, msg),
+            Route::Response(None) => {
+                debug!(pbx = %self.pbx, "dropping a response without ActionID");
+                Ok(())
+            }
+            Route::Response(Some(id)) => {
+                let id = id.to_string();
                 let Some(p) = sess.pending.get_mut(&id) else {
                     debug!(pbx = %self.pbx, "dropping a response for unknown ActionID {id}");
                     return Ok(());
@@ -1069,6 +1249,14 @@ impl Client {
                 if starts_list(&msg) {
                     p.response = Some(msg);
                     return Ok(());
+                }
+                if let PendingKind::User(c) = &p.kind {
+                    if let (Some(wait), true) = (c.await_event, is_success(&msg)) {
+                        // Queued: the outcome is the OriginateResponse event.
+                        p.response = Some(msg);
+                        p.deadline = Instant::now() + wait;
+                        return Ok(());
+                    }
                 }
                 let Some(mut p) = sess.pending.remove(&id) else {
                     return Ok(());
@@ -1085,7 +1273,7 @@ impl Client {
                 };
                 self.complete(sess, &id, p, result)
             }
-            MessageKind::Other => {
+            Route::Other => {
                 debug!(pbx = %self.pbx, "dropping a packet that is neither an event nor a response");
                 Ok(())
             }
@@ -1339,9 +1527,18 @@ impl Client {
 
     fn housekeeping(&mut self, sess: &mut Session) -> Result<(), Lost> {
         let now = Instant::now();
+        // The answer to a keepalive may be queued behind events (unread
+        // while they wait for room, or behind a long stream): bytes arriving
+        // prove the connection alive.
+        let stalled = !self.backlog.is_empty();
+        let quiet = sess
+            .reader
+            .last_read()
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.ping_timeout);
         let expired: Vec<String> = sess
             .pending
             .iter()
+            .filter(|(_, p)| !matches!(p.kind, PendingKind::Ping) || (quiet && !stalled))
             .filter(|(_, p)| {
                 p.deadline <= now || matches!(&p.kind, PendingKind::User(c) if c.reply.is_closed())
             })
@@ -1391,9 +1588,16 @@ impl Client {
 
     /// Forwards an unsolicited event (held back while a resync runs).
     fn forward(&mut self, sess: &mut Session, msg: AmiMessage) {
+        // What every login brings says nothing about whether the link works.
+        if !msg
+            .event()
+            .is_some_and(|e| e.eq_ignore_ascii_case("FullyBooted"))
+        {
+            self.session_events += 1;
+        }
         let ev = SourceEvent::Ami {
             pbx: self.pbx.clone(),
-            received_at: now_epoch(),
+            received_at: sess.reader.read_at(),
             msg,
         };
         self.forward_event(sess, ev);
@@ -1413,13 +1617,25 @@ impl Client {
         }
     }
 
-    /// `try_send` to the normalizer; never waits. True when queued.
+    /// Hands an event to the normalizer's queue without waiting. When the
+    /// queue is full the event waits in the backlog (and the socket is not
+    /// read until the backlog is gone) unless a stall already lasted
+    /// [`ClientConfig::max_stall`]: then it is dropped and counted. False
+    /// when dropped.
     fn deliver(&mut self, ev: SourceEvent) -> bool {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(ev);
+            return true;
+        }
         match self.events.try_send(ev) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped();
-                false
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                if self.overflow.active {
+                    self.dropped();
+                    return false;
+                }
+                self.backlog.push_back(ev);
+                true
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 if !self.events_closed_logged {
@@ -1429,6 +1645,42 @@ impl Client {
                 false
             }
         }
+    }
+
+    /// The queue has room again: the backlog goes first, in order.
+    fn resume(&mut self, permit: mpsc::OwnedPermit<SourceEvent>) {
+        if let Some(ev) = self.backlog.pop_front() {
+            permit.send(ev);
+        }
+        while let Some(ev) = self.backlog.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    self.backlog.push_front(ev);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The socket has not been read for `max_stall`: drop the backlog and
+    /// read on, dropping what does not fit until the resync (the PBX would
+    /// soon disconnect a session whose writes block).
+    fn give_up_stall(&mut self) {
+        let n = self.backlog.len();
+        warn!(
+            pbx = %self.pbx,
+            "the normalizer took no event for {:?} and the read-ahead is full: dropping {n} waiting events and reading on",
+            self.cfg.max_stall
+        );
+        while self.backlog.pop_front().is_some() {
+            self.dropped();
+        }
+        self.stall_since = None;
     }
 
     fn dropped(&mut self) {
@@ -1490,7 +1742,7 @@ impl Client {
             return;
         }
         let wait = LOGOFF_TIMEOUT.min(self.cfg.action_timeout);
-        let framed = &mut sess.framed;
+        let framed = &mut sess.reader;
         let _ = timeout(wait, async {
             while let Some(Ok(frame)) = framed.next().await {
                 if let AmiFrame::Message(m) = frame {
@@ -1531,7 +1783,7 @@ async fn write_raw(
 }
 
 async fn read_banner(
-    framed: &mut FramedRead<OwnedReadHalf, AmiCodec>,
+    framed: &mut FrameReader<OwnedReadHalf>,
     pbx: &PbxId,
     step: Duration,
 ) -> Result<Option<String>, ConnectError> {
@@ -1541,7 +1793,7 @@ async fn read_banner(
                 None => return Err(ConnectError::Io("closed before the banner".into())),
                 Some(Err(e)) => return Err(ConnectError::Io(e.to_string())),
                 Some(Ok(AmiFrame::Banner(b))) => return Ok(Some(b)),
-                Some(Ok(AmiFrame::Message(_))) => return Ok(None),
+                Some(Ok(AmiFrame::Message(_) | AmiFrame::Ignored { .. })) => return Ok(None),
                 Some(Ok(AmiFrame::Skipped { reason, .. })) => {
                     metrics()
                         .ami_packets_skipped
@@ -1558,7 +1810,7 @@ async fn read_banner(
 }
 
 async fn read_response(
-    framed: &mut FramedRead<OwnedReadHalf, AmiCodec>,
+    framed: &mut FrameReader<OwnedReadHalf>,
     pbx: &PbxId,
     id: &str,
     step: Duration,
@@ -1579,7 +1831,7 @@ async fn read_response(
                         .with_label_values(&[pbx, reason.as_str()])
                         .inc();
                 }
-                Some(Ok(AmiFrame::Banner(_))) => {}
+                Some(Ok(AmiFrame::Banner(_) | AmiFrame::Ignored { .. })) => {}
             }
         }
     };

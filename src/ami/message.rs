@@ -7,18 +7,88 @@
 //! and offers case-insensitive lookups that treat `<unknown>` and empty values
 //! as absent ([`AmiMessage::get`]), next to raw access ([`AmiMessage::get_raw`]).
 //!
+//! # Layout
+//!
+//! A message is two allocations whatever its number of fields: one string
+//! holding its text (for a received packet: the packet's bytes as they came,
+//! line ends included) and one vector of spans (where each key and value
+//! starts and ends, plus a small case-folded tag of the key). Lookups
+//! compare tags first (length and first and last letter, case folded), so a
+//! miss costs one integer comparison per field and nothing is ever
+//! lower-cased or allocated. The codec copies a packet into its string in
+//! one go (one UTF-8 validation per packet, see [`super::codec`]).
+//!
 //! [`Action`] is the outgoing side: an action with its fields, encoded with
 //! CRLF line ends as Asterisk expects.
 
 use std::fmt;
 
 /// One AMI packet (an event, a response, or a list item).
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct AmiMessage {
-    fields: Vec<(String, String)>,
+    /// The text the spans point into.
+    text: String,
+    /// Where each field is in `text`.
+    spans: Vec<Span>,
+    /// One bit per key tag present ([`tag_bit`]): most lookups of an absent
+    /// key end here.
+    keys: u64,
     /// Raw text of a legacy `Response: Follows` command output (Asterisk ≤ 13),
     /// without the closing `--END COMMAND--` marker.
     body: Option<String>,
+}
+
+/// One field of a message: `text[key..key_end]` is the key,
+/// `text[value..end]` the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    key: u32,
+    key_end: u32,
+    value: u32,
+    end: u32,
+    /// [`key_tag`] of the key.
+    tag: u32,
+}
+
+impl Span {
+    /// A span over `text[key.0..key.1]` (whose bytes are `key_bytes`) and
+    /// `text[value.0..value.1]`. Offsets beyond `u32` saturate (the field then
+    /// reads as empty; no packet that large is ever accepted).
+    pub(crate) fn new(key: (usize, usize), value: (usize, usize), key_bytes: &[u8]) -> Self {
+        let at = |i: usize| u32::try_from(i).unwrap_or(u32::MAX);
+        Self {
+            key: at(key.0),
+            key_end: at(key.1),
+            value: at(value.0),
+            end: at(value.1),
+            tag: key_tag(key_bytes),
+        }
+    }
+
+    /// The key's and the value's ranges.
+    pub(crate) fn ranges(&self) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        (
+            self.key as usize..self.key_end as usize,
+            self.value as usize..self.end as usize,
+        )
+    }
+}
+
+/// A cheap case-insensitive fingerprint of a key: its length and its first
+/// and last bytes, ASCII-lower-cased. Equal keys (ignoring ASCII case) have
+/// equal tags.
+#[inline]
+pub(crate) fn key_tag(key: &[u8]) -> u32 {
+    let len = u32::try_from(key.len()).unwrap_or(u32::MAX).min(0xffff);
+    let first = key.first().map_or(0, u8::to_ascii_lowercase);
+    let last = key.last().map_or(0, u8::to_ascii_lowercase);
+    (len << 16) | (u32::from(first) << 8) | u32::from(last)
+}
+
+/// The bit of a key tag in [`AmiMessage`]'s key mask.
+#[inline]
+fn tag_bit(tag: u32) -> u64 {
+    1 << (tag.wrapping_mul(0x9E37_79B1) >> 26)
 }
 
 /// What a message is, from its first meaningful header.
@@ -38,22 +108,38 @@ impl AmiMessage {
         Self::default()
     }
 
-    /// Builds a message from `(key, value)` pairs (tests, synthetic events).
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
+    /// A message from the codec: `spans` point into `text`.
+    pub(crate) fn from_parts(text: String, spans: Vec<Span>) -> Self {
+        let keys = spans.iter().fold(0, |m, s| m | tag_bit(s.tag));
         Self {
-            fields: pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
+            text,
+            spans,
+            keys,
             body: None,
         }
     }
 
+    /// Builds a message from `(key, value)` pairs (tests, synthetic events).
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let mut m = Self::new();
+        for (k, v) in pairs {
+            m.push(k.as_ref(), v.as_ref());
+        }
+        m
+    }
+
     /// Appends a field, keeping wire order.
-    pub fn push(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.fields.push((key.into(), value.into()));
+    pub fn push(&mut self, key: impl AsRef<str>, value: impl AsRef<str>) {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        let start = self.text.len();
+        self.text.push_str(key);
+        let split = self.text.len();
+        self.text.push_str(value);
+        let span = Span::new((start, split), (split, self.text.len()), key.as_bytes());
+        self.keys |= tag_bit(span.tag);
+        self.spans.push(span);
     }
 
     /// Sets the legacy `Response: Follows` body.
@@ -66,27 +152,58 @@ impl AmiMessage {
         self.body.as_deref()
     }
 
+    #[inline]
+    fn key_of(&self, s: &Span) -> &str {
+        self.text
+            .get(s.key as usize..s.key_end as usize)
+            .unwrap_or_default()
+    }
+
+    #[inline]
+    fn value_of(&self, s: &Span) -> &str {
+        self.text
+            .get(s.value as usize..s.end as usize)
+            .unwrap_or_default()
+    }
+
     /// All fields in wire order.
     pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.spans
+            .iter()
+            .map(|s| (self.key_of(s), self.value_of(s)))
     }
 
     /// Number of fields.
     pub fn len(&self) -> usize {
-        self.fields.len()
+        self.spans.len()
     }
 
     /// True when the message has no field and no body.
     pub fn is_empty(&self) -> bool {
-        self.fields.is_empty() && self.body.is_none()
+        self.spans.is_empty() && self.body.is_none()
+    }
+
+    /// The spans whose key is `key` (ASCII case-insensitive).
+    #[inline]
+    fn matching<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Span> + 'a {
+        let tag = key_tag(key.as_bytes());
+        let spans = if self.keys & tag_bit(tag) == 0 {
+            &[][..]
+        } else {
+            &self.spans[..]
+        };
+        let text = self.text.as_bytes();
+        spans.iter().filter(move |s| {
+            s.tag == tag
+                && text
+                    .get(s.key as usize..s.key_end as usize)
+                    .is_some_and(|k| k.eq_ignore_ascii_case(key.as_bytes()))
+        })
     }
 
     /// The first value of `key` (case-insensitive), exactly as received.
     pub fn get_raw(&self, key: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
+        self.matching(key).next().map(|s| self.value_of(s))
     }
 
     /// The first meaningful value of `key` (case-insensitive): `None` when the
@@ -98,15 +215,12 @@ impl AmiMessage {
 
     /// Every value of a repeated key (case-insensitive), in wire order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.fields
-            .iter()
-            .filter(move |(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
+        self.matching(key).map(|s| self.value_of(s))
     }
 
     /// True when `key` is present (case-insensitive), whatever its value.
     pub fn has(&self, key: &str) -> bool {
-        self.get_raw(key).is_some()
+        self.matching(key).next().is_some()
     }
 
     /// `Event`/`Response` classification.
@@ -128,6 +242,11 @@ impl AmiMessage {
         }
     }
 
+    /// True when this is the event `name` (ASCII case-insensitive).
+    pub fn is_event(&self, name: &str) -> bool {
+        self.event().is_some_and(|e| e.eq_ignore_ascii_case(name))
+    }
+
     /// The `ActionID` header, when present and non-empty.
     pub fn action_id(&self) -> Option<&str> {
         self.get("ActionID")
@@ -142,13 +261,22 @@ impl AmiMessage {
 
     /// Approximate heap size in bytes (for bounded queues and metrics).
     pub fn approx_size(&self) -> usize {
-        self.fields
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 4)
-            .sum::<usize>()
-            + self.body.as_ref().map_or(0, String::len)
+        self.text.capacity()
+            + self.spans.capacity() * std::mem::size_of::<Span>()
+            + self.body.as_ref().map_or(0, String::capacity)
     }
 }
+
+impl PartialEq for AmiMessage {
+    /// Same fields in the same order (keys compared exactly) and same body.
+    fn eq(&self, other: &Self) -> bool {
+        self.spans.len() == other.spans.len()
+            && self.body == other.body
+            && self.fields().eq(other.fields())
+    }
+}
+
+impl Eq for AmiMessage {}
 
 /// True for AMI's spellings of "no value".
 pub fn is_no_value(v: &str) -> bool {
@@ -158,12 +286,12 @@ pub fn is_no_value(v: &str) -> bool {
 impl fmt::Debug for AmiMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut m = f.debug_map();
-        for (k, v) in &self.fields {
+        for (k, v) in self.fields() {
             // Never print secrets that might travel in an action echo.
             if k.eq_ignore_ascii_case("Secret") || k.eq_ignore_ascii_case("Key") {
-                m.entry(k, &"<redacted>");
+                m.entry(&k, &"<redacted>");
             } else {
-                m.entry(k, v);
+                m.entry(&k, &v);
             }
         }
         if let Some(b) = &self.body {
@@ -278,6 +406,37 @@ mod tests {
         assert!(m.has("Exten"));
         assert_eq!(m.get_all("variable").collect::<Vec<_>>(), ["A=1", "B=2"]);
         assert_eq!(m.kind(), MessageKind::Event("Dial"));
+    }
+
+    #[test]
+    fn tags_never_hide_a_match() {
+        // Keys of equal length and equal first/last letters share a tag: the
+        // full comparison still decides.
+        let m = AmiMessage::from_pairs([("Channel", "a"), ("CHANNEL", "b"), ("Chaxxel", "c")]);
+        assert_eq!(m.get_all("channel").collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(m.get("ChaXXel"), Some("c"));
+        assert_eq!(key_tag(b"Uniqueid"), key_tag(b"UNIQUEID"));
+        assert_ne!(key_tag(b"Uniqueid"), key_tag(b"Uniqueid1"));
+        // Empty keys (lines without a colon) are found too.
+        let m = AmiMessage::from_pairs([("", "raw line"), ("Event", " X ")]);
+        assert_eq!(m.get_raw(""), Some("raw line"));
+        assert!(m.is_event("x"));
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn equality_is_by_fields_not_layout() {
+        let mut a = AmiMessage::new();
+        a.push("Event", "Dial");
+        a.push("Uniqueid", "1.2");
+        let b = AmiMessage::from_pairs([("Event", "Dial"), ("Uniqueid", "1.2")]);
+        assert_eq!(a, b);
+        // Same bytes, split differently between key and value: not equal.
+        let c = AmiMessage::from_pairs([("EventD", "ial"), ("Uniqueid", "1.2")]);
+        assert_ne!(a, c);
+        let mut d = b.clone();
+        d.set_body("x");
+        assert_ne!(b, d);
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! Asterisk Manager Interface: framing ([`codec`]), messages ([`message`]),
-//! the client task ([`client`]) and what it feeds the presence tracker
-//! ([`state_sync`]).
+//! reading a connection ([`reader`]), whose business a message is
+//! ([`route`]), the client task ([`client`]) and what it feeds the presence
+//! tracker ([`state_sync`]).
 
 pub mod client;
 pub mod codec;
 pub mod message;
+pub mod reader;
+pub mod route;
+pub mod sim_originate;
 pub(crate) mod sim_state;
 pub mod simulator;
 pub mod state_sync;
+pub mod synthetic;
 
 pub use codec::{AmiCodec, AmiFrame, SkipReason};
 pub use message::{Action, AmiMessage, MessageKind};

@@ -1,6 +1,7 @@
 //! `callhook replay`: captures through the live code path; with a config,
 //! the rules' requests printed (`--dry-run`) or sent through the outbox;
-//! with `--presence`, the presence timeline instead.
+//! with `--presence`, the presence timeline instead. Calls are streamed from
+//! the files; the presence timeline reads them whole.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -107,9 +108,27 @@ pub fn run(
             Config::default_replay()
         }
     };
-    // A file that is not an AMI capture (a pcap, a log, an empty file) would
-    // replay as "no calls": say so instead.
-    let data = read_captures(&captures)?;
+    // Captures are streamed, never read whole. A file that is not an AMI
+    // capture (a pcap, a log, an empty file) would replay as "no calls":
+    // say so before anything is printed.
+    for c in &captures {
+        let reading = || format!("reading {}", c.display());
+        let f = std::fs::File::open(c).code_with(Code::Input, reading)?;
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if !replay::has_packets(std::io::BufReader::new(f)).code_with(Code::Input, reading)? {
+            return Err(fail!(
+                Code::Input,
+                "{}: no AMI packets found ({size} bytes): expected the raw bytes of an AMI connection (`Event: …` blocks separated by empty lines)",
+                c.display(),
+            ));
+        }
+    }
+    let mut files = Vec::new();
+    for c in &captures {
+        let f =
+            std::fs::File::open(c).code_with(Code::Input, || format!("reading {}", c.display()))?;
+        files.push((c.as_path(), f));
+    }
     let rules = cfg.rules.clone();
     let mut normalizer = Normalizer::new(cfg.normalizer.clone());
     let pbx: Arc<str> = pbx.into();
@@ -118,12 +137,15 @@ pub fn run(
     let mut write_err = None;
     let mut requests: Vec<DeliveryRequest> = Vec::new();
     let with_rules = config.is_some();
-    replay::replay(&data, &pbx, &mut normalizer, |ev| {
+    let readers = files.iter().map(|(path, file)| Named { file, path });
+    let replayed = replay::replay_from(readers, &pbx, &mut normalizer, |ev| {
         if with_rules {
             let reqs = rules.evaluate(ev);
             if dry_run && write_err.is_none() {
                 for r in &reqs {
-                    if let Err(e) = replay::write_request(&mut w, r, format) {
+                    if let Err(e) =
+                        replay::write_request_to(&mut w, r, cfg.targets.get(&r.target), format)
+                    {
                         write_err = Some(e);
                     }
                 }
@@ -135,6 +157,9 @@ pub fn run(
             }
         }
     });
+    if let Err(e) = replayed {
+        return Err(fail!(Code::Input, "reading {e}"));
+    }
     if let Some(e) = write_err {
         return Err(anyhow::Error::from(e).context("writing output").into());
     }
@@ -165,4 +190,18 @@ pub fn run(
         outcome.inserted, outcome.duplicates, outcome.rejected_full
     );
     deliver_until_idle(&cfg, outbox, timeout)
+}
+
+/// A capture file whose read errors name it.
+struct Named<'a> {
+    file: &'a std::fs::File,
+    path: &'a std::path::Path,
+}
+
+impl std::io::Read for Named<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.file
+            .read(buf)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
+    }
 }

@@ -344,6 +344,7 @@ async fn handle(cluster: &Cluster, rt: &Rt, msg: jetstream::Message, _store: &Cl
         created_at: req.created_at,
         expires_at: req.expires_at,
         attempts: delivered.saturating_sub(1),
+        refused: req.refused,
     };
     // The attempt, with in-progress acks while it runs.
     let work = attempt(rt, &row);

@@ -193,8 +193,28 @@ impl ClusterStore {
         let mut seen = HashSet::new();
         let mut acks = Vec::with_capacity(reqs.len());
         let mut keys = Vec::new();
+        let mut refused = Vec::new();
         for r in reqs {
             let m = metrics();
+            if let Some(why) = r.refused.clone() {
+                // Never sendable: stored dead at once with the reason (it
+                // holds back nothing of its call).
+                let mut headers = async_nats::HeaderMap::new();
+                let id = names::delivery_msg_id(&r.pbx, &r.target, &r.event_id);
+                headers.insert("Nats-Msg-Id", format!("dead-{id}").as_str());
+                let subject = self.names.dead_subject(&r.target);
+                let target = r.target.clone();
+                let mut w = Wire::new(r, now);
+                w.last_status = Some("refused".into());
+                w.last_error = Some(why);
+                let ack = self
+                    .js
+                    .publish_with_headers(subject, headers, w.encode())
+                    .await
+                    .map_err(|e| err("publish", e))?;
+                refused.push((target, ack));
+                continue;
+            }
             if let Some(k) = &r.idempotency_key {
                 let key = names::idempotency_key(&r.target, k);
                 let known = !seen.insert(key.clone())
@@ -235,6 +255,25 @@ impl ClusterStore {
                 out.inserted += 1;
                 m.deliveries_enqueued.with_label_values(&[&target]).inc();
             }
+        }
+        for (target, ack) in refused {
+            let a = ack.await.map_err(|e| err("publish", e))?;
+            if a.duplicate {
+                out.duplicates += 1;
+                metrics()
+                    .deliveries_duplicate
+                    .with_label_values(&[&target])
+                    .inc();
+            } else {
+                out.refused += 1;
+                metrics()
+                    .deliveries
+                    .with_label_values(&[&target, "dead"])
+                    .inc();
+            }
+        }
+        if out.refused > 0 {
+            tracing::warn!(target: "callhook::cluster", rows = out.refused, "requests that can never be sent stored dead with the reason (see `callhook deliveries list --dead`)");
         }
         for key in keys {
             match self

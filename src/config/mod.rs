@@ -77,6 +77,8 @@ pub struct PbxConfig {
     pub max_packet: usize,
     /// Queue capacity.
     pub queue_capacity: usize,
+    /// Backpressure limit (see `ami::client::ClientConfig::max_stall`).
+    pub max_stall: Duration,
 }
 
 /// The validated configuration.
@@ -106,6 +108,10 @@ pub struct Config {
     pub admin_max_connections: usize,
     /// Limits of every HTTP listener.
     pub http: crate::http::limits::HttpLimits,
+    /// The live API (none: not mounted).
+    pub live: Option<crate::live::config::LiveConfig>,
+    /// The Meetip PRO compatible channel (none: not served).
+    pub meetip: Option<crate::meetip::MeetipConfig>,
     /// The `classify:` section as written (reloads compare it).
     pub classify: RawClassify,
     /// Cluster mode (none: one process with the SQLite outbox).
@@ -163,6 +169,8 @@ impl Config {
             admin_listen: None,
             admin_max_connections: crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS,
             http: crate::http::limits::HttpLimits::default(),
+            live: None,
+            meetip: None,
             classify: RawClassify::default(),
             cluster: None,
             warnings: Vec::new(),
@@ -303,7 +311,7 @@ impl Config {
         };
         let known: std::collections::HashSet<&str> =
             raw.targets.keys().map(String::as_str).collect();
-        let rules = match crate::rules::compile(&spec, &|t| known.contains(t)) {
+        let mut rules = match crate::rules::compile(&spec, &|t| known.contains(t)) {
             Ok(r) => r,
             Err(es) => {
                 for e in es {
@@ -320,6 +328,19 @@ impl Config {
                 RuleSet::default()
             }
         };
+        if let Some(n) = raw.templates.as_ref().and_then(|t| t.max_value_length) {
+            if n == 0 {
+                problems.push(
+                    Problem::new(
+                        At::root().key("templates").key("max_value_length"),
+                        "must be at least 1 (bytes)",
+                    )
+                    .hint("the default is 4096"),
+                );
+            } else {
+                rules.set_max_value_length(n);
+            }
+        }
         let http = raw.http.validate(&mut problems);
         let cluster = raw
             .cluster
@@ -361,6 +382,35 @@ impl Config {
             .push
             .take()
             .map(|p| push::validate_push(p, raw.listen.as_deref(), &pbx_ids, base, &mut problems));
+        // The live API and the Meetip channel (tenants: PBXs and push teams).
+        let mut known = pbx_ids.clone();
+        if let Some(p) = &push {
+            known.extend(p.teams.iter().map(|t| t.name.clone()));
+        }
+        let live = raw.live.take().map(|l| {
+            if listen.is_none() {
+                problems.push(
+                    Problem::new(
+                        At::root().key("live"),
+                        "the live API needs an HTTP listener",
+                    )
+                    .hint("set listen: 127.0.0.1:9188 (or another host:port)"),
+                );
+            }
+            l.validate(base, &known, &mut problems)
+        });
+        let meetip = raw.meetip.take().map(|m| {
+            if live.is_none() {
+                problems.push(
+                    Problem::new(
+                        At::root().key("meetip"),
+                        "the Meetip channel needs the live section (tenants)",
+                    )
+                    .hint("add live: { tenants: { PBX_ID: { key: ..., code: ... } } }"),
+                );
+            }
+            m.validate(&mut problems)
+        });
         let targets = Arc::new(targets);
         let agi = raw.agi.take().and_then(|a| {
             let cx = crate::agi::BuildContext {
@@ -386,6 +436,7 @@ impl Config {
             (defaults.max_call_age, defaults.orphan_grace),
             &mut problems,
         );
+        let max_live_calls = validate::max_live(&raw.calls, defaults.max_live_calls, &mut problems);
         for p in problems {
             report.error(p);
         }
@@ -407,6 +458,7 @@ impl Config {
                 classifier,
                 max_call_age,
                 orphan_grace,
+                max_live_calls,
                 ..defaults
             },
             targets,
@@ -417,6 +469,8 @@ impl Config {
             admin_listen,
             admin_max_connections,
             http,
+            live,
+            meetip,
             classify,
             cluster,
             warnings,

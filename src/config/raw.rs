@@ -69,6 +69,12 @@ pub struct RawConfig {
     pub http: crate::http::limits::RawHttpLimits,
     /// Cluster mode on NATS JetStream (unset: one process, SQLite outbox).
     pub cluster: Option<crate::cluster::RawCluster>,
+    /// Template limits (`max_value_length`), see `template::bound_values`.
+    pub templates: Option<crate::template::RawTemplates>,
+    /// The live API (WebSocket/SSE, click-to-call) for people at the desk.
+    pub live: Option<crate::live::config::RawLive>,
+    /// The Meetip PRO compatible WebSocket (needs `live`).
+    pub meetip: Option<crate::meetip::RawMeetip>,
     /// Extension state tracking (see `presence::config`).
     pub presence: Option<crate::presence::RawPresence>,
     /// Log format and level (see `logging`).
@@ -170,6 +176,10 @@ pub struct RawAmi {
     /// Events buffered between the socket reader and the normalizer (default 10000).
     #[serde(default)]
     pub queue_capacity: Option<usize>,
+    /// Longest the reader stops reading a full queue's PBX before it drops
+    /// events (default `50ms`; keep below manager.conf's `writetimeout`).
+    #[serde(default)]
+    pub max_stall: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -203,4 +213,6 @@ pub struct RawCalls {
     pub max_age: Option<String>,
     /// Asterisk ≤ 11: wait this long for the event tying a ringing channel (default `500ms`).
     pub orphan_grace: Option<String>,
+    /// At most this many calls in progress per PBX or push team (default 50000).
+    pub max_live: Option<usize>,
 }

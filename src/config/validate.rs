@@ -179,6 +179,12 @@ pub(crate) fn pbx(list: Vec<RawPbx>, base_dir: &Path, errors: &mut Vec<Problem>)
             ),
             max_packet: a.max_packet.unwrap_or(1024 * 1024),
             queue_capacity: a.queue_capacity.unwrap_or(10_000).max(1),
+            max_stall: duration(
+                &a.max_stall,
+                ami.key("max_stall"),
+                crate::ami::client::DEFAULT_MAX_STALL,
+                errors,
+            ),
         });
     }
     out
@@ -207,6 +213,21 @@ pub(crate) fn classify(c: RawClassify, errors: &mut Vec<Problem>) -> Classifier 
             }
             Classifier::default()
         }
+    }
+}
+
+/// `calls:`: the maximum number of live calls per PBX or team.
+pub(crate) fn max_live(c: &RawCalls, default: usize, errors: &mut Vec<Problem>) -> usize {
+    match c.max_live {
+        None => default,
+        Some(0) => {
+            errors.push(Problem::new(
+                At::root().key("calls").key("max_live"),
+                "must be at least 1",
+            ));
+            default
+        }
+        Some(n) => n,
     }
 }
 

@@ -80,6 +80,11 @@ pub struct DeliveryRequest {
     /// Freshness limit (epoch seconds): not delivered after this instant,
     /// marked `expired` instead (rule `max_age`, e.g. a screen-pop).
     pub expires_at: Option<f64>,
+    /// Why this request must never be sent, when the rules already know
+    /// (a value made a URL path segment empty or `..`): it is stored `dead`
+    /// at once with this reason, and never blocks the call's next delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl DeliveryRequest {

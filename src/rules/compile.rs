@@ -146,6 +146,7 @@ pub fn compile_with_env(
             rules,
             templates,
             env,
+            max_value: crate::template::DEFAULT_MAX_VALUE_LENGTH,
         })
     } else {
         Err(errors)

@@ -142,8 +142,8 @@ pub use spec::{RewriteSpec, RuleSpec, RulesSpec, Scalar, WhenSpec, Words};
 use crate::deliver::DeliveryRequest;
 use crate::model::ModelEvent;
 use crate::template::{
-    sanitize_header_value, FormTemplate, JsonTemplate, RenderError, TemplateContext, Templates,
-    TextTemplate, UrlTemplate,
+    bound_values, sanitize_header_value, FormTemplate, JsonTemplate, RenderError, TemplateContext,
+    Templates, TextTemplate, UrlTemplate,
 };
 use conditions::Conditions;
 
@@ -221,12 +221,26 @@ impl Rule {
 }
 
 /// Compiled rules, ready to evaluate. Cheap to share (`Arc`) between tasks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuleSet {
     rewrites: Vec<Rewrite>,
     rules: Vec<Rule>,
     templates: Templates,
     env: Map<String, Value>,
+    /// Longest value a template sees (`templates.max_value_length`).
+    max_value: usize,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self {
+            rewrites: Vec::new(),
+            rules: Vec::new(),
+            templates: Templates::default(),
+            env: Map::new(),
+            max_value: crate::template::DEFAULT_MAX_VALUE_LENGTH,
+        }
+    }
 }
 
 /// `{leg_id}/{state}/{rule}`, `{session}/call/{state}/{rule}`.
@@ -280,6 +294,12 @@ fn numbers_mut(ev: &mut ModelEvent) -> (&mut Option<String>, &mut Option<String>
 }
 
 impl RuleSet {
+    /// Sets the longest value (bytes) a template sees; longer ones are cut
+    /// (see [`crate::template::bound_values`]).
+    pub fn set_max_value_length(&mut self, max: usize) {
+        self.max_value = max.max(1);
+    }
+
     /// Number of rules.
     pub fn len(&self) -> usize {
         self.rules.len()
@@ -320,7 +340,8 @@ impl RuleSet {
             return out;
         }
         let rewritten = self.rewrite(ev);
-        let rev: &ModelEvent = &rewritten;
+        let bounded = bound_values(&rewritten, self.max_value);
+        let rev: &ModelEvent = &bounded;
         let mut ctx: Option<TemplateContext<'_>> = None;
         let m = crate::metrics::metrics();
         for rule in &self.rules {
@@ -362,7 +383,7 @@ impl RuleSet {
         ctx: &TemplateContext<'_>,
     ) -> Result<DeliveryRequest, RenderError> {
         let t = &self.templates;
-        let url = t.render_url(&rule.url, ctx)?;
+        let rendered = t.render_url(&rule.url, ctx)?;
         let mut headers = Vec::with_capacity(rule.headers.len() + 1);
         for (k, v) in &rule.headers {
             headers.push((k.clone(), t.render_header(v, ctx)?));
@@ -405,12 +426,13 @@ impl RuleSet {
             },
             event_id: event_id(ev, &rule.name),
             method: rule.method.clone(),
-            url,
+            url: rendered.url,
             headers,
             body,
             idempotency_key,
             created_at,
             expires_at: rule.max_age.map(|a| created_at + a),
+            refused: rendered.refused,
         })
     }
 }

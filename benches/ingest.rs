@@ -1,0 +1,537 @@
+//! Ingest benchmark: AMI events per second through callhook's whole ingest
+//! path, each beside the limit measured in the same run over the same
+//! bytes: a reader that only frames packets and splits every header into
+//! borrowed slices with `memchr` (no message, no routing, no call model).
+//!
+//! Input: the 150-call real load `load-dev.ami` renumbered ×20 (3,000
+//! distinct calls, about 246,000 events, 115 MB), generated here at start
+//! (`ami::synthetic::renumbered`), never committed. Rows:
+//!
+//! * **memory**: `replay::replay` (codec → route → normalize, the code of
+//!   `callhook replay`) against the memchr splitter over the same bytes.
+//! * **socket**: the real daemon (`app::run_until`: AMI client → queue →
+//!   normalizer task, no rules) logged in over loopback to a fake AMI that
+//!   streams the same bytes as fast as the socket takes them, against the
+//!   memchr splitter reading the same stream from the same fake AMI. Both
+//!   sides under test run on one single-threaded runtime (one core); the
+//!   fake AMI runs on its own threads.
+//! * **burst**: 30,000 calls starting at once (`ami::synthetic::burst`,
+//!   150,000 events) through the daemon with the default settings, same
+//!   baseline: every call must arrive, none may be dropped.
+//!
+//! Every callhook row counts the call records it got and the events the
+//! client dropped; the run fails if one is missing.
+//!
+//! `cargo bench --bench ingest` (3 interleaved rounds, best of each);
+//! `-- --quick` uses ×5 copies and a 6,000-call burst; `-- --check` fails
+//! when a ratio falls below a loose floor (CI runs `--quick --check`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use callhook::ami::synthetic::{burst, renumbered, BANNER};
+use callhook::ami::{AmiCodec, AmiFrame};
+use callhook::app::{self, RunOptions};
+use callhook::config::Config;
+use callhook::metrics::metrics;
+use callhook::model::ModelEvent;
+use callhook::normalize::{Normalizer, NormalizerConfig};
+use callhook::replay::replay_from;
+use tokio::io::AsyncReadExt;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+
+/// Loose floors for `--check` (the goal is 0.3; a shared 2-core machine
+/// varies by a factor of two between runs).
+const FLOOR_MEMORY: f64 = 0.12;
+const FLOOR_SOCKET: f64 = 0.12;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let check = args.iter().any(|a| a == "--check");
+    let (copies, burst_calls, rounds) = if quick {
+        (5, 6_000, 3)
+    } else {
+        (20, 30_000, 3)
+    };
+
+    let load = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ami/asterisk-20/load-dev.ami"
+    ))
+    .expect("load-dev.ami");
+    let t = Instant::now();
+    let events = renumbered(&load, copies);
+    let mut capture = BANNER.to_vec();
+    capture.extend_from_slice(&events);
+    let calls = 150 * copies;
+    let n_events = split_memory(&capture);
+    let burst_events = burst(burst_calls);
+    let n_burst = split_memory(&burst_events);
+    println!(
+        "input: load-dev ×{copies}: {n_events} events, {:.1} MB, {calls} calls; burst: {burst_calls} calls, {n_burst} events ({:.1} s to generate)",
+        capture.len() as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+
+    if let Some(what) = args.iter().find_map(|a| a.strip_prefix("--profile=")) {
+        // One path in a loop, for `perf record`.
+        for _ in 0..10 {
+            match what {
+                "replay" => {
+                    replay_records(&capture);
+                }
+                "run" => {
+                    let fake = FakeAmi::start(Arc::new(events.clone()));
+                    daemon(fake.addr, "profile", calls);
+                    fake.stop();
+                }
+                "codec" => {
+                    let t = Instant::now();
+                    let mut codec = callhook::ami::route::codec(AmiCodec::DEFAULT_MAX_PACKET);
+                    let mut buf = BytesMut::from(&capture[..]);
+                    let (mut msgs, mut ignored) = (0, 0);
+                    while let Ok(Some(f)) = codec.decode_eof(&mut buf) {
+                        match f {
+                            AmiFrame::Message(m) => {
+                                msgs += 1;
+                                std::hint::black_box(m);
+                            }
+                            AmiFrame::Ignored { .. } => ignored += 1,
+                            _ => {}
+                        }
+                    }
+                    let d = t.elapsed();
+                    let t = Instant::now();
+                    split_memory(&capture);
+                    println!(
+                        "codec: {msgs} built, {ignored} ignored in {d:?} ({:.0}/s); memchr {:?}",
+                        n_events as f64 / d.as_secs_f64(),
+                        t.elapsed()
+                    );
+                }
+                _ => panic!("--profile=replay|run|codec"),
+            }
+        }
+        return;
+    }
+    let mut best = Best::default();
+    for round in 0..rounds {
+        // Memory.
+        let t = Instant::now();
+        let n = split_memory(&capture);
+        best.put("memory base", n_events, t.elapsed());
+        assert_eq!(n, n_events);
+
+        let t = Instant::now();
+        let records = replay_records(&capture);
+        best.put("memory callhook", n_events, t.elapsed());
+        assert_eq!(records, calls, "replay: call records");
+
+        // Socket.
+        let events = Arc::new(events.clone());
+        let fake = FakeAmi::start(events.clone());
+        let d = split_socket(fake.addr, n_events);
+        best.put("socket base", n_events, d.since(fake.streaming()));
+        fake.stop();
+
+        let fake = FakeAmi::start(events);
+        let got = daemon(fake.addr, &format!("ingest-{round}"), calls);
+        best.put(
+            "socket callhook",
+            n_events,
+            got.done.since(fake.streaming()),
+        );
+        assert_eq!(got.records, calls, "daemon: call records");
+        assert_eq!(got.dropped, 0, "daemon: events dropped");
+        fake.stop();
+
+        // Burst.
+        let bytes = Arc::new(burst_events.clone());
+        let fake = FakeAmi::start(bytes.clone());
+        let d = split_socket(fake.addr, n_burst);
+        best.put("burst base", n_burst, d.since(fake.streaming()));
+        fake.stop();
+
+        let fake = FakeAmi::start(bytes);
+        let got = daemon(fake.addr, &format!("burst-{round}"), burst_calls);
+        best.put("burst callhook", n_burst, got.done.since(fake.streaming()));
+        assert_eq!(got.records, burst_calls, "burst: call records");
+        assert_eq!(got.dropped, 0, "burst: events dropped");
+        fake.stop();
+        println!("round {} done", round + 1);
+    }
+
+    println!();
+    println!("| path | events/s | relative | records | dropped |");
+    println!("|---|---:|---:|---:|---:|");
+    let mut failed = Vec::new();
+    for (base, ours, what, records, floor) in [
+        (
+            "memory base",
+            "memory callhook",
+            "replay (memory)",
+            calls,
+            FLOOR_MEMORY,
+        ),
+        (
+            "socket base",
+            "socket callhook",
+            "run (loopback socket)",
+            calls,
+            FLOOR_SOCKET,
+        ),
+        (
+            "burst base",
+            "burst callhook",
+            "run, burst",
+            burst_calls,
+            FLOOR_SOCKET,
+        ),
+    ] {
+        let (b, o) = (best.rate(base), best.rate(ours));
+        let ratio = o / b;
+        println!(
+            "| {what}: memchr framing + split (limit) | {:.0} | 1.00 | | |",
+            b
+        );
+        println!(
+            "| {what}: callhook | {:.0} | {ratio:.2} | {records} | 0 |",
+            o
+        );
+        if ratio < floor {
+            failed.push(format!("{what}: {ratio:.2} < {floor}"));
+        }
+    }
+    if check && !failed.is_empty() {
+        eprintln!("ratios below their floors: {}", failed.join("; "));
+        std::process::exit(1);
+    }
+}
+
+/// Best (shortest) time per row over the rounds.
+#[derive(Default)]
+struct Best(Vec<(&'static str, usize, Duration)>);
+
+impl Best {
+    fn put(&mut self, name: &'static str, events: usize, d: Duration) {
+        match self.0.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(e) => e.2 = e.2.min(d),
+            None => self.0.push((name, events, d)),
+        }
+    }
+
+    fn rate(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map_or(f64::NAN, |(_, e, d)| *e as f64 / d.as_secs_f64())
+    }
+}
+
+/// The limit: frames packets and splits each header line into borrowed key
+/// and value slices with memchr. Returns the packets seen.
+#[derive(Default)]
+struct Splitter {
+    packets: usize,
+    fields: usize,
+    in_packet: bool,
+}
+
+impl Splitter {
+    /// Consumes the complete lines of `buf`; returns the bytes consumed.
+    fn feed(&mut self, buf: &[u8]) -> usize {
+        let mut pos = 0;
+        let mut fields: Vec<(&[u8], &[u8])> = Vec::with_capacity(32);
+        while let Some(i) = memchr::memchr(b'\n', &buf[pos..]) {
+            let line = &buf[pos..pos + i];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            pos += i + 1;
+            if line.is_empty() {
+                if self.in_packet {
+                    self.packets += 1;
+                    self.fields += std::hint::black_box(&fields).len();
+                    fields.clear();
+                    self.in_packet = false;
+                }
+            } else {
+                self.in_packet = true;
+                match memchr::memchr(b':', line) {
+                    Some(c) => {
+                        let v = &line[c + 1..];
+                        fields.push((&line[..c], v.strip_prefix(b" ").unwrap_or(v)));
+                    }
+                    None => fields.push((b"", line)),
+                }
+            }
+        }
+        self.fields += std::hint::black_box(&fields).len();
+        pos
+    }
+}
+
+fn split_memory(bytes: &[u8]) -> usize {
+    let mut s = Splitter::default();
+    s.feed(bytes);
+    s.packets
+}
+
+fn replay_records(capture: &[u8]) -> usize {
+    let mut n = Normalizer::new(NormalizerConfig::default());
+    let pbx: Arc<str> = "bench".into();
+    let mut records = 0;
+    replay_from([capture], &pbx, &mut n, |ev| {
+        if let ModelEvent::Call(_) = ev {
+            records += 1;
+        }
+    })
+    .expect("reading memory");
+    records
+}
+
+/// When something was done.
+struct Done(Instant);
+
+impl Done {
+    fn since(&self, start: Instant) -> Duration {
+        self.0.saturating_duration_since(start)
+    }
+}
+
+/// Logs in to the fake AMI and splits what it streams until `events`
+/// packets (the list answer and the login response included) have come.
+fn split_socket(addr: SocketAddr, events: usize) -> Done {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(
+            &mut s,
+            b"Action: Login\r\nActionID: b-1\r\nUsername: bench\r\nSecret: bench\r\n\r\nAction: CoreShowChannels\r\nActionID: b-2\r\n\r\n",
+        )
+        .await
+        .expect("login");
+        let mut split = Splitter::default();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut filled = 0;
+        // Login response + list start + list end come before the stream.
+        let want = events + 3;
+        loop {
+            let n = s.read(&mut buf[filled..]).await.expect("read");
+            assert!(n > 0, "stream ended after {} packets", split.packets);
+            filled += n;
+            let used = split.feed(&buf[..filled]);
+            buf.copy_within(used..filled, 0);
+            filled -= used;
+            if split.packets >= want {
+                return Done(Instant::now());
+            }
+        }
+    })
+}
+
+/// What the daemon got.
+struct Got {
+    done: Done,
+    records: usize,
+    dropped: u64,
+}
+
+/// Runs the daemon against the fake AMI on a single-threaded runtime until
+/// `calls` call records have come out of the normalizer.
+fn daemon(addr: SocketAddr, pbx: &str, calls: usize) -> Got {
+    let dir = std::env::temp_dir().join(format!(
+        "callhook-bench-ingest-{}-{pbx}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = format!(
+        "state_dir: {}\npbx:\n  - id: {pbx}\n    ami: {{ host: 127.0.0.1, port: {}, username: bench, secret: bench }}\n",
+        dir.display(),
+        addr.port()
+    );
+    let cfg = Config::from_text(&text, Path::new(".")).unwrap_or_else(|e| {
+        panic!(
+            "{}",
+            e.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (tx, rx) = tokio::sync::watch::channel((0usize, None::<Instant>));
+    let mut records = 0;
+    let observer = Box::new(move |evs: &[ModelEvent]| {
+        for e in evs {
+            if let ModelEvent::Call(_) = e {
+                records += 1;
+            }
+        }
+        let done = (records >= calls).then(Instant::now);
+        tx.send_if_modified(|v| {
+            let changed = v.0 != records;
+            *v = (records, v.1.or(done));
+            changed
+        });
+    });
+    let got = rt.block_on(async move {
+        let token = CancellationToken::new();
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(app::run_until(
+            cfg,
+            RunOptions {
+                config_path: None,
+                observer: Some(observer),
+                listener: None,
+                ..RunOptions::default()
+            },
+            token.clone(),
+            reload_tx,
+            reload_rx,
+            |_| {},
+        ));
+        let mut rx = rx;
+        let ok = tokio::time::timeout(Duration::from_secs(600), rx.wait_for(|v| v.1.is_some()))
+            .await
+            .is_ok();
+        let (records, done) = *rx.borrow();
+        assert!(ok, "only {records} of {calls} call records");
+        token.cancel();
+        let _ = task.await;
+        (records, done.unwrap_or_else(Instant::now))
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    Got {
+        done: Done(got.1),
+        records: got.0,
+        dropped: metrics().ami_queue_dropped.with_label_values(&[pbx]).get(),
+    }
+}
+
+/// A fake Asterisk for one connection: banner, any login accepted (MD5 or
+/// plain), `CoreShowChannels` answered with an empty list, then the stream
+/// written as fast as the socket takes it; `Ping` and `Logoff` answered.
+struct FakeAmi {
+    addr: SocketAddr,
+    started: mpsc::Receiver<Instant>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl FakeAmi {
+    fn start(stream: Arc<Vec<u8>>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (started_tx, started) = mpsc::channel();
+        let (conn_tx, conn_rx) = mpsc::channel::<TcpStream>();
+        let (action_tx, action_rx) = mpsc::channel::<(String, Option<String>)>();
+        let acceptor = thread::spawn(move || {
+            let Ok((sock, _)) = listener.accept() else {
+                return;
+            };
+            let _ = sock.set_nodelay(true);
+            let reader = sock.try_clone().expect("clone");
+            let _ = conn_tx.send(sock);
+            read_actions(reader, action_tx);
+        });
+        let writer = thread::spawn(move || {
+            let Ok(mut sock) = conn_rx.recv() else {
+                return;
+            };
+            let _ = sock.write_all(BANNER);
+            let mut streamed = false;
+            loop {
+                let Ok((name, id)) = action_rx.recv() else {
+                    return;
+                };
+                if answer(&mut sock, &name, id.as_deref()).is_err() {
+                    return;
+                }
+                if name.eq_ignore_ascii_case("CoreShowChannels") && !streamed {
+                    streamed = true;
+                    let _ = started_tx.send(Instant::now());
+                    for chunk in stream.chunks(64 * 1024) {
+                        if sock.write_all(chunk).is_err() {
+                            return;
+                        }
+                        while let Ok((name, id)) = action_rx.try_recv() {
+                            if answer(&mut sock, &name, id.as_deref()).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            addr,
+            started,
+            threads: vec![acceptor, writer],
+        }
+    }
+
+    /// When the stream started (blocks until it has).
+    fn streaming(&self) -> Instant {
+        self.started
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the stream never started")
+    }
+
+    fn stop(self) {
+        // The client has gone (or goes now): both threads end on EOF.
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads actions until EOF, forwarding `(name, ActionID)`.
+fn read_actions(mut sock: TcpStream, tx: mpsc::Sender<(String, Option<String>)>) {
+    let mut codec = AmiCodec::new().without_banner();
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match sock.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Ok(Some(f)) = codec.decode(&mut buf) {
+            if let AmiFrame::Message(m) = f {
+                let name = m.get("Action").unwrap_or_default().to_string();
+                if tx.send((name, m.action_id().map(str::to_string))).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn answer(sock: &mut TcpStream, action: &str, id: Option<&str>) -> std::io::Result<()> {
+    let id = id.unwrap_or("");
+    let text = match action.to_ascii_lowercase().as_str() {
+        "challenge" => format!("Response: Success\r\nActionID: {id}\r\nChallenge: 840223142\r\n\r\n"),
+        "coreshowchannels" => format!(
+            "Response: Success\r\nActionID: {id}\r\nEventList: start\r\nMessage: Channels will follow\r\n\r\nEvent: CoreShowChannelsComplete\r\nActionID: {id}\r\nEventList: Complete\r\nListItems: 0\r\n\r\n"
+        ),
+        "ping" => format!("Response: Success\r\nActionID: {id}\r\nPing: Pong\r\n\r\n"),
+        "logoff" => {
+            sock.write_all(format!("Response: Goodbye\r\nActionID: {id}\r\nMessage: Thanks\r\n\r\n").as_bytes())?;
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+            return Err(std::io::Error::other("logged off"));
+        }
+        _ => format!("Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n"),
+    };
+    sock.write_all(text.as_bytes())
+}
