@@ -330,3 +330,50 @@ async fn ownership_is_balanced_and_follows_leaves() {
         s.cancel();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_call_state_is_kept_per_pbx_for_the_next_owner() {
+    use callhook::cluster::calls::CallBucket;
+    let nats = NatsCluster::start("calls").await;
+    let a = CallBucket::new(&instance(&nats, "a", "t6").await)
+        .await
+        .unwrap();
+    let b = CallBucket::new(&instance(&nats, "b", "t6").await)
+        .await
+        .unwrap();
+    assert!(b.load("east").await.unwrap().is_empty());
+    let state = |s: &str| Some(format!("state of {s}").into_bytes());
+    a.save(
+        "east",
+        vec![
+            ("1795375684.197".into(), state("1")),
+            ("1795375684.200".into(), state("2")),
+            ("1795375684.300".into(), state("3")),
+        ],
+    )
+    .await
+    .unwrap();
+    a.save("west pbx", vec![("1795375684.197".into(), state("w"))])
+        .await
+        .unwrap();
+    // A transition replaces the state; a hangup removes the call.
+    a.save(
+        "east",
+        vec![
+            ("1795375684.200".into(), state("2b")),
+            ("1795375684.300".into(), None),
+        ],
+    )
+    .await
+    .unwrap();
+    // The next owner (another instance) finds exactly the calls in progress.
+    let got = b.load("east").await.unwrap();
+    assert_eq!(
+        got,
+        vec![
+            ("1795375684.197".to_string(), b"state of 1".to_vec()),
+            ("1795375684.200".to_string(), b"state of 2b".to_vec()),
+        ]
+    );
+    assert_eq!(b.load("west pbx").await.unwrap().len(), 1);
+}

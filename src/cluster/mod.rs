@@ -17,7 +17,9 @@
 //! - [`dispatch`]: the dispatcher that pulls the partitions;
 //! - [`rate`]: the cluster-wide per-target rate limit;
 //! - [`ownership`]: leases on PBXs and push teams, members, balancing;
-//! - [`push`]: pushes stored in the replicated stream and consumed by the team's owner.
+//! - [`push`]: pushes stored in the replicated stream and consumed by the team's owner;
+//! - [`calls`]: live call state per PBX and session (the store side; the
+//!   normalizer's snapshots are not wired in yet).
 //!
 //! **What is guaranteed.** A delivery is acknowledged to the normalizer
 //! once JetStream has stored it on a majority of the replicas; it is
@@ -31,6 +33,7 @@
 //! and is dropped by the stream within `dedupe_window`; idempotency keys
 //! block a second delivery for `idempotency_window`.
 
+pub mod calls;
 pub mod config;
 pub mod dispatch;
 pub mod names;
