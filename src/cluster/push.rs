@@ -10,9 +10,13 @@
 //! The team's owner consumes the team's durable consumer in order: each
 //! push goes to the normalizer with an acknowledgement channel, like a
 //! local push, and the stream message is acknowledged once the push's
-//! deliveries are stored (negatively, to come back, when they could not
-//! be). When ownership moves, the consumer simply continues on the new
-//! owner: nothing accepted is lost.
+//! deliveries are stored. The next push goes to the normalizer only then:
+//! when one could not be stored (NATS failing over), it and every later
+//! push in hand are negatively acknowledged in stream order and come back
+//! in that order, so a call's pushes are never applied out of order (a
+//! hangup before its ringing would leave a call that never ends). When
+//! ownership moves, the consumer simply continues on the new owner:
+//! nothing accepted is lost.
 
 use std::time::Duration;
 
@@ -138,9 +142,14 @@ pub async fn consume(
                 }
             },
         };
-        let mut waiting = Vec::new();
+        // After a failure: what is still in hand goes back, in order.
+        let mut failed = false;
         while let Some(m) = batch.next().await {
             let Ok(msg) = m else { break };
+            if failed {
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                continue;
+            }
             let header = |k: &str| {
                 msg.headers
                     .as_ref()
@@ -186,18 +195,21 @@ pub async fn consume(
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
                 return;
             }
-            waiting.push((msg, answer));
-        }
-        for (msg, answer) in waiting {
             match answer.await {
                 Ok(Ok(_)) => {
                     let _ = msg.double_ack().await;
                 }
                 _ => {
-                    let _ = msg
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await;
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    failed = true;
                 }
+            }
+        }
+        if failed {
+            // Give the store a moment (a stream electing a leader).
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     }
