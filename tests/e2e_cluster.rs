@@ -468,12 +468,29 @@ async fn a_killed_nats_node_loses_no_accepted_event() {
         if sessions.iter().all(|s| ids.contains(s)) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} records",
-            ids.len(),
-            sessions.len()
-        );
+        if Instant::now() >= deadline {
+            let missing: Vec<&String> = sessions.iter().filter(|s| !ids.contains(*s)).collect();
+            let pops: Vec<String> = site
+                .sink
+                .for_path("/pop")
+                .iter()
+                .map(|r| r.uri.to_string())
+                .collect();
+            for d in site.daemons.iter().flatten() {
+                let log: Vec<String> = d
+                    .stderr()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .map(String::from)
+                    .collect();
+                eprintln!("--- instance log (warnings):\n{}", log.join("\n"));
+            }
+            panic!(
+                "{} of {} records; missing {missing:?}; pops {pops:?}",
+                ids.len(),
+                sessions.len()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let since = killed.map(|k| k.elapsed()).unwrap_or_default();
