@@ -82,6 +82,7 @@ fn request(base: &str, run: &str, i: usize, now: f64) -> DeliveryRequest {
         created_at: now,
         expires_at: None,
         refused: None,
+        secrets: Vec::new(),
     }
 }
 

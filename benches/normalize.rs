@@ -1,5 +1,6 @@
 //! Parse + normalize throughput over the 150-call `load-dev.ami` capture,
-//! beside the speed of only splitting packets, measured in the same run.
+//! beside the speed of only splitting packets, measured in the same run,
+//! and with the daemon's live-call snapshots (what `take_dirty` costs).
 //!
 //! `cargo bench --bench normalize`. Throughput is reported per AMI packet
 //! (criterion's "elem/s" = packets/s).
@@ -33,10 +34,23 @@ fn split(bytes: &[u8]) -> usize {
 }
 
 fn normalize(bytes: &[u8]) -> usize {
+    normalize_with(bytes, false)
+}
+
+/// With the daemon's live-call tracking, snapshots taken after every
+/// event (the worst case: one batch per event).
+fn normalize_tracked(bytes: &[u8]) -> usize {
+    normalize_with(bytes, true)
+}
+
+fn normalize_with(bytes: &[u8], tracked: bool) -> usize {
     let mut codec = AmiCodec::new();
     let mut buf = BytesMut::from(bytes);
     let mut router = Router::default();
     let mut n = Normalizer::new(NormalizerConfig::default());
+    if tracked {
+        n.track_changes();
+    }
     let pbx: Arc<str> = "main".into();
     let mut out = Vec::new();
     let mut emitted = 0;
@@ -60,6 +74,9 @@ fn normalize(bytes: &[u8]) -> usize {
         n.handle(&ev, &mut out);
         emitted += out.len();
         out.clear();
+        if tracked {
+            emitted += n.take_dirty().len();
+        }
     }
     emitted
 }
@@ -72,6 +89,9 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("split packets (baseline)", |b| b.iter(|| split(&bytes)));
     g.bench_function("parse + normalize", |b| b.iter(|| normalize(&bytes)));
+    g.bench_function("parse + normalize + live-call snapshots", |b| {
+        b.iter(|| normalize_tracked(&bytes))
+    });
     g.finish();
 }
 

@@ -8,12 +8,16 @@
 //!        ▲                                               │                                   │
 //!        └──────────── ack (after the commit) ───────────┼───────────────────────────────────┘
 //!                                                        ├─▶ optional printout of the call model (stdout)
-//!                                                        └─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
+//!                                                        ├─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
+//!                                                        │                                     │ change stream
+//!                                                        └─▶ try_send committed batch ─▶ live hub ◀┘ ─▶ WS / SSE / Meetip clients
 //! ```
 //!
 //! **Presence** runs in a task of its own ([`crate::presence::task`]); the
 //! table is readable through [`Running::presence`]. Neither the clients nor
-//! the normalizer task ever wait for it.
+//! the normalizer task ever wait for it. The **live** hub
+//! ([`crate::live`]) takes the committed batches the same way and follows
+//! the presence hub's change stream for its extension states.
 //!
 //! **Durability.** The normalizer task evaluates the rules for a batch of
 //! events and waits until the resulting deliveries are committed to the
@@ -59,7 +63,7 @@ use crate::ami::client::{self, AmiHandle, AuthMode, ClientConfig, ConnectionStat
 use crate::cluster::ownership::{Item, Kind, OwnershipHandle};
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{reload, Config, PbxConfig, ReloadOutcome};
-use crate::deliver::outbox::Outbox;
+use crate::deliver::outbox::{LiveCallWrite, Outbox};
 use crate::deliver::store::DeliveryStore;
 use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
@@ -285,6 +289,11 @@ struct Clients {
     parent: CancellationToken,
     /// Presence settings for the clients (none: presence disabled).
     presence: Option<PresenceFeed>,
+    /// The running clients by PBX id, for the AMI proxy.
+    links: Arc<watch::Sender<Arc<std::collections::BTreeMap<String, AmiHandle>>>>,
+    /// The PBXs the AMI proxy serves: their clients build noise events too
+    /// (the proxy's tools get every event).
+    proxied: Arc<Vec<String>>,
 }
 
 impl Clients {
@@ -292,13 +301,30 @@ impl Clients {
         events: mpsc::Sender<SourceEvent>,
         parent: CancellationToken,
         presence: Option<PresenceFeed>,
+        proxied: Vec<String>,
     ) -> Self {
         Self {
             list: Arc::new(std::sync::Mutex::new(Vec::new())),
             events,
             parent,
             presence,
+            links: Arc::new(watch::channel(Arc::new(std::collections::BTreeMap::new())).0),
+            proxied: Arc::new(proxied),
         }
+    }
+
+    /// Follows the running clients (the AMI proxy's view of the PBXs).
+    fn links(&self) -> crate::proxy::Links {
+        self.links.subscribe()
+    }
+
+    fn publish_links(&self) {
+        let map: std::collections::BTreeMap<String, AmiHandle> = self
+            .lock()
+            .iter()
+            .map(|c| (c.cfg.id.clone(), c.handle.clone()))
+            .collect();
+        self.links.send_replace(Arc::new(map));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
@@ -308,7 +334,8 @@ impl Clients {
     }
 
     fn start(&self, p: &PbxConfig) {
-        let c = client_config(p);
+        let mut c = client_config(p);
+        c.keep_noise = self.proxied.contains(&p.id);
         info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
         let stop = self.parent.child_token();
         let presence = self.presence.as_ref().map(|f| f.output(&p.id));
@@ -318,6 +345,7 @@ impl Clients {
             handle,
             stop,
         });
+        self.publish_links();
     }
 
     fn handles(&self) -> Vec<AmiHandle> {
@@ -332,6 +360,7 @@ impl Clients {
                 .position(|c| c.cfg.id == id)
                 .map(|i| list.remove(i))
         };
+        self.publish_links();
         if let Some(c) = gone {
             c.stop.cancel();
             if tokio::time::timeout(Duration::from_secs(3), c.handle.stopped())
@@ -457,6 +486,15 @@ impl Delivery {
         })?;
         let outbox = Arc::new(outbox);
         info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
+        // Rows stored in clear by an older version: masked before anything else.
+        match outbox
+            .conceal_stored(Arc::new(cfg.rules.secrets().clone()))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(rows = n, "secrets stored in clear in the outbox masked"),
+            Err(e) => warn!(error = %e, "cannot mask secrets stored in the outbox"),
+        }
         let dispatcher = deliver::spawn(outbox.clone(), targets, token);
         Ok(Delivery::Local {
             outbox,
@@ -527,19 +565,60 @@ fn owns(o: &Option<OwnershipHandle>, pbx: &str, team: bool) -> bool {
     }
 }
 
+/// A change of ownership the normalizer task applies between two batches
+/// (cluster mode).
+enum Handover {
+    /// Given up: the normalizer drops the calls of this PBX or team.
+    Forget(String),
+    /// Taken: the PBX's stored live calls go back into the normalizer;
+    /// `done` once they are (its AMI client starts after that).
+    Restore {
+        pbx: String,
+        snapshots: Vec<Vec<u8>>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// How often loading a taken PBX's calls is tried before its AMI client
+/// starts without them (its calls in progress then start afresh from the
+/// login's snapshot).
+const LOAD_TRIES: u32 = 3;
+
+/// Reads the stored live calls of a PBX this instance just took.
+async fn load_calls(store: &dyn DeliveryStore, pbx: &str) -> Vec<Vec<u8>> {
+    for attempt in 1..=LOAD_TRIES {
+        match tokio::time::timeout(Duration::from_secs(10), store.live_calls(pbx)).await {
+            Ok(Ok(calls)) => return calls.into_iter().map(|c| c.snapshot).collect(),
+            Ok(Err(e)) => {
+                warn!(pbx, attempt, error = %e, "cannot read the live calls of a PBX taken over")
+            }
+            Err(_) => warn!(
+                pbx,
+                attempt, "reading the live calls of a PBX taken over timed out"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+    }
+    error!(pbx, "starting without the calls in progress of the previous owner: calls that end before the login get no record");
+    Vec::new()
+}
+
 /// Cluster mode: makes the AMI clients and push consumers follow what this
-/// instance owns (and the configured PBXs, replaced on reload); what is
-/// given up is forgotten by the normalizer (`forget`).
+/// instance owns (and the configured PBXs, replaced on reload). What is
+/// given up is forgotten by the normalizer; a PBX taken has its stored live
+/// calls restored in the normalizer before its AMI client starts, so the
+/// post-login reconciliation closes or continues them.
 #[allow(clippy::too_many_arguments)]
 async fn follow_ownership(
     cluster: Cluster,
+    store: Arc<dyn DeliveryStore>,
     mut owned: watch::Receiver<Arc<std::collections::BTreeSet<Item>>>,
     mut pbx: watch::Receiver<Vec<PbxConfig>>,
     clients: Clients,
     teams: watch::Receiver<Arc<Teams>>,
     token_param: String,
     events: mpsc::Sender<SourceEvent>,
-    forget: mpsc::UnboundedSender<String>,
+    handover: mpsc::UnboundedSender<Handover>,
     stop: CancellationToken,
 ) {
     let mut consumers: std::collections::BTreeMap<String, CancellationToken> = Default::default();
@@ -559,7 +638,33 @@ async fn follow_ownership(
                 }
             }
             info!(kind = ?gone.0, id = %gone.1, "no longer owned here");
-            let _ = forget.send(gone.1.clone());
+            let _ = handover.send(Handover::Forget(gone.1.clone()));
+        }
+        // PBXs taken: their calls back first (all at once), then the clients.
+        let taken: Vec<&str> = list
+            .iter()
+            .filter(|p| !before.contains(&(Kind::Pbx, p.id.clone())))
+            .map(|p| p.id.as_str())
+            .collect();
+        let loaded = futures::future::join_all(taken.iter().map(|id| {
+            let store = store.clone();
+            async move { (*id, load_calls(store.as_ref(), id).await) }
+        }))
+        .await;
+        for (id, snapshots) in loaded {
+            if snapshots.is_empty() {
+                continue;
+            }
+            let (done, restored) = tokio::sync::oneshot::channel();
+            let _ = handover.send(Handover::Restore {
+                pbx: id.to_string(),
+                snapshots,
+                done,
+            });
+            tokio::select! {
+                _ = restored => {}
+                _ = stop.cancelled() => break,
+            }
         }
         clients.apply(&list).await;
         for (kind, id) in now.iter() {
@@ -677,11 +782,15 @@ pub async fn run_until(
         tx.clone(),
         sources_token.clone(),
         presence.feed(&cfg.presence, &cfg.normalizer.classifier),
+        cfg.ami_proxy
+            .as_ref()
+            .map(|p| p.pbx_ids())
+            .unwrap_or_default(),
     );
     let ownership_token = CancellationToken::new();
     let (items_tx, items_rx) = watch::channel(ownable(&cfg));
     let (pbx_cfg_tx, pbx_cfg_rx) = watch::channel(cfg.pbx.clone());
-    let (forget_tx, mut forget_rx) = mpsc::unbounded_channel::<String>();
+    let (handover_tx, mut handover_rx) = mpsc::unbounded_channel::<Handover>();
     let ownership = match delivery.cluster() {
         None => {
             for p in &cfg.pbx {
@@ -705,6 +814,10 @@ pub async fn run_until(
             Arc::new(move |id: &str| c.handles().into_iter().find(|h| &**h.pbx() == id));
         let live = crate::live::Live::new(lc, ami);
         tokio::spawn(live.clone().run(live_token.clone()));
+        // Extension states: the presence tracker's, where it has any.
+        if cfg.presence.enabled {
+            crate::live::presence::spawn(&live, &presence.hub, &live_token);
+        }
         let hub = live.clone();
         let mut prev = opts.observer.take();
         opts.observer = Some(Box::new(move |evs: &[ModelEvent]| {
@@ -742,6 +855,7 @@ pub async fn run_until(
     let follower = match (delivery.cluster(), &ownership) {
         (Some(c), Some(o)) => Some(tokio::spawn(follow_ownership(
             c.clone(),
+            store.clone(),
             o.subscribe(),
             pbx_cfg_rx,
             clients.clone(),
@@ -750,7 +864,7 @@ pub async fn run_until(
                 .as_ref()
                 .map_or_else(String::new, |p| p.token_param.clone()),
             tx.clone(),
-            forget_tx,
+            handover_tx,
             sources_token.clone(),
         ))),
         _ => None,
@@ -916,6 +1030,22 @@ pub async fn run_until(
         )));
     }
 
+    // The AMI proxy: an edge next to the AMI clients (it feeds nothing
+    // downstream; it shares their connections with existing tools).
+    let proxy_token = CancellationToken::new();
+    let mut proxy = None;
+    if let Some(p) = &cfg.ami_proxy {
+        let l = bind(p.listen).await?;
+        proxy = Some(
+            crate::proxy::AmiProxy::start(p.clone(), Some(l), clients.links(), proxy_token.clone())
+                .await
+                .map_err(|source| AppError::Listen {
+                    addr: p.listen,
+                    source,
+                })?,
+        );
+    }
+
     // Reloads.
     let config_path = opts.config_path.clone();
     let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
@@ -1033,6 +1163,12 @@ pub async fn run_until(
         })),
     };
     let mut normalizer = Normalizer::new(cfg.normalizer);
+    if ownership.is_some() {
+        // Cluster mode: a PBX's calls are restored when this instance takes it.
+        normalizer.track_changes();
+    } else {
+        restore_live_calls(&mut normalizer, store.as_ref(), &cfg.pbx).await;
+    }
     let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(TICK);
@@ -1055,12 +1191,20 @@ pub async fn run_until(
                 }
                 None => open = false,
             },
-            Some(gone) = forget_rx.recv() => {
-                let n = normalizer.forget(&gone);
-                if n > 0 {
-                    info!(pbx = %gone, calls = n, "calls in progress handed over to the new owner");
+            Some(h) = handover_rx.recv() => match h {
+                Handover::Forget(gone) => {
+                    let n = normalizer.forget(&gone);
+                    if n > 0 {
+                        info!(pbx = %gone, calls = n, "calls in progress handed over to the new owner");
+                    }
                 }
-            }
+                Handover::Restore { pbx, snapshots, done } => {
+                    let id: crate::source::PbxId = pbx.as_str().into();
+                    let r = normalizer.restore(&id, &snapshots);
+                    info!(pbx = %pbx, calls = r.calls, skipped = r.skipped, "live calls of the previous owner restored; the login's snapshot settles those that ended meanwhile");
+                    let _ = done.send(());
+                }
+            },
             _ = tick.tick() => normalizer.tick(now_epoch(), &mut out),
             _ = token.cancelled() => open = false,
             Ok(()) = rules_rx.changed() => rules = rules_rx.borrow_and_update().clone(),
@@ -1089,6 +1233,10 @@ pub async fn run_until(
     agi_token.cancel();
     if let Some(t) = agi_task {
         let _ = t.await;
+    }
+    proxy_token.cancel();
+    if let Some(p) = proxy {
+        p.stopped().await;
     }
     for h in &clients.handles() {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
@@ -1204,24 +1352,46 @@ async fn finish_batch(
     acks: &mut Vec<(PushAck, PushReceipt)>,
     observer: &mut Option<Observer>,
 ) {
+    let mut changes = normalizer.take_dirty();
     if ownership.is_some() {
+        // Cluster mode: what an instance no longer owns is neither sent nor
+        // stored (the next owner writes that PBX's calls now).
         let before = out.len();
         out.retain(|e| {
             let p = event_pbx(e);
             owns(ownership, p, normalizer.is_push_team(p))
         });
+        changes.retain(|c| owns(ownership, &c.pbx, false));
         metrics()
             .cluster_fenced_events
             .inc_by((before - out.len()) as u64);
     }
-    let result = if out.is_empty() {
+    let calls: Vec<LiveCallWrite> = changes
+        .iter()
+        .map(|c| LiveCallWrite {
+            pbx: c.pbx.to_string(),
+            session: c.session.clone(),
+            snapshot: c.snapshot.clone(),
+        })
+        .collect();
+    let result = if out.is_empty() && calls.is_empty() {
         Ok(())
     } else {
-        deliver_batch(rules, outbox, ok, out, |p| normalizer.clock_offset(p)).await
+        deliver_batch(rules, outbox, ok, out, calls, |p| {
+            normalizer.clock_offset(p)
+        })
+        .await
     };
     match &result {
         Ok(()) => normalizer.commit_batch(),
+        Err(e) if e.starts_with(OUTBOX_FULL) => {
+            // The calls were stored with what the outbox took.
+            normalizer.rollback_batch();
+            out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
+        }
         Err(_) => {
+            // Not stored: written with the next batch.
+            normalizer.requeue_dirty(&changes);
             normalizer.rollback_batch();
             // Pushed calls will say it again when the pushes are retried.
             out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
@@ -1236,6 +1406,37 @@ async fn finish_batch(
         let _ = ack.send(result.clone().map(|()| receipt));
     }
     out.clear();
+}
+
+/// How a refusal by the cap or the backlog starts (the batch's calls were
+/// stored all the same).
+const OUTBOX_FULL: &str = "outbox full";
+
+/// Puts the live calls stored by the previous run back into the model,
+/// before the first login's reconciliation closes those that ended while
+/// callhook was down (exactly once: a call's removal is committed with its
+/// record). Calls of PBXs no longer configured stay stored, untouched.
+async fn restore_live_calls(
+    normalizer: &mut Normalizer,
+    store: &dyn DeliveryStore,
+    pbxs: &[crate::config::PbxConfig],
+) {
+    normalizer.track_changes();
+    for p in pbxs {
+        let snaps: Vec<Vec<u8>> = match store.live_calls(&p.id).await {
+            Ok(s) => s.into_iter().map(|c| c.snapshot).collect(),
+            Err(e) => {
+                warn!(pbx = %p.id, error = %e, "cannot read the stored live calls: calls in progress before the restart get no record");
+                continue;
+            }
+        };
+        if snaps.is_empty() {
+            continue;
+        }
+        let id: crate::source::PbxId = p.id.as_str().into();
+        let r = normalizer.restore(&id, &snaps);
+        info!(pbx = %p.id, calls = r.calls, skipped = r.skipped, "live calls restored; the login's snapshot settles those that ended meanwhile");
+    }
 }
 
 /// These repeat for every event while the outbox cannot take more (a full
@@ -1253,6 +1454,7 @@ pub async fn deliver_batch(
     outbox: &dyn DeliveryStore,
     ok: &AtomicBool,
     events: &[ModelEvent],
+    calls: Vec<LiveCallWrite>,
     clock_offset: impl Fn(&str) -> f64,
 ) -> Result<(), String> {
     let mut reqs: Vec<DeliveryRequest> = events.iter().flat_map(|e| rules.evaluate(e)).collect();
@@ -1260,10 +1462,10 @@ pub async fn deliver_batch(
         let local = r.created_at - clock_offset(&r.pbx);
         r.rebase(local);
     }
-    if reqs.is_empty() {
+    if reqs.is_empty() && calls.is_empty() {
         return Ok(());
     }
-    match outbox.submit(reqs).await {
+    match outbox.commit_batch(reqs, calls).await {
         Ok(o) => {
             if !ok.swap(true, Ordering::Relaxed) {
                 info!("the outbox accepts writes again");
@@ -1276,7 +1478,7 @@ pub async fn deliver_batch(
                     );
                 }
                 return Err(format!(
-                    "outbox full: {} deliveries refused",
+                    "{OUTBOX_FULL}: {} deliveries refused",
                     o.rejected_full
                 ));
             }

@@ -204,7 +204,24 @@ struct Run<'a, F> {
     stats: ReplayStats,
     out: Vec<ModelEvent>,
     last_t: f64,
+    /// Events seen before any packet carried a time (an Asterisk 11 login
+    /// and its snapshot precede the first `Timestamp`): they are handled,
+    /// in order, at the first time the capture gives, never at epoch 0.
+    untimed: Vec<SourceEvent>,
     captures: usize,
+}
+
+/// Events held back waiting for the capture's first time, at most.
+const MAX_UNTIMED: usize = 10_000;
+
+fn set_time(ev: &mut SourceEvent, t: f64) {
+    match ev {
+        SourceEvent::Ami { received_at, .. } | SourceEvent::AmiSnapshot { received_at, .. } => {
+            *received_at = t
+        }
+        SourceEvent::AmiDisconnected { at, .. } | SourceEvent::AmiOriginate { at, .. } => *at = t,
+        SourceEvent::Push { received_at, .. } => *received_at = t,
+    }
 }
 
 impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
@@ -216,6 +233,7 @@ impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
             stats: ReplayStats::default(),
             out: Vec::new(),
             last_t: 0.0,
+            untimed: Vec::new(),
             captures: 0,
         }
     }
@@ -301,8 +319,22 @@ impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
     }
 
     fn handle(&mut self, ev: &SourceEvent) {
+        if self.last_t == 0.0 && self.untimed.len() < MAX_UNTIMED {
+            self.untimed.push(ev.clone());
+            return;
+        }
+        self.flush_untimed();
         self.normalizer.handle(ev, &mut self.out);
         self.emit();
+    }
+
+    /// Handles what waited for the first time, at that time.
+    fn flush_untimed(&mut self) {
+        for mut ev in std::mem::take(&mut self.untimed) {
+            set_time(&mut ev, self.last_t);
+            self.normalizer.handle(&ev, &mut self.out);
+            self.emit();
+        }
     }
 
     fn emit(&mut self) {
@@ -313,6 +345,7 @@ impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
     }
 
     fn finish(mut self) -> ReplayStats {
+        self.flush_untimed();
         // Let undecided channels settle (no wall clock in a replay).
         self.normalizer.tick(self.last_t + 60.0, &mut self.out);
         self.emit();
@@ -418,7 +451,9 @@ pub fn write_request(
 /// `--dry-run`): built by the same builder as the dispatcher's
 /// ([`crate::deliver::http::build`]), so the URL is exactly the one sent;
 /// the target's static headers and signature are included, and every
-/// credential-like header value is masked (`***`). A request that would
+/// credential-like header value is masked (`***`: credential names, values
+/// from the environment; the rules' `env:` values are already `***` in the
+/// rendered request, see [`crate::deliver::secret`]). A request that would
 /// not be sent says why. Text shows it as an HTTP request would look;
 /// jsonl gives one object per line with the body as text.
 pub fn write_request_to(
@@ -440,11 +475,12 @@ pub fn write_request_to(
                 .headers
                 .iter()
                 .map(|(k, v)| {
-                    let v = if crate::deliver::outbox::sensitive_name(k.as_str()) {
-                        "***".to_string()
-                    } else {
-                        String::from_utf8_lossy(v.as_bytes()).into_owned()
-                    };
+                    let v =
+                        if v.is_sensitive() || crate::deliver::outbox::sensitive_name(k.as_str()) {
+                            "***".to_string()
+                        } else {
+                            String::from_utf8_lossy(v.as_bytes()).into_owned()
+                        };
                     (k.as_str().to_string(), v)
                 })
                 .collect();
@@ -456,7 +492,17 @@ pub fn write_request_to(
         }
         Err(e) => (
             crate::deliver::outbox::mask_url(&r.url),
-            r.headers.clone(),
+            r.headers
+                .iter()
+                .map(|(k, v)| {
+                    let v = if crate::deliver::outbox::sensitive_name(k) {
+                        "***".to_string()
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
             Some(e.to_string()),
         ),
     };

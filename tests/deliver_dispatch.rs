@@ -540,7 +540,12 @@ async fn requests_that_can_never_be_sent_are_dead_at_once_and_never_block_the_ca
         "the next delivery waited {:?} behind requests that can never be sent",
         started.elapsed()
     );
-    let rows = rows(&rig.outbox).await;
+    // The sink answered; the outcome is committed just after.
+    let rows = wait_rows(&rig.outbox, "the record done", |r| {
+        r.iter()
+            .any(|x| x.event_id.contains("/hungup/") && x.status == Status::Done)
+    })
+    .await;
     let by_state = |s: &str| {
         rows.iter()
             .find(|r| r.event_id.contains(&format!("/{s}/")))
@@ -565,6 +570,11 @@ async fn requests_that_can_never_be_sent_are_dead_at_once_and_never_block_the_ca
     assert_eq!((refused.status, refused.attempts), (Status::Dead, 0));
     assert_eq!(refused.last_status.as_deref(), Some("refused"));
     assert_eq!(by_state("hungup").status, Status::Done);
+    // Counted by the attempt just after its outcome is committed.
+    let deadline = Instant::now() + WAIT;
+    while attempts("never-sendable", "invalid") < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(attempts("never-sendable", "invalid"), 2);
     assert_eq!(sink.count(), 1, "nothing else reached the sink");
     // An operator retry of a refused row refuses it again.

@@ -278,6 +278,7 @@ impl Crm {
             expires_at: None,
             attempts: 0,
             refused: None,
+            secrets: Vec::new(),
         })
     }
 

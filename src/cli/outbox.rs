@@ -5,12 +5,12 @@
 use callhook::deliver::outbox::repair;
 
 use super::exit::{fail, CliResult, Code};
-use crate::{load, OutboxAction, OutboxArgs};
+use crate::{load_outbox, OutboxAction, OutboxArgs};
 
 pub fn run(args: OutboxArgs) -> CliResult {
     let state_dir = match (args.state_dir, args.config) {
         (Some(d), _) => d,
-        (None, Some(c)) => load(&c)?.state_dir,
+        (None, Some(c)) => load_outbox(&c)?.state_dir,
         (None, None) => {
             return Err(fail!(
                 Code::Usage,
@@ -54,12 +54,13 @@ pub fn run(args: OutboxArgs) -> CliResult {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "recovered: {} deliveries copied, {} damaged ones kept as dead, {} unreadable (lost), {} idempotency keys{}",
+                    "recovered: {} deliveries copied, {} damaged ones kept as dead, {} unreadable (lost), {} idempotency keys{}, {} live calls",
                     r.copied,
                     r.damaged,
                     r.lost,
                     r.keys,
-                    if r.keys_incomplete { " (some unreadable)" } else { "" }
+                    if r.keys_incomplete { " (some unreadable)" } else { "" },
+                    r.live_calls
                 );
                 println!("the damaged file is kept as {}", r.moved_to.display());
             }

@@ -11,10 +11,11 @@
 //! AMI client logs in, and the post-login reconciliation closes or
 //! continues them.
 //!
-//! **Status:** the store side. The normalizer's snapshots (the persisted
-//! call state of the single-node hardening work) are not wired in yet:
-//! until they are, a new owner rebuilds the calls from the PBX's channel
-//! snapshot (see the README, cluster mode, *Limits today*).
+//! [`ClusterStore::commit_batch`](super::store::ClusterStore) writes a
+//! batch's call changes once its deliveries are stored (never ahead of
+//! them), before the batch's pushes are answered; the app loads a PBX's
+//! calls when this instance takes its lease and restores them in the
+//! normalizer before starting the AMI client.
 
 use async_nats::jetstream::kv;
 use base64::Engine;
@@ -63,28 +64,35 @@ impl CallBucket {
         pbx: &str,
         changes: Vec<(String, Option<Vec<u8>>)>,
     ) -> Result<(), ClusterError> {
-        for (session, state) in changes {
+        // One key per session (a batch names each session once): the
+        // writes go out together and the batch waits for every ack.
+        let writes = changes.into_iter().map(|(session, state)| {
             let k = key(pbx, &session);
-            match state {
-                Some(bytes) => {
-                    let env = Envelope {
-                        session,
-                        state: base64::engine::general_purpose::STANDARD.encode(bytes),
-                    };
-                    let v =
-                        serde_json::to_vec(&env).map_err(|e| ClusterError::js("call state", e))?;
-                    self.kv
-                        .put(&k, v.into())
-                        .await
-                        .map_err(|e| ClusterError::js("call state put", e))?;
-                }
-                None => {
-                    self.kv
+            async move {
+                match state {
+                    Some(bytes) => {
+                        let env = Envelope {
+                            session,
+                            state: base64::engine::general_purpose::STANDARD.encode(bytes),
+                        };
+                        let v = serde_json::to_vec(&env)
+                            .map_err(|e| ClusterError::js("call state", e))?;
+                        self.kv
+                            .put(&k, v.into())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| ClusterError::js("call state put", e))
+                    }
+                    None => self
+                        .kv
                         .purge(&k)
                         .await
-                        .map_err(|e| ClusterError::js("call state purge", e))?;
+                        .map_err(|e| ClusterError::js("call state purge", e)),
                 }
             }
+        });
+        for r in futures::future::join_all(writes).await {
+            r?;
         }
         Ok(())
     }

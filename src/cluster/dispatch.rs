@@ -345,6 +345,7 @@ async fn handle(cluster: &Cluster, rt: &Rt, msg: jetstream::Message, _store: &Cl
         expires_at: req.expires_at,
         attempts: delivered.saturating_sub(1),
         refused: req.refused,
+        secrets: req.secrets,
     };
     // The attempt, with in-progress acks while it runs.
     let work = attempt(rt, &row);

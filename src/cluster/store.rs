@@ -29,10 +29,12 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::calls::CallBucket;
 use super::names::{self, Names};
 use super::{Cluster, ClusterError};
 use crate::deliver::outbox::{
-    excerpt, mask_url, sensitive_name, DeliveryRow, EnqueueOutcome, ListFilter, OutboxStats, Status,
+    excerpt, mask_url, sensitive_name, DeliveryRow, EnqueueOutcome, ListFilter, LiveCall,
+    LiveCallWrite, OutboxStats, Status,
 };
 use crate::deliver::store::{DeliveryStore, StoreError};
 use crate::deliver::DeliveryRequest;
@@ -156,6 +158,7 @@ pub struct ClusterStore {
     names: Names,
     partitions: u32,
     idem: kv::Store,
+    calls: CallBucket,
 }
 
 impl std::fmt::Debug for ClusterStore {
@@ -176,6 +179,7 @@ impl ClusterStore {
             names: c.names.clone(),
             partitions: c.cfg.partitions,
             idem: c.bucket(&c.names.idempotency_bucket()).await?,
+            calls: CallBucket::new(c).await?,
         })
     }
 
@@ -187,7 +191,7 @@ impl ClusterStore {
         )
     }
 
-    async fn publish_all(self, reqs: Vec<DeliveryRequest>) -> Result<EnqueueOutcome, StoreError> {
+    async fn publish_all(&self, reqs: Vec<DeliveryRequest>) -> Result<EnqueueOutcome, StoreError> {
         let mut out = EnqueueOutcome::default();
         let now = now_epoch();
         let mut seen = HashSet::new();
@@ -360,14 +364,65 @@ impl ClusterStore {
             .map_err(|e| err("delete a dead delivery", e))?;
         Ok(true)
     }
+
+    /// A batch: its deliveries into the stream first, then its call
+    /// changes into the calls bucket. A crash in between leaves the stored
+    /// calls behind the deliveries, never ahead: the next owner's
+    /// reconciliation may say again what was already stored (same event
+    /// ids: deduplicated), never skip it.
+    async fn commit(
+        self,
+        reqs: Vec<DeliveryRequest>,
+        calls: Vec<LiveCallWrite>,
+    ) -> Result<EnqueueOutcome, StoreError> {
+        let out = if reqs.is_empty() {
+            EnqueueOutcome::default()
+        } else {
+            self.publish_all(reqs).await?
+        };
+        let mut by_pbx: BTreeMap<String, Vec<(String, Option<Vec<u8>>)>> = BTreeMap::new();
+        for w in calls {
+            by_pbx
+                .entry(w.pbx)
+                .or_default()
+                .push((w.session, w.snapshot));
+        }
+        for (pbx, changes) in by_pbx {
+            self.calls
+                .save(&pbx, changes)
+                .await
+                .map_err(|e| err("live calls", e))?;
+        }
+        Ok(out)
+    }
 }
 
 impl DeliveryStore for ClusterStore {
-    fn submit(
+    fn commit_batch(
         &self,
         reqs: Vec<DeliveryRequest>,
+        calls: Vec<LiveCallWrite>,
     ) -> BoxFuture<'static, Result<EnqueueOutcome, StoreError>> {
-        Box::pin(self.clone().publish_all(reqs))
+        Box::pin(self.clone().commit(reqs, calls))
+    }
+
+    fn live_calls(&self, pbx: &str) -> BoxFuture<'_, Result<Vec<LiveCall>, StoreError>> {
+        let pbx = pbx.to_string();
+        Box::pin(async move {
+            let calls = self
+                .calls
+                .load(&pbx)
+                .await
+                .map_err(|e| err("live calls", e))?;
+            Ok(calls
+                .into_iter()
+                .map(|(session, snapshot)| LiveCall {
+                    pbx: pbx.clone(),
+                    session,
+                    snapshot,
+                })
+                .collect())
+        })
     }
 
     fn list(&self, filter: ListFilter) -> BoxFuture<'_, Result<Vec<DeliveryRow>, StoreError>> {

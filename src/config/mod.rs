@@ -122,9 +122,25 @@ pub struct Config {
     pub presence: crate::presence::PresenceConfig,
     /// The FastAGI server (none: not started).
     pub agi: Option<crate::agi::AgiConfig>,
+    /// The AMI proxy (none: not started).
+    pub ami_proxy: Option<crate::proxy::AmiProxyConfig>,
     /// Log settings of the `log:` section (the command line and the
     /// environment may override them).
     pub log: crate::logging::LogSettings,
+}
+
+/// What the outbox commands read of a configuration
+/// ([`Config::load_outbox`]).
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    /// Where the outbox lives.
+    pub state_dir: PathBuf,
+    /// Its options.
+    pub outbox: OutboxOptions,
+    /// Log settings of the `log:` section.
+    pub log: crate::logging::LogSettings,
+    /// Cluster mode: the deliveries are in the NATS streams, not the outbox.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Name of the state directory when `state_dir` is not set.
@@ -146,6 +162,59 @@ impl Config {
             base
         };
         Self::build(path.to_path_buf(), text, base)
+    }
+
+    /// Reads only what commands that work on the outbox need (`deliveries`,
+    /// `outbox`): `state_dir`, `outbox` and `log`. Nothing else is built,
+    /// so the secrets of the rules, targets and PBXs (`${CRM_TOKEN}`,
+    /// `env: [CRM_TOKEN]`) need not be set; a file that does not parse is
+    /// still refused, with every error.
+    pub fn load_outbox(path: &Path) -> Result<OutboxSettings, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::single(
+                path,
+                ConfigError::general(format!("cannot read the file: {e}"), None),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
+        let mut report = Report::default();
+        let mut problems: Vec<Problem> = Vec::new();
+        let (raw, _) = read_file::<RawConfig>(&mut report, path.to_path_buf(), text);
+        let settings = raw.map(|mut raw| OutboxSettings {
+            state_dir: state_dir(raw.state_dir.as_deref(), base),
+            outbox: validate::outbox(raw.outbox.as_ref(), &mut problems),
+            cluster: raw
+                .cluster
+                .as_ref()
+                .map(|c| c.validate(base, &mut problems)),
+            log: match std::mem::take(&mut raw.log).validate() {
+                Ok(l) => l,
+                Err(e) => {
+                    problems.push(
+                        Problem::new(At::root().key("log").key(e.field), e.message).hint(e.hint),
+                    );
+                    crate::logging::LogSettings::default()
+                }
+            },
+        });
+        for p in problems {
+            report.error(p);
+        }
+        let failed = report.has_errors();
+        let (errors, _) = report.finish();
+        match settings {
+            Some(s) if !failed => Ok(s),
+            _ => Err(ConfigErrors {
+                file: path.to_path_buf(),
+                errors,
+                warnings: Vec::new(),
+            }),
+        }
     }
 
     /// Parses and validates configuration text (tests, the demo); relative
@@ -176,6 +245,7 @@ impl Config {
             warnings: Vec::new(),
             presence: crate::presence::PresenceConfig::default(),
             agi: None,
+            ami_proxy: None,
             log: crate::logging::LogSettings::default(),
         }
     }
@@ -411,6 +481,13 @@ impl Config {
             }
             m.validate(&mut problems)
         });
+        // Stored requests hold the rule set's secrets masked: the
+        // dispatcher puts them back from the target at send time.
+        let secrets = Arc::new(rules.secrets().clone());
+        let mut targets = targets;
+        for t in targets.values_mut() {
+            t.set_secrets(secrets.clone());
+        }
         let targets = Arc::new(targets);
         let agi = raw.agi.take().and_then(|a| {
             let cx = crate::agi::BuildContext {
@@ -431,6 +508,8 @@ impl Config {
                 }
             }
         });
+        let ami_proxy =
+            crate::proxy::config::validate(raw.ami_proxy.take(), &pbx_ids, base, &mut problems);
         let (max_call_age, orphan_grace) = validate::calls(
             &raw.calls,
             (defaults.max_call_age, defaults.orphan_grace),
@@ -476,6 +555,7 @@ impl Config {
             warnings,
             presence,
             agi,
+            ami_proxy,
             log,
         })
     }

@@ -114,7 +114,8 @@
     s.innerHTML = "";
     var b = document.createElement("span");
     b.className = "state " + e.state;
-    text(b, e.state.replace("_", " "));
+    text(b, e.state.replace("_", " ") + (e.call_waiting ? " + ringing" : ""));
+    if (e.registered === false && e.state !== "unavailable") b.title = "not registered";
     s.appendChild(b);
     var caller = "";
     Object.keys(st.calls).forEach(function (sid) {
@@ -157,7 +158,7 @@
         render();
         break;
       case "presence":
-        st.exts[m.extension] = { extension: m.extension, state: m.state, since: m.since, call_waiting: m.call_waiting };
+        st.exts[m.extension] = { extension: m.extension, state: m.state, since: m.since, call_waiting: m.call_waiting, registered: m.registered };
         if (st.scope === "monitor") renderBoard(m.extension); else if (m.extension === st.me) renderState(st.me);
         break;
       case "call.ringing": {

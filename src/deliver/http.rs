@@ -22,6 +22,7 @@ use reqwest::Method;
 
 use super::outbox::{excerpt, Claimed, EXCERPT_MAX};
 use super::retry::parse_retry_after;
+use super::secret;
 use super::target::Target;
 use super::DeliveryRequest;
 
@@ -235,6 +236,31 @@ pub async fn send(target: &Target, d: &Claimed, now: SystemTime) -> Attempt {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
+    // Secrets masked at rest are put back here, from the configuration
+    // running now (a rotated token is used, a removed one refuses).
+    let revealed;
+    let d = if d.secrets.is_empty() || d.refused.is_some() {
+        d
+    } else {
+        match secret::reveal(
+            &d.url,
+            &d.headers,
+            d.body.as_deref(),
+            &d.secrets,
+            &target.secrets,
+        ) {
+            Ok((url, headers, body)) => {
+                revealed = Claimed {
+                    url,
+                    headers,
+                    body,
+                    ..d.clone()
+                };
+                &revealed
+            }
+            Err(why) => return Attempt::Invalid(why),
+        }
+    };
     let built = match build(Some(target), Parts::from(d), unix_ts) {
         Ok(b) => b,
         Err(BuildError(why)) => return Attempt::Invalid(why),

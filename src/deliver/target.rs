@@ -47,6 +47,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
@@ -56,6 +57,7 @@ use sha2::{Digest, Sha256};
 use crate::values::{expand_vars, parse_duration, read_secret_file, resolve_path};
 use crate::yaml::Path as At;
 
+use super::secret::Secrets;
 use super::sign::SigningKey;
 
 /// Default request timeout.
@@ -386,10 +388,14 @@ pub struct Target {
     pub breaker: BreakerConfig,
     /// Standard Webhooks signing key, when signing is on.
     pub signing: Option<SigningKey>,
-    /// Static headers (values marked sensitive).
+    /// Static headers (values from `${VAR}` or with credential-like names
+    /// marked sensitive: masked in `--dry-run`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The HTTP client (timeout, TLS, no redirects).
     pub client: reqwest::Client,
+    /// The rule set's secrets (`env:` values), put back into stored
+    /// requests at send time (see [`crate::deliver::secret`]).
+    pub secrets: Arc<Secrets>,
     /// Hash of everything above, to tell whether a reload changed the target.
     pub(crate) fingerprint: [u8; 32],
 }
@@ -416,6 +422,21 @@ impl Target {
     /// Whether a reload left this target unchanged (same settings and secrets).
     pub fn same_as(&self, other: &Target) -> bool {
         self.fingerprint == other.fingerprint
+    }
+
+    /// Gives the target the rule set's secrets (a changed value changes
+    /// the fingerprint, so a reload that rotates a token takes effect).
+    pub fn set_secrets(&mut self, secrets: Arc<Secrets>) {
+        let mut h = Sha256::new();
+        h.update(self.fingerprint);
+        for name in secrets.names() {
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(secrets.get(name).unwrap_or_default().as_bytes());
+            h.update([0]);
+        }
+        self.fingerprint = h.finalize().into();
+        self.secrets = secrets;
     }
 }
 
@@ -763,12 +784,15 @@ fn validate_one(
                 None
             }
         };
+        // A value read from the environment or with a credential-like
+        // name is a secret: masked in `--dry-run` and never logged.
+        let secret = v.contains("${") || super::outbox::sensitive_name(k);
         let value = match expand_env(v) {
             Ok(v) => {
                 hasher.update(format!("{k}\0{v}\0").as_bytes());
                 match HeaderValue::from_str(&v) {
                     Ok(mut hv) => {
-                        hv.set_sensitive(true);
+                        hv.set_sensitive(secret);
                         Some(hv)
                     }
                     Err(_) => {
@@ -922,6 +946,7 @@ fn validate_one(
         signing,
         headers,
         client,
+        secrets: Arc::default(),
         fingerprint: hasher.finalize().into(),
     })
 }

@@ -3,9 +3,11 @@
 //! (`GET /v1/live/sse`), click-to-call (`POST /v1/calls`) and state queries.
 //!
 //! ```text
-//! normalizer task ──try_send (batch)──▶ hub task ──▶ tenant state (lock) ──try_send──▶ per-client queues ──▶ sessions (WS / SSE / Meetip)
-//! presence tracker ──change stream───▶ report_presence ─┘                       ▲
-//! POST /v1/calls ──▶ AmiHandle::originate ──outcome──▶ hub task (+ model view) ─┘ originate.*
+//! normalizer task ──try_send (batch)─────────────────▶ hub task ───────┐
+//! PresenceHub ──snapshot + changes (seq-checked)──▶ follower task ─────┤ (one per tenant)
+//! POST /v1/calls ──▶ AmiHandle::originate ──outcome──▶ hub task ───────┤ originate.*
+//!                                                                      ▼
+//!        tenant state (lock) ──try_send──▶ per-client queues ──▶ sessions (WS / SSE / Meetip)
 //! ```
 //!
 //! **One way.** The hub consumes model events (after the normalizer's batch
@@ -25,7 +27,8 @@
 //! close codes), [`tenant`] (per-tenant state, seq, resume ring), [`message`]
 //! (frames), [`session`] (one connected client, transport-neutral), [`ws`]
 //! and [`sse`] (transports), [`originate`] (click-to-call outcomes),
-//! [`api`] (HTTP routes), [`limits`] (rate windows).
+//! [`api`] (HTTP routes), [`limits`] (rate windows), [`presence`] (the
+//! presence tracker's states into the tenants).
 
 pub mod api;
 pub mod auth;
@@ -33,6 +36,7 @@ pub mod config;
 pub mod limits;
 pub mod message;
 pub mod originate;
+pub mod presence;
 pub mod session;
 pub mod sse;
 pub mod tenant;
@@ -56,7 +60,7 @@ use config::LiveConfig;
 use limits::RateWindows;
 use message::Frame;
 use originate::{AmiOutcome, Registry, Status};
-use tenant::{ExtState, Subscriber, TenantState};
+use tenant::{Subscriber, TenantState};
 
 /// Finds the AMI client of a PBX (click-to-call).
 pub type AmiLookup = Arc<dyn Fn(&str) -> Option<AmiHandle> + Send + Sync>;
@@ -206,10 +210,22 @@ impl Live {
         }
     }
 
-    /// An extension state from the presence tracker.
-    pub fn report_presence(&self, tenant: &str, st: ExtState) {
+    /// The configured tenant ids.
+    pub fn tenant_ids(&self) -> Vec<String> {
+        self.tenants.keys().cloned().collect()
+    }
+
+    /// One row of the presence tracker (see [`presence`]).
+    pub fn report_presence(&self, tenant: &str, row: &crate::presence::ExtensionPresence) {
         if let Some(t) = self.tenants.get(tenant) {
-            lock(t).report(st);
+            presence::apply_row(&mut lock(t), row);
+        }
+    }
+
+    /// A tenant's whole presence table (see [`presence`]).
+    pub fn seed_presence(&self, tenant: &str, snap: Option<&crate::presence::TenantSnapshot>) {
+        if let Some(t) = self.tenants.get(tenant) {
+            presence::seed(&mut lock(t), snap);
         }
     }
 

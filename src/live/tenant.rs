@@ -1,6 +1,13 @@
 //! One tenant's live state: its sequence counter, the resume ring buffer,
-//! its live calls (from the call model), the last extension states the
-//! presence tracker reported, and its subscribers.
+//! its live calls (from the call model), the extension states the presence
+//! tracker reported, and its subscribers.
+//!
+//! An extension's state is the presence tracker's row when the tracker has
+//! one (hints, device states, registration, hold, call waiting, DND — see
+//! `live::presence`), else what this tenant derives from the model's legs
+//! (no tracker, presence disabled, or an extension the tracker knows
+//! nothing about). A `presence` message goes out when the state shown
+//! changes, whichever side decided it.
 //!
 //! Everything here runs under the tenant's lock, briefly, and never waits:
 //! a frame is pushed to each subscriber's bounded queue with `try_send`; a
@@ -32,6 +39,50 @@ pub struct ExtState {
     pub since: Timestamp,
     /// A further call rings on top (call waiting).
     pub call_waiting: bool,
+    /// Registered and reachable (`true`), unregistered or unreachable
+    /// (`false`), not known (`null`).
+    pub registered: Option<bool>,
+    /// What decided the state: the tracker's source (`calls`, `hint`,
+    /// `device`, `registration`, `inferred`) or `model` (derived here from
+    /// the call model's legs).
+    pub source: &'static str,
+    /// The extension's current calls as the decider saw them.
+    pub calls: Vec<ExtCall>,
+}
+
+impl ExtState {
+    /// Nothing known about `ext`.
+    pub fn unknown(ext: &str) -> Self {
+        Self {
+            extension: ext.to_string(),
+            state: "unknown".into(),
+            since: Timestamp(crate::source::now_epoch()),
+            call_waiting: false,
+            registered: None,
+            source: "none",
+            calls: Vec::new(),
+        }
+    }
+
+    /// Whether `other` shows something different to a person.
+    fn differs(&self, other: &ExtState) -> bool {
+        self.state != other.state
+            || self.call_waiting != other.call_waiting
+            || self.registered != other.registered
+    }
+}
+
+/// One current call of an extension, in a `presence` message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExtCall {
+    /// Session id.
+    pub session_id: String,
+    /// Whether the extension placed the call or is offered it.
+    pub role: Role,
+    /// `ringing` (offered, or dialing out) or `answered`.
+    pub state: State,
+    /// Direction.
+    pub direction: Direction,
 }
 
 /// A leg of a live call.
@@ -90,9 +141,11 @@ pub struct TenantState {
     pub calls: BTreeMap<String, LiveCall>,
     /// States reported by the presence tracker.
     pub reported: BTreeMap<String, ExtState>,
-    /// States derived from the calls, for extensions the tracker has not
-    /// reported (no presence tracker, or a push team).
+    /// States derived from the calls (used where the tracker reported
+    /// nothing).
     derived: BTreeMap<String, ExtState>,
+    /// The state last announced per extension.
+    shown: BTreeMap<String, ExtState>,
     /// Subscribers by id.
     pub subs: BTreeMap<u64, Subscriber>,
 }
@@ -108,6 +161,7 @@ impl TenantState {
             calls: BTreeMap::new(),
             reported: BTreeMap::new(),
             derived: BTreeMap::new(),
+            shown: BTreeMap::new(),
             subs: BTreeMap::new(),
         }
     }
@@ -197,17 +251,14 @@ impl TenantState {
 
     /// One extension's row: state, since, calls.
     pub fn extension_view(&self, ext: &str) -> Value {
-        let st = self.state_of(ext).unwrap_or(ExtState {
-            extension: ext.to_string(),
-            state: "unknown".into(),
-            since: Timestamp(0.0),
-            call_waiting: false,
-        });
+        let st = self.state_of(ext).unwrap_or_else(|| ExtState::unknown(ext));
         json!({
             "extension": ext,
             "state": st.state,
             "since": st.since,
             "call_waiting": st.call_waiting,
+            "registered": st.registered,
+            "source": st.source,
             "calls": self.calls_of(ext),
         })
     }
@@ -232,54 +283,70 @@ impl TenantState {
         json!({ "extensions": exts, "calls": calls })
     }
 
-    /// A state from the presence tracker.
+    /// A state from the presence tracker (it wins over the model's legs).
     pub fn report(&mut self, st: ExtState) {
-        let changed = self
-            .state_of(&st.extension)
-            .is_none_or(|old| old.state != st.state || old.call_waiting != st.call_waiting);
         let ext = st.extension.clone();
-        self.derived.remove(&ext);
-        self.reported.insert(ext.clone(), st.clone());
-        if changed {
-            self.emit_presence(&st);
+        self.reported.insert(ext.clone(), st);
+        self.refresh(&ext);
+    }
+
+    /// The tracker no longer knows anything about `ext`: its state comes
+    /// from the model's legs again.
+    pub fn withdraw(&mut self, ext: &str) {
+        if self.reported.remove(ext).is_some() {
+            self.refresh(ext);
+        }
+    }
+
+    /// Announces the extension's state if it differs from the last one
+    /// announced.
+    fn refresh(&mut self, ext: &str) {
+        let cur = match self.state_of(ext) {
+            Some(c) => c,
+            // Nothing decides any more: say so, once.
+            None if self.shown.contains_key(ext) => ExtState::unknown(ext),
+            None => return,
+        };
+        if self.shown.get(ext).is_none_or(|old| old.differs(&cur)) {
+            self.emit_presence(&cur);
+            self.shown.insert(ext.to_string(), cur);
         }
     }
 
     fn emit_presence(&mut self, st: &ExtState) {
-        // The extension's calls at this moment (Meetip's monitor names the
-        // call in its state lines).
-        let calls: Vec<Value> = self
-            .calls_of(&st.extension)
-            .iter()
-            .filter_map(|c| {
-                c.legs.get(&st.extension).map(|l| {
-                    json!({ "session_id": c.session_id, "role": l.role, "state": l.state, "direction": c.direction })
-                })
-            })
-            .collect();
         let body = json!({
             "extension": st.extension,
             "state": st.state,
             "since": st.since,
             "call_waiting": st.call_waiting,
-            "calls": calls,
+            "registered": st.registered,
+            "source": st.source,
+            // Meetip's monitor names the call in its state lines.
+            "calls": st.calls,
         });
         self.emit("presence", st.since.0, vec![st.extension.clone()], body);
     }
 
-    /// Re-derives an extension's state from its calls (only for
-    /// extensions the tracker has not reported).
+    /// Re-derives an extension's state from its calls (shown only where
+    /// the tracker reported nothing).
     fn derive(&mut self, ext: &str, at: f64) {
-        if self.reported.contains_key(ext) {
-            return;
-        }
-        let calls = self.calls_of(ext);
-        let legs: Vec<&LiveLeg> = calls.iter().filter_map(|c| c.legs.get(ext)).collect();
-        let answered = legs.iter().any(|l| l.state == State::Answered);
-        let ringing = legs
+        let calls: Vec<ExtCall> = self
+            .calls_of(ext)
+            .iter()
+            .filter_map(|c| {
+                c.legs.get(ext).map(|l| ExtCall {
+                    session_id: c.session_id.clone(),
+                    role: l.role,
+                    state: l.state,
+                    direction: c.direction,
+                })
+            })
+            .collect();
+        let answered = calls.iter().any(|l| l.state == State::Answered);
+        let ringing = calls
             .iter()
             .any(|l| l.state == State::Ringing && l.role == Role::Callee);
-        let dialing = legs
+        let dialing = calls
             .iter()
             .any(|l| l.state == State::Ringing && l.role == Role::Caller);
         let state = if answered || dialing {
@@ -289,20 +356,22 @@ impl TenantState {
         } else {
             "idle"
         };
-        let st = ExtState {
+        let mut st = ExtState {
             extension: ext.to_string(),
             state: state.into(),
             since: Timestamp(at),
             call_waiting: answered && ringing,
+            registered: None,
+            source: "model",
+            calls,
         };
-        let changed = self
-            .derived
-            .get(ext)
-            .is_none_or(|o| o.state != st.state || o.call_waiting != st.call_waiting);
-        if changed {
-            self.derived.insert(ext.to_string(), st.clone());
-            self.emit_presence(&st);
+        if let Some(old) = self.derived.get(ext) {
+            if !old.differs(&st) {
+                st.since = old.since;
+            }
         }
+        self.derived.insert(ext.to_string(), st);
+        self.refresh(ext);
     }
 
     /// Applies one model event: updates the live calls and emits

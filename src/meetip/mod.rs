@@ -17,7 +17,7 @@
 //! | server → page | `(info,Ocupado)` / `(info,Tiempo de espera agotado)` / `(info,No disponible)` | busy / no answer / failed or refused |
 //! | page → server | `(status, <ext>)` | state of an extension |
 //! | server → page | `(estado,<ext>-libre\|ocupado\|timbre\|no disponible)` / `(status,ErrorNumber)` | answer / unknown extension |
-//! | monitor (999) | `(info,<code>-<state>-<ext>-<session>)` | every extension: `Timbre`, `Ocupada`, `Libre`, `terminada`, or the caller's number when a call rings; session `0` when none |
+//! | monitor (999) | `(info,<code>-<state>-<ext>-<session>)` | every extension: `Ocupada`, `Libre`, `terminada`, the caller's number when a call rings at the extension, `Timbre` when its own phone rings for a call it places (click-to-call); session `0` when none. States are the presence tracker's (on hold and DND are `Ocupada`; unregistered has no Meetip word and sends no line) |
 //!
 //! Texts are configurable ([`config::Texts`]). Caller ids are cleaned of
 //! `(`, `)`, `,` and control characters before they reach a page.
@@ -389,11 +389,15 @@ fn translate(m: &Meetip, p: &Principal, code: u64, json: &str) -> Vec<String> {
                 .and_then(|c| c.get("session_id").and_then(Value::as_str))
                 .unwrap_or("")
                 .to_string();
-            let incoming_ringing = calls
+            // An offered call's ringing is the caller's number line (from
+            // `call.ringing`); `Timbre` is the agent's own phone ringing for
+            // a call it places (click-to-call). A hint that rings before
+            // the model knows the call is left to the number line.
+            let own_phone_ringing = calls
                 .iter()
-                .any(|c| c["role"] == "callee" && c["state"] == "ringing");
+                .any(|c| c["role"] == "caller" && c["state"] == "ringing");
             let word = match s("state") {
-                "ringing" if incoming_ringing => return Vec::new(),
+                "ringing" if !own_phone_ringing => return Vec::new(),
                 "ringing" => &t.monitor_ringing,
                 "in_use" | "busy" | "on_hold" => &t.monitor_busy,
                 "idle" => &t.monitor_free,

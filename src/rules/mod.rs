@@ -139,6 +139,7 @@ pub use pattern::NumberPattern;
 pub use schedule::{Schedule, ScheduleError, TimeSpec};
 pub use spec::{RewriteSpec, RuleSpec, RulesSpec, Scalar, WhenSpec, Words};
 
+use crate::deliver::secret::{conceal, Secrets};
 use crate::deliver::DeliveryRequest;
 use crate::model::ModelEvent;
 use crate::template::{
@@ -229,6 +230,8 @@ pub struct RuleSet {
     env: Map<String, Value>,
     /// Longest value a template sees (`templates.max_value_length`).
     max_value: usize,
+    /// The `env:` values, masked in every request before it is stored.
+    secrets: Secrets,
 }
 
 impl Default for RuleSet {
@@ -239,6 +242,7 @@ impl Default for RuleSet {
             templates: Templates::default(),
             env: Map::new(),
             max_value: crate::template::DEFAULT_MAX_VALUE_LENGTH,
+            secrets: Secrets::default(),
         }
     }
 }
@@ -298,6 +302,12 @@ impl RuleSet {
     /// (see [`crate::template::bound_values`]).
     pub fn set_max_value_length(&mut self, max: usize) {
         self.max_value = max.max(1);
+    }
+
+    /// The secrets of the rule set (every `env:` value): the dispatcher
+    /// needs them to put them back into stored requests.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
     }
 
     /// Number of rules.
@@ -415,7 +425,7 @@ impl RuleSet {
             }
         };
         let created_at = event_time(ev);
-        Ok(DeliveryRequest {
+        let mut req = DeliveryRequest {
             target: rule.target.clone(),
             rule: rule.name.clone(),
             session_id: ev.session_id().to_string(),
@@ -433,7 +443,10 @@ impl RuleSet {
             created_at,
             expires_at: rule.max_age.map(|a| created_at + a),
             refused: rendered.refused,
-        })
+            secrets: Vec::new(),
+        };
+        conceal(&mut req, &self.secrets);
+        Ok(req)
     }
 }
 

@@ -299,6 +299,7 @@ pub fn request(target: &str, session: &str, state: &str, url: &str) -> DeliveryR
         created_at: now(),
         expires_at: None,
         refused: None,
+        secrets: Vec::new(),
     }
 }
 

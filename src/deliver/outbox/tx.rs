@@ -54,17 +54,17 @@ pub(super) fn insert_batch(
     let mut insert = c.prepare_cached(
         "INSERT INTO deliveries (target, rule, session_id, pbx, event_id, method, url, headers, \
          body, idempotency_key, created_at, expires_at, enqueued_at, status, head, attempts, \
-         next_attempt_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, 0, ?13, ?13)",
+         next_attempt_at, updated_at, secrets) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, 0, ?13, ?13, ?15)",
     )?;
     // A request that can never be sent is kept, dead, with the reason: it
     // is no head and never holds up the call's next delivery.
     let mut insert_refused = c.prepare_cached(
         "INSERT INTO deliveries (target, rule, session_id, pbx, event_id, method, url, headers, \
          body, idempotency_key, created_at, expires_at, enqueued_at, status, head, attempts, \
-         next_attempt_at, last_status, last_error, updated_at, refused) \
+         next_attempt_at, last_status, last_error, updated_at, refused, secrets) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'dead', 0, 0, ?13, \
-         'refused', ?14, ?13, ?14)",
+         'refused', ?14, ?13, ?14, ?15)",
     )?;
     for r in reqs {
         let dup_event = event_dup.exists(params![r.target, r.event_id])?;
@@ -115,6 +115,7 @@ pub(super) fn insert_batch(
                 r.expires_at,
                 now,
                 excerpt(why),
+                secret_places(r)?,
             ])?;
             d.outcome.refused += 1;
             *d.refused.entry(r.target.clone()).or_default() += 1;
@@ -146,12 +147,23 @@ pub(super) fn insert_batch(
             r.expires_at,
             now,
             head as i64,
+            secret_places(r)?,
         ])?;
         st.waiting += 1;
         d.outcome.inserted += 1;
         *d.inserted.entry(r.target.clone()).or_default() += 1;
     }
     Ok(d)
+}
+
+/// The `secrets` column: where the rules masked secrets (NULL: nowhere).
+fn secret_places(r: &DeliveryRequest) -> Result<Option<String>> {
+    if r.secrets.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(&r.secrets)
+        .map(Some)
+        .map_err(|e| OutboxError::Db(format!("cannot encode secret places: {e}")))
 }
 
 /// Makes the oldest unfinished row of `(target, session)` its only head,
@@ -288,6 +300,11 @@ pub(super) fn claimed_row(r: &Row<'_>) -> std::result::Result<Claimed, String> {
         expires_at: opt_real(r, 12, "expires_at")?,
         attempts: int(r, 15, "attempts")?.clamp(0, u32::MAX as i64) as u32,
         refused: opt_text(r, 20, "refused")?,
+        secrets: match opt_text(r, 21, "secrets")? {
+            None => Vec::new(),
+            Some(j) => serde_json::from_str(&j)
+                .map_err(|e| format!("column secrets is not a list of secret places: {e}"))?,
+        },
     })
 }
 
@@ -304,7 +321,6 @@ pub(super) fn row_is_sound(r: &Row<'_>) -> Decoded<()> {
     real(r, 19, "updated_at")?;
     opt_text(r, 17, "last_status")?;
     opt_text(r, 18, "last_error")?;
-    opt_text(r, 21, "secrets")?;
     Ok(())
 }
 
