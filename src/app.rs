@@ -568,8 +568,12 @@ fn owns(o: &Option<OwnershipHandle>, pbx: &str, team: bool) -> bool {
 /// A change of ownership the normalizer task applies between two batches
 /// (cluster mode).
 enum Handover {
-    /// Given up: the normalizer drops the calls of this PBX or team.
-    Forget(String),
+    /// Given up: the normalizer drops the calls of this PBX or team (after
+    /// its batch in progress is committed); `done` once it has.
+    Forget {
+        id: String,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
     /// Taken: the PBX's stored live calls go back into the normalizer;
     /// `done` once they are (its AMI client starts after that).
     Restore {
@@ -578,6 +582,10 @@ enum Handover {
         done: tokio::sync::oneshot::Sender<()>,
     },
 }
+
+/// How long a handed-over item may take to drain before its lease is left
+/// to expire by itself.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 /// How often loading a taken PBX's calls is tried before its AMI client
 /// starts without them (its calls in progress then start afresh from the
@@ -612,6 +620,7 @@ async fn load_calls(store: &dyn DeliveryStore, pbx: &str) -> Vec<Vec<u8>> {
 async fn follow_ownership(
     cluster: Cluster,
     store: Arc<dyn DeliveryStore>,
+    ownership: OwnershipHandle,
     mut owned: watch::Receiver<Arc<std::collections::BTreeSet<Item>>>,
     mut pbx: watch::Receiver<Vec<PbxConfig>>,
     clients: Clients,
@@ -638,7 +647,21 @@ async fn follow_ownership(
                 }
             }
             info!(kind = ?gone.0, id = %gone.1, "no longer owned here");
-            let _ = handover.send(Handover::Forget(gone.1.clone()));
+            // Its lease is released once the normalizer has committed what
+            // it wrote for it (the next owner then loads its calls); if that
+            // takes too long the lease expires by itself.
+            let (done, forgotten) = tokio::sync::oneshot::channel();
+            let _ = handover.send(Handover::Forget {
+                id: gone.1.clone(),
+                done,
+            });
+            let o = ownership.clone();
+            let (kind, id) = gone.clone();
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(DRAIN_WAIT, forgotten).await {
+                    o.drained(kind, &id);
+                }
+            });
         }
         // PBXs taken: their calls back first (all at once), then the clients.
         let taken: Vec<&str> = list
@@ -856,6 +879,7 @@ pub async fn run_until(
         (Some(c), Some(o)) => Some(tokio::spawn(follow_ownership(
             c.clone(),
             store.clone(),
+            o.clone(),
             o.subscribe(),
             pbx_cfg_rx,
             clients.clone(),
@@ -1192,11 +1216,15 @@ pub async fn run_until(
                 None => open = false,
             },
             Some(h) = handover_rx.recv() => match h {
-                Handover::Forget(gone) => {
-                    let n = normalizer.forget(&gone);
-                    if n > 0 {
-                        info!(pbx = %gone, calls = n, "calls in progress handed over to the new owner");
+                Handover::Forget { id, done } => {
+                    if normalizer.is_push_team(&id) {
+                        handover_team(&rules, store.as_ref(), &outbox_ok, &mut normalizer, &id, &mut observer).await;
                     }
+                    let n = normalizer.forget(&id);
+                    if n > 0 {
+                        info!(pbx = %id, calls = n, "calls in progress handed over to the new owner");
+                    }
+                    let _ = done.send(());
                 }
                 Handover::Restore { pbx, snapshots, done } => {
                     let id: crate::source::PbxId = pbx.as_str().into();
@@ -1406,6 +1434,44 @@ async fn finish_batch(
         let _ = ack.send(result.clone().map(|()| receipt));
     }
     out.clear();
+}
+
+/// Cluster mode, a push team handed over: the records of its calls that
+/// are over are committed now, not fenced (their pushes are acknowledged:
+/// the next owner never sees them; a copy is deduplicated by its ids).
+async fn handover_team(
+    rules: &RuleSet,
+    store: &dyn DeliveryStore,
+    ok: &AtomicBool,
+    normalizer: &mut Normalizer,
+    team: &str,
+    observer: &mut Option<Observer>,
+) {
+    let mut out = Vec::new();
+    normalizer.begin_batch();
+    normalizer.settle_team(team, now_epoch(), &mut out);
+    let r = deliver_batch(rules, store, ok, &out, Vec::new(), |p| {
+        normalizer.clock_offset(p)
+    })
+    .await;
+    normalizer.commit_batch();
+    match r {
+        Ok(()) => {
+            if !out.is_empty() {
+                info!(
+                    team,
+                    events = out.len(),
+                    "records of the team's finished calls written before the handover"
+                );
+                if let Some(o) = observer.as_mut() {
+                    o(&out);
+                }
+            }
+        }
+        Err(e) => {
+            error!(team, error = %e, "records of the team's finished calls could not be stored before the handover")
+        }
+    }
 }
 
 /// How a refusal by the cap or the backlog starts (the batch's calls were

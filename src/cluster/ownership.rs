@@ -18,7 +18,10 @@
 //! free item with `create` (fails if the key exists), renews it every tick
 //! with `update` on the revision it holds (compare-and-set), and an owner
 //! whose item is now desired by another settled member deletes its key
-//! (on the revision) so the new owner takes it at its next tick. A lease
+//! (on the revision) so the new owner takes it at its next tick — once
+//! this instance's normalizer has dropped the item after its last commit
+//! ([`OwnershipHandle::drained`]): the next owner loads the item's live
+//! calls only after the last write of the previous one. A lease
 //! nobody renews vanishes after `lease_ttl`: another instance takes it
 //! within `lease_ttl` + one tick (≈ 12.5 s with the default 10 s). An
 //! item free for four ticks is taken by whoever sees it (no item stays
@@ -81,6 +84,35 @@ struct LeaseValue {
     since: f64,
 }
 
+/// What became of a held lease in a round.
+enum Renewal {
+    Renewed(u64),
+    /// The renewal failed and the lease cannot be read (NATS unreachable,
+    /// a failover): still held, fenced once its last renewal is too old.
+    Unknown,
+    Lost,
+    /// Desired elsewhere (or no longer configured): released once drained.
+    HandOver(u64),
+}
+
+/// A renewal of the lease at revision `rev` failed: still ours if a newer
+/// revision says so (the update landed but its answer was lost), not
+/// renewed if it is still at `rev` or cannot be read (NATS unreachable, a
+/// failover: the fence decides), lost otherwise (another holder, or gone).
+async fn after_failed_renewal(leases: &kv::Store, key: &str, me: &str, rev: u64) -> Renewal {
+    match leases.entry(key).await {
+        Ok(Some(e)) if e.operation == kv::Operation::Put => {
+            match serde_json::from_slice::<LeaseValue>(&e.value) {
+                Ok(v) if v.holder == me && e.revision == rev => Renewal::Unknown,
+                Ok(v) if v.holder == me => Renewal::Renewed(e.revision),
+                _ => Renewal::Lost,
+            }
+        }
+        Ok(_) => Renewal::Lost,
+        Err(_) => Renewal::Unknown,
+    }
+}
+
 /// What an instance knows of the cluster, for `/api/cluster` and `/readyz`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ClusterView {
@@ -88,6 +120,9 @@ pub struct ClusterView {
     pub instance: String,
     /// Live members (their keys), as last seen.
     pub members: Vec<String>,
+    /// The members the assignment counts (seen for two ticks): when every
+    /// instance reports the same ones, ownership is stable.
+    pub settled: Vec<String>,
     /// Items this instance owns.
     pub owned: Vec<String>,
     /// Every item's owner as last seen (`pbx:ID` → member key, or none).
@@ -100,9 +135,19 @@ struct Held {
     renewed: Option<Instant>,
 }
 
+/// An item handed over: no longer owned (fenced), its lease kept until the
+/// normalizer has drained it (or the lease expires by itself).
+#[derive(Debug)]
+struct Releasing {
+    revision: u64,
+    drained: bool,
+    since: Instant,
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     held: HashMap<Item, Held>,
+    releasing: HashMap<Item, Releasing>,
     view: ClusterView,
 }
 
@@ -113,9 +158,21 @@ pub struct OwnershipHandle {
     owned: watch::Receiver<Arc<BTreeSet<Item>>>,
     fence: Duration,
     stopped: CancellationToken,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl OwnershipHandle {
+    /// Says that an item given up is drained: what this instance's
+    /// normalizer wrote for it is committed and it holds nothing of it any
+    /// more. Its lease is then deleted so the next owner takes it.
+    pub fn drained(&self, kind: Kind, id: &str) {
+        let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = s.releasing.get_mut(&(kind, id.to_string())) {
+            r.drained = true;
+            self.wake.notify_one();
+        }
+    }
+
     /// Whether this instance owns `item` right now (a lease renewed within
     /// ¾ of its time to live).
     pub fn holds(&self, kind: Kind, id: &str) -> bool {
@@ -193,11 +250,13 @@ pub async fn start(
     let shared = Arc::new(Mutex::new(Shared::default()));
     let (tx, rx) = watch::channel(Arc::new(BTreeSet::new()));
     let stopped = CancellationToken::new();
+    let wake = Arc::new(tokio::sync::Notify::new());
     let h = OwnershipHandle {
         shared: shared.clone(),
         owned: rx,
         fence: ttl.mul_f64(0.75),
         stopped: stopped.clone(),
+        wake: wake.clone(),
     };
     let task = Task {
         me: member_key(&cluster),
@@ -209,6 +268,7 @@ pub async fn start(
         tx,
         seen: HashMap::new(),
         free_since: HashMap::new(),
+        wake,
     };
     tokio::spawn(async move {
         task.run(items, shutdown).await;
@@ -229,6 +289,8 @@ struct Task {
     seen: HashMap<String, u32>,
     /// Items seen free, since which tick count.
     free_since: HashMap<Item, u32>,
+    /// Rung when a handed-over item is drained.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl Task {
@@ -244,11 +306,46 @@ impl Task {
                 _ = shutdown.cancelled() => break,
                 _ = ticks.tick() => {}
                 r = items.changed() => if r.is_err() { shutdown.cancelled().await; break; },
+                _ = self.wake.notified() => {
+                    self.release_drained().await;
+                    continue;
+                }
             }
             let list = items.borrow_and_update().clone();
             self.round(&list).await;
         }
         self.release_all().await;
+    }
+
+    /// Deletes the leases of the handed-over items that are drained (the
+    /// next owner takes them at its next tick); forgets those whose lease
+    /// has expired by itself meanwhile.
+    async fn release_drained(&mut self) {
+        let ready: Vec<(Item, u64)> = {
+            let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            let ttl = self.ttl;
+            s.releasing
+                .retain(|_, r| r.drained || r.since.elapsed() < ttl);
+            let ready: Vec<(Item, u64)> = s
+                .releasing
+                .iter()
+                .filter(|(_, r)| r.drained)
+                .map(|(i, r)| (i.clone(), r.revision))
+                .collect();
+            for (i, _) in &ready {
+                s.releasing.remove(i);
+            }
+            ready
+        };
+        let ops = ready.into_iter().map(|(item, rev)| {
+            let leases = self.leases.clone();
+            async move {
+                let key = lease_key(item.0.as_str(), &item.1);
+                let _ = leases.delete_expect_revision(&key, Some(rev)).await;
+                tracing::info!(target: "callhook::cluster", item = %format!("{}:{}", item.0.as_str(), item.1), "handed over (drained, lease released)");
+            }
+        });
+        futures::future::join_all(ops).await;
     }
 
     fn lease_value(&self) -> bytes::Bytes {
@@ -262,6 +359,7 @@ impl Task {
     }
 
     async fn round(&mut self, items: &[Item]) {
+        self.release_drained().await;
         let fence = self.ttl.mul_f64(0.75);
         // 1. Fence: leases not renewed in time are no longer ours.
         {
@@ -321,6 +419,7 @@ impl Task {
         let wanted: BTreeSet<&Item> = items.iter().collect();
         let value = self.lease_value();
         let mut ops = Vec::new();
+        let me = self.me.clone();
         for (item, rev) in &held {
             let key = lease_key(item.0.as_str(), &item.1);
             let mine = desired.get(item).is_none_or(|m| *m == self.me);
@@ -328,18 +427,18 @@ impl Task {
             let value = value.clone();
             let keep = mine && wanted.contains(item);
             let (item, rev) = (item.clone(), *rev);
+            let me = me.clone();
             ops.push(async move {
                 if keep {
                     match leases.update(&key, value, rev).await {
-                        Ok(r) => (item, Some(r)),
+                        Ok(r) => (item, Renewal::Renewed(r)),
                         Err(e) => {
                             tracing::warn!(target: "callhook::cluster", lease = %key, error = %e, "lease renewal failed");
-                            (item, None)
+                            (item, after_failed_renewal(&leases, &key, &me, rev).await)
                         }
                     }
                 } else {
-                    let _ = leases.delete_expect_revision(&key, Some(rev)).await;
-                    (item, None)
+                    (item, Renewal::HandOver(rev))
                 }
             });
         }
@@ -349,15 +448,28 @@ impl Task {
             let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
             for (item, r) in renewed {
                 match r {
-                    Some(rev) => {
+                    Renewal::Renewed(rev) => {
                         if let Some(h) = s.held.get_mut(&item) {
                             h.revision = rev;
                             h.renewed = Some(now);
                         }
                     }
-                    None => {
+                    Renewal::Unknown => {}
+                    Renewal::Lost => {
                         s.held.remove(&item);
                         tracing::info!(target: "callhook::cluster", item = %format!("{}:{}", item.0.as_str(), item.1), "ownership given up");
+                    }
+                    Renewal::HandOver(revision) => {
+                        s.held.remove(&item);
+                        tracing::info!(target: "callhook::cluster", item = %format!("{}:{}", item.0.as_str(), item.1), "ownership given up: handing over once drained");
+                        s.releasing.insert(
+                            item,
+                            Releasing {
+                                revision,
+                                drained: false,
+                                since: now,
+                            },
+                        );
                     }
                 }
             }
@@ -436,6 +548,7 @@ impl Task {
             s.view = ClusterView {
                 instance: self.cluster.id.clone(),
                 members: live.iter().cloned().collect(),
+                settled: settled.clone(),
                 owned: owned
                     .iter()
                     .map(|(k, id)| format!("{}:{id}", k.as_str()))
@@ -457,16 +570,19 @@ impl Task {
         self.free_since.retain(|i, _| wanted.contains(i));
     }
 
-    /// Clean stop: leases deleted so others take over at once.
+    /// Clean stop (after the normalizer's last commit): leases deleted so
+    /// others take over at once.
     async fn release_all(&mut self) {
         let held: Vec<(Item, u64)> = {
             let mut s = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            let v = s
+            let mut v: Vec<(Item, u64)> = s
                 .held
                 .iter()
                 .map(|(i, h)| (i.clone(), h.revision))
                 .collect();
+            v.extend(s.releasing.iter().map(|(i, r)| (i.clone(), r.revision)));
             s.held.clear();
+            s.releasing.clear();
             v
         };
         self.tx.send_replace(Arc::new(BTreeSet::new()));
