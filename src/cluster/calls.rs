@@ -33,6 +33,10 @@ struct Envelope {
     state: String,
 }
 
+/// A batch's changes to one PBX's calls: (session id, new state or `None`
+/// when the call ended).
+pub type CallChanges = Vec<(String, Option<Vec<u8>>)>;
+
 /// The bucket of live calls.
 #[derive(Clone)]
 pub struct CallBucket {
@@ -59,11 +63,7 @@ impl CallBucket {
 
     /// Applies the changes of one batch to `pbx`'s calls: `Some(bytes)` is
     /// the call's new state, `None` that it ended.
-    pub async fn save(
-        &self,
-        pbx: &str,
-        changes: Vec<(String, Option<Vec<u8>>)>,
-    ) -> Result<(), ClusterError> {
+    pub async fn save(&self, pbx: &str, changes: CallChanges) -> Result<(), ClusterError> {
         // One key per session (a batch names each session once): the
         // writes go out together and the batch waits for every ack.
         let writes = changes.into_iter().map(|(session, state)| {

@@ -29,7 +29,7 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::calls::CallBucket;
+use super::calls::{CallBucket, CallChanges};
 use super::names::{self, Names};
 use super::{Cluster, ClusterError};
 use crate::deliver::outbox::{
@@ -380,7 +380,7 @@ impl ClusterStore {
         } else {
             self.publish_all(reqs).await?
         };
-        let mut by_pbx: BTreeMap<String, Vec<(String, Option<Vec<u8>>)>> = BTreeMap::new();
+        let mut by_pbx: BTreeMap<String, CallChanges> = BTreeMap::new();
         for w in calls {
             by_pbx
                 .entry(w.pbx)
