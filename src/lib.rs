@@ -48,6 +48,7 @@ pub mod ami;
 pub mod app;
 pub mod backfill;
 pub mod build_info;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod deliver;

@@ -160,6 +160,13 @@ pub struct Metrics {
     pub outbox_waiting: IntGaugeVec,
     /// Age of the oldest waiting delivery, by target (0 when none waits).
     pub outbox_oldest_waiting_age_seconds: GaugeVec,
+    /// Cluster mode: live instances this one sees.
+    pub cluster_members: IntGauge,
+    /// Cluster mode: leases this instance holds, by kind (`pbx`, `team`).
+    pub cluster_owned: IntGaugeVec,
+    /// Cluster mode: model events not turned into deliveries because this
+    /// instance no longer owned their PBX or team (after a lost lease).
+    pub cluster_fenced_events: IntCounter,
     /// Targets whose outbox gauges were set (to reset them to 0 when drained).
     outbox_targets: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Process metrics (standard names, refreshed at every render).
@@ -182,6 +189,7 @@ pub const CONFIG_RESTART_KEYS: &[&str] = &[
     "push.token_param",
     "push.token_header",
     "pbx.queue_capacity",
+    "cluster",
     "presence",
     "agi",
     "agi.listen",
@@ -610,6 +618,30 @@ impl Metrics {
                         "Age of the oldest waiting delivery, by target",
                     ),
                     &["target"],
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            cluster_members: register(
+                &r,
+                "callhook_cluster_members",
+                IntGauge::new(
+                    "callhook_cluster_members",
+                    "Cluster mode: live instances this one sees",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            cluster_owned: gauge_vec(
+                &r,
+                "callhook_cluster_owned",
+                "Cluster mode: leases this instance holds, by kind",
+                &["kind"],
+            ),
+            cluster_fenced_events: register(
+                &r,
+                "callhook_cluster_fenced_events_total",
+                IntCounter::new(
+                    "callhook_cluster_fenced_events_total",
+                    "Cluster mode: events dropped because their PBX or team is no longer owned here",
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),

@@ -121,7 +121,7 @@ async fn start(extra: &str) -> App {
     App {
         base,
         sink,
-        outbox: running.outbox,
+        outbox: running.outbox.expect("single-node mode has an outbox"),
         token,
         task,
         http: reqwest::Client::new(),

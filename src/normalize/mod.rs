@@ -239,6 +239,17 @@ impl Normalizer {
         }
     }
 
+    /// Like [`settle_pushed`](Self::settle_pushed) for one team (cluster
+    /// mode: before the team is handed over, the records of its calls that
+    /// are over are written here; their pushes are acknowledged and the
+    /// next owner never sees them).
+    pub fn settle_team(&mut self, team: &str, now: f64, out: &mut Vec<ModelEvent>) {
+        if let Some(t) = self.teams.get_mut(team) {
+            t.settle_all(now, out);
+            t.publish();
+        }
+    }
+
     fn pbx<'a>(
         pbxs: &'a mut HashMap<PbxId, calls::PbxCalls>,
         id: &PbxId,
@@ -358,6 +369,22 @@ impl Normalizer {
             t.tick(&self.cfg, now, out);
             t.publish();
         }
+    }
+
+    /// Drops everything known about a PBX or push team without emitting
+    /// anything (cluster mode: another instance owns it now and carries
+    /// its calls on). Returns the calls dropped.
+    pub fn forget(&mut self, pbx: &str) -> usize {
+        let mut n = 0;
+        if let Some(p) = self.pbxs.remove(pbx) {
+            n += p.live_calls();
+            metrics().live_calls.with_label_values(&[pbx]).set(0);
+        }
+        if let Some(t) = self.teams.remove(pbx) {
+            n += t.live_calls();
+            metrics().live_calls.with_label_values(&[pbx]).set(0);
+        }
+        n
     }
 
     /// Number of calls currently tracked (all PBXs and push teams).
