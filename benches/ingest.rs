@@ -50,6 +50,9 @@ use tokio_util::sync::CancellationToken;
 /// varies by a factor of two between runs).
 const FLOOR_MEMORY: f64 = 0.12;
 const FLOOR_SOCKET: f64 = 0.12;
+/// The burst holds 30,000 calls at once (a call table far larger than the
+/// caches): its floor is lower.
+const FLOOR_BURST: f64 = 0.03;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -87,6 +90,13 @@ fn main() {
                 "replay" => {
                     replay_records(&capture);
                 }
+                "burst" => {
+                    let mut b = BANNER.to_vec();
+                    b.extend_from_slice(&burst_events);
+                    let t = Instant::now();
+                    let records = replay_records(&b);
+                    println!("burst replay: {records} records in {:?}", t.elapsed());
+                }
                 "run" => {
                     let fake = FakeAmi::start(Arc::new(events.clone()));
                     daemon(fake.addr, "profile", calls);
@@ -116,7 +126,7 @@ fn main() {
                         t.elapsed()
                     );
                 }
-                _ => panic!("--profile=replay|run|codec"),
+                _ => panic!("--profile=replay|run|codec|burst"),
             }
         }
         return;
@@ -192,7 +202,7 @@ fn main() {
             "burst callhook",
             "run, burst",
             burst_calls,
-            FLOOR_SOCKET,
+            FLOOR_BURST,
         ),
     ] {
         let (b, o) = (best.rate(base), best.rate(ours));

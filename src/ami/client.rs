@@ -996,13 +996,21 @@ impl Client {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             // Everything already read, for as long as the queue takes it.
+            let mut framed = false;
             while self.backlog.is_empty() {
                 let Some(frame) = sess.reader.buffered() else {
                     break;
                 };
+                framed = true;
                 if let Err(Lost(reason)) = self.on_frame(sess, frame) {
                     return SessionEnd::Lost(reason);
                 }
+            }
+            if framed {
+                // Let the normalizer take this read's events while they are
+                // still in the cache (on a single-threaded runtime it would
+                // otherwise only run once the queue is full).
+                tokio::task::yield_now().await;
             }
             let stalled = !self.backlog.is_empty();
             let eof = sess.reader.at_eof();

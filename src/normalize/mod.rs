@@ -188,7 +188,7 @@ impl Normalizer {
         }
         let started = std::time::Instant::now();
         let Self { cfg, pbxs, .. } = self;
-        match ev {
+        let p = match ev {
             SourceEvent::Ami {
                 pbx,
                 received_at,
@@ -207,6 +207,7 @@ impl Normalizer {
                     // Not a call event (VarSet, Cdr, RTCP, …): only time advances.
                     None => p.advance(cfg, t, out),
                 }
+                p
             }
             SourceEvent::AmiSnapshot {
                 pbx,
@@ -215,33 +216,27 @@ impl Normalizer {
             } => {
                 let p = Self::pbx(pbxs, pbx);
                 let t = p.pbx_time(*received_at);
-                p.snapshot(cfg, channels, t, out)
+                p.snapshot(cfg, channels, t, out);
+                p
             }
             SourceEvent::AmiOriginate { pbx, at, originate } => {
                 let p = Self::pbx(pbxs, pbx);
                 let t = p.pbx_time(*at);
-                p.originate_sent(cfg, originate, t)
+                p.originate_sent(cfg, originate, t);
+                p
             }
             SourceEvent::AmiDisconnected { pbx, at } => {
                 let p = Self::pbx(pbxs, pbx);
                 let t = p.pbx_time(*at);
-                p.disconnected(t)
+                p.disconnected(t);
+                p
             }
-            SourceEvent::Push { .. } => {}
-        }
+            SourceEvent::Push { .. } => return,
+        };
         metrics()
             .normalize_seconds
             .observe(started.elapsed().as_secs_f64());
-        let pbx = match ev {
-            SourceEvent::Ami { pbx, .. }
-            | SourceEvent::AmiSnapshot { pbx, .. }
-            | SourceEvent::AmiOriginate { pbx, .. }
-            | SourceEvent::AmiDisconnected { pbx, .. } => pbx,
-            SourceEvent::Push { .. } => return,
-        };
-        if let Some(p) = self.pbxs.get(pbx) {
-            p.publish();
-        }
+        p.publish();
     }
 
     /// Settles what time alone decides (maximum call age, undecided ≤ 11
