@@ -63,6 +63,8 @@ fn request(base: &str, i: usize, now: f64) -> DeliveryRequest {
         idempotency_key: None,
         created_at: now,
         expires_at: None,
+        refused: None,
+        secrets: Vec::new(),
     }
 }
 

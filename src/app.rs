@@ -8,12 +8,16 @@
 //!        ▲                                               │                                   │
 //!        └──────────── ack (after the commit) ───────────┼───────────────────────────────────┘
 //!                                                        ├─▶ optional printout of the call model (stdout)
-//!                                                        └─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
+//!                                                        ├─▶ try_send committed batch ─▶ presence task ◀─ try_send presence events ─ AMI clients
+//!                                                        │                                     │ change stream
+//!                                                        └─▶ try_send committed batch ─▶ live hub ◀┘ ─▶ WS / SSE / Meetip clients
 //! ```
 //!
 //! **Presence** runs in a task of its own ([`crate::presence::task`]); the
 //! table is readable through [`Running::presence`]. Neither the clients nor
-//! the normalizer task ever wait for it.
+//! the normalizer task ever wait for it. The **live** hub
+//! ([`crate::live`]) takes the committed batches the same way and follows
+//! the presence hub's change stream for its extension states.
 //!
 //! **Durability.** The normalizer task evaluates the rules for a batch of
 //! events and waits until the resulting deliveries are committed to the
@@ -62,6 +66,7 @@ use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::server::ServeOptions;
 use crate::http::{self, fds, ApiState, Readiness, ReloadReply};
+use crate::log_limit::LogLimiter;
 use crate::metrics::{metrics, KnownLabels};
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
@@ -119,22 +124,28 @@ const TICK: Duration = Duration::from_millis(250);
 /// Room in the normalizer's queue for pushed events (added to the PBXs').
 const PUSH_QUEUE: usize = 1024;
 
-/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir):
+/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir,
+/// mode 0700; the lock file 0600):
 /// held by `callhook run` for its lifetime, and by one-shot commands that
-/// send from the outbox (`replay --config`, `backfill --deliver`). Dropping
+/// send from the outbox (`replay --config`, `backfill --deliver`, `outbox recover`). Dropping
 /// the file releases it (so does the OS when the process dies).
 pub fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
     let io = |source| AppError::LockFile {
         dir: dir.to_path_buf(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("callhook.lock"))
-        .map_err(io)?;
+    crate::deliver::outbox::secure_state_dir(dir).map_err(|source| AppError::Outbox {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let mut open = std::fs::OpenOptions::new();
+    open.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
+    }
+    let file = open.open(dir.join("callhook.lock")).map_err(io)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(AppError::Locked {
@@ -462,6 +473,15 @@ pub async fn run_until(
         })?;
     let outbox = Arc::new(outbox);
     info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
+    // Rows stored in clear by an older version: masked before anything else.
+    match outbox
+        .conceal_stored(Arc::new(cfg.rules.secrets().clone()))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => info!(rows = n, "secrets stored in clear in the outbox masked"),
+        Err(e) => warn!(error = %e, "cannot mask secrets stored in the outbox"),
+    }
     init_series(&cfg);
     metrics().set_build_info(env!("CARGO_PKG_VERSION"), BUILD_COMMIT);
     let (targets_tx, targets_rx) = watch::channel(cfg.targets.clone());
@@ -492,6 +512,34 @@ pub async fn run_until(
     for p in &cfg.pbx {
         clients.start(p);
     }
+    // The live hub (consumes committed model events; click-to-call through
+    // the AMI clients) and the Meetip channel on top of it.
+    let live_token = CancellationToken::new();
+    let live = cfg.live.clone().map(|lc| {
+        // Looked up at each click-to-call: reloads add and remove PBXs.
+        let c = clients.clone();
+        let ami: crate::live::AmiLookup =
+            Arc::new(move |id: &str| c.handles().into_iter().find(|h| &**h.pbx() == id));
+        let live = crate::live::Live::new(lc, ami);
+        tokio::spawn(live.clone().run(live_token.clone()));
+        // Extension states: the presence tracker's, where it has any.
+        if cfg.presence.enabled {
+            crate::live::presence::spawn(&live, &presence.hub, &live_token);
+        }
+        let hub = live.clone();
+        let mut prev = opts.observer.take();
+        opts.observer = Some(Box::new(move |evs: &[ModelEvent]| {
+            hub.publish_model(evs);
+            if let Some(p) = prev.as_mut() {
+                p(evs);
+            }
+        }));
+        live
+    });
+    let meetip = match (&live, cfg.meetip.clone()) {
+        (Some(l), Some(m)) => Some(crate::meetip::Meetip::new(m, l.clone())),
+        _ => None,
+    };
     // The push endpoint is a source too: it feeds the same queue.
     let (push_teams_tx, push_teams_rx) = watch::channel(Arc::new(Teams::new(
         cfg.push.as_ref().map_or(&[][..], |p| &p.teams[..]),
@@ -534,6 +582,7 @@ pub async fn run_until(
     let caps = http_caps(&cfg, admin_listener.is_some());
     let ready_clients = clients.clone();
     let ok = outbox_ok.clone();
+    let ready_dispatcher = dispatcher.clone();
     let readiness = move || {
         let pbx: std::collections::BTreeMap<String, bool> = ready_clients
             .handles()
@@ -541,10 +590,13 @@ pub async fn run_until(
             .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
             .collect();
         let outbox_writable = ok.load(Ordering::Relaxed);
+        let polling = ready_dispatcher.polling();
         Readiness {
-            ready: outbox_writable && pbx.values().all(|v| *v),
+            ready: outbox_writable && polling.is_ok() && pbx.values().all(|v| *v),
             pbx,
             outbox_writable,
+            outbox_polling: polling.is_ok(),
+            outbox_error: polling.err(),
         }
     };
     let state = ApiState {
@@ -553,6 +605,8 @@ pub async fn run_until(
         admin_token: cfg.admin_token.clone(),
         outbox: Some(outbox.clone()),
         push: push_state.clone(),
+        live: live.clone(),
+        meetip: meetip.clone(),
     };
     let mut http_tasks = Vec::new();
     let mut serve = |l: tokio::net::TcpListener,
@@ -613,6 +667,24 @@ pub async fn run_until(
             "/metrics, /healthz, /readyz, /-/reload, /api",
         ),
         (None, None) => drop(state),
+    }
+    if let Some(m) = &meetip {
+        match m.config().listen {
+            Some(addr) => {
+                let l = bind(addr).await?;
+                serve(
+                    l,
+                    m.own_router(),
+                    "meetip",
+                    caps.listen,
+                    "Meetip PRO WebSocket",
+                );
+            }
+            None => info!(path = %m.config().path, "Meetip PRO WebSocket on the main listener"),
+        }
+    }
+    if live.is_some() {
+        info!("live API ready: /v1/live, /v1/live/sse, /v1/calls, /v1/extensions, /console");
     }
     if let Some(p) = &push_state {
         info!(path = %p.path, "push endpoint ready");
@@ -829,6 +901,7 @@ pub async fn run_until(
     }
     deliver_token.cancel();
     dispatcher.stopped().await;
+    live_token.cancel();
     http_token.cancel();
     for t in http_tasks {
         let _ = t.await;
@@ -908,6 +981,11 @@ async fn finish_batch(
     out.clear();
 }
 
+/// These repeat for every event while the outbox cannot take more (a full
+/// disk, the cap): one line per half minute, with the count left out.
+static OUTBOX_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+static OUTBOX_REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+
 /// Evaluates the rules for a batch of model events and commits the
 /// deliveries; returns once they are durable, or why they are not (logged:
 /// the outbox failed, or was full and refused some).
@@ -930,12 +1008,16 @@ pub async fn deliver_batch(
     }
     match outbox.submit(reqs).await {
         Ok(o) => {
-            ok.store(true, Ordering::Relaxed);
+            if !ok.swap(true, Ordering::Relaxed) {
+                info!("the outbox accepts writes again");
+            }
             if o.rejected_full > 0 {
-                warn!(
-                    rejected = o.rejected_full,
-                    "outbox full: deliveries refused"
-                );
+                if let Some(suppressed) = OUTBOX_REFUSED.check() {
+                    warn!(
+                        rejected = o.rejected_full,
+                        suppressed, "outbox full: deliveries refused"
+                    );
+                }
                 return Err(format!(
                     "outbox full: {} deliveries refused",
                     o.rejected_full
@@ -945,7 +1027,9 @@ pub async fn deliver_batch(
         }
         Err(e) => {
             ok.store(false, Ordering::Relaxed);
-            error!(error = %e, "cannot write deliveries to the outbox");
+            if let Some(suppressed) = OUTBOX_FAILED.check() {
+                error!(error = %e, suppressed, "cannot write deliveries to the outbox");
+            }
             Err(format!("cannot write deliveries to the outbox: {e}"))
         }
     }

@@ -12,6 +12,13 @@
 //! It prints a readable timeline (leg transitions and each webhook with its
 //! status and latency) and stops by itself once the calls are played and
 //! every delivery is done, or on Ctrl-C.
+//!
+//! It also serves the live API and the agent console on 127.0.0.1 and
+//! prints the console's URLs (agents 1001 and 1002, the supervisor board),
+//! each with a ticket: the replay waits up to 10 s for a browser to connect
+//! (so the first screen-pop is not missed), and when a console is open the
+//! demo stays up after the calls until Ctrl-C (click-to-call works too: the
+//! simulator answers `Originate` with the recorded outcomes).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,6 +71,17 @@ const CAPTURES: &[(&str, &[u8])] = &[
         include_bytes!("../tests/fixtures/ami/asterisk-20/outgoing-answered.ami"),
     ),
 ];
+
+/// Recorded click-to-call outcomes the simulator answers `Originate` with.
+const ORIGINATES: &[&[u8]] = &[
+    include_bytes!("../tests/fixtures/ami/originate/answered.ami"),
+    include_bytes!("../tests/fixtures/ami/originate/agent-busy.ami"),
+    include_bytes!("../tests/fixtures/ami/originate/agent-noanswer.ami"),
+    include_bytes!("../tests/fixtures/ami/originate/outside-busy.ami"),
+];
+
+/// The demo tenant's key (a demo on 127.0.0.1 only; never a real key).
+const LIVE_KEY: &str = "demo-live-key-not-secret";
 
 /// The demo's rule set.
 pub const DEMO_RULES: &str = include_str!("../rules/demo.yaml");
@@ -172,21 +190,35 @@ pub async fn run(speed: f64) -> Result<(), AppError> {
             capture.extend_from_slice(b"\r\n");
         }
     }
-    let sim = Simulator::new(USER, SECRET)
+    let mut sim = Simulator::new(USER, SECRET)
         .session(capture, AfterCapture::StayOpen)
         .speed(Some(speed))
-        .start()
+        .gated();
+    for rec in ORIGINATES {
+        if let Some(r) = crate::ami::sim_originate::OriginateRecording::from_capture(rec) {
+            sim = sim.originate(r);
+        }
+    }
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|source| AppError::Listen {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             source,
         })?;
+    let http_addr = http.local_addr().map_err(|source| AppError::Listen {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        source,
+    })?;
+    let sim = sim.start().await.map_err(|source| AppError::Listen {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        source,
+    })?;
 
     // callhook, configured by rules/demo.yaml.
     let state = std::env::temp_dir().join(format!("callhook-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&state);
     let text = format!(
-        "state_dir: {}\npbx:\n  - id: demo\n    ami: {{ host: 127.0.0.1, port: {}, username: {USER}, secret: {SECRET}, auth: md5 }}\n{}",
+        "state_dir: {}\nlisten: {http_addr}\npbx:\n  - id: demo\n    ami: {{ host: 127.0.0.1, port: {}, username: {USER}, secret: {SECRET}, auth: md5 }}\nlive:\n  tenants:\n    demo: {{ key: {LIVE_KEY}, code: 100 }}\n  crm_url: \"https://crm.example/DbFind.aspx?pi={{caller_number}}\"\n{}",
         state.display(),
         sim.local_addr().port(),
         DEMO_RULES.replace("127.0.0.1:8080", &sink_addr.to_string())
@@ -203,6 +235,27 @@ pub async fn run(speed: f64) -> Result<(), AppError> {
     println!("callhook demo: a simulated Asterisk 20 on {} plays {} real calls at speed {speed}; webhooks go to a sink on {sink_addr}", sim.local_addr(), CAPTURES.len());
     for (what, _) in CAPTURES {
         println!("  - {what}");
+    }
+    if let Some(t) = cfg.live.as_ref().and_then(|l| l.tenants.get("demo")) {
+        let exp = crate::source::now_epoch() as u64 + 3000;
+        let url = |ext: &str, scope| {
+            let ticket = crate::live::auth::mint(t, ext, scope, exp);
+            format!("http://{http_addr}/console?ticket={ticket}")
+        };
+        println!("\nThe agent console (open in a browser; the first call waits for one, 10 s at speed 1):");
+        println!(
+            "  agent 1001:  {}",
+            url("1001", crate::live::auth::Scope::Agent)
+        );
+        println!(
+            "  agent 1002:  {}",
+            url("1002", crate::live::auth::Scope::Agent)
+        );
+        println!(
+            "  supervisor:  {}",
+            url("999", crate::live::auth::Scope::Monitor)
+        );
+        println!("  (or {http_addr}/console with tenant demo, key {LIVE_KEY})");
     }
     println!("Ctrl-C stops.\n");
 
@@ -237,6 +290,7 @@ pub async fn run(speed: f64) -> Result<(), AppError> {
         RunOptions {
             config_path: None,
             observer: Some(observer),
+            listener: Some(http),
             ..RunOptions::default()
         },
         app_token,
@@ -247,6 +301,15 @@ pub async fn run(speed: f64) -> Result<(), AppError> {
         },
     ));
     let running = handles_rx.recv().await;
+    // Give a browser the chance to open the console before the first call.
+    let wait_browser = async {
+        while crate::metrics::metrics().live_clients.get() == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let patience = Duration::from_secs_f64((10.0 / speed.max(1.0)).max(0.2));
+    let _ = tokio::time::timeout(patience, wait_browser).await;
+    sim.release();
 
     // Stop when everything is played and delivered, or on Ctrl-C.
     let done = async {
@@ -262,9 +325,13 @@ pub async fn run(speed: f64) -> Result<(), AppError> {
             }
         }
     };
-    tokio::select! {
-        _ = done => println!("\nall calls played and every webhook delivered"),
-        _ = tokio::signal::ctrl_c() => println!("\ninterrupted"),
+    let interrupted = tokio::select! {
+        _ = done => { println!("\nall calls played and every webhook delivered"); false }
+        _ = tokio::signal::ctrl_c() => { println!("\ninterrupted"); true }
+    };
+    if !interrupted && crate::metrics::metrics().live_clients.get() > 0 {
+        println!("a console is open: the demo stays up (click-to-call works); Ctrl-C stops");
+        let _ = tokio::signal::ctrl_c().await;
     }
     token.cancel();
     let result = match app.await {

@@ -139,6 +139,8 @@ enum Command {
     },
     /// Inspect and retry deliveries in the outbox (`state_dir` of the config).
     Deliveries(DeliveriesArgs),
+    /// Check the outbox file for damage, or recover a damaged one.
+    Outbox(OutboxArgs),
     /// Play bundled real captures on a simulated PBX into callhook with
     /// `rules/demo.yaml` and a built-in webhook sink, and print a timeline.
     Demo {
@@ -146,16 +148,17 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
     },
-    /// Send the finished calls of Asterisk's CDR file (`Master.csv`) through
-    /// the rules and the outbox, each once.
+    /// Send the finished calls of Asterisk's CDR file (`Master.csv`) or CDR
+    /// database table through the rules and the outbox, each once.
     ///
     /// The calls go through the same number rewriting, `scope: call, state:
     /// hungup` rules and outbox as live calls: a request whose idempotency
     /// key the outbox already has (sent live or by an earlier backfill) is
     /// not sent again, so it can run from cron over overlapping periods.
-    /// Malformed rows are reported with their line number and skipped.
+    /// Malformed rows are reported with their line number (or, from a
+    /// database, their uniqueid and start) and skipped.
     #[command(after_long_help = BACKFILL_HELP)]
-    Backfill(BackfillArgs),
+    Backfill(Box<BackfillArgs>),
     /// Print a shell completion script (e.g. `callhook completions bash >
     /// /etc/bash_completion.d/callhook`).
     Completions {
@@ -194,8 +197,14 @@ Rows are read as cdr_csv writes them (no header): 16 to 21 columns, i.e.
 the classic ones plus loguniqueid / loguserfield / newcdrcolumns (linkedid),
 or a CSV export with a header line naming the columns (calldate, src, ...).
 
+From a database (cdr_mysql, cdr_adaptive_odbc, cdr_pgsql), each run reads on
+from the cursor saved in state_dir (cdr-cursors/); with --until, or
+--no-cursor, it reads the period alone and saves nothing.
+
 Examples:
   callhook backfill --cdr /var/log/asterisk/cdr-csv/Master.csv --config /etc/callhook.yaml --since 2h
+  CALLHOOK_CDR_DB_PASSWORD=... callhook backfill --cdr-db mysql://asterisk@db/asteriskcdrdb --config /etc/callhook.yaml
+  callhook backfill --cdr-db postgres://asterisk@db/asterisk --cdr-db-password-file /etc/callhook/cdr-db.pw --config /etc/callhook.yaml
   callhook backfill --cdr Master.csv --config callhook.yaml --since '2026-11-30 08:00' --until '2026-11-30 18:00' --dry-run
   zcat Master.csv.1.gz | callhook backfill --cdr - --config callhook.yaml --cdr-timezone -05:00
 
@@ -206,7 +215,42 @@ cron runs with none, in another working directory.";
 struct BackfillArgs {
     /// CDR file (`/var/log/asterisk/cdr-csv/Master.csv`); `-` reads stdin.
     #[arg(long, value_name = "FILE")]
-    cdr: PathBuf,
+    cdr: Option<PathBuf>,
+    /// CDR database instead of a file: `mysql://USER@HOST[:PORT]/DATABASE`
+    /// (MySQL, MariaDB) or `postgres://USER@HOST[:PORT]/DATABASE`, with the
+    /// drivers' options (`?ssl-mode=required`, `?sslmode=require`). The
+    /// password: --cdr-db-password-file, else $CALLHOOK_CDR_DB_PASSWORD (in
+    /// the URL it works too, but shows in `ps`). Reads on from a cursor
+    /// saved in state_dir, so a run from cron reads only new rows.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CALLHOOK_CDR_DB",
+        hide_env_values = true
+    )]
+    cdr_db: Option<String>,
+    /// File holding the --cdr-db password (`${CREDENTIALS_DIRECTORY}/cdr-db`
+    /// with systemd's LoadCredential=).
+    #[arg(long, value_name = "FILE", requires = "cdr_db")]
+    cdr_db_password_file: Option<PathBuf>,
+    /// --cdr-db: the table (default `cdr`; `SCHEMA.TABLE` for another
+    /// schema or database).
+    #[arg(long, value_name = "TABLE", requires = "cdr_db")]
+    cdr_table: Option<String>,
+    /// --cdr-db: a CDR field held in a column of another name (repeat as
+    /// needed), e.g. `start=calldate`, `src=source`. By default the
+    /// columns are Asterisk's: start (or calldate), answer, end, src, dst,
+    /// channel, dstchannel, uniqueid, linkedid, sequence and the rest
+    #[arg(long, value_name = "FIELD=COLUMN", requires = "cdr_db")]
+    cdr_column: Vec<String>,
+    /// --cdr-db: a call whose last row ended less than this before the
+    /// newest row (and before now) may still be in progress: it is left
+    /// for the next run (default 10m).
+    #[arg(long, value_name = "DURATION", requires = "cdr_db")]
+    settle: Option<String>,
+    /// --cdr-db: read from --since, and neither use nor save the cursor.
+    #[arg(long, requires = "cdr_db")]
+    no_cursor: bool,
     /// Configuration file (classification, rewriting, rules, targets, state_dir).
     #[arg(short, long, env = "CALLHOOK_CONFIG")]
     config: PathBuf,
@@ -267,6 +311,38 @@ struct DeliveriesArgs {
     /// Configuration file (for `state_dir`).
     #[arg(short, long, global = true, env = "CALLHOOK_CONFIG")]
     config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct OutboxArgs {
+    #[command(subcommand)]
+    action: OutboxAction,
+    /// Configuration file (for `state_dir`).
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "CALLHOOK_CONFIG",
+        conflicts_with = "state_dir"
+    )]
+    config: Option<PathBuf>,
+    /// The state directory itself, instead of a configuration file.
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum OutboxAction {
+    /// Read every page and delivery of `outbox.sqlite3` and report what is
+    /// damaged (safe while the daemon runs); exits 1 when something is.
+    Check,
+    /// Copy every readable delivery into a fresh database and put it in
+    /// place, keeping the damaged file as `outbox.sqlite3.damaged-<time>`
+    /// (the daemon must be stopped).
+    Recover,
 }
 
 #[derive(Subcommand, Debug)]
@@ -361,6 +437,14 @@ fn load(path: &Path) -> CliResult<Config> {
     let cfg = Config::load(path).map_err(|e| fail!(Code::Config, "{e}"))?;
     init_logs(&cfg.log);
     Ok(cfg)
+}
+
+/// Reads what the outbox commands need of a config (no secrets needed,
+/// status 3 when it does not parse), then starts logging.
+fn load_outbox(path: &Path) -> CliResult<callhook::config::OutboxSettings> {
+    let s = Config::load_outbox(path).map_err(|e| fail!(Code::Config, "{e}"))?;
+    init_logs(&s.log);
+    Ok(s)
 }
 
 /// Loads a configuration for `run`: what `check` accepts (status 3
@@ -550,6 +634,7 @@ fn dispatch(cmd: Command) -> CliResult {
             Ok(())
         }
         Command::Deliveries(args) => cli::deliveries::run(args),
+        Command::Outbox(args) => cli::outbox::run(args),
         Command::Demo { speed } => {
             if !(speed.is_finite() && speed > 0.0) {
                 return Err(fail!(Code::Usage, "--speed must be a positive number"));
@@ -558,7 +643,7 @@ fn dispatch(cmd: Command) -> CliResult {
             runtime()?.block_on(callhook::demo::run(speed))?;
             Ok(())
         }
-        Command::Backfill(args) => cli::backfill::run(args),
+        Command::Backfill(args) => cli::backfill::run(*args),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             cli::generate::completions(command(), shell, &mut out);

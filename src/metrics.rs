@@ -62,6 +62,11 @@ pub struct Metrics {
     pub outbox_oldest_age_seconds: Gauge,
     /// Deliveries refused because the outbox was at its cap.
     pub outbox_full: IntCounter,
+    /// Outbox rows that could not be decoded (a damaged file) and were
+    /// moved aside as dead.
+    pub outbox_damaged_rows: IntCounter,
+    /// Template values cut to `templates.max_value_length`.
+    pub template_values_truncated: IntCounter,
     /// HTTP request latency by target.
     pub delivery_seconds: HistogramVec,
     /// From the call event to the first attempt, by target.
@@ -82,6 +87,23 @@ pub struct Metrics {
     /// Push endpoint requests by team (configured teams, else `unknown`)
     /// and outcome (accepted, duplicate, unauthorized, bad_request, unavailable).
     pub push_requests: IntCounterVec,
+    /// Live clients connected (WebSocket, SSE, Meetip).
+    pub live_clients: IntGauge,
+    /// Live messages delivered to clients, by type (bounded set).
+    pub live_messages: IntCounterVec,
+    /// Live messages not delivered or clients dropped, by reason
+    /// (`slow_client`, `resnapshot`, `slow_disconnected`, `resume_too_old`, `input_full`, `presence_resync`).
+    pub live_dropped: IntCounterVec,
+    /// Live credential failures by reason (`missing`, `bad_credential`, `expired`).
+    pub live_auth_failures: IntCounterVec,
+    /// Live connections refused by limit (`rate`, `max_clients`, `max_clients_per_tenant`, `unknown_tenant`, `meetip_login_rate`).
+    pub live_refused: IntCounterVec,
+    /// Live clients dropped for missing heartbeats.
+    pub live_heartbeat_timeouts: IntCounter,
+    /// From the hub publishing a message to a client's session taking it.
+    pub live_latency_seconds: Histogram,
+    /// Click-to-call requests by outcome (final status, or why refused).
+    pub originate_requests: IntCounterVec,
     /// Presence inputs by kind (extension_status, device_state,
     /// registration, hold, state_list, model, other).
     pub presence_inputs: IntCounterVec,
@@ -356,6 +378,24 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
+            outbox_damaged_rows: register(
+                &r,
+                "callhook_outbox_damaged_rows_total",
+                IntCounter::new(
+                    "callhook_outbox_damaged_rows_total",
+                    "Outbox rows that could not be decoded and were moved aside as dead",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            template_values_truncated: register(
+                &r,
+                "callhook_template_values_truncated_total",
+                IntCounter::new(
+                    "callhook_template_values_truncated_total",
+                    "Template values cut to templates.max_value_length",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
             delivery_seconds: histogram_vec(
                 &r,
                 "callhook_delivery_seconds",
@@ -424,6 +464,63 @@ impl Metrics {
                 "callhook_push_requests_total",
                 "Push endpoint requests by team and outcome",
                 &["team", "outcome"],
+            ),
+            live_clients: register(
+                &r,
+                "callhook_live_clients",
+                IntGauge::new("callhook_live_clients", "Live clients connected")
+                    .unwrap_or_else(|e| panic!("gauge: {e}")),
+            ),
+            live_messages: counter_vec(
+                &r,
+                "callhook_live_messages_total",
+                "Live messages delivered to clients, by type",
+                &["type"],
+            ),
+            live_dropped: counter_vec(
+                &r,
+                "callhook_live_dropped_total",
+                "Live messages not delivered or clients dropped, by reason",
+                &["reason"],
+            ),
+            live_auth_failures: counter_vec(
+                &r,
+                "callhook_live_auth_failures_total",
+                "Live credential failures by reason",
+                &["reason"],
+            ),
+            live_refused: counter_vec(
+                &r,
+                "callhook_live_connections_refused_total",
+                "Live connections refused by limit",
+                &["reason"],
+            ),
+            live_heartbeat_timeouts: register(
+                &r,
+                "callhook_live_heartbeat_timeouts_total",
+                IntCounter::new(
+                    "callhook_live_heartbeat_timeouts_total",
+                    "Live clients dropped for missing heartbeats",
+                )
+                .unwrap_or_else(|e| panic!("counter: {e}")),
+            ),
+            live_latency_seconds: register(
+                &r,
+                "callhook_live_latency_seconds",
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "callhook_live_latency_seconds",
+                        "From the hub publishing a live message to a client session taking it",
+                    )
+                    .buckets(vec![1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0]),
+                )
+                .unwrap_or_else(|e| panic!("histogram: {e}")),
+            ),
+            originate_requests: counter_vec(
+                &r,
+                "callhook_originate_requests_total",
+                "Click-to-call requests by outcome",
+                &["outcome"],
             ),
             presence_inputs: counter_vec(
                 &r,

@@ -204,7 +204,24 @@ struct Run<'a, F> {
     stats: ReplayStats,
     out: Vec<ModelEvent>,
     last_t: f64,
+    /// Events seen before any packet carried a time (an Asterisk 11 login
+    /// and its snapshot precede the first `Timestamp`): they are handled,
+    /// in order, at the first time the capture gives, never at epoch 0.
+    untimed: Vec<SourceEvent>,
     captures: usize,
+}
+
+/// Events held back waiting for the capture's first time, at most.
+const MAX_UNTIMED: usize = 10_000;
+
+fn set_time(ev: &mut SourceEvent, t: f64) {
+    match ev {
+        SourceEvent::Ami { received_at, .. } | SourceEvent::AmiSnapshot { received_at, .. } => {
+            *received_at = t
+        }
+        SourceEvent::AmiDisconnected { at, .. } | SourceEvent::AmiOriginate { at, .. } => *at = t,
+        SourceEvent::Push { received_at, .. } => *received_at = t,
+    }
 }
 
 impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
@@ -216,6 +233,7 @@ impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
             stats: ReplayStats::default(),
             out: Vec::new(),
             last_t: 0.0,
+            untimed: Vec::new(),
             captures: 0,
         }
     }
@@ -301,8 +319,22 @@ impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
     }
 
     fn handle(&mut self, ev: &SourceEvent) {
+        if self.last_t == 0.0 && self.untimed.len() < MAX_UNTIMED {
+            self.untimed.push(ev.clone());
+            return;
+        }
+        self.flush_untimed();
         self.normalizer.handle(ev, &mut self.out);
         self.emit();
+    }
+
+    /// Handles what waited for the first time, at that time.
+    fn flush_untimed(&mut self) {
+        for mut ev in std::mem::take(&mut self.untimed) {
+            set_time(&mut ev, self.last_t);
+            self.normalizer.handle(&ev, &mut self.out);
+            self.emit();
+        }
     }
 
     fn emit(&mut self) {
@@ -313,6 +345,7 @@ impl<'a, F: FnMut(&ModelEvent)> Run<'a, F> {
     }
 
     fn finish(mut self) -> ReplayStats {
+        self.flush_untimed();
         // Let undecided channels settle (no wall clock in a replay).
         self.normalizer.tick(self.last_t + 60.0, &mut self.out);
         self.emit();
@@ -404,18 +437,75 @@ pub fn text_line(ev: &ModelEvent) -> String {
     }
 }
 
-/// Writes one rendered request (for `replay --dry-run`): text shows it as an
-/// HTTP request would look; jsonl gives one object per line with the body as
-/// text.
+/// Writes one rendered request (for `replay --dry-run`), without a
+/// target's own headers: see [`write_request_to`].
 pub fn write_request(
     w: &mut impl Write,
     r: &crate::deliver::DeliveryRequest,
     format: Format,
 ) -> std::io::Result<()> {
+    write_request_to(w, r, None, format)
+}
+
+/// Writes one rendered request as it would be sent to `target` (for
+/// `--dry-run`): built by the same builder as the dispatcher's
+/// ([`crate::deliver::http::build`]), so the URL is exactly the one sent;
+/// the target's static headers and signature are included, and every
+/// credential-like header value is masked (`***`: credential names, values
+/// from the environment; the rules' `env:` values are already `***` in the
+/// rendered request, see [`crate::deliver::secret`]). A request that would
+/// not be sent says why. Text shows it as an HTTP request would look;
+/// jsonl gives one object per line with the body as text.
+pub fn write_request_to(
+    w: &mut impl Write,
+    r: &crate::deliver::DeliveryRequest,
+    target: Option<&crate::deliver::Target>,
+    format: Format,
+) -> std::io::Result<()> {
+    use crate::deliver::http::{build, Parts};
     let body = r
         .body
         .as_ref()
         .map(|b| String::from_utf8_lossy(b).into_owned());
+    let unix = crate::source::now_epoch() as i64;
+    let built = build(target, Parts::from(r), unix);
+    let (url, headers, refused) = match &built {
+        Ok(b) => {
+            let headers: Vec<(String, String)> = b
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    let v =
+                        if v.is_sensitive() || crate::deliver::outbox::sensitive_name(k.as_str()) {
+                            "***".to_string()
+                        } else {
+                            String::from_utf8_lossy(v.as_bytes()).into_owned()
+                        };
+                    (k.as_str().to_string(), v)
+                })
+                .collect();
+            (
+                crate::deliver::outbox::mask_url(b.url.as_str()),
+                headers,
+                None,
+            )
+        }
+        Err(e) => (
+            crate::deliver::outbox::mask_url(&r.url),
+            r.headers
+                .iter()
+                .map(|(k, v)| {
+                    let v = if crate::deliver::outbox::sensitive_name(k) {
+                        "***".to_string()
+                    } else {
+                        v.clone()
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            Some(e.to_string()),
+        ),
+    };
     match format {
         Format::Jsonl => {
             let v = serde_json::json!({
@@ -424,11 +514,12 @@ pub fn write_request(
                 "session_id": r.session_id,
                 "event_id": r.event_id,
                 "method": r.method,
-                "url": r.url,
-                "headers": r.headers,
+                "url": url,
+                "headers": headers,
                 "body": body,
                 "idempotency_key": r.idempotency_key,
                 "expires_at": r.expires_at,
+                "not_sent": refused,
             });
             writeln!(w, "{v}")
         }
@@ -438,12 +529,12 @@ pub fn write_request(
                 "# rule {} → target {} ({})",
                 r.rule, r.target, r.event_id
             )?;
-            writeln!(w, "{} {}", r.method, r.url)?;
-            for (k, v) in &r.headers {
-                writeln!(w, "{k}: {v}")?;
+            if let Some(why) = &refused {
+                writeln!(w, "# NOT SENT (dead at once): {why}")?;
             }
-            if let Some(k) = &r.idempotency_key {
-                writeln!(w, "Idempotency-Key: {k}")?;
+            writeln!(w, "{} {}", r.method.to_ascii_uppercase(), url)?;
+            for (k, v) in &headers {
+                writeln!(w, "{k}: {v}")?;
             }
             if let Some(b) = body {
                 writeln!(w)?;

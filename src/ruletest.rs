@@ -248,7 +248,12 @@ pub fn run_file(path: &Path) -> FileResult {
 
     for (i, case) in file.tests.iter().enumerate() {
         let at = At::root().key("tests").index(i);
-        let got = match requests(&cfg, case, dir) {
+        // What is sent: the env values the outbox would store masked.
+        let got = match requests(&cfg, case, dir).and_then(|reqs| {
+            reqs.iter()
+                .map(|r| crate::deliver::secret::revealed(r, cfg.rules.secrets()))
+                .collect::<Result<Vec<_>, _>>()
+        }) {
             Ok(g) => g,
             Err(e) => {
                 result.errors.push(format!("{}{at}: {e}", here(&at)));

@@ -224,6 +224,9 @@ pub struct PushReceipt {
     /// The same event (session, event, source, leg, `eventTime`) was
     /// already applied: nothing happened this time.
     pub duplicate: bool,
+    /// The team is at `calls.max_live` and this push would open a new
+    /// call: nothing happened, the pusher should retry later.
+    pub full: bool,
 }
 
 /// How the normalizer task answers a push: the receipt once the event's

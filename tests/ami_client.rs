@@ -633,3 +633,89 @@ async fn idempotent_action_is_resent_after_reconnect() {
     next_snapshot(&mut rx).await;
     stop(&h, &token).await;
 }
+
+/// A link that drops every connection shortly after login, each time after
+/// delivering events (the README's policy): the client reconnects at once
+/// every time instead of backing off further and further, so the model is
+/// blind only for the reconnect itself. Measured here as the time from each
+/// disconnect to the next snapshot (the model is current again), with the
+/// default backoff (500 ms doubling to 30 s).
+#[tokio::test]
+async fn a_flapping_link_reconnects_at_once_after_sessions_that_delivered_events() {
+    let cap = fixture("asterisk-20/incoming-answered.ami");
+    let flaps = 8;
+    let sessions = (0..flaps)
+        .map(|_| SimSession::new(cap.clone(), AfterCapture::Close))
+        .collect();
+    let sim = sim(sessions)
+        .pause_before_close(Duration::from_millis(700))
+        .start()
+        .await
+        .unwrap();
+    let mut cfg = config("t-flap", sim.local_addr());
+    cfg.backoff_initial = Duration::from_millis(500);
+    cfg.backoff_max = Duration::from_secs(30);
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let token = CancellationToken::new();
+    let h = client::spawn(cfg, tx, token.clone());
+    let mut blind = Vec::new();
+    let mut down_at = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while blind.len() < flaps - 1 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = timeout(left, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("blind windows so far: {blind:?}"))
+            .unwrap();
+        match ev {
+            SourceEvent::AmiDisconnected { .. } => down_at = Some(Instant::now()),
+            SourceEvent::AmiSnapshot { .. } => {
+                if let Some(d) = down_at.take() {
+                    blind.push(d.elapsed());
+                }
+            }
+            _ => {}
+        }
+    }
+    let total: Duration = blind.iter().sum();
+    eprintln!(
+        "flapping link: {} reconnects, blind windows {:?} (total {total:?}, longest {:?})",
+        blind.len(),
+        blind,
+        blind.iter().max().unwrap()
+    );
+    // The old policy (reset only after a 30 s session) waited 0.25–0.5,
+    // 0.5–1, 1–2, 2–4 … s: the fifth reconnect alone took ≥ 4 s.
+    for (i, b) in blind.iter().enumerate() {
+        assert!(
+            *b < Duration::from_secs(1),
+            "reconnect {} left the model blind for {b:?}: {blind:?}",
+            i + 1
+        );
+    }
+    stop(&h, &token).await;
+}
+
+/// A PBX that drops every connection right after the login, without a
+/// single event, is not hammered: those sessions back off like failed
+/// connections.
+#[tokio::test]
+async fn sessions_without_events_still_back_off() {
+    let sessions = (0..20)
+        .map(|_| SimSession::empty(AfterCapture::Close))
+        .collect();
+    let sim = sim(sessions).start().await.unwrap();
+    let mut cfg = config("t-flap-empty", sim.local_addr());
+    cfg.backoff_initial = Duration::from_millis(500);
+    cfg.backoff_max = Duration::from_secs(30);
+    let (tx, mut rx) = mpsc::channel(100_000);
+    let token = CancellationToken::new();
+    let h = client::spawn(cfg, tx, token.clone());
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = sim.connections();
+    // 0, then ≤ 0.5, ≤ 1, ≤ 2 s later: at most 4 in 3 s (5 with slack).
+    assert!((2..=5).contains(&n), "{n} connections in 3 s");
+    stop(&h, &token).await;
+    drain.abort();
+}

@@ -65,6 +65,21 @@ fn counter(target: &str, outcome: &str) -> u64 {
         .get()
 }
 
+/// Waits until an outcome counter reaches `n` (it is counted right after the
+/// row's commit, a moment after the row itself is visible).
+async fn wait_counter(target: &str, outcome: &str, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    while counter(target, outcome) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{target}/{outcome}: {} of {n}",
+            counter(target, outcome)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(counter(target, outcome), n, "{target}/{outcome}");
+}
+
 fn attempts(target: &str, status: &str) -> u64 {
     metrics()
         .delivery_attempts
@@ -154,7 +169,7 @@ t-exact:
     }
     let row = &rows(&rig.outbox).await[0];
     assert_eq!((row.attempts, row.last_status.as_deref()), (2, Some("200")));
-    assert_eq!(counter("t-exact", "delivered"), 1);
+    wait_counter("t-exact", "delivered", 1).await;
     rig.stop().await;
 }
 
@@ -177,7 +192,7 @@ async fn fails_n_times_then_delivers_counting_once() {
     // Give a stray duplicate the chance to show up, then count.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(sink.count(), 4, "exactly N + 1 attempts");
-    assert_eq!(counter("t-retry-n", "delivered"), 1);
+    wait_counter("t-retry-n", "delivered", 1).await;
     assert_eq!(counter("t-retry-n", "dead"), 0);
     assert_eq!(attempts("t-retry-n", "500"), 3);
     assert_eq!(attempts("t-retry-n", "200"), 1);
@@ -283,7 +298,7 @@ t-down-up:
             .collect();
         assert_eq!(order, want, "order of {c}");
     }
-    assert_eq!(counter("t-down-up", "delivered"), 9);
+    wait_counter("t-down-up", "delivered", 9).await;
     assert_eq!(counter("t-down-up", "dead"), 0);
     rig.stop().await;
 }
@@ -309,12 +324,12 @@ t-gone: { retry: { initial_backoff: 20ms } }
     let excerpt = r[0].last_error.as_deref().unwrap();
     assert!(excerpt.starts_with("bad field x"), "{excerpt}");
     assert!(excerpt.len() <= 2048);
-    assert_eq!(counter("t-refuse", "dead"), 1);
+    wait_counter("t-refuse", "dead", 1).await;
     // The operator fixes the CRM and retries it.
     assert!(rig.outbox.retry(r[0].id).await.unwrap());
     wait_rows(&rig.outbox, "done", |r| all(r, Status::Done)).await;
     assert_eq!(sink.for_path("/refuse").len(), 2);
-    assert_eq!(counter("t-refuse", "delivered"), 1);
+    wait_counter("t-refuse", "delivered", 1).await;
 
     // 410: dead, and the target is disabled: its other deliveries wait.
     rig.enqueue(&[request("t-gone", "g1", "ringing", &sink.url("/gone"))])
@@ -381,7 +396,7 @@ async fn expired_deliveries_are_never_sent() {
     assert!(sink.for_path("/stale").is_empty());
     assert!(sink.for_path("/popup").is_empty());
     assert!(!sink.for_path("/blocked").is_empty());
-    assert_eq!(counter("t-expired", "expired"), 2);
+    wait_counter("t-expired", "expired", 2).await;
     rig.stop().await;
 }
 
@@ -485,4 +500,180 @@ async fn shutdown_finishes_requests_on_the_wire_and_requeues_the_rest() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(done, sink.count());
     let _ = std::fs::remove_dir_all(&rig.dir);
+}
+
+/// A request that can never be sent (a URL longer than HTTP allows, a path
+/// that would be resolved elsewhere, one the rules refused) is dead at its
+/// first attempt with the reason, never retried as if the target were down,
+/// and the call's next delivery to the same target goes out right after.
+#[tokio::test]
+async fn requests_that_can_never_be_sent_are_dead_at_once_and_never_block_the_call() {
+    let sink = Sink::start().await;
+    let rig = Rig::start(
+        "never-sendable",
+        "never-sendable: { retry: { max_attempts: 50, initial_backoff: 2s } }",
+    );
+    let long = request(
+        "never-sendable",
+        "call-1",
+        "ringing",
+        &sink.url(&format!("/pop?name={}", "N".repeat(100 * 1024))),
+    );
+    let dots = request(
+        "never-sendable",
+        "call-1",
+        "answered",
+        &sink.url("/crm/%2E%2E/pop"),
+    );
+    let mut refused = request("never-sendable", "call-1", "held", &sink.url("/crm//pop"));
+    refused.refused = Some("the URL path segment made of %CALLER_ID% would be empty".into());
+    let next = request("never-sendable", "call-1", "hungup", &sink.url("/calls"));
+    let started = Instant::now();
+    rig.enqueue(&[long, dots]).await;
+    let o = rig.outbox.enqueue(&[refused, next]).await.unwrap();
+    assert_eq!((o.inserted, o.refused), (1, 1), "{o:?}");
+    rig.handle.notify();
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].path(), "/calls");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the next delivery waited {:?} behind requests that can never be sent",
+        started.elapsed()
+    );
+    // The sink answered; the outcome is committed just after.
+    let rows = wait_rows(&rig.outbox, "the record done", |r| {
+        r.iter()
+            .any(|x| x.event_id.contains("/hungup/") && x.status == Status::Done)
+    })
+    .await;
+    let by_state = |s: &str| {
+        rows.iter()
+            .find(|r| r.event_id.contains(&format!("/{s}/")))
+            .unwrap()
+    };
+    let long = by_state("ringing");
+    assert_eq!((long.status, long.attempts), (Status::Dead, 1));
+    assert!(
+        long.last_error
+            .as_deref()
+            .unwrap()
+            .contains("cannot be sent"),
+        "{long:?}"
+    );
+    let dots = by_state("answered");
+    assert_eq!(dots.status, Status::Dead);
+    assert!(
+        dots.last_error.as_deref().unwrap().contains("dot segment"),
+        "{dots:?}"
+    );
+    let refused = by_state("held");
+    assert_eq!((refused.status, refused.attempts), (Status::Dead, 0));
+    assert_eq!(refused.last_status.as_deref(), Some("refused"));
+    assert_eq!(by_state("hungup").status, Status::Done);
+    // Counted by the attempt just after its outcome is committed.
+    let deadline = Instant::now() + WAIT;
+    while attempts("never-sendable", "invalid") < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(attempts("never-sendable", "invalid"), 2);
+    assert_eq!(sink.count(), 1, "nothing else reached the sink");
+    // An operator retry of a refused row refuses it again.
+    assert!(rig.outbox.retry(refused.id).await.unwrap());
+    rig.handle.notify();
+    wait_rows(&rig.outbox, "the refused row dead again", |r| {
+        r.iter()
+            .any(|x| x.id == refused.id && x.status == Status::Dead && x.attempts == 1)
+    })
+    .await;
+    assert_eq!(sink.count(), 1);
+    rig.stop().await;
+}
+
+/// A CRM down for 3 s under steady traffic (20 screen-pops a second, each
+/// fresh for 30 s): the breaker opens, probes after 1 s and 2 s more, and
+/// deliveries resume well within 3 s of the CRM coming back; every
+/// screen-pop raised meanwhile is still delivered (none expires because of
+/// the breaker); the default settings are used (first probe 1 s, doubling
+/// to 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_3_second_crm_outage_costs_no_screen_pop() {
+    let sink = Sink::start().await;
+    let rig = Rig::start("blip", "t-blip: { concurrency: 4 }");
+    let state = || metrics().breaker_state.with_label_values(&["t-blip"]).get();
+    let pop = |i: usize| {
+        let mut r = request("t-blip", &format!("pop-{i}"), "ringing", &sink.url("/pop"));
+        r.expires_at = Some(r.created_at + 30.0);
+        r
+    };
+    let mut i = 0;
+    // 20 a second, each enqueued as it happens.
+    let send_for = |d: Duration, i: &mut usize| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            let r = pop(*i);
+            *i += 1;
+            let (o, h) = (rig.outbox.clone(), rig.handle.clone());
+            tokio::spawn(async move {
+                o.enqueue(&[r]).await.unwrap();
+                h.notify();
+            });
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    tokio::task::block_in_place(|| send_for(Duration::from_secs(1), &mut i));
+    sink.set_fallback(Reply::status(503));
+    let down_at = Instant::now();
+    tokio::task::block_in_place(|| send_for(Duration::from_secs(3), &mut i));
+    assert_eq!(state(), 2, "the breaker opened during the outage");
+    let up_at = Instant::now();
+    sink.set_fallback(Reply::status(200));
+    let during = i;
+    tokio::task::block_in_place(|| send_for(Duration::from_secs(2), &mut i));
+    let total = i;
+    let rows = wait_rows(&rig.outbox, "every pop delivered", |r| {
+        r.len() == total
+            && r.iter()
+                .all(|x| x.status == Status::Done || x.status == Status::Expired)
+    })
+    .await;
+    let expired = rows.iter().filter(|r| r.status == Status::Expired).count();
+    assert_eq!(expired, 0, "screen-pops expired because of the breaker");
+    let got = sink.received();
+    let first_ok = got
+        .iter()
+        .filter(|r| r.at >= up_at)
+        .map(|r| r.at)
+        .min()
+        .unwrap();
+    let resumed = first_ok - up_at;
+    let failed = got
+        .iter()
+        .filter(|r| r.at >= down_at && r.at < up_at)
+        .count();
+    eprintln!(
+        "outage 3 s: {failed} failed requests (threshold + probes), first delivery {resumed:?} after the CRM was back"
+    );
+    assert!(
+        resumed <= Duration::from_secs(3),
+        "resumed after {resumed:?}"
+    );
+    // Every pop raised before the CRM was back went out soon after it was.
+    let last_backlog = got
+        .iter()
+        .filter(|r| r.at >= up_at)
+        .map(|r| r.at)
+        .max()
+        .unwrap();
+    assert!(during > 60, "steady traffic: {during}");
+    assert!(
+        last_backlog - up_at <= Duration::from_secs(5),
+        "the backlog drained {:?} after the CRM was back",
+        last_backlog - up_at
+    );
+    // While open, the CRM saw only the threshold and the probes.
+    assert!(
+        failed <= 5 + 4 + 3,
+        "{failed} requests hit the CRM while it was down"
+    );
+    rig.stop().await;
 }

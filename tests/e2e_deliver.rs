@@ -518,16 +518,32 @@ async fn a_rate_limit_of_20_per_second_is_never_exceeded() {
     );
     let got = sink.wait_for(110).await;
     drop(d);
+    // Measured at the sink, so arrival jitter (a request delayed by a busy
+    // machine arriving together with the next ones) is in the numbers: a
+    // window of w seconds can hold the requests sent in w + J seconds, J
+    // the latency spread. The exact per-second bound on send instants is
+    // proven in tests/deliver_rate.rs; here, allowing J = 250 ms, no 1 s
+    // window exceeds 20·1.25 + 1 and no 5 s window 20·5.25 + 1, which still
+    // fails for a limit that lets through even one request too many per
+    // second over 5 s.
     let times: Vec<Instant> = got.iter().map(|r| r.at).collect();
-    let mut worst = 0;
-    for (i, t) in times.iter().enumerate() {
-        let n = times[i..]
-            .iter()
-            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
-            .count();
-        worst = worst.max(n);
-    }
-    assert!(worst <= 21, "{worst} requests within one second");
+    let worst_in = |w: Duration| {
+        let mut worst = 0;
+        for (i, t) in times.iter().enumerate() {
+            let n = times[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) < w)
+                .count();
+            worst = worst.max(n);
+        }
+        worst
+    };
+    let (one, five) = (
+        worst_in(Duration::from_secs(1)),
+        worst_in(Duration::from_secs(5)),
+    );
+    assert!(one <= 26, "{one} requests within one second");
+    assert!(five <= 106, "{five} requests within five seconds");
     let span = times[109].duration_since(times[0]);
     assert!(
         span >= Duration::from_millis(5000),

@@ -256,6 +256,12 @@ fn demo_plays_the_captures_and_stops_by_itself() {
     );
     let calls = text.lines().filter(|l| l.contains("  call ")).count();
     assert_eq!(calls, 8, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("agent 1001:  http://127.0.0.1:")
+                && l.contains("/console?ticket=v1.")),
+        "the console URL: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -524,3 +524,50 @@ proptest! {
         prop_assert_eq!(n.tracked().channels, 0);
     }
 }
+
+#[test]
+fn calls_beyond_max_live_are_not_tracked_and_room_comes_back() {
+    let cfg = NormalizerConfig {
+        max_live_calls: 3,
+        ..NormalizerConfig::default()
+    };
+    let mut n = Normalizer::new(cfg);
+    let pbx: Arc<str> = "main".into();
+    let mut out = Vec::new();
+    let t0 = 1_800_000_000.0;
+    let feed_msgs =
+        |n: &mut Normalizer, msgs: Vec<AmiMessage>, t: f64, out: &mut Vec<ModelEvent>| {
+            for msg in msgs {
+                n.handle(
+                    &SourceEvent::Ami {
+                        pbx: pbx.clone(),
+                        received_at: t,
+                        msg,
+                    },
+                    out,
+                );
+            }
+        };
+    // Five calls ring at once; only three fit.
+    for i in 0..5 {
+        feed_msgs(
+            &mut n,
+            synthetic(i, t0 + i as f64, false),
+            t0 + i as f64,
+            &mut out,
+        );
+    }
+    assert_eq!(n.tracked().calls, 3);
+    assert!(n.tracked().channels <= 6, "{:?}", n.tracked());
+    // The calls in progress go on and finish; a refused call leaves nothing.
+    feed_msgs(&mut n, synthetic(4, t0 + 4.0, true), t0 + 10.0, &mut out);
+    feed_msgs(&mut n, synthetic(0, t0, true), t0 + 10.0, &mut out);
+    n.tick(t0 + 20.0, &mut out);
+    let recs = records(&out);
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0].session_id.as_str(), "1800000000.0");
+    assert_eq!(n.tracked().calls, 2);
+    // There is room again for a new call.
+    feed_msgs(&mut n, synthetic(7, t0 + 30.0, false), t0 + 30.0, &mut out);
+    assert_eq!(n.tracked().calls, 3);
+}

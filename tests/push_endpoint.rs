@@ -477,6 +477,44 @@ async fn a_session_that_never_hangs_up_is_closed_by_max_age() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_for_new_calls_beyond_max_live_are_503_and_calls_in_progress_go_on() {
+    let app = start("calls: { max_live: 2 }").await;
+    let ring = |s: &str| {
+        format!("sessionid={s}&event=ringing&source=CALLEE&calltype=dialin&activenum=5550009&extension=1005")
+    };
+    ok(app.acme(&ring("cap.1")).await);
+    ok(app.acme(&ring("cap.2")).await);
+    // A third call does not fit: 503 with Retry-After, nothing recorded.
+    let (status, body, headers) = app.form(&format!("?token={ACME}"), &ring("cap.3")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("calls.max_live"),
+        "{body}"
+    );
+    assert_eq!(
+        headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    // The calls in progress still take their pushes and finish.
+    ok(app
+        .acme("sessionid=cap.1&event=hangup&source=CALLEE&calltype=dialin&activenum=5550009&extension=1005")
+        .await);
+    let c = app.wait_bodies("/call", "cap.1", 1).await.remove(0);
+    assert_eq!(c["disposition"], "NO ANSWER");
+    // Once a call is over there is room again: the retried push is taken.
+    ok(app.acme(&ring("cap.3")).await);
+    assert!(app.bodies("/leg", "cap.3").len() <= 1);
+    assert!(app
+        .metrics()
+        .await
+        .contains(r#"callhook_normalizer_ignored_total{reason="max_live"} 1"#));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_rules_fire_for_pushed_and_ami_calls() {
     let app = start("").await;
     // A pushed incoming call answered by 1002 …

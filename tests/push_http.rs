@@ -47,10 +47,14 @@ async fn serve(
             ready: true,
             pbx: BTreeMap::new(),
             outbox_writable: true,
+            outbox_polling: true,
+            outbox_error: None,
         }),
         reload: None,
         admin_token: None,
         outbox: None,
+        live: None,
+        meetip: None,
         push: Some(Arc::new(PushState {
             path: "/hooks/cc".into(),
             token_param: "key".into(),
@@ -121,8 +125,18 @@ async fn the_event_reaches_the_queue_and_the_ack_decides_the_answer() {
             };
             let ack = ack.expect("an acknowledgement to answer");
             match i {
-                0 => ack.send(Ok(PushReceipt { duplicate: false })).unwrap(),
-                1 => ack.send(Ok(PushReceipt { duplicate: true })).unwrap(),
+                0 => ack
+                    .send(Ok(PushReceipt {
+                        duplicate: false,
+                        full: false,
+                    }))
+                    .unwrap(),
+                1 => ack
+                    .send(Ok(PushReceipt {
+                        duplicate: true,
+                        full: false,
+                    }))
+                    .unwrap(),
                 2 => ack.send(Err("disk full".into())).unwrap(),
                 _ => drop(ack),
             }

@@ -16,6 +16,7 @@ fn root() -> &'static Path {
 
 fn config_including(rule_file: &str) -> Config {
     std::env::set_var("CRM_TOKEN", "test-token");
+    std::env::set_var("ASTERCC_PUSH_TOKEN", "test-push-token");
     std::env::set_var(
         "FEED_WEBHOOK_SECRET",
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -142,7 +143,13 @@ fn call_log_posts_one_record_per_call_with_a_stable_key() {
     assert_eq!(keys.len(), reqs.len(), "one key per call");
     for r in &reqs {
         assert_eq!(r.method, "POST");
+        // Stored masked; the dispatcher sends the configured value.
         assert!(r
+            .headers
+            .iter()
+            .any(|(k, v)| k == "Authorization" && v == "Bearer ***"));
+        let sent = callhook::deliver::secret::revealed(r, cfg.rules.secrets()).unwrap();
+        assert!(sent
             .headers
             .iter()
             .any(|(k, v)| k == "Authorization" && v == "Bearer test-token"));

@@ -37,14 +37,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use reqwest::Method;
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::action::{from_json, Action, ActionKind};
 use super::call::AgiCall;
 use super::config::{Build, BuildContext};
-use crate::deliver::http::build_headers;
+use crate::deliver::http::build;
 use crate::deliver::outbox::Claimed;
 use crate::deliver::Target;
 use crate::rules::{Scalar, Words};
@@ -215,9 +214,13 @@ impl Crm {
         templates: &Templates,
         ctx: &TemplateContext<'_>,
     ) -> Result<Claimed, String> {
-        let url = templates
+        let rendered = templates
             .render_url(&self.url, ctx)
             .map_err(|e| e.to_string())?;
+        if let Some(why) = rendered.refused {
+            return Err(why);
+        }
+        let url = rendered.url;
         let mut headers = Vec::with_capacity(self.headers.len() + 1);
         for (k, v) in &self.headers {
             headers.push((
@@ -274,6 +277,8 @@ impl Crm {
             created_at: crate::source::now_epoch(),
             expires_at: None,
             attempts: 0,
+            refused: None,
+            secrets: Vec::new(),
         })
     }
 
@@ -282,10 +287,13 @@ impl Crm {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let headers = build_headers(target, req, now).map_err(|e| CrmFailure::new("error", e))?;
-        let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| CrmFailure::new("error", format!("invalid method {:?}", req.method)))?;
-        let mut r = target.client.request(method, &req.url).headers(headers);
+        // The dispatcher's builder: the same checks and credentials.
+        let built = build(Some(target), req.into(), now)
+            .map_err(|e| CrmFailure::new("error", e.to_string()))?;
+        let mut r = target
+            .client
+            .request(built.method, built.url)
+            .headers(built.headers);
         if let Some(b) = &req.body {
             r = r.body(b.clone());
         }

@@ -8,6 +8,7 @@ pub mod codec;
 pub mod message;
 pub mod reader;
 pub mod route;
+pub mod sim_originate;
 pub(crate) mod sim_state;
 pub mod simulator;
 pub mod state_sync;

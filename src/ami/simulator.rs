@@ -21,6 +21,8 @@
 //!    grace expires — the replay starts. A client that resyncs right after
 //!    its login therefore always receives its snapshot before the first
 //!    replayed event.
+//!    With [`Simulator::gated`], the replay then waits for
+//!    [`SimulatorHandle::release`] (tests connect their observers first).
 //! 4. **Replay** of the capture's frames in order, byte-exact (each frame is
 //!    re-sent exactly as captured; if a frame's bytes do not decode back to
 //!    the same message alone, it is re-encoded instead). Not replayed: the
@@ -45,6 +47,12 @@
 //!   name) are answered with that canned list, the ActionID rewritten to the
 //!   client's. `CoreShowChannels` and `Status` without a canned list get an
 //!   empty but well-formed list (`EventList: start` … `ListItems: 0`).
+//! * `Originate`, when the simulator has recorded outcomes
+//!   ([`Simulator::originate`], see [`super::sim_originate`]): the
+//!   recorded Response, events and `OriginateResponse` of the best matching
+//!   recorded Originate (same number, else same agent, else the first),
+//!   with the request's ActionID, ChannelId, agent and number, on the
+//!   recorded timeline (interleaved with the replay and other Originates).
 //! * The presence state actions without a canned list (`ExtensionStateList`,
 //!   `DeviceStateList`, `SIPpeers`, `PJSIPShowEndpoints`) and
 //!   `ExtensionState` are answered as the capture's Asterisk version would
@@ -80,6 +88,7 @@ use tracing::{debug, warn};
 use super::client::{ends_list, md5_key, starts_list};
 use super::codec::{AmiCodec, AmiFrame};
 use super::message::{AmiMessage, MessageKind};
+use super::sim_originate::{self, OriginateRecording, OriginateRequest};
 use super::sim_state::{self, ExtensionStates};
 
 /// AMI version announced when a capture has no banner.
@@ -155,6 +164,11 @@ pub struct Simulator {
     /// With [`AfterCapture::Close`]: keep answering for this long after the
     /// replay before dropping the connection.
     pub pause_before_close: Duration,
+    /// How `Originate` is answered (empty: `queued (simulated)`, no events).
+    pub originates: Vec<OriginateRecording>,
+    /// Hold every replay until [`SimulatorHandle::release`] (after the
+    /// resync grace; actions are answered meanwhile).
+    pub gated: bool,
 }
 
 impl Simulator {
@@ -168,7 +182,22 @@ impl Simulator {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             resync_grace: Duration::from_secs(1),
             pause_before_close: Duration::ZERO,
+            originates: Vec::new(),
+            gated: false,
         }
+    }
+
+    /// Holds every replay until [`SimulatorHandle::release`].
+    pub fn gated(mut self) -> Self {
+        self.gated = true;
+        self
+    }
+
+    /// Adds recorded Originate outcomes to answer `Originate` with
+    /// (see [`OriginateRecording::from_capture`]).
+    pub fn originate(mut self, recording: OriginateRecording) -> Self {
+        self.originates.push(recording);
+        self
     }
 
     /// Appends a session to the script.
@@ -231,12 +260,15 @@ impl Simulator {
             states: ExtensionStates::default(),
         });
         let speed = self.speed.filter(|s| s.is_finite() && *s > 0.0);
+        let (gate_tx, gate_rx) = watch::channel(!self.gated);
         let settings = Arc::new(Settings {
             username: self.username,
             secret: self.secret,
             speed,
             resync_grace: self.resync_grace,
             pause_before_close: self.pause_before_close,
+            originates: self.originates,
+            gate: gate_rx,
         });
         let (stats_tx, stats_rx) = watch::channel(SimStats::default());
         let stats = Arc::new(stats_tx);
@@ -250,6 +282,7 @@ impl Simulator {
             cancel.clone(),
         ));
         Ok(SimulatorHandle {
+            gate: gate_tx,
             addr,
             stats: stats_rx,
             cancel,
@@ -288,6 +321,7 @@ impl SimStats {
 
 /// A running simulator.
 pub struct SimulatorHandle {
+    gate: watch::Sender<bool>,
     addr: SocketAddr,
     stats: watch::Receiver<SimStats>,
     cancel: CancellationToken,
@@ -328,6 +362,11 @@ impl SimulatorHandle {
         found.unwrap_or_else(|_| self.stats())
     }
 
+    /// Lets gated replays start (see [`Simulator::gated`]).
+    pub fn release(&self) {
+        self.gate.send_replace(true);
+    }
+
     /// Stops accepting, closes every connection and waits for the listener task.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
@@ -349,6 +388,8 @@ struct Settings {
     speed: Option<f64>,
     resync_grace: Duration,
     pause_before_close: Duration,
+    originates: Vec<OriginateRecording>,
+    gate: watch::Receiver<bool>,
 }
 
 /// One frame to replay.
@@ -642,6 +683,9 @@ struct Conn {
     prepared: Arc<Prepared>,
     settings: Arc<Settings>,
     stats: Arc<watch::Sender<SimStats>>,
+    /// Frames of Originate outcomes still to send, by due time.
+    outcomes: std::collections::BTreeMap<(Instant, u64), Vec<u8>>,
+    outcome_seq: u64,
 }
 
 async fn serve(
@@ -658,6 +702,8 @@ async fn serve(
         prepared,
         settings,
         stats,
+        outcomes: std::collections::BTreeMap::new(),
+        outcome_seq: 0,
     };
     let banner = format!("Asterisk Call Manager/{}\r\n", conn.prepared.version);
     conn.wr.write_all(banner.as_bytes()).await?;
@@ -665,6 +711,9 @@ async fn serve(
         return Ok(());
     }
     if !conn.resync_grace().await? {
+        return Ok(());
+    }
+    if !conn.wait_gate().await? {
         return Ok(());
     }
     if !conn.replay().await? {
@@ -684,6 +733,75 @@ impl Conn {
                 Some(Ok(_)) => continue,
             }
         }
+    }
+
+    /// The next action, sending due Originate outcome frames meanwhile.
+    async fn next_action_serving(&mut self) -> io::Result<Option<AmiMessage>> {
+        loop {
+            self.flush_outcomes().await?;
+            let Some(((due, _), _)) = self.outcomes.first_key_value() else {
+                return Ok(self.next_action().await);
+            };
+            let due = *due;
+            tokio::select! {
+                m = self.next_action() => return Ok(m),
+                _ = sleep_until(due) => {}
+            }
+        }
+    }
+
+    /// Writes the outcome frames that are due.
+    async fn flush_outcomes(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        let mut batch = Vec::new();
+        while let Some(e) = self.outcomes.first_entry() {
+            if e.key().0 > now {
+                break;
+            }
+            batch.extend_from_slice(&e.remove());
+        }
+        if !batch.is_empty() {
+            self.wr.write_all(&batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Schedules the recorded answer to an `Originate`; false when there
+    /// is no recording to answer with.
+    fn schedule_originate(&mut self, msg: &AmiMessage) -> bool {
+        let channel = msg.get("Channel").unwrap_or("");
+        let exten = msg.get("Exten").unwrap_or("");
+        let Some(rec) = OriginateRecording::pick(&self.settings.originates, channel, exten) else {
+            return false;
+        };
+        let modern = self
+            .prepared
+            .version
+            .split('.')
+            .next()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .is_none_or(|m| m >= 2);
+        let req = OriginateRequest {
+            action_id: msg.get_raw("ActionID"),
+            channel,
+            exten,
+            channel_id: msg.get("ChannelId"),
+            other_channel_id: msg.get("OtherChannelId"),
+            asynchronous: msg.get("Async").is_some_and(|a| {
+                a.eq_ignore_ascii_case("true") || a.eq_ignore_ascii_case("yes") || a == "1"
+            }),
+            modern,
+        };
+        let now = Instant::now();
+        let frames = sim_originate::schedule(rec, &req, self.settings.speed, |m| {
+            encode_message(m, IdRewrite::Keep)
+        });
+        for f in frames {
+            self.outcome_seq += 1;
+            self.outcomes
+                .insert((now + f.delay, self.outcome_seq), f.bytes);
+        }
+        true
     }
 
     fn record(&self, name: &str) {
@@ -796,7 +914,7 @@ impl Conn {
         let until = Instant::now() + self.settings.resync_grace;
         loop {
             tokio::select! {
-                m = self.next_action() => match m {
+                m = self.next_action_serving() => match m? {
                     None => return Ok(false),
                     Some(m) => match self.answer(&m).await? {
                         Reply::Close => { self.close().await; return Ok(false) }
@@ -809,11 +927,31 @@ impl Conn {
         }
     }
 
+    /// Answers actions until the gate opens. False when the connection is over.
+    async fn wait_gate(&mut self) -> io::Result<bool> {
+        let mut gate = self.settings.gate.clone();
+        loop {
+            if *gate.borrow_and_update() {
+                return Ok(true);
+            }
+            tokio::select! {
+                m = self.next_action_serving() => match m? {
+                    None => return Ok(false),
+                    Some(m) => if self.answer(&m).await? == Reply::Close {
+                        self.close().await;
+                        return Ok(false);
+                    },
+                },
+                r = gate.changed() => if r.is_err() { return Ok(true) },
+            }
+        }
+    }
+
     /// Answers actions until `until`. False when the connection is over.
     async fn serve_until(&mut self, until: Instant) -> io::Result<bool> {
         loop {
             tokio::select! {
-                m = self.next_action() => match m {
+                m = self.next_action_serving() => match m? {
                     None => return Ok(false),
                     Some(m) => if self.answer(&m).await? == Reply::Close {
                         self.close().await;
@@ -827,6 +965,7 @@ impl Conn {
 
     /// Answers the actions already received, without waiting for more.
     async fn serve_ready(&mut self) -> io::Result<bool> {
+        self.flush_outcomes().await?;
         loop {
             let m = tokio::select! {
                 biased;
@@ -896,7 +1035,7 @@ impl Conn {
                 Ok(())
             }
             AfterCapture::StayOpen | AfterCapture::CloseOnAction(_) => {
-                while let Some(m) = self.next_action().await {
+                while let Some(m) = self.next_action_serving().await? {
                     if self.answer(&m).await? == Reply::Close {
                         self.close().await;
                         break;
@@ -947,6 +1086,10 @@ impl Conn {
             ),
             "ping" => (pong(id), Reply::Continue),
             "logoff" => (goodbye(id), Reply::Close),
+            "originate" if self.schedule_originate(msg) => {
+                self.flush_outcomes().await?;
+                return Ok(Reply::Continue);
+            }
             _ => {
                 let resync = lower == "coreshowchannels" || lower == "status";
                 let reply = if resync {

@@ -94,18 +94,43 @@ impl CdrRow {
 }
 
 /// Why a row was skipped.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {message}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowError {
-    /// 1-based line number.
+    /// 1-based line number (of a database table: the row's place in the
+    /// rows read).
     pub line: u64,
     /// What is wrong.
     pub message: String,
+    /// The row's own key, when it has one (a database row: its uniqueid
+    /// and start, which find it in the table).
+    pub key: Option<String>,
 }
+
+impl RowError {
+    /// An error about line `line`.
+    pub fn at_line(line: u64, message: impl Into<String>) -> Self {
+        Self {
+            line,
+            message: message.into(),
+            key: None,
+        }
+    }
+}
+
+impl std::fmt::Display for RowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key {
+            Some(k) => write!(f, "row {k}: {}", self.message),
+            None => write!(f, "line {}: {}", self.line, self.message),
+        }
+    }
+}
+
+impl std::error::Error for RowError {}
 
 /// Where each column is (`None`: the file has no such column).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Columns {
+pub(super) struct Columns {
     accountcode: Option<usize>,
     src: Option<usize>,
     dst: Option<usize>,
@@ -131,7 +156,7 @@ struct Columns {
 
 impl Columns {
     /// A header line's columns, if `fields` names the needed ones.
-    fn from_header(fields: &[String]) -> Option<Columns> {
+    pub(super) fn from_header(fields: &[String]) -> Option<Columns> {
         let find = |names: &[&str]| {
             fields
                 .iter()
@@ -216,8 +241,12 @@ fn looks_like_uniqueid(s: &str) -> bool {
 
 /// Turns split fields into a row (columns from a header line, else by
 /// position).
-fn to_row(line: u64, mut f: Vec<String>, named: Option<&Columns>) -> Result<CdrRow, RowError> {
-    let err = |message: String| RowError { line, message };
+pub(super) fn to_row(
+    line: u64,
+    mut f: Vec<String>,
+    named: Option<&Columns>,
+) -> Result<CdrRow, RowError> {
+    let err = |message: String| RowError::at_line(line, message);
     let positional;
     let c = match named {
         Some(n) => {
@@ -453,10 +482,10 @@ impl<R: BufRead> CdrReader<R> {
             self.line += 1;
             let line = self.line;
             if too_long {
-                return Ok(Some(Err(RowError {
+                return Ok(Some(Err(RowError::at_line(
                     line,
-                    message: format!("longer than {MAX_LINE} bytes"),
-                })));
+                    format!("longer than {MAX_LINE} bytes"),
+                ))));
             }
             let text = String::from_utf8_lossy(&self.buf);
             let text = text.trim_end_matches(['\n', '\r']);
@@ -470,10 +499,7 @@ impl<R: BufRead> CdrReader<R> {
                 continue;
             }
             let Some(fields) = split_csv(text) else {
-                return Ok(Some(Err(RowError {
-                    line,
-                    message: "broken CSV quoting".into(),
-                })));
+                return Ok(Some(Err(RowError::at_line(line, "broken CSV quoting"))));
             };
             // Only the first non-blank line may name the columns.
             let first = !self.started;

@@ -119,36 +119,27 @@
 
 pub mod cdr;
 pub mod group;
+mod pipeline;
+mod progress;
 pub mod record;
+pub mod sql;
+mod summary;
 pub mod times;
 
-use std::collections::{BTreeSet, VecDeque};
-use std::io::{BufRead, IsTerminal, Write};
-use std::time::Instant;
+use std::io::Write;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-use crate::deliver::outbox::{EnqueueOutcome, EnqueueReceipt};
-use crate::deliver::{DeliveryRequest, Outbox, OutboxError};
-use crate::model::{CallRecord, ModelEvent};
-use crate::normalize::Classifier;
+use crate::deliver::{Outbox, OutboxError};
 use crate::replay::Format;
-use crate::rules::RuleSet;
 
 pub use self::cdr::{CdrReader, CdrRow, RowError};
 pub use self::group::{Grouper, DEFAULT_MAX_OPEN};
+pub use self::pipeline::{for_each_call, for_each_call_from, run, run_from, RowSource};
 pub use self::record::{build, Built, NotACall};
+pub use self::summary::Summary;
 pub use self::times::{parse_bound, CdrTimezone};
 
 /// How far inside the outbox's dedupe window `since` must stay.
 pub const DEDUPE_MARGIN: f64 = 15.0 * 60.0;
-
-/// Requests enqueued per outbox batch.
-const BATCH: usize = 256;
-/// Batches awaiting their commit at most.
-const IN_FLIGHT: usize = 8;
-/// Malformed rows kept for the summary (all are logged).
-const KEEP_ERRORS: usize = 20;
 
 /// What a run does.
 #[derive(Debug, Clone)]
@@ -221,6 +212,18 @@ pub enum BackfillError {
         #[source]
         source: std::io::Error,
     },
+    /// The CDR database failed (connecting, its columns, a query); the
+    /// message never holds the password.
+    #[error("the CDR database {db}: {message}")]
+    Database {
+        /// The table, as shown (`mysql://cdr:***@db/asteriskcdrdb table cdr`).
+        db: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The saved cursor of a CDR table could not be read or written.
+    #[error("the CDR cursor {0}")]
+    Cursor(String),
     /// Writing the dry-run output failed.
     #[error("writing the output: {0}")]
     Write(#[source] std::io::Error),
@@ -240,132 +243,6 @@ pub enum BackfillError {
         /// The window, e.g. `7d 0h`.
         window: String,
     },
-}
-
-/// What a run did.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Summary {
-    /// Data lines read (blank lines and a header excluded).
-    pub rows: u64,
-    /// Rows skipped as malformed.
-    pub malformed: u64,
-    /// The first malformed rows (all are logged).
-    pub errors: Vec<RowError>,
-    /// Call records built.
-    pub calls: u64,
-    /// Calls that ended outside `[since, until)`.
-    pub out_of_range: u64,
-    /// Rows of those calls.
-    pub rows_out_of_range: u64,
-    /// Groups of rows that are not a call of their own ([`NotACall`]).
-    pub not_calls: u64,
-    /// Rows that arrived after their call was handed out ([`group`]).
-    pub late_rows: u64,
-    /// Calls handed out early because `max_open` was reached.
-    pub forced_groups: u64,
-    /// Most calls held open at once while grouping (the memory bound).
-    pub peak_open_calls: usize,
-    /// Calls whose uniqueid implies another UTC offset than the one used.
-    pub timezone_mismatch: u64,
-    /// The offsets those ids imply (e.g. `+02:00`).
-    pub implied_offsets: BTreeSet<String>,
-    /// Requests the rules produced for the calls in range.
-    pub requests: u64,
-    /// Enqueued.
-    pub queued: u64,
-    /// Not enqueued: the outbox already had their idempotency key (the sum
-    /// of the four below).
-    pub already_sent: u64,
-    /// … and that delivery is still waiting (pending or in flight).
-    pub already_queued: u64,
-    /// … and that delivery was delivered.
-    pub already_delivered: u64,
-    /// … and that delivery is dead or expired (`callhook deliveries list
-    /// --dead`; a backfill does not try again).
-    pub already_failed: u64,
-    /// … and that delivery finished longer than `outbox.done_retention`
-    /// ago (its row is pruned, the key remembered).
-    pub already_pruned: u64,
-    /// Not enqueued: no idempotency key (see the module docs).
-    pub unkeyed: u64,
-    /// Not enqueued: the rule's `max_age` had passed.
-    pub stale: u64,
-    /// Not enqueued: refused by the outbox (full) or the template failed.
-    pub failed: u64,
-    /// `since` as used (epoch seconds), when there was one.
-    pub since: Option<f64>,
-    /// True when `since` was not given and defaulted to the dedupe window.
-    pub since_defaulted: bool,
-    /// True when the requests were printed, not enqueued.
-    pub dry_run: bool,
-}
-
-impl Summary {
-    /// Rows skipped for any reason.
-    pub fn skipped_rows(&self) -> u64 {
-        self.malformed + self.rows_out_of_range + self.late_rows
-    }
-
-    fn add(&mut self, o: EnqueueOutcome) {
-        self.queued += o.inserted as u64;
-        self.already_sent += o.duplicates as u64;
-        self.already_queued += o.duplicates_waiting as u64;
-        self.already_delivered += o.duplicates_delivered as u64;
-        self.already_failed += o.duplicates_failed as u64;
-        self.already_pruned += o.duplicates_pruned as u64;
-        self.failed += o.rejected_full as u64;
-    }
-}
-
-impl std::fmt::Display for Summary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "read {} rows: {} calls; skipped {} rows ({} malformed, {} outside the period, {} late), {} not calls",
-            self.rows,
-            self.calls,
-            self.skipped_rows(),
-            self.malformed,
-            self.rows_out_of_range,
-            self.late_rows,
-            self.not_calls
-        )?;
-        let in_period = self.calls - self.out_of_range.min(self.calls);
-        if self.dry_run {
-            return write!(
-                f,
-                "{in_period} calls in the period, {} requests printed (dry run: nothing enqueued), {} failed",
-                self.requests, self.failed
-            );
-        }
-        write!(
-            f,
-            "{in_period} calls in the period, {} requests: {} queued, {} already delivered, {} already queued",
-            self.requests, self.queued, self.already_delivered, self.already_queued
-        )?;
-        if self.already_failed > 0 {
-            write!(
-                f,
-                ", {} already dead or expired (not retried: see `callhook deliveries list --dead`)",
-                self.already_failed
-            )?;
-        }
-        if self.already_pruned > 0 {
-            write!(
-                f,
-                ", {} already done longer than outbox.done_retention ago",
-                self.already_pruned
-            )?;
-        }
-        write!(f, ", {} failed", self.failed)?;
-        if self.unkeyed > 0 {
-            write!(f, ", {} without idempotency key (not sent)", self.unkeyed)?;
-        }
-        if self.stale > 0 {
-            write!(f, ", {} past their rule's max_age (not sent)", self.stale)?;
-        }
-        Ok(())
-    }
 }
 
 /// `30d 4h`, `5h 12m`, `40s`.
@@ -395,254 +272,4 @@ pub fn enqueue_since(
             window: human_secs(dedupe_window),
         }),
     }
-}
-
-struct Progress {
-    bar: Option<ProgressBar>,
-    started: Instant,
-    last: u64,
-}
-
-impl Progress {
-    fn new(opts: &Options) -> Self {
-        let bar = (opts.progress && std::io::stderr().is_terminal()).then(|| {
-            let bar = match opts.total_bytes {
-                Some(n) => ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
-                None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-            };
-            let style = if opts.total_bytes.is_some() {
-                "{spinner} {elapsed_precise} [{bar:20}] {percent:>3}% {msg}"
-            } else {
-                "{spinner} {elapsed_precise} {bytes} {msg}"
-            };
-            if let Ok(s) = ProgressStyle::with_template(style) {
-                bar.set_style(s);
-            }
-            bar
-        });
-        Self {
-            bar,
-            started: Instant::now(),
-            last: 0,
-        }
-    }
-
-    fn update(&mut self, pos: u64, s: &Summary, force: bool) {
-        let Some(bar) = &self.bar else { return };
-        if !force && s.rows < self.last + 500 {
-            return;
-        }
-        self.last = s.rows;
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        bar.set_position(pos);
-        bar.set_message(format!(
-            "{} rows, {:.0}/s, {} calls",
-            s.rows,
-            s.rows as f64 / secs,
-            s.calls
-        ));
-    }
-
-    /// Runs `f` (a log line) without garbling the bar.
-    fn suspend(&self, f: impl FnOnce()) {
-        match &self.bar {
-            Some(b) => b.suspend(f),
-            None => f(),
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
-    }
-}
-
-/// Sums the render-error counters of the rules (failures inside
-/// [`RuleSet::evaluate`] are logged and counted there).
-fn render_errors(rules: &RuleSet) -> u64 {
-    let m = crate::metrics::metrics();
-    rules
-        .names()
-        .iter()
-        .map(|n| m.render_errors.with_label_values(&[n]).get())
-        .sum()
-}
-
-/// Reads CDR rows from `input` and calls `on_call` for every call record
-/// (in or out of the period: `in_range` tells). The core of [`run`]; also
-/// useful alone (tests, other outputs).
-pub fn for_each_call<R: BufRead>(
-    input: R,
-    classifier: &Classifier,
-    opts: &Options,
-    summary: &mut Summary,
-    mut on_call: impl FnMut(CallRecord, bool, &mut Summary) -> Result<(), BackfillError>,
-) -> Result<(), BackfillError> {
-    let mut reader = CdrReader::new(input);
-    let mut grouper = Grouper::new(opts.window, opts.max_open);
-    let mut progress = Progress::new(opts);
-    let mut groups: Vec<Vec<CdrRow>> = Vec::new();
-    let mut handle = |groups: &mut Vec<Vec<CdrRow>>, summary: &mut Summary| {
-        for rows in groups.drain(..) {
-            let n = rows.len() as u64;
-            match build(rows, classifier, &opts.pbx, &opts.timezone) {
-                Ok(b) => {
-                    summary.calls += 1;
-                    if let Some(o) = b.offset_mismatch {
-                        summary.timezone_mismatch += 1;
-                        summary.implied_offsets.insert(times::offset_text(o));
-                    }
-                    let end = b.record.ended_at.0;
-                    let in_range =
-                        opts.since.is_none_or(|s| end >= s) && opts.until.is_none_or(|u| end < u);
-                    if !in_range {
-                        summary.out_of_range += 1;
-                        summary.rows_out_of_range += n;
-                    }
-                    on_call(b.record, in_range, summary)?;
-                }
-                Err(_) => summary.not_calls += 1,
-            }
-        }
-        Ok::<(), BackfillError>(())
-    };
-    loop {
-        let next = reader.next_row().map_err(|source| BackfillError::Read {
-            line: reader.lines(),
-            source,
-        })?;
-        let Some(row) = next else { break };
-        summary.rows += 1;
-        match row {
-            Ok(row) => {
-                if let Some(late) = grouper.push(row, &mut groups) {
-                    progress.suspend(|| {
-                        tracing::warn!(
-                            line = late.line,
-                            "CDR row for a call already finished (longer than the grouping window?): skipped"
-                        )
-                    });
-                }
-            }
-            Err(e) => {
-                summary.malformed += 1;
-                progress.suspend(|| tracing::warn!("skipping malformed CDR row: {e}"));
-                if summary.errors.len() < KEEP_ERRORS {
-                    summary.errors.push(e);
-                }
-            }
-        }
-        handle(&mut groups, summary)?;
-        progress.update(reader.position(), summary, false);
-    }
-    grouper.finish(&mut groups);
-    handle(&mut groups, summary)?;
-    let gs = grouper.stats();
-    summary.late_rows = gs.late;
-    summary.forced_groups = gs.forced;
-    summary.peak_open_calls = gs.peak_open;
-    progress.update(reader.position(), summary, true);
-    progress.finish();
-    Ok(())
-}
-
-/// Runs a backfill: reads `input` (a `Master.csv`), builds the calls,
-/// applies `rules` and sends the requests to `dest`. Blocking (call it
-/// outside async code or in `spawn_blocking`); the outbox's own thread
-/// does the writing.
-pub fn run<R: BufRead>(
-    input: R,
-    classifier: &Classifier,
-    rules: &RuleSet,
-    opts: &Options,
-    dest: Destination<'_>,
-) -> Result<Summary, BackfillError> {
-    let mut summary = Summary::default();
-    let mut opts = opts.clone();
-    // The same period for a dry run as for a real one: what is printed is
-    // what would be enqueued.
-    let window = match &dest {
-        Destination::Outbox(outbox) => outbox.options().dedupe_window.as_secs_f64(),
-        Destination::Print { .. } => opts.dedupe_window,
-    };
-    let (since, defaulted) = enqueue_since(opts.since, opts.now, window)?;
-    opts.since = Some(since);
-    summary.since_defaulted = defaulted;
-    summary.since = opts.since;
-    summary.dry_run = matches!(dest, Destination::Print { .. });
-    let errors_before = render_errors(rules);
-    let mut warned_unkeyed: BTreeSet<String> = BTreeSet::new();
-    let mut batch: Vec<DeliveryRequest> = Vec::new();
-    let mut receipts: VecDeque<EnqueueReceipt> = VecDeque::new();
-    let now = opts.now;
-    let (mut out, outbox) = match dest {
-        Destination::Print { out, format } => (Some((out, format)), None),
-        Destination::Outbox(o) => (None, Some(o)),
-    };
-    let wait = |r: EnqueueReceipt, s: &mut Summary| -> Result<(), BackfillError> {
-        s.add(futures::executor::block_on(r)?);
-        Ok(())
-    };
-    for_each_call(
-        input,
-        classifier,
-        &opts,
-        &mut summary,
-        |record, in_range, summary| {
-            if !in_range {
-                return Ok(());
-            }
-            let reqs = rules.evaluate(&ModelEvent::Call(record));
-            summary.requests += reqs.len() as u64;
-            if let Some((w, format)) = out.as_mut() {
-                for r in &reqs {
-                    crate::replay::write_request(w, r, *format).map_err(BackfillError::Write)?;
-                }
-                return Ok(());
-            }
-            let Some(outbox) = outbox else { return Ok(()) };
-            for mut r in reqs {
-                if r.idempotency_key.is_none() {
-                    summary.unkeyed += 1;
-                    if warned_unkeyed.insert(r.rule.clone()) {
-                        tracing::warn!(
-                            rule = %r.rule,
-                            "rule has no idempotency_key: a backfill could not recognise its requests later, so they are not sent"
-                        );
-                    }
-                    continue;
-                }
-                if r.expires_at.is_some_and(|e| e <= now) {
-                    summary.stale += 1;
-                    continue;
-                }
-                // Sent now: retries count from now (expires_at stays absolute).
-                r.created_at = now;
-                batch.push(r);
-            }
-            if batch.len() >= BATCH {
-                receipts.push_back(outbox.submit(std::mem::take(&mut batch)));
-                while receipts.len() > IN_FLIGHT {
-                    if let Some(r) = receipts.pop_front() {
-                        wait(r, summary)?;
-                    }
-                }
-            }
-            Ok(())
-        },
-    )?;
-    if let Some(outbox) = outbox {
-        if !batch.is_empty() {
-            receipts.push_back(outbox.submit(std::mem::take(&mut batch)));
-        }
-        while let Some(r) = receipts.pop_front() {
-            wait(r, &mut summary)?;
-        }
-    }
-    if let Some((w, _)) = out.as_mut() {
-        w.flush().map_err(BackfillError::Write)?;
-    }
-    summary.failed += render_errors(rules).saturating_sub(errors_before);
-    Ok(summary)
 }

@@ -10,7 +10,7 @@ use callhook::deliver::outbox::{DeliveryRow, ListFilter, Outbox, Status};
 use callhook::model::Timestamp;
 
 use super::exit::{fail, CliResult, Code, Coded};
-use crate::{load, runtime, DeliveriesAction, DeliveriesArgs};
+use crate::{load_outbox, runtime, DeliveriesAction, DeliveriesArgs};
 
 fn rfc3339(t: f64) -> Value {
     Value::String(Timestamp(t).to_rfc3339())
@@ -117,7 +117,8 @@ pub fn run(args: DeliveriesArgs) -> CliResult {
             "--config FILE (or CALLHOOK_CONFIG) is needed to find the outbox (state_dir)"
         ));
     };
-    let cfg = load(&config)?;
+    // Only state_dir and outbox: the secrets of the config need not be set.
+    let cfg = load_outbox(&config)?;
     runtime()?.block_on(async move {
         // Shared: a running daemon's attempts in flight stay its own.
         let outbox = Outbox::open_shared(&cfg.state_dir, cfg.outbox.clone())

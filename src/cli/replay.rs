@@ -143,7 +143,9 @@ pub fn run(
             let reqs = rules.evaluate(ev);
             if dry_run && write_err.is_none() {
                 for r in &reqs {
-                    if let Err(e) = replay::write_request(&mut w, r, format) {
+                    if let Err(e) =
+                        replay::write_request_to(&mut w, r, cfg.targets.get(&r.target), format)
+                    {
                         write_err = Some(e);
                     }
                 }

@@ -108,6 +108,10 @@ pub struct Config {
     pub admin_max_connections: usize,
     /// Limits of every HTTP listener.
     pub http: crate::http::limits::HttpLimits,
+    /// The live API (none: not mounted).
+    pub live: Option<crate::live::config::LiveConfig>,
+    /// The Meetip PRO compatible channel (none: not served).
+    pub meetip: Option<crate::meetip::MeetipConfig>,
     /// The `classify:` section as written (reloads compare it).
     pub classify: RawClassify,
     /// Things that are allowed but probably not meant (sorted like errors).
@@ -118,6 +122,18 @@ pub struct Config {
     pub agi: Option<crate::agi::AgiConfig>,
     /// Log settings of the `log:` section (the command line and the
     /// environment may override them).
+    pub log: crate::logging::LogSettings,
+}
+
+/// What the outbox commands read of a configuration
+/// ([`Config::load_outbox`]).
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    /// Where the outbox lives.
+    pub state_dir: PathBuf,
+    /// Its options.
+    pub outbox: OutboxOptions,
+    /// Log settings of the `log:` section.
     pub log: crate::logging::LogSettings,
 }
 
@@ -142,6 +158,55 @@ impl Config {
         Self::build(path.to_path_buf(), text, base)
     }
 
+    /// Reads only what commands that work on the outbox need (`deliveries`,
+    /// `outbox`): `state_dir`, `outbox` and `log`. Nothing else is built,
+    /// so the secrets of the rules, targets and PBXs (`${CRM_TOKEN}`,
+    /// `env: [CRM_TOKEN]`) need not be set; a file that does not parse is
+    /// still refused, with every error.
+    pub fn load_outbox(path: &Path) -> Result<OutboxSettings, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::single(
+                path,
+                ConfigError::general(format!("cannot read the file: {e}"), None),
+            )
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let base = if base.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            base
+        };
+        let mut report = Report::default();
+        let mut problems: Vec<Problem> = Vec::new();
+        let (raw, _) = read_file::<RawConfig>(&mut report, path.to_path_buf(), text);
+        let settings = raw.map(|mut raw| OutboxSettings {
+            state_dir: state_dir(raw.state_dir.as_deref(), base),
+            outbox: validate::outbox(raw.outbox.as_ref(), &mut problems),
+            log: match std::mem::take(&mut raw.log).validate() {
+                Ok(l) => l,
+                Err(e) => {
+                    problems.push(
+                        Problem::new(At::root().key("log").key(e.field), e.message).hint(e.hint),
+                    );
+                    crate::logging::LogSettings::default()
+                }
+            },
+        });
+        for p in problems {
+            report.error(p);
+        }
+        let failed = report.has_errors();
+        let (errors, _) = report.finish();
+        match settings {
+            Some(s) if !failed => Ok(s),
+            _ => Err(ConfigErrors {
+                file: path.to_path_buf(),
+                errors,
+                warnings: Vec::new(),
+            }),
+        }
+    }
+
     /// Parses and validates configuration text (tests, the demo); relative
     /// paths are relative to `base`.
     pub fn from_text(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
@@ -163,6 +228,8 @@ impl Config {
             admin_listen: None,
             admin_max_connections: crate::http::limits::DEFAULT_ADMIN_MAX_CONNECTIONS,
             http: crate::http::limits::HttpLimits::default(),
+            live: None,
+            meetip: None,
             classify: RawClassify::default(),
             warnings: Vec::new(),
             presence: crate::presence::PresenceConfig::default(),
@@ -302,7 +369,7 @@ impl Config {
         };
         let known: std::collections::HashSet<&str> =
             raw.targets.keys().map(String::as_str).collect();
-        let rules = match crate::rules::compile(&spec, &|t| known.contains(t)) {
+        let mut rules = match crate::rules::compile(&spec, &|t| known.contains(t)) {
             Ok(r) => r,
             Err(es) => {
                 for e in es {
@@ -319,6 +386,19 @@ impl Config {
                 RuleSet::default()
             }
         };
+        if let Some(n) = raw.templates.as_ref().and_then(|t| t.max_value_length) {
+            if n == 0 {
+                problems.push(
+                    Problem::new(
+                        At::root().key("templates").key("max_value_length"),
+                        "must be at least 1 (bytes)",
+                    )
+                    .hint("the default is 4096"),
+                );
+            } else {
+                rules.set_max_value_length(n);
+            }
+        }
         let http = raw.http.validate(&mut problems);
         let (admin_listen, admin_max_connections) =
             validate::admin_listener(raw.admin.as_ref(), listen, &mut problems);
@@ -356,6 +436,42 @@ impl Config {
             .push
             .take()
             .map(|p| push::validate_push(p, raw.listen.as_deref(), &pbx_ids, base, &mut problems));
+        // The live API and the Meetip channel (tenants: PBXs and push teams).
+        let mut known = pbx_ids.clone();
+        if let Some(p) = &push {
+            known.extend(p.teams.iter().map(|t| t.name.clone()));
+        }
+        let live = raw.live.take().map(|l| {
+            if listen.is_none() {
+                problems.push(
+                    Problem::new(
+                        At::root().key("live"),
+                        "the live API needs an HTTP listener",
+                    )
+                    .hint("set listen: 127.0.0.1:9188 (or another host:port)"),
+                );
+            }
+            l.validate(base, &known, &mut problems)
+        });
+        let meetip = raw.meetip.take().map(|m| {
+            if live.is_none() {
+                problems.push(
+                    Problem::new(
+                        At::root().key("meetip"),
+                        "the Meetip channel needs the live section (tenants)",
+                    )
+                    .hint("add live: { tenants: { PBX_ID: { key: ..., code: ... } } }"),
+                );
+            }
+            m.validate(&mut problems)
+        });
+        // Stored requests hold the rule set's secrets masked: the
+        // dispatcher puts them back from the target at send time.
+        let secrets = Arc::new(rules.secrets().clone());
+        let mut targets = targets;
+        for t in targets.values_mut() {
+            t.set_secrets(secrets.clone());
+        }
         let targets = Arc::new(targets);
         let agi = raw.agi.take().and_then(|a| {
             let cx = crate::agi::BuildContext {
@@ -381,6 +497,7 @@ impl Config {
             (defaults.max_call_age, defaults.orphan_grace),
             &mut problems,
         );
+        let max_live_calls = validate::max_live(&raw.calls, defaults.max_live_calls, &mut problems);
         for p in problems {
             report.error(p);
         }
@@ -402,6 +519,7 @@ impl Config {
                 classifier,
                 max_call_age,
                 orphan_grace,
+                max_live_calls,
                 ..defaults
             },
             targets,
@@ -412,6 +530,8 @@ impl Config {
             admin_listen,
             admin_max_connections,
             http,
+            live,
+            meetip,
             classify,
             warnings,
             presence,

@@ -67,6 +67,12 @@ pub struct RawConfig {
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
+    /// Template limits (`max_value_length`), see `template::bound_values`.
+    pub templates: Option<crate::template::RawTemplates>,
+    /// The live API (WebSocket/SSE, click-to-call) for people at the desk.
+    pub live: Option<crate::live::config::RawLive>,
+    /// The Meetip PRO compatible WebSocket (needs `live`).
+    pub meetip: Option<crate::meetip::RawMeetip>,
     /// Extension state tracking (see `presence::config`).
     pub presence: Option<crate::presence::RawPresence>,
     /// Log format and level (see `logging`).
@@ -205,4 +211,6 @@ pub struct RawCalls {
     pub max_age: Option<String>,
     /// Asterisk ≤ 11: wait this long for the event tying a ringing channel (default `500ms`).
     pub orphan_grace: Option<String>,
+    /// At most this many calls in progress per PBX or push team (default 50000).
+    pub max_live: Option<usize>,
 }

@@ -121,7 +121,9 @@ pub fn applied(old: &Config, new: &Config) -> Vec<String> {
         out.push("classify".into());
     }
     let (a, b) = (&old.normalizer, &new.normalizer);
-    if (a.max_call_age, a.orphan_grace) != (b.max_call_age, b.orphan_grace) {
+    if (a.max_call_age, a.orphan_grace, a.max_live_calls)
+        != (b.max_call_age, b.orphan_grace, b.max_live_calls)
+    {
         out.push("calls".into());
     }
     if a.push_settle != b.push_settle {

@@ -216,6 +216,21 @@ pub(crate) fn classify(c: RawClassify, errors: &mut Vec<Problem>) -> Classifier 
     }
 }
 
+/// `calls:`: the maximum number of live calls per PBX or team.
+pub(crate) fn max_live(c: &RawCalls, default: usize, errors: &mut Vec<Problem>) -> usize {
+    match c.max_live {
+        None => default,
+        Some(0) => {
+            errors.push(Problem::new(
+                At::root().key("calls").key("max_live"),
+                "must be at least 1",
+            ));
+            default
+        }
+        Some(n) => n,
+    }
+}
+
 /// `calls:`: (max_age, orphan_grace) in seconds.
 pub(crate) fn calls(c: &RawCalls, defaults: (f64, f64), errors: &mut Vec<Problem>) -> (f64, f64) {
     let at = At::root().key("calls");

@@ -70,6 +70,7 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::log_limit::LogLimiter;
 use crate::metrics::metrics;
 use crate::source::now_epoch;
 
@@ -88,6 +89,9 @@ const STATS_EVERY: Duration = Duration::from_secs(15);
 const PRUNE_EVERY: Duration = Duration::from_secs(300);
 /// Most rows claimed for one target in one pass.
 const MAX_CLAIM: usize = 256;
+
+/// A failing poll repeats every second: one log line per minute.
+static POLL_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(60));
 
 /// What one attempt did, for live displays.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,6 +112,9 @@ pub struct AttemptReport {
     pub url: String,
     /// Status code, or `timeout` / `connect` / `error`.
     pub status: String,
+    /// When the request was handed to the HTTP client (after the rate
+    /// limiter and the breaker admitted it).
+    pub sent_at: Instant,
     /// Request latency.
     pub latency: Duration,
     /// Which attempt this was (1 = first).
@@ -136,11 +143,32 @@ fn observe(report: impl FnOnce() -> AttemptReport) {
     }
 }
 
+/// Whether the loop can read the outbox (for `/readyz`).
+#[derive(Debug, Default)]
+struct Health {
+    /// The last poll failed with this error.
+    failing: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn ok(&self) {
+        let mut f = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if f.take().is_some() {
+            tracing::info!(target: "callhook::deliver", "outbox poll works again");
+        }
+    }
+
+    fn failed(&self, e: &dyn std::fmt::Display) {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+    }
+}
+
 /// Handle on a running dispatcher.
 #[derive(Clone, Debug)]
 pub struct DispatcherHandle {
     notify: Arc<Notify>,
     stopped: CancellationToken,
+    health: Arc<Health>,
 }
 
 impl DispatcherHandle {
@@ -152,6 +180,20 @@ impl DispatcherHandle {
     /// Resolves when the dispatcher has stopped (after shutdown).
     pub async fn stopped(&self) {
         self.stopped.cancelled().await;
+    }
+
+    /// `Err` with the error while the outbox cannot be polled (nothing is
+    /// delivered meanwhile): `/readyz` answers 503 with it.
+    pub fn polling(&self) -> Result<(), String> {
+        match &*self
+            .health
+            .failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            None => Ok(()),
+            Some(e) => Err(e.clone()),
+        }
     }
 }
 
@@ -253,12 +295,14 @@ pub fn spawn(
 ) -> DispatcherHandle {
     let notify = outbox.notifier();
     let stopped = CancellationToken::new();
+    let health = Arc::new(Health::default());
     let handle = DispatcherHandle {
         notify: notify.clone(),
         stopped: stopped.clone(),
+        health: health.clone(),
     };
     tokio::spawn(async move {
-        let run = tokio::spawn(run(outbox, targets, shutdown, notify));
+        let run = tokio::spawn(run(outbox, targets, shutdown, notify, health));
         if let Err(e) = run.await {
             tracing::error!(target: "callhook::deliver", error = %e, "dispatcher task failed");
         }
@@ -272,6 +316,7 @@ async fn run(
     mut targets: watch::Receiver<Arc<BTreeMap<String, Target>>>,
     shutdown: CancellationToken,
     notify: Arc<Notify>,
+    health: Arc<Health>,
 ) {
     let mut rts = build(&targets.borrow_and_update(), &BTreeMap::new());
     let mut tasks: JoinSet<()> = JoinSet::new();
@@ -318,6 +363,11 @@ async fn run(
             wants.iter().map(|w| (w.target.clone(), w.limit)).collect();
         match outbox.poll(now, wants).await {
             Ok(p) => {
+                health.ok();
+                for (id, why) in &p.damaged {
+                    metrics().outbox_damaged_rows.inc();
+                    tracing::error!(target: "callhook::deliver", id, reason = %why, "an outbox row cannot be decoded: moved aside as dead (the file is damaged; run `callhook outbox check`)");
+                }
                 for (id, target) in &p.expired {
                     metrics()
                         .deliveries
@@ -352,7 +402,10 @@ async fn run(
                 }
             }
             Err(e) => {
-                tracing::error!(target: "callhook::deliver", error = %e, "outbox poll failed");
+                health.failed(&e);
+                if let Some(suppressed) = POLL_FAILED.check() {
+                    tracing::error!(target: "callhook::deliver", error = %e, suppressed, "outbox poll failed: nothing is delivered until it works again (/readyz says 503)");
+                }
                 earliest(&mut wake, now_i + Duration::from_secs(1));
             }
         }
@@ -548,7 +601,7 @@ async fn attempt(
         Attempt::Failed { kind, message } => {
             (kind.to_string(), Verdict::Retry, None, message.clone())
         }
-        Attempt::Invalid(msg) => ("error".to_string(), Verdict::Dead, None, msg.clone()),
+        Attempt::Invalid(msg) => ("invalid".to_string(), Verdict::Dead, None, msg.clone()),
     };
     m.delivery_attempts
         .with_label_values(&[name, &status])
@@ -643,6 +696,7 @@ async fn attempt(
         method: row.method.clone(),
         url: row.url.clone(),
         status,
+        sent_at: started,
         latency,
         attempt: attempts,
         outcome: observed_outcome,

@@ -19,6 +19,7 @@
 //! - [`limit`]: per-target rate limit;
 //! - [`breaker`]: per-target circuit breaker;
 //! - [`sign`]: Standard Webhooks signatures;
+//! - [`secret`]: credentials masked at rest, put back at send time;
 //! - [`http`]: building and sending one attempt.
 //!
 //! Guarantees, in short: a request is acknowledged to the caller only once
@@ -34,6 +35,7 @@ pub mod http;
 pub mod limit;
 pub mod outbox;
 pub mod retry;
+pub mod secret;
 pub mod sign;
 pub mod target;
 
@@ -79,6 +81,16 @@ pub struct DeliveryRequest {
     /// Freshness limit (epoch seconds): not delivered after this instant,
     /// marked `expired` instead (rule `max_age`, e.g. a screen-pop).
     pub expires_at: Option<f64>,
+    /// Why this request must never be sent, when the rules already know
+    /// (a value made a URL path segment empty or `..`): it is stored `dead`
+    /// at once with this reason, and never blocks the call's next delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Where secrets were masked (`***`) in the URL, headers and body: the
+    /// dispatcher puts the configured values back at send time (see
+    /// [`secret`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<secret::SecretRef>,
 }
 
 impl DeliveryRequest {

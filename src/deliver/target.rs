@@ -19,7 +19,8 @@
 //!     retry_after_max: 5m       # ceiling for a server's Retry-After (default 5m)
 //!     breaker:
 //!       failure_threshold: 5    # consecutive failed attempts that open it (default 5)
-//!       open_for: 30s           # closed to traffic this long, then one probe (default 30s)
+//!       first_probe: 1s         # one probe this long after it opens (default 1s) …
+//!       open_for: 30s           # … then the wait doubles while probes fail, up to this (default 30s)
 //!     tls:                      # optional, PEM files, relative to the config file
 //!       ca_file: ca.pem         # extra trusted roots (bundle allowed)
 //!       client_cert_file: client.pem   # mTLS: both or neither; X.509 v3 (rustls refuses v1)
@@ -46,6 +47,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
@@ -55,6 +57,7 @@ use sha2::{Digest, Sha256};
 use crate::values::{expand_vars, parse_duration, read_secret_file, resolve_path};
 use crate::yaml::Path as At;
 
+use super::secret::Secrets;
 use super::sign::SigningKey;
 
 /// Default request timeout.
@@ -75,8 +78,10 @@ pub const DEFAULT_JITTER: f64 = 0.2;
 pub const DEFAULT_RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 /// Default consecutive failures that open the breaker.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
-/// Default time the breaker stays open.
+/// Default longest wait of an open breaker before its next probe.
 pub const DEFAULT_OPEN_FOR: Duration = Duration::from_secs(30);
+/// Default wait of a freshly opened breaker before its first probe.
+pub const DEFAULT_FIRST_PROBE: Duration = Duration::from_secs(1);
 
 /// A scalar that YAML may write as text or as a number (`timeout: 5`).
 #[derive(Clone, PartialEq, Eq)]
@@ -182,9 +187,13 @@ pub struct RawBreaker {
     /// Consecutive failed attempts that open the breaker (default 5).
     #[serde(default)]
     pub failure_threshold: Option<u32>,
-    /// How long it stays open before a probe (default 30s).
+    /// The longest wait between probes while they keep failing (default 30s).
     #[serde(default)]
     pub open_for: Option<Text>,
+    /// The wait before the first probe after it opens (default 1s, at most
+    /// `open_for`); doubled after each failed probe.
+    #[serde(default)]
+    pub first_probe: Option<Text>,
 }
 
 /// TLS files, as written (PEM).
@@ -342,7 +351,9 @@ impl Default for RetryPolicy {
 pub struct BreakerConfig {
     /// Consecutive failed attempts that open it.
     pub failure_threshold: u32,
-    /// How long it stays open before one probe.
+    /// Wait before the first probe after opening.
+    pub first_probe: Duration,
+    /// Longest wait before a probe (the doubling stops here).
     pub open_for: Duration,
 }
 
@@ -350,6 +361,7 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
             failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            first_probe: DEFAULT_FIRST_PROBE,
             open_for: DEFAULT_OPEN_FOR,
         }
     }
@@ -376,10 +388,14 @@ pub struct Target {
     pub breaker: BreakerConfig,
     /// Standard Webhooks signing key, when signing is on.
     pub signing: Option<SigningKey>,
-    /// Static headers (values marked sensitive).
+    /// Static headers (values from `${VAR}` or with credential-like names
+    /// marked sensitive: masked in `--dry-run`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// The HTTP client (timeout, TLS, no redirects).
     pub client: reqwest::Client,
+    /// The rule set's secrets (`env:` values), put back into stored
+    /// requests at send time (see [`crate::deliver::secret`]).
+    pub secrets: Arc<Secrets>,
     /// Hash of everything above, to tell whether a reload changed the target.
     pub(crate) fingerprint: [u8; 32],
 }
@@ -406,6 +422,21 @@ impl Target {
     /// Whether a reload left this target unchanged (same settings and secrets).
     pub fn same_as(&self, other: &Target) -> bool {
         self.fingerprint == other.fingerprint
+    }
+
+    /// Gives the target the rule set's secrets (a changed value changes
+    /// the fingerprint, so a reload that rotates a token takes effect).
+    pub fn set_secrets(&mut self, secrets: Arc<Secrets>) {
+        let mut h = Sha256::new();
+        h.update(self.fingerprint);
+        for name in secrets.names() {
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(secrets.get(name).unwrap_or_default().as_bytes());
+            h.update([0]);
+        }
+        self.fingerprint = h.finalize().into();
+        self.secrets = secrets;
     }
 }
 
@@ -644,6 +675,26 @@ fn validate_one(
         );
     }
     let open_for = e.duration("breaker.open_for", &r.breaker.open_for, DEFAULT_OPEN_FOR);
+    let first_probe = match &r.breaker.first_probe {
+        // Unset: 1 s, or open_for when that is shorter (older configs).
+        None => DEFAULT_FIRST_PROBE.min(open_for),
+        Some(_) => {
+            let f = e.duration(
+                "breaker.first_probe",
+                &r.breaker.first_probe,
+                DEFAULT_FIRST_PROBE,
+            );
+            if f.is_zero() || f > open_for {
+                e.push(
+                    "breaker.first_probe",
+                    format!("{f:?} must be above 0 and at most open_for ({open_for:?})"),
+                    Some("first_probe: 1s, open_for: 30s probes after 1, 2, 4 … 30 s"),
+                    None,
+                );
+            }
+            f
+        }
+    };
 
     // Signing.
     let signing = match &r.signing {
@@ -733,12 +784,15 @@ fn validate_one(
                 None
             }
         };
+        // A value read from the environment or with a credential-like
+        // name is a secret: masked in `--dry-run` and never logged.
+        let secret = v.contains("${") || super::outbox::sensitive_name(k);
         let value = match expand_env(v) {
             Ok(v) => {
                 hasher.update(format!("{k}\0{v}\0").as_bytes());
                 match HeaderValue::from_str(&v) {
                     Ok(mut hv) => {
-                        hv.set_sensitive(true);
+                        hv.set_sensitive(secret);
                         Some(hv)
                     }
                     Err(_) => {
@@ -886,11 +940,13 @@ fn validate_one(
         retry_after_max,
         breaker: BreakerConfig {
             failure_threshold,
+            first_probe,
             open_for,
         },
         signing,
         headers,
         client,
+        secrets: Arc::default(),
         fingerprint: hasher.finalize().into(),
     })
 }

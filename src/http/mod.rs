@@ -50,6 +50,11 @@ pub struct Readiness {
     pub pbx: std::collections::BTreeMap<String, bool>,
     /// The outbox accepted a write recently.
     pub outbox_writable: bool,
+    /// The dispatcher can read the outbox (when not, nothing is delivered).
+    pub outbox_polling: bool,
+    /// Why the dispatcher cannot read the outbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox_error: Option<String>,
 }
 
 /// A reload request: the answer is what was applied and what needs a
@@ -80,17 +85,45 @@ pub struct ApiState {
     pub outbox: Option<Arc<Outbox>>,
     /// The push endpoint (none: not mounted).
     pub push: Option<Arc<push::PushState>>,
+    /// The live API, `/console` and (on a path) the Meetip channel (none:
+    /// not mounted).
+    pub live: Option<Arc<crate::live::Live>>,
+    /// The Meetip channel, mounted here when it has no listener of its own.
+    pub meetip: Option<Arc<crate::meetip::Meetip>>,
 }
 
 /// Every route on one listener (no `admin.listen`).
 pub fn router(state: ApiState) -> Router {
-    with_push(admin_routes(), &state).with_state(state)
+    let live = live_routes(&state);
+    with_push(admin_routes(), &state)
+        .with_state(state)
+        .merge(live)
 }
 
 /// The public listener when `admin.listen` is set: the push endpoint and
 /// `/healthz`.
 pub fn public_router(state: ApiState) -> Router {
-    with_push(Router::new().route("/healthz", get(healthz)), &state).with_state(state)
+    let live = live_routes(&state);
+    with_push(Router::new().route("/healthz", get(healthz)), &state)
+        .with_state(state)
+        .merge(live)
+}
+
+/// The live API (`/v1/live`, `/v1/calls`, …), `/console` and the Meetip
+/// path, on the public listener: they carry their own credentials.
+fn live_routes(state: &ApiState) -> Router {
+    let mut r = Router::new();
+    if let Some(l) = &state.live {
+        r = r
+            .merge(crate::live::api::router(l.clone()))
+            .merge(crate::console::router());
+    }
+    if let Some(m) = &state.meetip {
+        if m.config().listen.is_none() {
+            r = r.merge(m.router());
+        }
+    }
+    r
 }
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics`, `/-/reload` and

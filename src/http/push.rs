@@ -20,7 +20,9 @@
 //!    deliveries it caused to the outbox: only then `200
 //!    {"accepted":true,"duplicate":false}` (`duplicate: true` when the same
 //!    event was already applied). If the outbox refused them, `503`: the
-//!    pusher retries and the event is applied again.
+//!    pusher retries and the event is applied again. A push that would open
+//!    a new call while the team already has `calls.max_live` calls in
+//!    progress is `503` too (nothing applied).
 //!
 //! | field | spellings | use |
 //! |---|---|---|
@@ -551,6 +553,10 @@ pub async fn handle(
         }
     }
     match tokio::time::timeout(p.ack_wait, answer).await {
+        Ok(Ok(Ok(r))) if r.full => unavailable(
+            team,
+            "too many calls in progress for this team (calls.max_live), retry",
+        ),
         Ok(Ok(Ok(r))) => {
             count(team, if r.duplicate { "duplicate" } else { "accepted" });
             reply(
@@ -559,7 +565,12 @@ pub async fn handle(
             )
         }
         Ok(Ok(Err(e))) => {
-            tracing::warn!(team = %team, error = %e, "push not recorded");
+            // Repeats for every push while the outbox fails (a full disk).
+            static NOT_RECORDED: crate::log_limit::LogLimiter =
+                crate::log_limit::LogLimiter::new(std::time::Duration::from_secs(30));
+            if let Some(suppressed) = NOT_RECORDED.check() {
+                tracing::warn!(team = %team, error = %e, suppressed, "push not recorded");
+            }
             unavailable(team, "not recorded (outbox unavailable), retry")
         }
         Ok(Err(_)) => unavailable(team, "shutting down, retry"),

@@ -44,6 +44,12 @@ pub struct NormalizerConfig {
     /// Push sources: how long after a call's last push, once it is over,
     /// its record is written (events pushed out of order are folded in).
     pub push_settle: f64,
+    /// At most this many calls in progress per PBX or push team (channels:
+    /// four times as many). Beyond it a new call is not tracked: its AMI
+    /// events are ignored (`callhook_normalizer_ignored_total{reason="max_live"}`,
+    /// a rate-limited warning), its pushes refused with `503` so the
+    /// dialer retries. Bounds memory against a runaway or hostile source.
+    pub max_live_calls: usize,
 }
 
 impl Default for NormalizerConfig {
@@ -55,6 +61,7 @@ impl Default for NormalizerConfig {
             late_event_window: 300.0,
             max_tombstones: 100_000,
             push_settle: 2.0,
+            max_live_calls: 50_000,
         }
     }
 }
@@ -116,6 +123,25 @@ impl Normalizer {
             }
             t
         });
+        if t.live_calls() >= self.cfg.max_live_calls && !t.knows(&ev.session_id) {
+            metrics()
+                .normalizer_ignored
+                .with_label_values(&["max_live"])
+                .inc();
+            if let Some(suppressed) = calls::AT_CAPACITY.check() {
+                tracing::warn!(
+                    team = %team,
+                    calls = t.live_calls(),
+                    max_live = self.cfg.max_live_calls,
+                    suppressed,
+                    "too many calls in progress (calls.max_live): a push for a new call is refused"
+                );
+            }
+            return PushReceipt {
+                full: true,
+                ..PushReceipt::default()
+            };
+        }
         let r = t.apply(ev, received_at, out);
         t.publish();
         metrics()

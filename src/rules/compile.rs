@@ -145,6 +145,11 @@ pub fn compile_with_env(
             rewrites,
             rules,
             templates,
+            max_value: crate::template::DEFAULT_MAX_VALUE_LENGTH,
+            secrets: crate::deliver::secret::Secrets::new(
+                env.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))),
+            ),
             env,
         })
     } else {

@@ -139,11 +139,12 @@ pub use pattern::NumberPattern;
 pub use schedule::{Schedule, ScheduleError, TimeSpec};
 pub use spec::{RewriteSpec, RuleSpec, RulesSpec, Scalar, WhenSpec, Words};
 
+use crate::deliver::secret::{conceal, Secrets};
 use crate::deliver::DeliveryRequest;
 use crate::model::ModelEvent;
 use crate::template::{
-    sanitize_header_value, FormTemplate, JsonTemplate, RenderError, TemplateContext, Templates,
-    TextTemplate, UrlTemplate,
+    bound_values, sanitize_header_value, FormTemplate, JsonTemplate, RenderError, TemplateContext,
+    Templates, TextTemplate, UrlTemplate,
 };
 use conditions::Conditions;
 
@@ -221,12 +222,29 @@ impl Rule {
 }
 
 /// Compiled rules, ready to evaluate. Cheap to share (`Arc`) between tasks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuleSet {
     rewrites: Vec<Rewrite>,
     rules: Vec<Rule>,
     templates: Templates,
     env: Map<String, Value>,
+    /// Longest value a template sees (`templates.max_value_length`).
+    max_value: usize,
+    /// The `env:` values, masked in every request before it is stored.
+    secrets: Secrets,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        Self {
+            rewrites: Vec::new(),
+            rules: Vec::new(),
+            templates: Templates::default(),
+            env: Map::new(),
+            max_value: crate::template::DEFAULT_MAX_VALUE_LENGTH,
+            secrets: Secrets::default(),
+        }
+    }
 }
 
 /// `{leg_id}/{state}/{rule}`, `{session}/call/{state}/{rule}`.
@@ -280,6 +298,18 @@ fn numbers_mut(ev: &mut ModelEvent) -> (&mut Option<String>, &mut Option<String>
 }
 
 impl RuleSet {
+    /// Sets the longest value (bytes) a template sees; longer ones are cut
+    /// (see [`crate::template::bound_values`]).
+    pub fn set_max_value_length(&mut self, max: usize) {
+        self.max_value = max.max(1);
+    }
+
+    /// The secrets of the rule set (every `env:` value): the dispatcher
+    /// needs them to put them back into stored requests.
+    pub fn secrets(&self) -> &Secrets {
+        &self.secrets
+    }
+
     /// Number of rules.
     pub fn len(&self) -> usize {
         self.rules.len()
@@ -320,7 +350,8 @@ impl RuleSet {
             return out;
         }
         let rewritten = self.rewrite(ev);
-        let rev: &ModelEvent = &rewritten;
+        let bounded = bound_values(&rewritten, self.max_value);
+        let rev: &ModelEvent = &bounded;
         let mut ctx: Option<TemplateContext<'_>> = None;
         let m = crate::metrics::metrics();
         for rule in &self.rules {
@@ -362,7 +393,7 @@ impl RuleSet {
         ctx: &TemplateContext<'_>,
     ) -> Result<DeliveryRequest, RenderError> {
         let t = &self.templates;
-        let url = t.render_url(&rule.url, ctx)?;
+        let rendered = t.render_url(&rule.url, ctx)?;
         let mut headers = Vec::with_capacity(rule.headers.len() + 1);
         for (k, v) in &rule.headers {
             headers.push((k.clone(), t.render_header(v, ctx)?));
@@ -394,7 +425,7 @@ impl RuleSet {
             }
         };
         let created_at = event_time(ev);
-        Ok(DeliveryRequest {
+        let mut req = DeliveryRequest {
             target: rule.target.clone(),
             rule: rule.name.clone(),
             session_id: ev.session_id().to_string(),
@@ -405,13 +436,17 @@ impl RuleSet {
             },
             event_id: event_id(ev, &rule.name),
             method: rule.method.clone(),
-            url,
+            url: rendered.url,
             headers,
             body,
             idempotency_key,
             created_at,
             expires_at: rule.max_age.map(|a| created_at + a),
-        })
+            refused: rendered.refused,
+            secrets: Vec::new(),
+        };
+        conceal(&mut req, &self.secrets);
+        Ok(req)
     }
 }
 

@@ -134,6 +134,7 @@
 //! set.
 
 mod body;
+mod bound;
 mod context;
 mod helpers;
 mod placeholder;
@@ -143,13 +144,14 @@ use handlebars::{Handlebars, RenderErrorReason};
 use serde_json::Value;
 
 pub use body::{sanitize_header_value, FormTemplate, JsonTemplate};
+pub use bound::{bound_values, RawTemplates, DEFAULT_MAX_VALUE_LENGTH};
 pub use context::{sample_event, EventKind, TemplateContext};
 pub use helpers::{format_time, parse_offset};
 pub use placeholder::{
     did_you_mean, estado, sentido, tokens, Placeholder, Token, TokenKind, Values,
     ALL as PLACEHOLDERS,
 };
-pub use url::{encode_component, UrlPart, UrlSeg, UrlTemplate};
+pub use url::{encode_component, RenderedUrl, UrlPart, UrlSeg, UrlTemplate};
 
 /// A template problem found at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]

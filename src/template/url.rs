@@ -138,6 +138,42 @@ fn check_authority(auth: &str) -> Result<(), TemplateError> {
     Ok(())
 }
 
+/// A literal path segment (no value in it) that is `.` or `..`.
+fn literal_dot_segment(segs: &[UrlSeg]) -> Option<String> {
+    let mut seg = String::new();
+    let mut has_value = false;
+    let check = |seg: &str, has_value: bool| {
+        (!has_value && unsafe_segment(seg).is_some_and(|w| w != "empty")).then(|| seg.to_string())
+    };
+    for s in segs {
+        match s {
+            UrlSeg::Lit(l) => {
+                for c in l.chars() {
+                    if matches!(c, '/' | '?' | '#') {
+                        if let Some(bad) = check(&seg, has_value) {
+                            return Some(bad);
+                        }
+                        if c != '/' {
+                            return None;
+                        }
+                        seg.clear();
+                        has_value = false;
+                    } else {
+                        seg.push(c);
+                    }
+                }
+            }
+            UrlSeg::Ph(_, part) | UrlSeg::Expr(_, part) => {
+                if *part != UrlPart::Path {
+                    return None;
+                }
+                has_value = true;
+            }
+        }
+    }
+    check(&seg, has_value)
+}
+
 /// Finds the end (exclusive) of the `{{ … }}` starting at 0 in `s`.
 fn expr_end(s: &str) -> Option<usize> {
     let triple = s.starts_with("{{{");
@@ -274,6 +310,15 @@ impl Templates {
         if !lit.is_empty() {
             segs.push(UrlSeg::Lit(lit));
         }
+        if let Some(seg) = literal_dot_segment(&segs) {
+            errs.push(
+                TemplateError::new(format!(
+                    "the URL path has the dot segment {seg:?}: it would be resolved to another path"
+                ))
+                .hint("write the path without . and .. segments")
+                .needle(short(src)),
+            );
+        }
         if errs.is_empty() {
             Ok(UrlTemplate { origin, segs })
         } else {
@@ -282,20 +327,48 @@ impl Templates {
     }
 
     /// Renders a URL.
+    ///
+    /// Values are percent-encoded for their part. In the path, a segment
+    /// that holds a value must not come out empty, `.` or `..` (also
+    /// written `%2E`): URL parsers and servers resolve those
+    /// (`/crm/../pop` is `/pop`, `/crm//pop` is `/crm/pop` behind many
+    /// proxies), so the request would reach another path with the rule's
+    /// credentials. Such a URL is rendered but [`RenderedUrl::refused`]
+    /// says why it must not be sent.
     pub fn render_url(
         &self,
         u: &UrlTemplate,
         ctx: &TemplateContext<'_>,
-    ) -> Result<String, RenderError> {
+    ) -> Result<RenderedUrl, RenderError> {
         let mut out = String::with_capacity(u.origin.len() + 64);
         out.push_str(&u.origin);
+        let mut path = PathCheck::new(out.len());
         for s in &u.segs {
             match s {
-                UrlSeg::Lit(l) => out.push_str(l),
-                UrlSeg::Ph(p, _) => out.push_str(&encode_component(ctx.placeholders().get(*p))),
-                UrlSeg::Expr(t, _) => out.push_str(&encode_component(&self.render(t, ctx)?)),
+                UrlSeg::Lit(l) => {
+                    for c in l.chars() {
+                        path.literal(&out, c);
+                        out.push(c);
+                        if c == '/' {
+                            path.segment_starts(out.len());
+                        }
+                    }
+                }
+                UrlSeg::Ph(p, part) => {
+                    if *part == UrlPart::Path {
+                        path.value(|| format!("%{}%", p.name()));
+                    }
+                    out.push_str(&encode_component(ctx.placeholders().get(*p)));
+                }
+                UrlSeg::Expr(t, part) => {
+                    if *part == UrlPart::Path {
+                        path.value(|| t.source().to_string());
+                    }
+                    out.push_str(&encode_component(&self.render(t, ctx)?));
+                }
             }
         }
+        path.end(&out);
         // The origin is literal and every value is encoded, so this holds
         // by construction; checked anyway, never sent otherwise.
         let ok = (out.starts_with("http://") || out.starts_with("https://"))
@@ -306,7 +379,98 @@ impl Templates {
         if !ok {
             return Err(RenderError(format!("rendered URL {out:?} is not valid")));
         }
-        Ok(out)
+        Ok(RenderedUrl {
+            url: out,
+            refused: path.refused,
+        })
+    }
+}
+
+/// A rendered URL, and why it must not be sent, if so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedUrl {
+    /// The URL, values encoded.
+    pub url: String,
+    /// Set when a value made a path segment empty or a dot segment.
+    pub refused: Option<String>,
+}
+
+/// What a path segment decodes to, when it is one a URL parser or a
+/// server would resolve or merge.
+fn unsafe_segment(text: &str) -> Option<&'static str> {
+    let decoded = percent_encoding::percent_decode_str(text).decode_utf8_lossy();
+    match decoded.as_ref() {
+        "" => Some("empty"),
+        "." => Some("\".\" (a dot segment)"),
+        ".." => Some("\"..\" (a dot segment)"),
+        _ => None,
+    }
+}
+
+/// Follows the path segments of a URL being rendered and checks each one
+/// that holds a value.
+struct PathCheck {
+    in_path: bool,
+    start: usize,
+    values: Vec<String>,
+    refused: Option<String>,
+}
+
+impl PathCheck {
+    fn new(start: usize) -> Self {
+        Self {
+            in_path: true,
+            start,
+            values: Vec::new(),
+            refused: None,
+        }
+    }
+
+    /// `c` is about to be appended to `out`.
+    fn literal(&mut self, out: &str, c: char) {
+        if self.in_path && matches!(c, '/' | '?' | '#') {
+            self.close(out);
+            if c != '/' {
+                self.in_path = false;
+            }
+        }
+    }
+
+    fn segment_starts(&mut self, at: usize) {
+        if self.in_path {
+            self.start = at;
+            self.values.clear();
+        }
+    }
+
+    fn value(&mut self, name: impl FnOnce() -> String) {
+        if self.in_path {
+            self.values.push(name());
+        }
+    }
+
+    fn end(&mut self, out: &str) {
+        if self.in_path {
+            self.close(out);
+            self.in_path = false;
+        }
+    }
+
+    fn close(&mut self, out: &str) {
+        if self.values.is_empty() || self.refused.is_some() {
+            return;
+        }
+        if let Some(what) = unsafe_segment(&out[self.start..]) {
+            let hint = if what == "empty" {
+                " (give it a fallback: {{default %CALLER_ID% \"unknown\"}})"
+            } else {
+                ""
+            };
+            self.refused = Some(format!(
+                "the URL path segment made of {} would be {what}: the request would reach another path, so it is not sent{hint}",
+                self.values.join(" + ")
+            ));
+        }
     }
 }
 
@@ -387,8 +551,84 @@ mod tests {
         ctx.prepare("r");
         assert_eq!(
             ts.render_url(&u, &ctx).unwrap(),
-            "http://h/p/Maria%20Lopez/1795374648.6?n=Maria%20Lopez&lit=a%20b%7C%C3%B1#x"
+            RenderedUrl {
+                url: "http://h/p/Maria%20Lopez/1795374648.6?n=Maria%20Lopez&lit=a%20b%7C%C3%B1#x"
+                    .into(),
+                refused: None
+            }
         );
+    }
+
+    fn render_with_caller(src: &str, caller: &str) -> RenderedUrl {
+        let mut ts = Templates::new();
+        let u = ts.url(src).unwrap();
+        let mut ev = sample_event(EventKind::Leg);
+        if let crate::model::ModelEvent::Leg(l) = &mut ev {
+            l.caller_number = Some(caller.to_string());
+        }
+        let env = Map::new();
+        let mut ctx = TemplateContext::new(&ev, &env);
+        ctx.prepare("r");
+        ts.render_url(&u, &ctx).unwrap()
+    }
+
+    #[test]
+    fn values_never_make_dot_or_empty_path_segments() {
+        for (src, caller) in [
+            ("http://h/crm/%CALLER_ID%/pop", ".."),
+            ("http://h/crm/%CALLER_ID%/pop", "."),
+            ("http://h/crm/%CALLER_ID%/pop", ""),
+            ("http://h/crm/%CALLER_ID%", ""),
+            ("http://h/crm/%CALLER_ID%?x=1", ".."),
+            ("http://h/crm/.%CALLER_ID%/pop", "."),
+            ("http://h/crm/%2E%CALLER_ID%/pop", "."),
+            ("http://h/crm/{{call.caller_number}}/pop", ".."),
+            ("http://h/crm/{{call.caller_number}}%CALLER_ID%/pop", "."),
+        ] {
+            let r = render_with_caller(src, caller);
+            let why = r
+                .refused
+                .unwrap_or_else(|| panic!("{src} with {caller:?}: {}", r.url));
+            assert!(why.contains("another path"), "{why}");
+        }
+        // Dots and emptiness elsewhere are fine.
+        for (src, caller) in [
+            ("http://h/crm/%CALLER_ID%/pop", "..."),
+            ("http://h/crm/x%CALLER_ID%/pop", ".."),
+            ("http://h/crm/%CALLER_ID%.json", ""),
+            ("http://h/crm/pop?c=%CALLER_ID%", ".."),
+            ("http://h/crm/pop?c=%CALLER_ID%", ""),
+            ("http://h/crm/pop#%CALLER_ID%", ".."),
+            ("http://h/crm/%CALLER_ID%/pop", "a/../b"),
+        ] {
+            let r = render_with_caller(src, caller);
+            assert_eq!(r.refused, None, "{src} with {caller:?}");
+        }
+        assert_eq!(
+            render_with_caller("http://h/crm/%CALLER_ID%/pop", "a/../b").url,
+            "http://h/crm/a%2F..%2Fb/pop"
+        );
+    }
+
+    #[test]
+    fn literal_dot_segments_are_config_errors() {
+        for bad in [
+            "http://h/a/../b",
+            "http://h/a/./b",
+            "http://h/a/%2E%2E/b?x=%CALLER_ID%",
+            "http://h/a/..",
+        ] {
+            let e = compile(bad).unwrap_err();
+            assert!(e[0].message.contains("dot segment"), "{bad}: {e:?}");
+        }
+        for good in [
+            "http://h/a/.../b",
+            "http://h/a/b/",
+            "http://h/a/b?x=..#..",
+            "http://h//a",
+        ] {
+            assert!(compile(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -298,6 +298,8 @@ pub fn request(target: &str, session: &str, state: &str, url: &str) -> DeliveryR
         idempotency_key: Some(format!("{session}-{state}")),
         created_at: now(),
         expires_at: None,
+        refused: None,
+        secrets: Vec::new(),
     }
 }
 

@@ -35,6 +35,13 @@ impl Client {
 
     /// Forwards an unsolicited event (held back while a resync runs).
     pub(super) fn forward(&mut self, sess: &mut Session, msg: AmiMessage) {
+        // What every login brings says nothing about whether the link works.
+        if !msg
+            .event()
+            .is_some_and(|e| e.eq_ignore_ascii_case("FullyBooted"))
+        {
+            self.session_events += 1;
+        }
         let ev = SourceEvent::Ami {
             pbx: self.pbx.clone(),
             received_at: sess.reader.read_at(),

@@ -30,10 +30,18 @@
 //!    prove the connection alive.) A read error or EOF is dead too.
 //! 5. **Loss**: [`SourceEvent::AmiDisconnected`] is emitted whenever an
 //!    established (logged-in) connection is lost, then the client reconnects
-//!    forever with exponential backoff and *equal jitter* (a delay in
-//!    `[c/2, c]`, `c = backoff_initial · 2^attempt` capped at
-//!    [`ClientConfig::backoff_max`]). The attempt counter resets once a
-//!    connection has stayed logged in for 30 s.
+//!    forever. **Reconnect policy:** after a session that delivered events
+//!    (the link works, it just dropped) the next attempt starts at once —
+//!    at most one connection per [`ClientConfig::backoff_initial`] (500 ms),
+//!    so a PBX that drops every connection right after a few events is not
+//!    hammered — and the backoff starts over. Otherwise (connection refused,
+//!    login failed, a session that delivered nothing) attempts back off
+//!    exponentially with *equal jitter* (a delay in `[c/2, c]`,
+//!    `c = backoff_initial · 2^attempt` capped at
+//!    [`ClientConfig::backoff_max`]); the counter also resets once a
+//!    connection has stayed logged in for 30 s. A link that flaps every few
+//!    seconds is therefore blind only for the reconnect itself (login and
+//!    snapshot), never for a growing backoff.
 //!
 //! Each state change is exactly one log line and one update of
 //! `ami_connection_state` (0 down, 1 connecting, 2 logged in): `connecting
@@ -65,6 +73,12 @@
 //! `ChannelId`), in stream order before anything it causes: the call model
 //! knows a click-to-call's number from the agent's first ring and ties a
 //! failed one to its record even when the PBX says little.
+//!
+//! [`AmiHandle::originate`] is the click-to-call variant: an `Async: true`
+//! Originate whose pending entry outlives its `Response: Success` until the
+//! `OriginateResponse` event with the same ActionID arrives (correlated by
+//! ActionID, never by order: two in flight can finish in either order), or
+//! its outcome wait expires ([`AmiError::Timeout`]).
 //!
 //! Outcomes: [`AmiError::Rejected`] for `Response: Error`,
 //! [`AmiError::Timeout`] when nothing answered within
@@ -315,6 +329,18 @@ pub struct ActionResponse {
     pub items: Vec<AmiMessage>,
 }
 
+/// The outcome of [`AmiHandle::originate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginateReply {
+    /// The ActionID the client gave the Originate.
+    pub action_id: String,
+    /// The immediate `Response: Success` ("Originate successfully queued").
+    pub queued: AmiMessage,
+    /// The `OriginateResponse` event (`Response` Success/Failure, `Reason`,
+    /// `Channel`, `Uniqueid`).
+    pub event: AmiMessage,
+}
+
 /// Why an action did not produce a response.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AmiError {
@@ -387,6 +413,42 @@ impl AmiHandle {
     /// The ActionID is assigned by the client. See the module documentation
     /// for the outcomes and the re-send policy.
     pub async fn send(&self, action: Action) -> Result<ActionResponse, AmiError> {
+        self.submit(action, None).await
+    }
+
+    /// Sends an asynchronous `Originate` (`Async: true` is set) and waits for
+    /// its outcome: the `Response` (queued or rejected) and then the
+    /// `OriginateResponse` event carrying the same ActionID, for up to
+    /// `outcome_wait` after the Response (make it longer than the
+    /// Originate's `Timeout`). Like every non-read-only action it is never
+    /// re-sent: a connection lost before the outcome gives
+    /// [`AmiError::Disconnected`] (the call may or may not exist), no event
+    /// in time gives [`AmiError::Timeout`].
+    pub async fn originate(
+        &self,
+        action: Action,
+        outcome_wait: Duration,
+    ) -> Result<OriginateReply, AmiError> {
+        let action = if action.get("Async").is_some() {
+            action
+        } else {
+            action.field("Async", "true")
+        };
+        let r = self.submit(action, Some(outcome_wait)).await?;
+        let mut items = r.items.into_iter();
+        let queued = items.next().unwrap_or_default();
+        Ok(OriginateReply {
+            action_id: r.response.action_id().unwrap_or("").to_string(),
+            queued,
+            event: r.response,
+        })
+    }
+
+    async fn submit(
+        &self,
+        action: Action,
+        await_event: Option<Duration>,
+    ) -> Result<ActionResponse, AmiError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(AmiError::Shutdown);
         }
@@ -399,9 +461,10 @@ impl AmiHandle {
             action,
             reply,
             deadline,
+            await_event,
         };
         // The task enforces the deadline; this outer bound is a safety net.
-        let safety = deadline + Duration::from_millis(500);
+        let safety = deadline + await_event.unwrap_or_default() + Duration::from_millis(500);
         match tokio::time::timeout_at(safety, self.inner.commands.send(cmd)).await {
             Err(_) => return Err(AmiError::Timeout),
             Ok(Err(_)) => return Err(AmiError::Shutdown),
@@ -488,6 +551,7 @@ pub fn spawn_with_presence(
         state: state_tx,
         waiting: VecDeque::new(),
         conn_seq: 0,
+        session_events: 0,
         overflow: Overflow::default(),
         events_closed_logged: false,
         backlog: VecDeque::new(),
@@ -544,6 +608,9 @@ struct Command {
     action: Action,
     reply: oneshot::Sender<Result<ActionResponse, AmiError>>,
     deadline: Instant,
+    /// After a `Success` response, keep waiting this long for the
+    /// `OriginateResponse` event with the same ActionID.
+    await_event: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -627,6 +694,9 @@ struct Client {
     /// Actions not written yet (waiting for a login).
     waiting: VecDeque<Command>,
     conn_seq: u64,
+    /// Events forwarded during the current session (a session that
+    /// delivered some is followed by an immediate reconnect).
+    session_events: u64,
     overflow: Overflow,
     events_closed_logged: bool,
     /// Events the queue had no room for, in order: while there are any the
@@ -644,6 +714,7 @@ struct Client {
 impl Client {
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.cfg.backoff_initial, self.cfg.backoff_max);
+        let mut at_once: Option<Duration> = None;
         let mut first = true;
         loop {
             if self.shutdown.is_cancelled() {
@@ -666,6 +737,7 @@ impl Client {
                 Ok(sess) => {
                     self.set_state(ConnectionState::LoggedIn);
                     let since = Instant::now();
+                    self.session_events = 0;
                     match self.session(sess).await {
                         SessionEnd::Shutdown => break,
                         SessionEnd::Lost(reason) => {
@@ -677,7 +749,13 @@ impl Client {
                             if let Some(s) = self.presence.as_mut() {
                                 s.disconnected(now_epoch());
                             }
-                            if since.elapsed() >= STABLE_SESSION {
+                            let lasted = since.elapsed();
+                            if self.session_events > 0 {
+                                // The link works: reconnect at once (at most
+                                // one connection per backoff_initial).
+                                backoff.reset();
+                                at_once = Some(self.cfg.backoff_initial.saturating_sub(lasted));
+                            } else if lasted >= STABLE_SESSION {
                                 backoff.reset();
                             }
                             format!("AMI connection lost: {reason}")
@@ -700,7 +778,10 @@ impl Client {
                     )
                 }
             };
-            let delay = backoff.next_delay(&mut rand::thread_rng());
+            let delay = match at_once.take() {
+                Some(d) => d,
+                None => backoff.next_delay(&mut rand::thread_rng()),
+            };
             warn!(
                 pbx = %self.pbx,
                 retry_in_secs = delay.as_secs_f64(),
@@ -955,15 +1036,20 @@ impl Client {
             }
             Route::Broadcast(id) => {
                 // Broadcast: an event for everyone, and maybe the answer to
-                // a pending (synchronous) Originate.
-                if let Some(p) = sess.pending.remove(id) {
+                // a pending (synchronous or awaited) Originate.
+                if let Some(mut p) = sess.pending.remove(id) {
                     let id = id.to_string();
-                    let items = p.items.clone();
+                    let awaited =
+                        matches!(&p.kind, PendingKind::User(c) if c.await_event.is_some());
+                    let mut items = std::mem::take(&mut p.items);
+                    if awaited {
+                        items.insert(0, p.response.take().unwrap_or_default());
+                    }
                     let resp = ActionResponse {
                         response: msg.clone(),
                         items,
                     };
-                    let result = if is_error(&msg) {
+                    let result = if is_error(&msg) && !awaited {
                         Err(AmiError::Rejected(
                             msg.get("Reason").unwrap_or("originate failed").to_string(),
                         ))
@@ -993,6 +1079,14 @@ impl Client {
                 if starts_list(&msg) {
                     p.response = Some(msg);
                     return Ok(());
+                }
+                if let PendingKind::User(c) = &p.kind {
+                    if let (Some(wait), true) = (c.await_event, is_success(&msg)) {
+                        // Queued: the outcome is the OriginateResponse event.
+                        p.response = Some(msg);
+                        p.deadline = Instant::now() + wait;
+                        return Ok(());
+                    }
                 }
                 let Some(mut p) = sess.pending.remove(&id) else {
                     return Ok(());

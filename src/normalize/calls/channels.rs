@@ -73,6 +73,29 @@ impl Chan {
 }
 
 impl PbxCalls {
+    /// A new channel of `session` would go past `calls.max_live` (calls, or
+    /// four times as many channels): counted, warned about, not created.
+    fn at_capacity(&self, cfg: &NormalizerConfig, session: &str) -> bool {
+        let calls_full =
+            self.calls.len() >= cfg.max_live_calls && !self.calls.contains_key(session);
+        let chans_full = self.chans.len() >= cfg.max_live_calls.saturating_mul(4);
+        if !(calls_full || chans_full) {
+            return false;
+        }
+        Self::ignored("max_live");
+        if let Some(suppressed) = super::AT_CAPACITY.check() {
+            tracing::warn!(
+                pbx = %self.pbx,
+                calls = self.calls.len(),
+                channels = self.chans.len(),
+                max_live = cfg.max_live_calls,
+                suppressed,
+                "too many calls in progress (calls.max_live): a new call's events are ignored"
+            );
+        }
+        true
+    }
+
     pub(super) fn resolve(&self, r: &ChanRef<'_>) -> Option<Str> {
         if let Some(uid) = r.uid {
             if self.chans.contains_key(uid) {
@@ -116,9 +139,13 @@ impl PbxCalls {
             Self::ignored("late");
             return None;
         }
+        let session = info.linkedid.unwrap_or(uid);
+        if self.at_capacity(cfg, session) {
+            return None;
+        }
+        let session = session.to_compact_string();
         let name = info.name.unwrap_or(uid).to_compact_string();
         let party = cfg.classifier.classify(&name, info.context);
-        let session = info.linkedid.unwrap_or(uid).to_compact_string();
         let chan = Chan {
             uid: uid.to_compact_string(),
             name: name.clone(),

@@ -56,6 +56,10 @@ use crate::source::PbxId;
 
 use call::Call;
 
+/// One warning per minute when a PBX or team is at `calls.max_live`.
+pub(crate) static AT_CAPACITY: crate::log_limit::LogLimiter =
+    crate::log_limit::LogLimiter::new(std::time::Duration::from_secs(60));
+
 /// Ids, names and numbers held per channel and call: inline up to 24 bytes
 /// (every Uniqueid, channel name and phone number in practice), so a live
 /// call costs a few allocations, not dozens.

@@ -198,6 +198,12 @@ impl PushCalls {
         self.sessions.len()
     }
 
+    /// Whether `session` is a call in progress or a finished one still
+    /// remembered (a push for it opens no new call).
+    pub fn knows(&self, session: &str) -> bool {
+        self.sessions.contains_key(session) || self.tombs.contains_key(session)
+    }
+
     /// Finished sessions remembered for late pushes.
     pub fn tombstones(&self) -> usize {
         self.tombs.len()
@@ -226,7 +232,10 @@ impl PushCalls {
         let sid = ev.session_id.as_str();
         if let Some(tomb) = self.tombs.get(sid) {
             if tomb.seen.contains(&key) {
-                return PushReceipt { duplicate: true };
+                return PushReceipt {
+                    duplicate: true,
+                    full: false,
+                };
             }
             self.save(sid);
             if let Some(tomb) = self.tombs.get_mut(sid) {
@@ -236,14 +245,20 @@ impl PushCalls {
             }
             debug!(team = %self.team, session = sid, event = %ev.event, "push for a finished call ignored");
             Self::ignored("late");
-            return PushReceipt { duplicate: false };
+            return PushReceipt {
+                duplicate: false,
+                full: false,
+            };
         }
         if self
             .sessions
             .get(sid)
             .is_some_and(|s| s.seen.contains(&key))
         {
-            return PushReceipt { duplicate: true };
+            return PushReceipt {
+                duplicate: true,
+                full: false,
+            };
         }
         self.save(sid);
         let team = self.team.clone();
@@ -263,7 +278,10 @@ impl PushCalls {
             PushKind::Hangup => s.hangup(&team, &party, ev, t, out),
             PushKind::Other(_) => {}
         }
-        PushReceipt { duplicate: false }
+        PushReceipt {
+            duplicate: false,
+            full: false,
+        }
     }
 
     /// Closes calls that are over and settled, and calls past the maximum

@@ -79,28 +79,46 @@
 //! until an operator retries them ([`Outbox::retry`],
 //! [`Outbox::retry_all_dead`]), so no call log is silently lost.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll as TaskPoll};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
+use crate::log_limit::LogLimiter;
 use crate::metrics::metrics;
 use crate::source::now_epoch;
 
 use super::DeliveryRequest;
 
+mod admin;
+mod conceal;
+pub mod repair;
+mod schema;
+mod tx;
+mod writer;
+
+pub use admin::{mask_url, sensitive_name};
+use schema::WAITING;
+pub use schema::{db_path, quick_check, secure_state_dir};
+use tx::{complete_tx, fix_head, insert_batch, poll_tx, revive, EnqueueDetail};
+pub use writer::EnqueueReceipt;
+use writer::{checkpoint_loop, writer_loop, Finish, Job, ReceiptInner, WriterState};
+
+/// Refusals repeat for every event while the outbox is full: one line per
+/// half minute (the metrics count each).
+static REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+/// Requests that can never be sent come from hostile input: same.
+static REFUSED_REQUESTS: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+
 /// Schema version written to `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Largest stored excerpt of a response body or error, in bytes.
 pub const EXCERPT_MAX: usize = 2048;
 /// Requests queued in memory for the writer beyond which submits are refused.
@@ -172,6 +190,15 @@ pub enum OutboxError {
     /// The writer thread has stopped.
     #[error("the outbox writer has stopped")]
     Closed,
+    /// The database file is damaged (integrity check at open, or SQLite
+    /// reported corruption).
+    #[error("the outbox {path} is damaged ({details}); stop callhook and run `callhook outbox recover --config FILE`: it keeps every readable delivery and moves the damaged file aside (`callhook outbox check` shows what is wrong)")]
+    Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite found.
+        details: String,
+    },
 }
 
 impl From<rusqlite::Error> for OutboxError {
@@ -248,6 +275,9 @@ pub struct EnqueueOutcome {
     pub duplicates_pruned: usize,
     /// Requests refused because the outbox was full.
     pub rejected_full: usize,
+    /// Requests that can never be sent (`DeliveryRequest::refused`): stored
+    /// `dead` at once with the reason.
+    pub refused: usize,
 }
 
 /// Filter for [`Outbox::list`].
@@ -369,6 +399,12 @@ pub struct Claimed {
     pub expires_at: Option<f64>,
     /// Attempts made before this one.
     pub attempts: u32,
+    /// Why it can never be sent, when known at enqueue (then the attempt
+    /// fails at once).
+    pub refused: Option<String>,
+    /// Where secrets are masked in the URL, headers and body: the
+    /// dispatcher puts them back at send time (see `deliver::secret`).
+    pub secrets: Vec<crate::deliver::secret::SecretRef>,
 }
 
 /// One target's share of a [`Outbox::poll`].
@@ -391,6 +427,9 @@ pub struct PollResult {
     pub next_ready: BTreeMap<String, f64>,
     /// Earliest `expires_at` among pending rows.
     pub next_expiry: Option<f64>,
+    /// Rows that could not be decoded and were moved aside (dead with the
+    /// reason): (id, what is wrong).
+    pub damaged: Vec<(i64, String)>,
 }
 
 /// How an attempt ended, for [`Outbox::complete`].
@@ -433,53 +472,6 @@ pub fn excerpt(s: &str) -> String {
     s[..end].to_string()
 }
 
-// ---------------------------------------------------------------------------
-// Writer thread.
-
-struct WriterState {
-    opts: OutboxOptions,
-    /// pending + inflight rows.
-    waiting: i64,
-}
-
-type Finish = Box<dyn FnOnce(Option<&OutboxError>) + Send>;
-
-/// A job's body: runs inside the group transaction (or gets the error that
-/// prevented it), says whether it succeeded, and returns what to do after
-/// the commit.
-type JobFn = Box<
-    dyn FnOnce(std::result::Result<&Connection, &OutboxError>, &mut WriterState) -> (bool, Finish)
-        + Send,
->;
-
-struct Job {
-    durable: bool,
-    run: JobFn,
-}
-
-/// Resolves when an enqueue has been committed.
-#[must_use = "the outcome arrives after the commit"]
-pub struct EnqueueReceipt(ReceiptInner);
-
-enum ReceiptInner {
-    Ready(Option<Result<EnqueueOutcome>>),
-    Waiting(oneshot::Receiver<Result<EnqueueDetail>>),
-}
-
-impl Future for EnqueueReceipt {
-    type Output = Result<EnqueueOutcome>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<Self::Output> {
-        match &mut self.0 {
-            ReceiptInner::Ready(r) => TaskPoll::Ready(r.take().unwrap_or(Err(OutboxError::Closed))),
-            ReceiptInner::Waiting(rx) => match Pin::new(rx).poll(cx) {
-                TaskPoll::Ready(Ok(r)) => TaskPoll::Ready(r.map(|d| d.outcome)),
-                TaskPoll::Ready(Err(_)) => TaskPoll::Ready(Err(OutboxError::Closed)),
-                TaskPoll::Pending => TaskPoll::Pending,
-            },
-        }
-    }
-}
-
 /// The durable outbox. Cheap to share (`Arc<Outbox>`); every method may be
 /// called from async code without blocking the runtime.
 pub struct Outbox {
@@ -502,56 +494,6 @@ impl fmt::Debug for Outbox {
     }
 }
 
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS deliveries (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    target           TEXT NOT NULL,
-    rule             TEXT NOT NULL,
-    session_id       TEXT NOT NULL,
-    pbx              TEXT NOT NULL,
-    event_id         TEXT NOT NULL,
-    method           TEXT NOT NULL,
-    url              TEXT NOT NULL,
-    headers          TEXT NOT NULL,
-    body             BLOB,
-    idempotency_key  TEXT,
-    created_at       REAL NOT NULL,
-    expires_at       REAL,
-    enqueued_at      REAL NOT NULL,
-    status           TEXT NOT NULL,
-    head             INTEGER NOT NULL,
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at  REAL NOT NULL,
-    last_status      TEXT,
-    last_error       TEXT,
-    updated_at       REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_ready
-    ON deliveries (target, next_attempt_at) WHERE status = 'pending' AND head = 1;
-CREATE INDEX IF NOT EXISTS deliveries_chain
-    ON deliveries (target, session_id, id) WHERE status IN ('pending', 'inflight');
-CREATE INDEX IF NOT EXISTS deliveries_event
-    ON deliveries (target, event_id) WHERE status IN ('pending', 'inflight');
-CREATE INDEX IF NOT EXISTS deliveries_expiry
-    ON deliveries (expires_at) WHERE status = 'pending' AND expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS deliveries_status ON deliveries (status);
-CREATE INDEX IF NOT EXISTS deliveries_key
-    ON deliveries (target, idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE TABLE IF NOT EXISTS dedupe (
-    target   TEXT NOT NULL,
-    key      TEXT NOT NULL,
-    seen_at  REAL NOT NULL,
-    PRIMARY KEY (target, key)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedupe_seen ON dedupe (seen_at);
-"#;
-
-const COLS: &str = "id, target, rule, session_id, pbx, event_id, method, url, headers, body, \
-     idempotency_key, created_at, expires_at, enqueued_at, status, attempts, next_attempt_at, \
-     last_status, last_error, updated_at";
-
-const WAITING: &str = "status IN ('pending', 'inflight')";
-
 impl Outbox {
     /// Opens (or creates) `<state_dir>/outbox.sqlite3`, puts rows left
     /// `inflight` back to `pending`, and starts the writer thread.
@@ -568,56 +510,14 @@ impl Outbox {
     }
 
     fn open_with(state_dir: &Path, opts: OutboxOptions, recover: bool) -> Result<Outbox> {
-        std::fs::create_dir_all(state_dir).map_err(|e| OutboxError::Dir {
-            path: state_dir.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let path = state_dir.join("outbox.sqlite3");
-        let conn = Connection::open(&path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(OutboxError::Db(format!(
-                "cannot switch {} to WAL mode (got {mode})",
-                path.display()
-            )));
+        let (conn, recovered) = schema::open_writer(state_dir, recover, recover)?;
+        let path = schema::db_path(state_dir);
+        if recover {
+            let healed = tx::repair_heads(&conn)?;
+            if healed > 0 {
+                tracing::warn!(target: "callhook::deliver", calls = healed, "outbox: calls whose deliveries had lost their place in line got it back");
+            }
         }
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        // Checkpoints (copying the WAL into the database, with an fsync)
-        // run on their own thread, not in the writer's commits.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(OutboxError::Schema {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-        let init = (|| -> Result<usize> {
-            conn.execute_batch(SCHEMA)?;
-            if version < SCHEMA_VERSION {
-                conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-            }
-            if !recover {
-                return Ok(0);
-            }
-            let now = now_epoch();
-            Ok(conn.execute(
-                "UPDATE deliveries SET status = 'pending', updated_at = ?1 WHERE status = 'inflight'",
-                params![now],
-            )?)
-        })();
-        let recovered = match init {
-            Ok(n) => {
-                conn.execute_batch("COMMIT")?;
-                n
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        };
         if recovered > 0 {
             tracing::warn!(
                 target: "callhook::deliver",
@@ -754,11 +654,14 @@ impl Outbox {
                 *per.entry(r.target.clone()).or_default() += 1;
             }
             record_rejected(&per);
-            tracing::warn!(
-                target: "callhook::deliver",
-                rows = n,
-                "outbox writer backlog is full: deliveries refused"
-            );
+            if let Some(suppressed) = REFUSED.check() {
+                tracing::warn!(
+                    target: "callhook::deliver",
+                    rows = n,
+                    suppressed,
+                    "outbox writer backlog is full: deliveries refused"
+                );
+            }
             return EnqueueReceipt(ReceiptInner::Ready(Some(Ok(EnqueueOutcome {
                 rejected_full: n,
                 ..Default::default()
@@ -782,10 +685,23 @@ impl Outbox {
                 }
                 record_rejected(&d.rejected);
                 if d.outcome.rejected_full > 0 {
+                    if let Some(suppressed) = REFUSED.check() {
+                        tracing::warn!(
+                            target: "callhook::deliver",
+                            rows = d.outcome.rejected_full,
+                            suppressed,
+                            "outbox is at its cap (max_rows): deliveries refused"
+                        );
+                    }
+                }
+                for (t, c) in &d.refused {
+                    m.deliveries.with_label_values(&[t, "dead"]).inc_by(*c);
+                }
+                if d.outcome.refused > 0 && REFUSED_REQUESTS.check().is_some() {
                     tracing::warn!(
                         target: "callhook::deliver",
-                        rows = d.outcome.rejected_full,
-                        "outbox is at its cap (max_rows): deliveries refused"
+                        rows = d.outcome.refused,
+                        "requests that can never be sent stored dead with the reason (see `callhook deliveries list --dead`)"
                     );
                 }
                 if d.outcome.inserted > 0 {
@@ -945,117 +861,6 @@ impl Outbox {
         Ok(total)
     }
 
-    async fn read<R, F>(&self, f: F) -> Result<R>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
-    {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|e| OutboxError::Db(format!("reader task failed: {e}")))?
-    }
-
-    /// Rows matching a filter, newest first, without secrets.
-    pub async fn list(&self, filter: ListFilter) -> Result<Vec<DeliveryRow>> {
-        self.read(move |c| {
-            let mut sql = format!("SELECT {COLS} FROM deliveries WHERE 1 = 1");
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            if let Some(s) = filter.status {
-                sql.push_str(" AND status = ?");
-                args.push(s.as_str().to_string().into());
-            }
-            if let Some(t) = filter.target {
-                sql.push_str(" AND target = ?");
-                args.push(t.into());
-            }
-            sql.push_str(" ORDER BY id DESC LIMIT ?");
-            args.push((filter.limit.min(i64::MAX as usize) as i64).into());
-            let mut st = c.prepare(&sql)?;
-            let rows = st
-                .query_map(rusqlite::params_from_iter(args), admin_row)?
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
-        .await
-    }
-
-    /// One row, without secrets.
-    pub async fn get(&self, id: i64) -> Result<Option<DeliveryRow>> {
-        self.read(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {COLS} FROM deliveries WHERE id = ?1"),
-                params![id],
-                admin_row,
-            )
-            .optional()?)
-        })
-        .await
-    }
-
-    /// Counts by state; also refreshes the `outbox_depth` and
-    /// `outbox_oldest_age_seconds` gauges, and per target
-    /// `outbox_waiting` and `outbox_oldest_waiting_age_seconds`.
-    pub async fn stats(&self) -> Result<OutboxStats> {
-        let s = self
-            .read(|c| {
-                let mut s = OutboxStats::default();
-                let mut st = c.prepare("SELECT status, COUNT(*) FROM deliveries GROUP BY status")?;
-                let mut rows = st.query([])?;
-                while let Some(r) = rows.next()? {
-                    let status: String = r.get(0)?;
-                    let n: i64 = r.get(1)?;
-                    let n = n.max(0) as u64;
-                    match Status::parse(&status) {
-                        Some(Status::Pending) => s.pending = n,
-                        Some(Status::Inflight) => s.inflight = n,
-                        Some(Status::Done) => s.done = n,
-                        Some(Status::Dead) => s.dead = n,
-                        Some(Status::Expired) => s.expired = n,
-                        None => {}
-                    }
-                }
-                let oldest: Option<f64> = c
-                    .query_row(
-                        "SELECT MIN(e) FROM (\
-                           SELECT (SELECT enqueued_at FROM deliveries WHERE status = 'pending' ORDER BY id LIMIT 1) AS e \
-                           UNION ALL \
-                           SELECT (SELECT enqueued_at FROM deliveries WHERE status = 'inflight' ORDER BY id LIMIT 1))",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .flatten();
-                s.oldest_pending_age = oldest.map(|t| (now_epoch() - t).max(0.0));
-                let mut st = c.prepare(&format!(
-                    "SELECT target, COUNT(*), MIN(enqueued_at) FROM deliveries WHERE {WAITING} GROUP BY target"
-                ))?;
-                let mut rows = st.query([])?;
-                let now = now_epoch();
-                let mut by_target = BTreeMap::new();
-                while let Some(r) = rows.next()? {
-                    let t: String = r.get(0)?;
-                    let n: i64 = r.get(1)?;
-                    let oldest: Option<f64> = r.get(2)?;
-                    let n = n.max(0) as u64;
-                    by_target.insert(t.clone(), (n, oldest.map_or(0.0, |o| (now - o).max(0.0))));
-                    s.waiting_by_target.insert(t, n);
-                }
-                Ok((s, by_target))
-            })
-            .await?;
-        let (s, by_target) = s;
-        let m = metrics();
-        m.set_outbox_by_target(&by_target);
-        m.outbox_depth.set((s.pending + s.inflight) as i64);
-        m.outbox_oldest_age_seconds
-            .set(s.oldest_pending_age.unwrap_or(0.0));
-        Ok(s)
-    }
-
     /// Stops the writer after the operations already queued, and waits for
     /// it. Later calls fail with [`OutboxError::Closed`]. Dropping the outbox
     /// does the same.
@@ -1088,496 +893,5 @@ fn record_rejected(per: &BTreeMap<String, u64>) {
     for (t, c) in per {
         m.outbox_full.inc_by(*c);
         m.deliveries.with_label_values(&[t, "rejected"]).inc_by(*c);
-    }
-}
-
-/// Copies the WAL back into the database once a second (PASSIVE: never
-/// blocks the writer or readers), so the WAL stays small and the writer's
-/// commits never pay for the database fsync.
-fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
-    // Anything but a timeout (the sender dropped) means stop.
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::debug!(target: "callhook::deliver", error = %e, "outbox checkpoint failed");
-        }
-    }
-    // Last one, so a clean stop leaves (almost) nothing in the WAL.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-}
-
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut st: WriterState) {
-    let mut full = true; // the pragma set at open
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_MAX {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        let want_full = st.opts.durability == Durability::Full && batch.iter().any(|j| j.durable);
-        if want_full != full {
-            let v = if want_full { "FULL" } else { "NORMAL" };
-            if conn.pragma_update(None, "synchronous", v).is_ok() {
-                full = want_full;
-            }
-        }
-        let mut finishers = Vec::with_capacity(batch.len());
-        let mut any_failed = false;
-        match conn.execute_batch("BEGIN IMMEDIATE") {
-            Err(e) => {
-                let e = OutboxError::from(e);
-                for job in batch {
-                    let (_, fin) = (job.run)(Err(&e), &mut st);
-                    finishers.push(fin);
-                }
-                for f in finishers {
-                    f(Some(&e));
-                }
-                continue;
-            }
-            Ok(()) => {
-                for job in batch {
-                    if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-                        let e = OutboxError::from(e);
-                        let (_, fin) = (job.run)(Err(&e), &mut st);
-                        finishers.push(fin);
-                        any_failed = true;
-                        continue;
-                    }
-                    let (ok, fin) = (job.run)(Ok(&conn), &mut st);
-                    if ok {
-                        let _ = conn.execute_batch("RELEASE job");
-                    } else {
-                        any_failed = true;
-                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                    }
-                    finishers.push(fin);
-                }
-            }
-        }
-        let commit = conn.execute_batch("COMMIT").map_err(OutboxError::from);
-        if let Err(e) = &commit {
-            tracing::error!(target: "callhook::deliver", error = %e, "outbox commit failed");
-            let _ = conn.execute_batch("ROLLBACK");
-            any_failed = true;
-        }
-        if any_failed {
-            // A job may have changed the counter before failing: recount.
-            if let Ok(n) = conn.query_row(
-                &format!("SELECT COUNT(*) FROM deliveries WHERE {WAITING}"),
-                [],
-                |r| r.get::<_, i64>(0),
-            ) {
-                st.waiting = n;
-            }
-        }
-        metrics().outbox_depth.set(st.waiting);
-        let err = commit.err();
-        for f in finishers {
-            f(err.as_ref());
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Transactions (run on the writer thread).
-
-struct EnqueueDetail {
-    outcome: EnqueueOutcome,
-    inserted: BTreeMap<String, u64>,
-    duplicates: BTreeMap<String, u64>,
-    rejected: BTreeMap<String, u64>,
-}
-
-fn insert_batch(
-    c: &Connection,
-    st: &mut WriterState,
-    reqs: &[DeliveryRequest],
-    now: f64,
-) -> Result<EnqueueDetail> {
-    let mut d = EnqueueDetail {
-        outcome: EnqueueOutcome::default(),
-        inserted: BTreeMap::new(),
-        duplicates: BTreeMap::new(),
-        rejected: BTreeMap::new(),
-    };
-    let window_start = now - st.opts.dedupe_window.as_secs_f64();
-    let mut event_dup = c.prepare_cached(&format!(
-        "SELECT 1 FROM deliveries INDEXED BY deliveries_event \
-         WHERE target = ?1 AND event_id = ?2 AND {WAITING} LIMIT 1"
-    ))?;
-    let mut key_seen =
-        c.prepare_cached("SELECT seen_at FROM dedupe WHERE target = ?1 AND key = ?2")?;
-    let mut key_put = c.prepare_cached(
-        "INSERT OR REPLACE INTO dedupe (target, key, seen_at) VALUES (?1, ?2, ?3)",
-    )?;
-    let mut key_status = c.prepare_cached(
-        "SELECT status FROM deliveries INDEXED BY deliveries_key \
-         WHERE target = ?1 AND idempotency_key = ?2 ORDER BY id DESC LIMIT 1",
-    )?;
-    let mut chain_busy = c.prepare_cached(&format!(
-        "SELECT 1 FROM deliveries INDEXED BY deliveries_chain \
-         WHERE target = ?1 AND session_id = ?2 AND {WAITING} LIMIT 1"
-    ))?;
-    let mut insert = c.prepare_cached(
-        "INSERT INTO deliveries (target, rule, session_id, pbx, event_id, method, url, headers, \
-         body, idempotency_key, created_at, expires_at, enqueued_at, status, head, attempts, \
-         next_attempt_at, updated_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'pending', ?14, 0, ?13, ?13)",
-    )?;
-    for r in reqs {
-        let dup_event = event_dup.exists(params![r.target, r.event_id])?;
-        let dup_key = match &r.idempotency_key {
-            Some(k) => key_seen
-                .query_row(params![r.target, k], |row| row.get::<_, f64>(0))
-                .optional()?
-                .is_some_and(|seen| seen >= window_start),
-            None => false,
-        };
-        if dup_event || dup_key {
-            // What became of the earlier one (for reports such as backfill's
-            // "already delivered" / "already queued").
-            let earlier = match (&r.idempotency_key, dup_event) {
-                (Some(k), false) => key_status
-                    .query_row(params![r.target, k], |row| row.get::<_, String>(0))
-                    .optional()?,
-                _ => Some("pending".to_string()),
-            };
-            match earlier.as_deref().and_then(Status::parse) {
-                Some(Status::Pending | Status::Inflight) => d.outcome.duplicates_waiting += 1,
-                Some(Status::Done) => d.outcome.duplicates_delivered += 1,
-                Some(Status::Dead | Status::Expired) => d.outcome.duplicates_failed += 1,
-                None => d.outcome.duplicates_pruned += 1,
-            }
-            d.outcome.duplicates += 1;
-            *d.duplicates.entry(r.target.clone()).or_default() += 1;
-            continue;
-        }
-        if st.waiting >= st.opts.max_rows as i64 {
-            d.outcome.rejected_full += 1;
-            *d.rejected.entry(r.target.clone()).or_default() += 1;
-            continue;
-        }
-        if let Some(k) = &r.idempotency_key {
-            key_put.execute(params![r.target, k, now])?;
-        }
-        let head = !chain_busy.exists(params![r.target, r.session_id])?;
-        let headers = serde_json::to_string(&r.headers)
-            .map_err(|e| OutboxError::Db(format!("cannot encode headers: {e}")))?;
-        insert.execute(params![
-            r.target,
-            r.rule,
-            r.session_id,
-            r.pbx,
-            r.event_id,
-            r.method,
-            r.url,
-            headers,
-            r.body,
-            r.idempotency_key,
-            r.created_at,
-            r.expires_at,
-            now,
-            head as i64,
-        ])?;
-        st.waiting += 1;
-        d.outcome.inserted += 1;
-        *d.inserted.entry(r.target.clone()).or_default() += 1;
-    }
-    Ok(d)
-}
-
-/// Makes the oldest unfinished row of `(target, session)` its only head,
-/// unless one of its rows is in flight (then no pending row may be a head
-/// until that attempt ends).
-fn fix_head(c: &Connection, target: &str, session: &str) -> Result<()> {
-    let busy = c
-        .prepare_cached(&format!(
-            "SELECT 1 FROM deliveries INDEXED BY deliveries_chain \
-             WHERE target = ?1 AND session_id = ?2 AND {WAITING} \
-             AND status = 'inflight' LIMIT 1"
-        ))?
-        .exists(params![target, session])?;
-    let first: Option<(i64, i64)> = if busy {
-        None
-    } else {
-        c.prepare_cached(&format!(
-            "SELECT id, head FROM deliveries INDEXED BY deliveries_chain \
-             WHERE target = ?1 AND session_id = ?2 AND {WAITING} \
-             ORDER BY id LIMIT 1"
-        ))?
-        .query_row(params![target, session], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-    };
-    let keep = first.map(|f| f.0).unwrap_or(-1);
-    c.prepare_cached(&format!(
-        "UPDATE deliveries INDEXED BY deliveries_chain SET head = 0 \
-         WHERE target = ?1 AND session_id = ?2 AND {WAITING} \
-         AND status = 'pending' AND head = 1 AND id != ?3"
-    ))?
-    .execute(params![target, session, keep])?;
-    if let Some((id, 0)) = first {
-        c.prepare_cached("UPDATE deliveries SET head = 1 WHERE id = ?1")?
-            .execute(params![id])?;
-    }
-    Ok(())
-}
-
-/// Dead rows back to pending (one id, or all when `id` is `None`).
-fn revive(c: &Connection, id: Option<i64>, now: f64) -> Result<usize> {
-    const SET: &str = "UPDATE deliveries SET status = 'pending', head = 0, attempts = 0, \
-                       next_attempt_at = ?1, updated_at = ?1 WHERE status = 'dead'";
-    Ok(match id {
-        Some(id) => c.execute(&format!("{SET} AND id = ?2"), params![now, id])?,
-        None => c.execute(SET, params![now])?,
-    })
-}
-
-fn claimed_row(r: &Row<'_>) -> rusqlite::Result<Claimed> {
-    let headers: String = r.get(8)?;
-    Ok(Claimed {
-        id: r.get(0)?,
-        target: r.get(1)?,
-        rule: r.get(2)?,
-        session_id: r.get(3)?,
-        pbx: r.get(4)?,
-        event_id: r.get(5)?,
-        method: r.get(6)?,
-        url: r.get(7)?,
-        headers: serde_json::from_str(&headers).unwrap_or_default(),
-        body: r.get(9)?,
-        idempotency_key: r.get(10)?,
-        created_at: r.get(11)?,
-        expires_at: r.get(12)?,
-        attempts: r.get::<_, i64>(15)?.clamp(0, u32::MAX as i64) as u32,
-    })
-}
-
-fn poll_tx(
-    c: &Connection,
-    st: &mut WriterState,
-    now: f64,
-    wants: &[ClaimWant],
-) -> Result<PollResult> {
-    let mut out = PollResult::default();
-    // 1. Expire what is past its freshness limit, heads or not (a non-head
-    // that expired would never be sent anyway; expiring it early keeps the
-    // call's chain short).
-    let due: Vec<(i64, String, String)> = c
-        .prepare_cached(
-            "SELECT id, target, session_id FROM deliveries INDEXED BY deliveries_expiry \
-             WHERE status = 'pending' AND expires_at IS NOT NULL AND expires_at <= ?1 LIMIT 1000",
-        )?
-        .query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<std::result::Result<_, _>>()?;
-    if !due.is_empty() {
-        let mut upd = c.prepare_cached(
-            "UPDATE deliveries SET status = 'expired', head = 0, updated_at = ?2 WHERE id = ?1",
-        )?;
-        let mut keys = BTreeSet::new();
-        for (id, t, s) in due {
-            upd.execute(params![id, now])?;
-            st.waiting -= 1;
-            keys.insert((t.clone(), s));
-            out.expired.push((id, t));
-        }
-        for (t, s) in keys {
-            fix_head(c, &t, &s)?;
-        }
-    }
-    out.next_expiry = c
-        .prepare_cached(
-            "SELECT MIN(expires_at) FROM deliveries INDEXED BY deliveries_expiry \
-             WHERE status = 'pending' AND expires_at IS NOT NULL",
-        )?
-        .query_row([], |r| r.get(0))?;
-    // 2. Claim ready heads per target.
-    let mut select = c.prepare_cached(&format!(
-        "SELECT {COLS} FROM deliveries INDEXED BY deliveries_ready \
-         WHERE target = ?1 AND status = 'pending' AND head = 1 \
-         AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT ?3"
-    ))?;
-    let mut mark = c.prepare_cached(
-        "UPDATE deliveries SET status = 'inflight', updated_at = ?2 WHERE id = ?1",
-    )?;
-    let mut next = c.prepare_cached(
-        "SELECT MIN(next_attempt_at) FROM deliveries INDEXED BY deliveries_ready \
-         WHERE target = ?1 AND status = 'pending' AND head = 1",
-    )?;
-    for w in wants {
-        if w.limit > 0 {
-            let rows: Vec<Claimed> = select
-                .query_map(params![w.target, now, w.limit as i64], claimed_row)?
-                .collect::<std::result::Result<_, _>>()?;
-            for r in &rows {
-                mark.execute(params![r.id, now])?;
-            }
-            out.claimed.extend(rows);
-        }
-        if let Some(t) = next.query_row(params![w.target], |r| r.get::<_, Option<f64>>(0))? {
-            out.next_ready.insert(w.target.clone(), t);
-        }
-    }
-    Ok(out)
-}
-
-fn complete_tx(
-    c: &Connection,
-    st: &mut WriterState,
-    id: i64,
-    how: &Completion,
-    now: f64,
-) -> Result<bool> {
-    let row: Option<(String, String)> = c
-        .prepare_cached(
-            "SELECT target, session_id FROM deliveries WHERE id = ?1 AND status = 'inflight'",
-        )?
-        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((target, session)) = row else {
-        return Ok(false);
-    };
-    let cut = |s: &Option<String>| s.as_deref().map(excerpt);
-    match how {
-        Completion::Delivered { status } => {
-            c.prepare_cached(
-                "UPDATE deliveries SET status = 'done', head = 0, attempts = attempts + 1, \
-                 last_status = ?2, last_error = NULL, updated_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![id, status.to_string(), now])?;
-        }
-        Completion::Retry { at, status, error } => {
-            c.prepare_cached(
-                "UPDATE deliveries SET status = 'pending', attempts = attempts + 1, \
-                 next_attempt_at = ?2, last_status = ?3, last_error = ?4, updated_at = ?5 WHERE id = ?1",
-            )?
-            .execute(params![id, at, status, cut(error), now])?;
-            return Ok(true);
-        }
-        Completion::Dead { status, error } => {
-            c.prepare_cached(
-                "UPDATE deliveries SET status = 'dead', head = 0, attempts = attempts + 1, \
-                 last_status = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1",
-            )?
-            .execute(params![id, status, cut(error), now])?;
-        }
-        Completion::Expired => {
-            c.prepare_cached(
-                "UPDATE deliveries SET status = 'expired', head = 0, updated_at = ?2 WHERE id = ?1",
-            )?
-            .execute(params![id, now])?;
-        }
-    }
-    st.waiting -= 1;
-    fix_head(c, &target, &session)?;
-    Ok(true)
-}
-
-// ---------------------------------------------------------------------------
-// Admin rows: masking.
-
-fn sensitive_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    [
-        "auth",
-        "token",
-        "secret",
-        "key",
-        "password",
-        "passwd",
-        "signature",
-        "cookie",
-        "session",
-    ]
-    .iter()
-    .any(|w| n.contains(w))
-}
-
-/// Masks values of credential-like query parameters (`?api_key=…`).
-fn mask_url(url: &str) -> String {
-    let Some((base, rest)) = url.split_once('?') else {
-        return url.to_string();
-    };
-    let (query, frag) = match rest.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (rest, None),
-    };
-    let masked: Vec<String> = query
-        .split('&')
-        .map(|p| match p.split_once('=') {
-            Some((k, _)) if sensitive_name(k) => format!("{k}=***"),
-            _ => p.to_string(),
-        })
-        .collect();
-    let mut out = format!("{base}?{}", masked.join("&"));
-    if let Some(f) = frag {
-        out.push('#');
-        out.push_str(f);
-    }
-    out
-}
-
-fn admin_row(r: &Row<'_>) -> rusqlite::Result<DeliveryRow> {
-    let headers: String = r.get(8)?;
-    let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
-    let body: Option<Vec<u8>> = r.get(9)?;
-    let status: String = r.get(14)?;
-    let url: String = r.get(7)?;
-    Ok(DeliveryRow {
-        id: r.get(0)?,
-        target: r.get(1)?,
-        rule: r.get(2)?,
-        session_id: r.get(3)?,
-        pbx: r.get(4)?,
-        event_id: r.get(5)?,
-        method: r.get(6)?,
-        url: mask_url(&url),
-        headers: headers
-            .into_iter()
-            .map(|(k, v)| {
-                let v = if sensitive_name(&k) {
-                    "***".to_string()
-                } else {
-                    v
-                };
-                (k, v)
-            })
-            .collect(),
-        body_len: body.as_ref().map_or(0, Vec::len),
-        body_excerpt: body.map(|b| {
-            let end = b.len().min(EXCERPT_MAX);
-            excerpt(&String::from_utf8_lossy(&b[..end]))
-        }),
-        idempotency_key: r.get(10)?,
-        created_at: r.get(11)?,
-        expires_at: r.get(12)?,
-        enqueued_at: r.get(13)?,
-        status: Status::parse(&status).unwrap_or(Status::Pending),
-        attempts: r.get::<_, i64>(15)?.clamp(0, u32::MAX as i64) as u32,
-        next_attempt_at: r.get(16)?,
-        last_status: r.get(17)?,
-        last_error: r.get(18)?,
-        updated_at: r.get(19)?,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masking() {
-        assert_eq!(
-            mask_url("https://crm/x?a=1&api_key=s3&Token=t#frag"),
-            "https://crm/x?a=1&api_key=***&Token=***#frag"
-        );
-        assert_eq!(mask_url("https://crm/x"), "https://crm/x");
-        assert!(sensitive_name("Authorization"));
-        assert!(sensitive_name("X-Api-Key"));
-        assert!(!sensitive_name("Content-Type"));
-        let long = "é".repeat(2000);
-        let e = excerpt(&long);
-        assert!(e.len() <= EXCERPT_MAX && e.is_char_boundary(e.len()));
     }
 }

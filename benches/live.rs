@@ -1,0 +1,562 @@
+//! The live hub under load, against a baseline measured in the same run.
+//!
+//! N WebSocket clients of one tenant (all with the monitor scope: every
+//! message goes to every client, the worst case) run in a **separate
+//! process** (this binary again, `LIVE_BENCH_ROLE=clients`), so the
+//! daemon's figures are not the clients' CPU.
+//!
+//! 1. **callhook**: the real daemon (`app::run_until`, in this process, on
+//!    loopback) while the simulator replays `load-dev.ami` (150 overlapping
+//!    real calls) at 10× speed. Latency of a `call.*` message: from the
+//!    normalizer task handing the committed batch to the hub until a
+//!    client read the frame (wall clock, shared by both processes).
+//! 2. **baseline**, the best possible fan-out of the same messages: a bare
+//!    `tokio::sync::broadcast` of the pre-serialized texts the first client
+//!    received in run 1, on the same schedule (each `call.*` at the moment
+//!    its batch was committed in run 1), to raw tokio-tungstenite server
+//!    sockets (no auth, no per-tenant state, no queues of our own; each
+//!    socket writes what is ready and flushes once). Latency: from the
+//!    broadcast send until a client read the frame.
+//!
+//! Reported: messages delivered per second, p50/p99/max latency over every
+//! `call.*` message of every client, the server process' RSS growth per
+//! connected client, and callhook / baseline ratios.
+//!
+//! `cargo bench --bench live` (N=1000; `LIVE_BENCH_CLIENTS=200` for fewer).
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use callhook::ami::simulator::{AfterCapture, Simulator};
+use callhook::app::{self, RunOptions};
+use callhook::config::Config;
+use callhook::model::ModelEvent;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "bench-live-key-0123456789";
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let n: usize = std::env::var("LIVE_BENCH_CLIENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if std::env::var("LIVE_BENCH_ROLE").as_deref() == Ok("clients") {
+        rt.block_on(clients(n));
+    } else {
+        rt.block_on(bench(n));
+    }
+}
+
+// ----- the client process ---------------------------------------------------
+
+/// `"seq":N` of a message without parsing it all.
+fn seq_of(t: &str) -> Option<u64> {
+    let i = t.find("\"seq\":")? + 6;
+    let digits: String = t[i..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// (session, extension, type) of a `call.*` message.
+fn call_key(v: &Value) -> Option<(String, String, String)> {
+    let kind = v["type"].as_str()?;
+    if !kind.starts_with("call.") {
+        return None;
+    }
+    Some((
+        v["session_id"].as_str()?.to_string(),
+        v["extension"].as_str()?.to_string(),
+        kind.to_string(),
+    ))
+}
+
+/// Connects N clients, says `ready`, records (seq, receive time) of every
+/// frame until `stop T0FILE LOGFILE` on stdin, then prints the figures.
+async fn clients(n: usize) {
+    let url = std::env::var("LIVE_BENCH_URL").expect("LIVE_BENCH_URL");
+    let mut socks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("connect");
+        for _ in 0..2 {
+            let _ = ws.next().await; // hello + snapshot
+        }
+        socks.push(ws);
+    }
+    println!("ready");
+    let stop = CancellationToken::new();
+    let total = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (i, mut ws) in socks.into_iter().enumerate() {
+        let (stop, total) = (stop.clone(), total.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got: Vec<(u64, u64)> = Vec::new();
+            let mut texts: Vec<(u64, String)> = Vec::new();
+            loop {
+                let m = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    m = ws.next() => m,
+                };
+                let t = match m {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                    _ => break,
+                };
+                let at = now_ns();
+                total.fetch_add(1, Ordering::Relaxed);
+                if let Some(s) = seq_of(&t) {
+                    got.push((s, at));
+                }
+                if i == 0 {
+                    texts.push((at, t));
+                }
+            }
+            (got, texts)
+        }));
+    }
+    let line = tokio::task::spawn_blocking(|| {
+        let mut l = String::new();
+        let _ = std::io::stdin().read_line(&mut l);
+        l
+    })
+    .await
+    .unwrap_or_default();
+    stop.cancel();
+    let mut all: Vec<Vec<(u64, u64)>> = Vec::new();
+    let mut log: Vec<(u64, String)> = Vec::new();
+    for t in tasks {
+        if let Ok((g, texts)) = t.await {
+            all.push(g);
+            if !texts.is_empty() {
+                log = texts;
+            }
+        }
+    }
+    let mut parts = line.split_whitespace().skip(1);
+    let (t0_file, log_file) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let t0: Value = std::fs::read(t0_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    // seq → publish time.
+    let mut by_seq: HashMap<u64, u64> = HashMap::new();
+    if let Some(rows) = t0["by_seq"].as_array() {
+        for r in rows {
+            if let (Some(s), Some(t)) = (r[0].as_u64(), r[1].as_u64()) {
+                by_seq.insert(s, t);
+            }
+        }
+    }
+    if let Some(rows) = t0["by_key"].as_array() {
+        let keys: HashMap<(String, String, String), u64> = rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    (
+                        r[0].as_str()?.to_string(),
+                        r[1].as_str()?.to_string(),
+                        r[2].as_str()?.to_string(),
+                    ),
+                    r[3].as_u64()?,
+                ))
+            })
+            .collect();
+        for (_, t) in &log {
+            let Ok(v) = serde_json::from_str::<Value>(t) else {
+                continue;
+            };
+            if let (Some(k), Some(s)) = (call_key(&v), v["seq"].as_u64()) {
+                if let Some(t) = keys.get(&k) {
+                    by_seq.insert(s, *t);
+                }
+            }
+        }
+    }
+    let mut lat: Vec<f64> = Vec::new();
+    let (mut first, mut last) = (u64::MAX, 0u64);
+    for g in &all {
+        for (s, at) in g {
+            first = first.min(*at);
+            last = last.max(*at);
+            if let Some(t) = by_seq.get(s) {
+                lat.push(at.saturating_sub(*t) as f64 / 1e6);
+            }
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    if !log_file.is_empty() {
+        let rows: Vec<Value> = log.iter().map(|(at, t)| json!([at, t])).collect();
+        let _ = std::fs::write(log_file, Value::Array(rows).to_string());
+    }
+    println!(
+        "{}",
+        json!({
+            "messages": total.load(Ordering::Relaxed),
+            "first_ns": first,
+            "last_ns": last,
+            "measured": lat.len(),
+            "p50": q(0.5),
+            "p99": q(0.99),
+            "max": q(1.0),
+            "client_rss_kib": rss_kib(),
+        })
+    );
+}
+
+// ----- the server side ------------------------------------------------------
+
+/// The client process, with its stdout as lines.
+struct ClientProc {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ClientProc {
+    fn spawn(url: &str, n: usize) -> Self {
+        let exe = std::env::current_exe().expect("current exe");
+        let mut child = std::process::Command::new(exe)
+            .env("LIVE_BENCH_ROLE", "clients")
+            .env("LIVE_BENCH_URL", url)
+            .env("LIVE_BENCH_CLIENTS", n.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("client process");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines: rx }
+    }
+
+    async fn line(&self) -> String {
+        loop {
+            match self.lines.try_recv() {
+                Ok(l) => return l,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(_) => panic!("the client process ended"),
+            }
+        }
+    }
+
+    async fn finish(mut self, t0_file: &str, log_file: &str) -> Value {
+        let mut stdin = self.child.stdin.take().expect("stdin");
+        writeln!(stdin, "stop {t0_file} {log_file}").expect("stop");
+        drop(stdin);
+        let l = self.line().await;
+        let _ = self.child.wait();
+        serde_json::from_str(&l).unwrap_or(Value::Null)
+    }
+}
+
+struct Run {
+    name: &'static str,
+    result: Value,
+    replay_s: f64,
+    kib_per_client: f64,
+}
+
+async fn bench(n: usize) {
+    let dir = std::env::temp_dir().join(format!("callhook-bench-live-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (t0_a, log_a) = (dir.join("t0-callhook.json"), dir.join("log.json"));
+    let a = run_callhook(n, &dir, &t0_a, &log_a).await;
+    let b = run_baseline(n, &dir, &log_a, &t0_a).await;
+    report(n, &a, &b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn run_callhook(
+    n: usize,
+    dir: &std::path::Path,
+    t0_file: &std::path::Path,
+    log_file: &std::path::Path,
+) -> Run {
+    let cap = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ami/asterisk-20/load-dev.ami"
+    ))
+    .expect("load-dev.ami");
+    let sim = Simulator::new("u", "secret-0123")
+        .gated()
+        .speed(Some(10.0))
+        .session(cap, AfterCapture::StayOpen)
+        .start()
+        .await
+        .expect("simulator");
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = http.local_addr().expect("addr");
+    let m = n + 64;
+    let text = format!(
+        "state_dir: {}\nlisten: {addr}\npbx:\n  - id: main\n    ami: {{ host: 127.0.0.1, port: {}, username: u, secret: secret-0123, auth: plain }}\nhttp: {{ max_connections: {m}, max_connections_per_ip: {m} }}\nlive:\n  tenants:\n    main: {{ key: {KEY}, code: 1 }}\n  connections_per_minute_per_ip: 1000000\n  max_clients: {m}\n  max_clients_per_tenant: {m}\n",
+        dir.join("state").display(),
+        sim.local_addr().port(),
+    );
+    let cfg =
+        Config::from_text(&text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"));
+    type Key = (String, String, &'static str);
+    let published: Arc<Mutex<HashMap<Key, u64>>> = Arc::new(Mutex::new(HashMap::new()));
+    let p2 = published.clone();
+    let observer = Box::new(move |evs: &[ModelEvent]| {
+        let now = now_ns();
+        let mut m = p2.lock().unwrap_or_else(|e| e.into_inner());
+        for e in evs {
+            if let ModelEvent::Leg(l) = e {
+                let kind = match l.state {
+                    callhook::model::State::Ringing => "call.ringing",
+                    callhook::model::State::Answered => "call.answered",
+                    callhook::model::State::Hungup => "call.hungup",
+                };
+                m.entry((l.session_id.to_string(), l.extension.to_string(), kind))
+                    .or_insert(now);
+            }
+        }
+    });
+    let token = CancellationToken::new();
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    let app = tokio::spawn(app::run_until(
+        cfg,
+        RunOptions {
+            listener: Some(http),
+            observer: Some(observer),
+            ..RunOptions::default()
+        },
+        token.clone(),
+        reload_tx,
+        reload_rx,
+        |_| {},
+    ));
+    sim.wait_for(|s| s.logins >= 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib();
+    let url = format!("ws://{addr}/v1/live?tenant=main&extension=999&key={KEY}");
+    let clients = ClientProc::spawn(&url, n);
+    assert_eq!(clients.line().await, "ready");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kib();
+    let t0 = std::time::Instant::now();
+    sim.release();
+    sim.wait_for(|s| s.replays_completed >= 1).await;
+    let replay_s = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows: Vec<Value> = published
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|((s, e, k), t)| json!([s, e, k, t]))
+        .collect();
+    std::fs::write(t0_file, json!({ "by_key": rows }).to_string()).expect("t0 file");
+    let result = clients
+        .finish(
+            &t0_file.display().to_string(),
+            &log_file.display().to_string(),
+        )
+        .await;
+    token.cancel();
+    let _ = app.await;
+    Run {
+        name: "callhook (daemon, auth, per-tenant state, bounded queues)",
+        result,
+        replay_s,
+        kib_per_client: after.saturating_sub(before) as f64 / n as f64,
+    }
+}
+
+async fn run_baseline(
+    n: usize,
+    dir: &std::path::Path,
+    log_file: &std::path::Path,
+    t0_callhook: &std::path::Path,
+) -> Run {
+    // The same messages, on run 1's schedule.
+    let log: Vec<(u64, String)> = std::fs::read(log_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<(u64, String)>>(&b).ok())
+        .unwrap_or_default();
+    let t0: Value = std::fs::read(t0_callhook)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let keys: HashMap<(String, String, String), u64> = t0["by_key"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some((
+                (
+                    r[0].as_str()?.to_string(),
+                    r[1].as_str()?.to_string(),
+                    r[2].as_str()?.to_string(),
+                ),
+                r[3].as_u64()?,
+            ))
+        })
+        .collect();
+    let mut schedule: Vec<(u64, u64, Arc<str>)> = log
+        .iter()
+        .filter_map(|(at, t)| {
+            let v: Value = serde_json::from_str(t).ok()?;
+            let seq = v["seq"].as_u64()?;
+            let when = call_key(&v)
+                .and_then(|k| keys.get(&k).copied())
+                .unwrap_or(*at);
+            Some((when, seq, Arc::from(t.as_str())))
+        })
+        .collect();
+    schedule.sort_by_key(|(when, seq, _)| (*seq, *when));
+    // Keep the publish order; a time never goes back.
+    let mut prev = 0;
+    for s in &mut schedule {
+        s.0 = s.0.max(prev);
+        prev = s.0;
+    }
+    let start_ns = schedule.first().map_or(0, |s| s.0);
+
+    let (tx, _) = tokio::sync::broadcast::channel::<Arc<str>>(1 << 16);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let stop = CancellationToken::new();
+    let (tx2, stop2) = (tx.clone(), stop.clone());
+    let server = tokio::spawn(async move {
+        loop {
+            let (sock, _) = tokio::select! {
+                _ = stop2.cancelled() => break,
+                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+            };
+            let mut rx = tx2.subscribe();
+            let stop = stop2.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else {
+                    return;
+                };
+                for first in ["{\"type\":\"hello\"}", "{\"type\":\"snapshot\"}"] {
+                    if ws.send(Message::Text(first.into())).await.is_err() {
+                        return;
+                    }
+                }
+                loop {
+                    let m = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        m = rx.recv() => m,
+                    };
+                    let Ok(t) = m else { return };
+                    if ws.feed(Message::Text(t.to_string())).await.is_err() {
+                        return;
+                    }
+                    while let Ok(t) = rx.try_recv() {
+                        if ws.feed(Message::Text(t.to_string())).await.is_err() {
+                            return;
+                        }
+                    }
+                    if ws.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_kib();
+    let clients = ClientProc::spawn(&format!("ws://{addr}/"), n);
+    assert_eq!(clients.line().await, "ready");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kib();
+    let t_start = std::time::Instant::now();
+    let mut sent: Vec<Value> = Vec::with_capacity(schedule.len());
+    for (when, seq, text) in schedule {
+        let due = t_start + Duration::from_nanos(when - start_ns);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+        sent.push(json!([seq, now_ns()]));
+        let _ = tx.send(text);
+    }
+    let replay_s = t_start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0_file = dir.join("t0-baseline.json");
+    std::fs::write(&t0_file, json!({ "by_seq": sent }).to_string()).expect("t0 file");
+    let result = clients.finish(&t0_file.display().to_string(), "").await;
+    stop.cancel();
+    let _ = server.await;
+    Run {
+        name: "baseline (bare broadcast to raw WebSockets)",
+        result,
+        replay_s,
+        kib_per_client: after.saturating_sub(before) as f64 / n as f64,
+    }
+}
+
+fn report(n: usize, a: &Run, b: &Run) {
+    let f = |r: &Run, k: &str| r.result[k].as_f64().unwrap_or(f64::NAN);
+    let rate = |r: &Run| f(r, "messages") / r.replay_s;
+    println!(
+        "live bench: {n} monitor clients on one tenant (clients in a separate process), load-dev.ami at 10x"
+    );
+    for r in [b, a] {
+        println!(
+            "  {:<58} {:>8.0} msg/s ({:>7} msgs, {:.1} s) | p50 {:>7.2} ms  p99 {:>8.2} ms  max {:>8.2} ms ({} measured) | {:.1} KiB/client",
+            r.name,
+            rate(r),
+            f(r, "messages"),
+            r.replay_s,
+            f(r, "p50"),
+            f(r, "p99"),
+            f(r, "max"),
+            f(r, "measured"),
+            r.kib_per_client,
+        );
+    }
+    println!(
+        "  ratios callhook/baseline: msg/s {:.2}, p50 {:.2}, p99 {:.2}, max {:.2}, memory/client {:.2}",
+        rate(a) / rate(b),
+        f(a, "p50") / f(b, "p50"),
+        f(a, "p99") / f(b, "p99"),
+        f(a, "max") / f(b, "max"),
+        a.kib_per_client / b.kib_per_client,
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("  load average: {}", load.trim());
+}

@@ -1,0 +1,156 @@
+//! The writer thread: one connection, group commit, savepoints per job; and
+//! the checkpoint thread.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::task::{Context, Poll as TaskPoll};
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::tx::EnqueueDetail;
+use super::{
+    Durability, EnqueueOutcome, OutboxError, OutboxOptions, Result, CHECKPOINT_EVERY, GROUP_MAX,
+    WAITING,
+};
+use crate::log_limit::LogLimiter;
+use crate::metrics::metrics;
+
+/// A failing disk fails every commit: one line per half minute.
+static COMMIT_FAILED: LogLimiter = LogLimiter::new(std::time::Duration::from_secs(30));
+
+pub(super) struct WriterState {
+    pub(super) opts: OutboxOptions,
+    /// pending + inflight rows.
+    pub(super) waiting: i64,
+}
+
+pub(super) type Finish = Box<dyn FnOnce(Option<&OutboxError>) + Send>;
+
+/// A job's body: runs inside the group transaction (or gets the error that
+/// prevented it), says whether it succeeded, and returns what to do after
+/// the commit.
+pub(super) type JobFn = Box<
+    dyn FnOnce(std::result::Result<&Connection, &OutboxError>, &mut WriterState) -> (bool, Finish)
+        + Send,
+>;
+
+pub(super) struct Job {
+    pub(super) durable: bool,
+    pub(super) run: JobFn,
+}
+
+/// Resolves when an enqueue has been committed.
+#[must_use = "the outcome arrives after the commit"]
+pub struct EnqueueReceipt(pub(super) ReceiptInner);
+
+pub(super) enum ReceiptInner {
+    Ready(Option<Result<EnqueueOutcome>>),
+    Waiting(oneshot::Receiver<Result<EnqueueDetail>>),
+}
+
+impl Future for EnqueueReceipt {
+    type Output = Result<EnqueueOutcome>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<Self::Output> {
+        match &mut self.0 {
+            ReceiptInner::Ready(r) => TaskPoll::Ready(r.take().unwrap_or(Err(OutboxError::Closed))),
+            ReceiptInner::Waiting(rx) => match Pin::new(rx).poll(cx) {
+                TaskPoll::Ready(Ok(r)) => TaskPoll::Ready(r.map(|d| d.outcome)),
+                TaskPoll::Ready(Err(_)) => TaskPoll::Ready(Err(OutboxError::Closed)),
+                TaskPoll::Pending => TaskPoll::Pending,
+            },
+        }
+    }
+}
+
+/// Copies the WAL back into the database once a second (PASSIVE: never
+/// blocks the writer or readers), so the WAL stays small and the writer's
+/// commits never pay for the database fsync.
+pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+    // Anything but a timeout (the sender dropped) means stop.
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::debug!(target: "callhook::deliver", error = %e, "outbox checkpoint failed");
+        }
+    }
+    // Last one, so a clean stop leaves (almost) nothing in the WAL.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+pub(super) fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut st: WriterState) {
+    let mut full = true; // the pragma set at open
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let want_full = st.opts.durability == Durability::Full && batch.iter().any(|j| j.durable);
+        if want_full != full {
+            let v = if want_full { "FULL" } else { "NORMAL" };
+            if conn.pragma_update(None, "synchronous", v).is_ok() {
+                full = want_full;
+            }
+        }
+        let mut finishers = Vec::with_capacity(batch.len());
+        let mut any_failed = false;
+        match conn.execute_batch("BEGIN IMMEDIATE") {
+            Err(e) => {
+                let e = OutboxError::from(e);
+                for job in batch {
+                    let (_, fin) = (job.run)(Err(&e), &mut st);
+                    finishers.push(fin);
+                }
+                for f in finishers {
+                    f(Some(&e));
+                }
+                continue;
+            }
+            Ok(()) => {
+                for job in batch {
+                    if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+                        let e = OutboxError::from(e);
+                        let (_, fin) = (job.run)(Err(&e), &mut st);
+                        finishers.push(fin);
+                        any_failed = true;
+                        continue;
+                    }
+                    let (ok, fin) = (job.run)(Ok(&conn), &mut st);
+                    if ok {
+                        let _ = conn.execute_batch("RELEASE job");
+                    } else {
+                        any_failed = true;
+                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                    }
+                    finishers.push(fin);
+                }
+            }
+        }
+        let commit = conn.execute_batch("COMMIT").map_err(OutboxError::from);
+        if let Err(e) = &commit {
+            if let Some(suppressed) = COMMIT_FAILED.check() {
+                tracing::error!(target: "callhook::deliver", error = %e, suppressed, "outbox commit failed");
+            }
+            let _ = conn.execute_batch("ROLLBACK");
+            any_failed = true;
+        }
+        if any_failed {
+            // A job may have changed the counter before failing: recount.
+            if let Ok(n) = conn.query_row(
+                &format!("SELECT COUNT(*) FROM deliveries WHERE {WAITING}"),
+                [],
+                |r| r.get::<_, i64>(0),
+            ) {
+                st.waiting = n;
+            }
+        }
+        metrics().outbox_depth.set(st.waiting);
+        let err = commit.err();
+        for f in finishers {
+            f(err.as_ref());
+        }
+    }
+}
