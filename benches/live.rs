@@ -176,27 +176,18 @@ async fn clients(n: usize) {
         }
     }
     if let Some(rows) = t0["by_key"].as_array() {
-        let keys: HashMap<(String, String, String), u64> = rows
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    (
-                        r[0].as_str()?.to_string(),
-                        r[1].as_str()?.to_string(),
-                        r[2].as_str()?.to_string(),
-                    ),
-                    r[3].as_u64()?,
-                ))
-            })
-            .collect();
+        let keys = publish_times(rows);
+        let mut nth: HashMap<(String, String, String), usize> = HashMap::new();
         for (_, t) in &log {
             let Ok(v) = serde_json::from_str::<Value>(t) else {
                 continue;
             };
             if let (Some(k), Some(s)) = (call_key(&v), v["seq"].as_u64()) {
-                if let Some(t) = keys.get(&k) {
+                let i = nth.entry(k.clone()).or_default();
+                if let Some(t) = keys.get(&k).and_then(|ts| ts.get(*i)) {
                     by_seq.insert(s, *t);
                 }
+                *i += 1;
             }
         }
     }
@@ -234,6 +225,22 @@ async fn clients(n: usize) {
             "client_rss_kib": rss_kib(),
         })
     );
+}
+
+/// `[[session, extension, type, [t0, …]], …]` → key → publish times.
+fn publish_times(rows: &[Value]) -> HashMap<(String, String, String), Vec<u64>> {
+    rows.iter()
+        .filter_map(|r| {
+            Some((
+                (
+                    r[0].as_str()?.to_string(),
+                    r[1].as_str()?.to_string(),
+                    r[2].as_str()?.to_string(),
+                ),
+                r[3].as_array()?.iter().filter_map(Value::as_u64).collect(),
+            ))
+        })
+        .collect()
 }
 
 // ----- the server side ------------------------------------------------------
@@ -337,8 +344,11 @@ async fn run_callhook(
     );
     let cfg =
         Config::from_text(&text, std::path::Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"));
+    // Every publish time of a key, in order: an extension can ring twice
+    // in one call (a queue's retry); the n-th message with a key is the
+    // n-th publish.
     type Key = (String, String, &'static str);
-    let published: Arc<Mutex<HashMap<Key, u64>>> = Arc::new(Mutex::new(HashMap::new()));
+    let published: Arc<Mutex<HashMap<Key, Vec<u64>>>> = Arc::new(Mutex::new(HashMap::new()));
     let p2 = published.clone();
     let observer = Box::new(move |evs: &[ModelEvent]| {
         let now = now_ns();
@@ -351,7 +361,8 @@ async fn run_callhook(
                     callhook::model::State::Hungup => "call.hungup",
                 };
                 m.entry((l.session_id.to_string(), l.extension.to_string(), kind))
-                    .or_insert(now);
+                    .or_default()
+                    .push(now);
             }
         }
     });
@@ -420,28 +431,19 @@ async fn run_baseline(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null);
-    let keys: HashMap<(String, String, String), u64> = t0["by_key"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| {
-            Some((
-                (
-                    r[0].as_str()?.to_string(),
-                    r[1].as_str()?.to_string(),
-                    r[2].as_str()?.to_string(),
-                ),
-                r[3].as_u64()?,
-            ))
-        })
-        .collect();
+    let keys = publish_times(t0["by_key"].as_array().map_or(&[][..], |v| &v[..]));
+    let mut nth: HashMap<(String, String, String), usize> = HashMap::new();
     let mut schedule: Vec<(u64, u64, Arc<str>)> = log
         .iter()
         .filter_map(|(at, t)| {
             let v: Value = serde_json::from_str(t).ok()?;
             let seq = v["seq"].as_u64()?;
             let when = call_key(&v)
-                .and_then(|k| keys.get(&k).copied())
+                .and_then(|k| {
+                    let i = nth.entry(k.clone()).or_default();
+                    *i += 1;
+                    keys.get(&k).and_then(|ts| ts.get(*i - 1)).copied()
+                })
                 .unwrap_or(*at);
             Some((when, seq, Arc::from(t.as_str())))
         })

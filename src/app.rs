@@ -61,7 +61,7 @@ use tracing::{error, info, warn};
 
 use crate::ami::client::{self, AmiHandle, AuthMode, ClientConfig, ConnectionState};
 use crate::config::{reload, Config, PbxConfig, ReloadOutcome};
-use crate::deliver::outbox::Outbox;
+use crate::deliver::outbox::{LiveCallWrite, Outbox};
 use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::server::ServeOptions;
@@ -283,6 +283,11 @@ struct Clients {
     parent: CancellationToken,
     /// Presence settings for the clients (none: presence disabled).
     presence: Option<PresenceFeed>,
+    /// The running clients by PBX id, for the AMI proxy.
+    links: Arc<watch::Sender<Arc<std::collections::BTreeMap<String, AmiHandle>>>>,
+    /// The PBXs the AMI proxy serves: their clients build noise events too
+    /// (the proxy's tools get every event).
+    proxied: Arc<Vec<String>>,
 }
 
 impl Clients {
@@ -290,13 +295,30 @@ impl Clients {
         events: mpsc::Sender<SourceEvent>,
         parent: CancellationToken,
         presence: Option<PresenceFeed>,
+        proxied: Vec<String>,
     ) -> Self {
         Self {
             list: Arc::new(std::sync::Mutex::new(Vec::new())),
             events,
             parent,
             presence,
+            links: Arc::new(watch::channel(Arc::new(std::collections::BTreeMap::new())).0),
+            proxied: Arc::new(proxied),
         }
+    }
+
+    /// Follows the running clients (the AMI proxy's view of the PBXs).
+    fn links(&self) -> crate::proxy::Links {
+        self.links.subscribe()
+    }
+
+    fn publish_links(&self) {
+        let map: std::collections::BTreeMap<String, AmiHandle> = self
+            .lock()
+            .iter()
+            .map(|c| (c.cfg.id.clone(), c.handle.clone()))
+            .collect();
+        self.links.send_replace(Arc::new(map));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
@@ -306,7 +328,8 @@ impl Clients {
     }
 
     fn start(&self, p: &PbxConfig) {
-        let c = client_config(p);
+        let mut c = client_config(p);
+        c.keep_noise = self.proxied.contains(&p.id);
         info!(pbx = %c.pbx, host = %c.host, port = c.port, "starting AMI client");
         let stop = self.parent.child_token();
         let presence = self.presence.as_ref().map(|f| f.output(&p.id));
@@ -316,6 +339,7 @@ impl Clients {
             handle,
             stop,
         });
+        self.publish_links();
     }
 
     fn handles(&self) -> Vec<AmiHandle> {
@@ -330,6 +354,7 @@ impl Clients {
                 .position(|c| c.cfg.id == id)
                 .map(|i| list.remove(i))
         };
+        self.publish_links();
         if let Some(c) = gone {
             c.stop.cancel();
             if tokio::time::timeout(Duration::from_secs(3), c.handle.stopped())
@@ -508,6 +533,10 @@ pub async fn run_until(
         tx.clone(),
         sources_token.clone(),
         presence.feed(&cfg.presence, &cfg.normalizer.classifier),
+        cfg.ami_proxy
+            .as_ref()
+            .map(|p| p.pbx_ids())
+            .unwrap_or_default(),
     );
     for p in &cfg.pbx {
         clients.start(p);
@@ -711,6 +740,22 @@ pub async fn run_until(
         )));
     }
 
+    // The AMI proxy: an edge next to the AMI clients (it feeds nothing
+    // downstream; it shares their connections with existing tools).
+    let proxy_token = CancellationToken::new();
+    let mut proxy = None;
+    if let Some(p) = &cfg.ami_proxy {
+        let l = bind(p.listen).await?;
+        proxy = Some(
+            crate::proxy::AmiProxy::start(p.clone(), Some(l), clients.links(), proxy_token.clone())
+                .await
+                .map_err(|source| AppError::Listen {
+                    addr: p.listen,
+                    source,
+                })?,
+        );
+    }
+
     // Reloads.
     let config_path = opts.config_path.clone();
     let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
@@ -821,6 +866,7 @@ pub async fn run_until(
         })),
     };
     let mut normalizer = Normalizer::new(cfg.normalizer);
+    restore_live_calls(&mut normalizer, &outbox, &cfg.pbx).await;
     let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(TICK);
@@ -870,6 +916,10 @@ pub async fn run_until(
     agi_token.cancel();
     if let Some(t) = agi_task {
         let _ = t.await;
+    }
+    proxy_token.cancel();
+    if let Some(p) = proxy {
+        p.stopped().await;
     }
     for h in &clients.handles() {
         if tokio::time::timeout(Duration::from_secs(3), h.stopped())
@@ -957,14 +1007,33 @@ async fn finish_batch(
     acks: &mut Vec<(PushAck, PushReceipt)>,
     observer: &mut Option<Observer>,
 ) {
-    let result = if out.is_empty() {
+    let changes = normalizer.take_dirty();
+    let calls: Vec<LiveCallWrite> = changes
+        .iter()
+        .map(|c| LiveCallWrite {
+            pbx: c.pbx.to_string(),
+            session: c.session.clone(),
+            snapshot: c.snapshot.clone(),
+        })
+        .collect();
+    let result = if out.is_empty() && calls.is_empty() {
         Ok(())
     } else {
-        deliver_batch(rules, outbox, ok, out, |p| normalizer.clock_offset(p)).await
+        deliver_batch(rules, outbox, ok, out, calls, |p| {
+            normalizer.clock_offset(p)
+        })
+        .await
     };
     match &result {
         Ok(()) => normalizer.commit_batch(),
+        Err(e) if e.starts_with(OUTBOX_FULL) => {
+            // The calls were stored with what the outbox took.
+            normalizer.rollback_batch();
+            out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
+        }
         Err(_) => {
+            // Not stored: written with the next batch.
+            normalizer.requeue_dirty(&changes);
             normalizer.rollback_batch();
             // Pushed calls will say it again when the pushes are retried.
             out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
@@ -979,6 +1048,42 @@ async fn finish_batch(
         let _ = ack.send(result.clone().map(|()| receipt));
     }
     out.clear();
+}
+
+/// How a refusal by the cap or the backlog starts (the batch's calls were
+/// stored all the same).
+const OUTBOX_FULL: &str = "outbox full";
+
+/// Puts the live calls stored by the previous run back into the model,
+/// before the first login's reconciliation closes those that ended while
+/// callhook was down (exactly once: a call's removal is committed with its
+/// record). Calls of PBXs no longer configured stay stored, untouched.
+async fn restore_live_calls(
+    normalizer: &mut Normalizer,
+    outbox: &Outbox,
+    pbxs: &[crate::config::PbxConfig],
+) {
+    normalizer.track_changes();
+    let stored = match outbox.live_calls().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot read the stored live calls: calls in progress before the restart get no record");
+            return;
+        }
+    };
+    for p in pbxs {
+        let snaps: Vec<Vec<u8>> = stored
+            .iter()
+            .filter(|c| c.pbx == p.id)
+            .map(|c| c.snapshot.clone())
+            .collect();
+        if snaps.is_empty() {
+            continue;
+        }
+        let id: crate::source::PbxId = p.id.as_str().into();
+        let r = normalizer.restore(&id, &snaps);
+        info!(pbx = %p.id, calls = r.calls, skipped = r.skipped, "live calls restored; the login's snapshot settles those that ended meanwhile");
+    }
 }
 
 /// These repeat for every event while the outbox cannot take more (a full
@@ -996,6 +1101,7 @@ pub async fn deliver_batch(
     outbox: &Outbox,
     ok: &AtomicBool,
     events: &[ModelEvent],
+    calls: Vec<LiveCallWrite>,
     clock_offset: impl Fn(&str) -> f64,
 ) -> Result<(), String> {
     let mut reqs: Vec<DeliveryRequest> = events.iter().flat_map(|e| rules.evaluate(e)).collect();
@@ -1003,10 +1109,10 @@ pub async fn deliver_batch(
         let local = r.created_at - clock_offset(&r.pbx);
         r.rebase(local);
     }
-    if reqs.is_empty() {
+    if reqs.is_empty() && calls.is_empty() {
         return Ok(());
     }
-    match outbox.submit(reqs).await {
+    match outbox.submit_with_calls(reqs, calls).await {
         Ok(o) => {
             if !ok.swap(true, Ordering::Relaxed) {
                 info!("the outbox accepts writes again");
@@ -1019,7 +1125,7 @@ pub async fn deliver_batch(
                     );
                 }
                 return Err(format!(
-                    "outbox full: {} deliveries refused",
+                    "{OUTBOX_FULL}: {} deliveries refused",
                     o.rejected_full
                 ));
             }

@@ -55,6 +55,7 @@ pub mod model;
 pub mod normalize;
 pub mod notify;
 pub mod presence;
+pub mod proxy;
 pub mod replay;
 pub mod rules;
 pub mod ruletest;

@@ -181,7 +181,7 @@ async fn pushes_give_back_the_same_calls() {
             reqs.extend(cfg.rules.evaluate(ev))
         });
         for r in reqs {
-            // As the dispatcher sends it: the push token put back.
+            // As the dispatcher sends it: the env values are stored masked.
             let r = callhook::deliver::secret::revealed(&r, cfg.rules.secrets()).unwrap();
             if r.rule == "call-log" {
                 let v: Value = serde_json::from_slice(r.body.as_ref().unwrap()).unwrap();

@@ -6,7 +6,8 @@
 //! calldate, no answer or end) and `cdr_pgsql`'s (calldate as a
 //! `timestamp with time zone`).
 //!
-//! What is asserted: a table gives the same requests as the CSV file
+//! What is asserted: a table holding the rows of every `*.cdr.csv`
+//! fixture gives the same requests as the CSV files
 //! (same bodies, same idempotency keys), so a call backfilled from both is
 //! sent once; the cursor is saved and the next run goes on from it; a call
 //! in progress waits for the next run; columns of other names map; a bad
@@ -26,8 +27,8 @@ mod support_db;
 mod support_http;
 
 use support_db::cdr::{
-    create_table, csv_rows, fixture, insert, Columns, CsvRow, ADAPTIVE, CDR_MYSQL, CDR_PGSQL,
-    RENAMED,
+    all_fixtures, create_table, csv_rows, fixture, insert, rows_of, Columns, CsvRow, ADAPTIVE,
+    CDR_MYSQL, CDR_PGSQL, RENAMED,
 };
 use support_db::{Db, READER_PASSWORD, READER_PASSWORD_IN_URL};
 use support_http::{state_dir, Sink};
@@ -129,12 +130,13 @@ fn rounded_calls(rows: &[CsvRow]) -> BTreeSet<String> {
         .collect()
 }
 
-async fn csv_dry_run(cfg: &Path) -> Vec<String> {
+/// The requests of a dry run over `csv`, and its summary's first line.
+async fn csv_dry_run_of(cfg: &Path, csv: &Path) -> (Vec<String>, String) {
     let o = callhook(
         strings(&[
             "backfill",
             "--cdr",
-            &fixture().display().to_string(),
+            &csv.display().to_string(),
             "--config",
             &cfg.display().to_string(),
             "--dry-run",
@@ -144,7 +146,20 @@ async fn csv_dry_run(cfg: &Path) -> Vec<String> {
         vec![],
     )
     .await;
-    let r = requests(&o);
+    (requests(&o), summary_line(&o))
+}
+
+/// The summary's first line (`read N rows: M calls; skipped …`).
+fn summary_line(o: &Output) -> String {
+    let (_, err) = text(o);
+    err.lines()
+        .find(|l| l.starts_with("read "))
+        .unwrap_or_else(|| panic!("no summary: {err}"))
+        .to_string()
+}
+
+async fn csv_dry_run(cfg: &Path) -> Vec<String> {
+    let (r, _) = csv_dry_run_of(cfg, &fixture()).await;
     assert_eq!(r.len(), 150);
     r
 }
@@ -164,8 +179,13 @@ fn db_args(cfg: &Path, url: &str, extra: &[&str]) -> Vec<String> {
 /// Every standard table of `db`'s kind gives the CSV file's requests.
 async fn tables_give_the_csv_requests(db: &Db, tag: &str, schemas: &[(&str, Columns)]) {
     let (dir, cfg) = config("http://127.0.0.1:9");
-    let from_csv = csv_dry_run(&cfg).await;
-    let rows = csv_rows();
+    let text = all_fixtures();
+    let csv = dir.join("all.cdr.csv");
+    std::fs::write(&csv, &text).unwrap();
+    let (from_csv, csv_summary) = csv_dry_run_of(&cfg, &csv).await;
+    assert_eq!(from_csv.len(), 211, "{csv_summary}");
+    assert!(csv_summary.contains("skipped 0 rows"), "{csv_summary}");
+    let rows = rows_of(&text);
     for (name, columns) in schemas {
         let database = db.create_database(&format!("same_{tag}_{name}")).await;
         create_table(db, &database, "cdr", columns).await;
@@ -179,11 +199,7 @@ async fn tables_give_the_csv_requests(db: &Db, tag: &str, schemas: &[(&str, Colu
             vec![],
         )
         .await;
-        let (_, err) = text(&o);
-        assert!(
-            err.contains("read 276 rows: 150 calls; skipped 0 rows"),
-            "{name}: {err}"
-        );
+        assert_eq!(summary_line(&o), csv_summary, "{name}");
         let from_db = requests(&o);
         assert_eq!(keys(&from_db), keys(&from_csv), "{name}: the same keys");
         if columns.iter().any(|(c, _, _)| *c == "answer") {
@@ -688,4 +704,60 @@ async fn postgres_credentials_and_errors() {
         return;
     };
     credentials_and_errors(db, "creds_pg").await;
+}
+
+/// A "server" that accepts and then says nothing, or answers garbage: the
+/// backfill fails with a clear error in bounded time (the connection
+/// timeout is 20 s), never hangs, never shows the password.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_or_garbage_server_fails_cleanly() {
+    use tokio::io::AsyncWriteExt;
+    let (dir, cfg) = config("http://127.0.0.1:9");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let garbage = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let garbage_port = garbage.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = garbage.accept().await {
+            let _ = s
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n\xff\xfe\x00\x01garbage")
+                .await;
+        }
+    });
+    // All four at once: the two silent ones take the 20 s timeout each.
+    let mut runs = Vec::new();
+    for scheme in ["mysql", "postgres"] {
+        for (port, said) in [
+            (silent_port, "connecting: no answer within 20s"),
+            (garbage_port, "connecting: "),
+        ] {
+            let url = format!("{scheme}://reader:{READER_PASSWORD_IN_URL}@127.0.0.1:{port}/cdr");
+            let args = db_args(&cfg, &url, &["--dry-run"]);
+            runs.push(async move {
+                let started = std::time::Instant::now();
+                let o = callhook(args, vec![]).await;
+                (scheme, port, said, o, started.elapsed())
+            });
+        }
+    }
+    for (scheme, port, said, o, took) in futures::future::join_all(runs).await {
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(4), "{scheme}:{port}: {out}{err}");
+        assert!(err.contains(said), "{scheme}:{port}: {err}");
+        assert!(err.contains("reader:***@127.0.0.1"), "{err}");
+        let all = format!("{out}{err}");
+        assert_no_password(
+            "a hostile server",
+            &all,
+            &[READER_PASSWORD, READER_PASSWORD_IN_URL],
+        );
+        assert!(took < std::time::Duration::from_secs(60), "{took:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -116,6 +116,13 @@ async fn screen_pop_on_every_tab_answered_elsewhere_monitor_and_sse() {
     }
     mon.until(|v| v["type"] == "call.hungup" && v["extension"] == "1002")
         .await;
+    // Presence comes from the tracker on its own path: it may trail the
+    // model's messages, so wait for the state itself.
+    let in_use =
+        |v: &Value| v["type"] == "presence" && v["extension"] == "1002" && v["state"] == "in_use";
+    if !mon.seen.iter().any(in_use) {
+        mon.until(in_use).await;
+    }
     let states: Vec<_> = mon
         .seen
         .iter()

@@ -571,3 +571,41 @@ fn calls_beyond_max_live_are_not_tracked_and_room_comes_back() {
     feed_msgs(&mut n, synthetic(7, t0 + 30.0, false), t0 + 30.0, &mut out);
     assert_eq!(n.tracked().calls, 3);
 }
+
+/// Every capture replayed on its own gives call times from the capture's
+/// own clock: a login snapshot that precedes the first `Timestamp` (an
+/// Asterisk 11 reconnect) is not placed at epoch 0.
+#[test]
+fn replayed_calls_never_start_before_the_capture() {
+    let mut files = Vec::new();
+    for dir in ["asterisk-11", "asterisk-20", "asterisk-20-pjsip"] {
+        for e in std::fs::read_dir(fixture(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "ami") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() > 20, "{files:?}");
+    let pbx: Arc<str> = "main".into();
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        let mut n = Normalizer::new(NormalizerConfig::default());
+        let mut recs = Vec::new();
+        callhook::replay::replay(&[bytes], &pbx, &mut n, |ev| {
+            if let ModelEvent::Call(c) = ev {
+                recs.push(c.clone());
+            }
+        });
+        // 2020-01-01: every capture was recorded long after.
+        for c in recs {
+            for t in [Some(c.started_at), c.answered_at, Some(c.ended_at)]
+                .into_iter()
+                .flatten()
+            {
+                assert!(t.0 > 1_577_836_800.0, "{}: {c:?}", f.display());
+            }
+        }
+    }
+}

@@ -370,6 +370,7 @@ mod tests {
         Ok(ActionResponse {
             response: AmiMessage::from_pairs([("Response", "Success")]),
             items,
+            complete: None,
         })
     }
 

@@ -54,12 +54,13 @@ pub fn run(args: OutboxArgs) -> CliResult {
                 println!("{}", serde_json::to_string(&r)?);
             } else {
                 println!(
-                    "recovered: {} deliveries copied, {} damaged ones kept as dead, {} unreadable (lost), {} idempotency keys{}",
+                    "recovered: {} deliveries copied, {} damaged ones kept as dead, {} unreadable (lost), {} idempotency keys{}, {} live calls",
                     r.copied,
                     r.damaged,
                     r.lost,
                     r.keys,
-                    if r.keys_incomplete { " (some unreadable)" } else { "" }
+                    if r.keys_incomplete { " (some unreadable)" } else { "" },
+                    r.live_calls
                 );
                 println!("the damaged file is kept as {}", r.moved_to.display());
             }

@@ -120,6 +120,8 @@ pub struct Config {
     pub presence: crate::presence::PresenceConfig,
     /// The FastAGI server (none: not started).
     pub agi: Option<crate::agi::AgiConfig>,
+    /// The AMI proxy (none: not started).
+    pub ami_proxy: Option<crate::proxy::AmiProxyConfig>,
     /// Log settings of the `log:` section (the command line and the
     /// environment may override them).
     pub log: crate::logging::LogSettings,
@@ -234,6 +236,7 @@ impl Config {
             warnings: Vec::new(),
             presence: crate::presence::PresenceConfig::default(),
             agi: None,
+            ami_proxy: None,
             log: crate::logging::LogSettings::default(),
         }
     }
@@ -492,6 +495,8 @@ impl Config {
                 }
             }
         });
+        let ami_proxy =
+            crate::proxy::config::validate(raw.ami_proxy.take(), &pbx_ids, base, &mut problems);
         let (max_call_age, orphan_grace) = validate::calls(
             &raw.calls,
             (defaults.max_call_age, defaults.orphan_grace),
@@ -536,6 +541,7 @@ impl Config {
             warnings,
             presence,
             agi,
+            ami_proxy,
             log,
         })
     }

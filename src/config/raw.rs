@@ -64,6 +64,8 @@ pub struct RawConfig {
     pub push: Option<RawPush>,
     /// The FastAGI call-routing server (see `agi::config`).
     pub agi: Option<crate::agi::RawAgi>,
+    /// The AMI proxy for existing tools (see `proxy::config`).
+    pub ami_proxy: Option<crate::proxy::RawAmiProxy>,
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,

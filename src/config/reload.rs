@@ -17,7 +17,8 @@
 //! the settings they started with), the FastAGI server added or removed
 //! (`agi`), its `agi.listen`, and its listener limits (`agi.limits`:
 //! `allow_from`, the session caps, `env_timeout`, `session_timeout`,
-//! `max_line`).
+//! `max_line`), and the AMI proxy (`ami_proxy`: any change of the section,
+//! its users included; connected tools keep their sessions).
 
 use super::Config;
 
@@ -83,6 +84,12 @@ pub fn restart_required(
         (None, None) => {}
         _ => diff("agi", true),
     }
+    let same_proxy = match (&started.ami_proxy, &new.ami_proxy) {
+        (Some(a), Some(b)) => a.same_as(b),
+        (None, None) => true,
+        _ => false,
+    };
+    diff("ami_proxy", !same_proxy);
     out
 }
 

@@ -11,7 +11,7 @@
 use crate::ami::AmiMessage;
 
 /// Channel state, from `ChannelState` (number), `ChannelStateDesc` or 1.4's `State`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ChanState {
     /// 0 Down (and the other pre-call states).
     Down,

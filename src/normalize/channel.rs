@@ -42,7 +42,7 @@ pub enum ParsedChannel {
 
 /// Who is on a channel, after classification. (Names are inline strings:
 /// the normalizer holds two of these per live channel.)
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Party {
     /// A phone: the extension number.
     Extension(CompactString),

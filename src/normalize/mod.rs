@@ -85,6 +85,20 @@ pub struct Normalizer {
     pbxs: HashMap<PbxId, calls::PbxCalls>,
     teams: HashMap<PbxId, push::PushCalls>,
     batch: bool,
+    /// Track the calls each batch changes ([`Normalizer::take_dirty`]).
+    persist: bool,
+}
+
+/// One call a batch changed, for the live-call store: its snapshot
+/// (versioned, self-contained bytes), or `None` when it is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallChange {
+    /// The PBX.
+    pub pbx: PbxId,
+    /// The call's session id.
+    pub session: String,
+    /// What to store; `None`: delete.
+    pub snapshot: Option<Vec<u8>>,
 }
 
 impl Normalizer {
@@ -95,7 +109,47 @@ impl Normalizer {
             pbxs: HashMap::new(),
             teams: HashMap::new(),
             batch: false,
+            persist: false,
         }
+    }
+
+    /// Tracks the AMI calls each batch changes, for
+    /// [`take_dirty`](Self::take_dirty) (the daemon; replays do not).
+    pub fn track_changes(&mut self) {
+        self.persist = true;
+    }
+
+    /// The AMI calls changed since the last call, to be stored atomically
+    /// with the deliveries the same events caused.
+    pub fn take_dirty(&mut self) -> Vec<CallChange> {
+        let mut out = Vec::new();
+        for (pbx, p) in &mut self.pbxs {
+            for (session, snapshot) in p.take_dirty() {
+                out.push(CallChange {
+                    pbx: pbx.clone(),
+                    session,
+                    snapshot,
+                });
+            }
+        }
+        out
+    }
+
+    /// Marks changes again whose store failed: they are taken with the
+    /// next batch (a call over by then is deleted then).
+    pub fn requeue_dirty(&mut self, changes: &[CallChange]) {
+        for c in changes {
+            if let Some(p) = self.pbxs.get_mut(&c.pbx) {
+                p.mark_session(&c.session);
+            }
+        }
+    }
+
+    /// Puts a PBX's stored live calls back (at start, before its first
+    /// login: that login's reconciliation closes the calls that ended
+    /// meanwhile, their records marked approximate).
+    pub fn restore(&mut self, pbx: &PbxId, snapshots: &[Vec<u8>]) -> calls::Restored {
+        Self::pbx(&mut self.pbxs, pbx).restore(snapshots)
     }
 
     /// Replaces the settings (a reload): the classifier and the time limits
@@ -124,19 +178,12 @@ impl Normalizer {
             t
         });
         if t.live_calls() >= self.cfg.max_live_calls && !t.knows(&ev.session_id) {
-            metrics()
-                .normalizer_ignored
-                .with_label_values(&["max_live"])
-                .inc();
-            if let Some(suppressed) = calls::AT_CAPACITY.check() {
-                tracing::warn!(
-                    team = %team,
-                    calls = t.live_calls(),
-                    max_live = self.cfg.max_live_calls,
-                    suppressed,
-                    "too many calls in progress (calls.max_live): a push for a new call is refused"
-                );
-            }
+            calls::refused_at_capacity(
+                team,
+                t.live_calls(),
+                self.cfg.max_live_calls,
+                "a push for a new call is refused",
+            );
             return PushReceipt {
                 full: true,
                 ..PushReceipt::default()
@@ -213,7 +260,11 @@ impl Normalizer {
             return;
         }
         let started = std::time::Instant::now();
-        let Self { cfg, pbxs, .. } = self;
+        let Self {
+            cfg, pbxs, persist, ..
+        } = self;
+        let persist = *persist;
+        let emitted = out.len();
         let p = match ev {
             SourceEvent::Ami {
                 pbx,
@@ -221,6 +272,10 @@ impl Normalizer {
                 msg,
             } => {
                 let p = Self::pbx(pbxs, pbx);
+                if persist {
+                    p.mark_named(msg);
+                    p.mark_pending();
+                }
                 let t = match msg.timestamp() {
                     Some(t) => {
                         p.observe_clock(t, *received_at);
@@ -233,6 +288,10 @@ impl Normalizer {
                     // Not a call event (VarSet, Cdr, RTCP, …): only time advances.
                     None => p.advance(cfg, t, out),
                 }
+                if persist {
+                    p.mark_named(msg);
+                    p.mark_emitted(&out[emitted..]);
+                }
                 p
             }
             SourceEvent::AmiSnapshot {
@@ -242,7 +301,14 @@ impl Normalizer {
             } => {
                 let p = Self::pbx(pbxs, pbx);
                 let t = p.pbx_time(*received_at);
+                if persist {
+                    p.mark_all();
+                }
                 p.snapshot(cfg, channels, t, out);
+                if persist {
+                    p.mark_all();
+                    p.mark_emitted(&out[emitted..]);
+                }
                 p
             }
             SourceEvent::AmiOriginate { pbx, at, originate } => {
@@ -272,8 +338,15 @@ impl Normalizer {
     pub fn tick(&mut self, now: f64, out: &mut Vec<ModelEvent>) {
         for p in self.pbxs.values_mut() {
             let now = p.pbx_time(now);
+            let emitted = out.len();
+            if self.persist {
+                p.mark_pending();
+            }
             p.advance(&self.cfg, now, out);
             p.expire(&self.cfg, now, out);
+            if self.persist {
+                p.mark_emitted(&out[emitted..]);
+            }
             p.publish();
         }
         for t in self.teams.values_mut() {

@@ -46,6 +46,47 @@ const CSV: [&str; 21] = [
 /// The fixture's rows, by CSV column name.
 pub type CsvRow = std::collections::BTreeMap<&'static str, String>;
 
+/// Every `*.cdr.csv` fixture (AMI captures of Asterisk 11 and 20, chan_sip
+/// and PJSIP, Originate outcomes, the FastAGI sessions), one after the
+/// other as rotated files concatenated: 63 files, 376 rows, 211 calls.
+pub fn all_fixtures() -> String {
+    fn walk(d: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.to_str().is_some_and(|s| s.ends_with(".cdr.csv")) {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&root().join("tests/fixtures"), &mut files);
+    files.sort();
+    assert!(files.len() > 50, "{files:?}");
+    let mut text = String::new();
+    for f in files {
+        text.push_str(&std::fs::read_to_string(f).unwrap());
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// The rows of `text` (a `Master.csv`), by column name.
+pub fn rows_of(text: &str) -> Vec<CsvRow> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v = split_csv(l).unwrap();
+            assert_eq!(v.len(), CSV.len(), "{l}");
+            CSV.iter().copied().zip(v).collect()
+        })
+        .collect()
+}
+
+/// The rows of [`fixture`].
 pub fn csv_rows() -> Vec<CsvRow> {
     std::fs::read_to_string(fixture())
         .unwrap()

@@ -19,8 +19,9 @@ impl Client {
         };
         let in_list = p.response.as_ref().is_some_and(starts_list);
         let has_eventlist = p.response.as_ref().is_some_and(|r| r.has("EventList"));
+        let mut complete = None;
         if in_list && ends_list(&msg) {
-            // fall through to completion below
+            complete = Some(msg);
         } else if in_list
             && !has_eventlist
             && msg
@@ -40,7 +41,16 @@ impl Client {
             return Ok(());
         };
         let items = std::mem::take(&mut p.items);
-        self.complete(sess, &id, p, Ok(ActionResponse { response, items }))
+        self.complete(
+            sess,
+            &id,
+            p,
+            Ok(ActionResponse {
+                response,
+                items,
+                complete,
+            }),
+        )
     }
 
     /// Resolves a pending action removed from the table.
@@ -112,7 +122,14 @@ impl Client {
         kind: PendingKind,
         deadline: Instant,
     ) -> Result<Option<String>, Lost> {
-        let (id, n) = sess.next_id(&self.pbx);
+        let (mut id, n) = sess.next_id(&self.pbx);
+        if let PendingKind::User(Command {
+            id_prefix: Some(prefix),
+            ..
+        }) = &kind
+        {
+            id.insert_str(0, prefix);
+        }
         let bytes = match action.encode(&id) {
             Ok(b) => b,
             Err(e) => {
@@ -153,10 +170,15 @@ impl Client {
         }
         let action = cmd.action.clone();
         let deadline = cmd.deadline;
+        let proxied = cmd.proxied;
         let id = self.write(sess, &action, PendingKind::User(cmd), deadline)?;
         // The normalizer learns what a click-to-call asked for (a passive
-        // listener only sees the broadcast OriginateResponse).
-        if let Some(originate) = id.and_then(|id| OriginateSent::from_action(&action, &id)) {
+        // listener only sees the broadcast OriginateResponse). Not for a
+        // proxied tool: the model sees its calls as if it had its own login.
+        if let Some(originate) = id
+            .filter(|_| !proxied)
+            .and_then(|id| OriginateSent::from_action(&action, &id))
+        {
             let ev = SourceEvent::AmiOriginate {
                 pbx: self.pbx.clone(),
                 at: now_epoch(),
@@ -275,6 +297,6 @@ pub(super) fn outcome(r: &Result<ActionResponse, AmiError>) -> &'static str {
 pub(super) fn count_action(pbx: &str, action: &str, outcome: &str) {
     metrics()
         .ami_actions
-        .with_label_values(&[pbx, action, outcome])
+        .with_label_values(&[pbx, action_label(action), outcome])
         .inc();
 }

@@ -33,8 +33,19 @@ impl Client {
         self.events.capacity() * 2 >= max
     }
 
-    /// Forwards an unsolicited event (held back while a resync runs).
+    /// Hands an unsolicited event to the subscribers of
+    /// [`AmiHandle::subscribe_events`], without waiting; no copy is made
+    /// while there are none.
+    pub(super) fn publish(&self, msg: &AmiMessage) {
+        if self.tap.receiver_count() > 0 {
+            let _ = self.tap.send(Arc::new(msg.clone()));
+        }
+    }
+
+    /// Forwards an unsolicited event to the normalizer (and the tap), held
+    /// back while a resync runs.
     pub(super) fn forward(&mut self, sess: &mut Session, msg: AmiMessage) {
+        self.publish(&msg);
         // What every login brings says nothing about whether the link works.
         if !msg
             .event()

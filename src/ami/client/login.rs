@@ -34,7 +34,9 @@ impl Client {
         };
         let _ = stream.set_nodelay(true);
         let (rd, mut wr) = stream.into_split();
-        let codec = if self.presence.is_some() {
+        let codec = if cfg.keep_noise {
+            AmiCodec::with_max_packet(cfg.max_packet)
+        } else if self.presence.is_some() {
             route::codec_with_presence(cfg.max_packet)
         } else {
             route::codec(cfg.max_packet)
@@ -42,6 +44,10 @@ impl Client {
         let mut framed = FrameReader::new(rd, codec);
 
         let banner = read_banner(&mut framed, pbx, step).await?;
+        *self
+            .banner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = banner.clone();
         let modern = banner.as_deref().and_then(ami_major).is_none_or(|m| m >= 2);
         let mut n = 0u64;
 

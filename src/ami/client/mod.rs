@@ -80,6 +80,21 @@
 //! ActionID, never by order: two in flight can finish in either order), or
 //! its outcome wait expires ([`AmiError::Timeout`]).
 //!
+//! [`AmiHandle::send_with`] takes [`SendOptions`]: that outcome wait, an
+//! ActionID prefix (the AMI proxy's per-client tag, so that the
+//! `OriginateResponse` of a proxied `Originate` can be routed back), its
+//! own deadline, and `proxied` (the action comes from an AMI proxy client:
+//! it is not announced to the normalizer, which sees such a tool's calls
+//! exactly as it would with the tool on its own AMI login).
+//! [`ActionResponse::complete`] keeps the event that closed a list.
+//!
+//! [`AmiHandle::subscribe_events`] taps the unsolicited events for the AMI
+//! proxy (`OriginateResponse` and presence-only events too, and noise when
+//! [`ClientConfig::keep_noise`] makes the codec build it): a broadcast
+//! channel the reader publishes to without waiting (a subscriber that falls
+//! behind by more than [`TAP_CAPACITY`] events sees a `Lagged` error);
+//! nothing is copied while nobody subscribes.
+//!
 //! Outcomes: [`AmiError::Rejected`] for `Response: Error`,
 //! [`AmiError::Timeout`] when nothing answered within
 //! [`ClientConfig::action_timeout`] (counted from submission, waiting for a
@@ -153,7 +168,7 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -165,7 +180,7 @@ use super::reader::FrameReader;
 use super::route::{self, route, Route};
 pub use super::route::{ends_list, is_noise_event, starts_list, NOISE_EVENTS};
 use super::state_sync::{presence_route, PresenceOutput, PresenceRoute, StateStep, StateSync};
-use crate::metrics::{event_label, metrics};
+use crate::metrics::{action_label, event_label, metrics};
 use crate::source::{now_epoch, OriginateSent, PbxId, PresenceSourceEvent, SourceEvent};
 
 mod actions;
@@ -201,6 +216,8 @@ pub const DEFAULT_MAX_STALL: Duration = Duration::from_millis(50);
 /// Bytes read ahead from the socket while the queue is full, before
 /// reading stops (about 4,000 typical events).
 const READ_AHEAD: usize = 2 * 1024 * 1024;
+/// Events buffered for each subscriber of [`AmiHandle::subscribe_events`].
+pub const TAP_CAPACITY: usize = 4096;
 /// Event name spellings whose counter is remembered.
 const MAX_EVENT_NAMES: usize = 128;
 /// How long events still waiting for the queue when a session ends are
@@ -258,6 +275,10 @@ pub struct ClientConfig {
     /// it below Asterisk's `writetimeout` (manager.conf, 100 ms by default):
     /// a manager session whose write blocks that long is disconnected.
     pub max_stall: Duration,
+    /// Build the noise events too (the codec skips them otherwise), for
+    /// the AMI proxy's tap ([`AmiHandle::subscribe_events`]); the
+    /// normalizer still never sees them.
+    pub keep_noise: bool,
 }
 
 impl ClientConfig {
@@ -290,6 +311,7 @@ impl ClientConfig {
             queue_capacity: 10_000,
             resync: true,
             max_stall: DEFAULT_MAX_STALL,
+            keep_noise: false,
         }
     }
 }
@@ -314,6 +336,7 @@ impl fmt::Debug for ClientConfig {
             .field("queue_capacity", &self.queue_capacity)
             .field("resync", &self.resync)
             .field("max_stall", &self.max_stall)
+            .field("keep_noise", &self.keep_noise)
             .finish()
     }
 }
@@ -327,6 +350,26 @@ pub struct ActionResponse {
     pub response: AmiMessage,
     /// List items, in order, without the closing `…Complete` event.
     pub items: Vec<AmiMessage>,
+    /// The event that closed the list (`…Complete`, `EventList: Complete`),
+    /// when there was one.
+    pub complete: Option<AmiMessage>,
+}
+
+/// How [`AmiHandle::send_with`] sends an action.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// After a `Success` response, keep waiting this long for the
+    /// `OriginateResponse` event with the same ActionID (see
+    /// [`AmiHandle::originate`]).
+    pub await_event: Option<Duration>,
+    /// Put before the client's ActionID (`{prefix}{pbx}-{seq}-{n}`).
+    pub id_prefix: Option<String>,
+    /// Deadline counted from submission instead of
+    /// [`ClientConfig::action_timeout`].
+    pub timeout: Option<Duration>,
+    /// The action comes from an AMI proxy client: an `Originate` is not
+    /// announced to the normalizer.
+    pub proxied: bool,
 }
 
 /// The outcome of [`AmiHandle::originate`].
@@ -396,6 +439,8 @@ struct HandleInner {
     state: watch::Receiver<ConnectionState>,
     action_timeout: Duration,
     shutdown: CancellationToken,
+    tap: broadcast::Sender<Arc<AmiMessage>>,
+    banner: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for AmiHandle {
@@ -413,7 +458,16 @@ impl AmiHandle {
     /// The ActionID is assigned by the client. See the module documentation
     /// for the outcomes and the re-send policy.
     pub async fn send(&self, action: Action) -> Result<ActionResponse, AmiError> {
-        self.submit(action, None).await
+        self.submit(action, SendOptions::default()).await
+    }
+
+    /// [`AmiHandle::send`] with [`SendOptions`].
+    pub async fn send_with(
+        &self,
+        action: Action,
+        opts: SendOptions,
+    ) -> Result<ActionResponse, AmiError> {
+        self.submit(action, opts).await
     }
 
     /// Sends an asynchronous `Originate` (`Async: true` is set) and waits for
@@ -434,7 +488,11 @@ impl AmiHandle {
         } else {
             action.field("Async", "true")
         };
-        let r = self.submit(action, Some(outcome_wait)).await?;
+        let opts = SendOptions {
+            await_event: Some(outcome_wait),
+            ..SendOptions::default()
+        };
+        let r = self.submit(action, opts).await?;
         let mut items = r.items.into_iter();
         let queued = items.next().unwrap_or_default();
         Ok(OriginateReply {
@@ -444,24 +502,23 @@ impl AmiHandle {
         })
     }
 
-    async fn submit(
-        &self,
-        action: Action,
-        await_event: Option<Duration>,
-    ) -> Result<ActionResponse, AmiError> {
+    async fn submit(&self, action: Action, opts: SendOptions) -> Result<ActionResponse, AmiError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(AmiError::Shutdown);
         }
         // Reject header injection before anything is queued.
-        action.encode("probe")?;
+        action.encode(opts.id_prefix.as_deref().unwrap_or("probe"))?;
         let started = Instant::now();
-        let deadline = started + self.inner.action_timeout;
+        let deadline = started + opts.timeout.unwrap_or(self.inner.action_timeout);
+        let await_event = opts.await_event;
         let (reply, rx) = oneshot::channel();
         let cmd = Command {
             action,
             reply,
             deadline,
             await_event,
+            id_prefix: opts.id_prefix,
+            proxied: opts.proxied,
         };
         // The task enforces the deadline; this outer bound is a safety net.
         let safety = deadline + await_event.unwrap_or_default() + Duration::from_millis(500);
@@ -480,6 +537,21 @@ impl AmiHandle {
     /// The PBX this handle talks to.
     pub fn pbx(&self) -> &PbxId {
         &self.inner.pbx
+    }
+
+    /// Every unsolicited event from now on (see the module documentation).
+    pub fn subscribe_events(&self) -> broadcast::Receiver<Arc<AmiMessage>> {
+        self.inner.tap.subscribe()
+    }
+
+    /// The banner of the current (or last) connection,
+    /// `Asterisk Call Manager/9.0.0`.
+    pub fn banner(&self) -> Option<String> {
+        self.inner
+            .banner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The current connection state.
@@ -526,6 +598,8 @@ pub fn spawn_with_presence(
 ) -> AmiHandle {
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
     let (state_tx, state_rx) = watch::channel(ConnectionState::Down);
+    let (tap, _) = broadcast::channel(TAP_CAPACITY);
+    let banner = Arc::new(std::sync::Mutex::new(None));
     metrics()
         .ami_connection_state
         .with_label_values(&[&cfg.pbx])
@@ -537,6 +611,8 @@ pub fn spawn_with_presence(
             state: state_rx,
             action_timeout: cfg.action_timeout,
             shutdown: shutdown.clone(),
+            tap: tap.clone(),
+            banner: banner.clone(),
         }),
     };
     let presence = presence.map(|p| StateSync::new(cfg.pbx.clone(), p, cfg.queue_capacity));
@@ -557,6 +633,8 @@ pub fn spawn_with_presence(
         backlog: VecDeque::new(),
         stall_since: None,
         event_counters: Vec::new(),
+        tap,
+        banner,
     };
     tokio::spawn(client.run());
     handle
@@ -611,6 +689,10 @@ struct Command {
     /// After a `Success` response, keep waiting this long for the
     /// `OriginateResponse` event with the same ActionID.
     await_event: Option<Duration>,
+    /// [`SendOptions::id_prefix`].
+    id_prefix: Option<String>,
+    /// [`SendOptions::proxied`].
+    proxied: bool,
 }
 
 #[derive(Default)]
@@ -709,6 +791,10 @@ struct Client {
     event_counters: Vec<(u32, Box<str>, IntCounter)>,
     /// Presence: forwarding and login-time state lists (none: not tracked).
     presence: Option<StateSync>,
+    /// [`AmiHandle::subscribe_events`].
+    tap: broadcast::Sender<Arc<AmiMessage>>,
+    /// [`AmiHandle::banner`].
+    banner: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Client {
@@ -1018,6 +1104,8 @@ impl Client {
                 if let Some(pr) = self.presence.as_ref().and_then(|_| presence_route(name)) {
                     if pr == PresenceRoute::Also {
                         self.forward(sess, msg.clone());
+                    } else {
+                        self.publish(&msg);
                     }
                     let ev = PresenceSourceEvent::Ami {
                         pbx: self.pbx.clone(),
@@ -1031,6 +1119,8 @@ impl Client {
                 }
                 if r == Route::Event {
                     self.forward(sess, msg);
+                } else {
+                    self.publish(&msg);
                 }
                 Ok(())
             }
@@ -1048,6 +1138,7 @@ impl Client {
                     let resp = ActionResponse {
                         response: msg.clone(),
                         items,
+                        complete: None,
                     };
                     let result = if is_error(&msg) && !awaited {
                         Err(AmiError::Rejected(
@@ -1099,6 +1190,7 @@ impl Client {
                     Ok(ActionResponse {
                         response: msg,
                         items: std::mem::take(&mut p.items),
+                        complete: None,
                     })
                 };
                 self.complete(sess, &id, p, result)

@@ -99,12 +99,14 @@ use super::DeliveryRequest;
 
 mod admin;
 mod conceal;
+pub mod live;
 pub mod repair;
 mod schema;
 mod tx;
 mod writer;
 
 pub use admin::{mask_url, sensitive_name};
+pub use live::{LiveCall, LiveCallStore, LiveCallWrite};
 use schema::WAITING;
 pub use schema::{db_path, quick_check, secure_state_dir};
 use tx::{complete_tx, fix_head, insert_batch, poll_tx, revive, EnqueueDetail};
@@ -642,12 +644,26 @@ impl Outbox {
     /// happens on the caller's thread. The receipt resolves once the batch is
     /// committed (`synchronous=FULL`: on disk).
     pub fn submit(&self, reqs: Vec<DeliveryRequest>) -> EnqueueReceipt {
-        let n = reqs.len();
-        if n == 0 {
+        self.submit_with_calls(reqs, Vec::new())
+    }
+
+    /// Like [`submit`](Self::submit), and stores the live calls the same
+    /// events changed in the same transaction (see [`live`]): after a
+    /// crash the stored calls are exactly those whose deliveries so far
+    /// are committed. The calls are written even when the requests are
+    /// refused (the backlog or the cap): they are what the model holds.
+    pub fn submit_with_calls(
+        &self,
+        mut reqs: Vec<DeliveryRequest>,
+        calls: Vec<LiveCallWrite>,
+    ) -> EnqueueReceipt {
+        let mut n = reqs.len();
+        if n == 0 && calls.is_empty() {
             return EnqueueReceipt(ReceiptInner::Ready(Some(Ok(EnqueueOutcome::default()))));
         }
+        let mut pre_rejected = 0;
         let queued = self.queued.fetch_add(n, Ordering::AcqRel);
-        if queued + n > MAX_QUEUED {
+        if n > 0 && queued + n > MAX_QUEUED {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             let mut per = BTreeMap::<String, u64>::new();
             for r in &reqs {
@@ -662,10 +678,15 @@ impl Outbox {
                     "outbox writer backlog is full: deliveries refused"
                 );
             }
-            return EnqueueReceipt(ReceiptInner::Ready(Some(Ok(EnqueueOutcome {
-                rejected_full: n,
-                ..Default::default()
-            }))));
+            if calls.is_empty() {
+                return EnqueueReceipt(ReceiptInner::Ready(Some(Ok(EnqueueOutcome {
+                    rejected_full: n,
+                    ..Default::default()
+                }))));
+            }
+            pre_rejected = n;
+            reqs.clear();
+            n = 0;
         }
         let counter = self.queued.clone();
         let notify = self.notify.clone();
@@ -673,7 +694,11 @@ impl Outbox {
             true,
             move |conn, st| {
                 counter.fetch_sub(n, Ordering::AcqRel);
-                insert_batch(conn, st, &reqs, now_epoch())
+                let now = now_epoch();
+                let mut d = insert_batch(conn, st, &reqs, now)?;
+                live::write(conn, &calls, now)?;
+                d.outcome.rejected_full += pre_rejected;
+                Ok(d)
             },
             move |d: &EnqueueDetail| {
                 let m = metrics();

@@ -66,6 +66,9 @@ pub struct RecoverReport {
     pub keys: u64,
     /// Whether reading the keys stopped early at a damaged page.
     pub keys_incomplete: bool,
+    /// Stored live calls copied (those lost to the damage get no record
+    /// if they ended while callhook was down).
+    pub live_calls: u64,
     /// Where the damaged file went.
     pub moved_to: PathBuf,
 }
@@ -310,6 +313,29 @@ pub fn recover(state_dir: &Path) -> Result<RecoverReport> {
         for (t, k, s) in keys {
             put.execute(params![t, k, s])?;
             report.keys += 1;
+        }
+        // Live calls, as far as they read (a file from before they were
+        // stored has none).
+        let mut put = new.prepare(
+            "INSERT OR REPLACE INTO live_calls (pbx, session, snapshot, updated_at) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        if let Ok(mut st) = old.prepare("SELECT pbx, session, snapshot, updated_at FROM live_calls")
+        {
+            if let Ok(mut rows) = st.query([]) {
+                while let Ok(Some(r)) = rows.next() {
+                    let (Ok(p), Ok(s), Ok(b), Ok(u)) = (
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, Vec<u8>>(2),
+                        r.get::<_, f64>(3),
+                    ) else {
+                        continue;
+                    };
+                    put.execute(params![p, s, b, u])?;
+                    report.live_calls += 1;
+                }
+            }
         }
     }
     // Every chain gets its head back (heads were copied as 0).

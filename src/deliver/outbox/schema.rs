@@ -75,6 +75,13 @@ CREATE TABLE IF NOT EXISTS dedupe (
     PRIMARY KEY (target, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dedupe_seen ON dedupe (seen_at);
+CREATE TABLE IF NOT EXISTS live_calls (
+    pbx        TEXT NOT NULL,
+    session    TEXT NOT NULL,
+    snapshot   BLOB NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (pbx, session)
+) WITHOUT ROWID;
 "#;
 
 pub(super) const COLS: &str =

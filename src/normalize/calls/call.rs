@@ -14,8 +14,8 @@ use crate::normalize::canonical::ChanState;
 use crate::normalize::channel::Party;
 use compact_str::ToCompactString;
 
-/// One call.
-#[derive(Debug, Clone)]
+/// One call (serialised for the live-call store, see `persist`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Call {
     pub(super) session: Str,
     pub(super) root: Str,

@@ -9,7 +9,7 @@ use crate::normalize::NormalizerConfig;
 use compact_str::ToCompactString;
 
 /// One channel as the normalizer knows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Chan {
     pub(super) uid: Str,
     pub(super) name: Str,
@@ -82,17 +82,12 @@ impl PbxCalls {
         if !(calls_full || chans_full) {
             return false;
         }
-        Self::ignored("max_live");
-        if let Some(suppressed) = super::AT_CAPACITY.check() {
-            tracing::warn!(
-                pbx = %self.pbx,
-                calls = self.calls.len(),
-                channels = self.chans.len(),
-                max_live = cfg.max_live_calls,
-                suppressed,
-                "too many calls in progress (calls.max_live): a new call's events are ignored"
-            );
-        }
+        super::refused_at_capacity(
+            &self.pbx,
+            self.calls.len(),
+            cfg.max_live_calls,
+            "a new call's events are ignored",
+        );
         true
     }
 

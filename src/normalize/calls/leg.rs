@@ -14,7 +14,7 @@ use crate::normalize::NormalizerConfig;
 use compact_str::ToCompactString;
 
 /// One extension's part in a call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Leg {
     pub(super) id: Str,
     pub(super) ext: Str,

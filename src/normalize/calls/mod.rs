@@ -42,8 +42,11 @@ mod events;
 mod grouping;
 mod leg;
 mod originate;
+mod persist;
 mod pickup;
 mod snapshot;
+
+pub use persist::{Restored, SNAPSHOT_VERSION};
 
 use std::collections::{HashMap, VecDeque};
 
@@ -57,8 +60,27 @@ use crate::source::PbxId;
 use call::Call;
 
 /// One warning per minute when a PBX or team is at `calls.max_live`.
-pub(crate) static AT_CAPACITY: crate::log_limit::LogLimiter =
+static AT_CAPACITY: crate::log_limit::LogLimiter =
     crate::log_limit::LogLimiter::new(std::time::Duration::from_secs(60));
+
+/// A new call of `pbx` (a PBX or a push team) was not taken because it
+/// already has `calls` calls in progress (`calls.max_live`): counted, and
+/// warned about at most once a minute. `what` says what happened to it.
+pub(crate) fn refused_at_capacity(pbx: &str, calls: usize, max_live: usize, what: &str) {
+    metrics()
+        .normalizer_ignored
+        .with_label_values(&["max_live"])
+        .inc();
+    if let Some(suppressed) = AT_CAPACITY.check() {
+        tracing::warn!(
+            pbx,
+            calls,
+            max_live,
+            suppressed,
+            "too many calls in progress (calls.max_live): {what}"
+        );
+    }
+}
 
 /// Ids, names and numbers held per channel and call: inline up to 24 bytes
 /// (every Uniqueid, channel name and phone number in practice), so a live
@@ -102,6 +124,8 @@ pub struct PbxCalls {
     /// time-driven decisions ([`Normalizer::tick`](super::Normalizer::tick))
     /// run on the PBX's clock, whatever the local one says.
     skew: f64,
+    /// Calls changed since the last `take_dirty` (see `persist`).
+    dirty: std::collections::HashSet<Str>,
 }
 
 fn meaningful_exten(e: &str) -> bool {
@@ -135,6 +159,7 @@ impl PbxCalls {
             disconnected_at: None,
             live_gauge: metrics().live_calls.with_label_values(&[&pbx]),
             skew: 0.0,
+            dirty: Default::default(),
             pbx,
         }
     }

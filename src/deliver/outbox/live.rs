@@ -1,0 +1,104 @@
+//! The live calls of the call model, kept in the outbox's database so that
+//! they are committed in the same transaction as the deliveries the same
+//! events caused (`Outbox::submit_with_calls`): after a crash the stored
+//! calls are exactly the model as of the last committed batch. The outbox
+//! does not read the bytes (the normalizer's versioned snapshots).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use rusqlite::{params, Connection};
+
+use super::{EnqueueOutcome, Outbox, Result};
+use crate::deliver::DeliveryRequest;
+
+/// One stored live call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveCall {
+    /// PBX (or push team) id.
+    pub pbx: String,
+    /// Session id.
+    pub session: String,
+    /// The normalizer's snapshot.
+    pub snapshot: Vec<u8>,
+}
+
+/// A change to the stored live calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveCallWrite {
+    /// PBX (or push team) id.
+    pub pbx: String,
+    /// Session id.
+    pub session: String,
+    /// The new snapshot; `None`: the call is over, delete it.
+    pub snapshot: Option<Vec<u8>>,
+}
+
+/// Where the daemon keeps its live calls: the SQLite outbox here; a
+/// cluster store may keep the same bytes elsewhere (e.g. a KV bucket keyed
+/// by pbx and session), as long as a batch's call writes and deliveries
+/// are committed together.
+pub trait LiveCallStore: Send + Sync {
+    /// Commits a batch's deliveries and call writes together.
+    fn commit_batch(
+        &self,
+        reqs: Vec<DeliveryRequest>,
+        calls: Vec<LiveCallWrite>,
+    ) -> Pin<Box<dyn Future<Output = Result<EnqueueOutcome>> + Send + '_>>;
+    /// Every stored live call (at start).
+    fn load_calls(&self) -> Pin<Box<dyn Future<Output = Result<Vec<LiveCall>>> + Send + '_>>;
+}
+
+impl LiveCallStore for Outbox {
+    fn commit_batch(
+        &self,
+        reqs: Vec<DeliveryRequest>,
+        calls: Vec<LiveCallWrite>,
+    ) -> Pin<Box<dyn Future<Output = Result<EnqueueOutcome>> + Send + '_>> {
+        Box::pin(self.submit_with_calls(reqs, calls))
+    }
+
+    fn load_calls(&self) -> Pin<Box<dyn Future<Output = Result<Vec<LiveCall>>> + Send + '_>> {
+        Box::pin(self.live_calls())
+    }
+}
+
+impl Outbox {
+    /// Every stored live call, by PBX and session.
+    pub async fn live_calls(&self) -> Result<Vec<LiveCall>> {
+        self.run(false, |c, _| {
+            let mut st =
+                c.prepare("SELECT pbx, session, snapshot FROM live_calls ORDER BY pbx, session")?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(LiveCall {
+                        pbx: r.get(0)?,
+                        session: r.get(1)?,
+                        snapshot: r.get(2)?,
+                    })
+                })?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+/// Applies call writes inside the writer's transaction.
+pub(super) fn write(c: &Connection, calls: &[LiveCallWrite], now: f64) -> Result<()> {
+    if calls.is_empty() {
+        return Ok(());
+    }
+    let mut put = c.prepare_cached(
+        "INSERT OR REPLACE INTO live_calls (pbx, session, snapshot, updated_at) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut del = c.prepare_cached("DELETE FROM live_calls WHERE pbx = ?1 AND session = ?2")?;
+    for w in calls {
+        match &w.snapshot {
+            Some(b) => put.execute(params![w.pbx, w.session, b, now])?,
+            None => del.execute(params![w.pbx, w.session])?,
+        };
+    }
+    Ok(())
+}
