@@ -315,9 +315,12 @@ struct Spent {
     cpu: Duration,
 }
 
-/// Every round's times per row.
+/// One row's times: (round, time) for each round.
+type Rounds = Vec<(usize, Spent)>;
+
+/// Every round's times per row: (row, events, rounds).
 #[derive(Default)]
-struct Best(Vec<(&'static str, usize, Vec<(usize, Spent)>)>);
+struct Best(Vec<(&'static str, usize, Rounds)>);
 
 impl Best {
     fn put(&mut self, name: &'static str, events: usize, round: usize, d: Spent) {
