@@ -276,7 +276,7 @@ impl Normalizer {
         } = self;
         let persist = *persist;
         let emitted = out.len();
-        match ev {
+        let p = match ev {
             SourceEvent::Ami {
                 pbx,
                 received_at,
@@ -303,6 +303,7 @@ impl Normalizer {
                     p.mark_named(msg);
                     p.mark_emitted(&out[emitted..]);
                 }
+                p
             }
             SourceEvent::AmiSnapshot {
                 pbx,
@@ -319,32 +320,26 @@ impl Normalizer {
                     p.mark_all();
                     p.mark_emitted(&out[emitted..]);
                 }
+                p
             }
             SourceEvent::AmiOriginate { pbx, at, originate } => {
                 let p = Self::pbx(pbxs, pbx);
                 let t = p.pbx_time(*at);
-                p.originate_sent(cfg, originate, t)
+                p.originate_sent(cfg, originate, t);
+                p
             }
             SourceEvent::AmiDisconnected { pbx, at } => {
                 let p = Self::pbx(pbxs, pbx);
                 let t = p.pbx_time(*at);
-                p.disconnected(t)
+                p.disconnected(t);
+                p
             }
-            SourceEvent::Push { .. } => {}
-        }
+            SourceEvent::Push { .. } => return,
+        };
         metrics()
             .normalize_seconds
             .observe(started.elapsed().as_secs_f64());
-        let pbx = match ev {
-            SourceEvent::Ami { pbx, .. }
-            | SourceEvent::AmiSnapshot { pbx, .. }
-            | SourceEvent::AmiOriginate { pbx, .. }
-            | SourceEvent::AmiDisconnected { pbx, .. } => pbx,
-            SourceEvent::Push { .. } => return,
-        };
-        if let Some(p) = self.pbxs.get(pbx) {
-            p.publish();
-        }
+        p.publish();
     }
 
     /// Settles what time alone decides (maximum call age, undecided ≤ 11
