@@ -129,6 +129,14 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// Room in the normalizer's queue for pushed events (added to the PBXs').
 const PUSH_QUEUE: usize = 1024;
+/// A batch (one commit of deliveries and live calls) takes whatever has
+/// queued, up to this many source events. When the normalizer falls behind
+/// (a burst, a slow disk) batches grow, so one fsync covers many events and
+/// the AMI queue keeps draining; at a normal pace a batch is an event or
+/// two.
+const MAX_BATCH_EVENTS: usize = 16_384;
+/// ... and up to this many model events.
+const MAX_BATCH_OUT: usize = 8_192;
 
 /// Takes the exclusive lock on `dir/callhook.lock` (created with the dir,
 /// mode 0700; the lock file 0600):
@@ -1206,11 +1214,13 @@ pub async fn run_until(
             ev = rx.recv() => match ev {
                 Some(ev) => {
                     take(&mut normalizer, &ownership, ev, &mut out, &mut acks);
-                    while out.len() < 1024 {
+                    let mut taken = 1;
+                    while out.len() < MAX_BATCH_OUT && taken < MAX_BATCH_EVENTS {
                         match rx.try_recv() {
                             Ok(ev) => take(&mut normalizer, &ownership, ev, &mut out, &mut acks),
                             Err(_) => break,
                         }
+                        taken += 1;
                     }
                 }
                 None => open = false,
