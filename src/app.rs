@@ -841,17 +841,18 @@ pub async fn run_until(
         .notifier
         .take()
         .unwrap_or_else(|| Arc::new(Notifier::disabled()));
-    let watchdog_token = CancellationToken::new();
-    let watchdog = tokio::spawn(crate::notify::watchdog(
-        notifier.clone(),
-        heartbeat.clone(),
-        watchdog_token.clone(),
-    ));
-    notifier.ready(&format!(
+    let ready = notifier.ready(&format!(
         "running: {} PBX, {} targets, {} rules",
         cfg.pbx.len(),
         cfg.targets.len(),
         cfg.rules.len()
+    ));
+    let watchdog_token = CancellationToken::new();
+    let watchdog = tokio::spawn(crate::notify::watchdog(
+        notifier.clone(),
+        ready,
+        heartbeat.clone(),
+        watchdog_token.clone(),
     ));
 
     // The normalizer task (this one). Committed batches also go to
