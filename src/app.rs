@@ -867,7 +867,7 @@ pub async fn run_until(
         })),
     };
     let mut normalizer = Normalizer::new(cfg.normalizer);
-    restore_live_calls(&mut normalizer, &outbox, &cfg.pbx).await;
+    restore_live_calls(&mut normalizer, &outbox).await;
     let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(TICK);
@@ -1028,8 +1028,15 @@ async fn finish_batch(
     match &result {
         Ok(()) => normalizer.commit_batch(),
         Err(e) if e.starts_with(OUTBOX_FULL) => {
-            // The calls were stored with what the outbox took.
+            // The calls were stored with what the outbox took; pushed ones
+            // are rolled back (their pushes answered 503 will come again),
+            // so their rows are written again as they are now.
             normalizer.rollback_batch();
+            let pushed: Vec<_> = changes
+                .into_iter()
+                .filter(|c| normalizer.is_push_team(&c.pbx))
+                .collect();
+            normalizer.requeue_dirty(&pushed);
             out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
         }
         Err(_) => {
@@ -1055,15 +1062,14 @@ async fn finish_batch(
 /// stored all the same).
 const OUTBOX_FULL: &str = "outbox full";
 
-/// Puts the live calls stored by the previous run back into the model,
-/// before the first login's reconciliation closes those that ended while
-/// callhook was down (exactly once: a call's removal is committed with its
-/// record). Calls of PBXs no longer configured stay stored, untouched.
-async fn restore_live_calls(
-    normalizer: &mut Normalizer,
-    outbox: &Outbox,
-    pbxs: &[crate::config::PbxConfig],
-) {
+/// Puts the live calls stored by the previous run back into the model
+/// (AMI calls and push sessions), before the first login's reconciliation
+/// closes those that ended while callhook was down (exactly once: a call's
+/// removal is committed with its record). Calls of ids no longer
+/// configured are restored too and closed by the first tick
+/// (`NormalizerConfig::sources`). Every stored row is written again with
+/// the first batch: as restored, or deleted when it could not be used.
+async fn restore_live_calls(normalizer: &mut Normalizer, outbox: &Outbox) {
     normalizer.track_changes();
     let stored = match outbox.live_calls().await {
         Ok(s) => s,
@@ -1072,18 +1078,25 @@ async fn restore_live_calls(
             return;
         }
     };
-    for p in pbxs {
-        let snaps: Vec<Vec<u8>> = stored
+    // Stored ordered by id.
+    let mut rest = &stored[..];
+    while let Some(first) = rest.first() {
+        let n = rest.iter().take_while(|c| c.pbx == first.pbx).count();
+        let (mine, tail) = rest.split_at(n);
+        rest = tail;
+        let id: crate::source::PbxId = first.pbx.as_str().into();
+        let snaps: Vec<Vec<u8>> = mine.iter().map(|c| c.snapshot.clone()).collect();
+        let r = normalizer.restore_stored(&id, &snaps);
+        info!(pbx = %first.pbx, calls = r.calls, skipped = r.skipped, "live calls restored; the login's snapshot (push sessions: their own pushes or calls.max_age) settles those that ended meanwhile");
+        let again: Vec<crate::normalize::CallChange> = mine
             .iter()
-            .filter(|c| c.pbx == p.id)
-            .map(|c| c.snapshot.clone())
+            .map(|c| crate::normalize::CallChange {
+                pbx: id.clone(),
+                session: c.session.clone(),
+                snapshot: None,
+            })
             .collect();
-        if snaps.is_empty() {
-            continue;
-        }
-        let id: crate::source::PbxId = p.id.as_str().into();
-        let r = normalizer.restore(&id, &snaps);
-        info!(pbx = %p.id, calls = r.calls, skipped = r.skipped, "live calls restored; the login's snapshot settles those that ended meanwhile");
+        normalizer.requeue_dirty(&again);
     }
 }
 

@@ -515,6 +515,14 @@ impl Config {
             });
         }
         let (_, warnings) = report.finish();
+        let sources = pbx
+            .iter()
+            .map(|p| p.id.clone())
+            .chain(
+                push.iter()
+                    .flat_map(|p| p.teams.iter().map(|t| t.name.clone())),
+            )
+            .collect();
         Ok(Config {
             listen,
             state_dir,
@@ -525,6 +533,7 @@ impl Config {
                 max_call_age,
                 orphan_grace,
                 max_live_calls,
+                sources: Some(Arc::new(sources)),
                 ..defaults
             },
             targets,
