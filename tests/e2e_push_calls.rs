@@ -325,3 +325,164 @@ async fn five_kill_9_lose_no_pushed_call_record_and_close_none_twice() {
         assert!(sent.contains(*s), "record of {s} not delivered");
     }
 }
+
+const ADMIN: &str = "e2e-push-calls-admin";
+const BETA: &str = "e2e-push-calls-beta-token";
+
+fn two_teams(dir: &Path, sink: &Sink, listen: u16, beta: bool) -> String {
+    let s = sink.addr;
+    let beta = if beta {
+        format!("    beta: {{ token: \"{BETA}\" }}\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"listen: 127.0.0.1:{listen}
+state_dir: {state}
+admin: {{ token: "{ADMIN}" }}
+push:
+  teams:
+    acme: {{ token: "{TOKEN}" }}
+{beta}targets:
+  crm: {{ timeout: 2s, retry: {{ max_attempts: 1000, max_age: 1h, initial_backoff: 100ms, max_backoff: 500ms }} }}
+rules:
+  - name: record
+    when: {{ scope: call, state: hungup }}
+    target: crm
+    url: "http://{s}/record?id=%ID%&pbx={{{{call.pbx}}}}"
+    json: {{ approximate: "{{{{call.approximate}}}}", end_reason: "{{{{call.end_reason}}}}" }}
+"#,
+        state = dir.join("state").display(),
+    )
+}
+
+async fn ring(listen: u16, token: &str, sid: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{listen}/v1/events/astercc"))
+        .header("X-Callhook-Token", token)
+        .header("content-type", "application/json")
+        .body(
+            json!({"sessionid": sid, "event": "ringing", "source": "CALLEE", "calltype": "dialin",
+                   "activenum": "5550001111", "extension": "1001", "eventTime": now})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+}
+
+/// The stored sessions of each team, from the state directory.
+fn stored(state: &Path) -> Vec<(String, String)> {
+    let c = rusqlite::Connection::open_with_flags(
+        state.join("outbox.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut st = c
+        .prepare("SELECT pbx, session FROM live_calls ORDER BY pbx, session")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+async fn record_for(sink: &Sink, sid: &str) -> Value {
+    let deadline = Instant::now() + support_daemon::WAIT;
+    loop {
+        if let Some(r) = sink
+            .for_path("/record")
+            .iter()
+            .find(|r| r.uri.contains(&format!("id={sid}&")))
+        {
+            let n = sink
+                .for_path("/record")
+                .iter()
+                .filter(|r| r.uri.contains(&format!("id={sid}&")))
+                .count();
+            assert_eq!(n, 1, "{sid}: {n} records");
+            return serde_json::from_slice(&r.body).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no record for {sid}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A team removed from the config: by a reload, its calls in progress
+/// are closed at once; across a restart (killed with one in progress, the
+/// file edited meanwhile), its stored calls are closed at start. Either
+/// way one approximate record (`reconnect`) each and no stored row left;
+/// the other team's call carries on untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_a_removed_team_are_closed_once_and_their_rows_dropped() {
+    let sink = Sink::start().await;
+    let dir = temp_dir("push-calls-removed");
+    let state = dir.join("state");
+    let listen = free_port();
+    let cfg = dir.join("callhook.yaml");
+
+    // Reload.
+    std::fs::write(&cfg, two_teams(&dir, &sink, listen, true)).unwrap();
+    let d = Daemon::start_file(&cfg, &[]);
+    d.wait_http().await;
+    ring(listen, TOKEN, "acme-1").await;
+    ring(listen, BETA, "beta-1").await;
+    std::fs::write(&cfg, two_teams(&dir, &sink, listen, false)).unwrap();
+    let r = reqwest::Client::new()
+        .post(d.url("/-/reload"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let b = record_for(&sink, "beta-1").await;
+    assert_eq!(
+        (&b["approximate"], &b["end_reason"]),
+        (&json!(true), &json!("reconnect"))
+    );
+
+    // Restart: beta is back, one call rings, kill -9, beta removed again.
+    let d = {
+        let (_, status, err) = d.stop();
+        assert!(status.success(), "{err}");
+        std::fs::write(&cfg, two_teams(&dir, &sink, listen, true)).unwrap();
+        let d = Daemon::start_file(&cfg, &[]);
+        d.wait_http().await;
+        ring(listen, BETA, "beta-2").await;
+        tokio::task::block_in_place(|| d.kill9());
+        assert!(stored(&state).contains(&("beta".into(), "beta-2".into())));
+        std::fs::write(&cfg, two_teams(&dir, &sink, listen, false)).unwrap();
+        let d = Daemon::start_file(&cfg, &[]);
+        d.wait_http().await;
+        d
+    };
+    let b = record_for(&sink, "beta-2").await;
+    assert_eq!(
+        (&b["approximate"], &b["end_reason"]),
+        (&json!(true), &json!("reconnect"))
+    );
+    let (_, status, err) = d.stop();
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        stored(&state),
+        vec![("acme".to_string(), "acme-1".to_string())]
+    );
+    assert!(
+        sink.for_path("/record")
+            .iter()
+            .all(|r| !r.uri.contains("acme-1")),
+        "acme's call was closed"
+    );
+    assert_eq!(
+        sink.for_path("/record")
+            .iter()
+            .filter(|r| r.uri.contains("beta-1"))
+            .count(),
+        1
+    );
+}
