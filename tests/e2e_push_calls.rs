@@ -65,13 +65,14 @@ rules:
 }
 
 /// (rule, session) → rows, the record bodies, and the rows still waiting.
-fn outbox_rows(
-    state: &Path,
-) -> (
+type Rows = (
     BTreeMap<(String, String), usize>,
     BTreeMap<String, Value>,
     usize,
-) {
+);
+
+/// See [`Rows`].
+fn outbox_rows(state: &Path) -> Rows {
     let c = rusqlite::Connection::open_with_flags(
         state.join("outbox.sqlite3"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
