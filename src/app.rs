@@ -758,7 +758,7 @@ pub async fn run_until(
 
     // Reloads.
     let config_path = opts.config_path.clone();
-    let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
+    let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.daemon_normalizer());
     let started_cfg = cfg.clone();
     let reload_clients = clients.clone();
     let reload_task = tokio::spawn(async move {
@@ -779,7 +779,7 @@ pub async fn run_until(
                         };
                         targets_tx.send_replace(new.targets.clone());
                         rules_tx.send_replace(new.rules.clone());
-                        normalizer_tx.send_replace(new.normalizer.clone());
+                        normalizer_tx.send_replace(new.daemon_normalizer());
                         reload_clients.apply(&new.pbx).await;
                         if started_cfg.push.is_some() {
                             if let Some(p) = &new.push {
@@ -866,7 +866,7 @@ pub async fn run_until(
             }
         })),
     };
-    let mut normalizer = Normalizer::new(cfg.normalizer);
+    let mut normalizer = Normalizer::new(cfg.daemon_normalizer());
     restore_live_calls(&mut normalizer, &outbox).await;
     let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();

@@ -209,6 +209,27 @@ impl Config {
         }
     }
 
+    /// The normalizer settings of the daemon running this config: as
+    /// [`Config::normalizer`], with its sources restricted to the PBX and
+    /// push team ids configured (calls of any other id are closed; a replay
+    /// or backfill of a capture keeps `sources: None`).
+    pub fn daemon_normalizer(&self) -> NormalizerConfig {
+        let ids = self
+            .pbx
+            .iter()
+            .map(|p| p.id.clone())
+            .chain(
+                self.push
+                    .iter()
+                    .flat_map(|p| p.teams.iter().map(|t| t.name.clone())),
+            )
+            .collect();
+        NormalizerConfig {
+            sources: Some(Arc::new(ids)),
+            ..self.normalizer.clone()
+        }
+    }
+
     /// Parses and validates configuration text (tests, the demo); relative
     /// paths are relative to `base`.
     pub fn from_text(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {
@@ -515,14 +536,6 @@ impl Config {
             });
         }
         let (_, warnings) = report.finish();
-        let sources = pbx
-            .iter()
-            .map(|p| p.id.clone())
-            .chain(
-                push.iter()
-                    .flat_map(|p| p.teams.iter().map(|t| t.name.clone())),
-            )
-            .collect();
         Ok(Config {
             listen,
             state_dir,
@@ -533,7 +546,6 @@ impl Config {
                 max_call_age,
                 orphan_grace,
                 max_live_calls,
-                sources: Some(Arc::new(sources)),
                 ..defaults
             },
             targets,

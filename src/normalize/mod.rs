@@ -50,7 +50,8 @@ pub struct NormalizerConfig {
     /// a rate-limited warning), its pushes refused with `503` so the
     /// dialer retries. Bounds memory against a runaway or hostile source.
     pub max_live_calls: usize,
-    /// The PBX and push team ids configured (the daemon; `None`: any).
+    /// The PBX and push team ids configured (the daemon, from
+    /// `Config::daemon_normalizer`; `None`: any, as replays and backfills).
     /// Calls of any other id — stored by a run whose config had it, or
     /// still in progress when a reload removed it — are closed at the next
     /// tick, as a reconnect that finds none of them would (records
