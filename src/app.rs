@@ -60,8 +60,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::ami::client::{self, AmiHandle, AuthMode, ClientConfig, ConnectionState};
+use crate::cluster::ownership::{Item, Kind, OwnershipHandle};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{reload, Config, PbxConfig, ReloadOutcome};
 use crate::deliver::outbox::{LiveCallWrite, Outbox};
+use crate::deliver::store::DeliveryStore;
 use crate::deliver::{self, DeliveryRequest};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::server::ServeOptions;
@@ -106,6 +109,9 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    /// Cluster mode could not start.
+    #[error("cluster mode: {0}")]
+    Cluster(#[source] ClusterError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -420,10 +426,294 @@ pub struct RunOptions {
 pub struct Running {
     /// Ask for a reload.
     pub reload: mpsc::Sender<ReloadReply>,
-    /// The outbox.
-    pub outbox: Arc<Outbox>,
+    /// The SQLite outbox (none in cluster mode).
+    pub outbox: Option<Arc<Outbox>>,
+    /// The delivery store (the outbox, or the cluster's stream).
+    pub store: Arc<dyn DeliveryStore>,
     /// Extension presence: snapshot, per-extension lookup, change stream.
     pub presence: PresenceHub,
+}
+
+/// Where deliveries are stored and who sends them.
+enum Delivery {
+    /// One process: the SQLite outbox in `state_dir` (locked) and its dispatcher.
+    Local {
+        outbox: Arc<Outbox>,
+        dispatcher: deliver::DispatcherHandle,
+        _lock: std::fs::File,
+    },
+    /// Cluster mode: the replicated stream and the partition dispatcher.
+    Cluster {
+        cluster: Box<Cluster>,
+        store: Arc<crate::cluster::store::ClusterStore>,
+        dispatcher: crate::cluster::dispatch::ClusterDispatcher,
+    },
+}
+
+impl Delivery {
+    async fn start(
+        cfg: &Config,
+        targets: watch::Receiver<Arc<std::collections::BTreeMap<String, deliver::Target>>>,
+        token: CancellationToken,
+    ) -> Result<Delivery, AppError> {
+        if let Some(cc) = &cfg.cluster {
+            let cluster = Cluster::connect(cc.clone())
+                .await
+                .map_err(AppError::Cluster)?;
+            let store = Arc::new(
+                crate::cluster::store::ClusterStore::new(&cluster)
+                    .await
+                    .map_err(AppError::Cluster)?,
+            );
+            info!(instance = %cluster.id, servers = %cc.servers.join(","), replicas = cc.replicas, partitions = cc.partitions, "cluster mode: connected to NATS JetStream");
+            let dispatcher =
+                crate::cluster::dispatch::spawn(cluster.clone(), store.clone(), targets, token);
+            return Ok(Delivery::Cluster {
+                cluster: Box::new(cluster),
+                store,
+                dispatcher,
+            });
+        }
+        // One daemon per outbox: the lock lives as long as the daemon and
+        // is released by the OS even on kill -9. (Short-lived tools such as
+        // `backfill` and `deliveries` share the outbox on purpose and take no lock.)
+        let lock = lock_state_dir(&cfg.state_dir)?;
+        let outbox = Outbox::open(&cfg.state_dir, cfg.outbox.clone()).map_err(|source| {
+            AppError::Outbox {
+                dir: cfg.state_dir.clone(),
+                source,
+            }
+        })?;
+        let outbox = Arc::new(outbox);
+        info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
+        // Rows stored in clear by an older version: masked before anything else.
+        match outbox
+            .conceal_stored(Arc::new(cfg.rules.secrets().clone()))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(rows = n, "secrets stored in clear in the outbox masked"),
+            Err(e) => warn!(error = %e, "cannot mask secrets stored in the outbox"),
+        }
+        let dispatcher = deliver::spawn(outbox.clone(), targets, token);
+        Ok(Delivery::Local {
+            outbox,
+            dispatcher,
+            _lock: lock,
+        })
+    }
+
+    fn store(&self) -> Arc<dyn DeliveryStore> {
+        match self {
+            Delivery::Local { outbox, .. } => outbox.clone(),
+            Delivery::Cluster { store, .. } => store.clone(),
+        }
+    }
+
+    fn outbox(&self) -> Option<Arc<Outbox>> {
+        match self {
+            Delivery::Local { outbox, .. } => Some(outbox.clone()),
+            Delivery::Cluster { .. } => None,
+        }
+    }
+
+    /// The single-node dispatcher, whose outbox polling `/readyz` reports
+    /// (cluster mode: none; the stream's health is in the cluster view).
+    fn polling_probe(&self) -> Option<deliver::DispatcherHandle> {
+        match self {
+            Delivery::Local { dispatcher, .. } => Some(dispatcher.clone()),
+            Delivery::Cluster { .. } => None,
+        }
+    }
+
+    fn cluster(&self) -> Option<&Cluster> {
+        match self {
+            Delivery::Local { .. } => None,
+            Delivery::Cluster { cluster, .. } => Some(cluster),
+        }
+    }
+
+    async fn stopped(&self) {
+        match self {
+            Delivery::Local { dispatcher, .. } => dispatcher.stopped().await,
+            Delivery::Cluster { dispatcher, .. } => dispatcher.stopped().await,
+        }
+    }
+
+    fn close(&self) {
+        if let Delivery::Local { outbox, .. } = self {
+            outbox.close();
+        }
+    }
+}
+
+/// What an instance may own in cluster mode: every PBX and push team.
+fn ownable(cfg: &Config) -> Vec<Item> {
+    let mut v: Vec<Item> = cfg.pbx.iter().map(|p| (Kind::Pbx, p.id.clone())).collect();
+    if let Some(p) = &cfg.push {
+        v.extend(p.teams.iter().map(|t| (Kind::Team, t.name.clone())));
+    }
+    v
+}
+
+/// Whether this instance may turn events of `pbx` into deliveries: always
+/// in single-node mode; in cluster mode while it holds the lease.
+fn owns(o: &Option<OwnershipHandle>, pbx: &str, team: bool) -> bool {
+    match o {
+        None => true,
+        Some(o) => o.holds(if team { Kind::Team } else { Kind::Pbx }, pbx),
+    }
+}
+
+/// A change of ownership the normalizer task applies between two batches
+/// (cluster mode).
+enum Handover {
+    /// Given up: the normalizer drops the calls of this PBX or team (after
+    /// its batch in progress is committed); `done` once it has.
+    Forget {
+        id: String,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Taken: the PBX's stored live calls go back into the normalizer;
+    /// `done` once they are (its AMI client starts after that).
+    Restore {
+        pbx: String,
+        snapshots: Vec<Vec<u8>>,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// How long a handed-over item may take to drain before its lease is left
+/// to expire by itself.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// How often loading a taken PBX's calls is tried before its AMI client
+/// starts without them (its calls in progress then start afresh from the
+/// login's snapshot).
+const LOAD_TRIES: u32 = 3;
+
+/// Reads the stored live calls of a PBX this instance just took.
+async fn load_calls(store: &dyn DeliveryStore, pbx: &str) -> Vec<Vec<u8>> {
+    for attempt in 1..=LOAD_TRIES {
+        match tokio::time::timeout(Duration::from_secs(10), store.live_calls(pbx)).await {
+            Ok(Ok(calls)) => return calls.into_iter().map(|c| c.snapshot).collect(),
+            Ok(Err(e)) => {
+                warn!(pbx, attempt, error = %e, "cannot read the live calls of a PBX taken over")
+            }
+            Err(_) => warn!(
+                pbx,
+                attempt, "reading the live calls of a PBX taken over timed out"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+    }
+    error!(pbx, "starting without the calls in progress of the previous owner: calls that end before the login get no record");
+    Vec::new()
+}
+
+/// Cluster mode: makes the AMI clients and push consumers follow what this
+/// instance owns (and the configured PBXs, replaced on reload). What is
+/// given up is forgotten by the normalizer; a PBX taken has its stored live
+/// calls restored in the normalizer before its AMI client starts, so the
+/// post-login reconciliation closes or continues them.
+#[allow(clippy::too_many_arguments)]
+async fn follow_ownership(
+    cluster: Cluster,
+    store: Arc<dyn DeliveryStore>,
+    ownership: OwnershipHandle,
+    mut owned: watch::Receiver<Arc<std::collections::BTreeSet<Item>>>,
+    mut pbx: watch::Receiver<Vec<PbxConfig>>,
+    clients: Clients,
+    teams: watch::Receiver<Arc<Teams>>,
+    token_param: String,
+    events: mpsc::Sender<SourceEvent>,
+    handover: mpsc::UnboundedSender<Handover>,
+    stop: CancellationToken,
+) {
+    let mut consumers: std::collections::BTreeMap<String, CancellationToken> = Default::default();
+    let mut before = std::collections::BTreeSet::<Item>::new();
+    loop {
+        let now = owned.borrow_and_update().clone();
+        let list: Vec<PbxConfig> = pbx
+            .borrow_and_update()
+            .iter()
+            .filter(|p| now.contains(&(Kind::Pbx, p.id.clone())))
+            .cloned()
+            .collect();
+        for gone in before.difference(&now) {
+            if gone.0 == Kind::Team {
+                if let Some(t) = consumers.remove(&gone.1) {
+                    t.cancel();
+                }
+            }
+            info!(kind = ?gone.0, id = %gone.1, "no longer owned here");
+            // Its lease is released once the normalizer has committed what
+            // it wrote for it (the next owner then loads its calls); if that
+            // takes too long the lease expires by itself.
+            let (done, forgotten) = tokio::sync::oneshot::channel();
+            let _ = handover.send(Handover::Forget {
+                id: gone.1.clone(),
+                done,
+            });
+            let o = ownership.clone();
+            let (kind, id) = gone.clone();
+            tokio::spawn(async move {
+                if let Ok(Ok(())) = tokio::time::timeout(DRAIN_WAIT, forgotten).await {
+                    o.drained(kind, &id);
+                }
+            });
+        }
+        // PBXs taken: their calls back first (all at once), then the clients.
+        let taken: Vec<&str> = list
+            .iter()
+            .filter(|p| !before.contains(&(Kind::Pbx, p.id.clone())))
+            .map(|p| p.id.as_str())
+            .collect();
+        let loaded = futures::future::join_all(taken.iter().map(|id| {
+            let store = store.clone();
+            async move { (*id, load_calls(store.as_ref(), id).await) }
+        }))
+        .await;
+        for (id, snapshots) in loaded {
+            if snapshots.is_empty() {
+                continue;
+            }
+            let (done, restored) = tokio::sync::oneshot::channel();
+            let _ = handover.send(Handover::Restore {
+                pbx: id.to_string(),
+                snapshots,
+                done,
+            });
+            tokio::select! {
+                _ = restored => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        clients.apply(&list).await;
+        for (kind, id) in now.iter() {
+            if *kind == Kind::Team && !consumers.contains_key(id) {
+                let t = stop.child_token();
+                consumers.insert(id.clone(), t.clone());
+                tokio::spawn(crate::cluster::push::consume(
+                    cluster.clone(),
+                    id.clone(),
+                    teams.clone(),
+                    token_param.clone(),
+                    events.clone(),
+                    t,
+                ));
+            }
+        }
+        before = (*now).clone();
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            r = owned.changed() => if r.is_err() { break },
+            r = pbx.changed() => if r.is_err() { break },
+        }
+    }
+    for t in consumers.values() {
+        t.cancel();
+    }
 }
 
 /// Runs the daemon until SIGINT/SIGTERM; SIGHUP reloads. Notifies systemd
@@ -487,32 +777,13 @@ pub async fn run_until(
     mut reload_rx: mpsc::Receiver<ReloadReply>,
     started: impl FnOnce(Running),
 ) -> Result<(), AppError> {
-    // One daemon per outbox: the lock lives as long as this function and
-    // is released by the OS even on kill -9. (Short-lived tools such as
-    // `backfill` and `deliveries` share the outbox on purpose and take no lock.)
-    let _lock = lock_state_dir(&cfg.state_dir)?;
-    let outbox =
-        Outbox::open(&cfg.state_dir, cfg.outbox.clone()).map_err(|source| AppError::Outbox {
-            dir: cfg.state_dir.clone(),
-            source,
-        })?;
-    let outbox = Arc::new(outbox);
-    info!(dir = %cfg.state_dir.display(), targets = cfg.targets.len(), rules = cfg.rules.len(), "outbox open");
-    // Rows stored in clear by an older version: masked before anything else.
-    match outbox
-        .conceal_stored(Arc::new(cfg.rules.secrets().clone()))
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => info!(rows = n, "secrets stored in clear in the outbox masked"),
-        Err(e) => warn!(error = %e, "cannot mask secrets stored in the outbox"),
-    }
     init_series(&cfg);
     metrics().set_build_info(env!("CARGO_PKG_VERSION"), BUILD_COMMIT);
     let (targets_tx, targets_rx) = watch::channel(cfg.targets.clone());
     let (rules_tx, mut rules_rx) = watch::channel(cfg.rules.clone());
     let deliver_token = CancellationToken::new();
-    let dispatcher = deliver::spawn(outbox.clone(), targets_rx, deliver_token.clone());
+    let delivery = Delivery::start(&cfg, targets_rx, deliver_token.clone()).await?;
+    let store = delivery.store();
     // Presence: its own task, fed by the clients and the committed batches.
     let presence = PresenceWiring::start(
         &cfg.presence,
@@ -521,11 +792,12 @@ pub async fn run_until(
     );
     started(Running {
         reload: reload_tx.clone(),
-        outbox: outbox.clone(),
+        outbox: delivery.outbox(),
+        store: store.clone(),
         presence: presence.hub.clone(),
     });
 
-    // AMI clients.
+    // AMI clients: every PBX, or in cluster mode the ones this instance owns.
     let sources_token = token.child_token();
     let capacity = reload::queue_capacity(&cfg, PUSH_QUEUE).max(1);
     let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity);
@@ -538,9 +810,23 @@ pub async fn run_until(
             .map(|p| p.pbx_ids())
             .unwrap_or_default(),
     );
-    for p in &cfg.pbx {
-        clients.start(p);
-    }
+    let ownership_token = CancellationToken::new();
+    let (items_tx, items_rx) = watch::channel(ownable(&cfg));
+    let (pbx_cfg_tx, pbx_cfg_rx) = watch::channel(cfg.pbx.clone());
+    let (handover_tx, mut handover_rx) = mpsc::unbounded_channel::<Handover>();
+    let ownership = match delivery.cluster() {
+        None => {
+            for p in &cfg.pbx {
+                clients.start(p);
+            }
+            None
+        }
+        Some(c) => Some(
+            crate::cluster::ownership::start(c.clone(), items_rx, ownership_token.clone())
+                .await
+                .map_err(AppError::Cluster)?,
+        ),
+    };
     // The live hub (consumes committed model events; click-to-call through
     // the AMI clients) and the Meetip channel on top of it.
     let live_token = CancellationToken::new();
@@ -583,8 +869,30 @@ pub async fn run_until(
             tx: tx.clone(),
             queue_wait: QUEUE_WAIT,
             ack_wait: ACK_WAIT,
+            forward: delivery.cluster().map(|c| {
+                Arc::new(crate::cluster::push::PushStream::new(c))
+                    as Arc<dyn crate::http::push::PushForward>
+            }),
         }))
     });
+    let follower = match (delivery.cluster(), &ownership) {
+        (Some(c), Some(o)) => Some(tokio::spawn(follow_ownership(
+            c.clone(),
+            store.clone(),
+            o.clone(),
+            o.subscribe(),
+            pbx_cfg_rx,
+            clients.clone(),
+            push_teams_rx.clone(),
+            cfg.push
+                .as_ref()
+                .map_or_else(String::new, |p| p.token_param.clone()),
+            tx.clone(),
+            handover_tx,
+            sources_token.clone(),
+        ))),
+        _ => None,
+    };
     // A daemon that only routes calls (FastAGI) has no source feeding the
     // queue: keep it open until shutdown.
     let _agi_keeps_queue_open = cfg.agi.as_ref().map(|_| tx.clone());
@@ -611,7 +919,8 @@ pub async fn run_until(
     let caps = http_caps(&cfg, admin_listener.is_some());
     let ready_clients = clients.clone();
     let ok = outbox_ok.clone();
-    let ready_dispatcher = dispatcher.clone();
+    let ready_ownership = ownership.clone();
+    let ready_delivery = delivery.polling_probe();
     let readiness = move || {
         let pbx: std::collections::BTreeMap<String, bool> = ready_clients
             .handles()
@@ -619,20 +928,25 @@ pub async fn run_until(
             .map(|h| (h.pbx().to_string(), h.state() == ConnectionState::LoggedIn))
             .collect();
         let outbox_writable = ok.load(Ordering::Relaxed);
-        let polling = ready_dispatcher.polling();
+        let cluster = ready_ownership.as_ref().map(|o| o.view());
+        let polling = ready_delivery.as_ref().map_or(Ok(()), |d| d.polling());
         Readiness {
-            ready: outbox_writable && polling.is_ok() && pbx.values().all(|v| *v),
+            ready: outbox_writable
+                && polling.is_ok()
+                && pbx.values().all(|v| *v)
+                && cluster.as_ref().is_none_or(|c| !c.members.is_empty()),
             pbx,
             outbox_writable,
             outbox_polling: polling.is_ok(),
             outbox_error: polling.err(),
+            cluster,
         }
     };
     let state = ApiState {
         readiness: Arc::new(readiness),
         reload: Some(reload_tx.clone()),
         admin_token: cfg.admin_token.clone(),
-        outbox: Some(outbox.clone()),
+        outbox: Some(store.clone()),
         push: push_state.clone(),
         live: live.clone(),
         meetip: meetip.clone(),
@@ -761,6 +1075,7 @@ pub async fn run_until(
     let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.daemon_normalizer());
     let started_cfg = cfg.clone();
     let reload_clients = clients.clone();
+    let clustered = ownership.is_some();
     let reload_task = tokio::spawn(async move {
         let mut running = started_cfg.clone();
         while let Some(reply) = reload_rx.recv().await {
@@ -780,7 +1095,13 @@ pub async fn run_until(
                         targets_tx.send_replace(new.targets.clone());
                         rules_tx.send_replace(new.rules.clone());
                         normalizer_tx.send_replace(new.daemon_normalizer());
-                        reload_clients.apply(&new.pbx).await;
+                        if clustered {
+                            // The owned ones follow (follow_ownership).
+                            pbx_cfg_tx.send_replace(new.pbx.clone());
+                            items_tx.send_replace(ownable(&new));
+                        } else {
+                            reload_clients.apply(&new.pbx).await;
+                        }
                         if started_cfg.push.is_some() {
                             if let Some(p) = &new.push {
                                 push_teams_tx.send_replace(Arc::new(Teams::new(&p.teams)));
@@ -867,7 +1188,12 @@ pub async fn run_until(
         })),
     };
     let mut normalizer = Normalizer::new(cfg.daemon_normalizer());
-    restore_live_calls(&mut normalizer, &outbox).await;
+    if ownership.is_some() {
+        // Cluster mode: a PBX's calls are restored when this instance takes it.
+        normalizer.track_changes();
+    } else {
+        restore_live_calls(&mut normalizer, store.as_ref()).await;
+    }
     let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();
     let mut tick = tokio::time::interval(TICK);
@@ -880,15 +1206,33 @@ pub async fn run_until(
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(ev) => {
-                    take(&mut normalizer, ev, &mut out, &mut acks);
+                    take(&mut normalizer, &ownership, ev, &mut out, &mut acks);
                     while out.len() < 1024 {
                         match rx.try_recv() {
-                            Ok(ev) => take(&mut normalizer, ev, &mut out, &mut acks),
+                            Ok(ev) => take(&mut normalizer, &ownership, ev, &mut out, &mut acks),
                             Err(_) => break,
                         }
                     }
                 }
                 None => open = false,
+            },
+            Some(h) = handover_rx.recv() => match h {
+                Handover::Forget { id, done } => {
+                    if normalizer.is_push_team(&id) {
+                        handover_team(&rules, store.as_ref(), &outbox_ok, &mut normalizer, &id, &mut observer).await;
+                    }
+                    let n = normalizer.forget(&id);
+                    if n > 0 {
+                        info!(pbx = %id, calls = n, "calls in progress handed over to the new owner");
+                    }
+                    let _ = done.send(());
+                }
+                Handover::Restore { pbx, snapshots, done } => {
+                    let id: crate::source::PbxId = pbx.as_str().into();
+                    let r = normalizer.restore(&id, &snapshots);
+                    info!(pbx = %pbx, calls = r.calls, skipped = r.skipped, "live calls of the previous owner restored; the login's snapshot settles those that ended meanwhile");
+                    let _ = done.send(());
+                }
             },
             _ = tick.tick() => normalizer.tick(now_epoch(), &mut out),
             _ = token.cancelled() => open = false,
@@ -899,7 +1243,8 @@ pub async fn run_until(
         }
         finish_batch(
             &rules,
-            &outbox,
+            store.as_ref(),
+            &ownership,
             &outbox_ok,
             &mut normalizer,
             &mut out,
@@ -930,15 +1275,19 @@ pub async fn run_until(
             warn!(pbx = %h.pbx(), "AMI client did not stop in time");
         }
     }
+    if let Some(f) = follower {
+        let _ = f.await;
+    }
     rx.close();
     normalizer.begin_batch();
     while let Ok(ev) = rx.try_recv() {
-        take(&mut normalizer, ev, &mut out, &mut acks);
+        take(&mut normalizer, &ownership, ev, &mut out, &mut acks);
     }
     normalizer.settle_pushed(now_epoch(), &mut out);
     finish_batch(
         &rules,
-        &outbox,
+        store.as_ref(),
+        &ownership,
         &outbox_ok,
         &mut normalizer,
         &mut out,
@@ -950,8 +1299,13 @@ pub async fn run_until(
     if live > 0 {
         info!(live, "stopping with calls in progress (the reconnect snapshot settles them at the next start)");
     }
+    // Cluster mode: leases released now, so the next owners take over at once.
+    ownership_token.cancel();
+    if let Some(o) = &ownership {
+        let _ = tokio::time::timeout(Duration::from_secs(3), o.stopped()).await;
+    }
     deliver_token.cancel();
-    dispatcher.stopped().await;
+    delivery.stopped().await;
     live_token.cancel();
     http_token.cancel();
     for t in http_tasks {
@@ -960,18 +1314,35 @@ pub async fn run_until(
     reload_task.abort();
     drop(observer);
     presence.stop().await;
-    outbox.close();
+    delivery.close();
     Ok(())
 }
 
 /// Feeds one source event to the normalizer, keeping a push's
-/// acknowledgement for when its batch is committed.
+/// acknowledgement for when its batch is committed. In cluster mode,
+/// events of a PBX or team this instance does not own (any more) are
+/// dropped (a push is answered with an error: it stays in the stream).
 fn take(
     n: &mut Normalizer,
+    ownership: &Option<OwnershipHandle>,
     ev: SourceEvent,
     out: &mut Vec<ModelEvent>,
     acks: &mut Vec<(PushAck, PushReceipt)>,
 ) {
+    let (pbx, team) = match &ev {
+        SourceEvent::Push { team, .. } => (team, true),
+        SourceEvent::Ami { pbx, .. }
+        | SourceEvent::AmiSnapshot { pbx, .. }
+        | SourceEvent::AmiOriginate { pbx, .. }
+        | SourceEvent::AmiDisconnected { pbx, .. } => (pbx, false),
+    };
+    if !owns(ownership, pbx, team) {
+        metrics().cluster_fenced_events.inc();
+        if let SourceEvent::Push { ack: Some(a), .. } = ev {
+            let _ = a.send(Err("this instance no longer owns the team".into()));
+        }
+        return;
+    }
     match ev {
         SourceEvent::Push {
             team,
@@ -999,16 +1370,31 @@ fn event_pbx(e: &ModelEvent) -> &str {
 /// Ends a batch: commits its deliveries, then keeps (or, if they could not
 /// be committed, rolls back) the batch's changes to pushed calls, answers
 /// the pushes and shows the events to the observer.
+#[allow(clippy::too_many_arguments)]
 async fn finish_batch(
     rules: &RuleSet,
-    outbox: &Outbox,
+    outbox: &dyn DeliveryStore,
+    ownership: &Option<OwnershipHandle>,
     ok: &AtomicBool,
     normalizer: &mut Normalizer,
     out: &mut Vec<ModelEvent>,
     acks: &mut Vec<(PushAck, PushReceipt)>,
     observer: &mut Option<Observer>,
 ) {
-    let changes = normalizer.take_dirty();
+    let mut changes = normalizer.take_dirty();
+    if ownership.is_some() {
+        // Cluster mode: what an instance no longer owns is neither sent nor
+        // stored (the next owner writes that PBX's calls now).
+        let before = out.len();
+        out.retain(|e| {
+            let p = event_pbx(e);
+            owns(ownership, p, normalizer.is_push_team(p))
+        });
+        changes.retain(|c| owns(ownership, &c.pbx, false));
+        metrics()
+            .cluster_fenced_events
+            .inc_by((before - out.len()) as u64);
+    }
     let calls: Vec<LiveCallWrite> = changes
         .iter()
         .map(|c| LiveCallWrite {
@@ -1058,6 +1444,44 @@ async fn finish_batch(
     out.clear();
 }
 
+/// Cluster mode, a push team handed over: the records of its calls that
+/// are over are committed now, not fenced (their pushes are acknowledged:
+/// the next owner never sees them; a copy is deduplicated by its ids).
+async fn handover_team(
+    rules: &RuleSet,
+    store: &dyn DeliveryStore,
+    ok: &AtomicBool,
+    normalizer: &mut Normalizer,
+    team: &str,
+    observer: &mut Option<Observer>,
+) {
+    let mut out = Vec::new();
+    normalizer.begin_batch();
+    normalizer.settle_team(team, now_epoch(), &mut out);
+    let r = deliver_batch(rules, store, ok, &out, Vec::new(), |p| {
+        normalizer.clock_offset(p)
+    })
+    .await;
+    normalizer.commit_batch();
+    match r {
+        Ok(()) => {
+            if !out.is_empty() {
+                info!(
+                    team,
+                    events = out.len(),
+                    "records of the team's finished calls written before the handover"
+                );
+                if let Some(o) = observer.as_mut() {
+                    o(&out);
+                }
+            }
+        }
+        Err(e) => {
+            error!(team, error = %e, "records of the team's finished calls could not be stored before the handover")
+        }
+    }
+}
+
 /// How a refusal by the cap or the backlog starts (the batch's calls were
 /// stored all the same).
 const OUTBOX_FULL: &str = "outbox full";
@@ -1069,25 +1493,27 @@ const OUTBOX_FULL: &str = "outbox full";
 /// configured are restored too and closed by the first tick
 /// (`NormalizerConfig::sources`). Every stored row is written again with
 /// the first batch: as restored, or deleted when it could not be used.
-async fn restore_live_calls(normalizer: &mut Normalizer, outbox: &Outbox) {
+async fn restore_live_calls(normalizer: &mut Normalizer, store: &dyn DeliveryStore) {
     normalizer.track_changes();
-    let stored = match outbox.live_calls().await {
-        Ok(s) => s,
+    let ids = match store.live_call_ids().await {
+        Ok(ids) => ids,
         Err(e) => {
             warn!(error = %e, "cannot read the stored live calls: calls in progress before the restart get no record");
             return;
         }
     };
-    // Stored ordered by id.
-    let mut rest = &stored[..];
-    while let Some(first) = rest.first() {
-        let n = rest.iter().take_while(|c| c.pbx == first.pbx).count();
-        let (mine, tail) = rest.split_at(n);
-        rest = tail;
-        let id: crate::source::PbxId = first.pbx.as_str().into();
+    for pbx in ids {
+        let mine = match store.live_calls(&pbx).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%pbx, error = %e, "cannot read the stored live calls: calls in progress before the restart get no record");
+                continue;
+            }
+        };
+        let id: crate::source::PbxId = pbx.as_str().into();
         let snaps: Vec<Vec<u8>> = mine.iter().map(|c| c.snapshot.clone()).collect();
         let r = normalizer.restore_stored(&id, &snaps);
-        info!(pbx = %first.pbx, calls = r.calls, skipped = r.skipped, "live calls restored; the login's snapshot (push sessions: their own pushes or calls.max_age) settles those that ended meanwhile");
+        info!(%pbx, calls = r.calls, skipped = r.skipped, "live calls restored; the login's snapshot (push sessions: their own pushes or calls.max_age) settles those that ended meanwhile");
         let again: Vec<crate::normalize::CallChange> = mine
             .iter()
             .map(|c| crate::normalize::CallChange {
@@ -1112,7 +1538,7 @@ static OUTBOX_REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
 /// and latency metrics run on the local clock).
 pub async fn deliver_batch(
     rules: &RuleSet,
-    outbox: &Outbox,
+    outbox: &dyn DeliveryStore,
     ok: &AtomicBool,
     events: &[ModelEvent],
     calls: Vec<LiveCallWrite>,
@@ -1126,7 +1552,7 @@ pub async fn deliver_batch(
     if reqs.is_empty() && calls.is_empty() {
         return Ok(());
     }
-    match outbox.submit_with_calls(reqs, calls).await {
+    match outbox.commit_batch(reqs, calls).await {
         Ok(o) => {
             if !ok.swap(true, Ordering::Relaxed) {
                 info!("the outbox accepts writes again");

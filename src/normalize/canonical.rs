@@ -294,8 +294,21 @@ fn chan_ref<'a>(uid: Option<&'a str>, name: Option<&'a str>) -> ChanRef<'a> {
 /// Maps one AMI event (any generation) to its canonical form.
 pub fn canonicalize(m: &AmiMessage) -> Option<Canon<'_>> {
     let event = m.event()?;
-    let ev = event.to_ascii_lowercase();
-    Some(match ev.as_str() {
+    // Lower-cased on the stack: every event name callhook knows is short.
+    let mut buf = [0u8; 32];
+    let owned;
+    let ev = match buf.get_mut(..event.len()) {
+        Some(b) => {
+            b.copy_from_slice(event.as_bytes());
+            b.make_ascii_lowercase();
+            std::str::from_utf8(b).unwrap_or_default()
+        }
+        None => {
+            owned = event.to_ascii_lowercase();
+            owned.as_str()
+        }
+    };
+    Some(match ev {
         "newchannel" => Canon::NewChannel(chan_info(m, &PLAIN)),
         "newstate" => Canon::NewState(chan_info(m, &PLAIN)),
         "newcallerid" => Canon::CallerId(chan_info(m, &PLAIN)),

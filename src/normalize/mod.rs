@@ -279,6 +279,17 @@ impl Normalizer {
         }
     }
 
+    /// Like [`settle_pushed`](Self::settle_pushed) for one team (cluster
+    /// mode: before the team is handed over, the records of its calls that
+    /// are over are written here; their pushes are acknowledged and the
+    /// next owner never sees them).
+    pub fn settle_team(&mut self, team: &str, now: f64, out: &mut Vec<ModelEvent>) {
+        if let Some(t) = self.teams.get_mut(team) {
+            t.settle_all(now, out);
+            t.publish();
+        }
+    }
+
     fn pbx<'a>(
         pbxs: &'a mut HashMap<PbxId, calls::PbxCalls>,
         id: &PbxId,
@@ -305,7 +316,7 @@ impl Normalizer {
         } = self;
         let persist = *persist;
         let emitted = out.len();
-        match ev {
+        let p = match ev {
             SourceEvent::Ami {
                 pbx,
                 received_at,
@@ -332,6 +343,7 @@ impl Normalizer {
                     p.mark_named(msg);
                     p.mark_emitted(&out[emitted..]);
                 }
+                p
             }
             SourceEvent::AmiSnapshot {
                 pbx,
@@ -348,32 +360,26 @@ impl Normalizer {
                     p.mark_all();
                     p.mark_emitted(&out[emitted..]);
                 }
+                p
             }
             SourceEvent::AmiOriginate { pbx, at, originate } => {
                 let p = Self::pbx(pbxs, pbx);
                 let t = p.pbx_time(*at);
-                p.originate_sent(cfg, originate, t)
+                p.originate_sent(cfg, originate, t);
+                p
             }
             SourceEvent::AmiDisconnected { pbx, at } => {
                 let p = Self::pbx(pbxs, pbx);
                 let t = p.pbx_time(*at);
-                p.disconnected(t)
+                p.disconnected(t);
+                p
             }
-            SourceEvent::Push { .. } => {}
-        }
+            SourceEvent::Push { .. } => return,
+        };
         metrics()
             .normalize_seconds
             .observe(started.elapsed().as_secs_f64());
-        let pbx = match ev {
-            SourceEvent::Ami { pbx, .. }
-            | SourceEvent::AmiSnapshot { pbx, .. }
-            | SourceEvent::AmiOriginate { pbx, .. }
-            | SourceEvent::AmiDisconnected { pbx, .. } => pbx,
-            SourceEvent::Push { .. } => return,
-        };
-        if let Some(p) = self.pbxs.get(pbx) {
-            p.publish();
-        }
+        p.publish();
     }
 
     /// Settles what time alone decides (maximum call age, undecided ≤ 11
@@ -455,6 +461,22 @@ impl Normalizer {
             r.skipped += x.skipped;
         }
         r
+    }
+
+    /// Drops everything known about a PBX or push team without emitting
+    /// anything (cluster mode: another instance owns it now and carries
+    /// its calls on). Returns the calls dropped.
+    pub fn forget(&mut self, pbx: &str) -> usize {
+        let mut n = 0;
+        if let Some(p) = self.pbxs.remove(pbx) {
+            n += p.live_calls();
+            metrics().live_calls.with_label_values(&[pbx]).set(0);
+        }
+        if let Some(t) = self.teams.remove(pbx) {
+            n += t.live_calls();
+            metrics().live_calls.with_label_values(&[pbx]).set(0);
+        }
+        n
     }
 
     /// Number of calls currently tracked (all PBXs and push teams).

@@ -115,7 +115,7 @@ mod writer;
 pub use admin::{mask_url, sensitive_name};
 pub use completion::Finished;
 pub use handoff::Handed;
-pub use live::{LiveCall, LiveCallStore, LiveCallWrite};
+pub use live::{LiveCall, LiveCallWrite};
 use schema::WAITING;
 pub use schema::{db_path, quick_check, secure_state_dir};
 use tx::{fix_head, insert_batch, poll_tx, revive, EnqueueDetail};

@@ -183,6 +183,19 @@ use super::state_sync::{presence_route, PresenceOutput, PresenceRoute, StateStep
 use crate::metrics::{action_label, event_label, metrics};
 use crate::source::{now_epoch, OriginateSent, PbxId, PresenceSourceEvent, SourceEvent};
 
+mod actions;
+mod backpressure;
+mod login;
+
+/// The log target of every line the client writes, whichever of its files
+/// writes it (log lines are an interface: `tests/cli_logs.rs`).
+const LOG_TARGET: &str = "callhook::ami::client";
+
+pub use actions::is_idempotent;
+use actions::{count_action, is_error, is_success};
+use login::action_id;
+pub(crate) use login::md5_key;
+
 /// How often deadlines (actions, ping) and the overflow state are checked.
 const HOUSEKEEPING: Duration = Duration::from_millis(50);
 /// Commands waiting for the client task.
@@ -627,68 +640,6 @@ pub fn spawn_with_presence(
     handle
 }
 
-/// True for the read-only actions that may be re-sent after a reconnect.
-pub fn is_idempotent(action: &str) -> bool {
-    const READ_ONLY: &[&str] = &[
-        "Ping",
-        "Status",
-        "CoreShowChannels",
-        "CoreStatus",
-        "CoreSettings",
-        "QueueStatus",
-        "QueueSummary",
-        "Queues",
-        "ExtensionState",
-        "ExtensionStateList",
-        "DeviceStateList",
-        "PresenceState",
-        "PresenceStateList",
-        "Getvar",
-        "DBGet",
-        "ListCommands",
-        "SIPpeers",
-        "SIPshowpeer",
-        "SIPpeerstatus",
-        "IAXpeers",
-        "IAXpeerlist",
-        "PJSIPShowEndpoints",
-        "PJSIPShowEndpoint",
-        "PJSIPShowContacts",
-        "PJSIPShowAors",
-        "PJSIPShowRegistrationsOutbound",
-        "BridgeList",
-        "BridgeInfo",
-        "ConfbridgeList",
-        "ConfbridgeListRooms",
-        "MeetmeList",
-        "MailboxCount",
-        "MailboxStatus",
-        "Agents",
-        "ShowDialPlan",
-        "CoreShowChannelMap",
-    ];
-    READ_ONLY.iter().any(|a| a.eq_ignore_ascii_case(action))
-}
-
-/// `hex(md5(challenge + secret))`, the `Key` of an MD5 login.
-pub(crate) fn md5_key(challenge: &str, secret: &str) -> String {
-    let mut h = Md5::new();
-    h.update(challenge.as_bytes());
-    h.update(secret.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The ActionID of action `n` on connection `seq`.
-fn action_id(pbx: &str, seq: u64, n: u64) -> String {
-    format!("{pbx}-{seq}-{n}")
-}
-
-/// Major AMI version from the banner (`Asterisk Call Manager/1.3` → 1).
-fn ami_major(banner: &str) -> Option<u32> {
-    let v = banner.rsplit('/').next()?.trim();
-    v.split('.').next()?.trim().parse().ok()
-}
-
 /// Exponential backoff with equal jitter.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
@@ -987,118 +938,6 @@ impl Client {
         info!(pbx = %self.pbx, "AMI client stopped");
     }
 
-    async fn connect(&mut self) -> Result<Session, ConnectError> {
-        let shutdown = self.shutdown.clone();
-        tokio::select! {
-            _ = shutdown.cancelled() => Err(ConnectError::Shutdown),
-            r = self.connect_and_login() => r,
-        }
-    }
-
-    async fn connect_and_login(&mut self) -> Result<Session, ConnectError> {
-        let cfg = &self.cfg;
-        let pbx = &self.pbx;
-        let seq = self.conn_seq;
-        let step = cfg.action_timeout;
-        let stream = match timeout(
-            cfg.connect_timeout,
-            TcpStream::connect((cfg.host.as_str(), cfg.port)),
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(ConnectError::Io(format!(
-                    "connect timed out after {:?}",
-                    cfg.connect_timeout
-                )))
-            }
-            Ok(Err(e)) => return Err(ConnectError::Io(e.to_string())),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
-        let codec = if cfg.keep_noise {
-            AmiCodec::with_max_packet(cfg.max_packet)
-        } else if self.presence.is_some() {
-            route::codec_with_presence(cfg.max_packet)
-        } else {
-            route::codec(cfg.max_packet)
-        };
-        let mut framed = FrameReader::new(rd, codec);
-
-        let banner = read_banner(&mut framed, pbx, step).await?;
-        *self
-            .banner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = banner.clone();
-        let modern = banner.as_deref().and_then(ami_major).is_none_or(|m| m >= 2);
-        let mut n = 0u64;
-
-        let login = match cfg.auth {
-            AuthMode::Md5 => {
-                n += 1;
-                let id = action_id(pbx, seq, n);
-                let challenge = Action::new("Challenge").field("AuthType", "MD5");
-                write_raw(&mut wr, &challenge, &id, step).await?;
-                let resp = read_response(&mut framed, pbx, &id, step).await?;
-                if !is_success(&resp) {
-                    return Err(ConnectError::Auth(format!(
-                        "MD5 challenge refused: {}",
-                        resp.get("Message").unwrap_or("no message")
-                    )));
-                }
-                let Some(ch) = resp.get("Challenge") else {
-                    return Err(ConnectError::Protocol(
-                        "challenge response without a Challenge".into(),
-                    ));
-                };
-                Action::new("Login")
-                    .field("AuthType", "MD5")
-                    .field("Username", cfg.username.as_str())
-                    .field("Key", md5_key(ch, &cfg.secret))
-                    .field("Events", cfg.events.as_str())
-            }
-            AuthMode::Plain => Action::new("Login")
-                .field("Username", cfg.username.as_str())
-                .field("Secret", cfg.secret.as_str())
-                .field("Events", cfg.events.as_str()),
-        };
-        n += 1;
-        let id = action_id(pbx, seq, n);
-        write_raw(&mut wr, &login, &id, step).await?;
-        let resp = read_response(&mut framed, pbx, &id, step).await?;
-        if !is_success(&resp) {
-            count_action(pbx, "Login", "error");
-            return Err(ConnectError::Auth(
-                resp.get("Message").unwrap_or("no message").to_string(),
-            ));
-        }
-        count_action(pbx, "Login", "success");
-        info!(
-            pbx = %pbx,
-            "logged in to AMI at {}:{} as {} ({})",
-            cfg.host,
-            cfg.port,
-            cfg.username,
-            banner.as_deref().unwrap_or("no banner")
-        );
-
-        let (writer_tx, writer_rx) = mpsc::channel(WRITE_QUEUE);
-        let writer = tokio::spawn(write_loop(wr, writer_rx));
-        Ok(Session {
-            reader: framed,
-            writer_tx,
-            writer,
-            seq,
-            next_n: n,
-            pending: HashMap::new(),
-            modern,
-            ping: None,
-            resync_in_flight: false,
-            held: VecDeque::new(),
-        })
-    }
-
     async fn session(&mut self, mut sess: Session) -> SessionEnd {
         let end = match self.session_start(&mut sess) {
             Ok(()) => self.session_loop(&mut sess).await,
@@ -1120,29 +959,6 @@ impl Client {
         sess.writer.abort();
         self.flush_backlog().await;
         end
-    }
-
-    /// At the end of a session: the events still waiting for room get
-    /// [`END_FLUSH`] to get into the queue (there is no socket to protect
-    /// any more), then the rest is dropped and counted.
-    async fn flush_backlog(&mut self) {
-        self.stall_since = None;
-        let until = Instant::now() + END_FLUSH;
-        while let Some(ev) = self.backlog.pop_front() {
-            match tokio::time::timeout_at(until, self.events.send(ev)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    // Closed: nobody is listening any more.
-                    self.backlog.clear();
-                }
-                Err(_) => {
-                    self.dropped();
-                    while self.backlog.pop_front().is_some() {
-                        self.dropped();
-                    }
-                }
-            }
-        }
     }
 
     fn session_start(&mut self, sess: &mut Session) -> Result<(), Lost> {
@@ -1169,13 +985,21 @@ impl Client {
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             // Everything already read, for as long as the queue takes it.
+            let mut framed = false;
             while self.backlog.is_empty() {
                 let Some(frame) = sess.reader.buffered() else {
                     break;
                 };
+                framed = true;
                 if let Err(Lost(reason)) = self.on_frame(sess, frame) {
                     return SessionEnd::Lost(reason);
                 }
+            }
+            if framed {
+                // Let the normalizer take this read's events while they are
+                // still in the cache (on a single-threaded runtime it would
+                // otherwise only run once the queue is full).
+                tokio::task::yield_now().await;
             }
             let stalled = !self.backlog.is_empty();
             let eof = sess.reader.at_eof();
@@ -1378,200 +1202,6 @@ impl Client {
         }
     }
 
-    /// An event carrying an ActionID: a list item for a pending action.
-    fn list_item(&mut self, sess: &mut Session, msg: AmiMessage) -> Result<(), Lost> {
-        let Some(id) = msg.action_id().map(str::to_string) else {
-            return Ok(());
-        };
-        let Some(p) = sess.pending.get_mut(&id) else {
-            debug!(
-                pbx = %self.pbx,
-                "dropping event {} for unknown ActionID {id}",
-                msg.event().unwrap_or("?")
-            );
-            return Ok(());
-        };
-        let in_list = p.response.as_ref().is_some_and(starts_list);
-        let has_eventlist = p.response.as_ref().is_some_and(|r| r.has("EventList"));
-        let mut complete = None;
-        if in_list && ends_list(&msg) {
-            complete = Some(msg);
-        } else if in_list
-            && !has_eventlist
-            && msg
-                .event()
-                .is_some_and(|e| e.eq_ignore_ascii_case("DBGetResponse"))
-        {
-            // Old DBGet: a single answer event, no Complete.
-            p.items.push(msg);
-        } else {
-            p.items.push(msg);
-            return Ok(());
-        }
-        let Some(mut p) = sess.pending.remove(&id) else {
-            return Ok(());
-        };
-        let Some(response) = p.response.take() else {
-            return Ok(());
-        };
-        let items = std::mem::take(&mut p.items);
-        self.complete(
-            sess,
-            &id,
-            p,
-            Ok(ActionResponse {
-                response,
-                items,
-                complete,
-            }),
-        )
-    }
-
-    /// Resolves a pending action removed from the table.
-    fn complete(
-        &mut self,
-        sess: &mut Session,
-        id: &str,
-        p: Pending,
-        result: Result<ActionResponse, AmiError>,
-    ) -> Result<(), Lost> {
-        match p.kind {
-            PendingKind::User(cmd) => {
-                count_action(&self.pbx, cmd.action.name(), outcome(&result));
-                let _ = cmd.reply.send(result);
-                Ok(())
-            }
-            PendingKind::Ping => {
-                count_action(&self.pbx, "Ping", outcome(&result));
-                if sess.ping.as_deref() == Some(id) {
-                    sess.ping = None;
-                }
-                if let Err(AmiError::Timeout) = result {
-                    return Err(Lost(format!(
-                        "no answer to Ping within {:?}",
-                        self.cfg.ping_timeout
-                    )));
-                }
-                Ok(())
-            }
-            PendingKind::State(step) => {
-                count_action(&self.pbx, step.action_name(), outcome(&result));
-                let next = match self.presence.as_mut() {
-                    Some(s) => s.on_result(step, result),
-                    None => Vec::new(),
-                };
-                self.write_state_actions(sess, next)
-            }
-            PendingKind::Resync { action, fell_back } => {
-                count_action(&self.pbx, action, outcome(&result));
-                match result {
-                    Ok(r) => {
-                        self.finish_resync(sess, Some(r.items));
-                        Ok(())
-                    }
-                    Err(AmiError::Rejected(m)) if !fell_back => {
-                        let other = if action == "Status" {
-                            "CoreShowChannels"
-                        } else {
-                            "Status"
-                        };
-                        info!(pbx = %self.pbx, "{action} rejected ({m}); resyncing with {other}");
-                        self.send_resync(sess, other, true)
-                    }
-                    Err(e) => {
-                        warn!(pbx = %self.pbx, "channel resync with {action} failed: {e}");
-                        self.finish_resync(sess, None);
-                        Ok(())
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes an action and registers it as pending.
-    fn write(
-        &mut self,
-        sess: &mut Session,
-        action: &Action,
-        kind: PendingKind,
-        deadline: Instant,
-    ) -> Result<Option<String>, Lost> {
-        let (mut id, n) = sess.next_id(&self.pbx);
-        if let PendingKind::User(Command {
-            id_prefix: Some(prefix),
-            ..
-        }) = &kind
-        {
-            id.insert_str(0, prefix);
-        }
-        let bytes = match action.encode(&id) {
-            Ok(b) => b,
-            Err(e) => {
-                if let PendingKind::User(cmd) = kind {
-                    let _ = cmd.reply.send(Err(AmiError::Encode(e)));
-                }
-                return Ok(None);
-            }
-        };
-        if sess.writer_tx.try_send(bytes).is_err() {
-            if let PendingKind::User(cmd) = kind {
-                // Not written: it may go out after the next login.
-                self.waiting.push_front(cmd);
-            }
-            return Err(Lost("the writer to the PBX is stuck or closed".into()));
-        }
-        sess.pending.insert(
-            id.clone(),
-            Pending {
-                kind,
-                n,
-                deadline,
-                response: None,
-                items: Vec::new(),
-            },
-        );
-        Ok(Some(id))
-    }
-
-    fn submit(&mut self, sess: &mut Session, cmd: Command) -> Result<(), Lost> {
-        if cmd.reply.is_closed() {
-            return Ok(());
-        }
-        if cmd.deadline <= Instant::now() {
-            count_action(&self.pbx, cmd.action.name(), "timeout");
-            let _ = cmd.reply.send(Err(AmiError::Timeout));
-            return Ok(());
-        }
-        let action = cmd.action.clone();
-        let deadline = cmd.deadline;
-        let proxied = cmd.proxied;
-        let id = self.write(sess, &action, PendingKind::User(cmd), deadline)?;
-        // The normalizer learns what a click-to-call asked for (a passive
-        // listener only sees the broadcast OriginateResponse). Not for a
-        // proxied tool: the model sees its calls as if it had its own login.
-        if let Some(originate) = id
-            .filter(|_| !proxied)
-            .and_then(|id| OriginateSent::from_action(&action, &id))
-        {
-            let ev = SourceEvent::AmiOriginate {
-                pbx: self.pbx.clone(),
-                at: now_epoch(),
-                originate,
-            };
-            self.forward_event(sess, ev);
-        }
-        Ok(())
-    }
-
-    fn send_ping(&mut self, sess: &mut Session) -> Result<(), Lost> {
-        if sess.ping.is_some() {
-            return Ok(());
-        }
-        let deadline = Instant::now() + self.cfg.ping_timeout;
-        sess.ping = self.write(sess, &Action::new("Ping"), PendingKind::Ping, deadline)?;
-        Ok(())
-    }
-
     /// Asks for the presence state lists (nothing without presence).
     fn start_state_sync(&mut self, sess: &mut Session) -> Result<(), Lost> {
         let modern = sess.modern;
@@ -1700,306 +1330,11 @@ impl Client {
         }
         Ok(())
     }
-
-    fn queue_has_room(&self) -> bool {
-        let max = self.events.max_capacity().max(1);
-        self.events.capacity() * 2 >= max
-    }
-
-    /// Forwards an unsolicited event (held back while a resync runs).
-    /// Hands an unsolicited event to the subscribers of
-    /// [`AmiHandle::subscribe_events`], without waiting; no copy is made
-    /// while there are none.
-    fn publish(&self, msg: &AmiMessage) {
-        if self.tap.receiver_count() > 0 {
-            let _ = self.tap.send(Arc::new(msg.clone()));
-        }
-    }
-
-    /// Forwards an unsolicited event to the normalizer (and the tap).
-    fn forward(&mut self, sess: &mut Session, msg: AmiMessage) {
-        self.publish(&msg);
-        // What every login brings says nothing about whether the link works.
-        if !msg
-            .event()
-            .is_some_and(|e| e.eq_ignore_ascii_case("FullyBooted"))
-        {
-            self.session_events += 1;
-        }
-        let ev = SourceEvent::Ami {
-            pbx: self.pbx.clone(),
-            received_at: sess.reader.read_at(),
-            msg,
-        };
-        self.forward_event(sess, ev);
-    }
-
-    /// Forwards a source event in stream order (held back while a resync
-    /// runs).
-    fn forward_event(&mut self, sess: &mut Session, ev: SourceEvent) {
-        if sess.resync_in_flight {
-            if sess.held.len() < self.cfg.queue_capacity.max(1) {
-                sess.held.push_back(ev);
-            } else {
-                self.dropped();
-            }
-        } else {
-            self.deliver(ev);
-        }
-    }
-
-    /// Hands an event to the normalizer's queue without waiting. When the
-    /// queue is full the event waits in the backlog (and the socket is not
-    /// read until the backlog is gone) unless a stall already lasted
-    /// [`ClientConfig::max_stall`]: then it is dropped and counted. False
-    /// when dropped.
-    fn deliver(&mut self, ev: SourceEvent) -> bool {
-        if !self.backlog.is_empty() {
-            self.backlog.push_back(ev);
-            return true;
-        }
-        match self.events.try_send(ev) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(ev)) => {
-                if self.overflow.active {
-                    self.dropped();
-                    return false;
-                }
-                self.backlog.push_back(ev);
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                if !self.events_closed_logged {
-                    self.events_closed_logged = true;
-                    warn!(pbx = %self.pbx, "the events channel is closed; AMI events are discarded");
-                }
-                false
-            }
-        }
-    }
-
-    /// The queue has room again: the backlog goes first, in order.
-    fn resume(&mut self, permit: mpsc::OwnedPermit<SourceEvent>) {
-        if let Some(ev) = self.backlog.pop_front() {
-            permit.send(ev);
-        }
-        while let Some(ev) = self.backlog.pop_front() {
-            match self.events.try_send(ev) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(ev)) => {
-                    self.backlog.push_front(ev);
-                    return;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.backlog.clear();
-                    return;
-                }
-            }
-        }
-    }
-
-    /// The socket has not been read for `max_stall`: drop the backlog and
-    /// read on, dropping what does not fit until the resync (the PBX would
-    /// soon disconnect a session whose writes block).
-    fn give_up_stall(&mut self) {
-        let n = self.backlog.len();
-        warn!(
-            pbx = %self.pbx,
-            "the normalizer took no event for {:?} and the read-ahead is full: dropping {n} waiting events and reading on",
-            self.cfg.max_stall
-        );
-        while self.backlog.pop_front().is_some() {
-            self.dropped();
-        }
-        self.stall_since = None;
-    }
-
-    fn dropped(&mut self) {
-        metrics()
-            .ami_queue_dropped
-            .with_label_values(&[&self.pbx])
-            .inc();
-        if !self.overflow.active {
-            self.overflow.active = true;
-            warn!(
-                pbx = %self.pbx,
-                "normalizer queue is full: dropping AMI events until it drains, then resyncing"
-            );
-        }
-        self.overflow.dropped += 1;
-        self.overflow.resync_needed = true;
-    }
-
-    /// Settles the actions in flight when a session ends.
-    fn fail_pending(&mut self, sess: &mut Session, lost: bool) {
-        let now = Instant::now();
-        let mut requeue: Vec<(u64, Command)> = Vec::new();
-        for (_, p) in sess.pending.drain() {
-            let PendingKind::User(cmd) = p.kind else {
-                continue;
-            };
-            if lost
-                && is_idempotent(cmd.action.name())
-                && !cmd.reply.is_closed()
-                && cmd.deadline > now
-            {
-                requeue.push((p.n, cmd));
-            } else if lost {
-                count_action(&self.pbx, cmd.action.name(), "disconnected");
-                let _ = cmd.reply.send(Err(AmiError::Disconnected));
-            } else {
-                let _ = cmd.reply.send(Err(AmiError::Shutdown));
-            }
-        }
-        requeue.sort_by_key(|(n, _)| *n);
-        for (_, cmd) in requeue.into_iter().rev() {
-            self.waiting.push_front(cmd);
-        }
-        sess.ping = None;
-        if sess.resync_in_flight {
-            // Interrupted: the next login must resync even if `resync` is off.
-            self.overflow.resync_needed = true;
-            sess.resync_in_flight = false;
-        }
-    }
-
-    /// Best-effort `Logoff`: waits briefly for the `Goodbye` (or EOF).
-    async fn logoff(&mut self, sess: &mut Session) {
-        let (id, _) = sess.next_id(&self.pbx);
-        let Ok(bytes) = Action::new("Logoff").encode(&id) else {
-            return;
-        };
-        if sess.writer_tx.try_send(bytes).is_err() {
-            return;
-        }
-        let wait = LOGOFF_TIMEOUT.min(self.cfg.action_timeout);
-        let framed = &mut sess.reader;
-        let _ = timeout(wait, async {
-            while let Some(Ok(frame)) = framed.next().await {
-                if let AmiFrame::Message(m) = frame {
-                    if matches!(m.kind(), MessageKind::Response(_)) && m.action_id() == Some(&id) {
-                        break;
-                    }
-                }
-            }
-        })
-        .await;
-        debug!(pbx = %self.pbx, "logged off");
-    }
-}
-
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(buf) = rx.recv().await {
-        if wr.write_all(&buf).await.is_err() {
-            return;
-        }
-    }
-    let _ = wr.shutdown().await;
-}
-
-async fn write_raw(
-    wr: &mut OwnedWriteHalf,
-    action: &Action,
-    id: &str,
-    step: Duration,
-) -> Result<(), ConnectError> {
-    let bytes = action
-        .encode(id)
-        .map_err(|e| ConnectError::Protocol(format!("cannot encode {}: {e}", action.name())))?;
-    match timeout(step, wr.write_all(&bytes)).await {
-        Err(_) => Err(ConnectError::Io("write timed out".into())),
-        Ok(Err(e)) => Err(ConnectError::Io(e.to_string())),
-        Ok(Ok(())) => Ok(()),
-    }
-}
-
-async fn read_banner(
-    framed: &mut FrameReader<OwnedReadHalf>,
-    pbx: &PbxId,
-    step: Duration,
-) -> Result<Option<String>, ConnectError> {
-    let read = async {
-        loop {
-            match framed.next().await {
-                None => return Err(ConnectError::Io("closed before the banner".into())),
-                Some(Err(e)) => return Err(ConnectError::Io(e.to_string())),
-                Some(Ok(AmiFrame::Banner(b))) => return Ok(Some(b)),
-                Some(Ok(AmiFrame::Message(_) | AmiFrame::Ignored { .. })) => return Ok(None),
-                Some(Ok(AmiFrame::Skipped { reason, .. })) => {
-                    metrics()
-                        .ami_packets_skipped
-                        .with_label_values(&[pbx, reason.as_str()])
-                        .inc();
-                }
-            }
-        }
-    };
-    match timeout(step, read).await {
-        Err(_) => Err(ConnectError::Protocol("no banner".into())),
-        Ok(r) => r,
-    }
-}
-
-async fn read_response(
-    framed: &mut FrameReader<OwnedReadHalf>,
-    pbx: &PbxId,
-    id: &str,
-    step: Duration,
-) -> Result<AmiMessage, ConnectError> {
-    let read = async {
-        loop {
-            match framed.next().await {
-                None => return Err(ConnectError::Io("closed during login".into())),
-                Some(Err(e)) => return Err(ConnectError::Io(e.to_string())),
-                Some(Ok(AmiFrame::Message(m))) => {
-                    if matches!(m.kind(), MessageKind::Response(_)) && m.action_id() == Some(id) {
-                        return Ok(m);
-                    }
-                }
-                Some(Ok(AmiFrame::Skipped { reason, .. })) => {
-                    metrics()
-                        .ami_packets_skipped
-                        .with_label_values(&[pbx, reason.as_str()])
-                        .inc();
-                }
-                Some(Ok(AmiFrame::Banner(_) | AmiFrame::Ignored { .. })) => {}
-            }
-        }
-    };
-    match timeout(step, read).await {
-        Err(_) => Err(ConnectError::Io("no answer during login".into())),
-        Ok(r) => r,
-    }
-}
-
-fn is_success(m: &AmiMessage) -> bool {
-    m.get("Response")
-        .is_some_and(|r| r.eq_ignore_ascii_case("Success"))
-}
-
-fn is_error(m: &AmiMessage) -> bool {
-    m.get("Response")
-        .is_some_and(|r| r.eq_ignore_ascii_case("Error") || r.eq_ignore_ascii_case("Failure"))
-}
-
-fn outcome(r: &Result<ActionResponse, AmiError>) -> &'static str {
-    match r {
-        Ok(_) => "success",
-        Err(AmiError::Timeout) => "timeout",
-        Err(AmiError::Disconnected) => "disconnected",
-        Err(_) => "error",
-    }
-}
-
-fn count_action(pbx: &str, action: &str, outcome: &str) {
-    metrics()
-        .ami_actions
-        .with_label_values(&[pbx, action_label(action), outcome])
-        .inc();
 }
 
 #[cfg(test)]
 mod tests {
+    use super::login::ami_major;
     use super::*;
     use rand::SeedableRng;
 
