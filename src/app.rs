@@ -1080,7 +1080,7 @@ pub async fn run_until(
 
     // Reloads.
     let config_path = opts.config_path.clone();
-    let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.normalizer.clone());
+    let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.daemon_normalizer());
     let started_cfg = cfg.clone();
     let reload_clients = clients.clone();
     let clustered = ownership.is_some();
@@ -1102,7 +1102,7 @@ pub async fn run_until(
                         };
                         targets_tx.send_replace(new.targets.clone());
                         rules_tx.send_replace(new.rules.clone());
-                        normalizer_tx.send_replace(new.normalizer.clone());
+                        normalizer_tx.send_replace(new.daemon_normalizer());
                         if clustered {
                             // The owned ones follow (follow_ownership).
                             pbx_cfg_tx.send_replace(new.pbx.clone());
@@ -1170,17 +1170,18 @@ pub async fn run_until(
         .notifier
         .take()
         .unwrap_or_else(|| Arc::new(Notifier::disabled()));
-    let watchdog_token = CancellationToken::new();
-    let watchdog = tokio::spawn(crate::notify::watchdog(
-        notifier.clone(),
-        heartbeat.clone(),
-        watchdog_token.clone(),
-    ));
-    notifier.ready(&format!(
+    let ready = notifier.ready(&format!(
         "running: {} PBX, {} targets, {} rules",
         cfg.pbx.len(),
         cfg.targets.len(),
         cfg.rules.len()
+    ));
+    let watchdog_token = CancellationToken::new();
+    let watchdog = tokio::spawn(crate::notify::watchdog(
+        notifier.clone(),
+        ready,
+        heartbeat.clone(),
+        watchdog_token.clone(),
     ));
 
     // The normalizer task (this one). Committed batches also go to
@@ -1194,12 +1195,12 @@ pub async fn run_until(
             }
         })),
     };
-    let mut normalizer = Normalizer::new(cfg.normalizer);
+    let mut normalizer = Normalizer::new(cfg.daemon_normalizer());
     if ownership.is_some() {
         // Cluster mode: a PBX's calls are restored when this instance takes it.
         normalizer.track_changes();
     } else {
-        restore_live_calls(&mut normalizer, store.as_ref(), &cfg.pbx).await;
+        restore_live_calls(&mut normalizer, store.as_ref()).await;
     }
     let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
     let mut out = Vec::new();
@@ -1423,8 +1424,15 @@ async fn finish_batch(
     match &result {
         Ok(()) => normalizer.commit_batch(),
         Err(e) if e.starts_with(OUTBOX_FULL) => {
-            // The calls were stored with what the outbox took.
+            // The calls were stored with what the outbox took; pushed ones
+            // are rolled back (their pushes answered 503 will come again),
+            // so their rows are written again as they are now.
             normalizer.rollback_batch();
+            let pushed: Vec<_> = changes
+                .into_iter()
+                .filter(|c| normalizer.is_push_team(&c.pbx))
+                .collect();
+            normalizer.requeue_dirty(&pushed);
             out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
         }
         Err(_) => {
@@ -1488,30 +1496,43 @@ async fn handover_team(
 /// stored all the same).
 const OUTBOX_FULL: &str = "outbox full";
 
-/// Puts the live calls stored by the previous run back into the model,
-/// before the first login's reconciliation closes those that ended while
-/// callhook was down (exactly once: a call's removal is committed with its
-/// record). Calls of PBXs no longer configured stay stored, untouched.
-async fn restore_live_calls(
-    normalizer: &mut Normalizer,
-    store: &dyn DeliveryStore,
-    pbxs: &[crate::config::PbxConfig],
-) {
+/// Puts the live calls stored by the previous run back into the model
+/// (AMI calls and push sessions), before the first login's reconciliation
+/// closes those that ended while callhook was down (exactly once: a call's
+/// removal is committed with its record). Calls of ids no longer
+/// configured are restored too and closed by the first tick
+/// (`NormalizerConfig::sources`). Every stored row is written again with
+/// the first batch: as restored, or deleted when it could not be used.
+async fn restore_live_calls(normalizer: &mut Normalizer, store: &dyn DeliveryStore) {
     normalizer.track_changes();
-    for p in pbxs {
-        let snaps: Vec<Vec<u8>> = match store.live_calls(&p.id).await {
-            Ok(s) => s.into_iter().map(|c| c.snapshot).collect(),
+    let ids = match store.live_call_ids().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            warn!(error = %e, "cannot read the stored live calls: calls in progress before the restart get no record");
+            return;
+        }
+    };
+    for pbx in ids {
+        let mine = match store.live_calls(&pbx).await {
+            Ok(s) => s,
             Err(e) => {
-                warn!(pbx = %p.id, error = %e, "cannot read the stored live calls: calls in progress before the restart get no record");
+                warn!(%pbx, error = %e, "cannot read the stored live calls: calls in progress before the restart get no record");
                 continue;
             }
         };
-        if snaps.is_empty() {
-            continue;
-        }
-        let id: crate::source::PbxId = p.id.as_str().into();
-        let r = normalizer.restore(&id, &snaps);
-        info!(pbx = %p.id, calls = r.calls, skipped = r.skipped, "live calls restored; the login's snapshot settles those that ended meanwhile");
+        let id: crate::source::PbxId = pbx.as_str().into();
+        let snaps: Vec<Vec<u8>> = mine.iter().map(|c| c.snapshot.clone()).collect();
+        let r = normalizer.restore_stored(&id, &snaps);
+        info!(%pbx, calls = r.calls, skipped = r.skipped, "live calls restored; the login's snapshot (push sessions: their own pushes or calls.max_age) settles those that ended meanwhile");
+        let again: Vec<crate::normalize::CallChange> = mine
+            .iter()
+            .map(|c| crate::normalize::CallChange {
+                pbx: id.clone(),
+                session: c.session.clone(),
+                snapshot: None,
+            })
+            .collect();
+        normalizer.requeue_dirty(&again);
     }
 }
 
