@@ -30,6 +30,10 @@
 //! - [`rules`]: which model events become which requests; [`template`]:
 //!   how a rule renders a URL, headers and body.
 //! - [`deliver`]: the durable outbox and the dispatcher sending webhooks.
+//! - [`cluster`]: cluster mode on NATS JetStream (the one module that knows
+//!   NATS: a replicated delivery store and its dispatcher, leases on PBXs
+//!   and push teams, a cluster-wide rate limit); without a `cluster:`
+//!   section nothing there runs.
 //! - Around them: [`config`] (typed, validated configuration), [`app`]
 //!   (the one wiring function of `callhook run`), [`replay`] (a capture
 //!   through the live path), [`demo`] (everything on one machine),

@@ -217,6 +217,27 @@ impl Config {
         }
     }
 
+    /// The normalizer settings of the daemon running this config: as
+    /// [`Config::normalizer`], with its sources restricted to the PBX and
+    /// push team ids configured (calls of any other id are closed; a replay
+    /// or backfill of a capture keeps `sources: None`).
+    pub fn daemon_normalizer(&self) -> NormalizerConfig {
+        let ids = self
+            .pbx
+            .iter()
+            .map(|p| p.id.clone())
+            .chain(
+                self.push
+                    .iter()
+                    .flat_map(|p| p.teams.iter().map(|t| t.name.clone())),
+            )
+            .collect();
+        NormalizerConfig {
+            sources: Some(Arc::new(ids)),
+            ..self.normalizer.clone()
+        }
+    }
+
     /// Parses and validates configuration text (tests, the demo); relative
     /// paths are relative to `base`.
     pub fn from_text(text: &str, base: &Path) -> Result<Config, Vec<ConfigError>> {

@@ -40,6 +40,12 @@ pub trait DeliveryStore: Send + Sync {
     /// The stored live calls of one PBX (at start, or when an instance
     /// takes the PBX over in cluster mode), by session.
     fn live_calls(&self, pbx: &str) -> BoxFuture<'_, Result<Vec<LiveCall>, StoreError>>;
+    /// Every PBX or push team id with stored live calls (at start of a
+    /// single node: those of ids no longer configured are restored and
+    /// closed too). A store that restores per PBX on takeover may say none.
+    fn live_call_ids(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
     /// Deliveries matching a filter, newest first, secrets masked.
     fn list(&self, filter: ListFilter) -> BoxFuture<'_, Result<Vec<DeliveryRow>, StoreError>>;
     /// One delivery.
@@ -69,6 +75,15 @@ impl DeliveryStore for Outbox {
             Outbox::live_calls_of(self, &pbx)
                 .await
                 .map_err(|e| e.to_string())
+        })
+    }
+
+    fn live_call_ids(&self) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let all = Outbox::live_calls(self).await.map_err(|e| e.to_string())?;
+            let mut ids: Vec<String> = all.into_iter().map(|c| c.pbx).collect();
+            ids.dedup();
+            Ok(ids)
         })
     }
 
