@@ -57,11 +57,25 @@ pub(super) enum Handover {
         snapshots: Vec<Vec<u8>>,
         done: tokio::sync::oneshot::Sender<()>,
     },
+    /// Some time after a take: the sessions stored for the item are written
+    /// again with the next batch, as the normalizer has them (deleted when
+    /// it does not know them). What a previous owner wrote after this
+    /// instance loaded the calls (its lease expired during a commit longer
+    /// than [`DRAIN_WAIT`]) is undone, so no stale call is left for the
+    /// owner after this one.
+    Rewrite { item: Item, sessions: Vec<String> },
 }
 
 /// How long a handed-over item may take to drain before its lease is left
 /// to expire by itself.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+/// After a take, how long (beyond the lease's time to live) until the
+/// stored calls are written again ([`Handover::Rewrite`]): by then a
+/// previous owner is fenced (its lease's age) and a commit it had in flight
+/// has ended (JetStream requests time out after 5 s; a commit is the
+/// deliveries, then the calls).
+const REWRITE_MARGIN: Duration = Duration::from_secs(15);
 
 /// How often loading a taken PBX's calls is tried before its AMI client
 /// starts without them (its calls in progress then start afresh from the
@@ -158,6 +172,16 @@ pub(super) async fn follow_ownership(
             }
         }))
         .await;
+        for (item, _) in &loaded {
+            tokio::spawn(rewrite_later(
+                item.clone(),
+                cluster.cfg.lease_ttl + REWRITE_MARGIN,
+                store.clone(),
+                ownership.clone(),
+                handover.clone(),
+                stop.clone(),
+            ));
+        }
         for (item, snapshots) in loaded {
             if snapshots.is_empty() {
                 continue;
@@ -197,6 +221,38 @@ pub(super) async fn follow_ownership(
     }
     for t in consumers.values() {
         t.cancel();
+    }
+}
+
+/// Asks the normalizer to write `item`'s stored calls again `after` a take
+/// (see [`Handover::Rewrite`]), if this instance still owns it.
+async fn rewrite_later(
+    item: Item,
+    after: Duration,
+    store: Arc<dyn DeliveryStore>,
+    ownership: OwnershipHandle,
+    handover: mpsc::UnboundedSender<Handover>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(after) => {}
+    }
+    if !ownership.holds(item.0, &item.1) {
+        return;
+    }
+    match tokio::time::timeout(Duration::from_secs(10), store.live_calls(&item.1)).await {
+        Ok(Ok(calls)) if calls.is_empty() => {}
+        Ok(Ok(calls)) => {
+            let sessions = calls.into_iter().map(|c| c.session).collect();
+            let _ = handover.send(Handover::Rewrite { item, sessions });
+        }
+        Ok(Err(e)) => {
+            warn!(id = %item.1, error = %e, "cannot read the stored calls to write them again after the takeover")
+        }
+        Err(_) => {
+            warn!(id = %item.1, "reading the stored calls to write them again after the takeover timed out")
+        }
     }
 }
 
