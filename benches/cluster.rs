@@ -11,6 +11,8 @@
 
 #[path = "../tests/support_nats/mod.rs"]
 mod support_nats;
+#[path = "../tests/support_tmp/mod.rs"]
+mod support_tmp;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -9,6 +9,7 @@
 
 mod support_agi;
 mod support_http;
+mod support_tmp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -6,6 +6,7 @@
 
 mod support_ami_proxy;
 mod support_daemon;
+mod support_tmp;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

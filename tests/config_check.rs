@@ -4,6 +4,7 @@
 //! `run`, and warnings.
 
 mod support_daemon;
+mod support_tmp;
 
 use std::path::Path;
 use std::process::Output;

@@ -7,6 +7,7 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@
 mod support_daemon;
 mod support_http;
 mod support_loadpbx;
+mod support_tmp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -8,6 +8,7 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};

@@ -14,9 +14,10 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -176,7 +177,7 @@ async fn dial(url: String, i: usize, start: i64, retry: bool, stop: Arc<AtomicBo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_kill_9_lose_no_pushed_call_record_and_close_none_twice() {
     let sink = Sink::start().await;
-    let dir: PathBuf = temp_dir("push-calls-kill9");
+    let dir = temp_dir("push-calls-kill9");
     let listen = free_port();
     let cfg = dir.join("callhook.yaml");
     std::fs::write(&cfg, config(&dir, &sink, listen)).unwrap();

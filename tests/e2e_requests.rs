@@ -7,6 +7,7 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 //! 127.0.0.1 replaying real captures, reading the call model it prints.
 
 mod support_daemon;
+mod support_tmp;
 
 use std::path::Path;
 

@@ -5,6 +5,7 @@
 //! applies TCP backpressure instead of dropping.
 
 mod support;
+mod support_tmp;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -143,14 +144,6 @@ async fn a_burst_of_30000_calls_reaches_the_model_whole() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn support_state_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "callhook-ingest-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn support_state_dir() -> support_tmp::TestDir {
+    support_tmp::TestDir::new("ingest")
 }

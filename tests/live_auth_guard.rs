@@ -9,6 +9,7 @@
 
 mod support_daemon;
 mod support_live;
+mod support_tmp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 

@@ -21,6 +21,7 @@
 mod support_daemon;
 mod support_http;
 mod support_live;
+mod support_tmp;
 
 use std::time::Duration;
 

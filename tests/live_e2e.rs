@@ -3,6 +3,7 @@
 
 mod support_daemon;
 mod support_live;
+mod support_tmp;
 
 use std::time::Duration;
 

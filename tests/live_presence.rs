@@ -9,6 +9,7 @@
 
 mod support_daemon;
 mod support_live;
+mod support_tmp;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 
 mod support_daemon;
 mod support_live;
+mod support_tmp;
 
 use callhook::ami::sim_originate::OriginateRecording;
 use callhook::ami::simulator::{AfterCapture, SimSession, Simulator, SimulatorHandle};

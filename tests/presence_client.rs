@@ -15,6 +15,7 @@
 //! safety nets.
 
 mod support;
+mod support_tmp;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -352,11 +353,7 @@ async fn the_daemon_table_after_login_and_at_the_end() {
         .start()
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "callhook-presence-{}-{}",
-        std::process::id(),
-        sim.local_addr().port()
-    ));
+    let dir = support_tmp::TestDir::new("presence");
     let text = format!(
         "state_dir: {}\npbx:\n  - id: lab\n    ami: {{ host: 127.0.0.1, port: {}, username: {USER}, secret: {SECRET} }}\npresence:\n  extensions: ['1005']\n",
         dir.display(),

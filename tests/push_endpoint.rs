@@ -3,6 +3,7 @@
 //! and a scriptable sink as the CRM. Pushes are real HTTP requests.
 
 mod support_http;
+mod support_tmp;
 
 use std::path::Path;
 use std::sync::Arc;

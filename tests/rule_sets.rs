@@ -10,6 +10,9 @@ use callhook::normalize::Normalizer;
 use callhook::replay::replay;
 use serde_json::Value;
 
+mod support_tmp;
+use support_tmp::TestDir;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -59,9 +62,7 @@ fn every_rule_set_and_the_example_config_validate() {
     }
     // The example config reads its secrets as systemd credentials and its
     // template variables from the environment (tests/deploy.rs runs it).
-    let creds =
-        std::env::temp_dir().join(format!("callhook-rule-sets-creds-{}", std::process::id()));
-    std::fs::create_dir_all(&creds).unwrap();
+    let creds = TestDir::new("rule-sets-creds");
     for id in ["ami-secret", "admin-token", "acme-push-token"] {
         std::fs::write(creds.join(id), "credential-value-123\n").unwrap();
     }

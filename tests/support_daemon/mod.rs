@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,12 +15,12 @@ use serde_json::Value;
 /// Upper bound of every wait (a safety net, never a synchronisation).
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A fresh directory for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("callhook-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+use crate::support_tmp::TestDir;
+
+/// A fresh directory for one test (`callhook-e2e-<name>-XXXXXX`), removed
+/// when dropped unless the test panics.
+pub fn temp_dir(name: &str) -> TestDir {
+    TestDir::new(&format!("e2e-{name}"))
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released: tiny race, fine in tests).

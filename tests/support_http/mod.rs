@@ -5,8 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +18,8 @@ use callhook::deliver::{
     validate_targets, DeliveryRequest, DeliveryRow, Outbox, RawTarget, Target,
 };
 use tokio::sync::watch;
+
+use crate::support_tmp::TestDir;
 
 /// Upper bound of every wait (a safety net, never a synchronisation).
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -262,20 +262,10 @@ impl Drop for Sink {
     }
 }
 
-/// A fresh, unique state directory under the system temp dir.
-pub fn state_dir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "callhook-{name}-{}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh, unique state directory under the system temp dir
+/// (`callhook-<name>-XXXXXX`), removed when dropped unless the test panics.
+pub fn state_dir(name: &str) -> TestDir {
+    TestDir::new(name)
 }
 
 /// Epoch seconds now.
