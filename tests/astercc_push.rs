@@ -19,6 +19,7 @@ use callhook::normalize::Normalizer;
 use callhook::replay::replay;
 use serde_json::Value;
 use support_http::{state_dir, Sink, WAIT};
+use support_tmp::TestDir;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +57,7 @@ fn root() -> &'static Path {
 }
 
 /// The receiving callhook: one push team, the call log to the sink.
-async fn receiver(sink: &Sink) -> (String, CancellationToken) {
+async fn receiver(sink: &Sink) -> (String, CancellationToken, TestDir) {
     let dir = state_dir("astercc-receiver");
     let text = format!(
         "listen: 127.0.0.1:0\nstate_dir: {}\npush:\n  settle: 300ms\n  teams:\n    acme: {{ token: \"{TOKEN}\" }}\ntargets:\n  log: {{ rate_limit: 1000/s }}\nrules:{}",
@@ -85,7 +86,7 @@ async fn receiver(sink: &Sink) -> (String, CancellationToken) {
         },
     ));
     run_rx.recv().await.expect("the receiver started");
-    (base, token)
+    (base, token, dir)
 }
 
 /// The sending side: the rule set as shipped, its URL pointed at the
@@ -167,7 +168,7 @@ fn same(k: &str, ami: &Value, pushed: &Value) -> bool {
 async fn pushes_give_back_the_same_calls() {
     std::env::set_var("ASTERCC_PUSH_TOKEN", TOKEN);
     let sink = Sink::start().await;
-    let (base, stop) = receiver(&sink).await;
+    let (base, stop, _dir) = receiver(&sink).await;
     let cfg = sender(&base);
     let http = reqwest::Client::new();
     let mut expected: BTreeMap<String, (String, Value)> = BTreeMap::new();

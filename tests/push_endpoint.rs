@@ -16,6 +16,7 @@ use callhook::normalize::Normalizer;
 use callhook::replay::replay;
 use serde_json::{json, Value};
 use support_http::{rows, state_dir, Reply, Sink, WAIT};
+use support_tmp::TestDir;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -75,6 +76,8 @@ struct App {
     token: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), app::AppError>>,
     http: reqwest::Client,
+    /// The state directory (removed when the app is dropped).
+    _dir: TestDir,
 }
 
 fn config_text(sink: &Sink, dir: &Path, extra: &str) -> String {
@@ -136,6 +139,7 @@ async fn start_settle(extra: &str, settle: &str) -> App {
         token,
         task,
         http: reqwest::Client::new(),
+        _dir: dir,
     }
 }
 

@@ -48,6 +48,9 @@ pub struct Daemon {
     pub admin: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     stderr_done: Option<std::thread::JoinHandle<()>>,
+    /// A directory the daemon owns ([`Daemon::owning`]): removed after the
+    /// process is gone.
+    dir: Option<TestDir>,
 }
 
 /// The top-level `listen:` and `admin.listen` of a config (inline
@@ -164,7 +167,15 @@ impl Daemon {
             admin,
             stderr,
             stderr_done,
+            dir: None,
         }
+    }
+
+    /// The daemon keeps `dir` (its config and state, made by a helper that
+    /// returns only the daemon) until it is dropped, stopped or killed.
+    pub fn owning(mut self, dir: TestDir) -> Daemon {
+        self.dir = Some(dir);
+        self
     }
 
     /// Everything the daemon wrote to stderr so far.
