@@ -1,10 +1,13 @@
 //! Running the real `callhook` binary in end-to-end tests: start it with a
-//! config, read its stdout, stop it with SIGTERM or SIGKILL, talk to its
-//! HTTP listener.
+//! config, read its stdout, stop it with SIGTERM or SIGKILL (or kill and
+//! restart it at random moments), talk to its HTTP listener, read its
+//! outbox.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -248,6 +251,33 @@ impl Daemon {
         (rest, status, err)
     }
 
+    /// `kills` times: up for a random time in `up_ms`, kill -9, down for a
+    /// random time in `down_ms`, started again on `config` and answering
+    /// HTTP. Each kill is logged, with `note()` appended; returns the last
+    /// daemon started.
+    pub async fn kill9_restarts(
+        mut self,
+        config: &Path,
+        env: &[(&str, &str)],
+        kills: usize,
+        up_ms: Range<u64>,
+        down_ms: Range<u64>,
+        note: impl Fn() -> String,
+    ) -> Daemon {
+        use rand::Rng;
+        for k in 0..kills {
+            let up = rand::thread_rng().gen_range(up_ms.clone());
+            tokio::time::sleep(Duration::from_millis(up)).await;
+            tokio::task::block_in_place(|| self.kill9());
+            let down = rand::thread_rng().gen_range(down_ms.clone());
+            eprintln!("kill {k}: after {up} ms up, {down} ms down{}", note());
+            tokio::time::sleep(Duration::from_millis(down)).await;
+            self = Daemon::start_file(config, env);
+            self.wait_http().await;
+        }
+        self
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
@@ -314,5 +344,103 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The deliveries of a daemon's outbox (`<state>/outbox.sqlite3`, opened
+/// read-only): rows per (rule, session) and the rows still waiting.
+pub struct OutboxRows {
+    /// (rule, session) → rows.
+    pub per_session: BTreeMap<(String, String), usize>,
+    /// Rows pending or in flight.
+    pub waiting: usize,
+}
+
+fn outbox_db(state: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        state.join("outbox.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+}
+
+/// See [`OutboxRows`].
+pub fn outbox_rows(state: &Path) -> OutboxRows {
+    let c = outbox_db(state);
+    let mut st = c
+        .prepare("SELECT rule, session_id, COUNT(*) FROM deliveries GROUP BY rule, session_id")
+        .unwrap();
+    let per_session = st
+        .query_map([], |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                r.get::<_, i64>(2)? as usize,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<BTreeMap<_, _>, _>>()
+        .unwrap();
+    let waiting: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'inflight')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    OutboxRows {
+        per_session,
+        waiting: waiting as usize,
+    }
+}
+
+/// The JSON bodies of `rule`'s rows, per session.
+pub fn outbox_bodies(state: &Path, rule: &str) -> BTreeMap<String, Value> {
+    let c = outbox_db(state);
+    let mut st = c
+        .prepare("SELECT session_id, body FROM deliveries WHERE rule = ?1")
+        .unwrap();
+    st.query_map([rule], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })
+    .unwrap()
+    .map(|r| {
+        let (s, b) = r.unwrap();
+        (s, serde_json::from_slice(&b).unwrap())
+    })
+    .collect()
+}
+
+impl OutboxRows {
+    /// The sessions with rows of `rule`, and how many each.
+    pub fn sessions(&self, rule: &str) -> BTreeMap<&str, usize> {
+        self.per_session
+            .iter()
+            .filter(|((r, _), _)| r == rule)
+            .map(|((_, s), n)| (s.as_str(), *n))
+            .collect()
+    }
+
+    /// The sessions with an `opened` row and no `closed` row.
+    pub fn unclosed(&self, opened: &str, closed: &str) -> Vec<&str> {
+        let closed = self.sessions(closed);
+        self.sessions(opened)
+            .into_keys()
+            .filter(|s| !closed.contains_key(s))
+            .collect()
+    }
+}
+
+/// Polls the outbox until nothing waits and every `opened` session has a
+/// `closed` row, or until `deadline` (what is missing then is the caller's
+/// to assert).
+pub async fn wait_closed(state: &Path, opened: &str, closed: &str, deadline: Instant) {
+    loop {
+        let rows = outbox_rows(state);
+        if (rows.waiting == 0 && rows.unclosed(opened, closed).is_empty())
+            || Instant::now() > deadline
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

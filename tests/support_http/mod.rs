@@ -3,7 +3,7 @@
 //! bounded polling.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -230,6 +230,20 @@ impl Sink {
         self.received()
             .into_iter()
             .filter(|r| r.path() == path)
+            .collect()
+    }
+
+    /// The values of the query parameter `key` of the requests for `path`.
+    pub fn query_values(&self, path: &str, key: &str) -> BTreeSet<String> {
+        let prefix = format!("{key}=");
+        self.for_path(path)
+            .iter()
+            .filter_map(|r| {
+                r.uri
+                    .split(['?', '&'])
+                    .find_map(|p| p.strip_prefix(prefix.as_str()))
+                    .map(str::to_string)
+            })
             .collect()
     }
 
