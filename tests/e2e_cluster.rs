@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use callhook::ami::simulator::{AfterCapture, SimSession, Simulator, SimulatorHandle};
 use serde_json::Value;
-use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_daemon::{assert_success, fixture, free_port, temp_dir, Daemon};
 use support_http::{Received, Sink};
 use support_nats::NatsCluster;
 use support_tmp::TestDir;
@@ -498,11 +498,7 @@ async fn pushes_to_any_instance_are_delivered_once() {
         .envs(env())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no deliveries");
 }
 

@@ -347,6 +347,16 @@ impl Drop for Daemon {
     }
 }
 
+/// Asserts that a finished `callhook` command succeeded (its stderr is
+/// the failure message).
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The deliveries of a daemon's outbox (`<state>/outbox.sqlite3`, opened
 /// read-only): rows per (rule, session) and the rows still waiting.
 pub struct OutboxRows {
