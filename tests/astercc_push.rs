@@ -5,6 +5,7 @@
 //! the call records of both sides, rendered by the same call-log rule, are
 //! compared field by field.
 
+mod support_app;
 mod support_http;
 mod support_tmp;
 
@@ -13,14 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callhook::app::{self, RunOptions};
+use callhook::app::RunOptions;
 use callhook::config::Config;
 use callhook::normalize::Normalizer;
 use callhook::replay::replay;
 use serde_json::Value;
 use support_http::{state_dir, Sink, WAIT};
 use support_tmp::TestDir;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "acme-astercc-token";
@@ -67,10 +67,7 @@ async fn receiver(sink: &Sink) -> (String, CancellationToken, TestDir) {
     let cfg = Config::from_text(&text, Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let token = CancellationToken::new();
-    let (reload_tx, reload_rx) = mpsc::channel(1);
-    let (run_tx, mut run_rx) = mpsc::unbounded_channel();
-    tokio::spawn(app::run_until(
+    let app = support_app::start(
         cfg,
         RunOptions {
             config_path: None,
@@ -78,15 +75,9 @@ async fn receiver(sink: &Sink) -> (String, CancellationToken, TestDir) {
             listener: Some(listener),
             ..RunOptions::default()
         },
-        token.clone(),
-        reload_tx,
-        reload_rx,
-        move |r| {
-            let _ = run_tx.send(r);
-        },
-    ));
-    run_rx.recv().await.expect("the receiver started");
-    (base, token, dir)
+    )
+    .await;
+    (base, app.token, dir)
 }
 
 /// The sending side: the rule set as shipped, its URL pointed at the

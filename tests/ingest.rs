@@ -5,6 +5,7 @@
 //! applies TCP backpressure instead of dropping.
 
 mod support;
+mod support_app;
 mod support_tmp;
 
 use std::collections::{BTreeMap, HashSet};
@@ -15,7 +16,6 @@ use std::time::Duration;
 use callhook::ami::simulator::{AfterCapture, Simulator};
 use callhook::ami::synthetic::{burst, renumbered, BANNER};
 use callhook::app::{self, RunOptions};
-use callhook::config::Config;
 use callhook::metrics::metrics;
 use callhook::model::{CallRecord, ModelEvent};
 use callhook::normalize::{Normalizer, NormalizerConfig};
@@ -81,15 +81,7 @@ async fn a_burst_of_30000_calls_reaches_the_model_whole() {
         dir.display(),
         sim.local_addr().port()
     );
-    let cfg = Config::from_text(&text, Path::new(".")).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let cfg = support_app::config(&text, Path::new("."));
 
     let (count_tx, mut count_rx) = watch::channel((0usize, 0usize));
     let mut seen = (0usize, 0usize);
