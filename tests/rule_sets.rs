@@ -10,6 +10,7 @@ use callhook::normalize::Normalizer;
 use callhook::replay::replay;
 use serde_json::Value;
 
+mod support_app;
 mod support_tmp;
 use support_tmp::TestDir;
 
@@ -216,15 +217,7 @@ fn the_minimal_config_from_the_readme_is_valid_as_written() {
     let yaml = &readme[start..];
     let yaml = &yaml[..yaml.find("```").unwrap()];
     std::env::set_var("AMI_SECRET", "x");
-    let cfg = Config::from_text(yaml, root()).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let cfg = support_app::config(yaml, root());
     assert_eq!(cfg.pbx.len(), 1);
     assert_eq!(cfg.rules.names(), ["screen-pop", "colgado-entrante"]);
     assert_eq!(cfg.listen.map(|a| a.port()), Some(9188));

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support_tmp::TestDir;
+
 /// Upper bound of every wait (a safety net, never a synchronisation).
 pub const WAIT: Duration = Duration::from_secs(30);
-
-use crate::support_tmp::TestDir;
 
 /// A fresh directory for one test (`callhook-e2e-<name>-XXXXXX`), removed
 /// when dropped unless the test panics.

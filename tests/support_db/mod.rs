@@ -20,7 +20,6 @@
 #![allow(dead_code)]
 
 pub mod cdr;
-use crate::support_tmp::TestDir;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +27,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::support_tmp::TestDir;
 
 /// The admin accounts' password.
 pub const ADMIN_PASSWORD: &str = "adm1n-Pw";
