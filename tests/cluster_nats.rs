@@ -218,6 +218,37 @@ async fn dead_deliveries_are_kept_listed_and_retried() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].last_status.as_deref(), Some("refused"));
     assert!(dead[0].last_error.as_deref().unwrap_or("").contains(".."));
+    // One the dispatcher finds unsendable is judged as on a single node:
+    // dead at once, status `invalid`, nothing reaches the sink.
+    let dots = request("crm", "19000.3", "ringing", &sink.url("/a/../hook"));
+    let next = request("crm", "19000.3", "answered", &url);
+    s.submit(vec![dots, next]).await.unwrap();
+    let got = sink.wait_for(4).await;
+    assert!(String::from_utf8_lossy(&got[3].body).contains("19000.3"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let invalid = loop {
+        let rows = s
+            .list(ListFilter {
+                status: Some(Status::Dead),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if let Some(r) = rows.into_iter().find(|r| r.session_id == "19000.3") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never dead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(invalid.last_status.as_deref(), Some("invalid"));
+    assert!(
+        invalid
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("dot segment"),
+        "{invalid:?}"
+    );
     d.stop().await;
 }
 

@@ -2,7 +2,8 @@
 //! following them: in single-node mode every PBX's stored calls are
 //! restored at start; in cluster mode the follower makes the AMI clients
 //! and push consumers follow the leases this instance holds, restores a
-//! taken PBX's calls before its client starts, and has the normalizer drop
+//! taken PBX's calls before its client starts (a taken push team's
+//! sessions before its pushes are consumed), and has the normalizer drop
 //! (after its last commit) what was given up before the lease is released.
 
 use std::sync::Arc;
@@ -48,10 +49,11 @@ pub(super) enum Handover {
         id: String,
         done: tokio::sync::oneshot::Sender<()>,
     },
-    /// Taken: the PBX's stored live calls go back into the normalizer;
-    /// `done` once they are (its AMI client starts after that).
+    /// Taken: the PBX's stored live calls (a push team's sessions) go back
+    /// into the normalizer; `done` once they are (its AMI client, or the
+    /// team's push consumer, starts after that).
     Restore {
-        pbx: String,
+        item: Item,
         snapshots: Vec<Vec<u8>>,
         done: tokio::sync::oneshot::Sender<()>,
     },
@@ -63,10 +65,11 @@ const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 /// How often loading a taken PBX's calls is tried before its AMI client
 /// starts without them (its calls in progress then start afresh from the
-/// login's snapshot).
+/// login's snapshot; a team's from their next push).
 const LOAD_TRIES: u32 = 3;
 
-/// Reads the stored live calls of a PBX this instance just took.
+/// Reads the stored live calls of a PBX (or push team) this instance just
+/// took.
 async fn load_calls(store: &dyn DeliveryStore, pbx: &str) -> Vec<Vec<u8>> {
     for attempt in 1..=LOAD_TRIES {
         match tokio::time::timeout(Duration::from_secs(10), store.live_calls(pbx)).await {
@@ -81,7 +84,7 @@ async fn load_calls(store: &dyn DeliveryStore, pbx: &str) -> Vec<Vec<u8>> {
         }
         tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
     }
-    error!(pbx, "starting without the calls in progress of the previous owner: calls that end before the login get no record");
+    error!(pbx, "starting without the calls in progress of the previous owner: calls that end before the login (or their next push) get no record");
     Vec::new()
 }
 
@@ -89,7 +92,9 @@ async fn load_calls(store: &dyn DeliveryStore, pbx: &str) -> Vec<Vec<u8>> {
 /// instance owns (and the configured PBXs, replaced on reload). What is
 /// given up is forgotten by the normalizer; a PBX taken has its stored live
 /// calls restored in the normalizer before its AMI client starts, so the
-/// post-login reconciliation closes or continues them.
+/// post-login reconciliation closes or continues them; a push team taken
+/// has its stored sessions restored before its push consumer starts, so
+/// the pushes the previous owner did not apply continue them.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn follow_ownership(
     cluster: Cluster,
@@ -137,24 +142,29 @@ pub(super) async fn follow_ownership(
                 }
             });
         }
-        // PBXs taken: their calls back first (all at once), then the clients.
-        let taken: Vec<&str> = list
+        // PBXs and teams taken: their calls back first (all at once), then
+        // the clients and push consumers.
+        let taken: Vec<Item> = list
             .iter()
-            .filter(|p| !before.contains(&(Kind::Pbx, p.id.clone())))
-            .map(|p| p.id.as_str())
+            .map(|p| (Kind::Pbx, p.id.clone()))
+            .chain(now.iter().filter(|i| i.0 == Kind::Team).cloned())
+            .filter(|i| !before.contains(i))
             .collect();
-        let loaded = futures::future::join_all(taken.iter().map(|id| {
+        let loaded = futures::future::join_all(taken.into_iter().map(|item| {
             let store = store.clone();
-            async move { (*id, load_calls(store.as_ref(), id).await) }
+            async move {
+                let calls = load_calls(store.as_ref(), &item.1).await;
+                (item, calls)
+            }
         }))
         .await;
-        for (id, snapshots) in loaded {
+        for (item, snapshots) in loaded {
             if snapshots.is_empty() {
                 continue;
             }
             let (done, restored) = tokio::sync::oneshot::channel();
             let _ = handover.send(Handover::Restore {
-                pbx: id.to_string(),
+                item,
                 snapshots,
                 done,
             });

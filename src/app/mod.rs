@@ -60,7 +60,7 @@ mod reloader;
 pub use batch::deliver_batch;
 pub use clients::{client_config, client_configs};
 
-use batch::{finish_batch, handover_team, take};
+use batch::{finish_batch, take};
 use clients::Clients;
 use delivery::Delivery;
 use handover::{follow_ownership, ownable, restore_live_calls, Handover};
@@ -607,19 +607,24 @@ pub async fn run_until(
             },
             Some(h) = handover_rx.recv() => match h {
                 Handover::Forget { id, done } => {
-                    if normalizer.is_push_team(&id) {
-                        handover_team(&rules, store.as_ref(), &outbox_ok, &mut normalizer, &id, &mut observer).await;
-                    }
+                    // Its calls (push sessions too) are in the calls bucket
+                    // as of the last committed batch: the next owner
+                    // resumes them, settles included.
                     let n = normalizer.forget(&id);
                     if n > 0 {
                         info!(pbx = %id, calls = n, "calls in progress handed over to the new owner");
                     }
                     let _ = done.send(());
                 }
-                Handover::Restore { pbx, snapshots, done } => {
-                    let id: crate::source::PbxId = pbx.as_str().into();
-                    let r = normalizer.restore(&id, &snapshots);
-                    info!(pbx = %pbx, calls = r.calls, skipped = r.skipped, "live calls of the previous owner restored; the login's snapshot settles those that ended meanwhile");
+                Handover::Restore { item: (kind, id), snapshots, done } => {
+                    let pid: crate::source::PbxId = id.as_str().into();
+                    if kind == crate::cluster::ownership::Kind::Team {
+                        let r = normalizer.restore_push(&pid, &snapshots);
+                        info!(team = %id, calls = r.calls, skipped = r.skipped, "push sessions of the previous owner restored before the team's pushes are consumed");
+                    } else {
+                        let r = normalizer.restore(&pid, &snapshots);
+                        info!(pbx = %id, calls = r.calls, skipped = r.skipped, "live calls of the previous owner restored; the login's snapshot settles those that ended meanwhile");
+                    }
                     let _ = done.send(());
                 }
             },
@@ -672,7 +677,11 @@ pub async fn run_until(
     while let Ok(ev) = rx.try_recv() {
         take(&mut normalizer, &ownership, ev, &mut out, &mut acks);
     }
-    normalizer.settle_pushed(now_epoch(), &mut out);
+    if ownership.is_none() {
+        // Cluster mode: the sessions over but not yet settled stay stored;
+        // the team's next owner settles them (a late push still finds them).
+        normalizer.settle_pushed(now_epoch(), &mut out);
+    }
     finish_batch(
         &rules,
         store.as_ref(),

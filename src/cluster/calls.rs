@@ -1,6 +1,7 @@
 //! Live call state in the `<prefix>_calls` bucket, so that the next owner
-//! of a PBX resumes the calls in progress (a call that started under one
-//! instance and ended after it died still gets exactly one record).
+//! of a PBX or push team resumes the calls in progress (a call that started
+//! under one instance and ended after it died still gets exactly one
+//! record). Push sessions are stored the same way, keyed by team.
 //!
 //! The state of a call is opaque here: the bytes of the normalizer's
 //! per-call snapshot. One key per PBX and session (`<pbx token>.<hash of
@@ -14,8 +15,8 @@
 //! [`ClusterStore::commit_batch`](super::store::ClusterStore) writes a
 //! batch's call changes once its deliveries are stored (never ahead of
 //! them), before the batch's pushes are answered; the app loads a PBX's
-//! calls when this instance takes its lease and restores them in the
-//! normalizer before starting the AMI client.
+//! (team's) calls when this instance takes its lease and restores them in
+//! the normalizer before starting the AMI client (the push consumer).
 
 use async_nats::jetstream::kv;
 use base64::Engine;
