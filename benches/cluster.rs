@@ -9,21 +9,26 @@
 //! prints a table; the numbers depend on the machine, every NATS node and
 //! instance runs on it too: compare the ratios).
 
+mod support;
 #[path = "../tests/support_nats/mod.rs"]
 mod support_nats;
+#[path = "../tests/support_tmp/mod.rs"]
+mod support_tmp;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::Request;
-use axum::Router;
 use callhook::cluster::store::ClusterStore;
 use callhook::cluster::{dispatch, Cluster, ClusterConfig};
 use callhook::deliver::outbox::{Outbox, OutboxOptions};
 use callhook::deliver::store::DeliveryStore;
-use callhook::deliver::{self, validate_targets, DeliveryRequest, RawTarget, Target};
+use callhook::deliver::{self, Target};
+use support::{
+    arrival_latencies, direct_latency, direct_throughput, percentile, request, Seen, Sink,
+};
 use support_nats::NatsCluster;
+use support_tmp::TestDir;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -37,68 +42,8 @@ const PARTITIONS: u32 = 64;
 const RATE: f64 = 200.0;
 const LOAD_SECS: f64 = 5.0;
 
-type Seen = Arc<Mutex<BTreeMap<String, Instant>>>;
-
-/// A sink that answers 200 and records arrival times by path and query.
-async fn sink() -> (String, Seen) {
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    let app = Router::new().fallback(move |req: Request| {
-        let s = s.clone();
-        async move {
-            let key = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default();
-            if let Ok(mut m) = s.lock() {
-                m.insert(key, Instant::now());
-            }
-            "ok"
-        }
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
-    (format!("http://{addr}"), seen)
-}
-
-fn request(base: &str, run: &str, i: usize, now: f64) -> DeliveryRequest {
-    DeliveryRequest {
-        target: "crm".into(),
-        rule: "bench".into(),
-        session_id: format!("{run}.s{}", i / 4),
-        pbx: "main".into(),
-        event_id: format!("{run}.e{i}"),
-        method: "GET".into(),
-        url: format!("{base}/{run}?i={i}"),
-        headers: Vec::new(),
-        body: None,
-        idempotency_key: None,
-        created_at: now,
-        expires_at: None,
-        refused: None,
-        secrets: Vec::new(),
-    }
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or(f64::NAN)
-}
-
 fn targets() -> watch::Receiver<Arc<BTreeMap<String, Target>>> {
-    let raw: BTreeMap<String, RawTarget> = callhook::yaml::de::from_str(&format!(
-        "crm: {{ concurrency: {CONCURRENCY}, timeout: 5s }}"
-    ))
-    .expect("yaml");
-    let t = Arc::new(validate_targets(&raw, std::path::Path::new(".")).expect("targets"));
-    let (tx, rx) = watch::channel(t);
+    let (tx, rx) = watch::channel(support::targets(CONCURRENCY));
     // The sender lives as long as the benchmark (a dropped sender is a
     // dispatcher's cue to stop at shutdown).
     std::mem::forget(tx);
@@ -161,64 +106,12 @@ async fn latency(store: Arc<dyn DeliveryStore>, base: &str, seen: &Seen, run: &s
     while count(seen, run) < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let m = seen.lock().map(|m| m.clone()).unwrap_or_default();
-    sent.iter()
-        .filter_map(|(k, at)| {
-            m.get(k)
-                .map(|t| t.duration_since(*at).as_secs_f64() * 1000.0)
-        })
-        .collect()
-}
-
-async fn direct(base: &str) -> f64 {
-    let client = reqwest::Client::new();
-    let t0 = Instant::now();
-    let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    let mut tasks = Vec::new();
-    for i in 0..N {
-        let permit = sem.clone().acquire_owned().await.expect("semaphore");
-        let c = client.clone();
-        let url = format!("{base}/direct?i={i}");
-        tasks.push(tokio::spawn(async move {
-            let _ = c.get(url).send().await;
-            drop(permit);
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    N as f64 / t0.elapsed().as_secs_f64()
-}
-
-async fn direct_latency(base: &str) -> Vec<f64> {
-    let client = reqwest::Client::new();
-    let total = (RATE * LOAD_SECS) as usize;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..total {
-        let due = start + Duration::from_secs_f64(i as f64 / RATE);
-        tokio::time::sleep_until(due.into()).await;
-        let c = client.clone();
-        let url = format!("{base}/direct-lat?i={i}");
-        tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let _ = c.get(url).send().await;
-            t.elapsed().as_secs_f64() * 1000.0
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        if let Ok(v) = t.await {
-            out.push(v);
-        }
-    }
-    out
+    arrival_latencies(seen, &sent)
 }
 
 /// The single-node outbox (default durability) with its dispatcher.
 async fn outbox(base: &str, seen: &Seen) -> (f64, Vec<f64>) {
-    let dir = std::env::temp_dir().join(format!("callhook-bench-cluster-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TestDir::new("bench-cluster");
     let outbox = Arc::new(Outbox::open(&dir, OutboxOptions::default()).expect("outbox"));
     let token = CancellationToken::new();
     let d = deliver::spawn(outbox.clone(), targets(), token.clone());
@@ -227,7 +120,7 @@ async fn outbox(base: &str, seen: &Seen) -> (f64, Vec<f64>) {
     token.cancel();
     d.stopped().await;
     outbox.close();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     (tput, lat)
 }
 
@@ -309,8 +202,9 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         let nats = NatsCluster::start("bench").await;
-        let (base, seen) = sink().await;
-        let direct = direct(&base).await;
+        let sink = Sink::start(true).await;
+        let (base, seen) = (sink.url.clone(), sink.seen.clone());
+        let direct = direct_throughput(&base, "direct", N, CONCURRENCY).await;
         let (outbox, mut lat_outbox) = outbox(&base, &seen).await;
         let mut by_k = Vec::new();
         for k in 1..=3 {
@@ -318,7 +212,7 @@ fn main() {
         }
         let mut lat_c1 = cluster_latency(&nats, &base, &seen, 1).await;
         let mut lat_c3 = cluster_latency(&nats, &base, &seen, 3).await;
-        let mut lat_direct = direct_latency(&base).await;
+        let mut lat_direct = direct_latency(&base, "direct-lat", RATE, LOAD_SECS).await;
         println!(
             "deliveries/s to a local sink, {N} requests, concurrency {CONCURRENCY} per instance, \
              3 NATS nodes (R3), {PARTITIONS} partitions, all on this machine"

@@ -19,15 +19,20 @@
 //! `cargo bench --bench deliver` (prints a table; numbers vary with the
 //! machine, the ratios are what to compare).
 
+mod support;
+#[path = "../tests/support_tmp/mod.rs"]
+mod support_tmp;
+
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::Request;
-use axum::Router;
 use callhook::deliver::outbox::{Durability, Outbox, OutboxOptions};
-use callhook::deliver::{self, validate_targets, DeliveryRequest, RawTarget, Target};
+use callhook::deliver::{self, DeliveryRequest, Target};
+use support::{
+    arrival_latencies, direct_latency, direct_throughput, percentile, request, targets, Sink,
+};
+use support_tmp::TestDir;
 use tokio_util::sync::CancellationToken;
 
 /// Requests per throughput run.
@@ -40,111 +45,17 @@ const PIPELINE_BATCH: usize = 1024;
 const RATE: f64 = 1000.0;
 const LOAD_SECS: f64 = 5.0;
 
-/// A sink that answers 200, counts requests and records arrival times by
-/// path for the latency runs.
-#[derive(Clone)]
-struct Sink {
-    url: String,
-    count: Arc<AtomicUsize>,
-    seen: Arc<Mutex<BTreeMap<String, Instant>>>,
-}
-
-async fn sink(record: bool) -> Sink {
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen: Arc<Mutex<BTreeMap<String, Instant>>> = Arc::default();
-    let (c, s) = (count.clone(), seen.clone());
-    let app = Router::new().fallback(move |req: Request| {
-        let (c, s) = (c.clone(), s.clone());
-        async move {
-            if record {
-                let key = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.to_string())
-                    .unwrap_or_default();
-                if let Ok(mut m) = s.lock() {
-                    m.insert(key, Instant::now());
-                }
-            }
-            c.fetch_add(1, Ordering::Relaxed);
-            "ok"
-        }
-    });
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(l, app).await;
-    });
-    Sink {
-        url: format!("http://{addr}"),
-        count,
-        seen,
-    }
-}
-
-fn request(base: &str, i: usize, now: f64) -> DeliveryRequest {
-    DeliveryRequest {
-        target: "crm".into(),
-        rule: "bench".into(),
-        session_id: format!("s{}", i / 4),
-        pbx: "main".into(),
-        event_id: format!("e{i}"),
-        method: "GET".into(),
-        url: format!("{base}/pop?i={i}"),
-        headers: Vec::new(),
-        body: None,
-        idempotency_key: None,
-        created_at: now,
-        expires_at: None,
-        refused: None,
-        secrets: Vec::new(),
-    }
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or(f64::NAN)
-}
-
-/// The baseline: N GETs straight from reqwest, CONCURRENCY at a time.
-async fn baseline_throughput(base: &str) -> f64 {
-    let client = reqwest::Client::new();
-    let t0 = Instant::now();
-    let sem = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    let mut tasks = Vec::new();
-    for i in 0..N {
-        let permit = sem.clone().acquire_owned().await.expect("semaphore");
-        let c = client.clone();
-        let url = format!("{base}/base?i={i}");
-        tasks.push(tokio::spawn(async move {
-            let _ = c.get(url).send().await;
-            drop(permit);
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    N as f64 / t0.elapsed().as_secs_f64()
-}
-
 struct Running {
     outbox: Arc<Outbox>,
     token: CancellationToken,
     handle: deliver::DispatcherHandle,
-    dir: std::path::PathBuf,
+    dir: TestDir,
     /// Kept open for the run (a closed channel stops reloads).
     _targets: tokio::sync::watch::Sender<Arc<BTreeMap<String, Target>>>,
 }
 
 fn start(durability: Durability, tag: &str) -> Running {
-    let dir = std::env::temp_dir().join(format!(
-        "callhook-bench-{}-{durability:?}-{tag}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TestDir::new(&format!("bench-{durability:?}-{tag}"));
     let outbox = Arc::new(
         Outbox::open(
             &dir,
@@ -155,12 +66,7 @@ fn start(durability: Durability, tag: &str) -> Running {
         )
         .expect("outbox"),
     );
-    let raw: BTreeMap<String, RawTarget> = callhook::yaml::de::from_str(&format!(
-        "crm: {{ concurrency: {CONCURRENCY}, timeout: 5s }}"
-    ))
-    .expect("yaml");
-    let targets = Arc::new(validate_targets(&raw, std::path::Path::new(".")).expect("targets"));
-    let (tx, rx) = tokio::sync::watch::channel(targets);
+    let (tx, rx) = tokio::sync::watch::channel(targets(CONCURRENCY));
     let token = CancellationToken::new();
     let handle = deliver::spawn(outbox.clone(), rx, token.clone());
     Running {
@@ -176,13 +82,13 @@ async fn stop(r: Running) {
     r.token.cancel();
     r.handle.stopped().await;
     r.outbox.close();
-    let _ = std::fs::remove_dir_all(&r.dir);
+    drop(r.dir);
 }
 
 /// Waits until the sink got `n` more requests than `before` and the outbox
 /// has `n` rows done.
 async fn wait_done(r: &Running, s: &Sink, before: usize, n: usize) {
-    while s.count.load(Ordering::Relaxed) < before + n {
+    while s.count() < before + n {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     loop {
@@ -197,14 +103,14 @@ async fn wait_done(r: &Running, s: &Sink, before: usize, n: usize) {
 /// N deliveries enqueued by a pipeline like the daemon's.
 async fn outbox_pipeline(s: &Sink, durability: Durability) -> f64 {
     let r = start(durability, "pipeline");
-    let before = s.count.load(Ordering::Relaxed);
+    let before = s.count();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<DeliveryRequest>(8192);
     let t0 = Instant::now();
     let base = s.url.clone();
     let source = tokio::spawn(async move {
         let now = callhook::source::now_epoch();
         for i in 0..N {
-            if tx.send(request(&base, i, now)).await.is_err() {
+            if tx.send(request(&base, "pop", i, now)).await.is_err() {
                 break;
             }
         }
@@ -235,11 +141,13 @@ async fn outbox_pipeline(s: &Sink, durability: Durability) -> f64 {
 /// commit waited for.
 async fn outbox_serial(s: &Sink, durability: Durability) -> f64 {
     let r = start(durability, "serial");
-    let before = s.count.load(Ordering::Relaxed);
+    let before = s.count();
     let t0 = Instant::now();
     let now = callhook::source::now_epoch();
     for b in 0..N_SERIAL / 4 {
-        let reqs: Vec<_> = (0..4).map(|k| request(&s.url, b * 4 + k, now)).collect();
+        let reqs: Vec<_> = (0..4)
+            .map(|k| request(&s.url, "pop", b * 4 + k, now))
+            .collect();
         let _ = r.outbox.submit(reqs).await;
     }
     wait_done(&r, s, before, N_SERIAL).await;
@@ -252,7 +160,7 @@ async fn outbox_serial(s: &Sink, durability: Durability) -> f64 {
 /// the arrival at the sink.
 async fn outbox_latency(durability: Durability) -> Vec<f64> {
     let r = start(durability, "latency");
-    let s = sink(true).await;
+    let s = Sink::start(true).await;
     let mut sent = Vec::new();
     let total = (RATE * LOAD_SECS) as usize;
     let start = Instant::now();
@@ -262,24 +170,19 @@ async fn outbox_latency(durability: Durability) -> Vec<f64> {
         let at = Instant::now();
         // Queued at once; the receipt (commit) is not awaited: latency is
         // measured at the sink.
-        drop(
-            r.outbox
-                .submit(vec![request(&s.url, i, callhook::source::now_epoch())]),
-        );
+        drop(r.outbox.submit(vec![request(
+            &s.url,
+            "pop",
+            i,
+            callhook::source::now_epoch(),
+        )]));
         sent.push((format!("/pop?i={i}"), at));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while s.count.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+    while s.count() < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let m = s.seen.lock().map(|m| m.clone()).unwrap_or_default();
-    let lat: Vec<f64> = sent
-        .iter()
-        .filter_map(|(k, at)| {
-            m.get(k)
-                .map(|t| t.duration_since(*at).as_secs_f64() * 1000.0)
-        })
-        .collect();
+    let lat = arrival_latencies(&s.seen, &sent);
     stop(r).await;
     lat
 }
@@ -290,10 +193,8 @@ async fn outbox_latency(durability: Durability) -> Vec<f64> {
 /// sent with reqwest; latency from submit to arrival at the sink.
 async fn baseline_durable_latency() -> Vec<f64> {
     use std::io::Write;
-    let s = sink(true).await;
-    let dir = std::env::temp_dir().join(format!("callhook-bench-{}-fsync", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("dir");
+    let s = Sink::start(true).await;
+    let dir = TestDir::new("bench-fsync");
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -338,45 +239,18 @@ async fn baseline_durable_latency() -> Vec<f64> {
     }
     drop(tx);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while s.count.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+    while s.count() < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let _ = writer.join();
     sender.abort();
-    let _ = std::fs::remove_dir_all(&dir);
-    let m = s.seen.lock().map(|m| m.clone()).unwrap_or_default();
-    sent.iter()
-        .filter_map(|(k, at)| {
-            m.get(k)
-                .map(|t| t.duration_since(*at).as_secs_f64() * 1000.0)
-        })
-        .collect()
+    drop(dir);
+    arrival_latencies(&s.seen, &sent)
 }
 
 async fn baseline_latency() -> Vec<f64> {
-    let s = sink(true).await;
-    let client = reqwest::Client::new();
-    let total = (RATE * LOAD_SECS) as usize;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..total {
-        let due = start + Duration::from_secs_f64(i as f64 / RATE);
-        tokio::time::sleep_until(due.into()).await;
-        let c = client.clone();
-        let url = format!("{}/direct?i={i}", s.url);
-        tasks.push(tokio::spawn(async move {
-            let t = Instant::now();
-            let _ = c.get(url).send().await;
-            t.elapsed().as_secs_f64() * 1000.0
-        }));
-    }
-    let mut out = Vec::new();
-    for t in tasks {
-        if let Ok(v) = t.await {
-            out.push(v);
-        }
-    }
-    out
+    let s = Sink::start(true).await;
+    direct_latency(&s.url, "direct", RATE, LOAD_SECS).await
 }
 
 fn main() {
@@ -385,12 +259,12 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let s = sink(false).await;
-        let direct = baseline_throughput(&s.url).await;
+        let s = Sink::start(false).await;
+        let direct = direct_throughput(&s.url, "base", N, CONCURRENCY).await;
         let full = outbox_pipeline(&s, Durability::Full).await;
         let normal = outbox_pipeline(&s, Durability::Normal).await;
         let serial = outbox_serial(&s, Durability::Full).await;
-        let direct2 = baseline_throughput(&s.url).await;
+        let direct2 = direct_throughput(&s.url, "base", N, CONCURRENCY).await;
         let mut lat_direct = baseline_latency().await;
         let mut lat_fsync = baseline_durable_latency().await;
         let mut lat_full = outbox_latency(Durability::Full).await;

@@ -35,6 +35,9 @@
 //! copies, a 6,000-call burst and 3 rounds; `-- --check` fails when a ratio
 //! falls below a loose floor (CI runs `--quick --check`).
 
+#[path = "../tests/support_app/mod.rs"]
+mod support_app;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -46,7 +49,6 @@ use bytes::BytesMut;
 use callhook::ami::synthetic::{burst, renumbered, BANNER};
 use callhook::ami::{AmiCodec, AmiFrame};
 use callhook::app::{self, RunOptions};
-use callhook::config::Config;
 use callhook::metrics::metrics;
 use callhook::model::ModelEvent;
 use callhook::normalize::{Normalizer, NormalizerConfig};
@@ -487,15 +489,7 @@ fn daemon(addr: SocketAddr, pbx: &str, calls: usize) -> Got {
         dir.display(),
         addr.port()
     );
-    let cfg = Config::from_text(&text, Path::new(".")).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let cfg = support_app::config(&text, Path::new("."));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

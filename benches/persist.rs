@@ -10,13 +10,15 @@
 //! compare). Batch sizes: 1 (a quiet daemon: each event alone) and 32
 //! (under load the normalizer takes what is queued, up to 1024 events).
 
+#[path = "../tests/support_app/mod.rs"]
+mod support_app;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use callhook::ami::{AmiCodec, AmiFrame};
-use callhook::config::Config;
 use callhook::deliver::outbox::{LiveCallWrite, Outbox, OutboxOptions};
 use callhook::normalize::{Normalizer, NormalizerConfig};
 use callhook::replay::{Routed, Router};
@@ -140,15 +142,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let cfg = Config::from_text(RULES, Path::new(".")).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let cfg = support_app::config(RULES, Path::new("."));
     let events = events();
     println!(
         "{} events of load-dev.ami; best of {RUNS} runs; outbox synchronous=FULL",

@@ -8,7 +8,9 @@
 //! silence, addresses outside allow_from, connections over the caps).
 
 mod support_agi;
+mod support_app;
 mod support_http;
+mod support_tmp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,15 +47,7 @@ struct Server {
 impl Server {
     async fn start(yaml: &str) -> Server {
         let dir = std::env::temp_dir();
-        let cfg = Config::from_text(yaml, &dir).unwrap_or_else(|e| {
-            panic!(
-                "{}",
-                e.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        });
+        let cfg = support_app::config(yaml, &dir);
         let a = cfg.agi.expect("agi section");
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

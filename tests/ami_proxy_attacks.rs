@@ -6,6 +6,7 @@
 
 mod support_ami_proxy;
 mod support_daemon;
+mod support_tmp;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -49,7 +50,7 @@ async fn setup(name: &str, sim: Simulator) -> Setup {
         SETTINGS,
         USERS,
     );
-    let daemon = Daemon::start(&cfg, &dir, &[("E2E_AMI_SECRET", PBX_SECRET)]);
+    let daemon = Daemon::start(&cfg, &dir, &[("E2E_AMI_SECRET", PBX_SECRET)]).owning(dir);
     sim.wait_for(|s| s.logins >= 1).await;
     let proxy = SocketAddr::from(([127, 0, 0, 1], proxy));
     // Up once a connection gets the banner and a forwarded action is

@@ -5,20 +5,22 @@
 //! the call records of both sides, rendered by the same call-log rule, are
 //! compared field by field.
 
+mod support_app;
 mod support_http;
+mod support_tmp;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callhook::app::{self, RunOptions};
+use callhook::app::RunOptions;
 use callhook::config::Config;
 use callhook::normalize::Normalizer;
 use callhook::replay::replay;
 use serde_json::Value;
 use support_http::{state_dir, Sink, WAIT};
-use tokio::sync::mpsc;
+use support_tmp::TestDir;
 use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "acme-astercc-token";
@@ -55,7 +57,7 @@ fn root() -> &'static Path {
 }
 
 /// The receiving callhook: one push team, the call log to the sink.
-async fn receiver(sink: &Sink) -> (String, CancellationToken) {
+async fn receiver(sink: &Sink) -> (String, CancellationToken, TestDir) {
     let dir = state_dir("astercc-receiver");
     let text = format!(
         "listen: 127.0.0.1:0\nstate_dir: {}\npush:\n  settle: 300ms\n  teams:\n    acme: {{ token: \"{TOKEN}\" }}\ntargets:\n  log: {{ rate_limit: 1000/s }}\nrules:{}",
@@ -65,10 +67,7 @@ async fn receiver(sink: &Sink) -> (String, CancellationToken) {
     let cfg = Config::from_text(&text, Path::new(".")).unwrap_or_else(|e| panic!("{e:?}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let token = CancellationToken::new();
-    let (reload_tx, reload_rx) = mpsc::channel(1);
-    let (run_tx, mut run_rx) = mpsc::unbounded_channel();
-    tokio::spawn(app::run_until(
+    let app = support_app::start(
         cfg,
         RunOptions {
             config_path: None,
@@ -76,15 +75,9 @@ async fn receiver(sink: &Sink) -> (String, CancellationToken) {
             listener: Some(listener),
             ..RunOptions::default()
         },
-        token.clone(),
-        reload_tx,
-        reload_rx,
-        move |r| {
-            let _ = run_tx.send(r);
-        },
-    ));
-    run_rx.recv().await.expect("the receiver started");
-    (base, token)
+    )
+    .await;
+    (base, app.token, dir)
 }
 
 /// The sending side: the rule set as shipped, its URL pointed at the
@@ -166,7 +159,7 @@ fn same(k: &str, ami: &Value, pushed: &Value) -> bool {
 async fn pushes_give_back_the_same_calls() {
     std::env::set_var("ASTERCC_PUSH_TOKEN", TOKEN);
     let sink = Sink::start().await;
-    let (base, stop) = receiver(&sink).await;
+    let (base, stop, _dir) = receiver(&sink).await;
     let cfg = sender(&base);
     let http = reqwest::Client::new();
     let mut expected: BTreeMap<String, (String, Value)> = BTreeMap::new();

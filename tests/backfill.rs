@@ -20,6 +20,7 @@ use serde_json::Value;
 
 #[path = "support_http/mod.rs"]
 mod support_http;
+mod support_tmp;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -378,7 +379,7 @@ fn enqueue_cdr(outbox: &Outbox, cfg: &Config, cdr: &Path) -> Summary {
     .unwrap()
 }
 
-fn test_outbox(name: &str) -> (PathBuf, Outbox) {
+fn test_outbox(name: &str) -> (support_tmp::TestDir, Outbox) {
     let dir = support_http::state_dir(name);
     let opts = OutboxOptions {
         // Fixture calls are dated 2026-11-22: keep their keys whatever today is.

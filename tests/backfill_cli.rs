@@ -8,8 +8,10 @@ use std::process::{Command, Output};
 
 #[path = "support_http/mod.rs"]
 mod support_http;
+mod support_tmp;
 
 use support_http::{state_dir, Sink};
+use support_tmp::TestDir;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -21,7 +23,7 @@ fn load_dev() -> PathBuf {
 
 /// A config whose phonecalls rule set points at the sink (and is not rate
 /// limited to 5/s), in a fresh state directory.
-fn config(sink: &Sink, dedupe_window: &str) -> (PathBuf, PathBuf) {
+fn config(sink: &Sink, dedupe_window: &str) -> (TestDir, PathBuf) {
     let dir = state_dir("backfill-cli");
     std::fs::create_dir_all(&dir).unwrap();
     let rules = std::fs::read_to_string(root().join("rules/phonecalls.yaml"))
@@ -206,7 +208,7 @@ fn recent_cdr(path: &Path, now: i64, calls: &[(i64, i64)]) {
 
 /// A config with every default (no `outbox:` section), the phonecalls rule
 /// set aimed at the sink, an absolute state_dir.
-fn default_config(sink: &Sink) -> (PathBuf, PathBuf) {
+fn default_config(sink: &Sink) -> (TestDir, PathBuf) {
     let (dir, cfg) = config(sink, "7d");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let text: String = text

@@ -25,6 +25,7 @@ use std::process::{Command, Output};
 mod support_db;
 #[path = "support_http/mod.rs"]
 mod support_http;
+mod support_tmp;
 
 use support_db::cdr::{
     all_fixtures, create_table, csv_rows, fixture, insert, rows_of, Columns, CsvRow, ADAPTIVE,
@@ -32,6 +33,7 @@ use support_db::cdr::{
 };
 use support_db::{Db, READER_PASSWORD, READER_PASSWORD_IN_URL};
 use support_http::{state_dir, Sink};
+use support_tmp::TestDir;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,7 +41,7 @@ fn root() -> &'static Path {
 
 /// A config whose phonecalls rule set points at the sink, in a fresh state
 /// directory.
-fn config(sink_url: &str) -> (PathBuf, PathBuf) {
+fn config(sink_url: &str) -> (TestDir, PathBuf) {
     let dir = state_dir("backfill-sql");
     std::fs::create_dir_all(&dir).unwrap();
     let rules = std::fs::read_to_string(root().join("rules/phonecalls.yaml"))

@@ -5,8 +5,11 @@
 //! generated completions and man pages.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+mod support_tmp;
+use support_tmp::TestDir;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_callhook"));
@@ -23,11 +26,8 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()
 }
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("callhook-cli-errors-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn dir(name: &str) -> TestDir {
+    TestDir::new(&format!("cli-errors-{name}"))
 }
 
 fn fixture(rel: &str) -> String {

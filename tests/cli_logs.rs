@@ -6,6 +6,7 @@
 //! terminal.
 
 mod support_daemon;
+mod support_tmp;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;

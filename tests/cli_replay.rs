@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 #[path = "support_http/mod.rs"]
 mod support_http;
+mod support_tmp;
 
 use serde_json::Value;
 use support_http::{state_dir, Reply, Sink};
+use support_tmp::TestDir;
 
 const RULE: &str = r#"rules:
   - name: call-log
@@ -31,7 +33,7 @@ fn capture() -> String {
 
 /// A config sending to `sink` (target timeout `timeout`, no retries worth
 /// waiting for), in a fresh state directory.
-fn config(sink: &Sink, target: &str) -> (PathBuf, PathBuf) {
+fn config(sink: &Sink, target: &str) -> (TestDir, PathBuf) {
     let dir = state_dir("cli-replay");
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("callhook.yaml");

@@ -6,6 +6,7 @@
 
 mod support_http;
 mod support_nats;
+mod support_tmp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

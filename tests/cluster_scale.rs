@@ -8,6 +8,7 @@
 mod support_daemon;
 mod support_http;
 mod support_nats;
+mod support_tmp;
 
 use std::time::{Duration, Instant};
 

@@ -4,11 +4,12 @@
 //! `run`, and warnings.
 
 mod support_daemon;
+mod support_tmp;
 
 use std::path::Path;
 use std::process::Output;
 
-use support_daemon::temp_dir;
+use support_daemon::{assert_success, temp_dir};
 
 fn check(path: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"));
@@ -142,11 +143,7 @@ rules:
     );
     // Set, it is fine.
     let out = check(&path, &[("CHECK_TEST_UNSET_TOKEN", "t")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]
@@ -261,9 +258,5 @@ fn callhook_config_names_the_file_for_check() {
         .env("CALLHOOK_CONFIG", &path)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }

@@ -4,6 +4,7 @@
 //! `$STATE_DIRECTORY`).
 
 mod support_daemon;
+mod support_tmp;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -99,7 +100,7 @@ fn state_dir_is_relative_to_the_config_file() {
     ok(&callhook(
         &["deliveries", "--config", cfg2.to_str().unwrap(), "list"],
         &elsewhere,
-        &[("STATE_DIRECTORY", state.as_path())],
+        &[("STATE_DIRECTORY", state.path())],
     ));
     assert!(state.join("callhook-data/outbox.sqlite3").exists());
     assert!(!elsewhere.join("callhook-data").exists());

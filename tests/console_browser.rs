@@ -11,6 +11,7 @@
 
 mod support_daemon;
 mod support_live;
+mod support_tmp;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,6 +4,7 @@
 //! are its own.
 
 mod support_http;
+mod support_tmp;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use callhook::metrics::metrics;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use support_http::*;
+use support_tmp::TestDir;
 use tokio_util::sync::CancellationToken;
 
 struct Rig {
@@ -24,7 +26,7 @@ struct Rig {
     handle: DispatcherHandle,
     shutdown: CancellationToken,
     targets: tokio::sync::watch::Sender<Arc<BTreeMap<String, callhook::deliver::Target>>>,
-    dir: std::path::PathBuf,
+    dir: TestDir,
 }
 
 impl Rig {

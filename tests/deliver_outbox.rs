@@ -2,6 +2,7 @@
 //! recovery, admin operations and retention.
 
 mod support_http;
+mod support_tmp;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

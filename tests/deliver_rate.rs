@@ -1,6 +1,7 @@
 //! Rate limit, measured at the sink (its own test binary: timing-sensitive).
 
 mod support_http;
+mod support_tmp;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use callhook::deliver::{validate_targets, RawTarget};
 
+mod support_tmp;
+use support_tmp::TestDir;
+
 fn tls_dir() -> &'static Path {
     Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -65,8 +68,7 @@ crm:
 
 #[test]
 fn secret_file_and_mismatched_tls_pairs() {
-    let dir = std::env::temp_dir().join(format!("callhook-target-it-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TestDir::new("target-it");
     std::fs::write(dir.join("secret"), "raw-secret\n").unwrap();
     let ca = tls_dir().join("ca.pem");
     let yaml = format!(

@@ -11,6 +11,7 @@
 //! attempts, so "retried, never delivered" ends in a deterministic `dead`.
 
 mod support_http;
+mod support_tmp;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use callhook::deliver::{
     Target,
 };
 use support_http::{request, rows, state_dir, wait_rows, WAIT};
+use support_tmp::TestDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -208,7 +210,8 @@ struct Rig {
     shutdown: CancellationToken,
     /// Kept so the dispatcher's target channel stays open.
     _targets: watch::Sender<Arc<BTreeMap<String, Target>>>,
-    dir: std::path::PathBuf,
+    /// The state directory, removed when the rig drops.
+    _dir: TestDir,
 }
 
 impl Rig {
@@ -228,7 +231,7 @@ impl Rig {
             handle,
             shutdown,
             _targets: tx,
-            dir,
+            _dir: dir,
         }
     }
 
@@ -254,7 +257,6 @@ impl Rig {
         tokio::time::timeout(WAIT, self.handle.stopped())
             .await
             .expect("dispatcher stops");
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use callhook::ami::simulator::{AfterCapture, Simulator};
 use regex::Regex;
 use serde_json::Value;
-use support_daemon::{fixture, free_port, temp_dir, Daemon, WAIT};
+use support_daemon::{assert_success, fixture, free_port, temp_dir, Daemon, WAIT};
 use support_http::Sink;
 
 fn deploy(rel: &str) -> PathBuf {
@@ -462,11 +463,7 @@ async fn the_unit_and_the_example_config_work_together() {
         .envs(env_ref.iter().copied())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let mut d = Daemon::start_limited(&cfg, &dir, &env_ref, nofile);
     d.admin = Some(format!("127.0.0.1:{admin}").parse().unwrap());
     let mut buf = [0u8; 512];

@@ -6,6 +6,7 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

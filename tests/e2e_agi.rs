@@ -6,6 +6,7 @@
 mod support_agi;
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::io::Write;
 use std::net::SocketAddr;

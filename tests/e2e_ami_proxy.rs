@@ -7,6 +7,7 @@
 
 mod support_ami_proxy;
 mod support_daemon;
+mod support_tmp;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};

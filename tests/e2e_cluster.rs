@@ -13,16 +13,17 @@
 mod support_daemon;
 mod support_http;
 mod support_nats;
+mod support_tmp;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use callhook::ami::simulator::{AfterCapture, SimSession, Simulator, SimulatorHandle};
 use serde_json::Value;
-use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_daemon::{assert_success, fixture, free_port, temp_dir, Daemon};
 use support_http::{Received, Sink};
 use support_nats::NatsCluster;
+use support_tmp::TestDir;
 
 const USER: &str = "amiuser";
 const SECRET: &str = "cluster-e2e-secret";
@@ -52,8 +53,9 @@ struct Site {
     nats: NatsCluster,
     sink: Sink,
     sims: Vec<(&'static str, SimulatorHandle)>,
-    dirs: Vec<PathBuf>,
     daemons: Vec<Option<Daemon>>,
+    /// After `daemons`: removed once they are killed.
+    dirs: Vec<TestDir>,
     listens: Vec<u16>,
 }
 
@@ -737,11 +739,7 @@ async fn pushes_to_any_instance_are_delivered_once() {
         .envs(env())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no deliveries");
 }
 

@@ -5,6 +5,7 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use callhook::ami::simulator::{AfterCapture, Simulator, SimulatorHandle};
 use serde_json::Value;
-use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_daemon::{assert_success, fixture, free_port, temp_dir, Daemon};
 use support_http::{Received, Reply, Sink};
 
 const USER: &str = "amiuser";
@@ -607,11 +608,7 @@ async fn dead_deliveries_are_listed_and_retried_through_the_admin_api() {
         .envs(env())
         .output()
         .unwrap();
-    assert!(
-        cli.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cli.stderr)
-    );
+    assert_success(&cli);
     // A header and the two dead rows.
     assert_eq!(String::from_utf8_lossy(&cli.stdout).lines().count(), 3);
     // The CRM is fixed; retry every dead delivery.
@@ -655,11 +652,7 @@ async fn replay_sends_through_the_outbox_and_a_second_run_creates_no_second_reco
             .env("CALLHOOK_LOG", "warn")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let first = tokio::task::block_in_place(run);

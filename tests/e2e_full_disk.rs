@@ -9,6 +9,7 @@
 //! says so and passes vacuously where the kernel forbids it.
 
 mod support_daemon;
+mod support_tmp;
 
 use std::io::Read;
 use std::process::{Command, Stdio};

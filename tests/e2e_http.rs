@@ -4,6 +4,7 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -8,6 +8,7 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use callhook::ami::simulator::{Simulator, SimulatorHandle};
 use callhook::deliver::outbox::OutboxOptions;
 use callhook::deliver::Outbox;
-use support_daemon::{free_port, temp_dir, Daemon, WAIT};
+use support_daemon::{assert_success, free_port, temp_dir, Daemon, WAIT};
 use support_http::{request, Sink};
 
 const USER: &str = "amiuser";
@@ -222,11 +223,7 @@ async fn a_row_that_cannot_be_decoded_is_moved_aside_not_a_stall() {
             .unwrap()
     });
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let rows: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -14,17 +14,17 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callhook::model::Timestamp;
-use rand::Rng;
 use serde_json::{json, Value};
-use support_daemon::{free_port, temp_dir, Daemon};
+use support_daemon::{free_port, outbox_bodies, outbox_rows, temp_dir, wait_closed, Daemon};
 use support_http::Sink;
 
 const CALLS: usize = 60;
@@ -62,56 +62,6 @@ rules:
 "#,
         state = dir.join("state").display(),
     )
-}
-
-/// (rule, session) → rows, the record bodies, and the rows still waiting.
-type Rows = (
-    BTreeMap<(String, String), usize>,
-    BTreeMap<String, Value>,
-    usize,
-);
-
-/// See [`Rows`].
-fn outbox_rows(state: &Path) -> Rows {
-    let c = rusqlite::Connection::open_with_flags(
-        state.join("outbox.sqlite3"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut st = c
-        .prepare("SELECT rule, session_id, COUNT(*) FROM deliveries GROUP BY rule, session_id")
-        .unwrap();
-    let rows = st
-        .query_map([], |r| {
-            Ok((
-                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-                r.get::<_, i64>(2)? as usize,
-            ))
-        })
-        .unwrap()
-        .collect::<Result<BTreeMap<_, _>, _>>()
-        .unwrap();
-    let mut st = c
-        .prepare("SELECT session_id, body FROM deliveries WHERE rule = 'record'")
-        .unwrap();
-    let bodies = st
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })
-        .unwrap()
-        .map(|r| {
-            let (s, b) = r.unwrap();
-            (s, serde_json::from_slice(&b).unwrap())
-        })
-        .collect();
-    let waiting: i64 = c
-        .query_row(
-            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'inflight')",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    (rows, bodies, waiting as usize)
 }
 
 /// Every fifth call never ends (its hangups are never pushed).
@@ -176,11 +126,11 @@ async fn dial(url: String, i: usize, start: i64, retry: bool, stop: Arc<AtomicBo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_kill_9_lose_no_pushed_call_record_and_close_none_twice() {
     let sink = Sink::start().await;
-    let dir: PathBuf = temp_dir("push-calls-kill9");
+    let dir = temp_dir("push-calls-kill9");
     let listen = free_port();
     let cfg = dir.join("callhook.yaml");
     std::fs::write(&cfg, config(&dir, &sink, listen)).unwrap();
-    let mut d = Daemon::start_file(&cfg, &[]);
+    let d = Daemon::start_file(&cfg, &[]);
     d.wait_http().await;
     let url = format!("http://127.0.0.1:{listen}/v1/events/astercc");
     let now = std::time::SystemTime::now()
@@ -218,17 +168,9 @@ async fn five_kill_9_lose_no_pushed_call_record_and_close_none_twice() {
             }
         }));
     }
-    let mut rng = rand::thread_rng();
-    for k in 0..KILLS {
-        let up = rng.gen_range(800..2000);
-        tokio::time::sleep(Duration::from_millis(up)).await;
-        tokio::task::block_in_place(|| d.kill9());
-        let down = rng.gen_range(200..1000);
-        eprintln!("kill {k}: after {up} ms up, {down} ms down");
-        tokio::time::sleep(Duration::from_millis(down)).await;
-        d = Daemon::start_file(&cfg, &[]);
-        d.wait_http().await;
-    }
+    let d = d
+        .kill9_restarts(&cfg, &[], KILLS, 800..2000, 200..1000, String::new)
+        .await;
     for t in dialer {
         tokio::time::timeout(support_daemon::WAIT, t)
             .await
@@ -239,32 +181,15 @@ async fn five_kill_9_lose_no_pushed_call_record_and_close_none_twice() {
     // Every rung call closed (the lost ends by calls.max_age) and sent.
     let state = dir.join("state");
     let deadline = Instant::now() + support_daemon::WAIT + Duration::from_secs(MAX_AGE_S);
-    loop {
-        let (rows, _, waiting) = outbox_rows(&state);
-        let closed = rows
-            .keys()
-            .filter(|(r, _)| r == "ring")
-            .all(|(_, s)| rows.contains_key(&("record".to_string(), s.clone())));
-        if (waiting == 0 && closed) || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_closed(&state, "ring", "record", deadline).await;
     let (_, status, stderr) = d.stop();
     assert!(status.success(), "{stderr}");
 
-    let (rows, bodies, _) = outbox_rows(&state);
-    let rung: BTreeSet<&str> = rows
-        .keys()
-        .filter(|(r, _)| r == "ring")
-        .map(|(_, s)| s.as_str())
-        .collect();
-    let records: BTreeMap<&str, usize> = rows
-        .iter()
-        .filter(|((r, _), _)| r == "record")
-        .map(|((_, s), n)| (s.as_str(), *n))
-        .collect();
-    let lost: Vec<&&str> = rung.iter().filter(|s| !records.contains_key(**s)).collect();
+    let rows = outbox_rows(&state);
+    let bodies = outbox_bodies(&state, "record");
+    let rung = rows.sessions("ring");
+    let records = rows.sessions("record");
+    let lost = rows.unclosed("ring", "record");
     let twice: Vec<(&&str, &usize)> = records.iter().filter(|(_, n)| **n > 1).collect();
     let approx: Vec<&String> = bodies
         .iter()
@@ -312,16 +237,7 @@ async fn five_kill_9_lose_no_pushed_call_record_and_close_none_twice() {
         }
     }
     // Every record reached the sink.
-    let sent: BTreeSet<String> = sink
-        .for_path("/record")
-        .iter()
-        .filter_map(|r| {
-            r.uri
-                .split(['?', '&'])
-                .find_map(|p| p.strip_prefix("id="))
-                .map(str::to_string)
-        })
-        .collect();
+    let sent = sink.query_values("/record", "id");
     for s in records.keys() {
         assert!(sent.contains(*s), "record of {s} not delivered");
     }

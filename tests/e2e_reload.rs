@@ -4,6 +4,7 @@
 //! only a restart can change.
 
 mod support_daemon;
+mod support_tmp;
 
 use std::path::Path;
 

@@ -7,13 +7,14 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use callhook::ami::simulator::{AfterCapture, Simulator, SimulatorHandle};
 use serde_json::Value;
-use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_daemon::{assert_success, fixture, free_port, temp_dir, Daemon};
 use support_http::Sink;
 
 const USER: &str = "amiuser";
@@ -192,11 +193,7 @@ async fn dry_run_prints_exactly_the_urls_that_are_sent() {
         .env("CALLHOOK_LOG", "warn")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let printed: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

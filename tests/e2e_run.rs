@@ -2,12 +2,13 @@
 //! 127.0.0.1 replaying real captures, reading the call model it prints.
 
 mod support_daemon;
+mod support_tmp;
 
 use std::path::Path;
 
 use callhook::ami::simulator::{AfterCapture, Simulator, SimulatorHandle};
 use serde_json::Value;
-use support_daemon::{fixture, temp_dir, Daemon};
+use support_daemon::{assert_success, fixture, temp_dir, Daemon};
 
 const USER: &str = "amiuser";
 const SECRET: &str = "e2e-secret-42";
@@ -179,11 +180,7 @@ fn check_reports_every_error_and_exits_non_zero() {
         .arg(&good)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 }
 
 #[test]
@@ -236,11 +233,7 @@ fn demo_plays_the_captures_and_stops_by_itself() {
         .env("CALLHOOK_LOG", "warn")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("1002  ringing   ← 5559876543 \"Maria Lopez\" via queue ventas"),

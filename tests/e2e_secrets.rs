@@ -8,6 +8,7 @@
 
 mod support_daemon;
 mod support_http;
+mod support_tmp;
 
 use std::path::Path;
 use std::process::Command;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use callhook::ami::simulator::{AfterCapture, Simulator, SimulatorHandle};
 use callhook::deliver::outbox::{Outbox, OutboxOptions};
 use serde_json::Value;
-use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_daemon::{assert_success, fixture, free_port, temp_dir, Daemon};
 use support_http::{Reply, Sink};
 
 const USER: &str = "amiuser";
@@ -202,21 +203,13 @@ async fn secrets_never_rest_in_clear_and_go_out_as_configured_now() {
     // The outbox commands, with none of the secrets in the environment.
     let out = callhook(&["deliveries", "list", "--json"], &cfg);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(text.contains("***") && text.contains("/calls"), "{text}");
     for s in all {
         assert!(!text.contains(s), "{s} in {text}");
     }
     let out = callhook(&["deliveries", "list"], &cfg);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(!String::from_utf8_lossy(&out.stdout).contains(TOKEN));
     let out = callhook(&["outbox", "check"], &cfg);
     assert!(
@@ -291,11 +284,7 @@ async fn dry_run_masks_every_secret() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         assert!(text.contains("/calls"), "{text}");
         assert!(text.contains("visible"), "{text}");
         for s in [TOKEN, API_KEY, SIGNING] {
@@ -397,11 +386,7 @@ fn backfill_dry_run_masks_the_token() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         assert!(text.contains("token=***"), "{format}: {text}");
         for f in forms(TOKEN) {
             let f = String::from_utf8(f).unwrap();

@@ -5,6 +5,8 @@
 //! applies TCP backpressure instead of dropping.
 
 mod support;
+mod support_app;
+mod support_tmp;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
@@ -14,7 +16,6 @@ use std::time::Duration;
 use callhook::ami::simulator::{AfterCapture, Simulator};
 use callhook::ami::synthetic::{burst, renumbered, BANNER};
 use callhook::app::{self, RunOptions};
-use callhook::config::Config;
 use callhook::metrics::metrics;
 use callhook::model::{CallRecord, ModelEvent};
 use callhook::normalize::{Normalizer, NormalizerConfig};
@@ -80,15 +81,7 @@ async fn a_burst_of_30000_calls_reaches_the_model_whole() {
         dir.display(),
         sim.local_addr().port()
     );
-    let cfg = Config::from_text(&text, Path::new(".")).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let cfg = support_app::config(&text, Path::new("."));
 
     let (count_tx, mut count_rx) = watch::channel((0usize, 0usize));
     let mut seen = (0usize, 0usize);
@@ -143,14 +136,6 @@ async fn a_burst_of_30000_calls_reaches_the_model_whole() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn support_state_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "callhook-ingest-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn support_state_dir() -> support_tmp::TestDir {
+    support_tmp::TestDir::new("ingest")
 }

@@ -9,15 +9,14 @@
 
 mod support_daemon;
 mod support_live;
+mod support_tmp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use callhook::ami::simulator::{AfterCapture, Simulator};
-use support_daemon::{free_port, temp_dir, Daemon};
 use support_live::*;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const ENV: &[(&str, &str)] = &[("E2E_AMI_SECRET", "amipass-1234")];
 const OTHER_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 
 fn client(from: Option<IpAddr>) -> reqwest::Client {
@@ -58,21 +57,12 @@ async fn guessing_keys_blocks_the_address_on_every_surface_and_only_it() {
         .start()
         .await
         .unwrap();
-    let dir = temp_dir("live-auth-guard");
-    let _ports = PORTS.lock().await;
-    let port = free_port();
-    let d = Daemon::start(
-        &config(
-            &dir,
-            sim.local_addr().port(),
-            port,
-            "  auth_failures_per_ip: 5\n  auth_failures_window: 1m\nmeetip:\n  path: /meetip\n",
-        ),
-        &dir,
-        ENV,
-    );
-    d.wait_http().await;
-    drop(_ports);
+    let d = start_daemon(
+        "live-auth-guard",
+        &sim,
+        "  auth_failures_per_ip: 5\n  auth_failures_window: 1m\nmeetip:\n  path: /meetip\n",
+    )
+    .await;
     let addr = d.listen.unwrap();
     let me = client(None);
     let wrong = "wrong-key-0123456789abcdef";

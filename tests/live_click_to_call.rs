@@ -21,17 +21,16 @@
 mod support_daemon;
 mod support_http;
 mod support_live;
+mod support_tmp;
 
 use std::time::Duration;
 
 use callhook::ami::sim_originate::OriginateRecording;
 use callhook::ami::simulator::{AfterCapture, SimSession, Simulator, SimulatorHandle};
 use serde_json::Value;
-use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_daemon::{fixture, Daemon};
 use support_http::Sink;
 use support_live::*;
-
-const ENV: &[(&str, &str)] = &[("E2E_AMI_SECRET", "amipass-1234")];
 
 fn captures(dir: &str) -> Vec<String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,25 +57,22 @@ fn truth(rel: &str) -> Value {
 /// A daemon whose tenant `main` dials its agents with `channel`, on `sim`.
 async fn daemon(name: &str, sim: Simulator, channel: &str, top: &str) -> (Daemon, SimulatorHandle) {
     let sim = sim.start().await.unwrap();
-    let dir = temp_dir(name);
-    let ports = PORTS.lock().await;
-    let port = free_port();
-    let cfg = config(
-        &dir,
-        sim.local_addr().port(),
-        port,
-        &format!("  originate:\n    per_user_per_minute: 60\n    per_user_concurrent: 2\n    timeout: 10s\n{top}"),
-    );
-    let tenant = format!("main: {{ key: \"{KEY}\", code: 270 }}");
-    assert!(cfg.contains(&tenant));
-    let cfg = cfg.replace(
-        &tenant,
-        &format!("main: {{ key: \"{KEY}\", code: 270, channel: \"{channel}\" }}"),
-    );
-    let d = Daemon::start(&cfg, &dir, ENV);
-    d.wait_http().await;
-    drop(ports);
-    sim.wait_for(|s| s.logins >= 1).await;
+    let sim_port = sim.local_addr().port();
+    let d = start_daemon_with(name, &sim, 1, |dir, ports| {
+        let cfg = config(
+            dir,
+            sim_port,
+            ports[0],
+            &format!("  originate:\n    per_user_per_minute: 60\n    per_user_concurrent: 2\n    timeout: 10s\n{top}"),
+        );
+        let tenant = format!("main: {{ key: \"{KEY}\", code: 270 }}");
+        assert!(cfg.contains(&tenant));
+        cfg.replace(
+            &tenant,
+            &format!("main: {{ key: \"{KEY}\", code: 270, channel: \"{channel}\" }}"),
+        )
+    })
+    .await;
     (d, sim)
 }
 

@@ -3,30 +3,19 @@
 
 mod support_daemon;
 mod support_live;
+mod support_tmp;
 
 use std::time::Duration;
 
 use callhook::ami::sim_originate::OriginateRecording;
 use callhook::ami::simulator::{AfterCapture, SimSession, Simulator, SimulatorHandle};
 use serde_json::Value;
-use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_daemon::{fixture, Daemon};
 use support_live::*;
-
-const ENV: &[(&str, &str)] = &[("E2E_AMI_SECRET", "amipass-1234")];
 
 async fn start(name: &str, sim: Simulator, extra: &str) -> (Daemon, SimulatorHandle) {
     let sim = sim.start().await.unwrap();
-    let dir = temp_dir(name);
-    let _ports = PORTS.lock().await;
-    let port = free_port();
-    let d = Daemon::start(
-        &config(&dir, sim.local_addr().port(), port, extra),
-        &dir,
-        ENV,
-    );
-    d.wait_http().await;
-    sim.wait_for(|s| s.logins >= 1).await;
-    (d, sim)
+    (start_daemon(name, &sim, extra).await, sim)
 }
 
 fn is(kind: &'static str) -> impl Fn(&Value) -> bool {

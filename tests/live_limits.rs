@@ -6,15 +6,14 @@
 
 mod support_daemon;
 mod support_live;
+mod support_tmp;
 
 use std::time::Duration;
 
 use callhook::ami::simulator::{AfterCapture, Simulator, SimulatorHandle};
 use serde_json::Value;
-use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_daemon::{fixture, Daemon};
 use support_live::*;
-
-const ENV: &[(&str, &str)] = &[("E2E_AMI_SECRET", "amipass-1234")];
 
 async fn start(
     name: &str,
@@ -23,15 +22,12 @@ async fn start(
     extra: &str,
 ) -> (Daemon, SimulatorHandle) {
     let sim = sim.start().await.unwrap();
-    let dir = temp_dir(name);
-    let _ports = PORTS.lock().await;
-    let port = free_port();
-    let cfg = config(&dir, sim.local_addr().port(), port, extra)
-        .replace("  heartbeat: 5s\n", &format!("  heartbeat: {heartbeat}\n"));
-    let d = Daemon::start(&cfg, &dir, ENV);
-    d.wait_http().await;
-    drop(_ports);
-    sim.wait_for(|s| s.logins >= 1).await;
+    let sim_port = sim.local_addr().port();
+    let d = start_daemon_with(name, &sim, 1, |dir, ports| {
+        config(dir, sim_port, ports[0], extra)
+            .replace("  heartbeat: 5s\n", &format!("  heartbeat: {heartbeat}\n"))
+    })
+    .await;
     (d, sim)
 }
 

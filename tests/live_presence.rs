@@ -9,16 +9,15 @@
 
 mod support_daemon;
 mod support_live;
+mod support_tmp;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use callhook::ami::simulator::{AfterCapture, Simulator, SimulatorHandle};
 use serde_json::Value;
-use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_daemon::{fixture, Daemon};
 use support_live::*;
-
-const ENV: &[(&str, &str)] = &[("E2E_AMI_SECRET", "amipass-1234")];
 
 /// Replay speed: steps seconds apart in the capture stay well apart, so
 /// the model's legs (committed after the normalizer's batch) are never
@@ -36,24 +35,14 @@ async fn start(name: &str, capture: &str) -> (Daemon, SimulatorHandle) {
         .start()
         .await
         .unwrap();
-    let dir = temp_dir(name);
-    let _ports = PORTS.lock().await;
-    let port = free_port();
-    let d = Daemon::start(
-        &config(
-            &dir,
-            sim.local_addr().port(),
-            port,
-            // 1001 configured: the directory is closed (unknown
-            // extensions are refused at a Meetip login).
-            "meetip:\n  path: /meetip\npresence:\n  tenants:\n    main: { extensions: [\"1001\"] }\n",
-        ),
-        &dir,
-        ENV,
-    );
-    d.wait_http().await;
-    drop(_ports);
-    sim.wait_for(|s| s.logins >= 1).await;
+    let d = start_daemon(
+        name,
+        &sim,
+        // 1001 configured: the directory is closed (unknown
+        // extensions are refused at a Meetip login).
+        "meetip:\n  path: /meetip\npresence:\n  tenants:\n    main: { extensions: [\"1001\"] }\n",
+    )
+    .await;
     (d, sim)
 }
 

@@ -4,13 +4,12 @@
 
 mod support_daemon;
 mod support_live;
+mod support_tmp;
 
 use callhook::ami::sim_originate::OriginateRecording;
 use callhook::ami::simulator::{AfterCapture, SimSession, Simulator, SimulatorHandle};
-use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_daemon::{fixture, Daemon};
 use support_live::*;
-
-const ENV: &[(&str, &str)] = &[("E2E_AMI_SECRET", "amipass-1234")];
 
 /// `own_listener`: Meetip on its own port (any path), else on `/meetip`
 /// of the main listener.
@@ -21,27 +20,22 @@ async fn start(
     own_listener: bool,
 ) -> (Daemon, SimulatorHandle, String) {
     let sim = sim.start().await.unwrap();
-    let dir = temp_dir(name);
-    let _ports = PORTS.lock().await;
-    let port = free_port();
-    let mport = free_port();
-    let listen = if own_listener {
-        format!("  listen: 127.0.0.1:{mport}\n")
-    } else {
-        String::new()
-    };
-    let extra = format!("  originate: {{ per_user_per_minute: 30 }}\nmeetip:\n{listen}{meetip}");
-    let d = Daemon::start(
-        &config(&dir, sim.local_addr().port(), port, &extra),
-        &dir,
-        ENV,
-    );
-    d.wait_http().await;
-    if own_listener {
-        wait_port(mport).await;
-    }
-    drop(_ports);
-    sim.wait_for(|s| s.logins >= 1).await;
+    let sim_port = sim.local_addr().port();
+    let (mut port, mut mport) = (0, 0);
+    let d = start_daemon_with(name, &sim, 1 + own_listener as usize, |dir, ports| {
+        port = ports[0];
+        let listen = match ports.get(1) {
+            Some(p) => {
+                mport = *p;
+                format!("  listen: 127.0.0.1:{p}\n")
+            }
+            None => String::new(),
+        };
+        let extra =
+            format!("  originate: {{ per_user_per_minute: 30 }}\nmeetip:\n{listen}{meetip}");
+        config(dir, sim_port, port, &extra)
+    })
+    .await;
     let url = if own_listener {
         format!("ws://127.0.0.1:{mport}/")
     } else {

@@ -15,6 +15,8 @@
 //! safety nets.
 
 mod support;
+mod support_app;
+mod support_tmp;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,8 +25,7 @@ use std::time::Duration;
 use callhook::ami::client::{self, ConnectionState};
 use callhook::ami::simulator::{AfterCapture, Simulator};
 use callhook::ami::state_sync::PresenceOutput;
-use callhook::app::{self, RunOptions};
-use callhook::config::Config;
+use callhook::app::RunOptions;
 use callhook::metrics::metrics;
 use callhook::model::ModelEvent;
 use callhook::normalize::{Classifier, Normalizer, NormalizerConfig};
@@ -352,40 +353,15 @@ async fn the_daemon_table_after_login_and_at_the_end() {
         .start()
         .await
         .unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "callhook-presence-{}-{}",
-        std::process::id(),
-        sim.local_addr().port()
-    ));
+    let dir = support_tmp::TestDir::new("presence");
     let text = format!(
         "state_dir: {}\npbx:\n  - id: lab\n    ami: {{ host: 127.0.0.1, port: {}, username: {USER}, secret: {SECRET} }}\npresence:\n  extensions: ['1005']\n",
         dir.display(),
         sim.local_addr().port()
     );
-    let cfg = Config::from_text(&text, Path::new(".")).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
-    let token = CancellationToken::new();
-    let (reload_tx, reload_rx) = mpsc::channel(1);
-    let (run_tx, mut run_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(app::run_until(
-        cfg,
-        RunOptions::default(),
-        token.clone(),
-        reload_tx,
-        reload_rx,
-        move |r| {
-            let _ = run_tx.send(r);
-        },
-    ));
-    let running = run_rx.recv().await.expect("the daemon started");
-    let hub = running.presence;
+    let cfg = support_app::config(&text, Path::new("."));
+    let app = support_app::start(cfg, RunOptions::default()).await;
+    let hub = app.running.presence;
     // The configured extension is there from the start.
     let snap = hub.snapshot("lab").expect("the PBX's table");
     assert_eq!(
@@ -442,8 +418,8 @@ async fn the_daemon_table_after_login_and_at_the_end() {
             .get()
             >= 4
     );
-    token.cancel();
-    timeout(Duration::from_secs(10), task)
+    app.token.cancel();
+    timeout(Duration::from_secs(10), app.task)
         .await
         .expect("the daemon stops")
         .unwrap()

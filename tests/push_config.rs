@@ -4,6 +4,9 @@ use std::path::Path;
 
 use callhook::config::{Config, DEFAULT_PUSH_PATH};
 
+mod support_tmp;
+use support_tmp::TestDir;
+
 fn errors(text: &str) -> Vec<String> {
     match Config::from_text(text, Path::new(".")) {
         Ok(_) => Vec::new(),
@@ -14,8 +17,7 @@ fn errors(text: &str) -> Vec<String> {
 #[test]
 fn defaults_and_secrets() {
     std::env::set_var("PUSH_CFG_ACME_TOKEN", "acme-0123456789");
-    let dir = std::env::temp_dir().join(format!("callhook-push-cfg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TestDir::new("push-cfg");
     std::fs::write(dir.join("beta.token"), "beta-0123456789\n").unwrap();
     let text = "listen: 127.0.0.1:0\npush:\n  teams:\n    acme: { token: \"${PUSH_CFG_ACME_TOKEN}\", timezone: \"-03:00\" }\n    beta: { token_file: beta.token }\n";
     let cfg = Config::from_text(text, &dir).unwrap();

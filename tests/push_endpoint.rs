@@ -2,7 +2,9 @@
 //! with its own HTTP listener on 127.0.0.1, a real outbox and dispatcher,
 //! and a scriptable sink as the CRM. Pushes are real HTTP requests.
 
+mod support_app;
 mod support_http;
+mod support_tmp;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use callhook::normalize::Normalizer;
 use callhook::replay::replay;
 use serde_json::{json, Value};
 use support_http::{rows, state_dir, Reply, Sink, WAIT};
-use tokio::sync::mpsc;
+use support_tmp::TestDir;
 use tokio_util::sync::CancellationToken;
 
 const ACME: &str = "acme-push-token-1";
@@ -74,6 +76,8 @@ struct App {
     token: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), app::AppError>>,
     http: reqwest::Client,
+    /// The state directory (removed when the app is dropped).
+    _dir: TestDir,
 }
 
 fn config_text(sink: &Sink, dir: &Path, extra: &str) -> String {
@@ -98,21 +102,10 @@ async fn start_settle(extra: &str, settle: &str) -> App {
     let sink = Sink::start().await;
     let dir = state_dir("push");
     let text = config_text_settle(&sink, &dir, extra, settle);
-    let cfg = Config::from_text(&text, Path::new(".")).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let cfg = support_app::config(&text, Path::new("."));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let token = CancellationToken::new();
-    let (reload_tx, reload_rx) = mpsc::channel(1);
-    let (run_tx, mut run_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(app::run_until(
+    let app = support_app::start(
         cfg,
         RunOptions {
             config_path: None,
@@ -120,21 +113,16 @@ async fn start_settle(extra: &str, settle: &str) -> App {
             listener: Some(listener),
             ..RunOptions::default()
         },
-        token.clone(),
-        reload_tx,
-        reload_rx,
-        move |r| {
-            let _ = run_tx.send(r);
-        },
-    ));
-    let running = run_rx.recv().await.expect("the daemon started");
+    )
+    .await;
     App {
         base,
         sink,
-        outbox: running.outbox.expect("single-node mode has an outbox"),
-        token,
-        task,
+        outbox: app.running.outbox.expect("single-node mode has an outbox"),
+        token: app.token,
+        task: app.task,
         http: reqwest::Client::new(),
+        _dir: dir,
     }
 }
 

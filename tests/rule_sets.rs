@@ -10,6 +10,10 @@ use callhook::normalize::Normalizer;
 use callhook::replay::replay;
 use serde_json::Value;
 
+mod support_app;
+mod support_tmp;
+use support_tmp::TestDir;
+
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -59,9 +63,7 @@ fn every_rule_set_and_the_example_config_validate() {
     }
     // The example config reads its secrets as systemd credentials and its
     // template variables from the environment (tests/deploy.rs runs it).
-    let creds =
-        std::env::temp_dir().join(format!("callhook-rule-sets-creds-{}", std::process::id()));
-    std::fs::create_dir_all(&creds).unwrap();
+    let creds = TestDir::new("rule-sets-creds");
     for id in ["ami-secret", "admin-token", "acme-push-token"] {
         std::fs::write(creds.join(id), "credential-value-123\n").unwrap();
     }
@@ -215,15 +217,7 @@ fn the_minimal_config_from_the_readme_is_valid_as_written() {
     let yaml = &readme[start..];
     let yaml = &yaml[..yaml.find("```").unwrap()];
     std::env::set_var("AMI_SECRET", "x");
-    let cfg = Config::from_text(yaml, root()).unwrap_or_else(|e| {
-        panic!(
-            "{}",
-            e.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    });
+    let cfg = support_app::config(yaml, root());
     assert_eq!(cfg.pbx.len(), 1);
     assert_eq!(cfg.rules.names(), ["screen-pop", "colgado-entrante"]);
     assert_eq!(cfg.listen.map(|a| a.port()), Some(9188));

@@ -3,6 +3,7 @@
 //! as a diff and exits non-zero.
 
 mod support_daemon;
+mod support_tmp;
 
 use std::path::{Path, PathBuf};
 

@@ -1,26 +1,29 @@
 //! Running the real `callhook` binary in end-to-end tests: start it with a
-//! config, read its stdout, stop it with SIGTERM or SIGKILL, talk to its
-//! HTTP listener.
+//! config, read its stdout, stop it with SIGTERM or SIGKILL (or kill and
+//! restart it at random moments), talk to its HTTP listener, read its
+//! outbox.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::ops::Range;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support_tmp::TestDir;
+
 /// Upper bound of every wait (a safety net, never a synchronisation).
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// A fresh directory for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("callhook-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh directory for one test (`callhook-e2e-<name>-XXXXXX`), removed
+/// when dropped unless the test panics.
+pub fn temp_dir(name: &str) -> TestDir {
+    TestDir::new(&format!("e2e-{name}"))
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released: tiny race, fine in tests).
@@ -48,6 +51,9 @@ pub struct Daemon {
     pub admin: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
     stderr_done: Option<std::thread::JoinHandle<()>>,
+    /// A directory the daemon owns ([`Daemon::owning`]): removed after the
+    /// process is gone.
+    dir: Option<TestDir>,
 }
 
 /// The top-level `listen:` and `admin.listen` of a config (inline
@@ -164,7 +170,15 @@ impl Daemon {
             admin,
             stderr,
             stderr_done,
+            dir: None,
         }
+    }
+
+    /// The daemon keeps `dir` (its config and state, made by a helper that
+    /// returns only the daemon) until it is dropped, stopped or killed.
+    pub fn owning(mut self, dir: TestDir) -> Daemon {
+        self.dir = Some(dir);
+        self
     }
 
     /// Everything the daemon wrote to stderr so far.
@@ -237,6 +251,33 @@ impl Daemon {
         (rest, status, err)
     }
 
+    /// `kills` times: up for a random time in `up_ms`, kill -9, down for a
+    /// random time in `down_ms`, started again on `config` and answering
+    /// HTTP. Each kill is logged, with `note()` appended; returns the last
+    /// daemon started.
+    pub async fn kill9_restarts(
+        mut self,
+        config: &Path,
+        env: &[(&str, &str)],
+        kills: usize,
+        up_ms: Range<u64>,
+        down_ms: Range<u64>,
+        note: impl Fn() -> String,
+    ) -> Daemon {
+        use rand::Rng;
+        for k in 0..kills {
+            let up = rand::thread_rng().gen_range(up_ms.clone());
+            tokio::time::sleep(Duration::from_millis(up)).await;
+            tokio::task::block_in_place(|| self.kill9());
+            let down = rand::thread_rng().gen_range(down_ms.clone());
+            eprintln!("kill {k}: after {up} ms up, {down} ms down{}", note());
+            tokio::time::sleep(Duration::from_millis(down)).await;
+            self = Daemon::start_file(config, env);
+            self.wait_http().await;
+        }
+        self
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
@@ -303,5 +344,113 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Asserts that a finished `callhook` command succeeded (its stderr is
+/// the failure message).
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The deliveries of a daemon's outbox (`<state>/outbox.sqlite3`, opened
+/// read-only): rows per (rule, session) and the rows still waiting.
+pub struct OutboxRows {
+    /// (rule, session) → rows.
+    pub per_session: BTreeMap<(String, String), usize>,
+    /// Rows pending or in flight.
+    pub waiting: usize,
+}
+
+fn outbox_db(state: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        state.join("outbox.sqlite3"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+}
+
+/// See [`OutboxRows`].
+pub fn outbox_rows(state: &Path) -> OutboxRows {
+    let c = outbox_db(state);
+    let mut st = c
+        .prepare("SELECT rule, session_id, COUNT(*) FROM deliveries GROUP BY rule, session_id")
+        .unwrap();
+    let per_session = st
+        .query_map([], |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                r.get::<_, i64>(2)? as usize,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<BTreeMap<_, _>, _>>()
+        .unwrap();
+    let waiting: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'inflight')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    OutboxRows {
+        per_session,
+        waiting: waiting as usize,
+    }
+}
+
+/// The JSON bodies of `rule`'s rows, per session.
+pub fn outbox_bodies(state: &Path, rule: &str) -> BTreeMap<String, Value> {
+    let c = outbox_db(state);
+    let mut st = c
+        .prepare("SELECT session_id, body FROM deliveries WHERE rule = ?1")
+        .unwrap();
+    st.query_map([rule], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+    })
+    .unwrap()
+    .map(|r| {
+        let (s, b) = r.unwrap();
+        (s, serde_json::from_slice(&b).unwrap())
+    })
+    .collect()
+}
+
+impl OutboxRows {
+    /// The sessions with rows of `rule`, and how many each.
+    pub fn sessions(&self, rule: &str) -> BTreeMap<&str, usize> {
+        self.per_session
+            .iter()
+            .filter(|((r, _), _)| r == rule)
+            .map(|((_, s), n)| (s.as_str(), *n))
+            .collect()
+    }
+
+    /// The sessions with an `opened` row and no `closed` row.
+    pub fn unclosed(&self, opened: &str, closed: &str) -> Vec<&str> {
+        let closed = self.sessions(closed);
+        self.sessions(opened)
+            .into_keys()
+            .filter(|s| !closed.contains_key(s))
+            .collect()
+    }
+}
+
+/// Polls the outbox until nothing waits and every `opened` session has a
+/// `closed` row, or until `deadline` (what is missing then is the caller's
+/// to assert).
+pub async fn wait_closed(state: &Path, opened: &str, closed: &str, deadline: Instant) {
+    loop {
+        let rows = outbox_rows(state);
+        if (rows.waiting == 0 && rows.unclosed(opened, closed).is_empty())
+            || Instant::now() > deadline
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

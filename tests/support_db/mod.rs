@@ -28,6 +28,8 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::support_tmp::TestDir;
+
 /// The admin accounts' password.
 pub const ADMIN_PASSWORD: &str = "adm1n-Pw";
 /// The read-only account's password (its characters need URL escaping).
@@ -139,7 +141,7 @@ async fn retry<C, F: std::future::Future<Output = Result<C, sqlx::Error>>>(
 
 struct Running {
     child: Child,
-    dir: PathBuf,
+    dir: TestDir,
 }
 
 static RUNNING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
@@ -150,9 +152,8 @@ extern "C" fn stop_all() {
         let _ = r.child.kill();
         let _ = r.child.wait();
     }
-    for r in all.drain(..) {
-        let _ = std::fs::remove_dir_all(&r.dir);
-    }
+    // Each `TestDir` removes its tree as it drops.
+    all.clear();
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -255,17 +256,8 @@ fn chown_all(dir: &Path, user: Option<(u32, u32)>) {
     }
 }
 
-fn temp(name: &str, user: Option<(u32, u32)>) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "callhook-{name}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
+fn temp(name: &str, user: Option<(u32, u32)>) -> TestDir {
+    let d = TestDir::new(name);
     chown_all(&d, user);
     d
 }

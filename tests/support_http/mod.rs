@@ -3,10 +3,8 @@
 //! bounded polling.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +18,8 @@ use callhook::deliver::{
     validate_targets, DeliveryRequest, DeliveryRow, Outbox, RawTarget, Target,
 };
 use tokio::sync::watch;
+
+use crate::support_tmp::TestDir;
 
 /// Upper bound of every wait (a safety net, never a synchronisation).
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -233,6 +233,20 @@ impl Sink {
             .collect()
     }
 
+    /// The values of the query parameter `key` of the requests for `path`.
+    pub fn query_values(&self, path: &str, key: &str) -> BTreeSet<String> {
+        let prefix = format!("{key}=");
+        self.for_path(path)
+            .iter()
+            .filter_map(|r| {
+                r.uri
+                    .split(['?', '&'])
+                    .find_map(|p| p.strip_prefix(prefix.as_str()))
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
     /// Waits until at least `n` requests arrived (panics after [`WAIT`]).
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = Instant::now() + WAIT;
@@ -262,20 +276,10 @@ impl Drop for Sink {
     }
 }
 
-/// A fresh, unique state directory under the system temp dir.
-pub fn state_dir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "callhook-{name}-{}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A fresh, unique state directory under the system temp dir
+/// (`callhook-<name>-XXXXXX`), removed when dropped unless the test panics.
+pub fn state_dir(name: &str) -> TestDir {
+    TestDir::new(name)
 }
 
 /// Epoch seconds now.

@@ -1,8 +1,13 @@
 //! Helpers of the live API tests: a daemon with `live:` on the simulated
 //! PBX, and a WebSocket client that reads JSON messages and close codes.
+//! A test binary using it also declares `mod support_daemon;` and
+//! `mod support_tmp;`.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::time::Duration;
+
+use callhook::ami::simulator::SimulatorHandle;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -10,6 +15,8 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::support_daemon::{free_port, temp_dir, Daemon};
 
 pub const KEY: &str = "main-live-key-0123456789";
 pub const OTHER_KEY: &str = "other-live-key-0123456789";
@@ -29,6 +36,42 @@ pub fn config(dir: &std::path::Path, sim_port: u16, listen: u16, extra: &str) ->
 /// (bound, released) by one could otherwise be picked again by another
 /// before the first daemon binds it.
 pub static PORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The AMI secret of [`config`]'s PBX (the simulator's).
+const ENV: &[(&str, &str)] = &[("E2E_AMI_SECRET", "amipass-1234")];
+
+/// A live daemon on the started simulator `sim`: [`config`] with `extra`,
+/// in a fresh directory the daemon owns; returns once it answers HTTP and
+/// `sim` saw its login.
+pub async fn start_daemon(name: &str, sim: &SimulatorHandle, extra: &str) -> Daemon {
+    let sim_port = sim.local_addr().port();
+    start_daemon_with(name, sim, 1, |dir, ports| {
+        config(dir, sim_port, ports[0], extra)
+    })
+    .await
+}
+
+/// Like [`start_daemon`] with the config written by `config_for(dir,
+/// ports)`: `listeners` free ports picked under [`PORTS`], the first for
+/// `listen:`; every one of them listens before `PORTS` is released.
+pub async fn start_daemon_with(
+    name: &str,
+    sim: &SimulatorHandle,
+    listeners: usize,
+    config_for: impl FnOnce(&Path, &[u16]) -> String,
+) -> Daemon {
+    let dir = temp_dir(name);
+    let held = PORTS.lock().await;
+    let ports: Vec<u16> = (0..listeners).map(|_| free_port()).collect();
+    let d = Daemon::start(&config_for(&dir, &ports), &dir, ENV).owning(dir);
+    d.wait_http().await;
+    for p in &ports[1..] {
+        wait_port(*p).await;
+    }
+    drop(held);
+    sim.wait_for(|s| s.logins >= 1).await;
+    d
+}
 
 /// Waits until something accepts TCP connections on `port`.
 pub async fn wait_port(port: u16) {

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support_tmp::TestDir;
+
 /// Upper bound of the waits (a safety net on a loaded machine).
 pub const NATS_WAIT: Duration = Duration::from_secs(60);
 
@@ -50,7 +52,8 @@ impl Node {
 /// Three routed JetStream servers.
 pub struct NatsCluster {
     pub nodes: Vec<Node>,
-    pub dir: PathBuf,
+    /// The stores, configs and logs (removed on drop, kept when panicking).
+    pub dir: TestDir,
     /// User and password clients must log in with, when set.
     pub auth: Option<(String, String)>,
 }
@@ -72,9 +75,7 @@ impl NatsCluster {
     }
 
     async fn start_opts(name: &str, n: usize, auth: Option<(String, String)>) -> NatsCluster {
-        let dir = std::env::temp_dir().join(format!("callhook-nats-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TestDir::new(&format!("nats-{name}"));
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let mut nodes = Vec::new();
         for (i, (port, cport)) in ports.iter().enumerate() {
@@ -244,9 +245,6 @@ impl Drop for NatsCluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill_node(i);
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
