@@ -7,49 +7,14 @@
 mod support_http;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use callhook::deliver::dispatcher::{spawn_with_idle_wake, DispatcherHandle};
-use callhook::deliver::outbox::{OutboxOptions, Status};
-use callhook::deliver::Outbox;
+use callhook::deliver::outbox::Status;
+use support_http::rig::Rig;
 use support_http::*;
-use tokio_util::sync::CancellationToken;
 
 /// Out of reach: no test waits this long.
 const NEVER: Duration = Duration::from_secs(3600);
-
-struct Rig {
-    outbox: Arc<Outbox>,
-    handle: DispatcherHandle,
-    shutdown: CancellationToken,
-    dir: std::path::PathBuf,
-}
-
-impl Rig {
-    fn start(name: &str, yaml: &str) -> Rig {
-        let dir = state_dir(name);
-        let outbox = Arc::new(Outbox::open(&dir, OutboxOptions::default()).unwrap());
-        // The sender may go: the dispatcher keeps the last targets.
-        let (_, rx) = target_channel(yaml);
-        let shutdown = CancellationToken::new();
-        let handle = spawn_with_idle_wake(outbox.clone(), rx, shutdown.clone(), NEVER);
-        Rig {
-            outbox,
-            handle,
-            shutdown,
-            dir,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.handle.stopped())
-            .await
-            .expect("dispatcher stops");
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Bursts of enqueues from several tasks at once, for targets with few
 /// slots: rows land while every slot is busy, while the loop is between
@@ -59,9 +24,12 @@ impl Rig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_no_hand_off_took_are_still_sent() {
     let sink = Sink::start().await;
-    let rig = Rig::start(
+    let rig = Rig::with_targets(
         "handoff-burst",
-        "t-hb-1: { concurrency: 1 }\nt-hb-2: { concurrency: 2 }\nt-hb-4: { concurrency: 4 }\n",
+        targets(
+            "t-hb-1: { concurrency: 1 }\nt-hb-2: { concurrency: 2 }\nt-hb-4: { concurrency: 4 }\n",
+        ),
+        Some(NEVER),
     );
     let url = sink.url("/hook");
     let states = ["ringing", "answered", "hungup"];
@@ -110,7 +78,7 @@ async fn rows_no_hand_off_took_are_still_sent() {
 async fn operator_retries_are_sent_at_once() {
     let sink = Sink::start().await;
     sink.queue("/hook", [Reply::status(400), Reply::status(400)]);
-    let rig = Rig::start("handoff-retry", "t-hr: {}\n");
+    let rig = Rig::with_targets("handoff-retry", targets("t-hr: {}\n"), Some(NEVER));
     let url = sink.url("/hook");
     rig.outbox
         .submit(vec![request("t-hr", "hr-1", "ringing", &url)])
