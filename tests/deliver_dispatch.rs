@@ -6,59 +6,17 @@
 mod support_http;
 mod support_tmp;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use callhook::deliver::outbox::{OutboxOptions, Status};
-use callhook::deliver::{spawn, DispatcherHandle, Outbox};
+use callhook::deliver::outbox::Status;
 use callhook::metrics::metrics;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use support_http::rig::Rig;
 use support_http::*;
-use support_tmp::TestDir;
-use tokio_util::sync::CancellationToken;
-
-struct Rig {
-    outbox: Arc<Outbox>,
-    handle: DispatcherHandle,
-    shutdown: CancellationToken,
-    targets: tokio::sync::watch::Sender<Arc<BTreeMap<String, callhook::deliver::Target>>>,
-    dir: TestDir,
-}
-
-impl Rig {
-    fn start(name: &str, yaml: &str) -> Rig {
-        let dir = state_dir(name);
-        let outbox = Arc::new(Outbox::open(&dir, OutboxOptions::default()).unwrap());
-        let (tx, rx) = target_channel(yaml);
-        let shutdown = CancellationToken::new();
-        let handle = spawn(outbox.clone(), rx, shutdown.clone());
-        Rig {
-            outbox,
-            handle,
-            shutdown,
-            targets: tx,
-            dir,
-        }
-    }
-
-    async fn enqueue(&self, reqs: &[callhook::deliver::DeliveryRequest]) {
-        let o = self.outbox.enqueue(reqs).await.unwrap();
-        assert_eq!(o.inserted, reqs.len(), "{o:?}");
-        self.handle.notify();
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.handle.stopped())
-            .await
-            .expect("dispatcher stops");
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn counter(target: &str, outcome: &str) -> u64 {
     metrics()

@@ -649,3 +649,88 @@ async fn offered_slots_are_claimed_by_the_enqueue_that_stores_the_rows() {
     assert!(ids.iter().all(|e| e.contains("ringing")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The poll flag goes up with a commit that may have left ready rows no
+/// hand-off took (no offer for one of its targets, an offer used up, an
+/// operator retry), and stays down when the hand-off took every ready head
+/// it saw, or the stored rows are not heads (they follow their call's
+/// delivery in flight, which claims them when it ends).
+#[tokio::test]
+async fn the_poll_flag_says_when_a_hand_off_left_rows_behind() {
+    let dir = state_dir("pollflag");
+    let ob = Outbox::open(&dir, OutboxOptions::default()).unwrap();
+    let flag = ob.poll_flag();
+    let url = "http://127.0.0.1:9/x";
+    let t = "t-pollflag";
+    let offer = |n: usize| ob.offer_slots([(t.to_string(), n)].into());
+    assert!(!flag.take(), "down at the start");
+    // No offer: the row waits for a poll.
+    ob.enqueue(&[request(t, "a", "ringing", url)])
+        .await
+        .unwrap();
+    assert!(flag.take());
+    assert!(!flag.take(), "taking it lowers it");
+    // An offer larger than what is ready takes all of it (a's row too).
+    offer(3);
+    ob.enqueue(&[request(t, "b", "ringing", url)])
+        .await
+        .unwrap();
+    assert!(!flag.take());
+    assert_eq!(ob.take_handed().rows.len(), 2);
+    // An offer used up: more may be ready.
+    offer(1);
+    ob.enqueue(&[
+        request(t, "c", "ringing", url),
+        request(t, "d", "ringing", url),
+    ])
+    .await
+    .unwrap();
+    assert!(flag.take());
+    assert_eq!(ob.take_handed().rows.len(), 1);
+    // A target with an offer and one without in the same commit.
+    offer(5);
+    ob.enqueue(&[
+        request(t, "e", "ringing", url),
+        request("t-pollflag-other", "e", "ringing", url),
+    ])
+    .await
+    .unwrap();
+    assert!(flag.take());
+    let handed = ob.take_handed().rows;
+    assert_eq!(handed.len(), 2, "c or d, and e: {handed:?}");
+    // A row behind its call's head in flight is not ready: nothing to poll.
+    offer(5);
+    ob.enqueue(&[request(t, "e", "answered", url)])
+        .await
+        .unwrap();
+    assert!(!flag.take());
+    assert!(ob.take_handed().rows.is_empty());
+    // A withdrawn offer (the dispatcher is between passes) is no offer.
+    ob.enqueue(&[request(t, "f", "ringing", url)])
+        .await
+        .unwrap();
+    assert!(flag.take());
+    // An operator retry makes a row ready again.
+    let id = handed[0].id;
+    let dead = Completion::Dead {
+        status: "400".into(),
+        error: None,
+    };
+    assert!(ob.complete(id, dead).await.unwrap());
+    assert!(!flag.take(), "an outcome is not a poll reason");
+    assert!(ob.retry(id).await.unwrap());
+    assert!(flag.take());
+    assert!(ob
+        .complete(
+            handed[1].id,
+            Completion::Dead {
+                status: "400".into(),
+                error: None,
+            }
+        )
+        .await
+        .unwrap());
+    assert_eq!(ob.retry_all_dead().await.unwrap(), 1);
+    assert!(flag.take());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,13 +18,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use callhook::deliver::outbox::{OutboxOptions, Status};
-use callhook::deliver::{
-    spawn, validate_targets, DeliveryRequest, DeliveryRow, DispatcherHandle, Outbox, RawTarget,
-    Target,
-};
-use support_http::{request, rows, state_dir, wait_rows, WAIT};
-use support_tmp::TestDir;
+use callhook::deliver::outbox::Status;
+use callhook::deliver::{validate_targets, DeliveryRow, RawTarget, Target};
+use support_http::rig::Rig;
+use support_http::{request, rows, wait_rows, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,7 +31,6 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 fn tls_dir() -> &'static Path {
     Path::new(concat!(
@@ -204,60 +200,24 @@ async fn serve(acceptor: TlsAcceptor, tcp: tokio::net::TcpStream) -> Conn {
     }
 }
 
-struct Rig {
-    outbox: Arc<Outbox>,
-    handle: DispatcherHandle,
-    shutdown: CancellationToken,
-    /// Kept so the dispatcher's target channel stays open.
-    _targets: watch::Sender<Arc<BTreeMap<String, Target>>>,
-    /// The state directory, removed when the rig drops.
-    _dir: TestDir,
+/// A rig whose targets come from YAML, file names relative to the TLS
+/// material.
+fn start(name: &str, yaml: &str) -> Rig {
+    let raw: BTreeMap<String, RawTarget> = callhook::yaml::de::from_str(yaml).expect("target yaml");
+    let targets: BTreeMap<String, Target> =
+        validate_targets(&raw, tls_dir()).unwrap_or_else(|e| panic!("{e:#?}"));
+    Rig::with_targets(name, targets, None)
 }
 
-impl Rig {
-    /// Targets from YAML, file names relative to the TLS material.
-    fn start(name: &str, yaml: &str) -> Rig {
-        let raw: BTreeMap<String, RawTarget> =
-            callhook::yaml::de::from_str(yaml).expect("target yaml");
-        let targets: BTreeMap<String, Target> =
-            validate_targets(&raw, tls_dir()).unwrap_or_else(|e| panic!("{e:#?}"));
-        let (tx, rx) = watch::channel(Arc::new(targets));
-        let dir = state_dir(name);
-        let outbox = Arc::new(Outbox::open(&dir, OutboxOptions::default()).unwrap());
-        let shutdown = CancellationToken::new();
-        let handle = spawn(outbox.clone(), rx, shutdown.clone());
-        Rig {
-            outbox,
-            handle,
-            shutdown,
-            _targets: tx,
-            _dir: dir,
-        }
-    }
-
-    async fn enqueue(&self, reqs: &[DeliveryRequest]) {
-        let o = self.outbox.enqueue(reqs).await.unwrap();
-        assert_eq!(o.inserted, reqs.len(), "{o:?}");
-        self.handle.notify();
-    }
-
-    /// Waits until the row for target `done` is done and the one for `dead` is dead.
-    async fn wait_done_and_dead(&self, done: &str, dead: &str) -> (DeliveryRow, DeliveryRow) {
-        let st = |r: &[DeliveryRow], t: &str| r.iter().find(|r| r.target == t).map(|r| r.status);
-        let r = wait_rows(&self.outbox, "one done, one dead", |r| {
-            st(r, done) == Some(Status::Done) && st(r, dead) == Some(Status::Dead)
-        })
-        .await;
-        let get = |t: &str| r.iter().find(|r| r.target == t).unwrap().clone();
-        (get(done), get(dead))
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.handle.stopped())
-            .await
-            .expect("dispatcher stops");
-    }
+/// Waits until the row for target `done` is done and the one for `dead` is dead.
+async fn wait_done_and_dead(rig: &Rig, done: &str, dead: &str) -> (DeliveryRow, DeliveryRow) {
+    let st = |r: &[DeliveryRow], t: &str| r.iter().find(|r| r.target == t).map(|r| r.status);
+    let r = wait_rows(&rig.outbox, "one done, one dead", |r| {
+        st(r, done) == Some(Status::Done) && st(r, dead) == Some(Status::Dead)
+    })
+    .await;
+    let get = |t: &str| r.iter().find(|r| r.target == t).unwrap().clone();
+    (get(done), get(dead))
 }
 
 /// A refused attempt: a transport failure of the given kind (never an HTTP
@@ -296,7 +256,7 @@ fn handshake_failures(c: &[Conn]) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_certificate_is_trusted_only_with_the_ca_file() {
     let sink = TlsSink::start(false).await;
-    let rig = Rig::start(
+    let rig = start(
         "tls-server",
         r"
 t-tls-ca: { tls: { ca_file: ca.pem } }
@@ -308,7 +268,7 @@ t-tls-no-ca:
     let without = request("t-tls-no-ca", "sess-no-ca", "answered", &sink.url("/calls"));
     rig.enqueue(&[with_ca.clone(), without]).await;
 
-    let (done, dead) = rig.wait_done_and_dead("t-tls-ca", "t-tls-no-ca").await;
+    let (done, dead) = wait_done_and_dead(&rig, "t-tls-ca", "t-tls-no-ca").await;
     assert_eq!(
         (done.attempts, done.last_status.as_deref()),
         (1, Some("200"))
@@ -346,7 +306,7 @@ t-tls-no-ca:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_requires_the_client_certificate() {
     let sink = TlsSink::start(true).await;
-    let rig = Rig::start(
+    let rig = start(
         "tls-mutual",
         r"
 t-mtls-cert:
@@ -360,9 +320,7 @@ t-mtls-ca-only:
     let ca_only = request("t-mtls-ca-only", "sess-ca-only", "ringing", &sink.url("/m"));
     rig.enqueue(&[with_cert.clone(), ca_only]).await;
 
-    let (done, dead) = rig
-        .wait_done_and_dead("t-mtls-cert", "t-mtls-ca-only")
-        .await;
+    let (done, dead) = wait_done_and_dead(&rig, "t-mtls-cert", "t-mtls-ca-only").await;
     assert_eq!(
         (done.attempts, done.last_status.as_deref()),
         (1, Some("200"))

@@ -29,7 +29,13 @@
 //! enqueue for such a target claims its ready heads for them in its own
 //! transaction, and the loop, woken by that commit, sends them
 //! ([`Outbox::take_handed`], which also withdraws the offers) without a
-//! poll of its own: a fresh delivery waits for one commit, not two.
+//! poll of its own: a fresh delivery waits for one commit, not two. A pass
+//! woken by a commit skips its poll when every such commit's hand-off took
+//! all the ready rows it could see (the outbox's [`PollFlag`] stays down,
+//! see `outbox::handoff`), so the slots are offered again at once instead
+//! of after a writer round trip; it polls when the flag is up (rows not
+//! handed, an operator retry, [`DispatcherHandle::notify`]), when a handed
+//! row found no slot, and on every other wake-up.
 //!
 //! **Order.** The outbox only hands out the head of each
 //! `(session_id, target)` chain, so one call's deliveries to one target go
@@ -94,7 +100,7 @@ use super::attempt::{attempt, report_damaged, takes_more};
 pub use super::attempt::{set_observer, AttemptReport};
 use super::breaker::{Admit, Breaker};
 use super::limit::Limiter;
-use super::outbox::{ClaimWant, Claimed, Outbox};
+use super::outbox::{ClaimWant, Claimed, Outbox, PollFlag};
 use super::target::Target;
 
 /// Safety-net wake-up of an idle loop.
@@ -133,13 +139,16 @@ impl Health {
 #[derive(Clone, Debug)]
 pub struct DispatcherHandle {
     notify: Arc<Notify>,
+    poll: Arc<PollFlag>,
     stopped: CancellationToken,
     health: Arc<Health>,
 }
 
 impl DispatcherHandle {
-    /// Wakes the loop now (after an enqueue; the outbox also does it by itself).
+    /// Wakes the loop now for a poll (after a change to the outbox made
+    /// elsewhere; the outbox's own commits wake it by themselves).
     pub fn notify(&self) {
+        self.poll.raise();
         self.notify.notify_one();
     }
 
@@ -269,16 +278,28 @@ pub fn spawn(
     targets: watch::Receiver<Arc<BTreeMap<String, Target>>>,
     shutdown: CancellationToken,
 ) -> DispatcherHandle {
+    spawn_with_idle_wake(outbox, targets, shutdown, IDLE_WAKE)
+}
+
+/// [`spawn`] with another safety-net wake-up of an idle loop than 5 s
+/// (tests set it out of reach, so that a missed wake-up shows).
+pub fn spawn_with_idle_wake(
+    outbox: Arc<Outbox>,
+    targets: watch::Receiver<Arc<BTreeMap<String, Target>>>,
+    shutdown: CancellationToken,
+    idle_wake: Duration,
+) -> DispatcherHandle {
     let notify = outbox.notifier();
     let stopped = CancellationToken::new();
     let health = Arc::new(Health::default());
     let handle = DispatcherHandle {
         notify: notify.clone(),
+        poll: outbox.poll_flag(),
         stopped: stopped.clone(),
         health: health.clone(),
     };
     tokio::spawn(async move {
-        let run = tokio::spawn(run(outbox, targets, shutdown, notify, health));
+        let run = tokio::spawn(run(outbox, targets, shutdown, notify, health, idle_wake));
         if let Err(e) = run.await {
             tracing::error!(target: "callhook::deliver", error = %e, "dispatcher task failed");
         }
@@ -293,10 +314,15 @@ async fn run(
     shutdown: CancellationToken,
     notify: Arc<Notify>,
     health: Arc<Health>,
+    idle_wake: Duration,
 ) {
     let mut rts = build(&targets.borrow_and_update(), &BTreeMap::new());
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut watching = true;
+    let poll_flag = outbox.poll_flag();
+    // Poll at this pass (see **Hand-off**); the wake-up the last poll set.
+    let mut must_poll = true;
+    let mut wake = Instant::now() + idle_wake;
     let housekeeping = tokio::spawn(housekeeping(
         outbox.clone(),
         targets.clone(),
@@ -310,69 +336,16 @@ async fn run(
         // also withdraws the offers: the pass below counts slots afresh).
         let handed = outbox.take_handed();
         report_damaged(&handed.damaged);
-        launch(handed.rows, &rts, &mut tasks, &outbox, &shutdown).await;
-        let now_i = Instant::now();
-        let now = now_epoch();
-        let mut wake = now_i + IDLE_WAKE;
-        let mut wants = Vec::with_capacity(rts.len());
-        for (name, rt) in &rts {
-            let mut limit = if rt.disabled.load(Ordering::Acquire) {
-                0
-            } else {
-                rt.slots.available_permits().min(MAX_CLAIM)
-            };
-            if let Some(until) = rt.paused(now_i) {
-                limit = 0;
-                earliest(&mut wake, until);
-            }
-            match rt.breaker.peek(now_i) {
-                Admit::Yes => {}
-                Admit::Probe => limit = limit.min(1),
-                Admit::No(until) => {
-                    limit = 0;
-                    if let Some(u) = until {
-                        earliest(&mut wake, u);
-                    }
-                }
-            }
-            wants.push(ClaimWant {
-                target: name.clone(),
-                limit,
-            });
-        }
-        let asked: BTreeMap<String, usize> =
-            wants.iter().map(|w| (w.target.clone(), w.limit)).collect();
-        match outbox.poll(now, wants).await {
-            Ok(p) => {
-                health.ok();
-                report_damaged(&p.damaged);
-                for (id, target) in &p.expired {
-                    metrics()
-                        .deliveries
-                        .with_label_values(&[target, "expired"])
-                        .inc();
-                    tracing::debug!(target: "callhook::deliver", id, delivery_target = %target, "delivery expired before it could be sent");
-                }
-                launch(p.claimed, &rts, &mut tasks, &outbox, &shutdown).await;
-                for (t, at) in &p.next_ready {
-                    let free = rts
-                        .get(t)
-                        .is_some_and(|rt| rt.slots.available_permits() > 0);
-                    if *at > now || (asked.get(t).copied().unwrap_or(0) > 0 && free) {
-                        earliest(&mut wake, at_instant(now_i, now, *at));
-                    }
-                }
-                if let Some(e) = p.next_expiry {
-                    earliest(&mut wake, at_instant(now_i, now, e));
-                }
-            }
-            Err(e) => {
-                health.failed(&e);
-                if let Some(suppressed) = POLL_FAILED.check() {
-                    tracing::error!(target: "callhook::deliver", error = %e, suppressed, "outbox poll failed: nothing is delivered until it works again (/readyz says 503)");
-                }
-                earliest(&mut wake, now_i + Duration::from_secs(1));
-            }
+        // A row put back for want of a slot waits for a poll: this one,
+        // or the next pass's for one this poll put back.
+        let put_back = launch(handed.rows, &rts, &mut tasks, &outbox, &shutdown).await;
+        let mut again = false;
+        if put_back > 0 || must_poll {
+            again = poll_once(
+                &outbox, &rts, &mut tasks, &shutdown, &health, idle_wake, &mut wake,
+            )
+            .await
+                > 0;
         }
         // Free slots of targets that take requests now: the next enqueues
         // claim their rows for them in their own transaction.
@@ -383,9 +356,10 @@ async fn run(
                 .filter(|(_, n)| *n > 0)
                 .collect(),
         );
+        must_poll = true;
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = notify.notified() => {}
+            _ = notify.notified() => must_poll = again || poll_flag.take(),
             Some(ended) = tasks.join_next(), if !tasks.is_empty() => {
                 // Reap every attempt that ended meanwhile: one pass for all.
                 let mut ended = vec![ended];
@@ -487,16 +461,97 @@ async fn housekeeping(
     }
 }
 
+/// One poll: expires due rows, claims ready heads for the free slots and
+/// starts them; sets `wake` to the earliest time the next poll is due (a
+/// row's next attempt, an expiry, a breaker or pause ending, or the safety
+/// net). Returns how many claimed rows found no slot (put back).
+async fn poll_once(
+    outbox: &Arc<Outbox>,
+    rts: &Runtimes,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+    health: &Health,
+    idle_wake: Duration,
+    wake: &mut Instant,
+) -> usize {
+    let now_i = Instant::now();
+    let now = now_epoch();
+    *wake = now_i + idle_wake;
+    let mut put_back = 0;
+    let mut wants = Vec::with_capacity(rts.len());
+    for (name, rt) in rts {
+        let mut limit = if rt.disabled.load(Ordering::Acquire) {
+            0
+        } else {
+            rt.slots.available_permits().min(MAX_CLAIM)
+        };
+        if let Some(until) = rt.paused(now_i) {
+            limit = 0;
+            earliest(wake, until);
+        }
+        match rt.breaker.peek(now_i) {
+            Admit::Yes => {}
+            Admit::Probe => limit = limit.min(1),
+            Admit::No(until) => {
+                limit = 0;
+                if let Some(u) = until {
+                    earliest(wake, u);
+                }
+            }
+        }
+        wants.push(ClaimWant {
+            target: name.clone(),
+            limit,
+        });
+    }
+    let asked: BTreeMap<String, usize> =
+        wants.iter().map(|w| (w.target.clone(), w.limit)).collect();
+    match outbox.poll(now, wants).await {
+        Ok(p) => {
+            health.ok();
+            report_damaged(&p.damaged);
+            for (id, target) in &p.expired {
+                metrics()
+                    .deliveries
+                    .with_label_values(&[target, "expired"])
+                    .inc();
+                tracing::debug!(target: "callhook::deliver", id, delivery_target = %target, "delivery expired before it could be sent");
+            }
+            put_back += launch(p.claimed, rts, tasks, outbox, shutdown).await;
+            for (t, at) in &p.next_ready {
+                let free = rts
+                    .get(t)
+                    .is_some_and(|rt| rt.slots.available_permits() > 0);
+                if *at > now || (asked.get(t).copied().unwrap_or(0) > 0 && free) {
+                    earliest(wake, at_instant(now_i, now, *at));
+                }
+            }
+            if let Some(e) = p.next_expiry {
+                earliest(wake, at_instant(now_i, now, e));
+            }
+        }
+        Err(e) => {
+            health.failed(&e);
+            if let Some(suppressed) = POLL_FAILED.check() {
+                tracing::error!(target: "callhook::deliver", error = %e, suppressed, "outbox poll failed: nothing is delivered until it works again (/readyz says 503)");
+            }
+            earliest(wake, now_i + Duration::from_secs(1));
+        }
+    }
+    put_back
+}
+
 /// Starts an attempt per claimed row on a free slot of its target; a row
 /// without one (its target is gone, or every slot is taken) goes back to
-/// `pending`.
+/// `pending`. Returns how many went back.
 async fn launch(
     rows: Vec<Claimed>,
     rts: &Runtimes,
     tasks: &mut JoinSet<()>,
     outbox: &Arc<Outbox>,
     shutdown: &CancellationToken,
-) {
+) -> usize {
+    let mut put_back = 0;
     for row in rows {
         let permit = rts
             .get(&row.target)
@@ -506,8 +561,10 @@ async fn launch(
                 tasks.spawn(attempt(rt, row, permit, outbox.clone(), shutdown.clone()));
             }
             None => {
+                put_back += 1;
                 let _ = outbox.release(vec![row.id]).await;
             }
         }
     }
+    put_back
 }

@@ -1,7 +1,9 @@
 //! Helpers for the delivery tests: an HTTP sink whose answers can be
-//! scripted at runtime, delivery requests, targets, state directories and
-//! bounded polling.
+//! scripted at runtime, delivery requests, targets, state directories,
+//! bounded polling, and an outbox with its dispatcher ([`rig`]).
 #![allow(dead_code)]
+
+pub mod rig;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -123,6 +125,16 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    // The answer is chosen before the arrival is visible: a test that
+    // changes the script once it sees N requests changes the N+1-th answer.
+    let reply = {
+        let mut sc = s.script.lock().unwrap();
+        let queued = sc.queued.get_mut(&path).and_then(VecDeque::pop_front);
+        queued
+            .or_else(|| sc.defaults.get(&path).cloned())
+            .or_else(|| sc.fallback.clone())
+            .unwrap_or_else(|| Reply::status(200))
+    };
     s.received.lock().unwrap().push(Received {
         at: Instant::now(),
         method: method.to_string(),
@@ -133,14 +145,6 @@ async fn handle(
         headers,
         body: body.to_vec(),
     });
-    let reply = {
-        let mut sc = s.script.lock().unwrap();
-        let queued = sc.queued.get_mut(&path).and_then(VecDeque::pop_front);
-        queued
-            .or_else(|| sc.defaults.get(&path).cloned())
-            .or_else(|| sc.fallback.clone())
-            .unwrap_or_else(|| Reply::status(200))
-    };
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }

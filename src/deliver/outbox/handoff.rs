@@ -14,8 +14,21 @@
 //! row claimed against an offer that was withdrawn meanwhile finds no slot
 //! and goes back to `pending` (at worst a wasted claim, never a lost row;
 //! rows still here at a shutdown are put back by `requeue_inflight`).
+//!
+//! **Poll needed.** An enqueue whose hand-off took every ready head it
+//! could see for each target it stored rows for (the offer was not used
+//! up) leaves nothing for a poll to claim: the dispatcher, woken by its
+//! commit, then sends the handed rows and offers its slots again without
+//! polling (a poll is a writer round trip, usually behind the next
+//! enqueue's fsync, during which no slot is on offer). Every other commit
+//! that makes rows ready raises the [`PollFlag`]: an enqueue for a target
+//! without an offer, with its offer used up, or whose claim failed; an
+//! operator retry; [`crate::deliver::DispatcherHandle::notify`]. The flag
+//! is raised before the commit's wake-up, and the dispatcher polls
+//! whenever it was woken by anything but a commit.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
@@ -34,6 +47,23 @@ pub struct Handed {
     pub damaged: Vec<(i64, String)>,
 }
 
+/// Raised when a commit made rows ready that no hand-off took: the
+/// dispatcher's next pass polls.
+#[derive(Debug, Default)]
+pub struct PollFlag(AtomicBool);
+
+impl PollFlag {
+    /// Asks for a poll at the dispatcher's next pass.
+    pub fn raise(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// Whether a poll was asked for since the last call (lowers it).
+    pub fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Free slots per target the next enqueues may fill.
@@ -45,11 +75,14 @@ struct State {
 
 /// Shared by the outbox's writer and the dispatcher.
 #[derive(Default)]
-pub(super) struct Handoff(Mutex<State>);
+pub(super) struct Handoff {
+    state: Mutex<State>,
+    pub(super) poll: Arc<PollFlag>,
+}
 
 impl Handoff {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -70,6 +103,12 @@ impl Outbox {
         s.generation += 1;
         std::mem::take(&mut s.handed)
     }
+
+    /// The flag a commit raises when it made rows ready that no hand-off
+    /// took (see the module docs); the dispatcher polls when it is up.
+    pub fn poll_flag(&self) -> Arc<PollFlag> {
+        self.handoff.poll.clone()
+    }
 }
 
 /// Rows claimed inside an enqueue's transaction, handed over only after
@@ -77,10 +116,12 @@ impl Outbox {
 #[derive(Default)]
 pub(super) struct Claim {
     handed: Handed,
+    /// Some stored rows may be ready and not handed: the dispatcher polls.
+    poll: bool,
 }
 
 /// In the enqueue's transaction: claims up to the offered number of ready
-/// heads of each target in `targets`.
+/// heads of each target in `targets` (those it stored rows for).
 pub(super) fn claim_offered<'a>(
     c: &Connection,
     st: &mut WriterState,
@@ -95,7 +136,10 @@ pub(super) fn claim_offered<'a>(
             let generation = s.generation;
             match s.offers.get_mut(t.as_str()) {
                 Some(n) if *n > 0 => (std::mem::take(n), generation),
-                _ => continue,
+                _ => {
+                    out.poll = true;
+                    continue;
+                }
             }
         };
         let before = (out.handed.rows.len(), out.handed.damaged.len(), st.waiting);
@@ -117,10 +161,14 @@ pub(super) fn claim_offered<'a>(
             out.handed.rows.truncate(before.0);
             out.handed.damaged.truncate(before.1);
             st.waiting = before.2;
+            out.poll = true;
         }
         c.prepare_cached("RELEASE handoff")?.execute([])?;
         let unused = n - (out.handed.rows.len() - before.0).min(n);
-        if unused > 0 {
+        if unused == 0 {
+            // Used up: more of the target's rows may be ready.
+            out.poll = true;
+        } else {
             let mut s = handoff.lock();
             if s.generation == generation {
                 if let Some(left) = s.offers.get_mut(t.as_str()) {
@@ -132,8 +180,12 @@ pub(super) fn claim_offered<'a>(
     Ok(out)
 }
 
-/// After the enqueue's commit: the claimed rows wait for the dispatcher.
+/// After the enqueue's commit, before its wake-up: the claimed rows wait
+/// for the dispatcher, and the poll flag goes up if they are not all.
 pub(super) fn hand_over(handoff: &Arc<Handoff>, claim: Claim) {
+    if claim.poll {
+        handoff.poll.raise();
+    }
     if claim.handed.rows.is_empty() && claim.handed.damaged.is_empty() {
         return;
     }

@@ -42,10 +42,10 @@
 //! 0.85 ms vs 0.5 ms; [`Outbox::submit`] costs the caller ≈ 1 µs, and 20 000
 //! concurrent submits are group-committed at ≈ 30 000 rows/s in both modes.
 //! End to end to a local sink (`benches/deliver.rs`, ratios to direct
-//! reqwest in the same run, on a loaded machine): 0.38× (FULL) and
-//! 0.57–0.64× (NORMAL) of the baseline's deliveries/s; see the README's
-//! Performance section for the latency and its fsync baseline. FULL is the
-//! default.
+//! reqwest in the same run, on a loaded machine whose load moved the
+//! baseline itself by 2.7× within a run): 0.18–0.47× (FULL) and 0.15–0.64×
+//! (NORMAL) of the baseline's deliveries/s; see the README's Performance
+//! section for the latency and its fsync baseline. FULL is the default.
 //!
 //! **Deduplication** (a request that is a duplicate is not inserted, and
 //! counts in `callhook_deliveries_duplicate_total`):
@@ -116,7 +116,7 @@ mod writer;
 
 pub use admin::{mask_url, sensitive_name};
 pub use completion::Finished;
-pub use handoff::Handed;
+pub use handoff::{Handed, PollFlag};
 pub use live::{LiveCall, LiveCallWrite};
 use schema::WAITING;
 pub use schema::{db_path, quick_check, secure_state_dir};
@@ -551,7 +551,7 @@ impl Outbox {
     /// Sends a `dead` row again: back to `pending`, attempts reset, due now.
     /// False when there is no dead row with that id.
     pub async fn retry(&self, id: i64) -> Result<bool> {
-        let notify = self.notify.clone();
+        let (notify, poll) = (self.notify.clone(), self.poll_flag());
         self.call(
             true,
             move |c, st| {
@@ -572,6 +572,7 @@ impl Outbox {
             },
             move |ok| {
                 if *ok {
+                    poll.raise();
                     notify.notify_one();
                 }
             },
@@ -582,7 +583,7 @@ impl Outbox {
 
     /// Sends every `dead` row again; returns how many.
     pub async fn retry_all_dead(&self) -> Result<usize> {
-        let notify = self.notify.clone();
+        let (notify, poll) = (self.notify.clone(), self.poll_flag());
         self.call(
             true,
             move |c, st| {
@@ -601,6 +602,7 @@ impl Outbox {
             },
             move |n| {
                 if *n > 0 {
+                    poll.raise();
                     notify.notify_one();
                 }
             },
