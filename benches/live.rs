@@ -1,28 +1,45 @@
-//! The live hub under load, against a baseline measured in the same run.
+//! The live hub under load, against baselines measured in the same run.
 //!
 //! N WebSocket clients of one tenant (all with the monitor scope: every
 //! message goes to every client, the worst case) run in a **separate
 //! process** (this binary again, `LIVE_BENCH_ROLE=clients`), so the
-//! daemon's figures are not the clients' CPU.
+//! daemon's figures are not the clients' CPU (both share the machine's
+//! cores, as they would on a one-box install).
 //!
 //! 1. **callhook**: the real daemon (`app::run_until`, in this process, on
 //!    loopback) while the simulator replays `load-dev.ami` (150 overlapping
 //!    real calls) at 10× speed. Latency of a `call.*` message: from the
 //!    normalizer task handing the committed batch to the hub until a
 //!    client read the frame (wall clock, shared by both processes).
-//! 2. **baseline**, the best possible fan-out of the same messages: a bare
-//!    `tokio::sync::broadcast` of the pre-serialized texts the first client
-//!    received in run 1, on the same schedule (each `call.*` at the moment
-//!    its batch was committed in run 1), to raw tokio-tungstenite server
-//!    sockets (no auth, no per-tenant state, no queues of our own; each
-//!    socket writes what is ready and flushes once). Latency: from the
-//!    broadcast send until a client read the frame.
+//! 2. **baselines**, the same messages the first client received in run 1,
+//!    on the same schedule (each `call.*` at the moment its batch was
+//!    committed in run 1; messages due together form one burst), through a
+//!    bare `tokio::sync::broadcast` (see `live/baseline.rs`): (a) the
+//!    cheapest fan-out, each burst's frames encoded once and written to
+//!    each socket with one write; (b) raw tokio-tungstenite sockets, each
+//!    encoding every message itself. Latency: from the broadcast send until
+//!    a client read the frame.
 //!
-//! Reported: messages delivered per second, p50/p99/max latency over every
-//! `call.*` message of every client, the server process' RSS growth per
-//! connected client, and callhook / baseline ratios.
+//! **What is measured.** Latency over every `call.*` message of every
+//! client, the same set in every run. `presence` messages are delivered and
+//! counted in msg/s but not timed: in callhook most come from the presence
+//! tracker's own path, which has no publish timestamp the bench can see
+//! (in the lead's 21:00 figures, 541 000 of 609 000 callhook messages were
+//! "measured": the other 68 per client were these; the old baseline timed
+//! them too, so its set differed).
 //!
-//! `cargo bench --bench live` (N=1000; `LIVE_BENCH_CLIENTS=200` for fewer).
+//! **Memory** per client: heap growth (a counting global allocator) from
+//! before the clients connect to after they got hello + snapshot, and to
+//! the end of the replay. RSS growth was not comparable: the second run
+//! reused pages the first one freed.
+//!
+//! **Cost** per delivered message: CPU time (user + system) and read/write
+//! syscalls of the server process and of the client process, from the
+//! start of the replay to the stop (`/proc/self/stat`, `/proc/self/io`):
+//! with every client due the same burst at once, the last client's latency
+//! is about (clients × per-message cost) / cores, which is what bounds p99.
+//!
+//! `cargo bench --bench live` (N=1000; `LIVE_BENCH_CLIENTS=300` for fewer).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -95,6 +112,51 @@ fn heap_bytes() -> i64 {
     HEAP.load(Ordering::Relaxed)
 }
 
+/// This process' CPU time (user + system, s) and its read and write
+/// syscalls so far (`/proc/self/stat`, `/proc/self/io`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu_s: f64,
+    reads: f64,
+    writes: f64,
+}
+
+impl Usage {
+    fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let f: Vec<f64> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| {
+                r.split_whitespace()
+                    .map(|v| v.parse().unwrap_or(0.0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // utime, stime: fields 14 and 15, in ticks of 1/100 s.
+        let cpu_s = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0;
+        let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let field = |name: &str| {
+            io.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            cpu_s,
+            reads: field("syscr:"),
+            writes: field("syscw:"),
+        }
+    }
+
+    fn since(self, before: Usage) -> Usage {
+        Usage {
+            cpu_s: self.cpu_s - before.cpu_s,
+            reads: self.reads - before.reads,
+            writes: self.writes - before.writes,
+        }
+    }
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -155,6 +217,7 @@ async fn clients(n: usize) {
         socks.push(ws);
     }
     println!("ready");
+    let ready = Usage::now();
     let stop = CancellationToken::new();
     let total = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -192,6 +255,7 @@ async fn clients(n: usize) {
     })
     .await
     .unwrap_or_default();
+    let used = Usage::now().since(ready);
     stop.cancel();
     let mut all: Vec<Vec<(u64, u64)>> = Vec::new();
     let mut log: Vec<(u64, String)> = Vec::new();
@@ -266,6 +330,8 @@ async fn clients(n: usize) {
             "p99": q(0.99),
             "max": q(1.0),
             "client_heap_kib": heap_bytes() / 1024,
+            "client_cpu_s": used.cpu_s,
+            "client_reads": used.reads,
         })
     );
 }
@@ -349,6 +415,9 @@ struct Run {
     /// the run keeps for everybody: callhook's resume ring, the
     /// broadcast channel's messages).
     kib_per_client_after: f64,
+    /// The server process' CPU and syscalls from the start of the replay
+    /// until the clients stop.
+    server: Usage,
 }
 
 async fn bench(n: usize) {
@@ -440,12 +509,14 @@ async fn run_callhook(
     assert_eq!(clients.line().await, "ready");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = heap_bytes();
+    let usage = Usage::now();
     let t0 = std::time::Instant::now();
     sim.release();
     sim.wait_for(|s| s.replays_completed >= 1).await;
     let replay_s = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let end = heap_bytes();
+    let server = Usage::now().since(usage);
     let rows: Vec<Value> = published
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -467,6 +538,7 @@ async fn run_callhook(
         replay_s,
         kib_per_client: (after - before) as f64 / 1024.0 / n as f64,
         kib_per_client_after: (end - before) as f64 / 1024.0 / n as f64,
+        server,
     }
 }
 
@@ -529,13 +601,14 @@ async fn run_baseline(
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
-    let server = tokio::spawn(baseline::serve(kind, listener, tx.clone(), stop.clone()));
+    let serving = tokio::spawn(baseline::serve(kind, listener, tx.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = heap_bytes();
     let clients = ClientProc::spawn(&format!("ws://{addr}/"), n);
     assert_eq!(clients.line().await, "ready");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = heap_bytes();
+    let usage = Usage::now();
     let t_start = std::time::Instant::now();
     let mut sent: Vec<Value> = Vec::with_capacity(schedule.len());
     let mut i = 0;
@@ -562,17 +635,19 @@ async fn run_baseline(
     let replay_s = t_start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let end = heap_bytes();
+    let server = Usage::now().since(usage);
     let t0_file = dir.join("t0-baseline.json");
     std::fs::write(&t0_file, json!({ "by_seq": sent }).to_string()).expect("t0 file");
     let result = clients.finish(&t0_file.display().to_string(), "").await;
     stop.cancel();
-    let _ = server.await;
+    let _ = serving.await;
     Run {
         name: kind.name(),
         result,
         replay_s,
         kib_per_client: (after - before) as f64 / 1024.0 / n as f64,
         kib_per_client_after: (end - before) as f64 / 1024.0 / n as f64,
+        server,
     }
 }
 
@@ -597,6 +672,18 @@ fn report(n: usize, a: &Run, base: &[Run]) {
             f(r, "measured"),
             r.kib_per_client,
             r.kib_per_client_after,
+        );
+        let msgs = f(r, "messages");
+        println!(
+            "  {:<50} per delivered message: server {:.2} µs CPU, {:.2} writes | clients {:.2} µs CPU, {:.2} reads | CPU s in {:.1} s: server {:.1}, clients {:.1}",
+            "",
+            r.server.cpu_s * 1e6 / msgs,
+            r.server.writes / msgs,
+            f(r, "client_cpu_s") * 1e6 / msgs,
+            f(r, "client_reads") / msgs,
+            r.replay_s + 2.0,
+            r.server.cpu_s,
+            f(r, "client_cpu_s"),
         );
     }
     if let Some(b) = base.first() {

@@ -151,7 +151,11 @@ async fn serve(
             return close(socket, CLOSE_LIMIT, "too many clients").await;
         }
     };
-    if send_all(&mut socket, &first).await.is_err() {
+    let sent = send_all(&mut socket, &first).await;
+    // Not kept for the connection's life (a monitor's snapshot is the
+    // whole tenant).
+    drop(first);
+    if sent.is_err() {
         return;
     }
     let every = live.config().heartbeat;
