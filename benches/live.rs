@@ -33,9 +33,9 @@
 //! the end of the replay. RSS growth was not comparable: the second run
 //! reused pages the first one freed.
 //!
-//! **Cost** per delivered message: CPU time (user + system) and read/write
-//! syscalls of the server process and of the client process, from the
-//! start of the replay to the stop (`/proc/self/stat`, `/proc/self/io`):
+//! **Cost** per delivered message: CPU time (user + system) of the server
+//! process and of the client process, from the start of the replay to the
+//! stop (`/proc/self/stat`):
 //! with every client due the same burst at once, the last client's latency
 //! is about (clients × per-message cost) / cores, which is what bounds p99.
 //!
@@ -112,13 +112,12 @@ fn heap_bytes() -> i64 {
     HEAP.load(Ordering::Relaxed)
 }
 
-/// This process' CPU time (user + system, s) and its read and write
-/// syscalls so far (`/proc/self/stat`, `/proc/self/io`).
+/// This process' CPU time so far (user + system, s; `/proc/self/stat`).
+/// (Its socket syscalls cannot be counted this way: `/proc/self/io`
+/// counts `read`/`write`, and tokio's sockets use `recv`/`send`.)
 #[derive(Debug, Clone, Copy, Default)]
 struct Usage {
     cpu_s: f64,
-    reads: f64,
-    writes: f64,
 }
 
 impl Usage {
@@ -134,25 +133,12 @@ impl Usage {
             .unwrap_or_default();
         // utime, stime: fields 14 and 15, in ticks of 1/100 s.
         let cpu_s = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0;
-        let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
-        let field = |name: &str| {
-            io.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0.0)
-        };
-        Self {
-            cpu_s,
-            reads: field("syscr:"),
-            writes: field("syscw:"),
-        }
+        Self { cpu_s }
     }
 
     fn since(self, before: Usage) -> Usage {
         Usage {
             cpu_s: self.cpu_s - before.cpu_s,
-            reads: self.reads - before.reads,
-            writes: self.writes - before.writes,
         }
     }
 }
@@ -331,7 +317,6 @@ async fn clients(n: usize) {
             "max": q(1.0),
             "client_heap_kib": heap_bytes() / 1024,
             "client_cpu_s": used.cpu_s,
-            "client_reads": used.reads,
         })
     );
 }
@@ -415,7 +400,7 @@ struct Run {
     /// the run keeps for everybody: callhook's resume ring, the
     /// broadcast channel's messages).
     kib_per_client_after: f64,
-    /// The server process' CPU and syscalls from the start of the replay
+    /// The server process' CPU from the start of the replay
     /// until the clients stop.
     server: Usage,
 }
@@ -675,12 +660,10 @@ fn report(n: usize, a: &Run, base: &[Run]) {
         );
         let msgs = f(r, "messages");
         println!(
-            "  {:<50} per delivered message: server {:.2} µs CPU, {:.2} writes | clients {:.2} µs CPU, {:.2} reads | CPU s in {:.1} s: server {:.1}, clients {:.1}",
+            "  {:<50} CPU per delivered message: server {:.2} µs, clients {:.2} µs | CPU s in {:.1} s: server {:.1}, clients {:.1}",
             "",
             r.server.cpu_s * 1e6 / msgs,
-            r.server.writes / msgs,
             f(r, "client_cpu_s") * 1e6 / msgs,
-            f(r, "client_reads") / msgs,
             r.replay_s + 2.0,
             r.server.cpu_s,
             f(r, "client_cpu_s"),
