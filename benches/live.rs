@@ -1,32 +1,50 @@
-//! The live hub under load, against a baseline measured in the same run.
+//! The live hub under load, against baselines measured in the same run.
 //!
 //! N WebSocket clients of one tenant (all with the monitor scope: every
 //! message goes to every client, the worst case) run in a **separate
 //! process** (this binary again, `LIVE_BENCH_ROLE=clients`), so the
-//! daemon's figures are not the clients' CPU.
+//! daemon's figures are not the clients' CPU (both share the machine's
+//! cores, as they would on a one-box install).
 //!
 //! 1. **callhook**: the real daemon (`app::run_until`, in this process, on
 //!    loopback) while the simulator replays `load-dev.ami` (150 overlapping
 //!    real calls) at 10× speed. Latency of a `call.*` message: from the
 //!    normalizer task handing the committed batch to the hub until a
 //!    client read the frame (wall clock, shared by both processes).
-//! 2. **baseline**, the best possible fan-out of the same messages: a bare
-//!    `tokio::sync::broadcast` of the pre-serialized texts the first client
-//!    received in run 1, on the same schedule (each `call.*` at the moment
-//!    its batch was committed in run 1), to raw tokio-tungstenite server
-//!    sockets (no auth, no per-tenant state, no queues of our own; each
-//!    socket writes what is ready and flushes once). Latency: from the
-//!    broadcast send until a client read the frame.
+//! 2. **baselines**, the same messages the first client received in run 1,
+//!    on the same schedule (each `call.*` at the moment its batch was
+//!    committed in run 1; messages due together form one burst), through a
+//!    bare `tokio::sync::broadcast` (see `live/baseline.rs`): (a) the
+//!    cheapest fan-out, each burst's frames encoded once and written to
+//!    each socket with one write; (b) raw tokio-tungstenite sockets, each
+//!    encoding every message itself. Latency: from the broadcast send until
+//!    a client read the frame.
 //!
-//! Reported: messages delivered per second, p50/p99/max latency over every
-//! `call.*` message of every client, the server process' RSS growth per
-//! connected client, and callhook / baseline ratios.
+//! **What is measured.** Latency over every `call.*` message of every
+//! client, the same set in every run. `presence` messages are delivered and
+//! counted in msg/s but not timed: in callhook most come from the presence
+//! tracker's own path, which has no publish timestamp the bench can see
+//! (in the lead's 21:00 figures, 541 000 of 609 000 callhook messages were
+//! "measured": the other 68 per client were these; the old baseline timed
+//! them too, so its set differed).
 //!
-//! `cargo bench --bench live` (N=1000; `LIVE_BENCH_CLIENTS=200` for fewer).
+//! **Memory** per client: heap growth (a counting global allocator) from
+//! before the clients connect to after they got hello + snapshot, and to
+//! the end of the replay. RSS growth was not comparable: the second run
+//! reused pages the first one freed.
+//!
+//! **Cost** per delivered message: CPU time (user + system) of the server
+//! process and of the client process, from the start of the replay to the
+//! stop (`/proc/self/stat`):
+//! with every client due the same burst at once, the last client's latency
+//! is about (clients × per-message cost) / cores, which is what bounds p99.
+//!
+//! `cargo bench --bench live` (N=1000; `LIVE_BENCH_CLIENTS=300` for fewer).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,28 +52,101 @@ use callhook::ami::simulator::{AfterCapture, Simulator};
 use callhook::app::{self, RunOptions};
 use callhook::config::Config;
 use callhook::model::ModelEvent;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+#[path = "live/baseline.rs"]
+mod baseline;
+use baseline::{Burst, Kind};
+
 const KEY: &str = "bench-live-key-0123456789";
+
+/// Counts the bytes the process holds on the heap: the memory a client
+/// costs is measured as heap growth, the same way in every run of this
+/// process (RSS growth is not: the second run reuses pages the first one
+/// freed and looked almost free).
+struct Counting;
+
+static HEAP: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: every call forwards to `System` with the caller's arguments and
+// only adds bookkeeping on an atomic.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `alloc`'s contract.
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            HEAP.fetch_add(l.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        // SAFETY: the caller upholds `alloc_zeroed`'s contract.
+        let p = unsafe { System.alloc_zeroed(l) };
+        if !p.is_null() {
+            HEAP.fetch_add(l.size() as i64, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: the caller upholds `dealloc`'s contract.
+        unsafe { System.dealloc(p, l) };
+        HEAP.fetch_sub(l.size() as i64, Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        // SAFETY: the caller upholds `realloc`'s contract.
+        let q = unsafe { System.realloc(p, l, new) };
+        if !q.is_null() {
+            HEAP.fetch_add(new as i64 - l.size() as i64, Ordering::Relaxed);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn heap_bytes() -> i64 {
+    HEAP.load(Ordering::Relaxed)
+}
+
+/// This process' CPU time so far (user + system, s; `/proc/self/stat`).
+/// (Its socket syscalls cannot be counted this way: `/proc/self/io`
+/// counts `read`/`write`, and tokio's sockets use `recv`/`send`.)
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu_s: f64,
+}
+
+impl Usage {
+    fn now() -> Self {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let f: Vec<f64> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| {
+                r.split_whitespace()
+                    .map(|v| v.parse().unwrap_or(0.0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // utime, stime: fields 14 and 15, in ticks of 1/100 s.
+        let cpu_s = (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / 100.0;
+        Self { cpu_s }
+    }
+
+    fn since(self, before: Usage) -> Usage {
+        Usage {
+            cpu_s: self.cpu_s - before.cpu_s,
+        }
+    }
+}
 
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 fn main() {
@@ -112,6 +203,7 @@ async fn clients(n: usize) {
         socks.push(ws);
     }
     println!("ready");
+    let ready = Usage::now();
     let stop = CancellationToken::new();
     let total = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
@@ -149,6 +241,7 @@ async fn clients(n: usize) {
     })
     .await
     .unwrap_or_default();
+    let used = Usage::now().since(ready);
     stop.cancel();
     let mut all: Vec<Vec<(u64, u64)>> = Vec::new();
     let mut log: Vec<(u64, String)> = Vec::new();
@@ -222,7 +315,8 @@ async fn clients(n: usize) {
             "p50": q(0.5),
             "p99": q(0.99),
             "max": q(1.0),
-            "client_rss_kib": rss_kib(),
+            "client_heap_kib": heap_bytes() / 1024,
+            "client_cpu_s": used.cpu_s,
         })
     );
 }
@@ -300,7 +394,15 @@ struct Run {
     name: &'static str,
     result: Value,
     replay_s: f64,
+    /// Heap growth per client once connected (hello + snapshot sent).
     kib_per_client: f64,
+    /// Heap growth per client at the end of the replay (includes what
+    /// the run keeps for everybody: callhook's resume ring, the
+    /// broadcast channel's messages).
+    kib_per_client_after: f64,
+    /// The server process' CPU from the start of the replay
+    /// until the clients stop.
+    server: Usage,
 }
 
 async fn bench(n: usize) {
@@ -309,8 +411,12 @@ async fn bench(n: usize) {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let (t0_a, log_a) = (dir.join("t0-callhook.json"), dir.join("log.json"));
     let a = run_callhook(n, &dir, &t0_a, &log_a).await;
-    let b = run_baseline(n, &dir, &log_a, &t0_a).await;
-    report(n, &a, &b);
+    let schedule = schedule(&log_a, &t0_a);
+    let mut base = Vec::new();
+    for kind in [Kind::Raw, Kind::Tungstenite] {
+        base.push(run_baseline(kind, n, &dir, &schedule).await);
+    }
+    report(n, &a, &base);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -382,17 +488,20 @@ async fn run_callhook(
     ));
     sim.wait_for(|s| s.logins >= 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib();
+    let before = heap_bytes();
     let url = format!("ws://{addr}/v1/live?tenant=main&extension=999&key={KEY}");
     let clients = ClientProc::spawn(&url, n);
     assert_eq!(clients.line().await, "ready");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = rss_kib();
+    let after = heap_bytes();
+    let usage = Usage::now();
     let t0 = std::time::Instant::now();
     sim.release();
     sim.wait_for(|s| s.replays_completed >= 1).await;
     let replay_s = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let end = heap_bytes();
+    let server = Usage::now().since(usage);
     let rows: Vec<Value> = published
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -409,20 +518,23 @@ async fn run_callhook(
     token.cancel();
     let _ = app.await;
     Run {
-        name: "callhook (daemon, auth, per-tenant state, bounded queues)",
+        name: "callhook (daemon, auth, per-tenant state, queues)",
         result,
         replay_s,
-        kib_per_client: after.saturating_sub(before) as f64 / n as f64,
+        kib_per_client: (after - before) as f64 / 1024.0 / n as f64,
+        kib_per_client_after: (end - before) as f64 / 1024.0 / n as f64,
+        server,
     }
 }
 
-async fn run_baseline(
-    n: usize,
-    dir: &std::path::Path,
+/// Run 1's messages on run 1's schedule: (due ns, seq, text, is a
+/// `call.*`), in publish order. A `call.*` is due when its batch was
+/// committed; anything else (presence from the tracker, originate) when
+/// the first client read it in run 1.
+fn schedule(
     log_file: &std::path::Path,
     t0_callhook: &std::path::Path,
-) -> Run {
-    // The same messages, on run 1's schedule.
+) -> Vec<(u64, u64, Arc<str>, bool)> {
     let log: Vec<(u64, String)> = std::fs::read(log_file)
         .ok()
         .and_then(|b| serde_json::from_slice::<Vec<(u64, String)>>(&b).ok())
@@ -433,113 +545,108 @@ async fn run_baseline(
         .unwrap_or(Value::Null);
     let keys = publish_times(t0["by_key"].as_array().map_or(&[][..], |v| &v[..]));
     let mut nth: HashMap<(String, String, String), usize> = HashMap::new();
-    let mut schedule: Vec<(u64, u64, Arc<str>)> = log
+    let mut schedule: Vec<(u64, u64, Arc<str>, bool)> = log
         .iter()
         .filter_map(|(at, t)| {
             let v: Value = serde_json::from_str(t).ok()?;
             let seq = v["seq"].as_u64()?;
-            let when = call_key(&v)
-                .and_then(|k| {
-                    let i = nth.entry(k.clone()).or_default();
-                    *i += 1;
-                    keys.get(&k).and_then(|ts| ts.get(*i - 1)).copied()
-                })
-                .unwrap_or(*at);
-            Some((when, seq, Arc::from(t.as_str())))
+            let published = call_key(&v).and_then(|k| {
+                let i = nth.entry(k.clone()).or_default();
+                *i += 1;
+                keys.get(&k).and_then(|ts| ts.get(*i - 1)).copied()
+            });
+            Some((
+                published.unwrap_or(*at),
+                seq,
+                Arc::from(t.as_str()),
+                published.is_some(),
+            ))
         })
         .collect();
-    schedule.sort_by_key(|(when, seq, _)| (*seq, *when));
+    schedule.sort_by_key(|(when, seq, _, _)| (*seq, *when));
     // Keep the publish order; a time never goes back.
     let mut prev = 0;
     for s in &mut schedule {
         s.0 = s.0.max(prev);
         prev = s.0;
     }
-    let start_ns = schedule.first().map_or(0, |s| s.0);
+    schedule
+}
 
-    let (tx, _) = tokio::sync::broadcast::channel::<Arc<str>>(1 << 16);
+async fn run_baseline(
+    kind: Kind,
+    n: usize,
+    dir: &std::path::Path,
+    schedule: &[(u64, u64, Arc<str>, bool)],
+) -> Run {
+    let start_ns = schedule.first().map_or(0, |s| s.0);
+    let (tx, _) = tokio::sync::broadcast::channel::<Arc<Burst>>(1 << 16);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let stop = CancellationToken::new();
-    let (tx2, stop2) = (tx.clone(), stop.clone());
-    let server = tokio::spawn(async move {
-        loop {
-            let (sock, _) = tokio::select! {
-                _ = stop2.cancelled() => break,
-                a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
-            };
-            let mut rx = tx2.subscribe();
-            let stop = stop2.clone();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(sock).await else {
-                    return;
-                };
-                for first in ["{\"type\":\"hello\"}", "{\"type\":\"snapshot\"}"] {
-                    if ws.send(Message::Text(first.into())).await.is_err() {
-                        return;
-                    }
-                }
-                loop {
-                    let m = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        m = rx.recv() => m,
-                    };
-                    let Ok(t) = m else { return };
-                    if ws.feed(Message::Text(t.to_string())).await.is_err() {
-                        return;
-                    }
-                    while let Ok(t) = rx.try_recv() {
-                        if ws.feed(Message::Text(t.to_string())).await.is_err() {
-                            return;
-                        }
-                    }
-                    if ws.flush().await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let serving = tokio::spawn(baseline::serve(kind, listener, tx.clone(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = rss_kib();
+    let before = heap_bytes();
     let clients = ClientProc::spawn(&format!("ws://{addr}/"), n);
     assert_eq!(clients.line().await, "ready");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = rss_kib();
+    let after = heap_bytes();
+    let usage = Usage::now();
     let t_start = std::time::Instant::now();
     let mut sent: Vec<Value> = Vec::with_capacity(schedule.len());
-    for (when, seq, text) in schedule {
-        let due = t_start + Duration::from_nanos(when - start_ns);
+    let mut i = 0;
+    while i < schedule.len() {
+        let due = t_start + Duration::from_nanos(schedule[i].0 - start_ns);
         tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
-        sent.push(json!([seq, now_ns()]));
-        let _ = tx.send(text);
+        // Everything due by now goes out as one burst.
+        let now = start_ns + t_start.elapsed().as_nanos() as u64;
+        let mut texts = Vec::new();
+        while i < schedule.len() && schedule[i].0 <= now {
+            texts.push(schedule[i].2.clone());
+            i += 1;
+        }
+        let burst = Arc::new(Burst::new(texts));
+        let at = now_ns();
+        for (_, seq, _, is_call) in &schedule[i - burst.texts.len()..i] {
+            // Only what run 1 measured (its `call.*`): the same set.
+            if *is_call {
+                sent.push(json!([seq, at]));
+            }
+        }
+        let _ = tx.send(burst);
     }
     let replay_s = t_start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let end = heap_bytes();
+    let server = Usage::now().since(usage);
     let t0_file = dir.join("t0-baseline.json");
     std::fs::write(&t0_file, json!({ "by_seq": sent }).to_string()).expect("t0 file");
     let result = clients.finish(&t0_file.display().to_string(), "").await;
     stop.cancel();
-    let _ = server.await;
+    let _ = serving.await;
     Run {
-        name: "baseline (bare broadcast to raw WebSockets)",
+        name: kind.name(),
         result,
         replay_s,
-        kib_per_client: after.saturating_sub(before) as f64 / n as f64,
+        kib_per_client: (after - before) as f64 / 1024.0 / n as f64,
+        kib_per_client_after: (end - before) as f64 / 1024.0 / n as f64,
+        server,
     }
 }
 
-fn report(n: usize, a: &Run, b: &Run) {
+fn report(n: usize, a: &Run, base: &[Run]) {
     let f = |r: &Run, k: &str| r.result[k].as_f64().unwrap_or(f64::NAN);
     let rate = |r: &Run| f(r, "messages") / r.replay_s;
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "live bench: {n} monitor clients on one tenant (clients in a separate process), load-dev.ami at 10x"
+        "live bench: {n} monitor clients on one tenant (clients in a separate process), load-dev.ami at 10x; load average at the end: {}",
+        load.trim()
     );
-    for r in [b, a] {
+    for r in base.iter().chain([a]) {
         println!(
-            "  {:<58} {:>8.0} msg/s ({:>7} msgs, {:.1} s) | p50 {:>7.2} ms  p99 {:>8.2} ms  max {:>8.2} ms ({} measured) | {:.1} KiB/client",
+            "  {:<50} {:>6.0} msg/s ({:>7} msgs, {:.1} s) | p50 {:>6.2} ms  p99 {:>7.2} ms  max {:>7.2} ms ({} measured) | heap {:.1} KiB/client connected, {:.1} after the replay",
             r.name,
             rate(r),
             f(r, "messages"),
@@ -549,16 +656,27 @@ fn report(n: usize, a: &Run, b: &Run) {
             f(r, "max"),
             f(r, "measured"),
             r.kib_per_client,
+            r.kib_per_client_after,
+        );
+        let msgs = f(r, "messages");
+        println!(
+            "  {:<50} CPU per delivered message: server {:.2} µs, clients {:.2} µs | CPU s in {:.1} s: server {:.1}, clients {:.1}",
+            "",
+            r.server.cpu_s * 1e6 / msgs,
+            f(r, "client_cpu_s") * 1e6 / msgs,
+            r.replay_s + 2.0,
+            r.server.cpu_s,
+            f(r, "client_cpu_s"),
         );
     }
-    println!(
-        "  ratios callhook/baseline: msg/s {:.2}, p50 {:.2}, p99 {:.2}, max {:.2}, memory/client {:.2}",
-        rate(a) / rate(b),
-        f(a, "p50") / f(b, "p50"),
-        f(a, "p99") / f(b, "p99"),
-        f(a, "max") / f(b, "max"),
-        a.kib_per_client / b.kib_per_client,
-    );
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("  load average: {}", load.trim());
+    if let Some(b) = base.first() {
+        println!(
+            "  ratios callhook/baseline: msg/s {:.2}, p50 {:.2}, p99 {:.2}, max {:.2}, memory/client {:.2}",
+            rate(a) / rate(b),
+            f(a, "p50") / f(b, "p50"),
+            f(a, "p99") / f(b, "p99"),
+            f(a, "max") / f(b, "max"),
+            a.kib_per_client / b.kib_per_client,
+        );
+    }
 }

@@ -302,6 +302,9 @@ impl Live {
         let mut changes = Vec::new();
         match i {
             Input::Model(evs) => {
+                // The batch's frames reach each client together (see
+                // `TenantState::begin_batch`).
+                let mut touched: Vec<&Arc<Mutex<TenantState>>> = Vec::new();
                 for ev in evs.iter() {
                     let pbx = match ev {
                         ModelEvent::Leg(l) => &l.pbx,
@@ -311,9 +314,20 @@ impl Live {
                     let Some(t) = self.tenants.get(pbx) else {
                         continue;
                     };
-                    lock(t).apply_model(ev);
+                    let mut g = lock(t);
+                    if !touched.iter().any(|x| Arc::ptr_eq(x, t)) {
+                        g.begin_batch();
+                        touched.push(t);
+                    }
+                    g.apply_model(ev);
+                    drop(g);
                     lock(&self.registry).on_model(pbx, ev, &mut changes);
                 }
+                self.announce(changes);
+                for t in touched {
+                    lock(t).end_batch();
+                }
+                return;
             }
             Input::Originate(id, o) => {
                 tracing::debug!(request_id = %id, outcome = ?o, "click-to-call outcome from the PBX");

@@ -148,6 +148,9 @@ pub struct TenantState {
     shown: BTreeMap<String, ExtState>,
     /// Subscribers by id.
     pub subs: BTreeMap<u64, Subscriber>,
+    /// Frames emitted during a batch ([`TenantState::begin_batch`]), fanned
+    /// out at its end.
+    pending: Option<Vec<Arc<Frame>>>,
 }
 
 impl TenantState {
@@ -163,10 +166,27 @@ impl TenantState {
             derived: BTreeMap::new(),
             shown: BTreeMap::new(),
             subs: BTreeMap::new(),
+            pending: None,
         }
     }
 
-    /// Numbers, keeps and fans out one message.
+    /// Until [`TenantState::end_batch`], frames are numbered and kept but
+    /// not yet queued: each subscriber then gets the batch's frames back to
+    /// back, so its session finds them together (one write) instead of
+    /// being woken for the first one.
+    pub fn begin_batch(&mut self) {
+        self.pending.get_or_insert_with(Vec::new);
+    }
+
+    /// Queues the frames emitted since [`TenantState::begin_batch`].
+    pub fn end_batch(&mut self) {
+        if let Some(frames) = self.pending.take() {
+            self.fan_out(&frames);
+        }
+    }
+
+    /// Numbers, keeps and fans out one message (at the end of the batch
+    /// when one is open).
     pub fn emit(
         &mut self,
         kind: &'static str,
@@ -180,26 +200,38 @@ impl TenantState {
             self.ring.pop_front();
         }
         self.ring.push_back(f.clone());
-        for s in self.subs.values() {
-            if !f.concern.0.iter().any(|e| s.principal.sees(e)) {
-                continue;
-            }
-            if s.overflow.load(Ordering::Relaxed) {
-                continue;
-            }
-            match s.tx.try_send(f.clone()) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.overflow.store(true, Ordering::Relaxed);
-                    metrics()
-                        .live_dropped
-                        .with_label_values(&["slow_client"])
-                        .inc();
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
+        match &mut self.pending {
+            Some(p) => p.push(f.clone()),
+            None => self.fan_out(std::slice::from_ref(&f)),
         }
         f
+    }
+
+    /// Pushes `frames` to each concerned subscriber's queue, subscriber by
+    /// subscriber; a full queue marks it overflowed and it gets no more.
+    fn fan_out(&self, frames: &[Arc<Frame>]) {
+        for s in self.subs.values() {
+            for f in frames {
+                if !f.concern.0.iter().any(|e| s.principal.sees(e)) {
+                    continue;
+                }
+                if s.overflow.load(Ordering::Relaxed) {
+                    break;
+                }
+                match s.tx.try_send(f.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        s.overflow.store(true, Ordering::Relaxed);
+                        metrics()
+                            .live_dropped
+                            .with_label_values(&["slow_client"])
+                            .inc();
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break,
+                }
+            }
+        }
     }
 
     /// The frames after `after` that `p` may see, up to `upto`; `None`

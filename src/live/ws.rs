@@ -18,6 +18,9 @@
 //! nothing (no pong, no message) for two intervals is dropped
 //! (`callhook_live_heartbeat_timeouts_total`). Client messages above
 //! `max_message` bytes close the connection (1009).
+//!
+//! Writes: what a session hands over at once (a batch's messages, up to
+//! 64) is framed into the socket's buffer and flushed with one write.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use futures::SinkExt;
 
 use super::auth::{self, CredentialQuery, CLOSE_HEARTBEAT, CLOSE_LIMIT};
 use super::guard::Denied;
@@ -102,6 +106,16 @@ fn too_big(e: &axum::Error) -> bool {
     s.contains("Message too long") || s.contains("Space limit exceeded")
 }
 
+/// Sends `texts` with one write: each is framed into the socket's buffer,
+/// then one flush (a burst of a batch's messages costs one syscall, not
+/// one per message).
+async fn send_all(socket: &mut WebSocket, texts: &[Arc<str>]) -> Result<(), axum::Error> {
+    for t in texts {
+        socket.feed(Message::Text(t.to_string())).await?;
+    }
+    socket.flush().await
+}
+
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
@@ -137,10 +151,12 @@ async fn serve(
             return close(socket, CLOSE_LIMIT, "too many clients").await;
         }
     };
-    for m in first {
-        if socket.send(Message::Text(m.to_string())).await.is_err() {
-            return;
-        }
+    let sent = send_all(&mut socket, &first).await;
+    // Not kept for the connection's life (a monitor's snapshot is the
+    // whole tenant).
+    drop(first);
+    if sent.is_err() {
+        return;
     }
     let every = live.config().heartbeat;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -150,10 +166,8 @@ async fn serve(
             _ = shutdown.cancelled() => return close(socket, 1001, "server shutting down").await,
             next = session.next() => match next {
                 Next::Send(texts) => {
-                    for t in texts {
-                        if socket.send(Message::Text(t.to_string())).await.is_err() {
-                            return;
-                        }
+                    if send_all(&mut socket, &texts).await.is_err() {
+                        return;
                     }
                 }
                 Next::Close(code, why) => return close(socket, code, why).await,
@@ -168,10 +182,8 @@ async fn serve(
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                     Some(Ok(Message::Text(t))) => match session.on_client(&t) {
                         Next::Send(texts) => {
-                            for t in texts {
-                                if socket.send(Message::Text(t.to_string())).await.is_err() {
-                                    return;
-                                }
+                            if send_all(&mut socket, &texts).await.is_err() {
+                                return;
                             }
                         }
                         Next::Close(code, why) => return close(socket, code, why).await,
