@@ -553,7 +553,7 @@ pub async fn run_until(
         tokio::spawn(live.clone().run(live_token.clone()));
         // Extension states: the presence tracker's, where it has any.
         if cfg.presence.enabled {
-            crate::live::presence::spawn(&live, &presence.hub, &live_token);
+            crate::live::presence::spawn(&live, &presence.hub, &cfg.presence, &live_token);
         }
         let hub = live.clone();
         let mut prev = opts.observer.take();

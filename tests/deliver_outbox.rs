@@ -529,3 +529,122 @@ async fn stats_set_the_per_target_depth_and_oldest_age_and_reset_drained_targets
     assert_eq!((waiting("t-gauge-a"), waiting("t-gauge-b")), (3, 0));
     assert_eq!(age("t-gauge-b"), 0.0);
 }
+
+/// Outcomes recorded together (one writer job for all that are queued)
+/// still each count once, and a slot that asks for more gets the next
+/// ready head in the same transaction: never a row that is not its call's
+/// head, and never the same row twice.
+#[tokio::test]
+async fn batched_outcomes_and_claims_keep_one_head_per_call() {
+    let dir = state_dir("batched");
+    let ob = Arc::new(Outbox::open(&dir, OutboxOptions::default()).unwrap());
+    let url = "http://127.0.0.1:9/x";
+    let mut reqs = Vec::new();
+    for state in ["ringing", "answered", "hungup"] {
+        for s in 0..40 {
+            reqs.push(request("t-batched", &format!("c{s}"), state, url));
+        }
+    }
+    ob.enqueue(&reqs).await.unwrap();
+    let p = ob.poll(now(), want("t-batched", 16)).await.unwrap();
+    assert_eq!(p.claimed.len(), 16);
+    // 16 slots, each recording its outcome and taking the next ready head,
+    // all at once, until nothing is ready.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let mut slots = Vec::new();
+    for row in p.claimed {
+        let (ob, seen) = (ob.clone(), seen.clone());
+        slots.push(tokio::spawn(async move {
+            let mut next = Some(row);
+            while let Some(row) = next.take() {
+                seen.lock()
+                    .unwrap()
+                    .push((row.session_id.clone(), row.event_id.clone()));
+                let f = ob
+                    .complete_and_claim(
+                        row.id,
+                        Completion::Delivered { status: 200 },
+                        Some("t-batched".into()),
+                    )
+                    .await
+                    .unwrap();
+                assert!(f.recorded);
+                assert!(f.damaged.is_empty());
+                next = f.next;
+            }
+        }));
+    }
+    for s in slots {
+        s.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 120, "every row sent exactly once");
+    let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+    assert_eq!(unique.len(), 120);
+    // Per call, in creation order.
+    for s in 0..40 {
+        let call = format!("c{s}");
+        let order: Vec<&str> = seen
+            .iter()
+            .filter(|(c, _)| *c == call)
+            .map(|(_, e)| e.as_str())
+            .collect();
+        assert_eq!(order.len(), 3);
+        for (e, state) in order.iter().zip(["ringing", "answered", "hungup"]) {
+            assert!(e.contains(state), "{call}: {order:?}");
+        }
+    }
+    let st = ob.stats().await.unwrap();
+    assert_eq!((st.done, st.pending, st.inflight), (120, 0, 0));
+    // A row no longer in flight is not recorded twice.
+    let f = ob
+        .complete_and_claim(1, Completion::Delivered { status: 200 }, None)
+        .await
+        .unwrap();
+    assert!(!f.recorded);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Slots the dispatcher offers are filled by the enqueue itself, in its
+/// transaction: the rows are in flight once the enqueue is committed, no
+/// more than offered, only heads, and a withdrawn offer claims nothing.
+#[tokio::test]
+async fn offered_slots_are_claimed_by_the_enqueue_that_stores_the_rows() {
+    let dir = state_dir("handoff");
+    let ob = Outbox::open(&dir, OutboxOptions::default()).unwrap();
+    let url = "http://127.0.0.1:9/x";
+    ob.offer_slots([("t-handoff".to_string(), 2)].into());
+    let reqs = vec![
+        request("t-handoff", "a", "ringing", url),
+        request("t-handoff", "a", "answered", url),
+        request("t-handoff", "b", "ringing", url),
+        request("t-handoff", "c", "ringing", url),
+        request("t-other", "a", "ringing", url),
+    ];
+    ob.enqueue(&reqs).await.unwrap();
+    let h = ob.take_handed();
+    assert!(h.damaged.is_empty());
+    let got: Vec<(&str, &str)> = h
+        .rows
+        .iter()
+        .map(|r| (r.target.as_str(), r.event_id.as_str()))
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got
+        .iter()
+        .all(|(t, e)| *t == "t-handoff" && e.contains("ringing")));
+    let st = ob.stats().await.unwrap();
+    assert_eq!((st.inflight, st.pending), (2, 3));
+    // Withdrawn by take_handed: the next enqueue claims nothing.
+    ob.enqueue(&[request("t-handoff", "d", "ringing", url)])
+        .await
+        .unwrap();
+    assert!(ob.take_handed().rows.is_empty());
+    // The rest is polled as usual; a's second row waits for its first.
+    let p = ob.poll(now(), want("t-handoff", 10)).await.unwrap();
+    let mut ids: Vec<&str> = p.claimed.iter().map(|c| c.event_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    assert!(ids.iter().all(|e| e.contains("ringing")));
+    let _ = std::fs::remove_dir_all(&dir);
+}

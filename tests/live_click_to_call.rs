@@ -14,23 +14,29 @@
 //!   answer) → `no_answer`, anything else (unregistered, unreachable,
 //!   silent) → `failed`.
 //!
-//! Requests in flight together (two-in-flight) are sent together.
+//! Requests in flight together (two-in-flight) are sent together. The same
+//! for the chan_pjsip variants (`originate-pjsip/`), and the
+//! `click-to-call.ami` captures of Asterisk 20 (chan_sip, PJSIP) and 11.
 
 mod support_daemon;
+mod support_http;
 mod support_live;
 
 use std::time::Duration;
 
 use callhook::ami::sim_originate::OriginateRecording;
-use callhook::ami::simulator::{AfterCapture, SimSession, Simulator};
+use callhook::ami::simulator::{AfterCapture, SimSession, Simulator, SimulatorHandle};
 use serde_json::Value;
 use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_http::Sink;
 use support_live::*;
 
 const ENV: &[(&str, &str)] = &[("E2E_AMI_SECRET", "amipass-1234")];
 
-fn captures() -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ami/originate");
+fn captures(dir: &str) -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/ami")
+        .join(dir);
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| {
@@ -43,10 +49,35 @@ fn captures() -> Vec<String> {
     v
 }
 
-fn truth(name: &str) -> Value {
+fn truth(rel: &str) -> Value {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("tests/fixtures/ami/originate/{name}.truth.json"));
+        .join(format!("tests/fixtures/ami/{rel}.truth.json"));
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// A daemon whose tenant `main` dials its agents with `channel`, on `sim`.
+async fn daemon(name: &str, sim: Simulator, channel: &str, top: &str) -> (Daemon, SimulatorHandle) {
+    let sim = sim.start().await.unwrap();
+    let dir = temp_dir(name);
+    let ports = PORTS.lock().await;
+    let port = free_port();
+    let cfg = config(
+        &dir,
+        sim.local_addr().port(),
+        port,
+        &format!("  originate:\n    per_user_per_minute: 60\n    per_user_concurrent: 2\n    timeout: 10s\n{top}"),
+    );
+    let tenant = format!("main: {{ key: \"{KEY}\", code: 270 }}");
+    assert!(cfg.contains(&tenant));
+    let cfg = cfg.replace(
+        &tenant,
+        &format!("main: {{ key: \"{KEY}\", code: 270, channel: \"{channel}\" }}"),
+    );
+    let d = Daemon::start(&cfg, &dir, ENV);
+    d.wait_http().await;
+    drop(ports);
+    sim.wait_for(|s| s.logins >= 1).await;
+    (d, sim)
 }
 
 /// (agent, number, status, outside disposition) a person would report.
@@ -119,38 +150,23 @@ async fn settled(d: &Daemon, ext: &str, id: &str) -> Value {
     }
 }
 
-#[tokio::test]
-async fn every_recorded_outcome_through_post_v1_calls() {
-    let names = captures();
-    assert_eq!(names.len(), 11, "{names:?}");
+/// Every capture of `dir` (each request answered by its recording) through
+/// `POST /v1/calls` with agents dialled as `channel`.
+async fn every_outcome_of(dir: &str, count: usize, channel: &str) {
+    let names = captures(dir);
+    assert_eq!(names.len(), count, "{names:?}");
     let mut sim = Simulator::new("amiuser", "amipass-1234").speed(Some(8.0));
     sim.sessions = vec![SimSession::empty(AfterCapture::StayOpen)];
     for n in &names {
-        let rec = OriginateRecording::from_capture(&fixture(&format!("originate/{n}.ami")))
+        let rec = OriginateRecording::from_capture(&fixture(&format!("{dir}/{n}.ami")))
             .unwrap_or_else(|| panic!("{n}: no originate"));
         sim = sim.originate(rec);
     }
-    let sim = sim.start().await.unwrap();
-    let dir = temp_dir("live-c2c-all");
-    let ports = PORTS.lock().await;
-    let port = free_port();
-    let d = Daemon::start(
-        &config(
-            &dir,
-            sim.local_addr().port(),
-            port,
-            "  originate:\n    per_user_per_minute: 60\n    per_user_concurrent: 2\n    timeout: 10s\n",
-        ),
-        &dir,
-        ENV,
-    );
-    d.wait_http().await;
-    drop(ports);
-    sim.wait_for(|s| s.logins >= 1).await;
+    let (d, sim) = daemon(&format!("live-c2c-{dir}"), sim, channel, "").await;
 
     let mut errs = Vec::new();
     for n in &names {
-        let t = truth(n);
+        let t = truth(&format!("{dir}/{n}"));
         let want: Vec<_> = t["originates"]
             .as_array()
             .unwrap()
@@ -173,7 +189,7 @@ async fn every_recorded_outcome_through_post_v1_calls() {
             let wanted = (status.to_string(), outside.map(str::to_string));
             if saw != wanted {
                 errs.push(format!(
-                    "{n}: {agent} → {number}: callhook said {saw:?}, the PBX did {wanted:?} ({got})"
+                    "{dir}/{n}: {agent} → {number}: callhook said {saw:?}, the PBX did {wanted:?} ({got})"
                 ));
             }
             if *status == "connected" {
@@ -186,8 +202,93 @@ async fn every_recorded_outcome_through_post_v1_calls() {
     // One Originate per request, never more.
     let total: usize = names
         .iter()
-        .map(|n| truth(n)["originates"].as_array().unwrap().len())
+        .map(|n| {
+            truth(&format!("{dir}/{n}"))["originates"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
         .sum();
     assert_eq!(sim.actions("Originate"), total);
     d.stop();
+}
+
+#[tokio::test]
+async fn every_recorded_outcome_through_post_v1_calls() {
+    every_outcome_of("originate", 11, "SIP/{extension}").await;
+}
+
+/// The chan_pjsip variants (`originate-pjsip/`: Reason 1 where chan_sip says
+/// 5 or 3, a `HangupRequest` with cause 17 before a busy leg's `Hangup`,
+/// two recorded without `ChannelId`), agents dialled as `PJSIP/…`.
+#[tokio::test]
+async fn pjsip_outcomes_through_post_v1_calls() {
+    every_outcome_of("originate-pjsip", 7, "PJSIP/{extension}").await;
+}
+
+/// The `click-to-call.ami` captures of Asterisk 20 chan_sip, 20 PJSIP and
+/// 11 (AMI 1.x: no `ChannelId`, the agent's first new outgoing call after
+/// the request is taken to be it): connected, the outside leg answered, as
+/// each truth says; and the resulting call fires the usual rules (a
+/// webhook for the agent's outgoing call, with the session id callhook
+/// announced).
+#[tokio::test]
+async fn click_to_call_captures_of_each_driver_and_version() {
+    for (rel, channel, modern) in [
+        ("asterisk-20/click-to-call", "SIP/{extension}", true),
+        ("asterisk-20-pjsip/click-to-call", "PJSIP/{extension}", true),
+        ("asterisk-11/click-to-call", "SIP/{extension}", false),
+    ] {
+        let cap = fixture(&format!("{rel}.ami"));
+        let t = truth(rel);
+        let call = &t["calls"][0];
+        let (agent, number) = (
+            call["caller_number"].as_str().unwrap(),
+            call["dialed_number"].as_str().unwrap(),
+        );
+        let agent_answered = call["dial_results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["status"] == "ANSWER")
+            || call["pbx_answer_ts"].is_number();
+        assert!(agent_answered, "{rel}");
+        let want_outside = call["disposition"].as_str().unwrap();
+        // The session's banner decides the AMI version (11: 1.x).
+        let mut session: Vec<u8> = cap
+            .split(|b| *b == b'\n')
+            .next()
+            .unwrap_or_default()
+            .to_vec();
+        session.extend_from_slice(b"\n");
+        let mut sim = Simulator::new("amiuser", "amipass-1234").speed(Some(8.0));
+        sim.sessions = vec![SimSession::new(session, AfterCapture::StayOpen)];
+        let sim = sim.originate(
+            OriginateRecording::from_capture(&cap).unwrap_or_else(|| panic!("{rel}: no originate")),
+        );
+        let name = format!("live-c2c-{}", rel.replace('/', "-"));
+        let sink = Sink::start().await;
+        let rules = format!(
+            "targets:\n  crm: {{ timeout: 2s }}\nrules:\n  - name: calls\n    when: {{ scope: call, state: hungup }}\n    target: crm\n    url: \"{}\"\n    json: {{ s: \"{{{{call.session_id}}}}\", d: \"{{{{call.direction}}}}\" }}\n",
+            sink.url("/ev")
+        );
+        let (d, sim) = daemon(&name, sim, channel, &rules).await;
+        let id = post(&d, agent, number).await;
+        let got = settled(&d, agent, &id).await;
+        assert_eq!(got["status"], "connected", "{rel}: {got}");
+        assert_eq!(got["outside"]["disposition"], want_outside, "{rel}: {got}");
+        let session_id = got["session_id"].as_str().unwrap_or("");
+        if modern {
+            assert_eq!(session_id, format!("callhook-{id}"), "{rel}");
+        } else {
+            assert!(!session_id.is_empty(), "{rel}: {got}");
+        }
+        assert_eq!(sim.actions("Originate"), 1, "{rel}");
+        let hooks = sink.wait_for(1).await;
+        let body: Value = serde_json::from_slice(&hooks[0].body).unwrap();
+        assert_eq!(body["s"], session_id, "{rel}: {body}");
+        assert_eq!(body["d"], "outgoing", "{rel}: {body}");
+        d.stop();
+        sink.stop();
+    }
 }

@@ -44,7 +44,9 @@ async fn start(name: &str, capture: &str) -> (Daemon, SimulatorHandle) {
             &dir,
             sim.local_addr().port(),
             port,
-            "meetip:\n  path: /meetip\n",
+            // 1001 configured: the directory is closed (unknown
+            // extensions are refused at a Meetip login).
+            "meetip:\n  path: /meetip\npresence:\n  tenants:\n    main: { extensions: [\"1001\"] }\n",
         ),
         &dir,
         ENV,
@@ -182,6 +184,33 @@ fn meetip_word(state: &str) -> &'static str {
     }
 }
 
+fn meetip_own(state: &str) -> &'static str {
+    match state {
+        "ringing" => "(info,-Timbre)",
+        "in_use" | "in_use+ringing" | "busy" | "on_hold" => "(info,-Ocupado)",
+        "unavailable" => "(info,-No disponible)",
+        _ => "(info,-Libre)",
+    }
+}
+
+fn meetip_board(state: &str) -> &'static str {
+    match state {
+        "ringing" => "Timbre",
+        "idle" => "Libre",
+        _ => "Ocupada",
+    }
+}
+
+fn fold<'a>(words: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut out: Vec<&str> = Vec::new();
+    for w in words {
+        if out.last() != Some(&w) {
+            out.push(w);
+        }
+    }
+    out
+}
+
 async fn check(capture: &str) {
     let want = expected(capture);
     let (d, sim) = start(&format!("live-presence-{capture}"), capture).await;
@@ -203,6 +232,15 @@ async fn check(capture: &str) {
         assert_eq!(snap["type"], "snapshot", "{snap}");
         s.take(&snap);
     }
+    // Meetip pages: 1004's own, and the monitor's.
+    let meetip = format!("ws://{addr}/meetip");
+    let mut page_1004 = connect(&meetip, None).await;
+    assert_eq!(page_1004.text().await, "(???,CONECTADO)");
+    page_1004.send(&format!("270/1004, {KEY} ")).await;
+    let mut page_mon = connect(&meetip, None).await;
+    // The light phase once 1004's login is through: a full login works in both.
+    assert!(page_mon.text().await.ends_with(",CONECTADO)"));
+    page_mon.send(&format!("270/999, {KEY} ")).await;
     sim.release();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while !seen.complete(&want) {
@@ -274,9 +312,45 @@ async fn check(capture: &str) {
     for (e, w) in &want {
         assert_eq!(&seen_sse.sequence(e, w), w, "{capture}: SSE, {e}");
     }
+    // Meetip: 1004's page saw its own states (unregistered has no Meetip
+    // word: `-No disponible`), the monitor page the board's (unregistered
+    // is `Ocupada`: never offered as free).
+    if let Some(w) = want.get("1004") {
+        let own: Vec<&str> = fold(w.iter().map(|s| meetip_own(s)));
+        until_states(&mut page_1004, &own).await;
+        // The monitor page gets changes only (no state at login); the
+        // capture is over, so every line is there.
+        let board: Vec<&str> = fold(w.iter().map(|s| meetip_board(s)));
+        let mut lines: Vec<String> = Vec::new();
+        while let Ok(l) = tokio::time::timeout(Duration::from_millis(700), page_mon.text()).await {
+            lines.push(l);
+        }
+        let got: Vec<&str> = fold(lines.iter().filter_map(|l| {
+            let rest = l.strip_prefix("(info,270-")?;
+            let (word, ext) = rest.split_once('-')?;
+            (ext.starts_with("1004-") && matches!(word, "Libre" | "Ocupada" | "Timbre"))
+                .then_some(word)
+        }));
+        assert!(
+            got == board || got == board[1..],
+            "{capture}: board {got:?}, want {board:?}: {lines:?}"
+        );
+    }
+    // An extension neither configured nor known to the PBX is refused at
+    // login with the right key (extensions are configured and the PBX's
+    // lists were answered: the directory is closed).
+    let mut page = connect(&format!("ws://{addr}/meetip"), None).await;
+    assert_eq!(page.text().await, "(ID?,CONECTADO)");
+    page.send(&format!("270/4711, {KEY} ")).await;
+    assert_eq!(
+        page.text().await,
+        "(info,Error de autenticacion)",
+        "{capture}"
+    );
+    assert!(matches!(page.next().await, Got::Closed(_)));
     // Meetip: the status answers say the same.
     let mut page = connect(&format!("ws://{addr}/meetip"), None).await;
-    assert_eq!(page.text().await, "(???,CONECTADO)");
+    assert_eq!(page.text().await, "(ID?,CONECTADO)");
     page.send(&format!("270/1002, {KEY} ")).await;
     for (e, w) in &last {
         page.send(&format!("(status, {e})")).await;

@@ -50,33 +50,6 @@ async fn start(
     (d, sim, url)
 }
 
-/// Reads frames until the page's own-state lines (`(info,-…)`, repeats
-/// folded, the login's one left out when it is not the first wanted) are
-/// exactly `want`, failing as soon as they stray; returns every frame read.
-async fn until_states(ws: &mut Ws, want: &[&str]) -> Vec<String> {
-    let mut lines = Vec::new();
-    loop {
-        let mut states: Vec<&str> = Vec::new();
-        for l in &lines {
-            let l: &String = l;
-            if l.starts_with("(info,-") && states.last() != Some(&l.as_str()) {
-                states.push(l);
-            }
-        }
-        if !states.is_empty() && states.first() != want.first() {
-            states.remove(0);
-        }
-        if states == want {
-            return lines;
-        }
-        assert!(
-            want.starts_with(&states),
-            "own states {states:?}, want {want:?}: {lines:?}"
-        );
-        lines.push(ws.text().await);
-    }
-}
-
 /// Reads frames until one equals `want`; returns what came before it.
 async fn until(ws: &mut Ws, want: &str) -> Vec<String> {
     let mut before = Vec::new();

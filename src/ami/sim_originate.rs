@@ -35,11 +35,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio_util::codec::Decoder;
-
-use super::codec::{AmiCodec, AmiFrame};
+use super::codec::AmiFrame;
 use super::message::{AmiMessage, MessageKind};
+use super::sim_capture::decode_with_raw;
 
 /// One capture's Originates, ready to replay.
 #[derive(Debug, Clone)]
@@ -518,25 +516,15 @@ pub(crate) fn dial_extension(dial: &str) -> &str {
     after.split(['@', '-', '&']).next().unwrap_or(after)
 }
 
+/// Every message of a capture, in order.
 fn decode_all(capture: &[u8]) -> Vec<AmiMessage> {
-    let mut codec = AmiCodec::with_max_packet(AmiCodec::DEFAULT_MAX_PACKET.max(capture.len()));
-    let mut buf = BytesMut::from(capture);
-    let mut out = Vec::new();
-    let mut eof = false;
-    loop {
-        let r = if eof {
-            codec.decode_eof(&mut buf)
-        } else {
-            codec.decode(&mut buf)
-        };
-        match r {
-            Ok(Some(AmiFrame::Message(m))) => out.push(m),
-            Ok(Some(_)) => {}
-            Ok(None) if !eof => eof = true,
-            Ok(None) | Err(_) => break,
-        }
-    }
-    out
+    decode_with_raw(capture)
+        .into_iter()
+        .filter_map(|(frame, _)| match frame {
+            AmiFrame::Message(m) => Some(m),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -15,6 +15,22 @@
 //! `next_attempt_at` / `expires_at` / breaker re-opening / pause end, a
 //! target reload, shutdown, or 5 s as a safety net.
 //!
+//! **Slots.** A slot does not go back to the loop after its attempt: it
+//! records the outcome with [`Outbox::complete_and_claim`], which claims the
+//! target's next ready head in the same transaction, and sends that one,
+//! for as long as the target takes requests (breaker closed, no pause, not
+//! disabled or replaced by a reload, no shutdown) and something is ready.
+//! Under load a delivery thus costs one writer round trip after its
+//! request, shared with every other slot's (the outbox records all queued
+//! outcomes in one job), instead of an outcome commit plus a poll.
+//!
+//! **Hand-off.** Before it sleeps, the loop offers the free slots of the
+//! targets that take requests to the outbox ([`Outbox::offer_slots`]); an
+//! enqueue for such a target claims its ready heads for them in its own
+//! transaction, and the loop, woken by that commit, sends them
+//! ([`Outbox::take_handed`], which also withdraws the offers) without a
+//! poll of its own: a fresh delivery waits for one commit, not two.
+//!
 //! **Order.** The outbox only hands out the head of each
 //! `(session_id, target)` chain, so one call's deliveries to one target go
 //! out one at a time, in creation order, across retries (head-of-line
@@ -64,9 +80,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -74,11 +90,11 @@ use crate::log_limit::LogLimiter;
 use crate::metrics::metrics;
 use crate::source::now_epoch;
 
+use super::attempt::{attempt, report_damaged, takes_more};
+pub use super::attempt::{set_observer, AttemptReport};
 use super::breaker::{Admit, Breaker};
-use super::http::{self, Attempt};
 use super::limit::Limiter;
-use super::outbox::{ClaimWant, Claimed, Completion, Outbox};
-use super::retry::{backoff, classify, next_step, retry_delay, Step, Verdict};
+use super::outbox::{ClaimWant, Claimed, Outbox};
 use super::target::Target;
 
 /// Safety-net wake-up of an idle loop.
@@ -92,56 +108,6 @@ const MAX_CLAIM: usize = 256;
 
 /// A failing poll repeats every second: one log line per minute.
 static POLL_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(60));
-
-/// What one attempt did, for live displays.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AttemptReport {
-    /// Outbox row id.
-    pub id: i64,
-    /// Target name.
-    pub target: String,
-    /// Rule that produced the delivery.
-    pub rule: String,
-    /// Call session id.
-    pub session_id: String,
-    /// Stable event id (`webhook-id`).
-    pub event_id: String,
-    /// HTTP method.
-    pub method: String,
-    /// URL as sent.
-    pub url: String,
-    /// Status code, or `timeout` / `connect` / `error`.
-    pub status: String,
-    /// When the request was handed to the HTTP client (after the rate
-    /// limiter and the breaker admitted it).
-    pub sent_at: Instant,
-    /// Request latency.
-    pub latency: Duration,
-    /// Which attempt this was (1 = first).
-    pub attempt: u32,
-    /// `delivered`, `retry` or `dead`.
-    pub outcome: &'static str,
-}
-
-static OBSERVER: Mutex<Option<mpsc::UnboundedSender<AttemptReport>>> = Mutex::new(None);
-static OBSERVED: AtomicBool = AtomicBool::new(false);
-
-/// Installs (or, with `None`, removes) the process-wide attempt observer.
-pub fn set_observer(tx: Option<mpsc::UnboundedSender<AttemptReport>>) {
-    let mut o = OBSERVER.lock().unwrap_or_else(|e| e.into_inner());
-    OBSERVED.store(tx.is_some(), Ordering::Release);
-    *o = tx;
-}
-
-fn observe(report: impl FnOnce() -> AttemptReport) {
-    if !OBSERVED.load(Ordering::Acquire) {
-        return;
-    }
-    let o = OBSERVER.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(tx) = o.as_ref() {
-        let _ = tx.send(report());
-    }
-}
 
 /// Whether the loop can read the outbox (for `/readyz`).
 #[derive(Debug, Default)]
@@ -198,13 +164,15 @@ impl DispatcherHandle {
 }
 
 /// A target's live state.
-struct TargetRt {
-    target: Arc<Target>,
-    limiter: Option<Limiter>,
+pub(super) struct TargetRt {
+    pub(super) target: Arc<Target>,
+    pub(super) limiter: Option<Limiter>,
     slots: Arc<Semaphore>,
-    breaker: Breaker,
+    pub(super) breaker: Breaker,
     pause_until: Mutex<Option<Instant>>,
-    disabled: AtomicBool,
+    pub(super) disabled: AtomicBool,
+    /// Replaced or removed by a reload: its slots take no new deliveries.
+    pub(super) retired: AtomicBool,
 }
 
 impl TargetRt {
@@ -219,11 +187,12 @@ impl TargetRt {
             breaker: Breaker::new(&t.name, t.breaker),
             pause_until: Mutex::new(None),
             disabled: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
             target: Arc::new(t.clone()),
         }
     }
 
-    fn paused(&self, now: Instant) -> Option<Instant> {
+    pub(super) fn paused(&self, now: Instant) -> Option<Instant> {
         let mut p = self.pause_until.lock().unwrap_or_else(|e| e.into_inner());
         match *p {
             Some(u) if u > now => Some(u),
@@ -235,14 +204,14 @@ impl TargetRt {
         }
     }
 
-    fn pause(&self, until: Instant) {
+    pub(super) fn pause(&self, until: Instant) {
         let mut p = self.pause_until.lock().unwrap_or_else(|e| e.into_inner());
         if p.is_none_or(|u| u < until) {
             *p = Some(until);
         }
     }
 
-    fn disable(&self) {
+    pub(super) fn disable(&self) {
         if !self.disabled.swap(true, Ordering::AcqRel) {
             metrics()
                 .target_disabled
@@ -260,7 +229,8 @@ impl TargetRt {
 type Runtimes = BTreeMap<String, Arc<TargetRt>>;
 
 fn build(map: &BTreeMap<String, Target>, old: &Runtimes) -> Runtimes {
-    map.iter()
+    let new: Runtimes = map
+        .iter()
         .map(|(name, t)| {
             let rt = match old.get(name) {
                 Some(o) if o.target.same_as(t) => {
@@ -274,7 +244,13 @@ fn build(map: &BTreeMap<String, Target>, old: &Runtimes) -> Runtimes {
             };
             (name.clone(), rt)
         })
-        .collect()
+        .collect();
+    for (name, o) in old {
+        if !new.get(name).is_some_and(|n| Arc::ptr_eq(n, o)) {
+            o.retired.store(true, Ordering::Release);
+        }
+    }
+    new
 }
 
 fn at_instant(now_i: Instant, now: f64, at: f64) -> Instant {
@@ -330,6 +306,11 @@ async fn run(
         if shutdown.is_cancelled() {
             break;
         }
+        // Rows that enqueues claimed for the slots offered last pass (this
+        // also withdraws the offers: the pass below counts slots afresh).
+        let handed = outbox.take_handed();
+        report_damaged(&handed.damaged);
+        launch(handed.rows, &rts, &mut tasks, &outbox, &shutdown).await;
         let now_i = Instant::now();
         let now = now_epoch();
         let mut wake = now_i + IDLE_WAKE;
@@ -364,10 +345,7 @@ async fn run(
         match outbox.poll(now, wants).await {
             Ok(p) => {
                 health.ok();
-                for (id, why) in &p.damaged {
-                    metrics().outbox_damaged_rows.inc();
-                    tracing::error!(target: "callhook::deliver", id, reason = %why, "an outbox row cannot be decoded: moved aside as dead (the file is damaged; run `callhook outbox check`)");
-                }
+                report_damaged(&p.damaged);
                 for (id, target) in &p.expired {
                     metrics()
                         .deliveries
@@ -375,20 +353,7 @@ async fn run(
                         .inc();
                     tracing::debug!(target: "callhook::deliver", id, delivery_target = %target, "delivery expired before it could be sent");
                 }
-                for row in p.claimed {
-                    let Some(rt) = rts.get(&row.target).cloned() else {
-                        let _ = outbox.release(vec![row.id]).await;
-                        continue;
-                    };
-                    match rt.slots.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            tasks.spawn(attempt(rt, row, permit, outbox.clone(), shutdown.clone()));
-                        }
-                        Err(_) => {
-                            let _ = outbox.release(vec![row.id]).await;
-                        }
-                    }
-                }
+                launch(p.claimed, &rts, &mut tasks, &outbox, &shutdown).await;
                 for (t, at) in &p.next_ready {
                     let free = rts
                         .get(t)
@@ -409,6 +374,15 @@ async fn run(
                 earliest(&mut wake, now_i + Duration::from_secs(1));
             }
         }
+        // Free slots of targets that take requests now: the next enqueues
+        // claim their rows for them in their own transaction.
+        outbox.offer_slots(
+            rts.iter()
+                .filter(|(_, rt)| takes_more(rt, &shutdown))
+                .map(|(name, rt)| (name.clone(), rt.slots.available_permits().min(MAX_CLAIM)))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        );
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = notify.notified() => {}
@@ -438,6 +412,9 @@ async fn run(
         }
     }
 
+    // No more hand-offs; rows handed meanwhile are in flight in the file
+    // and go back to pending with the others below.
+    drop(outbox.take_handed());
     // Shutdown: attempts waiting for a permit put their rows back by
     // themselves; requests on the wire get until the longest timeout.
     let grace = rts
@@ -510,195 +487,27 @@ async fn housekeeping(
     }
 }
 
-/// One attempt for one claimed delivery.
-async fn attempt(
-    rt: Arc<TargetRt>,
-    row: Claimed,
-    _permit: OwnedSemaphorePermit,
-    outbox: Arc<Outbox>,
-    shutdown: CancellationToken,
+/// Starts an attempt per claimed row on a free slot of its target; a row
+/// without one (its target is gone, or every slot is taken) goes back to
+/// `pending`.
+async fn launch(
+    rows: Vec<Claimed>,
+    rts: &Runtimes,
+    tasks: &mut JoinSet<()>,
+    outbox: &Arc<Outbox>,
+    shutdown: &CancellationToken,
 ) {
-    let t = rt.target.clone();
-    let name = t.name.as_str();
-    let m = metrics();
-    let release = |why: &'static str| {
-        let outbox = outbox.clone();
-        let id = row.id;
-        async move {
-            tracing::debug!(target: "callhook::deliver", id, why, "delivery put back to pending");
-            if let Err(e) = outbox.release(vec![id]).await {
-                tracing::warn!(target: "callhook::deliver", id, error = %e, "cannot put a delivery back (the next start will)");
+    for row in rows {
+        let permit = rts
+            .get(&row.target)
+            .and_then(|rt| Some((rt.clone(), rt.slots.clone().try_acquire_owned().ok()?)));
+        match permit {
+            Some((rt, permit)) => {
+                tasks.spawn(attempt(rt, row, permit, outbox.clone(), shutdown.clone()));
             }
-        }
-    };
-
-    // 1. Wait for the target's Retry-After pause and the rate limiter.
-    let ready = async {
-        while let Some(until) = rt.paused(Instant::now()) {
-            tokio::time::sleep_until(until.into()).await;
-        }
-        if let Some(l) = &rt.limiter {
-            if l.acquire().await {
-                m.rate_limit_waits.with_label_values(&[name]).inc();
+            None => {
+                let _ = outbox.release(vec![row.id]).await;
             }
-        }
-    };
-    tokio::select! {
-        biased;
-        _ = shutdown.cancelled() => return release("shutdown").await,
-        _ = ready => {}
-    }
-    if rt.disabled.load(Ordering::Acquire) {
-        return release("target disabled").await;
-    }
-
-    // 2. Freshness.
-    let now = now_epoch();
-    if row.expires_at.is_some_and(|e| now >= e) {
-        match outbox.complete(row.id, Completion::Expired).await {
-            Ok(true) => m.deliveries.with_label_values(&[name, "expired"]).inc(),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(target: "callhook::deliver", id = row.id, error = %e, "cannot record an expiry")
-            }
-        }
-        return;
-    }
-
-    // 3. Breaker.
-    let probe = match rt.breaker.admit(Instant::now()) {
-        Admit::Yes => false,
-        Admit::Probe => true,
-        Admit::No(_) => return release("breaker open").await,
-    };
-
-    // 4. Send.
-    if row.attempts == 0 {
-        m.event_to_request_seconds
-            .with_label_values(&[name])
-            .observe((now - row.created_at).max(0.0));
-    }
-    let started = Instant::now();
-    let answer = http::send(&t, &row, SystemTime::now()).await;
-    let latency = started.elapsed();
-    m.delivery_seconds
-        .with_label_values(&[name])
-        .observe(latency.as_secs_f64());
-
-    // 5. Outcome.
-    let attempts = row.attempts.saturating_add(1);
-    let (status, verdict, retry_after, detail) = match &answer {
-        Attempt::Answer {
-            status,
-            retry_after,
-            excerpt,
-        } => (
-            status.to_string(),
-            classify(*status),
-            *retry_after,
-            excerpt.clone(),
-        ),
-        Attempt::Failed { kind, message } => {
-            (kind.to_string(), Verdict::Retry, None, message.clone())
-        }
-        Attempt::Invalid(msg) => ("invalid".to_string(), Verdict::Dead, None, msg.clone()),
-    };
-    m.delivery_attempts
-        .with_label_values(&[name, &status])
-        .inc();
-    if matches!(answer, Attempt::Invalid(_)) {
-        // Never reached the target: says nothing about its health.
-        if probe {
-            rt.breaker.abandon_probe();
-        }
-    } else {
-        rt.breaker.record(verdict == Verdict::Retry, Instant::now());
-    }
-    let detail = (!detail.is_empty()).then_some(detail);
-    let (completion, outcome) = match verdict {
-        Verdict::Delivered => (
-            Completion::Delivered {
-                status: status.parse().unwrap_or(200),
-            },
-            Some("delivered"),
-        ),
-        Verdict::Retry => {
-            let delay = retry_delay(backoff(&t.retry, attempts), retry_after, t.retry_after_max);
-            if retry_after.is_some() {
-                rt.pause(Instant::now() + delay);
-            }
-            match next_step(&t.retry, attempts, row.created_at, now_epoch(), delay) {
-                Step::RetryAt(at) => {
-                    m.delivery_retries.with_label_values(&[name]).inc();
-                    tracing::debug!(target: "callhook::deliver", id = row.id, delivery_target = name, status = %status, attempts, delay = ?delay, "attempt failed, will retry");
-                    (
-                        Completion::Retry {
-                            at,
-                            status: status.clone(),
-                            error: detail,
-                        },
-                        None,
-                    )
-                }
-                Step::GiveUp(why) => {
-                    tracing::warn!(target: "callhook::deliver", id = row.id, delivery_target = name, session = %row.session_id, status = %status, attempts, reason = why, "delivery dead: retries exhausted");
-                    (
-                        Completion::Dead {
-                            status: status.clone(),
-                            error: Some(format!(
-                                "gave up ({why} reached after {attempts} attempts): {}",
-                                detail.unwrap_or_default()
-                            )),
-                        },
-                        Some("dead"),
-                    )
-                }
-            }
-        }
-        Verdict::Dead | Verdict::Gone => {
-            tracing::warn!(target: "callhook::deliver", id = row.id, delivery_target = name, session = %row.session_id, status = %status, "delivery dead: the target refused it");
-            if verdict == Verdict::Gone {
-                rt.disable();
-            }
-            (
-                Completion::Dead {
-                    status: status.clone(),
-                    error: detail,
-                },
-                Some("dead"),
-            )
-        }
-    };
-    let observed_outcome = match &completion {
-        Completion::Delivered { .. } => "delivered",
-        Completion::Retry { .. } => "retry",
-        _ => "dead",
-    };
-    match outbox.complete(row.id, completion).await {
-        Ok(true) => {
-            if let Some(o) = outcome {
-                m.deliveries.with_label_values(&[name, o]).inc();
-            }
-        }
-        Ok(false) => {
-            tracing::warn!(target: "callhook::deliver", id = row.id, "delivery was no longer in flight when its attempt ended")
-        }
-        Err(e) => {
-            tracing::error!(target: "callhook::deliver", id = row.id, error = %e, "cannot record an attempt (it will be sent again)")
         }
     }
-    observe(|| AttemptReport {
-        id: row.id,
-        target: row.target.clone(),
-        rule: row.rule.clone(),
-        session_id: row.session_id.clone(),
-        event_id: row.event_id.clone(),
-        method: row.method.clone(),
-        url: row.url.clone(),
-        status,
-        sent_at: started,
-        latency,
-        attempt: attempts,
-        outcome: observed_outcome,
-    });
 }

@@ -14,7 +14,8 @@
 //!
 //! - [`target`]: target settings (`targets:` in the config) and their validation;
 //! - [`outbox`]: the durable SQLite outbox (dedupe, cap, order, crash recovery, admin);
-//! - [`dispatcher`]: the loop that claims ready deliveries and runs attempts;
+//! - [`dispatcher`]: the loop that claims ready deliveries and starts attempts;
+//! - `attempt`: one slot's attempts (send, classify, record, take the next);
 //! - [`retry`]: outcome classification, backoff, `Retry-After`;
 //! - [`limit`]: per-target rate limit;
 //! - [`breaker`]: per-target circuit breaker;
@@ -29,6 +30,7 @@
 //! `Idempotency-Key` on every attempt, including after a crash); deliveries
 //! of one call to one target leave strictly in creation order.
 
+mod attempt;
 pub mod breaker;
 pub mod dispatcher;
 pub mod http;

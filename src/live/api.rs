@@ -31,6 +31,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::auth::{self, CredentialQuery, Principal, Scope};
+use super::guard::{Denied, Peer};
 use super::originate::AmiOutcome;
 use super::Live;
 use crate::ami::Action;
@@ -55,19 +56,24 @@ fn problem(code: StatusCode, error: &str, message: &str) -> Response {
 }
 
 #[allow(clippy::result_large_err)] // the refusal is returned as is
-fn who(live: &Live, q: &CredentialQuery, headers: &HeaderMap) -> Result<Principal, Response> {
-    auth::authenticate(live.config(), q, headers, crate::source::now_epoch() as u64).map_err(|e| {
-        metrics()
-            .live_auth_failures
-            .with_label_values(&[e.label()])
-            .inc();
-        let mut r = problem(StatusCode::UNAUTHORIZED, e.label(), &e.to_string());
-        r.headers_mut().insert(
-            "www-authenticate",
-            axum::http::HeaderValue::from_static("Bearer"),
-        );
-        r
-    })
+fn who(
+    live: &Live,
+    peer: Option<std::net::IpAddr>,
+    q: &CredentialQuery,
+    headers: &HeaderMap,
+) -> Result<Principal, Response> {
+    live.authenticate(peer, "http", q, headers)
+        .map_err(|d| match d {
+            Denied::Blocked(left) => Denied::blocked_response(left),
+            Denied::Failed(e) => {
+                let mut r = problem(StatusCode::UNAUTHORIZED, e.label(), &e.to_string());
+                r.headers_mut().insert(
+                    "www-authenticate",
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+                r
+            }
+        })
 }
 
 /// Body of `POST /v1/calls`.
@@ -258,10 +264,11 @@ fn check_call(
 async fn create_call(
     State(live): State<Arc<Live>>,
     Query(q): Query<CredentialQuery>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     body: Result<Json<NewCall>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let p = match who(&live, &q, &headers) {
+    let p = match who(&live, peer, &q, &headers) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -292,9 +299,10 @@ async fn get_call(
     State(live): State<Arc<Live>>,
     Path(id): Path<String>,
     Query(q): Query<CredentialQuery>,
+    Peer(peer): Peer,
     headers: HeaderMap,
 ) -> Response {
-    let p = match who(&live, &q, &headers) {
+    let p = match who(&live, peer, &q, &headers) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -308,9 +316,10 @@ async fn get_call(
 async fn live_calls(
     State(live): State<Arc<Live>>,
     Query(q): Query<CredentialQuery>,
+    Peer(peer): Peer,
     headers: HeaderMap,
 ) -> Response {
-    let p = match who(&live, &q, &headers) {
+    let p = match who(&live, peer, &q, &headers) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -327,9 +336,10 @@ async fn live_calls(
 async fn extensions(
     State(live): State<Arc<Live>>,
     Query(q): Query<CredentialQuery>,
+    Peer(peer): Peer,
     headers: HeaderMap,
 ) -> Response {
-    let p = match who(&live, &q, &headers) {
+    let p = match who(&live, peer, &q, &headers) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -347,9 +357,10 @@ async fn extension(
     State(live): State<Arc<Live>>,
     Path(ext): Path<String>,
     Query(q): Query<CredentialQuery>,
+    Peer(peer): Peer,
     headers: HeaderMap,
 ) -> Response {
-    let p = match who(&live, &q, &headers) {
+    let p = match who(&live, peer, &q, &headers) {
         Ok(p) => p,
         Err(r) => return r,
     };
@@ -387,6 +398,7 @@ pub struct TicketRequest {
 
 async fn ticket(
     State(live): State<Arc<Live>>,
+    Peer(peer): Peer,
     body: Result<Json<TicketRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(t)) = body else {
@@ -397,16 +409,18 @@ async fn ticket(
         );
     };
     let cfg = live.config();
-    let Ok(p) = auth::verify_key(cfg, &t.tenant, &t.extension, &t.key) else {
-        metrics()
-            .live_auth_failures
-            .with_label_values(&["bad_credential"])
-            .inc();
-        return problem(
-            StatusCode::UNAUTHORIZED,
-            "bad_credential",
-            "wrong tenant, extension or key",
-        );
+    let p = match live.guard().check(peer, "tickets", || {
+        auth::verify_key(cfg, &t.tenant, &t.extension, &t.key)
+    }) {
+        Ok(p) => p,
+        Err(Denied::Blocked(left)) => return Denied::blocked_response(left),
+        Err(Denied::Failed(_)) => {
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "bad_credential",
+                "wrong tenant, extension or key",
+            )
+        }
     };
     let Some(tenant) = cfg.tenants.get(&p.tenant) else {
         return problem(StatusCode::UNAUTHORIZED, "bad_credential", "unknown tenant");

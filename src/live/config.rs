@@ -13,6 +13,8 @@
 //!   max_clients: 10000             # in total
 //!   max_clients_per_tenant: 2000
 //!   connections_per_minute_per_ip: 120
+//!   auth_failures_per_ip: 10       # wrong credentials from one address…
+//!   auth_failures_window: 5m       # …within this window: blocked until it ends
 //!   client_queue: 256              # messages waiting per client
 //!   resume_buffer: 4096            # messages kept per tenant for `resume`
 //!   max_message: 4096              # bytes of a client message
@@ -54,6 +56,10 @@ pub struct RawLive {
     pub max_clients_per_tenant: Option<usize>,
     /// New connections per minute from one address.
     pub connections_per_minute_per_ip: Option<u32>,
+    /// Wrong credentials from one address before it is blocked.
+    pub auth_failures_per_ip: Option<u32>,
+    /// The window of `auth_failures_per_ip` (duration).
+    pub auth_failures_window: Option<String>,
     /// Messages waiting per client before it counts as slow.
     pub client_queue: Option<usize>,
     /// Messages kept per tenant for resumes.
@@ -164,6 +170,10 @@ pub struct LiveConfig {
     pub max_clients_per_tenant: usize,
     /// Connections per minute per address.
     pub connections_per_minute_per_ip: u32,
+    /// Wrong credentials per address per window (see [`super::guard`]).
+    pub auth_failures_per_ip: u32,
+    /// Its window.
+    pub auth_failures_window: Duration,
     /// Per-client queue.
     pub client_queue: usize,
     /// Per-tenant resume buffer.
@@ -188,6 +198,8 @@ impl Default for LiveConfig {
             max_clients: 10_000,
             max_clients_per_tenant: 2_000,
             connections_per_minute_per_ip: 120,
+            auth_failures_per_ip: 10,
+            auth_failures_window: Duration::from_secs(300),
             client_queue: 256,
             resume_buffer: 4096,
             max_message: 4096,
@@ -391,6 +403,18 @@ impl RawLive {
                 .connections_per_minute_per_ip
                 .unwrap_or(d.connections_per_minute_per_ip)
                 .max(1),
+            auth_failures_per_ip: positive(
+                self.auth_failures_per_ip.map(|n| n as usize),
+                "live.auth_failures_per_ip",
+                d.auth_failures_per_ip as usize,
+                errors,
+            ) as u32,
+            auth_failures_window: dur(
+                &self.auth_failures_window,
+                "live.auth_failures_window",
+                d.auth_failures_window,
+                errors,
+            ),
             client_queue: positive(
                 self.client_queue,
                 "live.client_queue",

@@ -27,12 +27,14 @@
 //! close codes), [`tenant`] (per-tenant state, seq, resume ring), [`message`]
 //! (frames), [`session`] (one connected client, transport-neutral), [`ws`]
 //! and [`sse`] (transports), [`originate`] (click-to-call outcomes),
-//! [`api`] (HTTP routes), [`limits`] (rate windows), [`presence`] (the
-//! presence tracker's states into the tenants).
+//! [`api`] (HTTP routes), [`limits`] (rate windows), [`guard`] (failed
+//! authentications per address), [`presence`] (the presence tracker's
+//! states into the tenants).
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod guard;
 pub mod limits;
 pub mod message;
 pub mod originate;
@@ -111,6 +113,11 @@ pub struct Live {
     next_id: AtomicU64,
     conn_rate: RateWindows<IpAddr>,
     user_rate: RateWindows<(String, String)>,
+    guard: guard::AuthGuard,
+    presence: std::sync::OnceLock<(
+        crate::presence::PresenceHub,
+        HashMap<String, std::collections::BTreeSet<String>>,
+    )>,
 }
 
 impl std::fmt::Debug for Live {
@@ -166,6 +173,7 @@ impl Live {
             RateWindows::new(cfg.connections_per_minute_per_ip, Duration::from_secs(60));
         let user_rate =
             RateWindows::new(cfg.originate.per_user_per_minute, Duration::from_secs(60));
+        let guard = guard::AuthGuard::new(cfg.auth_failures_per_ip, cfg.auth_failures_window);
         Arc::new(Self {
             cfg: Arc::new(cfg),
             tenants,
@@ -178,6 +186,8 @@ impl Live {
             next_id: AtomicU64::new(1),
             conn_rate,
             user_rate,
+            guard,
+            presence: std::sync::OnceLock::new(),
         })
     }
 
@@ -227,6 +237,35 @@ impl Live {
         if let Some(t) = self.tenants.get(tenant) {
             presence::seed(&mut lock(t), snap);
         }
+    }
+
+    /// The presence tracker this hub follows and each tenant's configured
+    /// extensions (set by [`presence::spawn`]).
+    pub fn attach_presence(
+        &self,
+        hub: crate::presence::PresenceHub,
+        configured: HashMap<String, std::collections::BTreeSet<String>>,
+    ) {
+        let _ = self.presence.set((hub, configured));
+    }
+
+    /// Whether `extension` exists on `tenant`'s PBX: `Some(true)` known (the
+    /// live state or the tracker has it), `Some(false)` unknown to a closed
+    /// directory, `None` cannot tell (see [`presence::directory_knows`]).
+    pub fn knows_extension(&self, tenant: &str, extension: &str) -> Option<bool> {
+        if self
+            .with_tenant(tenant, |t| t.extensions().contains(extension))
+            .unwrap_or(false)
+        {
+            return Some(true);
+        }
+        let (hub, configured) = self.presence.get()?;
+        let none = std::collections::BTreeSet::new();
+        presence::directory_knows(
+            hub.snapshot(tenant).as_ref(),
+            configured.get(tenant).unwrap_or(&none),
+            extension,
+        )
     }
 
     /// Runs the hub until `token` is cancelled.
@@ -402,6 +441,25 @@ impl Live {
     /// Counts a new connection from `ip`; false over the per-address rate.
     pub fn admit_connection(&self, ip: IpAddr) -> bool {
         self.conn_rate.hit(&ip)
+    }
+
+    /// The failed-authentication limit per address ([`guard`]).
+    pub fn guard(&self) -> &guard::AuthGuard {
+        &self.guard
+    }
+
+    /// Authenticates a request from `peer` on `surface` (its query and
+    /// headers), through the failed-authentication limit.
+    pub fn authenticate(
+        &self,
+        peer: Option<IpAddr>,
+        surface: &str,
+        q: &auth::CredentialQuery,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Principal, guard::Denied> {
+        self.guard.check(peer, surface, || {
+            auth::authenticate(&self.cfg, q, headers, crate::source::now_epoch() as u64)
+        })
     }
 
     /// The AMI client of a tenant (click-to-call), if it is a PBX.

@@ -90,8 +90,46 @@ pub fn seed(t: &mut TenantState, snap: Option<&TenantSnapshot>) {
     }
 }
 
-/// Follows the hub for every live tenant until `token` is cancelled.
-pub fn spawn(live: &Arc<Live>, hub: &PresenceHub, token: &CancellationToken) {
+/// Whether `extension` exists on a tenant's PBX (a Meetip login's "unknown
+/// extension"). `Some(true)` when it is configured (`presence.extensions`,
+/// `presence.tenants.<id>.extensions`) or in the tracker's table: a hint, a
+/// phone device (SIP/IAX peer, PJSIP endpoint or contact) named after it,
+/// or traffic. `Some(false)` only when the directory is closed: the tenant
+/// has configured extensions (the admin's statement of which exist) and the
+/// PBX is connected and answered its state lists. `None` (cannot tell, so
+/// never refuse) otherwise: what the PBX lists cannot prove that a phone
+/// does not exist (a DAHDI or Local phone without a hint is in no list; an
+/// AMI user may lack the privilege for `SIPpeers`), and the PBX may not be
+/// connected yet.
+pub fn directory_knows(
+    snap: Option<&TenantSnapshot>,
+    configured: &BTreeSet<String>,
+    extension: &str,
+) -> Option<bool> {
+    if configured.contains(extension) || snap.is_some_and(|s| s.get(extension).is_some()) {
+        return Some(true);
+    }
+    let connected = snap.is_some_and(|s| s.connected == Some(true));
+    (!configured.is_empty() && connected).then_some(false)
+}
+
+/// Follows the hub for every live tenant until `token` is cancelled;
+/// `cfg` gives each tenant's configured extensions.
+pub fn spawn(
+    live: &Arc<Live>,
+    hub: &PresenceHub,
+    cfg: &crate::presence::PresenceConfig,
+    token: &CancellationToken,
+) {
+    let configured = live
+        .tenant_ids()
+        .into_iter()
+        .map(|t| {
+            let exts = cfg.extensions_for(&t).into_iter().collect();
+            (t, exts)
+        })
+        .collect();
+    live.attach_presence(hub.clone(), configured);
     for tenant in live.tenant_ids() {
         tokio::spawn(follow(live.clone(), hub.clone(), tenant, token.clone()));
     }
@@ -165,6 +203,32 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn the_directory_refuses_only_when_closed() {
+        let mut snap = TenantSnapshot {
+            pbx: "main".into(),
+            seq: 4,
+            connected: None,
+            extensions: vec![row("1001", PresenceState::Idle, StateSource::Hint)],
+        };
+        let open = BTreeSet::new();
+        let listed: BTreeSet<String> = ["1002".to_string()].into();
+        assert_eq!(directory_knows(None, &open, "1001"), None);
+        assert_eq!(directory_knows(Some(&snap), &open, "1001"), Some(true));
+        assert_eq!(directory_knows(None, &listed, "1002"), Some(true));
+        // Not connected yet: cannot tell.
+        assert_eq!(directory_knows(Some(&snap), &listed, "4711"), None);
+        snap.connected = Some(true);
+        assert_eq!(directory_knows(Some(&snap), &listed, "4711"), Some(false));
+        // Nothing configured: what the PBX lists proves no absence.
+        assert_eq!(directory_knows(Some(&snap), &open, "4711"), None);
+        // A phone without a hint (a peer, or traffic) is known.
+        let mut peer = row("1003", PresenceState::Idle, StateSource::Registration);
+        peer.hint = None;
+        snap.extensions.push(peer);
+        assert_eq!(directory_knows(Some(&snap), &listed, "1003"), Some(true));
     }
 
     #[test]
@@ -272,7 +336,7 @@ mod tests {
         hub.handle_sources([&status("1001", "2", 10.0)]);
         let live = live_main();
         let token = CancellationToken::new();
-        spawn(&live, &hub, &token);
+        spawn(&live, &hub, &Default::default(), &token);
         // Seeded from the snapshot: DND (busy) before any change.
         eventually(&live, "1001", "busy").await;
         hub.handle_sources([&status("1001", "0", 11.0)]);

@@ -7,7 +7,8 @@
 //! `heartbeat` keeps proxies from closing the stream. Credential failures
 //! answer `401` with the reason in the body and `X-Callhook-Close-Code`
 //! (4001/4002/4003, as the WebSocket's close codes); limits answer
-//! `429` (connection rate) or `503` (clients).
+//! `429` (connection rate, or an address blocked for failed
+//! authentications, with `Retry-After`) or `503` (clients).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::stream::{self, Stream};
 
-use super::auth;
+use super::guard::Denied;
 use super::session::{Next, Session};
 use super::ws::{peer, LiveQuery};
 use super::Live;
@@ -35,8 +36,9 @@ pub async fn handle(
     conn: Option<Extension<ConnectionHandle>>,
     info: Option<ConnectInfo<SocketAddr>>,
 ) -> Response {
-    if let Some(p) = peer(&conn, &info) {
-        if !live.admit_connection(p.ip()) {
+    let ip = peer(&conn, &info).map(|p| p.ip());
+    if let Some(ip) = ip {
+        if !live.admit_connection(ip) {
             metrics().live_refused.with_label_values(&["rate"]).inc();
             return (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -46,18 +48,10 @@ pub async fn handle(
                 .into_response();
         }
     }
-    let principal = match auth::authenticate(
-        live.config(),
-        &q.cred,
-        &headers,
-        crate::source::now_epoch() as u64,
-    ) {
+    let principal = match live.authenticate(ip, "sse", &q.cred, &headers) {
         Ok(p) => p,
-        Err(e) => {
-            metrics()
-                .live_auth_failures
-                .with_label_values(&[e.label()])
-                .inc();
+        Err(Denied::Blocked(left)) => return Denied::blocked_response(left),
+        Err(Denied::Failed(e)) => {
             return (
                 StatusCode::UNAUTHORIZED,
                 [("x-callhook-close-code", e.close_code().to_string())],

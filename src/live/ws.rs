@@ -10,7 +10,9 @@
 //! why: 4001 no credential, 4002 bad credential, 4003 expired, 4004
 //! protocol error, 4008 too slow, 4009 heartbeat missed, 4029 too many
 //! clients; 1001 when the server stops. Connections beyond
-//! `connections_per_minute_per_ip` get `429` without an upgrade.
+//! `connections_per_minute_per_ip`, and any from an address blocked for
+//! failed authentications ([`super::guard`]), get `429` with `Retry-After`
+//! without an upgrade.
 //!
 //! Heartbeat: a WebSocket ping every `heartbeat`; a client that answered
 //! nothing (no pong, no message) for two intervals is dropped
@@ -28,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 
 use super::auth::{self, CredentialQuery, CLOSE_HEARTBEAT, CLOSE_LIMIT};
+use super::guard::Denied;
 use super::session::{Next, Session};
 use super::Live;
 use crate::http::server::ConnectionHandle;
@@ -62,8 +65,9 @@ pub async fn handle(
     info: Option<ConnectInfo<SocketAddr>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Some(p) = peer(&conn, &info) {
-        if !live.admit_connection(p.ip()) {
+    let ip = peer(&conn, &info).map(|p| p.ip());
+    if let Some(ip) = ip {
+        if !live.admit_connection(ip) {
             metrics().live_refused.with_label_values(&["rate"]).inc();
             return (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -73,12 +77,11 @@ pub async fn handle(
                 .into_response();
         }
     }
-    let cred = auth::authenticate(
-        live.config(),
-        &q.cred,
-        &headers,
-        crate::source::now_epoch() as u64,
-    );
+    let cred = match live.authenticate(ip, "websocket", &q.cred, &headers) {
+        Ok(p) => Ok(p),
+        Err(Denied::Failed(e)) => Err(e),
+        Err(Denied::Blocked(left)) => return Denied::blocked_response(left),
+    };
     let held = conn.as_ref().map(|c| c.hold());
     let shutdown = conn.as_ref().map(|c| c.shutdown()).unwrap_or_default();
     let max = live.config().max_message;
@@ -89,6 +92,14 @@ pub async fn handle(
             let _held = held;
             serve(live, socket, cred, q.resume, shutdown).await;
         })
+}
+
+/// Whether a receive error is a client message above `max_message`
+/// (tungstenite's capacity error; axum does not expose its type, so its
+/// text: `tests/live_limits.rs` fails if that ever changes).
+fn too_big(e: &axum::Error) -> bool {
+    let s = e.to_string();
+    s.contains("Message too long") || s.contains("Space limit exceeded")
 }
 
 async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
@@ -110,10 +121,6 @@ async fn serve(
     let principal = match cred {
         Ok(p) => p,
         Err(e) => {
-            metrics()
-                .live_auth_failures
-                .with_label_values(&[e.label()])
-                .inc();
             let _ = socket
                 .send(Message::Text(super::message::error(
                     e.label(),
@@ -154,6 +161,10 @@ async fn serve(
             m = socket.recv() => {
                 heard = Instant::now();
                 match m {
+                    Some(Err(e)) if too_big(&e) => {
+                        metrics().live_refused.with_label_values(&["message_too_big"]).inc();
+                        return close(socket, 1009, "message too big").await;
+                    }
                     None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                     Some(Ok(Message::Text(t))) => match session.on_client(&t) {
                         Next::Send(texts) => {

@@ -31,6 +31,9 @@ pub struct Texts {
     pub busy: String,
     /// Own state: free (`-Libre`).
     pub free: String,
+    /// Own state: unregistered or unreachable (`-No disponible`; Meetip has
+    /// no word for it; empty: no line).
+    pub unavailable_state: String,
     /// Click-to-call: own phone picked up, number being called.
     pub calling: String,
     /// Click-to-call: the extension is busy.
@@ -61,6 +64,10 @@ pub struct Texts {
     pub monitor_free: String,
     /// See `monitor_ringing`.
     pub monitor_ended: String,
+    /// Monitor line of an unregistered or unreachable extension (Meetip has
+    /// no word for it; default `Ocupada`, so a board never offers it as
+    /// free; empty: no line).
+    pub monitor_unavailable: String,
 }
 
 impl Default for Texts {
@@ -72,6 +79,7 @@ impl Default for Texts {
             ringing: s("-Timbre"),
             busy: s("-Ocupado"),
             free: s("-Libre"),
+            unavailable_state: s("-No disponible"),
             calling: s("Llamando..."),
             extension_busy: s("Ocupado"),
             timeout: s("Tiempo de espera agotado"),
@@ -87,6 +95,7 @@ impl Default for Texts {
             monitor_busy: s("Ocupada"),
             monitor_free: s("Libre"),
             monitor_ended: s("terminada"),
+            monitor_unavailable: s("Ocupada"),
         }
     }
 }

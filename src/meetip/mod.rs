@@ -8,16 +8,17 @@
 //! | page → server | `<tenant>/<extension>, <key> ` | login (tenant = id or numeric code) |
 //! | server → page | `(ID?,CONECTADO)` | on connect, when this address logged in within `fast_reconnect` |
 //! | page → server | `<tenant>, <extension>` | light login (only for a tenant/extension this address logged in as) |
-//! | server → page | `(info,<bad_login>)` + close | wrong key, unknown tenant, bad extension, light login not allowed |
-//! | server → page | `(info,<too_many_logins>)` + close | over `logins_per_minute` from the address |
+//! | server → page | `(info,<bad_login>)` + close | wrong key, unknown tenant, bad extension, light login not allowed, an extension unknown to a closed directory ([`crate::live::presence::directory_knows`]) |
+//! | server → page | `(info,<too_many_logins>)` + close | over `logins_per_minute` from the address, or the address is blocked for failed authentications ([`crate::live::guard`]) |
 //! | server → page | `(CALL,<caller number>)` | a call rings at my extension (the real caller, as in the model) |
 //! | server → page | `(info,-Timbre)` / `(info,-Ocupado)` / `(info,-Libre)` | my state: ringing / in use, busy, on hold / idle |
+//! | server → page | `(info,-No disponible)` | my phone is unregistered or unreachable (no Meetip word: `texts.unavailable_state`, empty for no line) |
 //! | page → server | `(call, <number>)` | click-to-call from my extension |
 //! | server → page | `(info,Llamando...)` | my phone was picked up, the number is being called (`originate.connected`) |
 //! | server → page | `(info,Ocupado)` / `(info,Tiempo de espera agotado)` / `(info,No disponible)` | busy / no answer / failed or refused |
 //! | page → server | `(status, <ext>)` | state of an extension |
 //! | server → page | `(estado,<ext>-libre\|ocupado\|timbre\|no disponible)` / `(status,ErrorNumber)` | answer / unknown extension |
-//! | monitor (999) | `(info,<code>-<state>-<ext>-<session>)` | every extension: `Ocupada`, `Libre`, `terminada`, the caller's number when a call rings at the extension, `Timbre` when its own phone rings for a call it places (click-to-call); session `0` when none. States are the presence tracker's (on hold and DND are `Ocupada`; unregistered has no Meetip word and sends no line) |
+//! | monitor (999) | `(info,<code>-<state>-<ext>-<session>)` | every extension: `Ocupada`, `Libre`, `terminada`, the caller's number when a call rings at the extension, `Timbre` when its own phone rings for a call it places (click-to-call); session `0` when none. States are the presence tracker's (on hold and DND are `Ocupada`; unregistered or unreachable has no Meetip word and is `Ocupada` too, `texts.monitor_unavailable`, so a board never offers it as free) |
 //!
 //! Texts are configurable ([`config::Texts`]). Caller ids are cleaned of
 //! `(`, `)`, `,` and control characters before they reach a page.
@@ -41,7 +42,8 @@ pub use config::{MeetipConfig, RawMeetip, Texts};
 use protocol::Request;
 
 use crate::http::server::ConnectionHandle;
-use crate::live::auth::{self, Principal, Scope};
+use crate::live::auth::{self, AuthError, Principal, Scope};
+use crate::live::guard::Denied;
 use crate::live::limits::RateWindows;
 use crate::live::session::{Next, Session};
 use crate::live::Live;
@@ -132,33 +134,21 @@ impl Meetip {
                 .inc();
             return Err(&t.too_many_logins);
         }
-        let fail = |reason: &str| {
-            metrics()
-                .live_auth_failures
-                .with_label_values(&[reason])
-                .inc();
-            t.bad_login.as_str()
-        };
-        match r {
+        let checked = self.live.guard().check(Some(ip), "meetip", || match r {
             Request::Login {
                 tenant,
                 extension,
                 key,
             } => {
-                let id = self
-                    .tenant_id(&tenant)
-                    .ok_or_else(|| fail("bad_credential"))?;
+                let id = self.tenant_id(&tenant).ok_or(AuthError::Bad)?;
                 auth::verify_key(self.live.config(), &id, &extension, &key)
-                    .map_err(|e| fail(e.label()))
             }
             Request::Relogin { tenant, extension } => {
-                let id = self
-                    .tenant_id(&tenant)
-                    .ok_or_else(|| fail("bad_credential"))?;
+                let id = self.tenant_id(&tenant).ok_or(AuthError::Bad)?;
                 if !self.is_trusted(ip, Some((&id, &extension)))
                     || !auth::valid_extension(&extension)
                 {
-                    return Err(fail("bad_credential"));
+                    return Err(AuthError::Bad);
                 }
                 let monitor = self
                     .live
@@ -176,7 +166,25 @@ impl Meetip {
                     },
                 })
             }
-            _ => Err(fail("missing")),
+            _ => Err(AuthError::Missing),
+        });
+        match checked {
+            Ok(p)
+                if p.scope == Scope::Agent
+                    && self.live.knows_extension(&p.tenant, &p.extension) == Some(false) =>
+            {
+                // A right key for an extension the PBX does not have (see
+                // `live::presence::directory_knows`): not a guess, not counted
+                // as a failure.
+                metrics()
+                    .live_refused
+                    .with_label_values(&["meetip_unknown_extension"])
+                    .inc();
+                Err(&t.bad_login)
+            }
+            Ok(p) => Ok(p),
+            Err(Denied::Blocked(_)) => Err(&t.too_many_logins),
+            Err(Denied::Failed(_)) => Err(&t.bad_login),
         }
     }
 }
@@ -323,6 +331,7 @@ fn own_state(t: &Texts, state: &str) -> Option<String> {
         "ringing" => &t.ringing,
         "in_use" | "busy" | "on_hold" => &t.busy,
         "idle" => &t.free,
+        "unavailable" if !t.unavailable_state.is_empty() => &t.unavailable_state,
         _ => return None,
     };
     Some(protocol::info(text))
@@ -401,6 +410,7 @@ fn translate(m: &Meetip, p: &Principal, code: u64, json: &str) -> Vec<String> {
                 "ringing" => &t.monitor_ringing,
                 "in_use" | "busy" | "on_hold" => &t.monitor_busy,
                 "idle" => &t.monitor_free,
+                "unavailable" if !t.monitor_unavailable.is_empty() => &t.monitor_unavailable,
                 _ => return Vec::new(),
             };
             vec![protocol::monitor(code, word, ext, &txn)]

@@ -19,7 +19,12 @@
 //! dispatcher (claiming rows, recording attempts) runs with
 //! `synchronous=NORMAL`, which survives a process crash (`kill -9`) and at
 //! worst, on power loss, re-sends a request whose success was not yet on disk
-//! (at-least-once either way). Callers never touch SQLite: [`Outbox::submit`]
+//! (at-least-once either way). When a group holds both, the bookkeeping is
+//! committed first, on its own, so the dispatcher never waits for an
+//! enqueue's fsync (and never sees the group's enqueues before they are
+//! fsynced). Outcomes of attempts are batched once more (see
+//! [`completion`]): every outcome queued when the writer gets to them is
+//! one job. Callers never touch SQLite: [`Outbox::submit`]
 //! only queues (no I/O, a few µs) and returns a receipt that resolves after
 //! the commit; [`Outbox::enqueue`] is `submit(..).await`. Reads for the admin
 //! API ([`Outbox::list`], [`Outbox::stats`]) use a second, read-only
@@ -88,7 +93,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use serde::Serialize;
 use tokio::sync::{oneshot, Notify};
 
 use crate::log_limit::LogLimiter;
@@ -98,18 +102,27 @@ use crate::source::now_epoch;
 use super::DeliveryRequest;
 
 mod admin;
+mod completion;
 mod conceal;
+mod handoff;
 pub mod live;
 pub mod repair;
 mod schema;
 mod tx;
+mod types;
 mod writer;
 
 pub use admin::{mask_url, sensitive_name};
+pub use completion::Finished;
+pub use handoff::Handed;
 pub use live::{LiveCall, LiveCallStore, LiveCallWrite};
 use schema::WAITING;
 pub use schema::{db_path, quick_check, secure_state_dir};
-use tx::{complete_tx, fix_head, insert_batch, poll_tx, revive, EnqueueDetail};
+use tx::{fix_head, insert_batch, poll_tx, revive, EnqueueDetail};
+pub use types::{
+    ClaimWant, Claimed, Completion, DeliveryRow, EnqueueOutcome, ListFilter, OutboxStats,
+    PollResult, Status,
+};
 pub use writer::EnqueueReceipt;
 use writer::{checkpoint_loop, writer_loop, Finish, Job, ReceiptInner, WriterState};
 
@@ -211,257 +224,6 @@ impl From<rusqlite::Error> for OutboxError {
 
 type Result<T> = std::result::Result<T, OutboxError>;
 
-/// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    /// Waiting for its turn or its next attempt.
-    Pending,
-    /// Claimed by the dispatcher (an attempt is being made).
-    Inflight,
-    /// Delivered (2xx).
-    Done,
-    /// Given up; kept until retried by an operator.
-    Dead,
-    /// Not sent: its `expires_at` passed first.
-    Expired,
-}
-
-impl Status {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Inflight => "inflight",
-            Status::Done => "done",
-            Status::Dead => "dead",
-            Status::Expired => "expired",
-        }
-    }
-
-    /// Parses the stored spelling.
-    pub fn parse(s: &str) -> Option<Status> {
-        Some(match s {
-            "pending" => Status::Pending,
-            "inflight" => Status::Inflight,
-            "done" => Status::Done,
-            "dead" => Status::Dead,
-            "expired" => Status::Expired,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What [`Outbox::enqueue`] did with a batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct EnqueueOutcome {
-    /// Rows written.
-    pub inserted: usize,
-    /// Requests skipped as duplicates (idempotency key or event still waiting).
-    pub duplicates: usize,
-    /// Of the duplicates: the earlier delivery is still waiting (pending or
-    /// in flight).
-    pub duplicates_waiting: usize,
-    /// Of the duplicates: the earlier delivery was delivered.
-    pub duplicates_delivered: usize,
-    /// Of the duplicates: the earlier delivery is dead or expired.
-    pub duplicates_failed: usize,
-    /// Of the duplicates: the key is remembered but its delivery finished
-    /// more than `done_retention` ago and was pruned (delivered or expired).
-    pub duplicates_pruned: usize,
-    /// Requests refused because the outbox was full.
-    pub rejected_full: usize,
-    /// Requests that can never be sent (`DeliveryRequest::refused`): stored
-    /// `dead` at once with the reason.
-    pub refused: usize,
-}
-
-/// Filter for [`Outbox::list`].
-#[derive(Debug, Clone)]
-pub struct ListFilter {
-    /// Only rows in this state.
-    pub status: Option<Status>,
-    /// Only rows for this target.
-    pub target: Option<String>,
-    /// At most this many rows (newest first).
-    pub limit: usize,
-}
-
-impl Default for ListFilter {
-    fn default() -> Self {
-        Self {
-            status: None,
-            target: None,
-            limit: 100,
-        }
-    }
-}
-
-/// A stored delivery, for the admin API: secrets are masked (values of
-/// credential-like headers and query parameters), the body is a text excerpt.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct DeliveryRow {
-    /// Row id (creation order).
-    pub id: i64,
-    /// Target name.
-    pub target: String,
-    /// Rule that produced it.
-    pub rule: String,
-    /// Call session id.
-    pub session_id: String,
-    /// PBX id.
-    pub pbx: String,
-    /// Stable event id (`webhook-id`).
-    pub event_id: String,
-    /// HTTP method.
-    pub method: String,
-    /// URL (credential-like query values masked).
-    pub url: String,
-    /// Headers (credential-like values masked).
-    pub headers: Vec<(String, String)>,
-    /// Start of the body as text (≤ 2 KB, lossy UTF-8).
-    pub body_excerpt: Option<String>,
-    /// Body size in bytes.
-    pub body_len: usize,
-    /// Idempotency key.
-    pub idempotency_key: Option<String>,
-    /// Event time (epoch seconds).
-    pub created_at: f64,
-    /// Freshness limit (epoch seconds).
-    pub expires_at: Option<f64>,
-    /// When it entered the outbox (epoch seconds).
-    pub enqueued_at: f64,
-    /// State.
-    pub status: Status,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Earliest next attempt (epoch seconds), for pending rows.
-    pub next_attempt_at: f64,
-    /// Last HTTP status (`503`) or failure kind (`timeout`, `connect`, `error`).
-    pub last_status: Option<String>,
-    /// Excerpt of the last response body or error (≤ 2 KB).
-    pub last_error: Option<String>,
-    /// Last change (epoch seconds).
-    pub updated_at: f64,
-}
-
-/// Counts by state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct OutboxStats {
-    /// Waiting rows.
-    pub pending: u64,
-    /// Rows being sent.
-    pub inflight: u64,
-    /// Given-up rows.
-    pub dead: u64,
-    /// Expired rows (until pruned).
-    pub expired: u64,
-    /// Delivered rows (until pruned).
-    pub done: u64,
-    /// Seconds the oldest waiting row has been in the outbox.
-    pub oldest_pending_age: Option<f64>,
-    /// Waiting rows (`pending` + `inflight`) per target.
-    pub waiting_by_target: BTreeMap<String, u64>,
-}
-
-/// A delivery claimed for an attempt (the full request).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Claimed {
-    /// Row id.
-    pub id: i64,
-    /// Target name.
-    pub target: String,
-    /// Rule name.
-    pub rule: String,
-    /// Call session id.
-    pub session_id: String,
-    /// PBX id.
-    pub pbx: String,
-    /// Stable event id.
-    pub event_id: String,
-    /// HTTP method.
-    pub method: String,
-    /// URL.
-    pub url: String,
-    /// Headers.
-    pub headers: Vec<(String, String)>,
-    /// Body.
-    pub body: Option<Vec<u8>>,
-    /// Idempotency key.
-    pub idempotency_key: Option<String>,
-    /// Event time.
-    pub created_at: f64,
-    /// Freshness limit.
-    pub expires_at: Option<f64>,
-    /// Attempts made before this one.
-    pub attempts: u32,
-    /// Why it can never be sent, when known at enqueue (then the attempt
-    /// fails at once).
-    pub refused: Option<String>,
-    /// Where secrets are masked in the URL, headers and body: the
-    /// dispatcher puts them back at send time (see `deliver::secret`).
-    pub secrets: Vec<crate::deliver::secret::SecretRef>,
-}
-
-/// One target's share of a [`Outbox::poll`].
-#[derive(Debug, Clone)]
-pub struct ClaimWant {
-    /// Target name.
-    pub target: String,
-    /// Claim at most this many ready heads (0: only report `next_ready`).
-    pub limit: usize,
-}
-
-/// What [`Outbox::poll`] found.
-#[derive(Debug, Clone, Default)]
-pub struct PollResult {
-    /// Rows now `inflight`, to be sent.
-    pub claimed: Vec<Claimed>,
-    /// Rows just marked `expired`: (id, target).
-    pub expired: Vec<(i64, String)>,
-    /// Per target asked: when its earliest remaining head becomes ready.
-    pub next_ready: BTreeMap<String, f64>,
-    /// Earliest `expires_at` among pending rows.
-    pub next_expiry: Option<f64>,
-    /// Rows that could not be decoded and were moved aside (dead with the
-    /// reason): (id, what is wrong).
-    pub damaged: Vec<(i64, String)>,
-}
-
-/// How an attempt ended, for [`Outbox::complete`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Completion {
-    /// 2xx.
-    Delivered {
-        /// The status code.
-        status: u16,
-    },
-    /// Try again at `at` (epoch seconds).
-    Retry {
-        /// Next attempt.
-        at: f64,
-        /// Status code or failure kind.
-        status: String,
-        /// Response or error excerpt.
-        error: Option<String>,
-    },
-    /// Given up after this attempt.
-    Dead {
-        /// Status code or failure kind.
-        status: String,
-        /// Response or error excerpt, and why it was given up.
-        error: Option<String>,
-    },
-    /// Its `expires_at` passed before the attempt (nothing was sent).
-    Expired,
-}
-
 /// Cuts text to at most [`EXCERPT_MAX`] bytes on a character boundary.
 pub fn excerpt(s: &str) -> String {
     if s.len() <= EXCERPT_MAX {
@@ -483,6 +245,8 @@ pub struct Outbox {
     reader: Arc<Mutex<Connection>>,
     queued: Arc<AtomicUsize>,
     notify: Arc<Notify>,
+    done: Arc<completion::Queue>,
+    handoff: Arc<handoff::Handoff>,
     path: PathBuf,
     opts: OutboxOptions,
 }
@@ -563,6 +327,8 @@ impl Outbox {
             reader: Arc::new(Mutex::new(reader)),
             queued: Arc::new(AtomicUsize::new(0)),
             notify: Arc::new(Notify::new()),
+            done: Arc::default(),
+            handoff: Arc::default(),
             path,
             opts,
         })
@@ -598,7 +364,7 @@ impl Outbox {
     where
         R: Send + 'static,
         F: FnOnce(&Connection, &mut WriterState) -> Result<R> + Send + 'static,
-        C: FnOnce(&R) + Send + 'static,
+        C: FnOnce(&mut R) + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job = Job {
@@ -612,8 +378,8 @@ impl Outbox {
                 let finish: Finish = Box::new(move |commit_err| {
                     let out = match (commit_err, r) {
                         (Some(e), _) => Err(e.clone()),
-                        (None, r) => {
-                            if let Ok(v) = &r {
+                        (None, mut r) => {
+                            if let Ok(v) = &mut r {
                                 on_commit(v);
                             }
                             r
@@ -690,6 +456,7 @@ impl Outbox {
         }
         let counter = self.queued.clone();
         let notify = self.notify.clone();
+        let (handoff, handoff_w) = (self.handoff.clone(), self.handoff.clone());
         let rx = self.call(
             true,
             move |conn, st| {
@@ -698,9 +465,11 @@ impl Outbox {
                 let mut d = insert_batch(conn, st, &reqs, now)?;
                 live::write(conn, &calls, now)?;
                 d.outcome.rejected_full += pre_rejected;
+                d.claim = handoff::claim_offered(conn, st, &handoff_w, d.inserted.keys(), now)?;
                 Ok(d)
             },
-            move |d: &EnqueueDetail| {
+            move |d: &mut EnqueueDetail| {
+                handoff::hand_over(&handoff, std::mem::take(&mut d.claim));
                 let m = metrics();
                 for (t, c) in &d.inserted {
                     m.deliveries_enqueued.with_label_values(&[t]).inc_by(*c);
@@ -746,15 +515,6 @@ impl Outbox {
     pub async fn poll(&self, now: f64, wants: Vec<ClaimWant>) -> Result<PollResult> {
         self.run(false, move |c, st| poll_tx(c, st, now, &wants))
             .await
-    }
-
-    /// Records the end of an attempt on an `inflight` row; false when the
-    /// row was not in flight (already recovered by a restart).
-    pub async fn complete(&self, id: i64, how: Completion) -> Result<bool> {
-        self.run(false, move |c, st| {
-            complete_tx(c, st, id, &how, now_epoch())
-        })
-        .await
     }
 
     /// Puts claimed rows back to `pending` without using an attempt

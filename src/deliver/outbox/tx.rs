@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::handoff::Claim;
 use super::schema::{COLS, WAITING};
 use super::writer::WriterState;
 use super::OutboxError;
-use super::{excerpt, ClaimWant, Claimed, Completion, EnqueueOutcome, PollResult, Result, Status};
+use super::{excerpt, ClaimWant, Claimed, EnqueueOutcome, PollResult, Result, Status};
 use crate::deliver::DeliveryRequest;
 
 pub(super) struct EnqueueDetail {
@@ -18,6 +19,8 @@ pub(super) struct EnqueueDetail {
     pub(super) rejected: BTreeMap<String, u64>,
     /// Stored dead at once (`DeliveryRequest::refused`).
     pub(super) refused: BTreeMap<String, u64>,
+    /// Ready heads claimed for the dispatcher's offered slots.
+    pub(super) claim: Claim,
 }
 
 pub(super) fn insert_batch(
@@ -32,6 +35,7 @@ pub(super) fn insert_batch(
         duplicates: BTreeMap::new(),
         rejected: BTreeMap::new(),
         refused: BTreeMap::new(),
+        claim: Claim::default(),
     };
     let window_start = now - st.opts.dedupe_window.as_secs_f64();
     let mut event_dup = c.prepare_cached(&format!(
@@ -425,39 +429,21 @@ pub(super) fn poll_tx(
         )?
         .query_row([], |r| r.get(0))?;
     // 2. Claim ready heads per target.
-    let mut select = c.prepare_cached(&format!(
-        "SELECT {COLS} FROM deliveries INDEXED BY deliveries_ready \
-         WHERE target = ?1 AND status = 'pending' AND head = 1 \
-         AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT ?3"
-    ))?;
-    let mut mark = c.prepare_cached(
-        "UPDATE deliveries SET status = 'inflight', updated_at = ?2 WHERE id = ?1",
-    )?;
     let mut next = c.prepare_cached(
         "SELECT MIN(next_attempt_at) FROM deliveries INDEXED BY deliveries_ready \
          WHERE target = ?1 AND status = 'pending' AND head = 1",
     )?;
     for w in wants {
         if w.limit > 0 {
-            let rows: Vec<(i64, Decoded<Claimed>)> = select
-                .query_map(params![w.target, now, w.limit as i64], |r| {
-                    Ok((r.get(0)?, claimed_row(r)))
-                })?
-                .collect::<std::result::Result<_, _>>()?;
-            for (id, row) in rows {
-                match row {
-                    Ok(row) => {
-                        mark.execute(params![id, now])?;
-                        out.claimed.push(row);
-                    }
-                    Err(why) => {
-                        if quarantine(c, id, &why, now)? {
-                            st.waiting -= 1;
-                        }
-                        out.damaged.push((id, why));
-                    }
-                }
-            }
+            claim_ready(
+                c,
+                st,
+                &w.target,
+                now,
+                w.limit,
+                &mut out.claimed,
+                &mut out.damaged,
+            )?;
         }
         if let Some(t) = next.query_row(params![w.target], |r| r.get::<_, Option<f64>>(0))? {
             out.next_ready.insert(w.target.clone(), t);
@@ -466,54 +452,43 @@ pub(super) fn poll_tx(
     Ok(out)
 }
 
-pub(super) fn complete_tx(
+/// Claims up to `limit` ready heads of `target` (they become `inflight`),
+/// oldest due first; rows that cannot be decoded are moved aside.
+pub(super) fn claim_ready(
     c: &Connection,
     st: &mut WriterState,
-    id: i64,
-    how: &Completion,
+    target: &str,
     now: f64,
-) -> Result<bool> {
-    let row: Option<(String, String)> = c
-        .prepare_cached(
-            "SELECT target, session_id FROM deliveries WHERE id = ?1 AND status = 'inflight'",
-        )?
-        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((target, session)) = row else {
-        return Ok(false);
-    };
-    let cut = |s: &Option<String>| s.as_deref().map(excerpt);
-    match how {
-        Completion::Delivered { status } => {
-            c.prepare_cached(
-                "UPDATE deliveries SET status = 'done', head = 0, attempts = attempts + 1, \
-                 last_status = ?2, last_error = NULL, updated_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![id, status.to_string(), now])?;
-        }
-        Completion::Retry { at, status, error } => {
-            c.prepare_cached(
-                "UPDATE deliveries SET status = 'pending', attempts = attempts + 1, \
-                 next_attempt_at = ?2, last_status = ?3, last_error = ?4, updated_at = ?5 WHERE id = ?1",
-            )?
-            .execute(params![id, at, status, cut(error), now])?;
-            return Ok(true);
-        }
-        Completion::Dead { status, error } => {
-            c.prepare_cached(
-                "UPDATE deliveries SET status = 'dead', head = 0, attempts = attempts + 1, \
-                 last_status = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1",
-            )?
-            .execute(params![id, status, cut(error), now])?;
-        }
-        Completion::Expired => {
-            c.prepare_cached(
-                "UPDATE deliveries SET status = 'expired', head = 0, updated_at = ?2 WHERE id = ?1",
-            )?
-            .execute(params![id, now])?;
+    limit: usize,
+    claimed: &mut Vec<Claimed>,
+    damaged: &mut Vec<(i64, String)>,
+) -> Result<()> {
+    let mut select = c.prepare_cached(&format!(
+        "SELECT {COLS} FROM deliveries INDEXED BY deliveries_ready \
+         WHERE target = ?1 AND status = 'pending' AND head = 1 \
+         AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT ?3"
+    ))?;
+    let mut mark = c.prepare_cached(
+        "UPDATE deliveries SET status = 'inflight', updated_at = ?2 WHERE id = ?1",
+    )?;
+    let rows: Vec<(i64, Decoded<Claimed>)> = select
+        .query_map(params![target, now, limit as i64], |r| {
+            Ok((r.get(0)?, claimed_row(r)))
+        })?
+        .collect::<std::result::Result<_, _>>()?;
+    for (id, row) in rows {
+        match row {
+            Ok(row) => {
+                mark.execute(params![id, now])?;
+                claimed.push(row);
+            }
+            Err(why) => {
+                if quarantine(c, id, &why, now)? {
+                    st.waiting -= 1;
+                }
+                damaged.push((id, why));
+            }
         }
     }
-    st.waiting -= 1;
-    fix_head(c, &target, &session)?;
-    Ok(true)
+    Ok(())
 }

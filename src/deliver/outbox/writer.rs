@@ -88,69 +88,98 @@ pub(super) fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut st: Wri
                 Err(_) => break,
             }
         }
-        let want_full = st.opts.durability == Durability::Full && batch.iter().any(|j| j.durable);
-        if want_full != full {
-            let v = if want_full { "FULL" } else { "NORMAL" };
-            if conn.pragma_update(None, "synchronous", v).is_ok() {
-                full = want_full;
+        if st.opts.durability == Durability::Full && batch.iter().any(|j| j.durable) {
+            // Bookkeeping (claims, outcomes, reads) commits first, on its
+            // own and without an fsync, so the dispatcher never waits for
+            // the enqueues' fsync. Nothing a bookkeeping job reads can be
+            // uncommitted enqueues of this group: those are committed
+            // (fsynced) next, and their commit signals the dispatcher.
+            let (durable, light): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|j| j.durable);
+            if !light.is_empty() {
+                commit_group(&conn, light, false, &mut full, &mut st);
             }
-        }
-        let mut finishers = Vec::with_capacity(batch.len());
-        let mut any_failed = false;
-        match conn.execute_batch("BEGIN IMMEDIATE") {
-            Err(e) => {
-                let e = OutboxError::from(e);
-                for job in batch {
-                    let (_, fin) = (job.run)(Err(&e), &mut st);
-                    finishers.push(fin);
-                }
-                for f in finishers {
-                    f(Some(&e));
-                }
-                continue;
-            }
-            Ok(()) => {
-                for job in batch {
-                    if let Err(e) = conn.execute_batch("SAVEPOINT job") {
-                        let e = OutboxError::from(e);
-                        let (_, fin) = (job.run)(Err(&e), &mut st);
-                        finishers.push(fin);
-                        any_failed = true;
-                        continue;
-                    }
-                    let (ok, fin) = (job.run)(Ok(&conn), &mut st);
-                    if ok {
-                        let _ = conn.execute_batch("RELEASE job");
-                    } else {
-                        any_failed = true;
-                        let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
-                    }
-                    finishers.push(fin);
-                }
-            }
-        }
-        let commit = conn.execute_batch("COMMIT").map_err(OutboxError::from);
-        if let Err(e) = &commit {
-            if let Some(suppressed) = COMMIT_FAILED.check() {
-                tracing::error!(target: "callhook::deliver", error = %e, suppressed, "outbox commit failed");
-            }
-            let _ = conn.execute_batch("ROLLBACK");
-            any_failed = true;
-        }
-        if any_failed {
-            // A job may have changed the counter before failing: recount.
-            if let Ok(n) = conn.query_row(
-                &format!("SELECT COUNT(*) FROM deliveries WHERE {WAITING}"),
-                [],
-                |r| r.get::<_, i64>(0),
-            ) {
-                st.waiting = n;
-            }
-        }
-        metrics().outbox_depth.set(st.waiting);
-        let err = commit.err();
-        for f in finishers {
-            f(err.as_ref());
+            commit_group(&conn, durable, true, &mut full, &mut st);
+        } else {
+            commit_group(&conn, batch, false, &mut full, &mut st);
         }
     }
+}
+
+/// Runs `batch` in one transaction (each job in its own savepoint), commits
+/// it (`synchronous=FULL` when `durable`, else NORMAL) and answers the jobs.
+fn commit_group(
+    conn: &Connection,
+    batch: Vec<Job>,
+    durable: bool,
+    full: &mut bool,
+    st: &mut WriterState,
+) {
+    if durable != *full {
+        let sql = if durable {
+            "PRAGMA synchronous = FULL"
+        } else {
+            "PRAGMA synchronous = NORMAL"
+        };
+        if exec(conn, sql).is_ok() {
+            *full = durable;
+        }
+    }
+    let mut finishers = Vec::with_capacity(batch.len());
+    let mut any_failed = false;
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+        for job in batch {
+            let (_, fin) = (job.run)(Err(&e), st);
+            finishers.push(fin);
+        }
+        for f in finishers {
+            f(Some(&e));
+        }
+        return;
+    }
+    for job in batch {
+        if let Err(e) = exec(conn, "SAVEPOINT job") {
+            let (_, fin) = (job.run)(Err(&e), st);
+            finishers.push(fin);
+            any_failed = true;
+            continue;
+        }
+        let (ok, fin) = (job.run)(Ok(conn), st);
+        if ok {
+            let _ = exec(conn, "RELEASE job");
+        } else {
+            any_failed = true;
+            let _ = exec(conn, "ROLLBACK TO job");
+            let _ = exec(conn, "RELEASE job");
+        }
+        finishers.push(fin);
+    }
+    let commit = exec(conn, "COMMIT");
+    if let Err(e) = &commit {
+        if let Some(suppressed) = COMMIT_FAILED.check() {
+            tracing::error!(target: "callhook::deliver", error = %e, suppressed, "outbox commit failed");
+        }
+        let _ = conn.execute_batch("ROLLBACK");
+        any_failed = true;
+    }
+    if any_failed {
+        // A job may have changed the counter before failing: recount.
+        if let Ok(n) = conn.query_row(
+            &format!("SELECT COUNT(*) FROM deliveries WHERE {WAITING}"),
+            [],
+            |r| r.get::<_, i64>(0),
+        ) {
+            st.waiting = n;
+        }
+    }
+    metrics().outbox_depth.set(st.waiting);
+    let err = commit.err();
+    for f in finishers {
+        f(err.as_ref());
+    }
+}
+
+/// Runs one statement of the writer's own (cached: parsed once).
+fn exec(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }

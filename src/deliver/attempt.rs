@@ -1,0 +1,310 @@
+//! One slot's attempts: wait for the target's pause and rate limit, check
+//! freshness and the breaker, send, classify the answer, record the outcome
+//! and take the next ready delivery of the target in the same transaction
+//! (see the dispatcher's module docs: **Per attempt**, **Slots**,
+//! **Observer**).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::metrics;
+use crate::source::now_epoch;
+
+use super::breaker::Admit;
+use super::dispatcher::TargetRt;
+use super::http::{self, Attempt};
+use super::outbox::{Claimed, Completion, Outbox};
+use super::retry::{backoff, classify, next_step, retry_delay, Step, Verdict};
+
+/// What one attempt did, for live displays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptReport {
+    /// Outbox row id.
+    pub id: i64,
+    /// Target name.
+    pub target: String,
+    /// Rule that produced the delivery.
+    pub rule: String,
+    /// Call session id.
+    pub session_id: String,
+    /// Stable event id (`webhook-id`).
+    pub event_id: String,
+    /// HTTP method.
+    pub method: String,
+    /// URL as sent.
+    pub url: String,
+    /// Status code, or `timeout` / `connect` / `error`.
+    pub status: String,
+    /// When the request was handed to the HTTP client (after the rate
+    /// limiter and the breaker admitted it).
+    pub sent_at: Instant,
+    /// Request latency.
+    pub latency: Duration,
+    /// Which attempt this was (1 = first).
+    pub attempt: u32,
+    /// `delivered`, `retry` or `dead`.
+    pub outcome: &'static str,
+}
+
+static OBSERVER: Mutex<Option<mpsc::UnboundedSender<AttemptReport>>> = Mutex::new(None);
+static OBSERVED: AtomicBool = AtomicBool::new(false);
+
+/// Installs (or, with `None`, removes) the process-wide attempt observer.
+pub fn set_observer(tx: Option<mpsc::UnboundedSender<AttemptReport>>) {
+    let mut o = OBSERVER.lock().unwrap_or_else(|e| e.into_inner());
+    OBSERVED.store(tx.is_some(), Ordering::Release);
+    *o = tx;
+}
+
+fn observe(report: impl FnOnce() -> AttemptReport) {
+    if !OBSERVED.load(Ordering::Acquire) {
+        return;
+    }
+    let o = OBSERVER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(tx) = o.as_ref() {
+        let _ = tx.send(report());
+    }
+}
+
+pub(super) fn report_damaged(rows: &[(i64, String)]) {
+    for (id, why) in rows {
+        metrics().outbox_damaged_rows.inc();
+        tracing::error!(target: "callhook::deliver", id, reason = %why, "an outbox row cannot be decoded: moved aside as dead (the file is damaged; run `callhook outbox check`)");
+    }
+}
+
+/// One slot of a target: attempts for the claimed delivery and, while the
+/// target takes requests, for the next ready one it claims when it records
+/// the outcome (same transaction), until none is ready.
+pub(super) async fn attempt(
+    rt: Arc<TargetRt>,
+    row: Claimed,
+    _permit: OwnedSemaphorePermit,
+    outbox: Arc<Outbox>,
+    shutdown: CancellationToken,
+) {
+    let mut next = Some(row);
+    while let Some(row) = next.take() {
+        next = attempt_one(&rt, row, &outbox, &shutdown).await;
+    }
+}
+
+/// Whether a slot that just finished may take the target's next delivery
+/// at once (otherwise the loop claims it when the target is ready again).
+pub(super) fn takes_more(rt: &TargetRt, shutdown: &CancellationToken) -> bool {
+    let now = Instant::now();
+    !shutdown.is_cancelled()
+        && !rt.disabled.load(Ordering::Acquire)
+        && !rt.retired.load(Ordering::Acquire)
+        && rt.paused(now).is_none()
+        && matches!(rt.breaker.peek(now), Admit::Yes)
+}
+
+/// One attempt for one claimed delivery; returns the next delivery claimed
+/// for this slot, if any.
+async fn attempt_one(
+    rt: &Arc<TargetRt>,
+    row: Claimed,
+    outbox: &Arc<Outbox>,
+    shutdown: &CancellationToken,
+) -> Option<Claimed> {
+    let t = rt.target.clone();
+    let name = t.name.as_str();
+    let m = metrics();
+    let release = |why: &'static str| {
+        let outbox = outbox.clone();
+        let id = row.id;
+        async move {
+            tracing::debug!(target: "callhook::deliver", id, why, "delivery put back to pending");
+            if let Err(e) = outbox.release(vec![id]).await {
+                tracing::warn!(target: "callhook::deliver", id, error = %e, "cannot put a delivery back (the next start will)");
+            }
+        }
+    };
+
+    // 1. Wait for the target's Retry-After pause and the rate limiter.
+    let ready = async {
+        while let Some(until) = rt.paused(Instant::now()) {
+            tokio::time::sleep_until(until.into()).await;
+        }
+        if let Some(l) = &rt.limiter {
+            if l.acquire().await {
+                m.rate_limit_waits.with_label_values(&[name]).inc();
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => {
+            release("shutdown").await;
+            return None;
+        }
+        _ = ready => {}
+    }
+    if rt.disabled.load(Ordering::Acquire) {
+        release("target disabled").await;
+        return None;
+    }
+
+    // 2. Freshness.
+    let now = now_epoch();
+    if row.expires_at.is_some_and(|e| now >= e) {
+        match outbox.complete(row.id, Completion::Expired).await {
+            Ok(true) => m.deliveries.with_label_values(&[name, "expired"]).inc(),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(target: "callhook::deliver", id = row.id, error = %e, "cannot record an expiry")
+            }
+        }
+        return None;
+    }
+
+    // 3. Breaker.
+    let probe = match rt.breaker.admit(Instant::now()) {
+        Admit::Yes => false,
+        Admit::Probe => true,
+        Admit::No(_) => {
+            release("breaker open").await;
+            return None;
+        }
+    };
+
+    // 4. Send.
+    if row.attempts == 0 {
+        m.event_to_request_seconds
+            .with_label_values(&[name])
+            .observe((now - row.created_at).max(0.0));
+    }
+    let started = Instant::now();
+    let answer = http::send(&t, &row, SystemTime::now()).await;
+    let latency = started.elapsed();
+    m.delivery_seconds
+        .with_label_values(&[name])
+        .observe(latency.as_secs_f64());
+
+    // 5. Outcome.
+    let attempts = row.attempts.saturating_add(1);
+    let (status, verdict, retry_after, detail) = match &answer {
+        Attempt::Answer {
+            status,
+            retry_after,
+            excerpt,
+        } => (
+            status.to_string(),
+            classify(*status),
+            *retry_after,
+            excerpt.clone(),
+        ),
+        Attempt::Failed { kind, message } => {
+            (kind.to_string(), Verdict::Retry, None, message.clone())
+        }
+        Attempt::Invalid(msg) => ("invalid".to_string(), Verdict::Dead, None, msg.clone()),
+    };
+    m.delivery_attempts
+        .with_label_values(&[name, &status])
+        .inc();
+    if matches!(answer, Attempt::Invalid(_)) {
+        // Never reached the target: says nothing about its health.
+        if probe {
+            rt.breaker.abandon_probe();
+        }
+    } else {
+        rt.breaker.record(verdict == Verdict::Retry, Instant::now());
+    }
+    let detail = (!detail.is_empty()).then_some(detail);
+    let (completion, outcome) = match verdict {
+        Verdict::Delivered => (
+            Completion::Delivered {
+                status: status.parse().unwrap_or(200),
+            },
+            Some("delivered"),
+        ),
+        Verdict::Retry => {
+            let delay = retry_delay(backoff(&t.retry, attempts), retry_after, t.retry_after_max);
+            if retry_after.is_some() {
+                rt.pause(Instant::now() + delay);
+            }
+            match next_step(&t.retry, attempts, row.created_at, now_epoch(), delay) {
+                Step::RetryAt(at) => {
+                    m.delivery_retries.with_label_values(&[name]).inc();
+                    tracing::debug!(target: "callhook::deliver", id = row.id, delivery_target = name, status = %status, attempts, delay = ?delay, "attempt failed, will retry");
+                    (
+                        Completion::Retry {
+                            at,
+                            status: status.clone(),
+                            error: detail,
+                        },
+                        None,
+                    )
+                }
+                Step::GiveUp(why) => {
+                    tracing::warn!(target: "callhook::deliver", id = row.id, delivery_target = name, session = %row.session_id, status = %status, attempts, reason = why, "delivery dead: retries exhausted");
+                    (
+                        Completion::Dead {
+                            status: status.clone(),
+                            error: Some(format!(
+                                "gave up ({why} reached after {attempts} attempts): {}",
+                                detail.unwrap_or_default()
+                            )),
+                        },
+                        Some("dead"),
+                    )
+                }
+            }
+        }
+        Verdict::Dead | Verdict::Gone => {
+            tracing::warn!(target: "callhook::deliver", id = row.id, delivery_target = name, session = %row.session_id, status = %status, "delivery dead: the target refused it");
+            if verdict == Verdict::Gone {
+                rt.disable();
+            }
+            (
+                Completion::Dead {
+                    status: status.clone(),
+                    error: detail,
+                },
+                Some("dead"),
+            )
+        }
+    };
+    let observed_outcome = match &completion {
+        Completion::Delivered { .. } => "delivered",
+        Completion::Retry { .. } => "retry",
+        _ => "dead",
+    };
+    let claim = takes_more(rt, shutdown).then(|| t.name.clone());
+    let mut next = None;
+    match outbox.complete_and_claim(row.id, completion, claim).await {
+        Ok(f) if f.recorded => {
+            if let Some(o) = outcome {
+                m.deliveries.with_label_values(&[name, o]).inc();
+            }
+            report_damaged(&f.damaged);
+            next = f.next;
+        }
+        Ok(_) => {
+            tracing::warn!(target: "callhook::deliver", id = row.id, "delivery was no longer in flight when its attempt ended")
+        }
+        Err(e) => {
+            tracing::error!(target: "callhook::deliver", id = row.id, error = %e, "cannot record an attempt (it will be sent again)")
+        }
+    }
+    observe(|| AttemptReport {
+        id: row.id,
+        target: row.target.clone(),
+        rule: row.rule.clone(),
+        session_id: row.session_id.clone(),
+        event_id: row.event_id.clone(),
+        method: row.method.clone(),
+        url: row.url.clone(),
+        status,
+        sent_at: started,
+        latency,
+        attempt: attempts,
+        outcome: observed_outcome,
+    });
+    next
+}
