@@ -162,10 +162,7 @@ pub async fn watchdog(
     let Some(timeout) = notifier.watchdog_timeout() else {
         return;
     };
-    // The first ping half a timeout from now, not at once: `READY=1` is
-    // sent after this task is spawned and must come first.
-    let half = timeout / 2;
-    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+    let mut every = tokio::time::interval(timeout / 2);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -12,8 +12,6 @@
 //! ends a call (its record) always marks it, so a stored call is removed
 //! in the same commit as its record.
 
-use std::collections::HashSet;
-
 use compact_str::ToCompactString;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +20,7 @@ use super::channels::Chan;
 use super::{PbxCalls, Str};
 use crate::ami::AmiMessage;
 use crate::model::ModelEvent;
+use crate::normalize::FastSet;
 
 /// Version of the snapshot format; a snapshot of another version is
 /// skipped when restoring (counted, logged by the caller).
@@ -121,7 +120,7 @@ impl PbxCalls {
     /// The calls changed since the last call: (session, snapshot), `None`
     /// for a call that is over (or merged into another).
     pub fn take_dirty(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
-        let dirty: HashSet<Str> = std::mem::take(&mut self.dirty);
+        let dirty: FastSet<Str> = std::mem::take(&mut self.dirty);
         let mut out = Vec::with_capacity(dirty.len());
         for s in dirty {
             let snap = self.calls.get(&s).and_then(|c| self.encode(c));

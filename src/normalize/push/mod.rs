@@ -123,7 +123,7 @@ use std::collections::{HashMap, VecDeque};
 
 use tracing::debug;
 
-use super::NormalizerConfig;
+use super::{FastMap, NormalizerConfig};
 use crate::metrics::metrics;
 use crate::model::{EndReason, ModelEvent, State};
 use crate::source::{PbxId, PushEvent, PushKind, PushReceipt};
@@ -159,8 +159,8 @@ fn fill(slot: &mut Option<String>, v: Option<&String>) {
 #[derive(Debug)]
 pub struct PushCalls {
     team: PbxId,
-    sessions: HashMap<String, Session>,
-    tombs: HashMap<String, Tomb>,
+    sessions: FastMap<String, Session>,
+    tombs: FastMap<String, Tomb>,
     tomb_order: VecDeque<(f64, String)>,
     clock: Clock,
     journal: Option<HashMap<String, Saved>>,
@@ -173,8 +173,8 @@ impl PushCalls {
         Self {
             live_gauge: metrics().live_calls.with_label_values(&[&team]),
             team,
-            sessions: HashMap::new(),
-            tombs: HashMap::new(),
+            sessions: FastMap::default(),
+            tombs: FastMap::default(),
             tomb_order: VecDeque::new(),
             clock: Clock::default(),
             journal: None,
