@@ -317,7 +317,7 @@ pub async fn run(speed: f64) -> Result<(), AppError> {
         if let Some(r) = &running {
             loop {
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                match r.outbox.stats().await {
+                match r.store.stats().await {
                     Ok(s) if s.pending + s.inflight == 0 => break,
                     Ok(_) => {}
                     Err(_) => break,

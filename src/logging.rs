@@ -103,9 +103,23 @@ fn check_filter(s: &str) -> Result<EnvFilter, String> {
             return Err(format!("{d:?} is not a log level"));
         }
     }
-    EnvFilter::builder()
+    let f = EnvFilter::builder()
         .parse(s)
-        .map_err(|e| format!("{s:?} is not a log level or filter ({e})"))
+        .map_err(|e| format!("{s:?} is not a log level or filter ({e})"))?;
+    Ok(quiet_template_engine(f, s))
+}
+
+/// The template engine's own debug and trace lines print the values it
+/// renders, the rule set's secrets (`{{env.CRM_TOKEN}}`) among them: it
+/// logs at `warn` at most unless the filter names it (`handlebars=debug`).
+fn quiet_template_engine(f: EnvFilter, spec: &str) -> EnvFilter {
+    if spec.contains("handlebars") {
+        return f;
+    }
+    match "handlebars=warn".parse() {
+        Ok(d) => f.add_directive(d),
+        Err(_) => f,
+    }
 }
 
 /// True when text logs should be coloured: stderr is a terminal and
@@ -161,7 +175,7 @@ fn config_filter(settings: &LogSettings) -> EnvFilter {
         .level
         .as_deref()
         .and_then(|l| check_filter(l).ok())
-        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LEVEL))
+        .unwrap_or_else(|| quiet_template_engine(EnvFilter::new(DEFAULT_LEVEL), DEFAULT_LEVEL))
 }
 
 #[cfg(test)]

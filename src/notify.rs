@@ -93,9 +93,11 @@ impl Notifier {
         }
     }
 
-    /// `READY=1` with a status line.
-    pub fn ready(&self, status: &str) {
+    /// `READY=1` with a status line. The returned proof is what
+    /// [`watchdog`] needs: no `WATCHDOG=1` can precede `READY=1`.
+    pub fn ready(&self, status: &str) -> Ready {
         self.send(&format!("READY=1\nSTATUS={}", one_line(status)));
+        Ready(())
     }
 
     /// `STOPPING=1`.
@@ -151,11 +153,18 @@ impl Heartbeat {
     }
 }
 
+/// Proof that `READY=1` was sent ([`Notifier::ready`]).
+#[derive(Debug)]
+#[must_use = "the watchdog needs it"]
+pub struct Ready(());
+
 /// Pings the watchdog every half timeout while `alive` beat within the
 /// timeout; returns when `stop` is cancelled. Without a watchdog, returns
-/// at once.
+/// at once. Takes the proof of [`Notifier::ready`]: systemd ignores (and
+/// the ordering test refuses) a `WATCHDOG=1` before `READY=1`.
 pub async fn watchdog(
     notifier: Arc<Notifier>,
+    _ready: Ready,
     alive: Heartbeat,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -196,7 +205,7 @@ mod tests {
             target: Some(Target::Path(path)),
             watchdog: Some(Duration::from_secs(10)),
         };
-        n.ready("up:\n2 PBX");
+        let _ = n.ready("up:\n2 PBX");
         let mut buf = [0u8; 256];
         let k = rx.recv(&mut buf).unwrap();
         assert_eq!(&buf[..k], b"READY=1\nSTATUS=up: 2 PBX");

@@ -248,7 +248,7 @@ pub enum PushKind {
 }
 
 /// Which party of the call a pushed event is about (`source`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PushSide {
     /// `CALLER`: the party that placed the call.
     Caller,

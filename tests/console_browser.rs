@@ -3,7 +3,8 @@
 //! the simulated PBX plays `queue-answered`: the call card shows the caller
 //! on both agents' consoles, survives a page reload, turns into "answered by
 //! 1002" on 1001's and "in call" on 1002's, disappears at the hang-up, and
-//! the supervisor board shows the states.
+//! the supervisor board shows the states; after a server restart every page
+//! reconnects by itself (backoff, no reload).
 //!
 //! Where no browser is installed the test says so loudly and skips; under
 //! CI (`CI` set) a missing browser is a failure.
@@ -210,7 +211,8 @@ async fn console_shows_the_screen_pop_and_the_board_in_chromium() {
     let dir = temp_dir("console-browser");
     let _ports = PORTS.lock().await;
     let port = free_port();
-    let d = Daemon::start(&config(&dir, sim.local_addr().port(), port, ""), &dir, ENV);
+    let cfg = config(&dir, sim.local_addr().port(), port, "");
+    let d = Daemon::start(&cfg, &dir, ENV);
     d.wait_http().await;
     sim.wait_for(|s| s.logins >= 1).await;
     let base = d.url("");
@@ -300,6 +302,29 @@ async fn console_shows_the_screen_pop_and_the_board_in_chromium() {
         .js("return document.getElementById('history').textContent")
         .await;
     assert!(h.as_str().unwrap_or("").contains("5559876543"), "{h}");
+    // A server restart: every page notices, reconnects by itself with
+    // backoff (no reload: the marker set now survives) and is live again.
+    for b in [&b1, &b2, &sup] {
+        b.js("window.__before_restart = 1; return 1;").await;
+    }
+    d.stop();
+    for b in [&b1, &b2, &sup] {
+        b.wait(LIVE, json!("reconnecting"), "the restart noticed")
+            .await;
+    }
+    let d = Daemon::start(&cfg, &dir, ENV);
+    d.wait_http().await;
+    for b in [&b1, &b2, &sup] {
+        b.wait(LIVE, json!("live"), "reconnected after the server restart")
+            .await;
+        assert_eq!(b.js("return window.__before_restart || 0;").await, json!(1));
+    }
+    sup.wait(
+        "return document.getElementById('supervisor').hidden",
+        json!(false),
+        "board shown after the restart",
+    )
+    .await;
     for b in [b1, b2, sup] {
         b.quit().await;
     }

@@ -409,3 +409,59 @@ fn backfill_dry_run_masks_the_token() {
         }
     }
 }
+
+/// A CRM that echoes what it got (the token in every encoding, the static
+/// API key, the whole `Authorization` value) in its error page, one of
+/// them straddling the end of the kept excerpt: `last_error` says `***`,
+/// and no state file or log line (trace level) holds any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crm_echoing_the_credentials_gets_them_masked_in_last_error_and_logs() {
+    let sink = Sink::start().await;
+    let enc = callhook::template::encode_component(TOKEN);
+    let json = serde_json::to_string(TOKEN).unwrap();
+    let head = format!("denied: Authorization=Bearer {TOKEN} q={enc} j={json} key={API_KEY} ");
+    // 2 KB are kept: the last echo starts just before the cut.
+    let pad = "p".repeat(2048 - head.len() - 5);
+    let body = format!("{head}{pad}{TOKEN} tail");
+    sink.set_default("/calls", Reply::status(500).body(&body));
+    let sim = sim().await;
+    let dir = temp_dir("secrets-echo");
+    let e = env(TOKEN);
+    let mut e = env_ref(&e);
+    e.push(("CALLHOOK_LOG", "trace"));
+    let d = Daemon::start(&config(&dir, &sink, &sim), &dir, &e);
+    d.wait_http().await;
+    let rows = pending_tried(&d).await;
+    let row = rows
+        .iter()
+        .find(|r| r["attempts"].as_u64() >= Some(2))
+        .unwrap();
+    let last = row["last_error"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with("denied: Authorization=Bearer *** q=*** j=\"***\" key=*** "),
+        "{last}"
+    );
+    let text = row.to_string();
+    for s in [TOKEN, API_KEY] {
+        for f in forms(s) {
+            let f = String::from_utf8(f).unwrap();
+            assert!(!text.contains(&f), "{f} in {text}");
+        }
+    }
+    // Cut in the middle would leave a prefix of the token: not even that.
+    assert!(!last.contains(&TOKEN[..6]), "{last}");
+    let (_, status, err) = d.stop();
+    assert!(status.success());
+    let state = dir.join("state");
+    assert_eq!(
+        files_holding(&state, &[TOKEN, API_KEY]),
+        Vec::<(String, String)>::new()
+    );
+    for s in [TOKEN, API_KEY] {
+        for f in forms(s) {
+            let f = String::from_utf8(f).unwrap();
+            let line = err.lines().find(|l| l.contains(&f));
+            assert!(line.is_none(), "{f} in the log: {line:?}");
+        }
+    }
+}

@@ -77,17 +77,27 @@ struct App {
 }
 
 fn config_text(sink: &Sink, dir: &Path, extra: &str) -> String {
+    config_text_settle(sink, dir, extra, "200ms")
+}
+
+/// The test config with a given `push.settle` (the window in which late
+/// pushes of a call that is over still count).
+fn config_text_settle(sink: &Sink, dir: &Path, extra: &str, settle: &str) -> String {
     format!(
-        "listen: 127.0.0.1:0\nstate_dir: {}\n{extra}\npush:\n  settle: 200ms\n  teams:\n    acme: {{ token: \"{ACME}\", timezone: \"+02:00\" }}\n    beta: {{ token: \"{BETA}\" }}\n{}",
+        "listen: 127.0.0.1:0\nstate_dir: {}\n{extra}\npush:\n  settle: {settle}\n  teams:\n    acme: {{ token: \"{ACME}\", timezone: \"+02:00\" }}\n    beta: {{ token: \"{BETA}\" }}\n{}",
         dir.display(),
         RULES.replace("SINK", &sink.url(""))
     )
 }
 
 async fn start(extra: &str) -> App {
+    start_settle(extra, "200ms").await
+}
+
+async fn start_settle(extra: &str, settle: &str) -> App {
     let sink = Sink::start().await;
     let dir = state_dir("push");
-    let text = config_text(&sink, &dir, extra);
+    let text = config_text_settle(&sink, &dir, extra, settle);
     let cfg = Config::from_text(&text, Path::new(".")).unwrap_or_else(|e| {
         panic!(
             "{}",
@@ -121,7 +131,7 @@ async fn start(extra: &str) -> App {
     App {
         base,
         sink,
-        outbox: running.outbox,
+        outbox: running.outbox.expect("single-node mode has an outbox"),
         token,
         task,
         http: reqwest::Client::new(),
@@ -417,7 +427,9 @@ async fn the_same_push_twice_fires_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hangup_before_ringing_and_answer_still_gives_one_answered_record() {
-    let app = start("").await;
+    // The three pushes must arrive within one settle window; 200 ms is
+    // less than three requests take on a loaded 2-core machine.
+    let app = start_settle("", "3s").await;
     let base = "sessionid=ooo.1&source=CALLEE&calltype=dialin&activenum=5550001&extension=1002";
     ok(app
         .acme(&format!("{base}&event=hangup&eventTime=1772352020"))

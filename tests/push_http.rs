@@ -47,6 +47,7 @@ async fn serve(
             ready: true,
             pbx: BTreeMap::new(),
             outbox_writable: true,
+            cluster: None,
             outbox_polling: true,
             outbox_error: None,
         }),
@@ -63,6 +64,7 @@ async fn serve(
             tx,
             queue_wait,
             ack_wait,
+            forward: None,
         })),
     };
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

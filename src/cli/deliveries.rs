@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use callhook::backfill::human_secs;
 use callhook::deliver::outbox::{DeliveryRow, ListFilter, Outbox, Status};
+use callhook::deliver::store::DeliveryStore;
 use callhook::model::Timestamp;
 
 use super::exit::{fail, CliResult, Code, Coded};
@@ -120,6 +121,16 @@ pub fn run(args: DeliveriesArgs) -> CliResult {
     // Only state_dir and outbox: the secrets of the config need not be set.
     let cfg = load_outbox(&config)?;
     runtime()?.block_on(async move {
+        if let Some(cc) = &cfg.cluster {
+            // Cluster mode: the deliveries are in the NATS streams.
+            let cluster = callhook::cluster::Cluster::connect(cc.clone())
+                .await
+                .code_with(Code::Runtime, || "connecting to the cluster".to_string())?;
+            let store = callhook::cluster::store::ClusterStore::new(&cluster)
+                .await
+                .code_with(Code::Runtime, || "opening the delivery stream".to_string())?;
+            return action(&store, args.action).await;
+        }
         // Shared: a running daemon's attempts in flight stay its own.
         let outbox = Outbox::open_shared(&cfg.state_dir, cfg.outbox.clone())
             .code_with(Code::Runtime, || {
@@ -131,7 +142,11 @@ pub fn run(args: DeliveriesArgs) -> CliResult {
     })
 }
 
-async fn action(outbox: &Outbox, action: DeliveriesAction) -> CliResult {
+fn store_error(e: String) -> anyhow::Error {
+    anyhow::anyhow!(e)
+}
+
+async fn action(outbox: &dyn DeliveryStore, action: DeliveriesAction) -> CliResult {
     let mut w = std::io::stdout().lock();
     match action {
         DeliveriesAction::List {
@@ -152,7 +167,8 @@ async fn action(outbox: &Outbox, action: DeliveriesAction) -> CliResult {
                     target,
                     limit,
                 })
-                .await?;
+                .await
+                .map_err(store_error)?;
             let now = callhook::source::now_epoch();
             if json {
                 for r in &rows {
@@ -166,10 +182,10 @@ async fn action(outbox: &Outbox, action: DeliveriesAction) -> CliResult {
         }
         DeliveriesAction::Retry { id, all_dead } => {
             if all_dead {
-                let n = outbox.retry_all_dead().await?;
+                let n = outbox.retry_all_dead().await.map_err(store_error)?;
                 writeln!(w, "{n} dead deliveries will be retried")?;
             } else if let Some(id) = id {
-                if outbox.retry(id).await? {
+                if outbox.retry(id).await.map_err(store_error)? {
                     writeln!(w, "delivery {id} will be retried")?;
                 } else {
                     return Err(fail!(

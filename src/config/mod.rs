@@ -114,6 +114,8 @@ pub struct Config {
     pub meetip: Option<crate::meetip::MeetipConfig>,
     /// The `classify:` section as written (reloads compare it).
     pub classify: RawClassify,
+    /// Cluster mode (none: one process with the SQLite outbox).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Things that are allowed but probably not meant (sorted like errors).
     pub warnings: Vec<ConfigError>,
     /// Extension state tracking.
@@ -137,6 +139,8 @@ pub struct OutboxSettings {
     pub outbox: OutboxOptions,
     /// Log settings of the `log:` section.
     pub log: crate::logging::LogSettings,
+    /// Cluster mode: the deliveries are in the NATS streams, not the outbox.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Name of the state directory when `state_dir` is not set.
@@ -184,6 +188,10 @@ impl Config {
         let settings = raw.map(|mut raw| OutboxSettings {
             state_dir: state_dir(raw.state_dir.as_deref(), base),
             outbox: validate::outbox(raw.outbox.as_ref(), &mut problems),
+            cluster: raw
+                .cluster
+                .as_ref()
+                .map(|c| c.validate(base, &mut problems)),
             log: match std::mem::take(&mut raw.log).validate() {
                 Ok(l) => l,
                 Err(e) => {
@@ -206,6 +214,27 @@ impl Config {
                 errors,
                 warnings: Vec::new(),
             }),
+        }
+    }
+
+    /// The normalizer settings of the daemon running this config: as
+    /// [`Config::normalizer`], with its sources restricted to the PBX and
+    /// push team ids configured (calls of any other id are closed; a replay
+    /// or backfill of a capture keeps `sources: None`).
+    pub fn daemon_normalizer(&self) -> NormalizerConfig {
+        let ids = self
+            .pbx
+            .iter()
+            .map(|p| p.id.clone())
+            .chain(
+                self.push
+                    .iter()
+                    .flat_map(|p| p.teams.iter().map(|t| t.name.clone())),
+            )
+            .collect();
+        NormalizerConfig {
+            sources: Some(Arc::new(ids)),
+            ..self.normalizer.clone()
         }
     }
 
@@ -233,6 +262,7 @@ impl Config {
             live: None,
             meetip: None,
             classify: RawClassify::default(),
+            cluster: None,
             warnings: Vec::new(),
             presence: crate::presence::PresenceConfig::default(),
             agi: None,
@@ -403,6 +433,10 @@ impl Config {
             }
         }
         let http = raw.http.validate(&mut problems);
+        let cluster = raw
+            .cluster
+            .as_ref()
+            .map(|c| c.validate(base, &mut problems));
         let (admin_listen, admin_max_connections) =
             validate::admin_listener(raw.admin.as_ref(), listen, &mut problems);
         let admin_token = validate::admin(raw.admin.as_ref(), base, &mut problems);
@@ -538,6 +572,7 @@ impl Config {
             live,
             meetip,
             classify,
+            cluster,
             warnings,
             presence,
             agi,

@@ -69,6 +69,8 @@ pub struct RawConfig {
     /// Connection caps, timeouts and body size of the HTTP listeners.
     #[serde(default)]
     pub http: crate::http::limits::RawHttpLimits,
+    /// Cluster mode on NATS JetStream (unset: one process, SQLite outbox).
+    pub cluster: Option<crate::cluster::RawCluster>,
     /// Template limits (`max_value_length`), see `template::bound_values`.
     pub templates: Option<crate::template::RawTemplates>,
     /// The live API (WebSocket/SSE, click-to-call) for people at the desk.

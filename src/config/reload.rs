@@ -66,6 +66,7 @@ pub fn restart_required(
         (None, None) => {}
         _ => diff("push", true),
     }
+    diff("cluster", started.cluster != new.cluster);
     diff(
         "pbx.queue_capacity",
         queue_capacity(new, push_room) > queue.max(1),

@@ -295,21 +295,45 @@ pub async fn send(target: &Target, d: &Claimed, now: SystemTime) -> Attempt {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    // Read a little past the excerpt so that a secret the target echoes
+    // at its end is whole when it is masked.
+    let sent = sent_secrets(target);
+    let sent: Vec<&str> = sent.iter().map(String::as_str).collect();
+    let limit = EXCERPT_MAX + secret::scrub_reach(&sent);
     let mut body = Vec::new();
     // A body that fails or times out half-way does not change the verdict:
     // the status already arrived.
-    while body.len() < EXCERPT_MAX {
+    while body.len() < limit {
         match resp.chunk().await {
             Ok(Some(c)) => body.extend_from_slice(&c),
             _ => break,
         }
     }
-    body.truncate(EXCERPT_MAX);
+    body.truncate(limit);
     Attempt::Answer {
         status,
         retry_after,
-        excerpt: excerpt(&String::from_utf8_lossy(&body)),
+        excerpt: excerpt(&secret::scrub(&String::from_utf8_lossy(&body), &sent)),
     }
+}
+
+/// What an attempt may have carried that its answer must not repeat: the
+/// rule set's secrets, and the target's sensitive header values (whole,
+/// and their credential after a scheme such as `Bearer`).
+fn sent_secrets(target: &Target) -> Vec<String> {
+    let mut v: Vec<String> = target.secrets.values().map(str::to_string).collect();
+    for (_, h) in &target.headers {
+        if !h.is_sensitive() {
+            continue;
+        }
+        if let Ok(s) = h.to_str() {
+            v.push(s.to_string());
+            if let Some((_, cred)) = s.trim().rsplit_once(' ') {
+                v.push(cred.to_string());
+            }
+        }
+    }
+    v
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ pub mod outbox;
 pub mod retry;
 pub mod secret;
 pub mod sign;
+pub mod store;
 pub mod target;
 
 pub use dispatcher::{spawn, DispatcherHandle};

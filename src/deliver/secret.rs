@@ -80,6 +80,11 @@ impl Secrets {
         self.0.keys().map(String::as_str)
     }
 
+    /// The values.
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.0.values().map(String::as_str)
+    }
+
     /// Whether `text` contains one of the values (as is).
     pub fn appear_in(&self, text: &str) -> Option<&str> {
         self.0
@@ -87,6 +92,51 @@ impl Secrets {
             .find(|(_, v)| text.contains(v.as_str()))
             .map(|(k, _)| k.as_str())
     }
+}
+
+/// Masks every occurrence of `values` (as is, percent-encoded and
+/// JSON-escaped) in text that comes back from a target: a CRM that echoes
+/// the request's token in its error page must not put it into
+/// `last_error`, the admin API or a log line. Values shorter than
+/// [`MIN_SECRET_LEN`] are left alone (as when concealing).
+pub fn scrub(text: &str, values: &[&str]) -> String {
+    // JSON may also escape `/` as `\/` (PHP's json_encode does).
+    let slashed = values
+        .iter()
+        .filter(|v| v.contains('/'))
+        .map(|v| Encoding::Json.apply(v).replace('/', "\\/"));
+    let secrets = Secrets::new(
+        values
+            .iter()
+            .map(|v| (*v).to_string())
+            .chain(slashed)
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v)),
+    );
+    if secrets.is_empty() {
+        return text.to_string();
+    }
+    let mut refs = Vec::new();
+    conceal_text(
+        text,
+        &secrets,
+        &[Encoding::Raw, Encoding::Percent, Encoding::Json],
+        Field::Body,
+        &mut refs,
+    )
+    .unwrap_or_else(|| text.to_string())
+}
+
+/// The values a scrub must look for: the secrets themselves, and the
+/// longest encoded form of the longest one (how much further than an
+/// excerpt's end a scrub must read so that no secret is cut in half).
+pub fn scrub_reach(values: &[&str]) -> usize {
+    values
+        .iter()
+        .filter(|v| v.len() >= MIN_SECRET_LEN)
+        .map(|v| v.len() * 3)
+        .max()
+        .unwrap_or(0)
 }
 
 /// Which part of a request a secret sits in.
@@ -366,6 +416,17 @@ mod tests {
             ("OTHER".to_string(), "another-secret".to_string()),
             ("SHORT".to_string(), "abc".to_string()),
         ])
+    }
+
+    #[test]
+    fn echoed_secrets_are_scrubbed_in_every_encoding() {
+        let v = ["s3cr3t/t0ken+x", "abc"];
+        let text = "bad token s3cr3t/t0ken+x (s3cr3t%2Ft0ken%2Bx) {\"t\":\"s3cr3t\\/t0ken+x\"} abc";
+        let out = scrub(text, &v);
+        assert!(!out.contains("t0ken"), "{out}");
+        assert!(out.ends_with(" abc"), "short values stay: {out}");
+        assert_eq!(scrub("nothing here", &v), "nothing here");
+        assert_eq!(scrub_reach(&v), 14 * 3);
     }
 
     #[test]

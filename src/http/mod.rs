@@ -37,7 +37,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::deliver::outbox::Outbox;
+use crate::deliver::store::DeliveryStore;
 use crate::metrics::metrics;
 use crate::values::Secret;
 
@@ -50,6 +50,10 @@ pub struct Readiness {
     pub pbx: std::collections::BTreeMap<String, bool>,
     /// The outbox accepted a write recently.
     pub outbox_writable: bool,
+    /// Cluster mode: this instance, the members it sees, and who owns
+    /// which PBX and push team.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ownership::ClusterView>,
     /// The dispatcher can read the outbox (when not, nothing is delivered).
     pub outbox_polling: bool,
     /// Why the dispatcher cannot read the outbox.
@@ -81,8 +85,9 @@ pub struct ApiState {
     pub reload: Option<mpsc::Sender<ReloadReply>>,
     /// Bearer token of the admin API (none: admin routes disabled).
     pub admin_token: Option<Secret>,
-    /// The outbox, for the admin API.
-    pub outbox: Option<Arc<Outbox>>,
+    /// The delivery store (SQLite outbox, or the cluster's stream), for
+    /// the admin API.
+    pub outbox: Option<Arc<dyn DeliveryStore>>,
     /// The push endpoint (none: not mounted).
     pub push: Option<Arc<push::PushState>>,
     /// The live API, `/console` and (on a path) the Meetip channel (none:

@@ -136,6 +136,23 @@ pub struct PushState {
     pub queue_wait: Duration,
     /// How long to wait for the deliveries to be committed.
     pub ack_wait: Duration,
+    /// Cluster mode: where accepted pushes are stored instead of the local
+    /// queue (the team's owner consumes them).
+    pub forward: Option<Arc<dyn PushForward>>,
+}
+
+/// Stores an accepted, validated push for another process to apply
+/// (cluster mode: a replicated stream); resolves `Ok(duplicate)` once it
+/// is stored.
+pub trait PushForward: Send + Sync + std::fmt::Debug {
+    /// Stores the push of `team` as received.
+    fn forward(
+        &self,
+        team: &str,
+        received_at: f64,
+        content_type: Option<&str>,
+        body: bytes::Bytes,
+    ) -> futures::future::BoxFuture<'static, Result<bool, String>>;
 }
 
 /// A malformed event: which field and why.
@@ -536,6 +553,24 @@ pub async fn handle(
         Ok(ev) => ev,
         Err(b) => return bad(b),
     };
+    if let Some(f) = &p.forward {
+        return match tokio::time::timeout(p.ack_wait, f.forward(team, received_at, ctype, bytes))
+            .await
+        {
+            Ok(Ok(duplicate)) => {
+                count(team, if duplicate { "duplicate" } else { "accepted" });
+                reply(
+                    StatusCode::OK,
+                    json!({"accepted": true, "duplicate": duplicate}),
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(team = %team, error = %e, "push not stored");
+                unavailable(team, "not stored (cluster unavailable), retry")
+            }
+            Err(_) => unavailable(team, "not stored in time, retry"),
+        };
+    }
     let (ack, answer) = oneshot::channel();
     let sev = SourceEvent::Push {
         team: team.clone(),

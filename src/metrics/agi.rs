@@ -2,7 +2,7 @@
 
 use prometheus::{HistogramVec, IntCounterVec, IntGauge, Registry};
 
-use super::{counter_vec, histogram_vec, register};
+use super::{counter_vec, histogram_vec, single};
 
 /// The FastAGI server's metrics (`agi::`). Route labels come from the
 /// configuration.
@@ -33,11 +33,11 @@ pub struct AgiMetrics {
 impl AgiMetrics {
     pub(super) fn new(r: &Registry) -> Self {
         Self {
-            sessions_open: register(
+            sessions_open: single(
                 r,
                 "callhook_agi_sessions",
-                IntGauge::new("callhook_agi_sessions", "Open FastAGI sessions")
-                    .unwrap_or_else(|e| panic!("callhook_agi_sessions: {e}")),
+                "Open FastAGI sessions",
+                IntGauge::with_opts,
             ),
             sessions: counter_vec(
                 r,

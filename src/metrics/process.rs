@@ -2,7 +2,7 @@
 
 use prometheus::{Counter, Gauge, IntGauge, Registry};
 
-use super::register;
+use super::single;
 
 /// The standard `process_*` metrics, read from `/proc/self` when rendered.
 pub struct ProcessMetrics {
@@ -24,22 +24,13 @@ pub struct ProcessMetrics {
 
 impl ProcessMetrics {
     pub(super) fn new(r: &Registry) -> Self {
-        let int = |name: &str, help: &str| {
-            register(
-                r,
-                name,
-                IntGauge::new(name, help).unwrap_or_else(|e| panic!("{e}")),
-            )
-        };
+        let int = |name: &str, help: &str| single(r, name, help, IntGauge::with_opts);
         Self {
-            cpu_seconds_total: register(
+            cpu_seconds_total: single(
                 r,
                 "process_cpu_seconds_total",
-                Counter::new(
-                    "process_cpu_seconds_total",
-                    "Total user and system CPU time spent in seconds",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "Total user and system CPU time spent in seconds",
+                Counter::with_opts,
             ),
             resident_memory_bytes: int(
                 "process_resident_memory_bytes",
@@ -51,14 +42,11 @@ impl ProcessMetrics {
             ),
             open_fds: int("process_open_fds", "Number of open file descriptors"),
             max_fds: int("process_max_fds", "Maximum number of open file descriptors"),
-            start_time_seconds: register(
+            start_time_seconds: single(
                 r,
                 "process_start_time_seconds",
-                Gauge::new(
-                    "process_start_time_seconds",
-                    "Start time of the process since unix epoch in seconds",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "Start time of the process since unix epoch in seconds",
+                Gauge::with_opts,
             ),
             threads: int("process_threads", "Number of OS threads in the process"),
         }

@@ -2,7 +2,7 @@
 
 use prometheus::{IntCounterVec, IntGauge, Registry};
 
-use super::{counter_vec, register};
+use super::{counter_vec, single};
 
 /// The AMI proxy (`ami_proxy:`, `crate::proxy`). `user` labels are the
 /// configured proxy users.
@@ -35,14 +35,11 @@ pub struct ProxyMetrics {
 
 impl ProxyMetrics {
     pub(super) fn new(r: &Registry) -> Self {
-        let connections = register(
+        let connections = single(
             r,
             "callhook_ami_proxy_connections",
-            IntGauge::new(
-                "callhook_ami_proxy_connections",
-                "AMI proxy clients connected now",
-            )
-            .unwrap_or_else(|e| panic!("gauge: {e}")),
+            "AMI proxy clients connected now",
+            IntGauge::with_opts,
         );
         Self {
             connections,

@@ -57,6 +57,14 @@ pub struct NormalizerConfig {
     /// a rate-limited warning), its pushes refused with `503` so the
     /// dialer retries. Bounds memory against a runaway or hostile source.
     pub max_live_calls: usize,
+    /// The PBX and push team ids configured (the daemon, from
+    /// `Config::daemon_normalizer`; `None`: any, as replays and backfills).
+    /// Calls of any other id — stored by a run whose config had it, or
+    /// still in progress when a reload removed it — are closed at the next
+    /// tick, as a reconnect that finds none of them would (records
+    /// `end_reason: reconnect`, `approximate`), and their stored rows go
+    /// with the records.
+    pub sources: Option<std::sync::Arc<std::collections::HashSet<String>>>,
 }
 
 impl Default for NormalizerConfig {
@@ -69,6 +77,7 @@ impl Default for NormalizerConfig {
             max_tombstones: 100_000,
             push_settle: 2.0,
             max_live_calls: 50_000,
+            sources: None,
         }
     }
 }
@@ -120,14 +129,18 @@ impl Normalizer {
         }
     }
 
-    /// Tracks the AMI calls each batch changes, for
+    /// Tracks the calls (AMI and pushed) each batch changes, for
     /// [`take_dirty`](Self::take_dirty) (the daemon; replays do not).
     pub fn track_changes(&mut self) {
         self.persist = true;
+        for t in self.teams.values_mut() {
+            t.track_changes();
+        }
     }
 
-    /// The AMI calls changed since the last call, to be stored atomically
-    /// with the deliveries the same events caused.
+    /// The calls changed since the last call (AMI calls and push
+    /// sessions), to be stored atomically with the deliveries the same
+    /// events caused.
     pub fn take_dirty(&mut self) -> Vec<CallChange> {
         let mut out = Vec::new();
         for (pbx, p) in &mut self.pbxs {
@@ -139,15 +152,27 @@ impl Normalizer {
                 });
             }
         }
+        for (team, t) in &mut self.teams {
+            for (session, snapshot) in t.take_dirty() {
+                out.push(CallChange {
+                    pbx: team.clone(),
+                    session,
+                    snapshot,
+                });
+            }
+        }
         out
     }
 
-    /// Marks changes again whose store failed: they are taken with the
-    /// next batch (a call over by then is deleted then).
+    /// Marks changes again whose store failed (or whose pushed calls were
+    /// rolled back after they were stored): they are taken with the next
+    /// batch, as the model is then (a call over by then is deleted).
     pub fn requeue_dirty(&mut self, changes: &[CallChange]) {
         for c in changes {
             if let Some(p) = self.pbxs.get_mut(&c.pbx) {
                 p.mark_session(&c.session);
+            } else if let Some(t) = self.teams.get_mut(&c.pbx) {
+                t.mark_session(&c.session);
             }
         }
     }
@@ -157,6 +182,27 @@ impl Normalizer {
     /// meanwhile, their records marked approximate).
     pub fn restore(&mut self, pbx: &PbxId, snapshots: &[Vec<u8>]) -> calls::Restored {
         Self::pbx(&mut self.pbxs, pbx).restore(snapshots)
+    }
+
+    /// Puts a push team's stored sessions back (at start, before the push
+    /// endpoint takes anything). See `push::persist` for how those whose
+    /// end never comes are closed.
+    pub fn restore_push(&mut self, team: &PbxId, snapshots: &[Vec<u8>]) -> calls::Restored {
+        self.team(team).restore(snapshots)
+    }
+
+    fn team(&mut self, team: &PbxId) -> &mut push::PushCalls {
+        let (batch, persist) = (self.batch, self.persist);
+        self.teams.entry(team.clone()).or_insert_with(|| {
+            let mut t = push::PushCalls::new(team.clone());
+            if batch {
+                t.begin();
+            }
+            if persist {
+                t.track_changes();
+            }
+            t
+        })
     }
 
     /// Replaces the settings (a reload): the classifier and the time limits
@@ -176,19 +222,13 @@ impl Normalizer {
         out: &mut Vec<ModelEvent>,
     ) -> PushReceipt {
         let started = std::time::Instant::now();
-        let batch = self.batch;
-        let t = self.teams.entry(team.clone()).or_insert_with(|| {
-            let mut t = push::PushCalls::new(team.clone());
-            if batch {
-                t.begin();
-            }
-            t
-        });
-        if t.live_calls() >= self.cfg.max_live_calls && !t.knows(&ev.session_id) {
+        let max_live = self.cfg.max_live_calls;
+        let t = self.team(team);
+        if t.live_calls() >= max_live && !t.knows(&ev.session_id) {
             calls::refused_at_capacity(
                 team,
                 t.live_calls(),
-                self.cfg.max_live_calls,
+                max_live,
                 "a push for a new call is refused",
             );
             return PushReceipt {
@@ -241,6 +281,17 @@ impl Normalizer {
     /// them to settle (shutdown). `now` is local epoch seconds.
     pub fn settle_pushed(&mut self, now: f64, out: &mut Vec<ModelEvent>) {
         for t in self.teams.values_mut() {
+            t.settle_all(now, out);
+            t.publish();
+        }
+    }
+
+    /// Like [`settle_pushed`](Self::settle_pushed) for one team (cluster
+    /// mode: before the team is handed over, the records of its calls that
+    /// are over are written here; their pushes are acknowledged and the
+    /// next owner never sees them).
+    pub fn settle_team(&mut self, team: &str, now: f64, out: &mut Vec<ModelEvent>) {
+        if let Some(t) = self.teams.get_mut(team) {
             t.settle_all(now, out);
             t.publish();
         }
@@ -343,6 +394,7 @@ impl Normalizer {
     /// that PBX's clock (its events' `Timestamp`s), so a PBX whose clock is
     /// off never has its calls expired early or late.
     pub fn tick(&mut self, now: f64, out: &mut Vec<ModelEvent>) {
+        self.close_removed(now, out);
         for p in self.pbxs.values_mut() {
             let now = p.pbx_time(now);
             let emitted = out.len();
@@ -360,6 +412,78 @@ impl Normalizer {
             t.tick(&self.cfg, now, out);
             t.publish();
         }
+    }
+
+    /// Closes the calls of ids no longer configured (see
+    /// [`NormalizerConfig::sources`]).
+    fn close_removed(&mut self, now: f64, out: &mut Vec<ModelEvent>) {
+        let Some(keep) = self.cfg.sources.clone() else {
+            return;
+        };
+        for (id, p) in &mut self.pbxs {
+            if keep.contains(&**id) || p.live_calls() == 0 {
+                continue;
+            }
+            tracing::warn!(pbx = %id, calls = p.live_calls(), "closing the calls of a PBX that is no longer configured (approximate records)");
+            let t = p.pbx_time(now);
+            let emitted = out.len();
+            p.mark_all();
+            p.snapshot(&self.cfg, &[], t, out);
+            p.mark_emitted(&out[emitted..]);
+            p.publish();
+        }
+        for (id, t) in &mut self.teams {
+            if keep.contains(&**id) || t.live_calls() == 0 {
+                continue;
+            }
+            tracing::warn!(team = %id, calls = t.live_calls(), "closing the calls of a push team that is no longer configured (approximate records)");
+            t.close_all(now, out);
+            t.publish();
+        }
+    }
+
+    /// Puts back stored calls of any kind (AMI calls, push sessions: each
+    /// snapshot says which) for `id` (at start). Ids no longer configured
+    /// are restored too: the next tick closes their calls.
+    pub fn restore_stored(&mut self, id: &PbxId, snapshots: &[Vec<u8>]) -> calls::Restored {
+        #[derive(serde::Deserialize)]
+        struct Peek {
+            session: Option<serde::de::IgnoredAny>,
+        }
+        let (pushed, ami): (Vec<Vec<u8>>, Vec<Vec<u8>>) = snapshots
+            .iter()
+            .cloned()
+            .partition(|b| serde_json::from_slice::<Peek>(b).is_ok_and(|p| p.session.is_some()));
+        let mut r = calls::Restored::default();
+        for (n, is_push) in [(ami, false), (pushed, true)] {
+            if n.is_empty() {
+                continue;
+            }
+            let x = if is_push {
+                self.restore_push(id, &n)
+            } else {
+                self.restore(id, &n)
+            };
+            r.calls += x.calls;
+            r.skipped += x.skipped;
+        }
+        r
+    }
+
+    /// Drops everything known about a PBX or push team without emitting
+    /// anything (cluster mode: another instance owns it now and carries
+    /// its calls on). Returns the calls dropped.
+    pub fn forget(&mut self, pbx: &str) -> usize {
+        let mut n = 0;
+        if let Some(p) = self.pbxs.remove(pbx) {
+            n += p.live_calls();
+            metrics().live_calls.with_label_values(&[pbx]).set(0);
+        }
+        if let Some(t) = self.teams.remove(pbx) {
+            n += t.live_calls();
+            metrics().live_calls.with_label_values(&[pbx]).set(0);
+        }
+        n
     }
 
     /// Number of calls currently tracked (all PBXs and push teams).

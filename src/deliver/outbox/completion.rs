@@ -144,9 +144,7 @@ fn one(c: &Connection, st: &mut WriterState, p: &Pending, now: f64) -> Result<Fi
     let mut left = 0;
     let r = record(c, p, now, &mut left).and_then(|mut f| {
         if let (true, Some(target)) = (f.recorded, &p.claim) {
-            let mut claimed = Vec::new();
-            claim_ready(c, st, target, now, 1, &mut claimed, &mut f.damaged)?;
-            f.next = claimed.pop();
+            claim_next(c, st, target, now, &mut f)?;
         }
         Ok(f)
     });
@@ -161,6 +159,32 @@ fn one(c: &Connection, st: &mut WriterState, p: &Pending, now: f64) -> Result<Fi
         }
     }
     r
+}
+
+/// Claims the target's next ready head for the slot. Bookkeeping on top of
+/// the outcome: should it fail, the outcome stands and the slot goes back
+/// to the dispatcher's loop.
+fn claim_next(
+    c: &Connection,
+    st: &mut WriterState,
+    target: &str,
+    now: f64,
+    f: &mut Finished,
+) -> Result<()> {
+    let (damaged, waiting) = (f.damaged.len(), st.waiting);
+    c.prepare_cached("SAVEPOINT claim")?.execute([])?;
+    let mut claimed = Vec::new();
+    match claim_ready(c, st, target, now, 1, &mut claimed, &mut f.damaged) {
+        Ok(()) => f.next = claimed.pop(),
+        Err(e) => {
+            tracing::debug!(target: "callhook::deliver", error = %e, "outbox: claiming a slot's next delivery failed (the loop's poll will)");
+            c.prepare_cached("ROLLBACK TO claim")?.execute([])?;
+            f.damaged.truncate(damaged);
+            st.waiting = waiting;
+        }
+    }
+    c.prepare_cached("RELEASE claim")?.execute([])?;
+    Ok(())
 }
 
 /// Records one outcome; `left` is set to 1 when the row left the queue.

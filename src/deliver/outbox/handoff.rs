@@ -98,8 +98,11 @@ pub(super) fn claim_offered<'a>(
                 _ => continue,
             }
         };
-        let before = out.handed.rows.len();
-        claim_ready(
+        let before = (out.handed.rows.len(), out.handed.damaged.len(), st.waiting);
+        // The claim is bookkeeping: should it fail, the enqueue still
+        // commits (its rows stay pending for the dispatcher's poll).
+        c.prepare_cached("SAVEPOINT handoff")?.execute([])?;
+        let claimed = claim_ready(
             c,
             st,
             t,
@@ -107,8 +110,16 @@ pub(super) fn claim_offered<'a>(
             n,
             &mut out.handed.rows,
             &mut out.handed.damaged,
-        )?;
-        let unused = n - (out.handed.rows.len() - before).min(n);
+        );
+        if let Err(e) = claimed {
+            tracing::debug!(target: "callhook::deliver", error = %e, "outbox: claiming fresh rows for the dispatcher failed (they wait for its poll)");
+            c.prepare_cached("ROLLBACK TO handoff")?.execute([])?;
+            out.handed.rows.truncate(before.0);
+            out.handed.damaged.truncate(before.1);
+            st.waiting = before.2;
+        }
+        c.prepare_cached("RELEASE handoff")?.execute([])?;
+        let unused = n - (out.handed.rows.len() - before.0).min(n);
         if unused > 0 {
             let mut s = handoff.lock();
             if s.generation == generation {

@@ -1,16 +1,13 @@
 //! The live calls of the call model, kept in the outbox's database so that
 //! they are committed in the same transaction as the deliveries the same
-//! events caused (`Outbox::submit_with_calls`): after a crash the stored
-//! calls are exactly the model as of the last committed batch. The outbox
-//! does not read the bytes (the normalizer's versioned snapshots).
-
-use std::future::Future;
-use std::pin::Pin;
+//! events caused (`Outbox::submit_with_calls`, the outbox's side of
+//! `DeliveryStore::commit_batch`): after a crash the stored calls are
+//! exactly the model as of the last committed batch. The outbox does not
+//! read the bytes (the normalizer's versioned snapshots).
 
 use rusqlite::{params, Connection};
 
-use super::{EnqueueOutcome, Outbox, Result};
-use crate::deliver::DeliveryRequest;
+use super::{Outbox, Result};
 
 /// One stored live call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,35 +31,6 @@ pub struct LiveCallWrite {
     pub snapshot: Option<Vec<u8>>,
 }
 
-/// Where the daemon keeps its live calls: the SQLite outbox here; a
-/// cluster store may keep the same bytes elsewhere (e.g. a KV bucket keyed
-/// by pbx and session), as long as a batch's call writes and deliveries
-/// are committed together.
-pub trait LiveCallStore: Send + Sync {
-    /// Commits a batch's deliveries and call writes together.
-    fn commit_batch(
-        &self,
-        reqs: Vec<DeliveryRequest>,
-        calls: Vec<LiveCallWrite>,
-    ) -> Pin<Box<dyn Future<Output = Result<EnqueueOutcome>> + Send + '_>>;
-    /// Every stored live call (at start).
-    fn load_calls(&self) -> Pin<Box<dyn Future<Output = Result<Vec<LiveCall>>> + Send + '_>>;
-}
-
-impl LiveCallStore for Outbox {
-    fn commit_batch(
-        &self,
-        reqs: Vec<DeliveryRequest>,
-        calls: Vec<LiveCallWrite>,
-    ) -> Pin<Box<dyn Future<Output = Result<EnqueueOutcome>> + Send + '_>> {
-        Box::pin(self.submit_with_calls(reqs, calls))
-    }
-
-    fn load_calls(&self) -> Pin<Box<dyn Future<Output = Result<Vec<LiveCall>>> + Send + '_>> {
-        Box::pin(self.live_calls())
-    }
-}
-
 impl Outbox {
     /// Every stored live call, by PBX and session.
     pub async fn live_calls(&self) -> Result<Vec<LiveCall>> {
@@ -71,6 +39,27 @@ impl Outbox {
                 c.prepare("SELECT pbx, session, snapshot FROM live_calls ORDER BY pbx, session")?;
             let rows = st
                 .query_map([], |r| {
+                    Ok(LiveCall {
+                        pbx: r.get(0)?,
+                        session: r.get(1)?,
+                        snapshot: r.get(2)?,
+                    })
+                })?
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// The stored live calls of one PBX, by session.
+    pub async fn live_calls_of(&self, pbx: &str) -> Result<Vec<LiveCall>> {
+        let pbx = pbx.to_string();
+        self.run(false, move |c, _| {
+            let mut st = c.prepare(
+                "SELECT pbx, session, snapshot FROM live_calls WHERE pbx = ?1 ORDER BY session",
+            )?;
+            let rows = st
+                .query_map([&pbx], |r| {
                     Ok(LiveCall {
                         pbx: r.get(0)?,
                         session: r.get(1)?,

@@ -41,9 +41,11 @@
 //! p99 1–1.5 ms (FULL) vs 0.06 / 0.3 ms (NORMAL); a batch of 10 commits in
 //! 0.85 ms vs 0.5 ms; [`Outbox::submit`] costs the caller ≈ 1 µs, and 20 000
 //! concurrent submits are group-committed at ≈ 30 000 rows/s in both modes.
-//! End to end to a local sink: ≈ 7 400 deliveries/s (FULL) vs ≈ 8 800/s
-//! (NORMAL); at a steady 500 events/s, event → request at the sink p50
-//! 1.3 ms / p99 11–14 ms (FULL) vs 0.6 / 3.8 ms (NORMAL). FULL is the default.
+//! End to end to a local sink (`benches/deliver.rs`, ratios to direct
+//! reqwest in the same run, on a loaded machine): 0.38× (FULL) and
+//! 0.57–0.64× (NORMAL) of the baseline's deliveries/s; see the README's
+//! Performance section for the latency and its fsync baseline. FULL is the
+//! default.
 //!
 //! **Deduplication** (a request that is a duplicate is not inserted, and
 //! counts in `callhook_deliveries_duplicate_total`):
@@ -115,7 +117,7 @@ mod writer;
 pub use admin::{mask_url, sensitive_name};
 pub use completion::Finished;
 pub use handoff::Handed;
-pub use live::{LiveCall, LiveCallStore, LiveCallWrite};
+pub use live::{LiveCall, LiveCallWrite};
 use schema::WAITING;
 pub use schema::{db_path, quick_check, secure_state_dir};
 use tx::{fix_head, insert_batch, poll_tx, revive, EnqueueDetail};

@@ -246,6 +246,58 @@ mod tests {
         }
     }
 
+    /// Stored calls of a PBX no longer configured (a restart after it was
+    /// removed): restored, closed by the first tick (approximate,
+    /// `reconnect`), every stored row deleted with them, nothing twice.
+    #[test]
+    fn calls_of_a_removed_pbx_are_closed_once_and_their_rows_deleted() {
+        let pbx: PbxId = Arc::from("gone");
+        let events = source_events(&capture(CAPTURES[0]), &pbx);
+        let mut n = Normalizer::new(NormalizerConfig::default());
+        n.track_changes();
+        let mut out = Vec::new();
+        let mut stored = std::collections::BTreeMap::new();
+        for ev in &events[..events.len() / 2] {
+            n.handle(ev, &mut out);
+            for c in n.take_dirty() {
+                match c.snapshot {
+                    Some(b) => stored.insert(c.session, b),
+                    None => stored.remove(&c.session),
+                };
+            }
+        }
+        assert!(!stored.is_empty());
+        let keep: std::collections::HashSet<String> = ["main".to_string()].into();
+        let mut m = Normalizer::new(NormalizerConfig {
+            sources: Some(Arc::new(keep)),
+            ..NormalizerConfig::default()
+        });
+        m.track_changes();
+        let snaps: Vec<Vec<u8>> = stored.values().cloned().collect();
+        assert_eq!(m.restore_stored(&pbx, &snaps).calls, stored.len());
+        let mut after = Vec::new();
+        m.tick(crate::source::now_epoch(), &mut after);
+        assert_eq!(m.live_calls(), 0);
+        let closed = records(&after);
+        assert!(!closed.is_empty());
+        for c in &closed {
+            assert!(c.approximate);
+            assert_eq!(c.end_reason, crate::model::EndReason::Reconnect);
+        }
+        let changes = m.take_dirty();
+        for s in stored.keys() {
+            assert!(
+                changes
+                    .iter()
+                    .any(|c| &c.session == s && c.snapshot.is_none()),
+                "{s} not deleted"
+            );
+        }
+        let mut again = Vec::new();
+        m.tick(crate::source::now_epoch() + 1.0, &mut again);
+        assert!(records(&again).is_empty());
+    }
+
     const CAPTURES: [&str; 6] = [
         "asterisk-20/queue-answered.ami",
         "asterisk-20/incoming-answered.ami",

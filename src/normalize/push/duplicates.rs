@@ -6,7 +6,7 @@ use crate::normalize::NormalizerConfig;
 use crate::source::{PushEvent, PushSide};
 
 /// What makes two pushes the same event.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(super) struct Key {
     pub(super) event: String,
     pub(super) side: Option<PushSide>,

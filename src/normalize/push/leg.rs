@@ -8,7 +8,7 @@ use crate::model::{
 };
 
 /// One agent's part in a call.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Leg {
     pub(super) id: String,
     pub(super) ext: String,

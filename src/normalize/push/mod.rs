@@ -115,11 +115,12 @@ mod events;
 mod journal;
 mod leg;
 mod party;
+mod persist;
 mod session;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use tracing::debug;
 
@@ -164,6 +165,9 @@ pub struct PushCalls {
     tomb_order: VecDeque<(f64, String)>,
     clock: Clock,
     journal: Option<HashMap<String, Saved>>,
+    /// Sessions changed since the last [`PushCalls::take_dirty`], when
+    /// tracked (see `persist`).
+    dirty: Option<HashSet<String>>,
     live_gauge: prometheus::IntGauge,
 }
 
@@ -178,6 +182,7 @@ impl PushCalls {
             tomb_order: VecDeque::new(),
             clock: Clock::default(),
             journal: None,
+            dirty: None,
         }
     }
 
@@ -261,6 +266,7 @@ impl PushCalls {
             };
         }
         self.save(sid);
+        self.touch(sid);
         let team = self.team.clone();
         let s = self
             .sessions
@@ -325,8 +331,23 @@ impl PushCalls {
         }
     }
 
+    /// Closes every call now (its source is no longer configured):
+    /// `end_reason: reconnect`, approximate, at its last event.
+    pub fn close_all(&mut self, now: f64, out: &mut Vec<ModelEvent>) {
+        let mut all: Vec<(String, f64)> = self
+            .sessions
+            .values()
+            .map(|s| (s.id.clone(), s.end_time().max(s.last_event_at)))
+            .collect();
+        all.sort_by(|a, b| a.1.total_cmp(&b.1));
+        for (sid, t) in all {
+            self.end(&sid, t, EndReason::Reconnect, now, out);
+        }
+    }
+
     fn end(&mut self, sid: &str, t: f64, reason: EndReason, now: f64, out: &mut Vec<ModelEvent>) {
         self.save(sid);
+        self.touch(sid);
         let Some(mut s) = self.sessions.remove(sid) else {
             return;
         };

@@ -10,7 +10,7 @@ use crate::model::{CallFacts, CallRecord, Direction, Disposition, EndReason, Rol
 use crate::source::{PushEvent, PushSide};
 
 /// One call (session) in progress.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Session {
     pub(super) id: String,
     pub(super) direction: Option<Direction>,

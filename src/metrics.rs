@@ -160,6 +160,13 @@ pub struct Metrics {
     pub outbox_waiting: IntGaugeVec,
     /// Age of the oldest waiting delivery, by target (0 when none waits).
     pub outbox_oldest_waiting_age_seconds: GaugeVec,
+    /// Cluster mode: live instances this one sees.
+    pub cluster_members: IntGauge,
+    /// Cluster mode: leases this instance holds, by kind (`pbx`, `team`).
+    pub cluster_owned: IntGaugeVec,
+    /// Cluster mode: model events not turned into deliveries because this
+    /// instance no longer owned their PBX or team (after a lost lease).
+    pub cluster_fenced_events: IntCounter,
     /// Targets whose outbox gauges were set (to reset them to 0 when drained).
     outbox_targets: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Process metrics (standard names, refreshed at every render).
@@ -182,6 +189,7 @@ pub const CONFIG_RESTART_KEYS: &[&str] = &[
     "push.token_param",
     "push.token_header",
     "pbx.queue_capacity",
+    "cluster",
     "presence",
     "agi",
     "agi.listen",
@@ -198,23 +206,38 @@ pub fn metrics() -> &'static Metrics {
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-    r.register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
-    c
+    register(r, name, c)
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
-    r.register(Box::new(g.clone()))
-        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
-    g
+    register(r, name, g)
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, name: &str, m: T) -> T {
     r.register(Box::new(m.clone()))
         .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
     m
+}
+
+/// A counter or gauge without labels (`new`: its `with_opts`), registered.
+fn single<T: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    new: fn(Opts) -> prometheus::Result<T>,
+) -> T {
+    let m =
+        new(Opts::new(name, help)).unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    register(r, name, m)
+}
+
+/// A histogram without labels, registered.
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    register(r, name, h)
 }
 
 fn histogram_vec(
@@ -234,23 +257,18 @@ impl Metrics {
     // (a malformed or duplicated metric name), never on input.
     fn new() -> Self {
         let r = Registry::new();
-        let normalize_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "callhook_normalize_seconds",
-                "Time spent normalizing one source event",
-            )
-            .buckets(vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 1e-2]),
-        )
-        .unwrap_or_else(|e| panic!("histogram: {e}"));
-        r.register(Box::new(normalize_seconds.clone()))
-            .unwrap_or_else(|e| panic!("histogram: {e}"));
-        let output_errors = IntCounter::new(
+        let normalize_seconds = histogram(
+            &r,
+            "callhook_normalize_seconds",
+            "Time spent normalizing one source event",
+            vec![1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 1e-2],
+        );
+        let output_errors = single(
+            &r,
             "callhook_output_errors_total",
             "Model events that could not be written to the output",
-        )
-        .unwrap_or_else(|e| panic!("counter: {e}"));
-        r.register(Box::new(output_errors.clone()))
-            .unwrap_or_else(|e| panic!("counter: {e}"));
+            IntCounter::with_opts,
+        );
         Self {
             ami_events: counter_vec(
                 &r,
@@ -357,47 +375,35 @@ impl Metrics {
                 "Attempts scheduled again after a failure",
                 &["target"],
             ),
-            outbox_depth: register(
+            outbox_depth: single(
                 &r,
                 "callhook_outbox_depth",
-                IntGauge::new("callhook_outbox_depth", "Deliveries waiting in the outbox")
-                    .unwrap_or_else(|e| panic!("{e}")),
+                "Deliveries waiting in the outbox",
+                IntGauge::with_opts,
             ),
-            outbox_oldest_age_seconds: register(
+            outbox_oldest_age_seconds: single(
                 &r,
                 "callhook_outbox_oldest_age_seconds",
-                Gauge::new(
-                    "callhook_outbox_oldest_age_seconds",
-                    "Age of the oldest waiting delivery",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "Age of the oldest waiting delivery",
+                Gauge::with_opts,
             ),
-            outbox_full: register(
+            outbox_full: single(
                 &r,
                 "callhook_outbox_full_total",
-                IntCounter::new(
-                    "callhook_outbox_full_total",
-                    "Deliveries refused: outbox at its cap",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "Deliveries refused: outbox at its cap",
+                IntCounter::with_opts,
             ),
-            outbox_damaged_rows: register(
+            outbox_damaged_rows: single(
                 &r,
                 "callhook_outbox_damaged_rows_total",
-                IntCounter::new(
-                    "callhook_outbox_damaged_rows_total",
-                    "Outbox rows that could not be decoded and were moved aside as dead",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "Outbox rows that could not be decoded and were moved aside as dead",
+                IntCounter::with_opts,
             ),
-            template_values_truncated: register(
+            template_values_truncated: single(
                 &r,
                 "callhook_template_values_truncated_total",
-                IntCounter::new(
-                    "callhook_template_values_truncated_total",
-                    "Template values cut to templates.max_value_length",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "Template values cut to templates.max_value_length",
+                IntCounter::with_opts,
             ),
             delivery_seconds: histogram_vec(
                 &r,
@@ -435,14 +441,11 @@ impl Metrics {
                 "1 when a target answered 410 Gone and was disabled",
                 &["target"],
             ),
-            config_last_reload_successful: register(
+            config_last_reload_successful: single(
                 &r,
                 "callhook_config_last_reload_successful",
-                IntGauge::new(
-                    "callhook_config_last_reload_successful",
-                    "1 when the last reload succeeded",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "1 when the last reload succeeded",
+                IntGauge::with_opts,
             ),
             config_reloads: counter_vec(
                 &r,
@@ -468,11 +471,11 @@ impl Metrics {
                 "Push endpoint requests by team and outcome",
                 &["team", "outcome"],
             ),
-            live_clients: register(
+            live_clients: single(
                 &r,
                 "callhook_live_clients",
-                IntGauge::new("callhook_live_clients", "Live clients connected")
-                    .unwrap_or_else(|e| panic!("gauge: {e}")),
+                "Live clients connected",
+                IntGauge::with_opts,
             ),
             live_messages: counter_vec(
                 &r,
@@ -498,26 +501,17 @@ impl Metrics {
                 "Live connections refused by limit",
                 &["reason"],
             ),
-            live_heartbeat_timeouts: register(
+            live_heartbeat_timeouts: single(
                 &r,
                 "callhook_live_heartbeat_timeouts_total",
-                IntCounter::new(
-                    "callhook_live_heartbeat_timeouts_total",
-                    "Live clients dropped for missing heartbeats",
-                )
-                .unwrap_or_else(|e| panic!("counter: {e}")),
+                "Live clients dropped for missing heartbeats",
+                IntCounter::with_opts,
             ),
-            live_latency_seconds: register(
+            live_latency_seconds: histogram(
                 &r,
                 "callhook_live_latency_seconds",
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "callhook_live_latency_seconds",
-                        "From the hub publishing a live message to a client session taking it",
-                    )
-                    .buckets(vec![1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0]),
-                )
-                .unwrap_or_else(|e| panic!("histogram: {e}")),
+                "From the hub publishing a live message to a client session taking it",
+                vec![1e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 1.0],
             ),
             originate_requests: counter_vec(
                 &r,
@@ -549,23 +543,17 @@ impl Metrics {
                 "Presence inputs dropped because a queue was full",
                 &["queue"],
             ),
-            presence_extensions: register(
+            presence_extensions: single(
                 &r,
                 "callhook_presence_extensions",
-                IntGauge::new(
-                    "callhook_presence_extensions",
-                    "Extensions in the presence tables",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "Extensions in the presence tables",
+                IntGauge::with_opts,
             ),
-            presence_calls_expired: register(
+            presence_calls_expired: single(
                 &r,
                 "callhook_presence_calls_expired_total",
-                IntCounter::new(
-                    "callhook_presence_calls_expired_total",
-                    "Calls dropped from the presence table because the model never ended them",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "Calls dropped from the presence table because the model never ended them",
+                IntCounter::with_opts,
             ),
             http_connections: gauge_vec(
                 &r,
@@ -597,14 +585,11 @@ impl Metrics {
                 "Inbound HTTP connections closed by the server (timeouts, limits, eviction)",
                 &["listener", "reason"],
             ),
-            admin_unauthorized: register(
+            admin_unauthorized: single(
                 &r,
                 "callhook_admin_unauthorized_total",
-                IntCounter::new(
-                    "callhook_admin_unauthorized_total",
-                    "Admin requests refused: missing or wrong admin token",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "Admin requests refused: missing or wrong admin token",
+                IntCounter::with_opts,
             ),
             build_info: gauge_vec(
                 &r,
@@ -612,14 +597,11 @@ impl Metrics {
                 "Always 1: the running version and commit",
                 &["version", "commit"],
             ),
-            config_last_reload_success_timestamp_seconds: register(
+            config_last_reload_success_timestamp_seconds: single(
                 &r,
                 "callhook_config_last_reload_success_timestamp_seconds",
-                Gauge::new(
-                    "callhook_config_last_reload_success_timestamp_seconds",
-                    "When the configuration last loaded successfully",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
+                "When the configuration last loaded successfully",
+                Gauge::with_opts,
             ),
             outbox_waiting: gauge_vec(
                 &r,
@@ -636,6 +618,30 @@ impl Metrics {
                         "Age of the oldest waiting delivery, by target",
                     ),
                     &["target"],
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            cluster_members: register(
+                &r,
+                "callhook_cluster_members",
+                IntGauge::new(
+                    "callhook_cluster_members",
+                    "Cluster mode: live instances this one sees",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            cluster_owned: gauge_vec(
+                &r,
+                "callhook_cluster_owned",
+                "Cluster mode: leases this instance holds, by kind",
+                &["kind"],
+            ),
+            cluster_fenced_events: register(
+                &r,
+                "callhook_cluster_fenced_events_total",
+                IntCounter::new(
+                    "callhook_cluster_fenced_events_total",
+                    "Cluster mode: events dropped because their PBX or team is no longer owned here",
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),

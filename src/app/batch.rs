@@ -1,0 +1,245 @@
+//! The normalizer task's batches: feeding source events to the normalizer
+//! (fenced by ownership in cluster mode), evaluating the rules, and
+//! committing a batch's deliveries with its live-call writes before the
+//! pushes are answered and the next batch is taken.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use super::handover::owns;
+use super::Observer;
+use crate::cluster::ownership::OwnershipHandle;
+use crate::deliver::outbox::LiveCallWrite;
+use crate::deliver::store::DeliveryStore;
+use crate::deliver::DeliveryRequest;
+use crate::log_limit::LogLimiter;
+use crate::metrics::metrics;
+use crate::model::ModelEvent;
+use crate::normalize::Normalizer;
+use crate::rules::RuleSet;
+use crate::source::{now_epoch, PushAck, PushReceipt, SourceEvent};
+
+/// Feeds one source event to the normalizer, keeping a push's
+/// acknowledgement for when its batch is committed. In cluster mode,
+/// events of a PBX or team this instance does not own (any more) are
+/// dropped (a push is answered with an error: it stays in the stream).
+pub(super) fn take(
+    n: &mut Normalizer,
+    ownership: &Option<OwnershipHandle>,
+    ev: SourceEvent,
+    out: &mut Vec<ModelEvent>,
+    acks: &mut Vec<(PushAck, PushReceipt)>,
+) {
+    let (pbx, team) = match &ev {
+        SourceEvent::Push { team, .. } => (team, true),
+        SourceEvent::Ami { pbx, .. }
+        | SourceEvent::AmiSnapshot { pbx, .. }
+        | SourceEvent::AmiOriginate { pbx, .. }
+        | SourceEvent::AmiDisconnected { pbx, .. } => (pbx, false),
+    };
+    if !owns(ownership, pbx, team) {
+        metrics().cluster_fenced_events.inc();
+        if let SourceEvent::Push { ack: Some(a), .. } = ev {
+            let _ = a.send(Err("this instance no longer owns the team".into()));
+        }
+        return;
+    }
+    match ev {
+        SourceEvent::Push {
+            team,
+            received_at,
+            event,
+            ack,
+        } => {
+            let r = n.handle_push(&team, received_at, &event, out);
+            if let Some(a) = ack {
+                acks.push((a, r));
+            }
+        }
+        ev => n.handle(&ev, out),
+    }
+}
+
+fn event_pbx(e: &ModelEvent) -> &str {
+    match e {
+        ModelEvent::Leg(l) => &l.pbx,
+        ModelEvent::CallState(c) => &c.pbx,
+        ModelEvent::Call(c) => &c.pbx,
+    }
+}
+
+/// Ends a batch: commits its deliveries, then keeps (or, if they could not
+/// be committed, rolls back) the batch's changes to pushed calls, answers
+/// the pushes and shows the events to the observer.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn finish_batch(
+    rules: &RuleSet,
+    outbox: &dyn DeliveryStore,
+    ownership: &Option<OwnershipHandle>,
+    ok: &AtomicBool,
+    normalizer: &mut Normalizer,
+    out: &mut Vec<ModelEvent>,
+    acks: &mut Vec<(PushAck, PushReceipt)>,
+    observer: &mut Option<Observer>,
+) {
+    let mut changes = normalizer.take_dirty();
+    if ownership.is_some() {
+        // Cluster mode: what an instance no longer owns is neither sent nor
+        // stored (the next owner writes that PBX's calls now).
+        let before = out.len();
+        out.retain(|e| {
+            let p = event_pbx(e);
+            owns(ownership, p, normalizer.is_push_team(p))
+        });
+        changes.retain(|c| owns(ownership, &c.pbx, false));
+        metrics()
+            .cluster_fenced_events
+            .inc_by((before - out.len()) as u64);
+    }
+    let calls: Vec<LiveCallWrite> = changes
+        .iter()
+        .map(|c| LiveCallWrite {
+            pbx: c.pbx.to_string(),
+            session: c.session.clone(),
+            snapshot: c.snapshot.clone(),
+        })
+        .collect();
+    let result = if out.is_empty() && calls.is_empty() {
+        Ok(())
+    } else {
+        deliver_batch(rules, outbox, ok, out, calls, |p| {
+            normalizer.clock_offset(p)
+        })
+        .await
+    };
+    match &result {
+        Ok(()) => normalizer.commit_batch(),
+        Err(e) if e.starts_with(OUTBOX_FULL) => {
+            // The calls were stored with what the outbox took; pushed ones
+            // are rolled back (their pushes answered 503 will come again),
+            // so their rows are written again as they are now.
+            normalizer.rollback_batch();
+            let pushed: Vec<_> = changes
+                .into_iter()
+                .filter(|c| normalizer.is_push_team(&c.pbx))
+                .collect();
+            normalizer.requeue_dirty(&pushed);
+            out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
+        }
+        Err(_) => {
+            // Not stored: written with the next batch.
+            normalizer.requeue_dirty(&changes);
+            normalizer.rollback_batch();
+            // Pushed calls will say it again when the pushes are retried.
+            out.retain(|e| !normalizer.is_push_team(event_pbx(e)));
+        }
+    }
+    if !out.is_empty() {
+        if let Some(o) = observer.as_mut() {
+            o(out);
+        }
+    }
+    for (ack, receipt) in acks.drain(..) {
+        let _ = ack.send(result.clone().map(|()| receipt));
+    }
+    out.clear();
+}
+
+/// Cluster mode, a push team handed over: the records of its calls that
+/// are over are committed now, not fenced (their pushes are acknowledged:
+/// the next owner never sees them; a copy is deduplicated by its ids).
+pub(super) async fn handover_team(
+    rules: &RuleSet,
+    store: &dyn DeliveryStore,
+    ok: &AtomicBool,
+    normalizer: &mut Normalizer,
+    team: &str,
+    observer: &mut Option<Observer>,
+) {
+    let mut out = Vec::new();
+    normalizer.begin_batch();
+    normalizer.settle_team(team, now_epoch(), &mut out);
+    let r = deliver_batch(rules, store, ok, &out, Vec::new(), |p| {
+        normalizer.clock_offset(p)
+    })
+    .await;
+    normalizer.commit_batch();
+    match r {
+        Ok(()) => {
+            if !out.is_empty() {
+                info!(
+                    team,
+                    events = out.len(),
+                    "records of the team's finished calls written before the handover"
+                );
+                if let Some(o) = observer.as_mut() {
+                    o(&out);
+                }
+            }
+        }
+        Err(e) => {
+            error!(team, error = %e, "records of the team's finished calls could not be stored before the handover")
+        }
+    }
+}
+
+/// How a refusal by the cap or the backlog starts (the batch's calls were
+/// stored all the same).
+const OUTBOX_FULL: &str = "outbox full";
+
+/// These repeat for every event while the outbox cannot take more (a full
+/// disk, the cap): one line per half minute, with the count left out.
+static OUTBOX_FAILED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+static OUTBOX_REFUSED: LogLimiter = LogLimiter::new(Duration::from_secs(30));
+
+/// Evaluates the rules for a batch of model events and commits the
+/// deliveries; returns once they are durable, or why they are not (logged:
+/// the outbox failed, or was full and refused some).
+/// `clock_offset(pbx)` converts event time to local time (freshness limits
+/// and latency metrics run on the local clock).
+pub async fn deliver_batch(
+    rules: &RuleSet,
+    outbox: &dyn DeliveryStore,
+    ok: &AtomicBool,
+    events: &[ModelEvent],
+    calls: Vec<LiveCallWrite>,
+    clock_offset: impl Fn(&str) -> f64,
+) -> Result<(), String> {
+    let mut reqs: Vec<DeliveryRequest> = events.iter().flat_map(|e| rules.evaluate(e)).collect();
+    for r in &mut reqs {
+        let local = r.created_at - clock_offset(&r.pbx);
+        r.rebase(local);
+    }
+    if reqs.is_empty() && calls.is_empty() {
+        return Ok(());
+    }
+    match outbox.commit_batch(reqs, calls).await {
+        Ok(o) => {
+            if !ok.swap(true, Ordering::Relaxed) {
+                info!("the outbox accepts writes again");
+            }
+            if o.rejected_full > 0 {
+                if let Some(suppressed) = OUTBOX_REFUSED.check() {
+                    warn!(
+                        rejected = o.rejected_full,
+                        suppressed, "outbox full: deliveries refused"
+                    );
+                }
+                return Err(format!(
+                    "{OUTBOX_FULL}: {} deliveries refused",
+                    o.rejected_full
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            ok.store(false, Ordering::Relaxed);
+            if let Some(suppressed) = OUTBOX_FAILED.check() {
+                error!(error = %e, suppressed, "cannot write deliveries to the outbox");
+            }
+            Err(format!("cannot write deliveries to the outbox: {e}"))
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Live call state in the `<prefix>_calls` bucket, so that the next owner
+//! of a PBX resumes the calls in progress (a call that started under one
+//! instance and ended after it died still gets exactly one record).
+//!
+//! The state of a call is opaque here: the bytes of the normalizer's
+//! per-call snapshot. One key per PBX and session (`<pbx token>.<hash of
+//! the session>`), its value an envelope with the session id, so a PBX's
+//! calls are found by key prefix; a call that ended is purged (the bucket
+//! keeps one revision per key). The owner writes the calls a batch changed
+//! before it takes the next batch; the next owner reads them before its
+//! AMI client logs in, and the post-login reconciliation closes or
+//! continues them.
+//!
+//! [`ClusterStore::commit_batch`](super::store::ClusterStore) writes a
+//! batch's call changes once its deliveries are stored (never ahead of
+//! them), before the batch's pushes are answered; the app loads a PBX's
+//! calls when this instance takes its lease and restores them in the
+//! normalizer before starting the AMI client.
+
+use async_nats::jetstream::kv;
+use base64::Engine;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::names::{digest, token};
+use super::{Cluster, ClusterError};
+
+/// What is stored per call.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    session: String,
+    /// The snapshot, base64.
+    state: String,
+}
+
+/// A batch's changes to one PBX's calls: (session id, new state or `None`
+/// when the call ended).
+pub type CallChanges = Vec<(String, Option<Vec<u8>>)>;
+
+/// The bucket of live calls.
+#[derive(Clone)]
+pub struct CallBucket {
+    kv: kv::Store,
+}
+
+impl std::fmt::Debug for CallBucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallBucket").finish_non_exhaustive()
+    }
+}
+
+fn key(pbx: &str, session: &str) -> String {
+    format!("{}.{}", token(pbx), digest(&[session], 12))
+}
+
+impl CallBucket {
+    /// The bucket of a connected cluster (created by [`Cluster::connect`]).
+    pub async fn new(c: &Cluster) -> Result<Self, ClusterError> {
+        Ok(Self {
+            kv: c.bucket(&c.names.calls_bucket()).await?,
+        })
+    }
+
+    /// Applies the changes of one batch to `pbx`'s calls: `Some(bytes)` is
+    /// the call's new state, `None` that it ended.
+    pub async fn save(&self, pbx: &str, changes: CallChanges) -> Result<(), ClusterError> {
+        // One key per session (a batch names each session once): the
+        // writes go out together and the batch waits for every ack.
+        let writes = changes.into_iter().map(|(session, state)| {
+            let k = key(pbx, &session);
+            async move {
+                match state {
+                    Some(bytes) => {
+                        let env = Envelope {
+                            session,
+                            state: base64::engine::general_purpose::STANDARD.encode(bytes),
+                        };
+                        let v = serde_json::to_vec(&env)
+                            .map_err(|e| ClusterError::js("call state", e))?;
+                        self.kv
+                            .put(&k, v.into())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| ClusterError::js("call state put", e))
+                    }
+                    None => self
+                        .kv
+                        .purge(&k)
+                        .await
+                        .map_err(|e| ClusterError::js("call state purge", e)),
+                }
+            }
+        });
+        for r in futures::future::join_all(writes).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// The calls of `pbx` in progress: (session id, state bytes). An entry
+    /// that cannot be decoded is skipped with a log line.
+    pub async fn load(&self, pbx: &str) -> Result<Vec<(String, Vec<u8>)>, ClusterError> {
+        let prefix = format!("{}.", token(pbx));
+        let mut keys = self
+            .kv
+            .keys()
+            .await
+            .map_err(|e| ClusterError::js("call state keys", e))?;
+        let mut mine = Vec::new();
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(|e| ClusterError::js("call state keys", e))?;
+            if k.starts_with(&prefix) {
+                mine.push(k);
+            }
+        }
+        let mut out = Vec::with_capacity(mine.len());
+        for k in mine {
+            let Some(v) = self
+                .kv
+                .get(&k)
+                .await
+                .map_err(|e| ClusterError::js("call state get", e))?
+            else {
+                continue;
+            };
+            let decoded = serde_json::from_slice::<Envelope>(&v).ok().and_then(|e| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(e.state)
+                    .ok()
+                    .map(|b| (e.session, b))
+            });
+            match decoded {
+                Some(c) => out.push(c),
+                None => {
+                    tracing::warn!(target: "callhook::cluster", pbx, key = %k, "undecodable live call state skipped")
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}

@@ -1,0 +1,548 @@
+//! The cluster dispatcher: every instance pulls every partition.
+//!
+//! Per target there are `partitions` durable pull consumers on the
+//! deliveries stream, one per subject `PREFIX.d.<target>.<p>`, each with
+//! `max_ack_pending = 1`: JetStream hands out the next message of a
+//! partition only once the previous one is acknowledged, whichever
+//! instance pulled it, so the deliveries of one call to one target go out
+//! one at a time and in order, with any number of dispatchers. A retry is
+//! a negative acknowledgement with the backoff as delay (the partition
+//! waits for it; other partitions go on). While a request runs the
+//! dispatcher sends in-progress acks every [`PROGRESS_EVERY`], so a slow
+//! CRM is not mistaken for a dead dispatcher; a dispatcher that dies
+//! mid-request stops sending them and JetStream redelivers the message
+//! after [`ACK_WAIT`] to another instance (same `webhook-id` and
+//! `Idempotency-Key`).
+//!
+//! Per attempt it does what the single-node dispatcher does: Retry-After
+//! pause, rate limit (cluster-wide, [`super::rate`]), concurrency slots
+//! (`concurrency` per instance), freshness, breaker (per instance), send,
+//! classify, then ack (delivered, expired), nak with a delay (retry), or
+//! move to the dead stream and ack (dead; the dead copy is stored before
+//! the original is removed). A `410 Gone` disables the target on this
+//! instance until a reload. Attempts are counted by JetStream's delivery
+//! count.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures::StreamExt;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::rate::SharedLimiter;
+use super::store::{ClusterStore, Wire};
+use super::Cluster;
+use crate::deliver::breaker::{Admit, Breaker};
+use crate::deliver::http::{self, Attempt};
+use crate::deliver::outbox::Claimed;
+use crate::deliver::retry::{backoff, classify, next_step, retry_delay, Step, Verdict};
+use crate::deliver::store::DeliveryStore;
+use crate::deliver::target::Target;
+use crate::metrics::metrics;
+use crate::source::now_epoch;
+
+/// Redelivery after a dispatcher stopped acknowledging.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+/// In-progress acks while a delivery is being worked on.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// Gauges refresh period.
+const STATS_EVERY: Duration = Duration::from_secs(15);
+
+type Targets = watch::Receiver<Arc<BTreeMap<String, Target>>>;
+
+/// Handle on the running cluster dispatcher.
+#[derive(Clone, Debug)]
+pub struct ClusterDispatcher {
+    stopped: CancellationToken,
+}
+
+impl ClusterDispatcher {
+    /// Resolves when it has stopped.
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
+    }
+}
+
+/// A target's live state on this instance.
+struct Rt {
+    target: Arc<Target>,
+    limiter: Option<SharedLimiter>,
+    slots: Arc<Semaphore>,
+    breaker: Breaker,
+    pause_until: Mutex<Option<Instant>>,
+    disabled: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl Rt {
+    fn paused(&self, now: Instant) -> Option<Instant> {
+        let p = self.pause_until.lock().unwrap_or_else(|e| e.into_inner());
+        p.filter(|u| *u > now)
+    }
+
+    fn pause(&self, until: Instant) {
+        let mut p = self.pause_until.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_none_or(|u| u < until) {
+            *p = Some(until);
+        }
+    }
+}
+
+/// How one message ended.
+enum End {
+    Delivered,
+    Expired,
+    Retry(Duration),
+    Dead {
+        status: String,
+        error: Option<String>,
+    },
+    Release(&'static str, Duration),
+}
+
+/// Starts the dispatcher.
+pub fn spawn(
+    cluster: Cluster,
+    store: Arc<ClusterStore>,
+    targets: Targets,
+    shutdown: CancellationToken,
+) -> ClusterDispatcher {
+    let stopped = CancellationToken::new();
+    let h = ClusterDispatcher {
+        stopped: stopped.clone(),
+    };
+    tokio::spawn(async move {
+        run(cluster, store, targets, shutdown).await;
+        stopped.cancel();
+    });
+    h
+}
+
+async fn run(
+    cluster: Cluster,
+    store: Arc<ClusterStore>,
+    mut targets: Targets,
+    shutdown: CancellationToken,
+) {
+    let rates = match cluster.bucket(&cluster.names.rates_bucket()).await {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::error!(target: "callhook::cluster", error = %e, "rate-limit bucket unavailable: rate-limited targets wait");
+            None
+        }
+    };
+    let mut running: BTreeMap<String, Arc<Rt>> = BTreeMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next_stats = Instant::now();
+    loop {
+        let map = targets.borrow_and_update().clone();
+        // Stop what changed or went away; start what is new.
+        running.retain(|name, rt| {
+            let keep = map.get(name).is_some_and(|t| rt.target.same_as(t));
+            if !keep {
+                rt.stop.cancel();
+            }
+            keep
+        });
+        for (name, t) in map.iter() {
+            if running.contains_key(name) {
+                continue;
+            }
+            let limiter = match (t.rate, &rates) {
+                (Some(r), Some(kv)) => Some(SharedLimiter::new(kv.clone(), name, r, t.burst.get())),
+                _ => None,
+            };
+            metrics().target_disabled.with_label_values(&[name]).set(0);
+            let rt = Arc::new(Rt {
+                target: Arc::new(t.clone()),
+                limiter,
+                slots: Arc::new(Semaphore::new(t.concurrency.max(1))),
+                breaker: Breaker::new(name, t.breaker),
+                pause_until: Mutex::new(None),
+                disabled: AtomicBool::new(false),
+                stop: shutdown.child_token(),
+            });
+            for p in 0..cluster.cfg.partitions {
+                tasks.spawn(partition(cluster.clone(), rt.clone(), p, store.clone()));
+            }
+            running.insert(name.clone(), rt);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = targets.changed() => if r.is_err() {
+                shutdown.cancelled().await;
+                break;
+            } else {
+                tracing::info!(target: "callhook::cluster", "delivery targets reloaded");
+            },
+            _ = tokio::time::sleep_until(next_stats.into()) => {
+                next_stats = Instant::now() + STATS_EVERY;
+                if let Err(e) = store.stats().await {
+                    tracing::warn!(target: "callhook::cluster", error = %e, "delivery stream stats failed");
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    // Partition loops finish the message in hand (bounded by the target
+    // timeout) and stop.
+    let grace = running
+        .values()
+        .map(|rt| rt.target.timeout)
+        .max()
+        .unwrap_or(Duration::from_secs(5))
+        + Duration::from_secs(2);
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!(target: "callhook::cluster", "requests still in flight at the shutdown deadline: JetStream redelivers them");
+        tasks.abort_all();
+    }
+}
+
+/// The consumer of one partition (created when missing).
+async fn consumer_of(
+    cluster: &Cluster,
+    target: &str,
+    p: u32,
+    stop: &CancellationToken,
+) -> Option<consumer::Consumer<consumer::pull::Config>> {
+    let name = cluster.names.delivery_consumer(target, p);
+    let cfg = consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        filter_subject: cluster.names.delivery_subject(target, p),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_ack_pending: 1,
+        max_deliver: -1,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    let mut wait = Duration::from_millis(200);
+    loop {
+        let r = async {
+            let stream = cluster
+                .js
+                .get_stream(cluster.names.deliveries_stream())
+                .await
+                .map_err(|e| e.to_string())?;
+            stream
+                .get_or_create_consumer(&name, cfg.clone())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match r.await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                tracing::debug!(target: "callhook::cluster", consumer = %name, error = %e, "cannot open the partition consumer, retrying");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn partition(cluster: Cluster, rt: Arc<Rt>, p: u32, store: Arc<ClusterStore>) {
+    let name = rt.target.name.clone();
+    let Some(c) = consumer_of(&cluster, &name, p, &rt.stop).await else {
+        return;
+    };
+    'outer: while !rt.stop.is_cancelled() {
+        let mut messages = match c
+            .stream()
+            .max_messages_per_batch(1)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(target: "callhook::cluster", delivery_target = %name, partition = p, error = %e, "pull failed, retrying");
+                tokio::select! {
+                    _ = rt.stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = rt.stop.cancelled() => break 'outer,
+                m = messages.next() => m,
+            };
+            match next {
+                None => continue 'outer,
+                Some(Err(e)) => {
+                    tracing::debug!(target: "callhook::cluster", delivery_target = %name, partition = p, error = %e, "pull interrupted");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue 'outer;
+                }
+                Some(Ok(msg)) => {
+                    handle(&cluster, &rt, msg, &store).await;
+                    if rt.disabled.load(Ordering::Acquire) {
+                        // Parked until a reload replaces this target.
+                        rt.stop.cancelled().await;
+                        break 'outer;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn handle(cluster: &Cluster, rt: &Rt, msg: jetstream::Message, _store: &ClusterStore) {
+    let name = rt.target.name.as_str();
+    let (seq, delivered) = match msg.info() {
+        Ok(i) => (i.stream_sequence, i.delivered.max(1) as u32),
+        Err(_) => (0, 1),
+    };
+    let wire = match Wire::decode(&msg.payload) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(target: "callhook::cluster", delivery_target = %name, seq, error = %e, "undecodable delivery: moved to the dead stream");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Callhook-Undecodable", e.as_str());
+            headers.insert("Nats-Msg-Id", format!("dead-{seq}").as_str());
+            if publish_dead(cluster, name, headers, msg.payload.clone()).await {
+                let _ = msg.double_ack().await;
+            } else {
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+            }
+            return;
+        }
+    };
+    let req = match wire.request() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(target: "callhook::cluster", seq, error = %e, "undecodable delivery body");
+            let _ = msg.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let row = Claimed {
+        id: seq as i64,
+        target: req.target,
+        rule: req.rule,
+        session_id: req.session_id,
+        pbx: req.pbx,
+        event_id: req.event_id,
+        method: req.method,
+        url: req.url,
+        headers: req.headers,
+        body: req.body,
+        idempotency_key: req.idempotency_key,
+        created_at: req.created_at,
+        expires_at: req.expires_at,
+        attempts: delivered.saturating_sub(1),
+        refused: req.refused,
+        secrets: req.secrets,
+    };
+    // The attempt, with in-progress acks while it runs.
+    let work = attempt(rt, &row);
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.tick().await;
+    let end = loop {
+        tokio::select! {
+            end = &mut work => break end,
+            _ = progress.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }
+    };
+    let m = metrics();
+    match end {
+        End::Delivered => {
+            if let Err(e) = msg.double_ack().await {
+                tracing::warn!(target: "callhook::cluster", seq, error = %e, "delivered, but the ack was not confirmed (it may be sent again)");
+            }
+            m.deliveries.with_label_values(&[name, "delivered"]).inc();
+        }
+        End::Expired => {
+            let _ = msg.double_ack().await;
+            m.deliveries.with_label_values(&[name, "expired"]).inc();
+        }
+        End::Retry(delay) => {
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+        End::Release(why, delay) => {
+            tracing::debug!(target: "callhook::cluster", seq, why, "delivery put back");
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+        }
+        End::Dead { status, error } => {
+            let mut w = wire;
+            w.attempts = row.attempts + 1;
+            w.last_status = Some(status);
+            w.last_error = error;
+            w.updated_at = now_epoch();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("dead-{seq}").as_str());
+            if publish_dead(cluster, name, headers, w.encode()).await {
+                if let Err(e) = msg.double_ack().await {
+                    tracing::warn!(target: "callhook::cluster", seq, error = %e, "dead delivery stored, but its ack was not confirmed");
+                }
+                m.deliveries.with_label_values(&[name, "dead"]).inc();
+            } else {
+                // Never drop it: it comes back and ends dead again.
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+            }
+        }
+    }
+}
+
+async fn publish_dead(
+    cluster: &Cluster,
+    target: &str,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+) -> bool {
+    let r = async {
+        cluster
+            .js
+            .publish_with_headers(cluster.names.dead_subject(target), headers, payload)
+            .await?
+            .await?;
+        Ok::<(), async_nats::Error>(())
+    };
+    match r.await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(target: "callhook::cluster", delivery_target = %target, error = %e, "cannot store a dead delivery; it stays queued");
+            false
+        }
+    }
+}
+
+/// One attempt (the single-node dispatcher's steps, see `deliver::dispatcher`).
+async fn attempt(rt: &Rt, row: &Claimed) -> End {
+    let t = rt.target.clone();
+    let name = t.name.as_str();
+    let m = metrics();
+    let _permit = tokio::select! {
+        biased;
+        _ = rt.stop.cancelled() => return End::Release("shutdown", Duration::ZERO),
+        p = rt.slots.clone().acquire_owned() => match p {
+            Ok(p) => p,
+            Err(_) => return End::Release("stopping", Duration::ZERO),
+        },
+    };
+    let ready = async {
+        while let Some(until) = rt.paused(Instant::now()) {
+            tokio::time::sleep_until(until.into()).await;
+        }
+        if let Some(l) = &rt.limiter {
+            if l.acquire().await {
+                m.rate_limit_waits.with_label_values(&[name]).inc();
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = rt.stop.cancelled() => return End::Release("shutdown", Duration::ZERO),
+        _ = ready => {}
+    }
+    if rt.disabled.load(Ordering::Acquire) {
+        return End::Release("target disabled", Duration::ZERO);
+    }
+    let now = now_epoch();
+    if row.expires_at.is_some_and(|e| now >= e) {
+        return End::Expired;
+    }
+    let probe = match rt.breaker.admit(Instant::now()) {
+        Admit::Yes => false,
+        Admit::Probe => true,
+        Admit::No(_) => {
+            let wait = rt
+                .breaker
+                .open_for(Instant::now())
+                .unwrap_or(Duration::from_secs(1));
+            return End::Release("breaker open", wait);
+        }
+    };
+    if row.attempts == 0 {
+        m.event_to_request_seconds
+            .with_label_values(&[name])
+            .observe((now - row.created_at).max(0.0));
+    }
+    let started = Instant::now();
+    let answer = http::send(&t, row, SystemTime::now()).await;
+    m.delivery_seconds
+        .with_label_values(&[name])
+        .observe(started.elapsed().as_secs_f64());
+    let attempts = row.attempts.saturating_add(1);
+    let (status, verdict, retry_after, detail) = match &answer {
+        Attempt::Answer {
+            status,
+            retry_after,
+            excerpt,
+        } => (
+            status.to_string(),
+            classify(*status),
+            *retry_after,
+            excerpt.clone(),
+        ),
+        Attempt::Failed { kind, message } => {
+            (kind.to_string(), Verdict::Retry, None, message.clone())
+        }
+        Attempt::Invalid(msg) => ("error".to_string(), Verdict::Dead, None, msg.clone()),
+    };
+    m.delivery_attempts
+        .with_label_values(&[name, &status])
+        .inc();
+    if matches!(answer, Attempt::Invalid(_)) {
+        if probe {
+            rt.breaker.abandon_probe();
+        }
+    } else {
+        rt.breaker.record(verdict == Verdict::Retry, Instant::now());
+    }
+    let detail = (!detail.is_empty()).then_some(detail);
+    match verdict {
+        Verdict::Delivered => End::Delivered,
+        Verdict::Retry => {
+            let delay = retry_delay(backoff(&t.retry, attempts), retry_after, t.retry_after_max);
+            if retry_after.is_some() {
+                rt.pause(Instant::now() + delay);
+            }
+            match next_step(&t.retry, attempts, row.created_at, now_epoch(), delay) {
+                Step::RetryAt(_) => {
+                    m.delivery_retries.with_label_values(&[name]).inc();
+                    End::Retry(delay)
+                }
+                Step::GiveUp(why) => {
+                    tracing::warn!(target: "callhook::cluster", delivery_target = name, session = %row.session_id, status = %status, attempts, reason = why, "delivery dead: retries exhausted");
+                    End::Dead {
+                        error: Some(format!(
+                            "gave up ({why} reached after {attempts} attempts): {}",
+                            detail.unwrap_or_default()
+                        )),
+                        status,
+                    }
+                }
+            }
+        }
+        Verdict::Dead | Verdict::Gone => {
+            tracing::warn!(target: "callhook::cluster", delivery_target = name, session = %row.session_id, status = %status, "delivery dead: the target refused it");
+            if verdict == Verdict::Gone && !rt.disabled.swap(true, Ordering::AcqRel) {
+                m.target_disabled.with_label_values(&[name]).set(1);
+                tracing::error!(target: "callhook::cluster", delivery_target = name, "target answered 410 Gone: disabled on this instance until the targets are reloaded");
+            }
+            End::Dead {
+                status,
+                error: detail,
+            }
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! Cluster mode end to end with real processes: a 3-node NATS JetStream
+//! cluster, three `callhook run` instances, two simulated PBXs replaying
+//! real captures of a call interrupted mid-way (`reconnect-before` then
+//! `reconnect-after`: the second connection sees the call in the channel
+//! snapshot and its hangup; or, for a call that ended while nobody owned
+//! the PBX, an empty second connection), and a real HTTP sink.
+//!
+//! The instances start without PBXs; once every one of them counts the
+//! same three settled members (ownership is stable), the PBXs are added by
+//! a reload, so each PBX's first connection is its owner's and the
+//! scripted sessions follow the handovers the tests cause.
+
+mod support_daemon;
+mod support_http;
+mod support_nats;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use callhook::ami::simulator::{AfterCapture, SimSession, Simulator, SimulatorHandle};
+use serde_json::Value;
+use support_daemon::{fixture, free_port, temp_dir, Daemon};
+use support_http::{Received, Sink};
+use support_nats::NatsCluster;
+
+const USER: &str = "amiuser";
+const SECRET: &str = "cluster-e2e-secret";
+const TOKEN: &str = "cluster-admin-token";
+const TEAM: &str = "team-token-1";
+/// The takeover goal of the issue.
+const TAKEOVER_GOAL: Duration = Duration::from_secs(15);
+
+fn env() -> Vec<(&'static str, &'static str)> {
+    vec![("E2E_AMI_SECRET", SECRET), ("E2E_ADMIN_TOKEN", TOKEN)]
+}
+
+const RULES: &str = r#"  - name: screen-pop
+    when: { state: ringing, role: callee }
+    target: crm
+    url: "SINK/pop?session={{leg.session_id}}&ext=%EXTENSION%"
+    idempotency_key: "pop-{{leg.leg_id}}"
+  - name: call-log
+    when: { scope: call, state: hungup }
+    target: crm
+    url: "SINK/calls"
+    json: { id: "{{call.session_id}}", pbx: "{{call.pbx}}", duration: "{{call.duration}}" }
+    idempotency_key: "call-{{call.pbx}}-{{call.session_id}}"
+"#;
+
+struct Site {
+    nats: NatsCluster,
+    sink: Sink,
+    sims: Vec<(&'static str, SimulatorHandle)>,
+    dirs: Vec<PathBuf>,
+    daemons: Vec<Option<Daemon>>,
+    listens: Vec<u16>,
+}
+
+/// What the PBX's second connection (the next owner's) sees.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// The call still up in the channel snapshot, then its hangup.
+    Continues,
+    /// Nothing: the call ended while nobody owned the PBX.
+    Ended,
+}
+
+async fn sim(v: &str, then: Then) -> SimulatorHandle {
+    let mut s = Simulator::new(USER, SECRET).session(
+        fixture(&format!("{v}/reconnect-before.ami")),
+        AfterCapture::StayOpen,
+    );
+    s = match then {
+        Then::Continues => s.session(
+            fixture(&format!("{v}/reconnect-after.ami")),
+            AfterCapture::StayOpen,
+        ),
+        Then::Ended => {
+            s.sessions.push(SimSession::empty(AfterCapture::StayOpen));
+            s
+        }
+    };
+    s.start().await.unwrap()
+}
+
+fn config(site: &Site, i: usize, lease_ttl: &str, with_pbx: bool) -> String {
+    let mut s = format!(
+        "listen: 127.0.0.1:{}\nstate_dir: {}\nadmin: {{ token: \"${{E2E_ADMIN_TOKEN}}\" }}\n",
+        site.listens[i],
+        site.dirs[i].join("state").display()
+    );
+    s.push_str(&format!(
+        "cluster:\n  nats: {{ servers: {} }}\n  instance: inst-{i}\n  partitions: 16\n  lease_ttl: {lease_ttl}\n",
+        site.nats.servers_yaml()
+    ));
+    s.push_str(if with_pbx { "pbx:\n" } else { "pbx: []\n" });
+    for (id, sim) in site.sims.iter().filter(|_| with_pbx) {
+        s.push_str(&format!(
+            "  - id: {id}\n    ami: {{ host: 127.0.0.1, port: {}, username: {USER}, secret: \"${{E2E_AMI_SECRET}}\", ping_interval: 2s, ping_timeout: 2s, connect_timeout: 2s }}\n",
+            sim.local_addr().port()
+        ));
+    }
+    s.push_str(&format!(
+        "push:\n  settle: 200ms\n  teams:\n    cc1: {{ token: \"{TEAM}\" }}\n"
+    ));
+    s.push_str("targets:\n  crm: { timeout: 2s, retry: { max_attempts: 50, initial_backoff: 100ms, max_backoff: 500ms } }\nrules:\n");
+    s.push_str(&RULES.replace("SINK", &site.sink.url("")));
+    s
+}
+
+impl Site {
+    async fn start(name: &str, lease_ttl: &str) -> Site {
+        Self::start_with(name, lease_ttl, Then::Continues).await
+    }
+
+    /// With `east`'s second connection as `east_then`.
+    async fn start_with(name: &str, lease_ttl: &str, east_then: Then) -> Site {
+        let nats = NatsCluster::start(name).await;
+        let sink = Sink::start().await;
+        let sims = vec![
+            ("east", sim("asterisk-20", east_then).await),
+            ("west", sim("asterisk-11", Then::Continues).await),
+        ];
+        let mut site = Site {
+            nats,
+            sink,
+            sims,
+            dirs: (0..3).map(|i| temp_dir(&format!("{name}-{i}"))).collect(),
+            daemons: Vec::new(),
+            listens: (0..3).map(|_| free_port()).collect(),
+        };
+        for i in 0..3 {
+            let text = config(&site, i, lease_ttl, false);
+            let d = Daemon::start(&text, &site.dirs[i], &env());
+            site.daemons.push(Some(d));
+        }
+        for d in site.daemons.iter().flatten() {
+            d.wait_http().await;
+        }
+        site.wait_settled(3).await;
+        for i in 0..3 {
+            std::fs::write(
+                site.dirs[i].join("callhook.yaml"),
+                config(&site, i, lease_ttl, true),
+            )
+            .unwrap();
+            site.daemons[i].as_ref().unwrap().hup();
+        }
+        site
+    }
+
+    /// Waits until every running instance counts the same `n` settled
+    /// members (the ones the assignment uses).
+    async fn wait_settled(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut views = Vec::new();
+            for i in 0..self.daemons.len() {
+                if self.daemons[i].is_some() {
+                    views.push(
+                        self.readyz(i)
+                            .await
+                            .map(|v| v["cluster"]["settled"].clone()),
+                    );
+                }
+            }
+            let stable = views.iter().all(|v| {
+                v.as_ref()
+                    .and_then(|s| s.as_array())
+                    .is_some_and(|a| a.len() == n)
+                    && *v == views[0]
+            });
+            if stable {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members never settled: {views:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `/readyz` of instance `i` (its cluster view).
+    async fn readyz(&self, i: usize) -> Option<Value> {
+        let d = self.daemons[i].as_ref()?;
+        // Bounded: a stopped instance accepts connections but never answers.
+        let r = reqwest::Client::new()
+            .get(d.url("/readyz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_str(&r.text().await.ok()?).ok()
+    }
+
+    /// The instance (index) that owns `item` (`pbx:east`), as every live
+    /// instance agrees, waiting until they do.
+    async fn owner(&self, item: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            for i in 0..self.daemons.len() {
+                if let Some(v) = self.readyz(i).await {
+                    let owned = v["cluster"]["owned"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    if owned.iter().any(|o| o == item) {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "nobody owns {item}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn sim(&self, id: &str) -> &SimulatorHandle {
+        &self.sims.iter().find(|(i, _)| *i == id).unwrap().1
+    }
+}
+
+fn body(r: &Received) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or(Value::Null)
+}
+
+/// Requests by idempotency key: a key seen twice must have the same
+/// webhook-id and body (a redelivery in the in-flight window).
+fn by_key(got: &[Received]) -> BTreeMap<String, Vec<&Received>> {
+    let mut m: BTreeMap<String, Vec<&Received>> = BTreeMap::new();
+    for r in got {
+        m.entry(r.header("idempotency-key").unwrap_or_default())
+            .or_default()
+            .push(r);
+    }
+    for (k, rs) in &m {
+        for r in rs {
+            assert_eq!(r.header("webhook-id"), rs[0].header("webhook-id"), "{k}");
+            assert_eq!(r.body, rs[0].body, "{k}");
+        }
+    }
+    m
+}
+
+async fn wait_calls(sink: &Sink, n: usize) -> Vec<Received> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let calls = sink.for_path("/calls");
+        let keys: BTreeSet<String> = calls
+            .iter()
+            .filter_map(|r| r.header("idempotency-key"))
+            .collect();
+        if keys.len() >= n {
+            return sink.received();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} call records: {:#?}",
+            keys.len(),
+            sink.received()
+                .iter()
+                .map(|r| format!("{} {}", r.uri, String::from_utf8_lossy(&r.body)))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the calls bucket holds a call in progress of `pbx` (its
+/// owner committed it).
+async fn wait_stored_call(nats: &NatsCluster, pbx: &str) {
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let prefix = format!("{}.", callhook::cluster::names::token(pbx));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(kv) = js.get_key_value("callhook_calls").await {
+            if let Ok(mut keys) = kv.keys().await {
+                while let Some(Ok(k)) = keys.next().await {
+                    if k.starts_with(&prefix) {
+                        return;
+                    }
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no stored call of {pbx}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_pbx_owner_mid_call_hands_over_within_the_goal() {
+    // east's call ends while nobody owns east: only the live call state the
+    // dead owner stored lets the next owner close it (one record).
+    let mut site = Site::start_with("c-kill", "10s", Then::Ended).await;
+    // Both PBXs get an owner, which replays the first half of the call.
+    let east = site.owner("pbx:east").await;
+    site.owner("pbx:west").await;
+    site.sim("east")
+        .wait_for(|s| s.replays_completed >= 1)
+        .await;
+    assert_eq!(site.sim("east").logins(), 1, "east changed hands at start");
+    // The call is in progress, and stored.
+    wait_stored_call(&site.nats, "east").await;
+    let killed = Instant::now();
+    site.daemons[east].take().unwrap().kill9();
+    // Another instance logs in to east (the second connection).
+    site.sim("east").wait_for(|s| s.logins >= 2).await;
+    let takeover = killed.elapsed();
+    eprintln!("takeover of pbx east after kill -9: {takeover:?}");
+    assert!(takeover <= TAKEOVER_GOAL, "takeover took {takeover:?}");
+    let new_owner = site.owner("pbx:east").await;
+    assert_ne!(new_owner, east);
+    // east's call closed exactly once, from the restored state (the
+    // login's snapshot is empty); west's is still up (its owner is alive).
+    let got = wait_calls(&site.sink, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got2 = site.sink.received();
+    assert!(got2.len() >= got.len());
+    assert_eq!(records_by_pbx(&got2), BTreeMap::from([("east".into(), 1)]));
+    // Per call order: its screen-pop before its record.
+    let rec = got2
+        .iter()
+        .position(|r| r.path() == "/calls" && body(r)["pbx"] == "east");
+    let pop = got2.iter().position(|r| r.path() == "/pop");
+    assert!(pop.is_some() && pop < rec, "{pop:?} {rec:?}");
+}
+
+/// Call records per PBX, every idempotency key counted once (a copy sent
+/// twice has the same key: `by_key` checks it is the same request).
+fn records_by_pbx(all: &[Received]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for (k, rs) in by_key(all) {
+        if k.starts_with("call-") {
+            let pbx = body(rs[0])["pbx"].as_str().unwrap_or("").to_string();
+            *m.entry(pbx).or_default() += 1;
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_hands_the_calls_in_progress_over() {
+    // The owner of east stops (SIGTERM) mid-call: it commits its last
+    // batch, releases its leases, and the next owner resumes the call from
+    // the stored state and closes it once when it ends.
+    let mut site = Site::start("c-term", "10s").await;
+    let east = site.owner("pbx:east").await;
+    site.sim("east")
+        .wait_for(|s| s.replays_completed >= 1)
+        .await;
+    assert_eq!(site.sim("east").logins(), 1, "east changed hands at start");
+    wait_stored_call(&site.nats, "east").await;
+    let stopped = Instant::now();
+    let (_, status, _) = site.daemons[east].take().unwrap().stop();
+    assert!(status.success(), "{status:?}");
+    site.sim("east").wait_for(|s| s.logins >= 2).await;
+    eprintln!(
+        "takeover of pbx east after a clean stop: {:?}",
+        stopped.elapsed()
+    );
+    assert_ne!(site.owner("pbx:east").await, east);
+    wait_calls(&site.sink, 1).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = site.sink.received();
+    assert_eq!(records_by_pbx(&all), BTreeMap::from([("east".into(), 1)]));
+    let keys = by_key(&all);
+    for (k, rs) in keys.iter().filter(|(k, _)| k.starts_with("call-")) {
+        assert_eq!(rs.len(), 1, "{k} sent {} times", rs.len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_instance_gives_up_its_pbxs_and_sends_no_duplicates() {
+    let site = Site::start("c-stop", "10s").await;
+    let east = site.owner("pbx:east").await;
+    site.sim("east")
+        .wait_for(|s| s.replays_completed >= 1)
+        .await;
+    site.sink.wait_for(1).await;
+    let pid = site.daemons[east].as_ref().unwrap().child.id().to_string();
+    let signal = |s: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    // Stopped for longer than the lease: another instance takes east.
+    signal("-STOP");
+    site.sim("east").wait_for(|s| s.logins >= 2).await;
+    eprintln!(
+        "east owned by {east}, stopped; now east {}, west {}",
+        site.owner("pbx:east").await,
+        site.owner("pbx:west").await
+    );
+    wait_calls(&site.sink, 1).await;
+    signal("-CONT");
+    // It gives up what it owned (it sees the new owner's lease).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = site.readyz(east).await.unwrap_or(Value::Null);
+        let owned = v["cluster"]["owned"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !owned.iter().any(|o| o == "pbx:east") && v["cluster"].is_object() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still owns east: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = site.sink.received();
+    assert_eq!(records_by_pbx(&all), BTreeMap::from([("east".into(), 1)]));
+    let keys = by_key(&all);
+    let calls: Vec<&String> = keys.keys().filter(|k| k.starts_with("call-")).collect();
+    for k in calls {
+        assert_eq!(keys[k].len(), 1, "{k} sent {} times", keys[k].len());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_to_any_instance_are_delivered_once() {
+    let site = Site::start("c-push", "10s").await;
+    site.owner("team:cc1").await;
+    let http = reqwest::Client::new();
+    let mut sessions = Vec::new();
+    for i in 0..9 {
+        let s = format!("900.{i}");
+        let inst = i % 3;
+        for ev in ["ringing", "answer", "hangup"] {
+            let body = format!(
+                "sessionid={s}&event={ev}&source=CALLEE&calltype=dialin&activenum=5551234&extension=100{inst}"
+            );
+            let url = format!(
+                "http://127.0.0.1:{}/v1/events/astercc?token={TEAM}",
+                site.listens[(inst + ev.len()) % 3]
+            );
+            let r = http
+                .post(&url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+            // A pusher retrying the same event: stored once.
+            let r = http
+                .post(&url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+            assert_eq!(v["duplicate"], true);
+        }
+        sessions.push(s);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = site.sink.for_path("/calls");
+        let ids: BTreeSet<String> = got
+            .iter()
+            .map(|r| body(r)["id"].as_str().unwrap_or("").to_string())
+            .collect();
+        if ids.len() == sessions.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of 9 records", ids.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = site.sink.received();
+    let keys = by_key(&all);
+    for s in &sessions {
+        let k = format!("call-cc1-{s}");
+        assert_eq!(keys.get(&k).map(Vec::len), Some(1), "{k}");
+    }
+    // The admin API of any instance answers in cluster mode.
+    let r = http
+        .get(format!("http://127.0.0.1:{}/api/outbox", site.listens[0]))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["pending"], 0, "{v}");
+    // So does the CLI (it reads the streams, not a local outbox).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callhook"))
+        .args(["deliveries", "list", "--config"])
+        .arg(site.dirs[1].join("callhook.yaml"))
+        .envs(env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no deliveries");
+}
+
+/// Pushes one astercc event until an instance accepts it (a pusher retries
+/// what was not answered 2xx); returns how long that took.
+async fn push_until_accepted(http: &reqwest::Client, url: &str, body: &str) -> Duration {
+    let t = Instant::now();
+    loop {
+        let r = http
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        if r.as_ref().is_ok_and(|r| r.status().is_success()) {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "push never accepted: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The server name of the deliveries stream's leader.
+async fn stream_leader(nats: &NatsCluster, stream: &str) -> String {
+    let js = async_nats::jetstream::new(nats.client().await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut s) = js.get_stream(stream).await {
+            if let Ok(info) = s.info().await {
+                if let Some(l) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                    return l;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader for {stream}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nats_node_loses_no_accepted_event() {
+    let mut site = Site::start("c-node", "10s").await;
+    site.owner("team:cc1").await;
+    let http = reqwest::Client::new();
+    let mut sessions = Vec::new();
+    let mut stall = Duration::ZERO;
+    let mut killed = None;
+    for i in 0..24 {
+        if i == 6 {
+            // The node leading the deliveries stream, the worst one to lose.
+            let leader = stream_leader(&site.nats, "CALLHOOK_DELIVERIES").await;
+            let n = site
+                .nats
+                .nodes
+                .iter()
+                .position(|n| n.name == leader)
+                .unwrap();
+            eprintln!("kill -9 of NATS node {leader} (deliveries stream leader)");
+            site.nats.kill_node(n);
+            killed = Some(Instant::now());
+        }
+        let s = format!("910.{i}");
+        for (j, ev) in ["ringing", "answer", "hangup"].iter().enumerate() {
+            let body = format!(
+                "sessionid={s}&event={ev}&source=CALLEE&calltype=dialin&activenum=5551234&extension=1001"
+            );
+            let url = format!(
+                "http://127.0.0.1:{}/v1/events/astercc?token={TEAM}",
+                site.listens[(i + j) % 3]
+            );
+            stall = stall.max(push_until_accepted(&http, &url, &body).await);
+        }
+        sessions.push(s);
+    }
+    eprintln!("longest wait for an accepted push around the node loss: {stall:?}");
+    // Every accepted call gets its record, within the engine's failover.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ids: BTreeSet<String> = site
+            .sink
+            .for_path("/calls")
+            .iter()
+            .map(|r| body(r)["id"].as_str().unwrap_or("").to_string())
+            .collect();
+        if sessions.iter().all(|s| ids.contains(s)) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<&String> = sessions.iter().filter(|s| !ids.contains(*s)).collect();
+            let pops: Vec<String> = site
+                .sink
+                .for_path("/pop")
+                .iter()
+                .map(|r| r.uri.to_string())
+                .collect();
+            for d in site.daemons.iter().flatten() {
+                let log: Vec<String> = d
+                    .stderr()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .map(String::from)
+                    .collect();
+                eprintln!("--- instance log (warnings):\n{}", log.join("\n"));
+            }
+            panic!(
+                "{} of {} records; missing {missing:?}; pops {pops:?}",
+                ids.len(),
+                sessions.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let since = killed.map(|k| k.elapsed()).unwrap_or_default();
+    eprintln!("every record delivered {since:?} after the kill");
+    assert!(stall < Duration::from_secs(30), "pushes stalled {stall:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = site.sink.received();
+    // A copy sent twice (an acknowledgement lost with the node) carries the
+    // same webhook-id, body and key (`by_key` checks that).
+    let keys = by_key(&all);
+    let twice = sessions
+        .iter()
+        .filter(|s| keys.get(&format!("call-cc1-{s}")).map_or(0, Vec::len) > 1)
+        .count();
+    eprintln!(
+        "{twice} of {} records sent twice (redelivery)",
+        sessions.len()
+    );
+    for s in &sessions {
+        assert!(keys.contains_key(&format!("call-cc1-{s}")), "{s}");
+    }
+}
