@@ -171,7 +171,10 @@ pub async fn watchdog(
     let Some(timeout) = notifier.watchdog_timeout() else {
         return;
     };
-    let mut every = tokio::time::interval(timeout / 2);
+    // The first ping half a timeout from now, not at once: `READY=1` is
+    // sent after this task is spawned and must come first.
+    let half = timeout / 2;
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
