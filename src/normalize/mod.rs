@@ -347,7 +347,7 @@ impl Normalizer {
                     None => p.advance(cfg, t, out),
                 }
                 if persist {
-                    p.mark_named(msg);
+                    p.mark_named_again(msg);
                     p.mark_emitted(&out[emitted..]);
                 }
                 p

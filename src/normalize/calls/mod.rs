@@ -126,6 +126,9 @@ pub struct PbxCalls {
     skew: f64,
     /// Calls changed since the last `take_dirty` (see `persist`).
     dirty: FastSet<Str>,
+    /// The headers of the event being handled that name a channel: (field
+    /// index, by id), see `persist::mark_named`.
+    named: Vec<(u32, bool)>,
 }
 
 fn meaningful_exten(e: &str) -> bool {
@@ -160,6 +163,7 @@ impl PbxCalls {
             live_gauge: metrics().live_calls.with_label_values(&[&pbx]),
             skew: 0.0,
             dirty: Default::default(),
+            named: Vec::new(),
             pbx,
         }
     }
