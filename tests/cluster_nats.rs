@@ -217,6 +217,37 @@ async fn dead_deliveries_are_kept_listed_and_retried() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].last_status.as_deref(), Some("refused"));
     assert!(dead[0].last_error.as_deref().unwrap_or("").contains(".."));
+    // One the dispatcher finds unsendable is judged as on a single node:
+    // dead at once, status `invalid`, nothing reaches the sink.
+    let dots = request("crm", "19000.3", "ringing", &sink.url("/a/../hook"));
+    let next = request("crm", "19000.3", "answered", &url);
+    s.submit(vec![dots, next]).await.unwrap();
+    let got = sink.wait_for(4).await;
+    assert!(String::from_utf8_lossy(&got[3].body).contains("19000.3"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let invalid = loop {
+        let rows = s
+            .list(ListFilter {
+                status: Some(Status::Dead),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if let Some(r) = rows.into_iter().find(|r| r.session_id == "19000.3") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never dead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(invalid.last_status.as_deref(), Some("invalid"));
+    assert!(
+        invalid
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("dot segment"),
+        "{invalid:?}"
+    );
     d.stop().await;
 }
 
@@ -361,6 +392,10 @@ async fn live_call_state_is_kept_per_pbx_for_the_next_owner() {
     a.save("west pbx", vec![("1795375684.197".into(), state("w"))])
         .await
         .unwrap();
+    // A PBX whose name starts like east's is not east.
+    a.save("eastern", vec![("1795375684.197".into(), state("e"))])
+        .await
+        .unwrap();
     // A transition replaces the state; a hangup removes the call.
     a.save(
         "east",
@@ -381,4 +416,27 @@ async fn live_call_state_is_kept_per_pbx_for_the_next_owner() {
         ]
     );
     assert_eq!(b.load("west pbx").await.unwrap().len(), 1);
+    assert_eq!(b.load("eastern").await.unwrap().len(), 1);
+    // A call that ended leaves nothing behind (no delete marker): the
+    // bucket's stream holds the calls in progress and nothing else.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let s = js.get_stream("KV_t6_calls").await.unwrap();
+    let mut subjects = s.info_with_subjects("$KV.t6_calls.>").await.unwrap();
+    let mut n = 0;
+    while let Some(x) = futures::StreamExt::next(&mut subjects).await {
+        x.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 4, "east 2, west pbx 1, eastern 1");
+    a.save(
+        "east",
+        vec![
+            ("1795375684.197".into(), None),
+            ("1795375684.200".into(), None),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(b.load("east").await.unwrap().is_empty());
+    assert_eq!(s.get_info().await.unwrap().state.messages, 2);
 }

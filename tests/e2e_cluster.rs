@@ -216,6 +216,55 @@ impl Site {
         }
     }
 
+    /// The instance that owns `item` once ownership has settled: the same
+    /// instance holds it, and every live instance names it as the holder,
+    /// over several looks a few hundred milliseconds apart (no handover in
+    /// flight).
+    async fn stable_owner(&self, item: &str) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut last = None;
+        let mut same = 0;
+        loop {
+            let mut holders = Vec::new();
+            let mut named = BTreeSet::new();
+            for i in 0..self.daemons.len() {
+                if let Some(v) = self.readyz(i).await {
+                    let c = &v["cluster"];
+                    if c["owned"]
+                        .as_array()
+                        .is_some_and(|o| o.iter().any(|o| o == item))
+                    {
+                        holders.push((i, c["instance"].clone()));
+                    }
+                    // Holders are named by member key (`/` written `-`).
+                    named.insert(c["owners"][item].to_string().replace('/', "-"));
+                }
+            }
+            let now = match holders.as_slice() {
+                [(i, id)]
+                    if named.len() == 1 && named.contains(&id.to_string().replace('/', "-")) =>
+                {
+                    Some(*i)
+                }
+                _ => None,
+            };
+            if now.is_some() && now == last {
+                same += 1;
+                if same >= 4 {
+                    return now.unwrap_or_default();
+                }
+            } else {
+                same = 0;
+            }
+            last = now;
+            assert!(
+                Instant::now() < deadline,
+                "ownership of {item} never settled: {holders:?} {named:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     fn sim(&self, id: &str) -> &SimulatorHandle {
         &self.sims.iter().find(|(i, _)| *i == id).unwrap().1
     }
@@ -285,6 +334,198 @@ async fn wait_stored_call(nats: &NatsCluster, pbx: &str) {
             }
         }
         assert!(Instant::now() < deadline, "no stored call of {pbx}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The push sessions of `team` the calls bucket holds: (session id, its
+/// stored snapshot as JSON).
+async fn stored_sessions(nats: &NatsCluster, team: &str) -> BTreeMap<String, Value> {
+    use base64::Engine;
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(nats.client().await);
+    let prefix = format!("{}.", callhook::cluster::names::token(team));
+    let mut out = BTreeMap::new();
+    let Ok(kv) = js.get_key_value("callhook_calls").await else {
+        return out;
+    };
+    let Ok(mut keys) = kv.keys().await else {
+        return out;
+    };
+    let mut mine = Vec::new();
+    while let Some(Ok(k)) = keys.next().await {
+        if k.starts_with(&prefix) {
+            mine.push(k);
+        }
+    }
+    for k in mine {
+        if let Ok(Some(v)) = kv.get(&k).await {
+            let env: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
+            let snap = base64::engine::general_purpose::STANDARD
+                .decode(env["state"].as_str().unwrap_or(""))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+            if let (Some(s), Some(snap)) = (env["session"].as_str(), snap) {
+                out.insert(s.to_string(), snap);
+            }
+        }
+    }
+    out
+}
+
+/// Pushes one astercc event of team cc1 to instance `i` until it is
+/// accepted (see [`push_until_accepted`]).
+async fn push_cc1(site: &Site, http: &reqwest::Client, i: usize, fields: &str) {
+    let url = format!(
+        "http://127.0.0.1:{}/v1/events/astercc?token={TEAM}",
+        site.listens[i]
+    );
+    push_until_accepted(http, &url, fields).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_push_team_owner_mid_call_closes_every_call_once() {
+    // Calls of team cc1 ring and are answered under the team's owner, which
+    // is then killed; their hangups are pushed to the survivors. Only the
+    // sessions the dead owner stored give the new owner their start and
+    // answer: without them each hangup opens a call of its own (duration 0).
+    let mut site = Site::start("c-pushkill", "10s").await;
+    let owner = site.stable_owner("team:cc1").await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != owner).collect();
+    let http = reqwest::Client::new();
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 120;
+    let sessions: Vec<String> = (0..6).map(|i| format!("920.{i}")).collect();
+    let push = |s: &str, ev: &str, source: &str, at: u64| {
+        format!(
+            "sessionid={s}&event={ev}&source={source}&calltype=dialin&activenum=5551234&extension=1001&eventTime={at}"
+        )
+    };
+    for (i, s) in sessions.iter().enumerate() {
+        push_cc1(&site, &http, i % 3, &push(s, "ringing", "CALLEE", t0)).await;
+        push_cc1(
+            &site,
+            &http,
+            (i + 1) % 3,
+            &push(s, "answer", "CALLEE", t0 + 2),
+        )
+        .await;
+    }
+    // Every call is in progress and stored as answered by the owner.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored = stored_sessions(&site.nats, "cc1").await;
+        let answered = sessions
+            .iter()
+            .filter(|s| {
+                stored
+                    .get(*s)
+                    .is_some_and(|v| v["session"]["answered_at"].is_number())
+            })
+            .count();
+        if answered == sessions.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{answered} of {} calls stored as answered: {stored:?}",
+            sessions.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        site.sink.for_path("/calls").is_empty(),
+        "a record before the hangups"
+    );
+    assert_eq!(site.owner("team:cc1").await, owner, "cc1 changed hands");
+    let killed = Instant::now();
+    site.daemons[owner].take().unwrap().kill9();
+    // The hangups (both sides), to the survivors while nobody owns the team.
+    for (i, s) in sessions.iter().enumerate() {
+        let to = others[i % 2];
+        push_cc1(&site, &http, to, &push(s, "hangup", "CALLEE", t0 + 30)).await;
+        push_cc1(&site, &http, to, &push(s, "hangup", "CALLER", t0 + 30)).await;
+    }
+    let new_owner = site.owner("team:cc1").await;
+    assert_ne!(new_owner, owner);
+    let takeover = killed.elapsed();
+    eprintln!("team cc1 owned again {takeover:?} after kill -9");
+    assert!(takeover <= TAKEOVER_GOAL, "takeover took {takeover:?}");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let got = loop {
+        let got = site.sink.received();
+        let ids: BTreeSet<String> = got
+            .iter()
+            .filter(|r| r.path() == "/calls" && body(r)["pbx"] == "cc1")
+            .map(|r| body(r)["id"].as_str().unwrap_or("").to_string())
+            .collect();
+        if ids.len() >= sessions.len() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 6 records: {ids:?}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "every record of the team delivered {:?} after the kill",
+        killed.elapsed()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = site.sink.received();
+    assert!(all.len() >= got.len());
+    let keys = by_key(&all);
+    // (The PBXs' calls may close too: the dead instance may have owned one.)
+    let records: Vec<&String> = keys.keys().filter(|k| k.starts_with("call-cc1-")).collect();
+    assert_eq!(records.len(), sessions.len(), "{records:?}");
+    for s in &sessions {
+        let rs = &keys[&format!("call-cc1-{s}")];
+        // Started at the ringing the dead owner stored, not at the hangup.
+        let d = &body(rs[0])["duration"];
+        let d = d
+            .as_f64()
+            .or_else(|| d.as_str().and_then(|d| d.parse().ok()))
+            .unwrap_or(-1.0);
+        assert!(
+            (d - 30.0).abs() < 0.01,
+            "{s}: duration {d}: {}",
+            String::from_utf8_lossy(&rs[0].body)
+        );
+    }
+    // A late write of a previous owner (its lease expired while a commit was
+    // in flight) after the new owner loaded the team: the new owner writes
+    // its stored calls again some time after the take, so the stale call is
+    // not left for the owner after it.
+    {
+        use base64::Engine;
+        let js = async_nats::jetstream::new(site.nats.client().await);
+        let kv = js.get_key_value("callhook_calls").await.unwrap();
+        let key = format!(
+            "{}.{}",
+            callhook::cluster::names::token("cc1"),
+            callhook::cluster::names::digest(&["920.stale"], 12)
+        );
+        let env = serde_json::json!({
+            "session": "920.stale",
+            "state": base64::engine::general_purpose::STANDARD.encode(b"{}"),
+        });
+        kv.put(&key, serde_json::to_vec(&env).unwrap().into())
+            .await
+            .unwrap();
+    }
+    // Nothing of the team is left in the bucket once its calls are over.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = stored_sessions(&site.nats, "cc1").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions left stored: {left:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

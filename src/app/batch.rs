@@ -19,7 +19,7 @@ use crate::metrics::metrics;
 use crate::model::ModelEvent;
 use crate::normalize::Normalizer;
 use crate::rules::RuleSet;
-use crate::source::{now_epoch, PushAck, PushReceipt, SourceEvent};
+use crate::source::{PushAck, PushReceipt, SourceEvent};
 
 /// Feeds one source event to the normalizer, keeping a push's
 /// acknowledgement for when its batch is committed. In cluster mode,
@@ -93,7 +93,7 @@ pub(super) async fn finish_batch(
             let p = event_pbx(e);
             owns(ownership, p, normalizer.is_push_team(p))
         });
-        changes.retain(|c| owns(ownership, &c.pbx, false));
+        changes.retain(|c| owns(ownership, &c.pbx, normalizer.is_push_team(&c.pbx)));
         metrics()
             .cluster_fenced_events
             .inc_by((before - out.len()) as u64);
@@ -145,44 +145,6 @@ pub(super) async fn finish_batch(
         let _ = ack.send(result.clone().map(|()| receipt));
     }
     out.clear();
-}
-
-/// Cluster mode, a push team handed over: the records of its calls that
-/// are over are committed now, not fenced (their pushes are acknowledged:
-/// the next owner never sees them; a copy is deduplicated by its ids).
-pub(super) async fn handover_team(
-    rules: &RuleSet,
-    store: &dyn DeliveryStore,
-    ok: &AtomicBool,
-    normalizer: &mut Normalizer,
-    team: &str,
-    observer: &mut Option<Observer>,
-) {
-    let mut out = Vec::new();
-    normalizer.begin_batch();
-    normalizer.settle_team(team, now_epoch(), &mut out);
-    let r = deliver_batch(rules, store, ok, &out, Vec::new(), |p| {
-        normalizer.clock_offset(p)
-    })
-    .await;
-    normalizer.commit_batch();
-    match r {
-        Ok(()) => {
-            if !out.is_empty() {
-                info!(
-                    team,
-                    events = out.len(),
-                    "records of the team's finished calls written before the handover"
-                );
-                if let Some(o) = observer.as_mut() {
-                    o(&out);
-                }
-            }
-        }
-        Err(e) => {
-            error!(team, error = %e, "records of the team's finished calls could not be stored before the handover")
-        }
-    }
 }
 
 /// How a refusal by the cap or the backlog starts (the batch's calls were

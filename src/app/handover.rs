@@ -2,7 +2,8 @@
 //! following them: in single-node mode every PBX's stored calls are
 //! restored at start; in cluster mode the follower makes the AMI clients
 //! and push consumers follow the leases this instance holds, restores a
-//! taken PBX's calls before its client starts, and has the normalizer drop
+//! taken PBX's calls before its client starts (a taken push team's
+//! sessions before its pushes are consumed), and has the normalizer drop
 //! (after its last commit) what was given up before the lease is released.
 
 use std::sync::Arc;
@@ -48,25 +49,41 @@ pub(super) enum Handover {
         id: String,
         done: tokio::sync::oneshot::Sender<()>,
     },
-    /// Taken: the PBX's stored live calls go back into the normalizer;
-    /// `done` once they are (its AMI client starts after that).
+    /// Taken: the PBX's stored live calls (a push team's sessions) go back
+    /// into the normalizer; `done` once they are (its AMI client, or the
+    /// team's push consumer, starts after that).
     Restore {
-        pbx: String,
+        item: Item,
         snapshots: Vec<Vec<u8>>,
         done: tokio::sync::oneshot::Sender<()>,
     },
+    /// Some time after a take: the sessions stored for the item are written
+    /// again with the next batch, as the normalizer has them (deleted when
+    /// it does not know them). What a previous owner wrote after this
+    /// instance loaded the calls (its lease expired during a commit longer
+    /// than [`DRAIN_WAIT`]) is undone, so no stale call is left for the
+    /// owner after this one.
+    Rewrite { item: Item, sessions: Vec<String> },
 }
 
 /// How long a handed-over item may take to drain before its lease is left
 /// to expire by itself.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
+/// After a take, how long (beyond the lease's time to live) until the
+/// stored calls are written again ([`Handover::Rewrite`]): by then a
+/// previous owner is fenced (its lease's age) and a commit it had in flight
+/// has ended (JetStream requests time out after 5 s; a commit is the
+/// deliveries, then the calls).
+const REWRITE_MARGIN: Duration = Duration::from_secs(15);
+
 /// How often loading a taken PBX's calls is tried before its AMI client
 /// starts without them (its calls in progress then start afresh from the
-/// login's snapshot).
+/// login's snapshot; a team's from their next push).
 const LOAD_TRIES: u32 = 3;
 
-/// Reads the stored live calls of a PBX this instance just took.
+/// Reads the stored live calls of a PBX (or push team) this instance just
+/// took.
 async fn load_calls(store: &dyn DeliveryStore, pbx: &str) -> Vec<Vec<u8>> {
     for attempt in 1..=LOAD_TRIES {
         match tokio::time::timeout(Duration::from_secs(10), store.live_calls(pbx)).await {
@@ -81,7 +98,7 @@ async fn load_calls(store: &dyn DeliveryStore, pbx: &str) -> Vec<Vec<u8>> {
         }
         tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
     }
-    error!(pbx, "starting without the calls in progress of the previous owner: calls that end before the login get no record");
+    error!(pbx, "starting without the calls in progress of the previous owner: calls that end before the login (or their next push) get no record");
     Vec::new()
 }
 
@@ -89,7 +106,9 @@ async fn load_calls(store: &dyn DeliveryStore, pbx: &str) -> Vec<Vec<u8>> {
 /// instance owns (and the configured PBXs, replaced on reload). What is
 /// given up is forgotten by the normalizer; a PBX taken has its stored live
 /// calls restored in the normalizer before its AMI client starts, so the
-/// post-login reconciliation closes or continues them.
+/// post-login reconciliation closes or continues them; a push team taken
+/// has its stored sessions restored before its push consumer starts, so
+/// the pushes the previous owner did not apply continue them.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn follow_ownership(
     cluster: Cluster,
@@ -137,24 +156,39 @@ pub(super) async fn follow_ownership(
                 }
             });
         }
-        // PBXs taken: their calls back first (all at once), then the clients.
-        let taken: Vec<&str> = list
+        // PBXs and teams taken: their calls back first (all at once), then
+        // the clients and push consumers.
+        let taken: Vec<Item> = list
             .iter()
-            .filter(|p| !before.contains(&(Kind::Pbx, p.id.clone())))
-            .map(|p| p.id.as_str())
+            .map(|p| (Kind::Pbx, p.id.clone()))
+            .chain(now.iter().filter(|i| i.0 == Kind::Team).cloned())
+            .filter(|i| !before.contains(i))
             .collect();
-        let loaded = futures::future::join_all(taken.iter().map(|id| {
+        let loaded = futures::future::join_all(taken.into_iter().map(|item| {
             let store = store.clone();
-            async move { (*id, load_calls(store.as_ref(), id).await) }
+            async move {
+                let calls = load_calls(store.as_ref(), &item.1).await;
+                (item, calls)
+            }
         }))
         .await;
-        for (id, snapshots) in loaded {
+        for (item, _) in &loaded {
+            tokio::spawn(rewrite_later(
+                item.clone(),
+                cluster.cfg.lease_ttl + REWRITE_MARGIN,
+                store.clone(),
+                ownership.clone(),
+                handover.clone(),
+                stop.clone(),
+            ));
+        }
+        for (item, snapshots) in loaded {
             if snapshots.is_empty() {
                 continue;
             }
             let (done, restored) = tokio::sync::oneshot::channel();
             let _ = handover.send(Handover::Restore {
-                pbx: id.to_string(),
+                item,
                 snapshots,
                 done,
             });
@@ -187,6 +221,38 @@ pub(super) async fn follow_ownership(
     }
     for t in consumers.values() {
         t.cancel();
+    }
+}
+
+/// Asks the normalizer to write `item`'s stored calls again `after` a take
+/// (see [`Handover::Rewrite`]), if this instance still owns it.
+async fn rewrite_later(
+    item: Item,
+    after: Duration,
+    store: Arc<dyn DeliveryStore>,
+    ownership: OwnershipHandle,
+    handover: mpsc::UnboundedSender<Handover>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(after) => {}
+    }
+    if !ownership.holds(item.0, &item.1) {
+        return;
+    }
+    match tokio::time::timeout(Duration::from_secs(10), store.live_calls(&item.1)).await {
+        Ok(Ok(calls)) if calls.is_empty() => {}
+        Ok(Ok(calls)) => {
+            let sessions = calls.into_iter().map(|c| c.session).collect();
+            let _ = handover.send(Handover::Rewrite { item, sessions });
+        }
+        Ok(Err(e)) => {
+            warn!(id = %item.1, error = %e, "cannot read the stored calls to write them again after the takeover")
+        }
+        Err(_) => {
+            warn!(id = %item.1, "reading the stored calls to write them again after the takeover timed out")
+        }
     }
 }
 

@@ -46,24 +46,32 @@
 //! **Shutdown** (SIGINT/SIGTERM): clients log off and stop reading; the
 //! queue is closed (new pushes get 503); the normalizer drains what was
 //! queued, writes the records of pushed calls that are over without
-//! waiting for them to settle, and commits its deliveries; the
+//! waiting for them to settle (single node; in cluster mode the team's
+//! next owner settles them), and commits its deliveries; the
 //! dispatcher lets requests in flight finish (up to a deadline) and leaves
 //! the rest pending in the outbox; the HTTP listener closes.
 
 mod batch;
 mod clients;
 mod delivery;
+mod error;
 mod handover;
 mod listen;
+mod lock;
 mod reloader;
+mod signals;
+mod task;
 
 pub use batch::deliver_batch;
 pub use clients::{client_config, client_configs};
+pub use error::AppError;
+pub use lock::{lock_state_dir, state_dir_in_use};
 
-use batch::{finish_batch, handover_team, take};
 use clients::Clients;
 use delivery::Delivery;
 use handover::{follow_ownership, ownable, restore_live_calls, Handover};
+use signals::spawn_signals;
+use task::{Inputs, NormalizerTask};
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -74,11 +82,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cluster::ClusterError;
 use crate::config::{reload, Config};
 use crate::deliver::outbox::Outbox;
 use crate::deliver::store::DeliveryStore;
-use crate::deliver::{self};
 use crate::http::push::{PushState, Teams, ACK_WAIT, QUEUE_WAIT};
 use crate::http::{ApiState, ReloadReply};
 use crate::metrics::{metrics, KnownLabels};
@@ -87,111 +93,10 @@ use crate::normalize::Normalizer;
 use crate::notify::{Heartbeat, Notifier};
 use crate::presence::task::{send_model, PresenceWiring};
 use crate::presence::PresenceHub;
-use crate::rules::RuleSet;
-use crate::source::{now_epoch, PushAck, PushReceipt, SourceEvent};
-
-/// The daemon could not start or stopped abnormally.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    /// Installing a signal handler failed.
-    #[error("cannot install the signal handler: {0}")]
-    Signal(#[source] std::io::Error),
-    /// The outbox could not be opened.
-    #[error("cannot open the outbox in {dir}: {source}")]
-    Outbox {
-        /// The state directory.
-        dir: PathBuf,
-        /// Why.
-        #[source]
-        source: deliver::outbox::OutboxError,
-    },
-    /// Another daemon already runs on this state directory.
-    #[error("another callhook daemon is using {dir} (lock file {dir}/callhook.lock); two daemons on one outbox would send every webhook twice")]
-    Locked {
-        /// The state directory.
-        dir: PathBuf,
-    },
-    /// The lock file could not be created.
-    #[error("cannot create the lock file in {dir}: {source}")]
-    LockFile {
-        /// The state directory.
-        dir: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// Cluster mode could not start.
-    #[error("cluster mode: {0}")]
-    Cluster(#[source] ClusterError),
-    /// The HTTP listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// How often time-driven decisions run (maximum call age, undecided ≤ 11
-/// channels, settled pushed calls).
-const TICK: Duration = Duration::from_millis(250);
+use crate::source::{now_epoch, SourceEvent};
 
 /// Room in the normalizer's queue for pushed events (added to the PBXs').
 const PUSH_QUEUE: usize = 1024;
-/// A batch (one commit of deliveries and live calls) takes whatever has
-/// queued, up to this many source events. When the normalizer falls behind
-/// (a burst, a slow disk) batches grow, so one fsync covers many events and
-/// the AMI queue keeps draining; at a normal pace a batch is an event or
-/// two.
-const MAX_BATCH_EVENTS: usize = 16_384;
-/// ... and up to this many model events.
-const MAX_BATCH_OUT: usize = 8_192;
-
-/// Takes the exclusive lock on `dir/callhook.lock` (created with the dir,
-/// mode 0700; the lock file 0600):
-/// held by `callhook run` for its lifetime, and by one-shot commands that
-/// send from the outbox (`replay --config`, `backfill --deliver`, `outbox recover`). Dropping
-/// the file releases it (so does the OS when the process dies).
-pub fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File, AppError> {
-    let io = |source| AppError::LockFile {
-        dir: dir.to_path_buf(),
-        source,
-    };
-    crate::deliver::outbox::secure_state_dir(dir).map_err(|source| AppError::Outbox {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
-    let mut open = std::fs::OpenOptions::new();
-    open.create(true).truncate(false).write(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        open.mode(0o600);
-    }
-    let file = open.open(dir.join("callhook.lock")).map_err(io)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(AppError::Locked {
-            dir: dir.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
-    }
-}
-
-/// True when a process holds the lock on `dir` (a daemon, or a one-shot
-/// command sending from the outbox); false when nobody does or the lock
-/// file does not exist yet. Never creates anything.
-pub fn state_dir_in_use(dir: &std::path::Path) -> bool {
-    let Ok(file) = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("callhook.lock"))
-    else {
-        return false;
-    };
-    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
-}
 
 /// The commit the binary was built from (`build.rs`, `unknown` without
 /// git), for `callhook_build_info`.
@@ -268,43 +173,6 @@ pub async fn run(cfg: Config, mut opts: RunOptions) -> Result<(), AppError> {
     r
 }
 
-#[cfg(unix)]
-fn spawn_signals(
-    token: CancellationToken,
-    reload: mpsc::Sender<ReloadReply>,
-) -> Result<tokio::task::JoinHandle<()>, AppError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = hup.recv() => {
-                    let (tx, _rx) = tokio::sync::oneshot::channel();
-                    if reload.send(tx).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        info!("shutting down");
-        token.cancel();
-    }))
-}
-
-#[cfg(not(unix))]
-fn spawn_signals(
-    token: CancellationToken,
-    _reload: mpsc::Sender<ReloadReply>,
-) -> Result<tokio::task::JoinHandle<()>, AppError> {
-    Ok(tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        token.cancel();
-    }))
-}
-
 /// Runs everything until `token` is cancelled. `started` receives the
 /// handles once the outbox is open (tests and the demo use them).
 pub async fn run_until(
@@ -338,7 +206,7 @@ pub async fn run_until(
     // AMI clients: every PBX, or in cluster mode the ones this instance owns.
     let sources_token = token.child_token();
     let capacity = reload::queue_capacity(&cfg, PUSH_QUEUE).max(1);
-    let (tx, mut rx) = mpsc::channel::<SourceEvent>(capacity);
+    let (tx, rx) = mpsc::channel::<SourceEvent>(capacity);
     let clients = Clients::new(
         tx.clone(),
         sources_token.clone(),
@@ -351,7 +219,7 @@ pub async fn run_until(
     let ownership_token = CancellationToken::new();
     let (items_tx, items_rx) = watch::channel(ownable(&cfg));
     let (pbx_cfg_tx, pbx_cfg_rx) = watch::channel(cfg.pbx.clone());
-    let (handover_tx, mut handover_rx) = mpsc::unbounded_channel::<Handover>();
+    let (handover_tx, handover_rx) = mpsc::unbounded_channel::<Handover>();
     let ownership = match delivery.cluster() {
         None => {
             for p in &cfg.pbx {
@@ -520,7 +388,7 @@ pub async fn run_until(
 
     // Reloads.
     let config_path = opts.config_path.clone();
-    let (normalizer_tx, mut normalizer_rx) = watch::channel(cfg.daemon_normalizer());
+    let (normalizer_tx, normalizer_rx) = watch::channel(cfg.daemon_normalizer());
     let started_cfg = cfg.clone();
     let reload_clients = clients.clone();
     let clustered = ownership.is_some();
@@ -565,7 +433,7 @@ pub async fn run_until(
 
     // The normalizer task (this one). Committed batches also go to
     // presence (try_send: presence never slows this loop).
-    let mut observer: Option<Observer> = match (opts.observer.take(), presence.model().cloned()) {
+    let observer: Option<Observer> = match (opts.observer.take(), presence.model().cloned()) {
         (o, None) => o,
         (mut o, Some(tx)) => Some(Box::new(move |evs: &[ModelEvent]| {
             send_model(&tx, evs);
@@ -581,67 +449,23 @@ pub async fn run_until(
     } else {
         restore_live_calls(&mut normalizer, store.as_ref()).await;
     }
-    let mut rules: Arc<RuleSet> = rules_rx.borrow_and_update().clone();
-    let mut out = Vec::new();
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut acks: Vec<(PushAck, PushReceipt)> = Vec::new();
-    let mut open = true;
-    while open {
-        heartbeat.beat();
-        normalizer.begin_batch();
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => {
-                    take(&mut normalizer, &ownership, ev, &mut out, &mut acks);
-                    let mut taken = 1;
-                    while out.len() < MAX_BATCH_OUT && taken < MAX_BATCH_EVENTS {
-                        match rx.try_recv() {
-                            Ok(ev) => take(&mut normalizer, &ownership, ev, &mut out, &mut acks),
-                            Err(_) => break,
-                        }
-                        taken += 1;
-                    }
-                }
-                None => open = false,
-            },
-            Some(h) = handover_rx.recv() => match h {
-                Handover::Forget { id, done } => {
-                    if normalizer.is_push_team(&id) {
-                        handover_team(&rules, store.as_ref(), &outbox_ok, &mut normalizer, &id, &mut observer).await;
-                    }
-                    let n = normalizer.forget(&id);
-                    if n > 0 {
-                        info!(pbx = %id, calls = n, "calls in progress handed over to the new owner");
-                    }
-                    let _ = done.send(());
-                }
-                Handover::Restore { pbx, snapshots, done } => {
-                    let id: crate::source::PbxId = pbx.as_str().into();
-                    let r = normalizer.restore(&id, &snapshots);
-                    info!(pbx = %pbx, calls = r.calls, skipped = r.skipped, "live calls of the previous owner restored; the login's snapshot settles those that ended meanwhile");
-                    let _ = done.send(());
-                }
-            },
-            _ = tick.tick() => normalizer.tick(now_epoch(), &mut out),
-            _ = token.cancelled() => open = false,
-            Ok(()) = rules_rx.changed() => rules = rules_rx.borrow_and_update().clone(),
-            Ok(()) = normalizer_rx.changed() => {
-                normalizer.reconfigure(normalizer_rx.borrow_and_update().clone());
-            }
-        }
-        finish_batch(
-            &rules,
-            store.as_ref(),
-            &ownership,
-            &outbox_ok,
-            &mut normalizer,
-            &mut out,
-            &mut acks,
-            &mut observer,
-        )
-        .await;
-    }
+    let mut task = NormalizerTask {
+        normalizer,
+        rules: rules_rx.borrow_and_update().clone(),
+        store: store.clone(),
+        ownership: ownership.clone(),
+        ok: outbox_ok.clone(),
+        observer,
+    };
+    let mut inputs = Inputs {
+        events: rx,
+        handover: handover_rx,
+        rules: rules_rx,
+        settings: normalizer_rx,
+        stop: token.clone(),
+        heartbeat: heartbeat.clone(),
+    };
+    task.run(&mut inputs).await;
 
     // Shutdown: sources first, then what they queued, then delivery.
     notifier.stopping();
@@ -667,24 +491,8 @@ pub async fn run_until(
     if let Some(f) = follower {
         let _ = f.await;
     }
-    rx.close();
-    normalizer.begin_batch();
-    while let Ok(ev) = rx.try_recv() {
-        take(&mut normalizer, &ownership, ev, &mut out, &mut acks);
-    }
-    normalizer.settle_pushed(now_epoch(), &mut out);
-    finish_batch(
-        &rules,
-        store.as_ref(),
-        &ownership,
-        &outbox_ok,
-        &mut normalizer,
-        &mut out,
-        &mut acks,
-        &mut observer,
-    )
-    .await;
-    let live = normalizer.live_calls();
+    task.drain(&mut inputs.events).await;
+    let live = task.normalizer.live_calls();
     if live > 0 {
         info!(live, "stopping with calls in progress (the reconnect snapshot settles them at the next start)");
     }
@@ -701,7 +509,7 @@ pub async fn run_until(
         let _ = t.await;
     }
     reload_task.abort();
-    drop(observer);
+    drop(task);
     presence.stop().await;
     delivery.close();
     Ok(())

@@ -1,21 +1,26 @@
 //! Live call state in the `<prefix>_calls` bucket, so that the next owner
-//! of a PBX resumes the calls in progress (a call that started under one
-//! instance and ended after it died still gets exactly one record).
+//! of a PBX or push team resumes the calls in progress (a call that started
+//! under one instance and ended after it died still gets exactly one
+//! record). Push sessions are stored the same way, keyed by team.
 //!
 //! The state of a call is opaque here: the bytes of the normalizer's
 //! per-call snapshot. One key per PBX and session (`<pbx token>.<hash of
-//! the session>`), its value an envelope with the session id, so a PBX's
-//! calls are found by key prefix; a call that ended is purged (the bucket
-//! keeps one revision per key). The owner writes the calls a batch changed
-//! before it takes the next batch; the next owner reads them before its
-//! AMI client logs in, and the post-login reconciliation closes or
-//! continues them.
+//! the session>`), its value an envelope with the session id. A PBX's
+//! calls are found by subject: the bucket's stream is asked for the
+//! subjects under `$KV.<bucket>.<pbx token>.` (a subject filter on the
+//! stream info, which 2.9 servers answer), so loading one PBX reads only
+//! its own keys, however many other PBXs and teams the bucket holds. A
+//! call that ended has its subject purged from the stream (no delete
+//! marker is left behind), so the bucket holds exactly the calls in
+//! progress. The owner writes the calls a batch changed before it takes
+//! the next batch; the next owner reads them before its AMI client logs
+//! in, and the post-login reconciliation closes or continues them.
 //!
 //! [`ClusterStore::commit_batch`](super::store::ClusterStore) writes a
 //! batch's call changes once its deliveries are stored (never ahead of
 //! them), before the batch's pushes are answered; the app loads a PBX's
-//! calls when this instance takes its lease and restores them in the
-//! normalizer before starting the AMI client.
+//! (team's) calls when this instance takes its lease and restores them in
+//! the normalizer before starting the AMI client (the push consumer).
 
 use async_nats::jetstream::kv;
 use base64::Engine;
@@ -83,10 +88,14 @@ impl CallBucket {
                             .map(|_| ())
                             .map_err(|e| ClusterError::js("call state put", e))
                     }
+                    // Every message of the key goes, markers included.
                     None => self
                         .kv
-                        .purge(&k)
+                        .stream
+                        .purge()
+                        .filter(format!("{}{k}", self.kv.prefix))
                         .await
+                        .map(|_| ())
                         .map_err(|e| ClusterError::js("call state purge", e)),
                 }
             }
@@ -97,20 +106,21 @@ impl CallBucket {
         Ok(())
     }
 
-    /// The calls of `pbx` in progress: (session id, state bytes). An entry
-    /// that cannot be decoded is skipped with a log line.
+    /// The calls of `pbx` in progress: (session id, state bytes). Only
+    /// `pbx`'s subjects are listed (see the module). An entry that cannot
+    /// be decoded is skipped with a log line.
     pub async fn load(&self, pbx: &str) -> Result<Vec<(String, Vec<u8>)>, ClusterError> {
-        let prefix = format!("{}.", token(pbx));
-        let mut keys = self
+        let mut subjects = self
             .kv
-            .keys()
+            .stream
+            .info_with_subjects(format!("{}{}.>", self.kv.prefix, token(pbx)))
             .await
-            .map_err(|e| ClusterError::js("call state keys", e))?;
+            .map_err(|e| ClusterError::js("call state subjects", e))?;
         let mut mine = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(|e| ClusterError::js("call state keys", e))?;
-            if k.starts_with(&prefix) {
-                mine.push(k);
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(|e| ClusterError::js("call state subjects", e))?;
+            if let Some(k) = subject.strip_prefix(&self.kv.prefix) {
+                mine.push(k.to_string());
             }
         }
         let mut out = Vec::with_capacity(mine.len());

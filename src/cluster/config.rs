@@ -159,6 +159,67 @@ fn path_in(base: &Path, p: &Path) -> PathBuf {
     resolve_path(base, Path::new(&expanded))
 }
 
+/// A duration setting: `default` when absent; a problem at `path` (and
+/// `default`) when it does not parse or is shorter than `min`.
+fn duration(
+    v: &Option<String>,
+    path: At,
+    default: Duration,
+    min: Duration,
+    problems: &mut Vec<Problem>,
+) -> Duration {
+    let Some(s) = v.as_deref() else {
+        return default;
+    };
+    match parse_duration(s) {
+        Some(d) if d >= min => d,
+        Some(_) => {
+            problems.push(
+                Problem::new(path, format!("{s:?} is too short")).hint(format!("at least {min:?}")),
+            );
+            default
+        }
+        None => {
+            problems.push(
+                Problem::new(path, format!("{s:?} is not a duration"))
+                    .hint("write e.g. 10s, 2m, 7d"),
+            );
+            default
+        }
+    }
+}
+
+/// A file named at `path`, resolved against `base`: a problem when it
+/// cannot be read (its metadata), the resolved path either way.
+fn readable_file(base: &Path, p: &Path, path: At, problems: &mut Vec<Problem>) -> PathBuf {
+    let full = path_in(base, p);
+    if let Err(e) = std::fs::metadata(&full) {
+        problems.push(cannot_read(path, &full, e));
+    }
+    full
+}
+
+fn cannot_read(path: At, full: &Path, e: std::io::Error) -> Problem {
+    Problem::new(path, format!("cannot read {}: {e}", full.display()))
+}
+
+/// A secret read from a file at `path` (trimmed): a problem when it cannot
+/// be read or is empty.
+fn secret_file(base: &Path, file: &Path, path: At, problems: &mut Vec<Problem>) -> Option<Secret> {
+    let (full, r) = read_secret_file(base, file);
+    match r {
+        Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim().to_string())),
+        Ok(_) => {
+            problems.push(Problem::new(path, format!("{} is empty", full.display())));
+            None
+        }
+        Err(e) => {
+            problems.push(cannot_read(path, &full, e));
+            None
+        }
+    }
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -175,30 +236,6 @@ impl RawCluster {
         let at = |k: &str| At::root().key("cluster").key(k);
         let nat = |k: &str| At::root().key("cluster").key("nats").key(k);
         let mut c = ClusterConfig::new(Vec::new(), "");
-        let dur = |v: &Option<String>,
-                   path: At,
-                   default: Duration,
-                   min: Duration,
-                   problems: &mut Vec<Problem>| match v.as_deref() {
-            None => default,
-            Some(s) => match parse_duration(s) {
-                Some(d) if d >= min => d,
-                Some(_) => {
-                    problems.push(
-                        Problem::new(path, format!("{s:?} is too short"))
-                            .hint(format!("at least {min:?}")),
-                    );
-                    default
-                }
-                None => {
-                    problems.push(
-                        Problem::new(path, format!("{s:?} is not a duration"))
-                            .hint("write e.g. 10s, 2m, 7d"),
-                    );
-                    default
-                }
-            },
-        };
         match &self.nats {
             None => problems.push(
                 Problem::new(at("nats"), "cluster mode needs `nats: { servers: [...] }`")
@@ -223,7 +260,7 @@ impl RawCluster {
                     }
                 }
                 c.servers = n.servers.clone();
-                c.connect_timeout = dur(
+                c.connect_timeout = duration(
                     &n.connect_timeout,
                     nat("connect_timeout"),
                     c.connect_timeout,
@@ -244,41 +281,16 @@ impl RawCluster {
                         .hint("they are different ways to log in"),
                     );
                 }
-                let secret = |file: &Path, path: At, problems: &mut Vec<Problem>| {
-                    let (full, r) = read_secret_file(base, file);
-                    match r {
-                        Ok(s) if !s.trim().is_empty() => Some(Secret::new(s.trim().to_string())),
-                        Ok(_) => {
-                            problems
-                                .push(Problem::new(path, format!("{} is empty", full.display())));
-                            None
-                        }
-                        Err(e) => {
-                            problems.push(Problem::new(
-                                path,
-                                format!("cannot read {}: {e}", full.display()),
-                            ));
-                            None
-                        }
-                    }
-                };
                 if let Some(f) = &n.creds {
-                    let full = path_in(base, f);
-                    if let Err(e) = std::fs::metadata(&full) {
-                        problems.push(Problem::new(
-                            nat("creds"),
-                            format!("cannot read {}: {e}", full.display()),
-                        ));
-                    }
-                    c.auth = NatsAuth::Creds(full);
+                    c.auth = NatsAuth::Creds(readable_file(base, f, nat("creds"), problems));
                 } else if let Some(f) = &n.token_file {
-                    if let Some(t) = secret(f, nat("token_file"), problems) {
+                    if let Some(t) = secret_file(base, f, nat("token_file"), problems) {
                         c.auth = NatsAuth::Token(t);
                     }
                 } else if n.user.is_some() || n.password_file.is_some() {
                     match (&n.user, &n.password_file) {
                         (Some(u), Some(f)) => {
-                            if let Some(p) = secret(f, nat("password_file"), problems) {
+                            if let Some(p) = secret_file(base, f, nat("password_file"), problems) {
                                 c.auth = NatsAuth::UserPassword(u.clone(), p);
                             }
                         }
@@ -293,22 +305,14 @@ impl RawCluster {
                 }
                 if let Some(t) = &n.tls {
                     let tls = |k: &str| nat("tls").key(k);
-                    for (p, k) in [(&t.ca, "ca"), (&t.cert, "cert"), (&t.key, "key")] {
-                        if let Some(p) = p {
-                            let full = path_in(base, p);
-                            if let Err(e) = std::fs::metadata(&full) {
-                                problems.push(Problem::new(
-                                    tls(k),
-                                    format!("cannot read {}: {e}", full.display()),
-                                ));
-                            }
-                        }
-                    }
-                    c.tls_ca = t.ca.as_ref().map(|p| path_in(base, p));
-                    match (&t.cert, &t.key) {
-                        (Some(cert), Some(key)) => {
-                            c.tls_client = Some((path_in(base, cert), path_in(base, key)))
-                        }
+                    let mut file = |p: &Option<PathBuf>, k: &str| {
+                        p.as_ref()
+                            .map(|p| readable_file(base, p, tls(k), &mut *problems))
+                    };
+                    c.tls_ca = file(&t.ca, "ca");
+                    let (cert, key) = (file(&t.cert, "cert"), file(&t.key, "key"));
+                    match (cert, key) {
+                        (Some(cert), Some(key)) => c.tls_client = Some((cert, key)),
                         (None, None) => {}
                         (Some(_), None) => {
                             problems.push(Problem::new(tls("cert"), "cert needs `key`"))
@@ -355,21 +359,21 @@ impl RawCluster {
                     .hint("64 is plenty for most sites"),
             ),
         }
-        c.lease_ttl = dur(
+        c.lease_ttl = duration(
             &self.lease_ttl,
             at("lease_ttl"),
             c.lease_ttl,
             Duration::from_secs(2),
             problems,
         );
-        c.dedupe_window = dur(
+        c.dedupe_window = duration(
             &self.dedupe_window,
             at("dedupe_window"),
             c.dedupe_window,
             Duration::from_secs(1),
             problems,
         );
-        c.idempotency_window = dur(
+        c.idempotency_window = duration(
             &self.idempotency_window,
             at("idempotency_window"),
             c.idempotency_window,

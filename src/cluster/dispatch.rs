@@ -37,9 +37,9 @@ use super::rate::SharedLimiter;
 use super::store::{ClusterStore, Wire};
 use super::Cluster;
 use crate::deliver::breaker::{Admit, Breaker};
-use crate::deliver::http::{self, Attempt};
+use crate::deliver::http;
 use crate::deliver::outbox::Claimed;
-use crate::deliver::retry::{backoff, classify, next_step, retry_delay, Step, Verdict};
+use crate::deliver::outcome::{judge, Decision};
 use crate::deliver::store::DeliveryStore;
 use crate::deliver::target::Target;
 use crate::metrics::metrics;
@@ -425,7 +425,8 @@ async fn publish_dead(
     }
 }
 
-/// One attempt (the single-node dispatcher's steps, see `deliver::dispatcher`).
+/// One attempt (the single-node dispatcher's steps, see `deliver::dispatcher`;
+/// the answer is judged by `deliver::outcome`, as there).
 async fn attempt(rt: &Rt, row: &Claimed) -> End {
     let t = rt.target.clone();
     let name = t.name.as_str();
@@ -481,68 +482,20 @@ async fn attempt(rt: &Rt, row: &Claimed) -> End {
     m.delivery_seconds
         .with_label_values(&[name])
         .observe(started.elapsed().as_secs_f64());
-    let attempts = row.attempts.saturating_add(1);
-    let (status, verdict, retry_after, detail) = match &answer {
-        Attempt::Answer {
-            status,
-            retry_after,
-            excerpt,
-        } => (
-            status.to_string(),
-            classify(*status),
-            *retry_after,
-            excerpt.clone(),
-        ),
-        Attempt::Failed { kind, message } => {
-            (kind.to_string(), Verdict::Retry, None, message.clone())
-        }
-        Attempt::Invalid(msg) => ("error".to_string(), Verdict::Dead, None, msg.clone()),
-    };
-    m.delivery_attempts
-        .with_label_values(&[name, &status])
-        .inc();
-    if matches!(answer, Attempt::Invalid(_)) {
-        if probe {
-            rt.breaker.abandon_probe();
-        }
-    } else {
-        rt.breaker.record(verdict == Verdict::Retry, Instant::now());
+    let j = judge(&t, &rt.breaker, probe, row, answer, now_epoch());
+    if let Some(p) = j.pause {
+        rt.pause(Instant::now() + p);
     }
-    let detail = (!detail.is_empty()).then_some(detail);
-    match verdict {
-        Verdict::Delivered => End::Delivered,
-        Verdict::Retry => {
-            let delay = retry_delay(backoff(&t.retry, attempts), retry_after, t.retry_after_max);
-            if retry_after.is_some() {
-                rt.pause(Instant::now() + delay);
-            }
-            match next_step(&t.retry, attempts, row.created_at, now_epoch(), delay) {
-                Step::RetryAt(_) => {
-                    m.delivery_retries.with_label_values(&[name]).inc();
-                    End::Retry(delay)
-                }
-                Step::GiveUp(why) => {
-                    tracing::warn!(target: "callhook::cluster", delivery_target = name, session = %row.session_id, status = %status, attempts, reason = why, "delivery dead: retries exhausted");
-                    End::Dead {
-                        error: Some(format!(
-                            "gave up ({why} reached after {attempts} attempts): {}",
-                            detail.unwrap_or_default()
-                        )),
-                        status,
-                    }
-                }
-            }
-        }
-        Verdict::Dead | Verdict::Gone => {
-            tracing::warn!(target: "callhook::cluster", delivery_target = name, session = %row.session_id, status = %status, "delivery dead: the target refused it");
-            if verdict == Verdict::Gone && !rt.disabled.swap(true, Ordering::AcqRel) {
-                m.target_disabled.with_label_values(&[name]).set(1);
-                tracing::error!(target: "callhook::cluster", delivery_target = name, "target answered 410 Gone: disabled on this instance until the targets are reloaded");
-            }
-            End::Dead {
-                status,
-                error: detail,
-            }
-        }
+    if j.gone && !rt.disabled.swap(true, Ordering::AcqRel) {
+        m.target_disabled.with_label_values(&[name]).set(1);
+        tracing::error!(target: "callhook::cluster", delivery_target = name, "target answered 410 Gone: disabled on this instance until the targets are reloaded");
+    }
+    match j.decision {
+        Decision::Delivered { .. } => End::Delivered,
+        Decision::Retry { delay, .. } => End::Retry(delay),
+        Decision::Dead { error } => End::Dead {
+            status: j.status,
+            error,
+        },
     }
 }

@@ -8,7 +8,7 @@
 //!                   ├─▶ normalizer ─▶ rules ─▶ DeliveryStore::commit_batch ─▶ CALLHOOK_DELIVERIES (work queue, R3)
 //! push (owned teams)┘    ▲     │               (Nats-Msg-Id, idem KV)          subjects d.<target>.<partition>
 //!        ▲               │     └─ live calls, after the deliveries ─▶ calls KV   one consumer per partition, 1 in flight
-//! any instance ─▶ CALLHOOK_PUSH (R3) ─▶ team owner        (read by the next owner of a PBX)
+//! any instance ─▶ CALLHOOK_PUSH (R3) ─▶ team owner        (read by the next owner of a PBX/team)
 //! ```
 //!
 //! - [`config`]: the `cluster:` section;
@@ -18,9 +18,10 @@
 //! - [`rate`]: the cluster-wide per-target rate limit;
 //! - [`ownership`]: leases on PBXs and push teams, members, balancing;
 //! - [`push`]: pushes stored in the replicated stream and consumed by the team's owner;
-//! - [`calls`]: live call state per PBX and session (the normalizer's
-//!   per-call snapshots, written with each batch after its deliveries,
-//!   loaded by the next owner before its AMI client logs in).
+//! - [`calls`]: live call state per PBX or push team and session (the
+//!   normalizer's per-call snapshots, written with each batch after its
+//!   deliveries, loaded by the next owner before its AMI client logs in or
+//!   its push consumer starts).
 //!
 //! **What is guaranteed.** A delivery is acknowledged to the normalizer
 //! once JetStream has stored it on a majority of the replicas; it is

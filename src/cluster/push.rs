@@ -14,9 +14,17 @@
 //! when one could not be stored (NATS failing over), it and every later
 //! push in hand are negatively acknowledged in stream order and come back
 //! in that order, so a call's pushes are never applied out of order (a
-//! hangup before its ringing would leave a call that never ends). When
-//! ownership moves, the consumer simply continues on the new owner:
-//! nothing accepted is lost.
+//! hangup before its ringing would leave a call that never ends).
+//!
+//! When ownership moves, the new owner first restores the team's sessions
+//! in progress from the calls bucket (`app::handover`), then starts here:
+//! it deletes the team's durable consumer and creates it afresh, so the
+//! pushes the previous owner had fetched but not acknowledged (it died, or
+//! gave the team up) come again at once and in stream order, before the
+//! newer ones, instead of after an `ack_wait`. Nothing accepted is lost; a
+//! push the previous owner applied and committed but had not acknowledged
+//! yet is a duplicate of the restored session (its duplicate keys are part
+//! of the stored snapshot).
 
 use std::time::Duration;
 
@@ -83,6 +91,11 @@ impl PushForward for PushStream {
     }
 }
 
+fn is_not_found(k: &async_nats::jetstream::stream::ConsumerErrorKind) -> bool {
+    matches!(k, async_nats::jetstream::stream::ConsumerErrorKind::JetStream(e)
+        if e.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND)
+}
+
 /// Applies the pushes of `team` while `stop` is not cancelled (ownership).
 pub async fn consume(
     cluster: Cluster,
@@ -102,6 +115,7 @@ pub async fn consume(
         max_deliver: -1,
         ..Default::default()
     };
+    let mut fresh = false;
     let consumer = loop {
         let r = async {
             let s = cluster
@@ -109,6 +123,15 @@ pub async fn consume(
                 .get_stream(cluster.names.push_stream())
                 .await
                 .map_err(|e| e.to_string())?;
+            if !fresh {
+                // What the previous owner held comes back now, in order.
+                match s.delete_consumer(&name).await {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e.kind()) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                fresh = true;
+            }
             s.get_or_create_consumer(&name, cfg.clone())
                 .await
                 .map_err(|e| e.to_string())

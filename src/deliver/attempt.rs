@@ -1,8 +1,8 @@
 //! One slot's attempts: wait for the target's pause and rate limit, check
-//! freshness and the breaker, send, classify the answer, record the outcome
-//! and take the next ready delivery of the target in the same transaction
-//! (see the dispatcher's module docs: **Per attempt**, **Slots**,
-//! **Observer**).
+//! freshness and the breaker, send, judge the answer (`super::outcome`),
+//! record the outcome and take the next ready delivery of the target in the
+//! same transaction (see the dispatcher's module docs: **Per attempt**,
+//! **Slots**, **Observer**).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,9 +16,9 @@ use crate::source::now_epoch;
 
 use super::breaker::Admit;
 use super::dispatcher::TargetRt;
-use super::http::{self, Attempt};
+use super::http;
 use super::outbox::{Claimed, Completion, Outbox};
-use super::retry::{backoff, classify, next_step, retry_delay, Step, Verdict};
+use super::outcome::{judge, Decision};
 
 /// What one attempt did, for live displays.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,93 +187,31 @@ async fn attempt_one(
         .observe(latency.as_secs_f64());
 
     // 5. Outcome.
-    let attempts = row.attempts.saturating_add(1);
-    let (status, verdict, retry_after, detail) = match &answer {
-        Attempt::Answer {
-            status,
-            retry_after,
-            excerpt,
-        } => (
-            status.to_string(),
-            classify(*status),
-            *retry_after,
-            excerpt.clone(),
-        ),
-        Attempt::Failed { kind, message } => {
-            (kind.to_string(), Verdict::Retry, None, message.clone())
-        }
-        Attempt::Invalid(msg) => ("invalid".to_string(), Verdict::Dead, None, msg.clone()),
-    };
-    m.delivery_attempts
-        .with_label_values(&[name, &status])
-        .inc();
-    if matches!(answer, Attempt::Invalid(_)) {
-        // Never reached the target: says nothing about its health.
-        if probe {
-            rt.breaker.abandon_probe();
-        }
-    } else {
-        rt.breaker.record(verdict == Verdict::Retry, Instant::now());
+    let j = judge(&t, &rt.breaker, probe, &row, answer, now_epoch());
+    if let Some(p) = j.pause {
+        rt.pause(Instant::now() + p);
     }
-    let detail = (!detail.is_empty()).then_some(detail);
-    let (completion, outcome) = match verdict {
-        Verdict::Delivered => (
-            Completion::Delivered {
-                status: status.parse().unwrap_or(200),
+    if j.gone {
+        rt.disable();
+    }
+    let (status, attempts, observed_outcome) = (j.status, j.attempts, j.decision.outcome());
+    let (completion, outcome) = match j.decision {
+        Decision::Delivered { status } => (Completion::Delivered { status }, Some("delivered")),
+        Decision::Retry { at, error, .. } => (
+            Completion::Retry {
+                at,
+                status: status.clone(),
+                error,
             },
-            Some("delivered"),
+            None,
         ),
-        Verdict::Retry => {
-            let delay = retry_delay(backoff(&t.retry, attempts), retry_after, t.retry_after_max);
-            if retry_after.is_some() {
-                rt.pause(Instant::now() + delay);
-            }
-            match next_step(&t.retry, attempts, row.created_at, now_epoch(), delay) {
-                Step::RetryAt(at) => {
-                    m.delivery_retries.with_label_values(&[name]).inc();
-                    tracing::debug!(target: "callhook::deliver", id = row.id, delivery_target = name, status = %status, attempts, delay = ?delay, "attempt failed, will retry");
-                    (
-                        Completion::Retry {
-                            at,
-                            status: status.clone(),
-                            error: detail,
-                        },
-                        None,
-                    )
-                }
-                Step::GiveUp(why) => {
-                    tracing::warn!(target: "callhook::deliver", id = row.id, delivery_target = name, session = %row.session_id, status = %status, attempts, reason = why, "delivery dead: retries exhausted");
-                    (
-                        Completion::Dead {
-                            status: status.clone(),
-                            error: Some(format!(
-                                "gave up ({why} reached after {attempts} attempts): {}",
-                                detail.unwrap_or_default()
-                            )),
-                        },
-                        Some("dead"),
-                    )
-                }
-            }
-        }
-        Verdict::Dead | Verdict::Gone => {
-            tracing::warn!(target: "callhook::deliver", id = row.id, delivery_target = name, session = %row.session_id, status = %status, "delivery dead: the target refused it");
-            if verdict == Verdict::Gone {
-                rt.disable();
-            }
-            (
-                Completion::Dead {
-                    status: status.clone(),
-                    error: detail,
-                },
-                Some("dead"),
-            )
-        }
-    };
-    let observed_outcome = match &completion {
-        Completion::Delivered { .. } => "delivered",
-        Completion::Retry { .. } => "retry",
-        _ => "dead",
+        Decision::Dead { error } => (
+            Completion::Dead {
+                status: status.clone(),
+                error,
+            },
+            Some("dead"),
+        ),
     };
     let claim = takes_more(rt, shutdown).then(|| t.name.clone());
     let mut next = None;

@@ -15,7 +15,9 @@
 //! - [`target`]: target settings (`targets:` in the config) and their validation;
 //! - [`outbox`]: the durable SQLite outbox (dedupe, cap, order, crash recovery, admin);
 //! - [`dispatcher`]: the loop that claims ready deliveries and starts attempts;
-//! - `attempt`: one slot's attempts (send, classify, record, take the next);
+//! - `attempt`: one slot's attempts (send, judge, record, take the next);
+//! - [`outcome`]: the one judge of an attempt's answer (metric label, breaker,
+//!   retry or dead), shared with the cluster dispatcher;
 //! - [`retry`]: outcome classification, backoff, `Retry-After`;
 //! - [`limit`]: per-target rate limit;
 //! - [`breaker`]: per-target circuit breaker;
@@ -36,6 +38,7 @@ pub mod dispatcher;
 pub mod http;
 pub mod limit;
 pub mod outbox;
+pub mod outcome;
 pub mod retry;
 pub mod secret;
 pub mod sign;

@@ -38,8 +38,8 @@ impl Metrics {
             for outcome in ["delivered", "dead", "expired", "rejected"] {
                 self.deliveries.with_label_values(&[t, outcome]);
             }
-            // The attempt outcomes that are not HTTP codes (`deliver::http`).
-            for status in ["timeout", "connect", "error"] {
+            // The attempt outcomes that are not HTTP codes (`deliver::outcome`).
+            for status in ["timeout", "connect", "error", "invalid"] {
                 self.delivery_attempts.with_label_values(&[t, status]);
             }
             self.delivery_retries.with_label_values(&[t]);

@@ -286,17 +286,6 @@ impl Normalizer {
         }
     }
 
-    /// Like [`settle_pushed`](Self::settle_pushed) for one team (cluster
-    /// mode: before the team is handed over, the records of its calls that
-    /// are over are written here; their pushes are acknowledged and the
-    /// next owner never sees them).
-    pub fn settle_team(&mut self, team: &str, now: f64, out: &mut Vec<ModelEvent>) {
-        if let Some(t) = self.teams.get_mut(team) {
-            t.settle_all(now, out);
-            t.publish();
-        }
-    }
-
     fn pbx<'a>(
         pbxs: &'a mut FastMap<PbxId, calls::PbxCalls>,
         id: &PbxId,
