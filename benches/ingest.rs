@@ -143,6 +143,7 @@ fn main() {
         return;
     }
     let mut best = Best::default();
+    let mut losses = Losses::default();
     for round in 0..rounds {
         // Memory.
         let t = Stamp::now();
@@ -170,8 +171,7 @@ fn main() {
             round,
             got.done.since(fake.streaming()),
         );
-        assert_eq!(got.records, calls, "daemon: call records");
-        assert_eq!(got.dropped, 0, "daemon: events dropped");
+        losses.note("socket callhook", calls, &got);
         fake.stop();
 
         // Burst.
@@ -189,8 +189,7 @@ fn main() {
             round,
             got.done.since(fake.streaming()),
         );
-        assert_eq!(got.records, burst_calls, "burst: call records");
-        assert_eq!(got.dropped, 0, "burst: events dropped");
+        losses.note("burst callhook", burst_calls, &got);
         fake.stop();
         println!("round {} done", round + 1);
     }
@@ -233,16 +232,53 @@ fn main() {
             "| {what}: memchr framing + split (limit) | {b:.0} | 1.00 | | {bw:.0} | 1.00 | | |"
         );
         println!(
-            "| {what}: callhook | {o:.0} | {ratio:.2} | {med:.2} [{lo:.2}–{hi:.2}] | {ow:.0} | {:.2} | {records} | 0 |",
-            ow / bw
+            "| {what}: callhook | {o:.0} | {ratio:.2} | {med:.2} [{lo:.2}–{hi:.2}] | {ow:.0} | {:.2} | {} / {records} | {} |",
+            ow / bw,
+            losses.records(ours).unwrap_or(records),
+            losses.dropped(ours),
         );
         if ratio < floor {
             failed.push(format!("{what}: {ratio:.2} < {floor}"));
         }
     }
-    if check && !failed.is_empty() {
-        eprintln!("ratios below their floors: {}", failed.join("; "));
-        std::process::exit(1);
+    for (row, records, calls, dropped) in &losses.0 {
+        failed.push(format!(
+            "{row}: {records} of {calls} call records, {dropped} events dropped (worst round)"
+        ));
+    }
+    if !failed.is_empty() {
+        eprintln!("FAILED: {}", failed.join("; "));
+        if check {
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Rounds of the daemon that lost call records or dropped events: (row,
+/// fewest records, calls, most events dropped).
+#[derive(Default)]
+struct Losses(Vec<(&'static str, usize, usize, u64)>);
+
+impl Losses {
+    fn note(&mut self, row: &'static str, calls: usize, got: &Got) {
+        if got.records >= calls && got.dropped == 0 {
+            return;
+        }
+        match self.0.iter_mut().find(|(r, ..)| *r == row) {
+            Some(e) => {
+                e.1 = e.1.min(got.records);
+                e.3 = e.3.max(got.dropped);
+            }
+            None => self.0.push((row, got.records, calls, got.dropped)),
+        }
+    }
+
+    fn records(&self, row: &str) -> Option<usize> {
+        self.0.iter().find(|(r, ..)| *r == row).map(|e| e.1)
+    }
+
+    fn dropped(&self, row: &str) -> u64 {
+        self.0.iter().find(|(r, ..)| *r == row).map_or(0, |e| e.3)
     }
 }
 
@@ -528,12 +564,28 @@ fn daemon(addr: SocketAddr, pbx: &str, calls: usize) -> Got {
             reload_rx,
             |_| {},
         ));
+        // Until every record came; or, once the client dropped events (their
+        // calls may never end), until none came for 5 s.
         let mut rx = rx;
-        let ok = tokio::time::timeout(Duration::from_secs(600), rx.wait_for(|v| v.1.is_some()))
-            .await
-            .is_ok();
+        let dropped = metrics().ami_queue_dropped.with_label_values(&[pbx]);
+        let started = Instant::now();
+        loop {
+            let quiet = Duration::from_secs(if dropped.get() > 0 { 5 } else { 120 });
+            match tokio::time::timeout(quiet, rx.changed()).await {
+                Ok(Ok(())) if rx.borrow().1.is_none() => {}
+                _ => break,
+            }
+            if started.elapsed() > Duration::from_secs(1200) {
+                break;
+            }
+        }
         let (records, done) = *rx.borrow();
-        assert!(ok, "only {records} of {calls} call records");
+        if records < calls {
+            eprintln!(
+                "{pbx}: only {records} of {calls} call records ({} events dropped)",
+                dropped.get()
+            );
+        }
         token.cancel();
         let _ = task.await;
         (records, done.unwrap_or_else(Stamp::now))

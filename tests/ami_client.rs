@@ -471,6 +471,54 @@ async fn full_queue_drops_after_max_stall_then_resyncs() {
     stop(&h, &token).await;
 }
 
+/// 7b'. A consumer on the client's own thread that takes a long batch (it
+/// blocks the thread past `max_stall`) and then empties the queue at once:
+/// when the client runs again, room and the stall deadline are there
+/// together, and room wins (the normalizer took something), every cycle.
+#[tokio::test]
+async fn a_long_batch_that_empties_the_queue_drops_nothing() {
+    let cap = fixture("asterisk-20/load-dev.ami");
+    let expected = expected_events(&cap);
+    let sim = sim(vec![SimSession::new(cap, AfterCapture::StayOpen)])
+        .start()
+        .await
+        .unwrap();
+    let (tx, mut rx) = mpsc::channel(256);
+    let token = CancellationToken::new();
+    let mut cfg = config("t-long-batch", sim.local_addr());
+    cfg.max_stall = Duration::from_millis(300);
+    cfg.action_timeout = Duration::from_secs(30);
+    let h = client::spawn(cfg, tx, token.clone());
+    assert!(next_snapshot(&mut rx).await.is_empty());
+    let mut got = Vec::new();
+    for cycle in 0.. {
+        if got.len() >= expected.len() {
+            break;
+        }
+        if cycle < 6 {
+            // The client fills the queue and the read-ahead and stops...
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            // ...then this thread is busy past its stall deadline...
+            std::thread::sleep(Duration::from_millis(400));
+            // ...and the whole queue is taken at once.
+            while let Ok(ev) = rx.try_recv() {
+                if let SourceEvent::Ami { msg, .. } = ev {
+                    got.push(msg);
+                }
+            }
+        }
+        got.extend(next_ami(&mut rx, 1).await);
+    }
+    let dropped = metrics()
+        .ami_queue_dropped
+        .with_label_values(&["t-long-batch"])
+        .get();
+    assert_eq!(dropped, 0);
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "events out of order or changed");
+    stop(&h, &token).await;
+}
+
 /// 7c. A consumer that pauses while what the PBX sends fits in the
 /// read-ahead: nothing is dropped however long the pause (here 20 times
 /// `max_stall`), and an action sent meanwhile is answered once reading goes

@@ -173,6 +173,13 @@ impl AmiMessage {
             .map(|s| (self.key_of(s), self.value_of(s)))
     }
 
+    /// The field at `i` in wire order.
+    pub fn field(&self, i: usize) -> Option<(&str, &str)> {
+        self.spans
+            .get(i)
+            .map(|s| (self.key_of(s), self.value_of(s)))
+    }
+
     /// Number of fields.
     pub fn len(&self) -> usize {
         self.spans.len()

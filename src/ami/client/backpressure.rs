@@ -107,6 +107,8 @@ impl Client {
 
     /// The queue has room again: the backlog goes first, in order.
     pub(super) fn resume(&mut self, permit: mpsc::OwnedPermit<SourceEvent>) {
+        // The normalizer took something: the stall clock starts again.
+        self.stall_since = None;
         if let Some(ev) = self.backlog.pop_front() {
             permit.send(ev);
         }

@@ -1033,7 +1033,12 @@ impl Client {
                     Ok(())
                 },
                 _ = sleep_until(give_up), if stopped => {
-                    self.give_up_stall();
+                    // Only if the normalizer still took nothing: when room
+                    // came at the same moment (a long batch on the same
+                    // thread), the permit branch takes it next.
+                    if self.events.capacity() == 0 {
+                        self.give_up_stall();
+                    }
                     Ok(())
                 },
                 cmd = self.commands.recv(), if !self.commands_closed => match cmd {

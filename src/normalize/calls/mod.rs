@@ -48,11 +48,11 @@ mod snapshot;
 
 pub use persist::{Restored, SNAPSHOT_VERSION};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use tracing::debug;
 
-use super::NormalizerConfig;
+use super::{FastMap, FastSet, NormalizerConfig};
 use crate::metrics::metrics;
 use crate::model::{EndReason, ModelEvent};
 use crate::source::PbxId;
@@ -109,10 +109,10 @@ use channels::Chan;
 #[derive(Debug)]
 pub struct PbxCalls {
     pbx: PbxId,
-    chans: HashMap<Str, Box<Chan>>,
-    by_name: HashMap<Str, Str>,
-    calls: HashMap<Str, Box<Call>>,
-    tombstones: HashMap<Str, f64>,
+    chans: FastMap<Str, Box<Chan>>,
+    by_name: FastMap<Str, Str>,
+    calls: FastMap<Str, Box<Call>>,
+    tombstones: FastMap<Str, f64>,
     tomb_order: VecDeque<(f64, Str)>,
     /// ≤ 11 ringing channels not tied to anything yet: (uid, decide at, rang at).
     pending: Vec<(Str, f64, f64)>,
@@ -125,7 +125,10 @@ pub struct PbxCalls {
     /// run on the PBX's clock, whatever the local one says.
     skew: f64,
     /// Calls changed since the last `take_dirty` (see `persist`).
-    dirty: std::collections::HashSet<Str>,
+    dirty: FastSet<Str>,
+    /// The headers of the event being handled that name a channel: (field
+    /// index, by id), see `persist::mark_named`.
+    named: Vec<(u32, bool)>,
 }
 
 fn meaningful_exten(e: &str) -> bool {
@@ -149,10 +152,10 @@ impl PbxCalls {
     /// Empty tables for one PBX.
     pub fn new(pbx: PbxId) -> Self {
         Self {
-            chans: HashMap::new(),
-            by_name: HashMap::new(),
-            calls: HashMap::new(),
-            tombstones: HashMap::new(),
+            chans: FastMap::default(),
+            by_name: FastMap::default(),
+            calls: FastMap::default(),
+            tombstones: FastMap::default(),
             tomb_order: VecDeque::new(),
             pending: Vec::new(),
             originates: Default::default(),
@@ -160,6 +163,7 @@ impl PbxCalls {
             live_gauge: metrics().live_calls.with_label_values(&[&pbx]),
             skew: 0.0,
             dirty: Default::default(),
+            named: Vec::new(),
             pbx,
         }
     }

@@ -12,8 +12,6 @@
 //! ends a call (its record) always marks it, so a stored call is removed
 //! in the same commit as its record.
 
-use std::collections::HashSet;
-
 use compact_str::ToCompactString;
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +20,7 @@ use super::channels::Chan;
 use super::{PbxCalls, Str};
 use crate::ami::AmiMessage;
 use crate::model::ModelEvent;
+use crate::normalize::FastSet;
 
 /// Version of the snapshot format; a snapshot of another version is
 /// skipped when restoring (counted, logged by the caller).
@@ -45,40 +44,68 @@ pub struct Restored {
 }
 
 /// Whether an AMI header names a channel (by Uniqueid or Linkedid) or a
-/// channel name.
+/// channel name. Most headers are rejected by their last letter alone.
+#[inline]
 fn names_channel(key: &str) -> (bool, bool) {
-    let ends = |suffix: &str| {
-        key.len() >= suffix.len()
-            && key.is_char_boundary(key.len() - suffix.len())
-            && key[key.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    let k = key.as_bytes();
+    let ends = |suffix: &[u8]| {
+        k.len() >= suffix.len() && k[k.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
     };
-    let id = ends("uniqueid") || ends("linkedid");
-    let name = ends("channel")
-        || ["original", "clone", "target"]
-            .iter()
-            .any(|n| key.eq_ignore_ascii_case(n));
-    (id, name)
+    match k.last().map(u8::to_ascii_lowercase) {
+        Some(b'd') => (ends(b"uniqueid") || ends(b"linkedid"), false),
+        Some(b'l') => (
+            false,
+            ends(b"channel") || k.eq_ignore_ascii_case(b"original"),
+        ),
+        Some(b'e') => (false, k.eq_ignore_ascii_case(b"clone")),
+        Some(b't') => (false, k.eq_ignore_ascii_case(b"target")),
+        _ => (false, false),
+    }
 }
 
 impl PbxCalls {
-    /// Marks the calls of the channels `msg` names (call it before and
-    /// after applying the event).
+    /// Marks the calls of the channels `msg` names, before the event is
+    /// applied; remembers which headers those were for
+    /// [`mark_named_again`](Self::mark_named_again).
     pub fn mark_named(&mut self, msg: &AmiMessage) {
-        for (k, v) in msg.fields() {
+        let mut named = std::mem::take(&mut self.named);
+        named.clear();
+        for (i, (k, v)) in msg.fields().enumerate() {
             let (id, name) = names_channel(k);
-            let v = v.trim();
-            if id {
-                if let Some(c) = self.chans.get(v) {
-                    self.dirty.insert(c.call.clone());
-                } else if self.calls.contains_key(v) {
-                    self.dirty.insert(v.to_compact_string());
-                }
+            if id || name {
+                named.push((u32::try_from(i).unwrap_or(u32::MAX), id));
+                self.mark_value(v, id);
             }
-            if name {
-                if let Some(c) = self.by_name.get(v).and_then(|u| self.chans.get(u)) {
-                    self.dirty.insert(c.call.clone());
-                }
+        }
+        self.named = named;
+    }
+
+    /// After the event is applied: marks the calls of the channels the
+    /// same headers name now (a merge, a move, a channel just created),
+    /// without scanning the message again.
+    pub fn mark_named_again(&mut self, msg: &AmiMessage) {
+        let named = std::mem::take(&mut self.named);
+        for &(i, id) in &named {
+            if let Some((_, v)) = msg.field(i as usize) {
+                self.mark_value(v, id);
             }
+        }
+        self.named = named;
+    }
+
+    /// Marks the call of the channel `v` names: by Uniqueid/Linkedid when
+    /// `id` (a call's own id included), else by channel name.
+    #[inline]
+    fn mark_value(&mut self, v: &str, id: bool) {
+        let v = v.trim();
+        if id {
+            if let Some(c) = self.chans.get(v) {
+                self.dirty.insert(c.call.clone());
+            } else if self.calls.contains_key(v) {
+                self.dirty.insert(v.to_compact_string());
+            }
+        } else if let Some(c) = self.by_name.get(v).and_then(|u| self.chans.get(u)) {
+            self.dirty.insert(c.call.clone());
         }
     }
 
@@ -121,7 +148,7 @@ impl PbxCalls {
     /// The calls changed since the last call: (session, snapshot), `None`
     /// for a call that is over (or merged into another).
     pub fn take_dirty(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
-        let dirty: HashSet<Str> = std::mem::take(&mut self.dirty);
+        let dirty: FastSet<Str> = std::mem::take(&mut self.dirty);
         let mut out = Vec::with_capacity(dirty.len());
         for s in dirty {
             let snap = self.calls.get(&s).and_then(|c| self.encode(c));

@@ -124,7 +124,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use tracing::debug;
 
-use super::NormalizerConfig;
+use super::{FastMap, NormalizerConfig};
 use crate::metrics::metrics;
 use crate::model::{EndReason, ModelEvent, State};
 use crate::source::{PbxId, PushEvent, PushKind, PushReceipt};
@@ -160,8 +160,8 @@ fn fill(slot: &mut Option<String>, v: Option<&String>) {
 #[derive(Debug)]
 pub struct PushCalls {
     team: PbxId,
-    sessions: HashMap<String, Session>,
-    tombs: HashMap<String, Tomb>,
+    sessions: FastMap<String, Session>,
+    tombs: FastMap<String, Tomb>,
     tomb_order: VecDeque<(f64, String)>,
     clock: Clock,
     journal: Option<HashMap<String, Saved>>,
@@ -177,8 +177,8 @@ impl PushCalls {
         Self {
             live_gauge: metrics().live_calls.with_label_values(&[&team]),
             team,
-            sessions: HashMap::new(),
-            tombs: HashMap::new(),
+            sessions: FastMap::default(),
+            tombs: FastMap::default(),
             tomb_order: VecDeque::new(),
             clock: Clock::default(),
             journal: None,
