@@ -458,7 +458,7 @@ pub async fn run_until(
         observer,
     };
     let mut inputs = Inputs {
-        events: rx,
+        events: task::Events::new(rx),
         handover: handover_rx,
         rules: rules_rx,
         settings: normalizer_rx,
