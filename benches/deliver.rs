@@ -16,8 +16,16 @@
 //! deliveries at a time, each batch waited for (every commit fsynced on its
 //! own: the worst case for the fsync).
 //!
+//! Beside each throughput line: the CPU the process spent per delivery,
+//! split into the outbox's writer thread and everything else (the
+//! runtime's workers: dispatcher, HTTP client and the sink), read from
+//! `/proc/self/task/*/schedstat`; the baseline's CPU per request is the
+//! HTTP work alone, both sides.
+//!
 //! `cargo bench --bench deliver` (prints a table; numbers vary with the
-//! machine, the ratios are what to compare).
+//! machine, the ratios are what to compare). `-- full` (or `normal`,
+//! `serial`, `latency`) runs only that part (with the baseline), for a
+//! profiler.
 
 mod support;
 #[path = "../tests/support_tmp/mod.rs"]
@@ -44,6 +52,56 @@ const CONCURRENCY: usize = 16;
 const PIPELINE_BATCH: usize = 1024;
 const RATE: f64 = 1000.0;
 const LOAD_SECS: f64 = 5.0;
+
+/// CPU time spent so far by the process's threads: (the outbox writer
+/// `callhook-outbox`, all threads), from each thread's schedstat (ns).
+fn cpu_now() -> (Duration, Duration) {
+    let (mut writer, mut all) = (0u64, 0u64);
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let p = t.path();
+            let ns = std::fs::read_to_string(p.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            let comm = std::fs::read_to_string(p.join("comm")).unwrap_or_default();
+            if comm.trim_end() == "callhook-outbox" {
+                writer += ns;
+            }
+            all += ns;
+        }
+    }
+    (Duration::from_nanos(writer), Duration::from_nanos(all))
+}
+
+/// CPU per delivery (µs) over a measured interval: (writer, all threads).
+/// Threads that ended within the interval are not counted (the writer of
+/// a run ends after it is measured).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    writer_us: f64,
+    all_us: f64,
+}
+
+impl Cpu {
+    fn since(start: (Duration, Duration), n: usize) -> Cpu {
+        let end = cpu_now();
+        let per = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64() * 1e6 / n as f64;
+        Cpu {
+            writer_us: per(end.0, start.0),
+            all_us: per(end.1, start.1),
+        }
+    }
+
+    fn show(&self) -> String {
+        format!(
+            "CPU/delivery {:>5.1} µs (writer {:>5.1}, rest {:>5.1})",
+            self.all_us,
+            self.writer_us,
+            self.all_us - self.writer_us
+        )
+    }
+}
 
 struct Running {
     outbox: Arc<Outbox>,
@@ -101,11 +159,12 @@ async fn wait_done(r: &Running, s: &Sink, before: usize, n: usize) {
 }
 
 /// N deliveries enqueued by a pipeline like the daemon's.
-async fn outbox_pipeline(s: &Sink, durability: Durability) -> f64 {
+async fn outbox_pipeline(s: &Sink, durability: Durability) -> (f64, Cpu) {
     let r = start(durability, "pipeline");
     let before = s.count();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<DeliveryRequest>(8192);
     let t0 = Instant::now();
+    let cpu0 = cpu_now();
     let base = s.url.clone();
     let source = tokio::spawn(async move {
         let now = callhook::source::now_epoch();
@@ -133,16 +192,18 @@ async fn outbox_pipeline(s: &Sink, durability: Durability) -> f64 {
     let _ = pipeline.await;
     wait_done(&r, s, before, N).await;
     let tput = N as f64 / t0.elapsed().as_secs_f64();
+    let cpu = Cpu::since(cpu0, N);
     stop(r).await;
-    tput
+    (tput, cpu)
 }
 
 /// N_SERIAL deliveries enqueued one call (4 requests) at a time, each
 /// commit waited for.
-async fn outbox_serial(s: &Sink, durability: Durability) -> f64 {
+async fn outbox_serial(s: &Sink, durability: Durability) -> (f64, Cpu) {
     let r = start(durability, "serial");
     let before = s.count();
     let t0 = Instant::now();
+    let cpu0 = cpu_now();
     let now = callhook::source::now_epoch();
     for b in 0..N_SERIAL / 4 {
         let reqs: Vec<_> = (0..4)
@@ -152,8 +213,9 @@ async fn outbox_serial(s: &Sink, durability: Durability) -> f64 {
     }
     wait_done(&r, s, before, N_SERIAL).await;
     let tput = N_SERIAL as f64 / t0.elapsed().as_secs_f64();
+    let cpu = Cpu::since(cpu0, N_SERIAL);
     stop(r).await;
-    tput
+    (tput, cpu)
 }
 
 /// One event per commit at RATE/s; event time = submit time, latency to
@@ -253,40 +315,65 @@ async fn baseline_latency() -> Vec<f64> {
     direct_latency(&s.url, "direct", RATE, LOAD_SECS).await
 }
 
+async fn direct_run(s: &Sink) -> (f64, Cpu) {
+    let cpu0 = cpu_now();
+    let t = direct_throughput(&s.url, "base", N, CONCURRENCY).await;
+    (t, Cpu::since(cpu0, N))
+}
+
 fn main() {
+    // `cargo bench` passes `--bench`; any other argument names the parts to run.
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |p: &str| parts.is_empty() || parts.iter().any(|a| a == p);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
         let s = Sink::start(false).await;
-        let direct = direct_throughput(&s.url, "base", N, CONCURRENCY).await;
-        let full = outbox_pipeline(&s, Durability::Full).await;
-        let normal = outbox_pipeline(&s, Durability::Normal).await;
-        let serial = outbox_serial(&s, Durability::Full).await;
-        let direct2 = direct_throughput(&s.url, "base", N, CONCURRENCY).await;
+        if run("full") || run("normal") || run("serial") {
+            let (direct, dcpu) = direct_run(&s).await;
+            let mut rows = Vec::new();
+            if run("full") {
+                let r = outbox_pipeline(&s, Durability::Full).await;
+                rows.push(("outbox FULL, pipeline batches        ", r));
+            }
+            if run("normal") {
+                let r = outbox_pipeline(&s, Durability::Normal).await;
+                rows.push(("outbox NORMAL, pipeline batches      ", r));
+            }
+            if run("serial") {
+                let r = outbox_serial(&s, Durability::Full).await;
+                rows.push(("outbox FULL, one call (4) per commit ", r));
+            }
+            let (direct2, dcpu2) = direct_run(&s).await;
+            let (base, bcpu) = if direct >= direct2 {
+                (direct, dcpu)
+            } else {
+                (direct2, dcpu2)
+            };
+            println!(
+                "deliveries/s to a local sink, {N} requests ({N_SERIAL} one call per commit), \
+                 concurrency {CONCURRENCY} (baseline: best of two runs, before and after)"
+            );
+            println!(
+                "  direct reqwest (baseline)              {base:>9.0}/s  1.00   CPU/request  {:>5.1} µs (runs {direct:.0}, {direct2:.0})",
+                bcpu.all_us
+            );
+            for (name, (t, cpu)) in rows {
+                println!("  {name} {t:>9.0}/s  {:.2}   {}", t / base, cpu.show());
+            }
+        }
+        if !run("latency") {
+            return;
+        }
         let mut lat_direct = baseline_latency().await;
         let mut lat_fsync = baseline_durable_latency().await;
         let mut lat_full = outbox_latency(Durability::Full).await;
         let mut lat_normal = outbox_latency(Durability::Normal).await;
-        let base = direct.max(direct2);
-        println!(
-            "deliveries/s to a local sink, {N} requests, concurrency {CONCURRENCY} \
-             (baseline: best of two runs, before and after)"
-        );
-        println!("  direct reqwest (baseline)            {base:>9.0}/s  1.00   (runs {direct:.0}, {direct2:.0})");
-        println!(
-            "  outbox FULL, pipeline batches         {full:>9.0}/s  {:.2}",
-            full / base
-        );
-        println!(
-            "  outbox NORMAL, pipeline batches       {normal:>9.0}/s  {:.2}",
-            normal / base
-        );
-        println!(
-            "  outbox FULL, one call (4) per commit  {serial:>9.0}/s  {:.2}   ({N_SERIAL} requests)",
-            serial / base
-        );
         let d50 = percentile(&mut lat_direct, 0.5);
         let d99 = percentile(&mut lat_direct, 0.99);
         let f50 = percentile(&mut lat_fsync, 0.5);

@@ -195,7 +195,7 @@ pub fn quick_check(conn: &Connection) -> std::result::Result<(), String> {
 }
 
 /// Opens the write connection: WAL, `synchronous=FULL`, no automatic
-/// checkpoints, `secure_delete` (deleted or rewritten content is zeroed,
+/// checkpoints, statement journals in memory, `secure_delete` (deleted or rewritten content is zeroed,
 /// so a concealed secret does not linger in free pages), the schema at the
 /// current version. With `check`, a damaged file is refused. With
 /// `recover`, rows left `inflight` by a crashed run go back to `pending`
@@ -226,6 +226,11 @@ pub(super) fn open_writer(
     conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(err)?;
     conn.pragma_update(None, "secure_delete", "ON")
+        .map_err(err)?;
+    // Savepoints keep the pages they change in a statement journal: in
+    // memory, not in a temporary file that every savepoint past 64 KiB
+    // writes to (the writer's savepoints are one group's worth).
+    conn.pragma_update(None, "temp_store", "MEMORY")
         .map_err(err)?;
     // Every statement of the writer is prepared once and kept (rusqlite
     // keeps 16 by default: fewer than the writer runs, so it would parse

@@ -1,4 +1,5 @@
-//! The writer thread: one connection, group commit, savepoints per job; and
+//! The writer thread: one connection, group commit, a savepoint per job
+//! (when a group holds more than one); and
 //! the checkpoint thread.
 
 use std::future::Future;
@@ -105,7 +106,8 @@ pub(super) fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>, mut st: Wri
     }
 }
 
-/// Runs `batch` in one transaction (each job in its own savepoint), commits
+/// Runs `batch` in one transaction (each job in its own savepoint unless
+/// it is alone), commits
 /// it (`synchronous=FULL` when `durable`, else NORMAL) and answers the jobs.
 fn commit_group(
     conn: &Connection,
@@ -136,7 +138,23 @@ fn commit_group(
         }
         return;
     }
+    // A job alone in its group needs no savepoint of its own: when it
+    // fails, the whole transaction is rolled back instead (a savepoint
+    // makes SQLite copy every page the job touches into its statement
+    // journal).
+    let alone = batch.len() == 1;
+    let mut undone = false;
     for job in batch {
+        if alone {
+            let (ok, fin) = (job.run)(Ok(conn), st);
+            if !ok {
+                any_failed = true;
+                undone = true;
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            finishers.push(fin);
+            continue;
+        }
         if let Err(e) = exec(conn, "SAVEPOINT job") {
             let (_, fin) = (job.run)(Err(&e), st);
             finishers.push(fin);
@@ -153,7 +171,9 @@ fn commit_group(
         }
         finishers.push(fin);
     }
-    let commit = exec(conn, "COMMIT");
+    // The failed job's own error reaches its caller; nothing else was in
+    // the transaction it rolled back.
+    let commit = if undone { Ok(()) } else { exec(conn, "COMMIT") };
     if let Err(e) = &commit {
         if let Some(suppressed) = COMMIT_FAILED.check() {
             tracing::error!(target: "callhook::deliver", error = %e, suppressed, "outbox commit failed");
