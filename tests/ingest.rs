@@ -133,7 +133,6 @@ async fn a_burst_of_30000_calls_reaches_the_model_whole() {
     assert_eq!(sim.stats().action_count("CoreShowChannels"), 1);
     token.cancel();
     task.await.unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn support_state_dir() -> support_tmp::TestDir {
