@@ -42,10 +42,11 @@
 //! 0.85 ms vs 0.5 ms; [`Outbox::submit`] costs the caller ≈ 1 µs, and 20 000
 //! concurrent submits are group-committed at ≈ 30 000 rows/s in both modes.
 //! End to end to a local sink (`benches/deliver.rs`, ratios to direct
-//! reqwest in the same run, on a loaded machine whose load moved the
-//! baseline itself by 2.7× within a run): 0.18–0.47× (FULL) and 0.15–0.64×
-//! (NORMAL) of the baseline's deliveries/s; see the README's Performance
-//! section for the latency and its fsync baseline. FULL is the default.
+//! reqwest in the same run, on a shared machine whose load moved the
+//! baseline itself by 1.3× within the run): 0.33–0.44× (FULL) and
+//! 0.36–0.48× (NORMAL) of the baseline's deliveries/s, ~50 µs of the
+//! writer's CPU per delivery; see the README's Performance section for
+//! the latency and its fsync baseline. FULL is the default.
 //!
 //! **Deduplication** (a request that is a duplicate is not inserted, and
 //! counts in `callhook_deliveries_duplicate_total`):
