@@ -12,8 +12,9 @@
 //! **One writer, group commit.** All writes go to a dedicated thread
 //! (`callhook-outbox`) that owns the write connection. It takes every
 //! operation queued at that moment (up to 512) and commits them in ONE
-//! transaction (each inside its own savepoint, so one failing operation does
-//! not undo the others), then answers each caller. A commit that contains an
+//! transaction (each inside its own savepoint when there are several, so
+//! one failing operation does not undo the others; a lone one that fails
+//! rolls the transaction back), then answers each caller. A commit that contains an
 //! enqueue or an admin change runs with `synchronous=FULL` (the WAL is
 //! fsynced before the caller hears "stored"); pure bookkeeping of the
 //! dispatcher (claiming rows, recording attempts) runs with
