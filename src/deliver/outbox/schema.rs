@@ -195,8 +195,9 @@ pub fn quick_check(conn: &Connection) -> std::result::Result<(), String> {
 }
 
 /// Opens the write connection: WAL, `synchronous=FULL`, no automatic
-/// checkpoints, statement journals in memory, `secure_delete` (deleted or rewritten content is zeroed,
-/// so a concealed secret does not linger in free pages), the schema at the
+/// checkpoints, statement journals in memory, `secure_delete` (deleted or
+/// rewritten content is zeroed, so a concealed secret does not linger in
+/// free pages), the schema at the
 /// current version. With `check`, a damaged file is refused. With
 /// `recover`, rows left `inflight` by a crashed run go back to `pending`
 /// (returns how many).
