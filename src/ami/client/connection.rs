@@ -22,7 +22,7 @@ impl Client {
             first = false;
             self.conn_seq += 1;
             self.set_state(ConnectionState::Connecting);
-            info!(pbx = %self.pbx, "connecting to AMI at {}:{}", self.cfg.host, self.cfg.port);
+            info!(target: LOG_TARGET, pbx = %self.pbx, "connecting to AMI at {}:{}", self.cfg.host, self.cfg.port);
             // Exactly one log line per state change: connecting, logged in
             // (in `connect_and_login`), down with its reason and the delay
             // before the next attempt, stopped.
@@ -76,6 +76,7 @@ impl Client {
                 None => backoff.next_delay(&mut rand::thread_rng()),
             };
             warn!(
+                target: LOG_TARGET,
                 pbx = %self.pbx,
                 retry_in_secs = delay.as_secs_f64(),
                 "{down}; reconnecting in {:.1}s",
@@ -142,7 +143,7 @@ impl Client {
             let _ = c.reply.send(Err(AmiError::Shutdown));
         }
         self.set_state(ConnectionState::Stopped);
-        info!(pbx = %self.pbx, "AMI client stopped");
+        info!(target: LOG_TARGET, pbx = %self.pbx, "AMI client stopped");
     }
 
     pub(super) async fn session(&mut self, mut sess: Session) -> SessionEnd {
@@ -283,7 +284,7 @@ impl Client {
         for id in expired {
             if let Some(p) = sess.pending.remove(&id) {
                 if matches!(&p.kind, PendingKind::User(c) if c.reply.is_closed()) {
-                    debug!(pbx = %self.pbx, "caller of {id} is gone; a late answer will be dropped");
+                    debug!(target: LOG_TARGET, pbx = %self.pbx, "caller of {id} is gone; a late answer will be dropped");
                     continue;
                 }
                 self.complete(sess, &id, p, Err(AmiError::Timeout))?;
@@ -293,7 +294,7 @@ impl Client {
             return Err(Lost("writing to the PBX failed".into()));
         }
         if self.presence.as_mut().is_some_and(StateSync::wants_resync) {
-            info!(pbx = %self.pbx, "presence queue has room again; asking for the state lists");
+            info!(target: LOG_TARGET, pbx = %self.pbx, "presence queue has room again; asking for the state lists");
             self.start_state_sync(sess)?;
         }
         if self.overflow.resync_needed && !sess.resync_in_flight && self.queue_has_room() {
@@ -303,6 +304,7 @@ impl Client {
                 .is_some_and(|t| t.elapsed() < OVERFLOW_RESYNC_MIN_INTERVAL);
             if !recent {
                 info!(
+                    target: LOG_TARGET,
                     pbx = %self.pbx,
                     "normalizer queue has room again after {} dropped events; resyncing channels",
                     self.overflow.dropped

@@ -17,11 +17,11 @@ impl Client {
                     .ami_packets_skipped
                     .with_label_values(&[&self.pbx, reason.as_str()])
                     .inc();
-                warn!(pbx = %self.pbx, "skipped an AMI packet of {bytes} bytes ({})", reason.as_str());
+                warn!(target: LOG_TARGET, pbx = %self.pbx, "skipped an AMI packet of {bytes} bytes ({})", reason.as_str());
                 Ok(())
             }
             AmiFrame::Banner(b) => {
-                debug!(pbx = %self.pbx, "ignoring a banner in the middle of the stream: {b}");
+                debug!(target: LOG_TARGET, pbx = %self.pbx, "ignoring a banner in the middle of the stream: {b}");
                 Ok(())
             }
         }
@@ -110,17 +110,17 @@ impl Client {
             }
             Route::ListItem(_) => self.list_item(sess, msg),
             Route::Response(None) => {
-                debug!(pbx = %self.pbx, "dropping a response without ActionID");
+                debug!(target: LOG_TARGET, pbx = %self.pbx, "dropping a response without ActionID");
                 Ok(())
             }
             Route::Response(Some(id)) => {
                 let id = id.to_string();
                 let Some(p) = sess.pending.get_mut(&id) else {
-                    debug!(pbx = %self.pbx, "dropping a response for unknown ActionID {id}");
+                    debug!(target: LOG_TARGET, pbx = %self.pbx, "dropping a response for unknown ActionID {id}");
                     return Ok(());
                 };
                 if p.response.is_some() {
-                    debug!(pbx = %self.pbx, "dropping a second response for ActionID {id}");
+                    debug!(target: LOG_TARGET, pbx = %self.pbx, "dropping a second response for ActionID {id}");
                     return Ok(());
                 }
                 if starts_list(&msg) {
@@ -152,7 +152,7 @@ impl Client {
                 self.complete(sess, &id, p, result)
             }
             Route::Other => {
-                debug!(pbx = %self.pbx, "dropping a packet that is neither an event nor a response");
+                debug!(target: LOG_TARGET, pbx = %self.pbx, "dropping a packet that is neither an event nor a response");
                 Ok(())
             }
         }

@@ -70,7 +70,7 @@ impl Client {
                 received_at: now_epoch(),
                 channels,
             }) {
-                debug!(pbx = %self.pbx, "delivered a snapshot of {n} channels");
+                debug!(target: LOG_TARGET, pbx = %self.pbx, "delivered a snapshot of {n} channels");
             }
         }
         while let Some(ev) = sess.held.pop_front() {
