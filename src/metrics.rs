@@ -167,6 +167,9 @@ pub struct Metrics {
     /// Cluster mode: model events not turned into deliveries because this
     /// instance no longer owned their PBX or team (after a lost lease).
     pub cluster_fenced_events: IntCounter,
+    /// Cluster mode: entries of the calls bucket that could not be decoded,
+    /// purged by the load that found them (`cluster::calls`).
+    pub cluster_undecodable_call_states: IntCounter,
     /// Targets whose outbox gauges were set (to reset them to 0 when drained).
     outbox_targets: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Process metrics (standard names, refreshed at every render).
@@ -642,6 +645,15 @@ impl Metrics {
                 IntCounter::new(
                     "callhook_cluster_fenced_events_total",
                     "Cluster mode: events dropped because their PBX or team is no longer owned here",
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
+            ),
+            cluster_undecodable_call_states: register(
+                &r,
+                "callhook_cluster_undecodable_call_states_total",
+                IntCounter::new(
+                    "callhook_cluster_undecodable_call_states_total",
+                    "Cluster mode: entries of the calls bucket that could not be decoded, purged",
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),

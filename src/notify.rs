@@ -199,10 +199,11 @@ mod tests {
 
     #[test]
     fn messages_reach_the_socket() {
-        let dir = std::env::temp_dir().join(format!("callhook-notify-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("notify.sock");
+        let dir = tempfile::Builder::new()
+            .prefix("callhook-notify-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("notify.sock");
         let rx = UnixDatagram::bind(&path).unwrap();
         let n = Notifier {
             target: Some(Target::Path(path)),
@@ -217,7 +218,6 @@ mod tests {
         assert!(buf[..k].starts_with(b"STOPPING=1"));
         assert_eq!(n.watchdog_timeout(), Some(Duration::from_secs(10)));
         assert!(Notifier::disabled().watchdog_timeout().is_none());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

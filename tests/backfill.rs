@@ -393,7 +393,7 @@ fn test_outbox(name: &str) -> (support_tmp::TestDir, Outbox) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_backfill_and_a_backfill_after_the_live_daemon_enqueue_nothing() {
     let cfg = config_including("phonecalls.yaml");
-    let (dir, outbox) = test_outbox("backfill-twice");
+    let (_dir, outbox) = test_outbox("backfill-twice");
     let load_dev = fixtures().join("asterisk-20/load-dev.cdr.csv");
     let first = tokio::task::block_in_place(|| enqueue_cdr(&outbox, &cfg, &load_dev));
     assert_eq!(
@@ -452,7 +452,6 @@ async fn a_second_backfill_and_a_backfill_after_the_live_daemon_enqueue_nothing(
         "two reconnect halves are one call"
     );
     outbox.close();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -490,7 +489,6 @@ fn enqueuing_refuses_a_period_the_outbox_no_longer_remembers() {
     assert_eq!(s.since, Some(NOW - 7.0 * 86400.0 + 900.0));
     assert_eq!(s.queued, 1);
     outbox.close();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -634,7 +632,6 @@ async fn a_backfill_opening_the_outbox_leaves_the_daemons_attempts_in_flight() {
     let row = daemon.get(claimed[0].id).await.unwrap().unwrap();
     assert_eq!(row.status, Status::Inflight, "not handed out a second time");
     daemon.close();
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -663,5 +660,4 @@ fn a_recording_url_in_the_userfield_becomes_the_records_recording_url() {
     // Any other userfield (here `did-1001`) is not a recording.
     let (recs, _) = records(&fixtures().join("asterisk-20/incoming-answered.cdr.csv"));
     assert_eq!(recs[0].recording_url, None);
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -76,7 +76,7 @@ fn stderr(o: &Output) -> String {
 async fn backfill_twice_delivers_each_call_once() {
     let sink = Sink::start().await;
     // Fixture calls are dated 2026-11-22: a window long enough for any today.
-    let (dir, cfg) = config(&sink, "100000d");
+    let (_dir, cfg) = config(&sink, "100000d");
 
     let dry = callhook(args(&cfg, &["--dry-run", "--format", "jsonl"])).await;
     assert!(dry.status.success(), "{}", stderr(&dry));
@@ -119,13 +119,12 @@ async fn backfill_twice_delivers_each_call_once() {
     );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(sink.count(), 150, "nothing sent twice");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_cli_refuses_what_it_cannot_do_safely_and_reports_bad_rows() {
     let sink = Sink::start().await;
-    let (dir, cfg) = config(&sink, "7d");
+    let (_dir, cfg) = config(&sink, "7d");
     // Further back than the outbox remembers keys.
     let o = callhook(args(&cfg, &["--since", "400d"])).await;
     assert!(!o.status.success());
@@ -141,7 +140,6 @@ async fn the_cli_refuses_what_it_cannot_do_safely_and_reports_bad_rows() {
         assert!(!o.status.success(), "{bad:?}");
         assert!(stderr(&o).contains(bad[0]), "{bad:?}: {}", stderr(&o));
     }
-    let _ = std::fs::remove_dir_all(dir);
     // A damaged file: rows reported with their line, the rest read (a
     // window wide enough for the fixture's date, for the dry run too).
     let (dir, cfg) = config(&sink, "100000d");
@@ -170,7 +168,6 @@ async fn the_cli_refuses_what_it_cannot_do_safely_and_reports_bad_rows() {
         150
     );
     assert_eq!(sink.count(), 0);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn epoch_now() -> i64 {
@@ -313,7 +310,6 @@ async fn the_readme_cron_lines_work_with_the_defaults() {
         "nothing in cron's working directory"
     );
     assert_eq!(sink.count(), 0);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -356,7 +352,6 @@ async fn already_delivered_is_told_from_already_queued() {
         err.contains("2 requests: 0 queued, 1 already delivered, 1 already queued, 0 failed"),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -405,7 +400,6 @@ async fn a_dry_run_covers_the_same_period_as_a_real_run() {
         "{}",
         stderr(&real)
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -448,5 +442,4 @@ async fn a_backfill_beside_a_daemon_leaves_the_sending_to_it() {
     assert!(err.contains("delivers them within seconds"), "{err}");
     assert!(!err.contains("warning"), "{err}");
     drop(lock);
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -224,7 +224,6 @@ async fn tables_give_the_csv_requests(db: &Db, tag: &str, schemas: &[(&str, Colu
             assert!(diff.len() <= rounded.len());
         }
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -277,7 +276,7 @@ fn csv_args(cfg: &Path, extra: &[&str]) -> Vec<String> {
 /// is one delivery, sent once.
 async fn delivered_once(db: &Db, database: &str, csv_first: bool) {
     let sink = Sink::start().await;
-    let (dir, cfg) = config(&sink.url(""));
+    let (_dir, cfg) = config(&sink.url(""));
     let database = db.create_database(database).await;
     create_table(db, &database, "cdr", ADAPTIVE).await;
     insert(db, &database, "cdr", ADAPTIVE, &csv_rows()).await;
@@ -304,7 +303,6 @@ async fn delivered_once(db: &Db, database: &str, csv_first: bool) {
         .map(|r| r.header("idempotency-key").unwrap())
         .collect();
     assert_eq!(keys.len(), 150);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -453,7 +451,6 @@ async fn cursor_resumes(db: &Db, database: &str) {
     assert!(five.contains("read 1 rows: 1 calls"), "{five}");
     assert!(five.contains("1 queued"), "{five}");
     assert_eq!(sink.count(), 151);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -476,7 +473,7 @@ async fn postgres_cursor_resumes() {
 /// --cdr-table / --cdr-column; a row with a bad value is reported (by its
 /// uniqueid) and skipped, the others give the CSV's requests.
 async fn renamed_columns(db: &Db, database: &str) {
-    let (dir, cfg) = config("http://127.0.0.1:9");
+    let (_dir, cfg) = config("http://127.0.0.1:9");
     let from_csv = csv_dry_run(&cfg).await;
     let database = db.create_database(database).await;
     let table = if db.scheme == "mysql" {
@@ -554,7 +551,6 @@ async fn renamed_columns(db: &Db, database: &str) {
         "{err}"
     );
     assert_eq!(requests(&o), from_csv);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -689,7 +685,6 @@ async fn credentials_and_errors(db: &Db, database: &str) {
         err.contains(&format!("reader:***@127.0.0.1:{port}")),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -714,7 +709,7 @@ async fn postgres_credentials_and_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_or_garbage_server_fails_cleanly() {
     use tokio::io::AsyncWriteExt;
-    let (dir, cfg) = config("http://127.0.0.1:9");
+    let (_dir, cfg) = config("http://127.0.0.1:9");
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_port = silent.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -761,5 +756,4 @@ async fn a_silent_or_garbage_server_fails_cleanly() {
         );
         assert!(took < std::time::Duration::from_secs(60), "{took:?}");
     }
-    let _ = std::fs::remove_dir_all(dir);
 }

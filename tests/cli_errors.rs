@@ -89,7 +89,6 @@ fn an_invalid_config_exits_3_with_every_error() {
     let o = run(&["check", "--config", cfg.to_str().unwrap()]);
     let err = assert_clean(&o, 3, 2);
     assert!(err.contains("log.level"), "{err}");
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -103,7 +102,6 @@ fn a_runtime_failure_exits_1_in_one_line() {
     let o = run(&["deliveries", "list", "--config", cfg.to_str().unwrap()]);
     let err = assert_clean(&o, 1, 1);
     assert!(err.contains("opening the outbox in"), "{err}");
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -128,7 +126,6 @@ fn unusable_input_exits_4() {
     let o = run(&["replay", d.join("absent.ami").to_str().unwrap()]);
     let err = assert_clean(&o, 4, 1);
     assert!(err.contains("reading"), "{err}");
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -270,7 +267,6 @@ fn build_info_without_git_says_unknown() {
         out.contains("CALLHOOK_BUILD_COMMIT=0123456789abcdef0123\n"),
         "{out}"
     );
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -310,7 +306,6 @@ fn bash_completion_completes_subcommands_and_options() {
             "{shell}"
         );
     }
-    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -344,5 +339,4 @@ fn man_pages_render_and_cover_every_command() {
         assert!(g.status.success());
         assert_eq!(String::from_utf8_lossy(&g.stderr), "", "groff warnings");
     }
-    let _ = std::fs::remove_dir_all(&d);
 }

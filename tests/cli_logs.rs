@@ -206,7 +206,6 @@ async fn one_json_line_per_ami_state_change() {
         "secret in the logs"
     );
     sim.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +262,6 @@ async fn login_failures_and_refused_connections_are_one_line_per_attempt() {
         "secret in the logs"
     );
     sim.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,7 +305,6 @@ async fn text_logs_are_plain_off_a_terminal() {
     );
     assert!(text.contains("DEBUG "), "CALLHOOK_LOG=debug: {text}");
     sim.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// On a terminal (a pty from util-linux `script`), text logs are coloured
@@ -355,5 +352,4 @@ fn colour_on_a_terminal_unless_no_color() {
         "an empty NO_COLOR is unset"
     );
     assert!(!on_tty(Some("1")).contains("\x1b["), "NO_COLOR=1");
-    let _ = std::fs::remove_dir_all(&dir);
 }

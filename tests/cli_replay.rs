@@ -80,7 +80,7 @@ fn stderr(o: &Output) -> String {
 async fn progress_while_a_slow_crm_answers() {
     let sink = Sink::start().await;
     sink.set_fallback(Reply::status(200).delay(Duration::from_secs(3)));
-    let (dir, cfg) = config(&sink, "{ timeout: 20s }");
+    let (_dir, cfg) = config(&sink, "{ timeout: 20s }");
     let o = callhook(replay(&cfg, &[])).await;
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
@@ -95,7 +95,6 @@ async fn progress_while_a_slow_crm_answers() {
         .unwrap_or_else(|| panic!("{err}"));
     assert!(progress < done, "{err}");
     assert_eq!(sink.count(), 1);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -103,7 +102,7 @@ async fn timeout_stops_waiting_and_leaves_the_rest_in_the_outbox() {
     let sink = Sink::start().await;
     // Never answers in time; retries for an hour.
     sink.set_fallback(Reply::status(200).delay(Duration::from_secs(60)));
-    let (dir, cfg) = config(&sink, "{ timeout: 30s }");
+    let (_dir, cfg) = config(&sink, "{ timeout: 30s }");
     let began = Instant::now();
     let o = callhook(replay(&cfg, &["--timeout", "1s"])).await;
     let err = stderr(&o);
@@ -176,21 +175,19 @@ async fn timeout_stops_waiting_and_leaves_the_rest_in_the_outbox() {
         "inflight" => assert_eq!(r["next_attempt_at"], Value::Null),
         s => panic!("status {s}: {r}"),
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_deliveries_are_a_failure() {
     let sink = Sink::start().await;
     sink.set_fallback(Reply::status(404).body("no such form"));
-    let (dir, cfg) = config(&sink, "{ timeout: 5s }");
+    let (_dir, cfg) = config(&sink, "{ timeout: 5s }");
     let o = callhook(replay(&cfg, &[])).await;
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     let last = err.lines().last().unwrap();
     assert!(last.starts_with("error: 0 delivered, 1 dead"), "{err}");
     assert!(last.contains("deliveries list --dead"), "{err}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,5 +212,4 @@ async fn replay_does_not_send_beside_a_daemon() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(sink.count(), 0);
     drop(lock);
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -12,10 +12,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use callhook::cluster::calls::CallBucket;
 use callhook::cluster::ownership::{self, Item, Kind};
 use callhook::cluster::store::ClusterStore;
 use callhook::cluster::{dispatch, Cluster, ClusterConfig};
-use callhook::deliver::outbox::{ListFilter, Status};
+use callhook::deliver::outbox::{DeliveryRow, ListFilter, Status};
 use callhook::deliver::store::DeliveryStore;
 use support_http::{request, target_channel, Reply, Sink};
 use support_nats::NatsCluster;
@@ -28,6 +29,13 @@ async fn instance(nats: &NatsCluster, name: &str, prefix: &str) -> Cluster {
     c.partitions = 8;
     c.lease_ttl = Duration::from_secs(2);
     Cluster::connect(c).await.expect("connect")
+}
+
+/// The calls bucket as instance `name` sees it.
+async fn call_bucket(nats: &NatsCluster, name: &str, prefix: &str) -> CallBucket {
+    CallBucket::new(&instance(nats, name, prefix).await)
+        .await
+        .unwrap()
 }
 
 struct Dispatcher {
@@ -50,6 +58,28 @@ impl Dispatcher {
     async fn stop(self) {
         self.stop.cancel();
         self.handle.stopped().await;
+    }
+}
+
+/// The dead deliveries, newest first.
+async fn dead_rows(s: &ClusterStore) -> Vec<DeliveryRow> {
+    s.list(ListFilter {
+        status: Some(Status::Dead),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The first dead delivery `pred` accepts, polled until it is there (30 s).
+async fn wait_dead(s: &ClusterStore, pred: impl Fn(&DeliveryRow) -> bool) -> DeliveryRow {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(r) = dead_rows(s).await.into_iter().find(&pred) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "never dead");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -177,25 +207,11 @@ async fn dead_deliveries_are_kept_listed_and_retried() {
     s.submit(vec![request("crm", "19000.1", "ringing", &url)])
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let dead = loop {
-        let rows = s
-            .list(ListFilter {
-                status: Some(Status::Dead),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        if !rows.is_empty() {
-            break rows;
-        }
-        assert!(Instant::now() < deadline, "never dead");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert_eq!(dead[0].last_status.as_deref(), Some("400"));
-    assert_eq!(dead[0].session_id, "19000.1");
+    let dead = wait_dead(&s, |_| true).await;
+    assert_eq!(dead.last_status.as_deref(), Some("400"));
+    assert_eq!(dead.session_id, "19000.1");
     assert_eq!(s.stats().await.unwrap().dead, 1);
-    assert!(s.retry(dead[0].id).await.unwrap());
+    assert!(s.retry(dead.id).await.unwrap());
     let got = sink.wait_for(2).await;
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
     assert_eq!(s.stats().await.unwrap().dead, 0);
@@ -208,13 +224,7 @@ async fn dead_deliveries_are_kept_listed_and_retried() {
     assert_eq!((o.inserted, o.refused), (1, 1));
     let got = sink.wait_for(3).await;
     assert!(String::from_utf8_lossy(&got[2].body).contains("answered"));
-    let dead = s
-        .list(ListFilter {
-            status: Some(Status::Dead),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let dead = dead_rows(&s).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].last_status.as_deref(), Some("refused"));
     assert!(dead[0].last_error.as_deref().unwrap_or("").contains(".."));
@@ -225,21 +235,7 @@ async fn dead_deliveries_are_kept_listed_and_retried() {
     s.submit(vec![dots, next]).await.unwrap();
     let got = sink.wait_for(4).await;
     assert!(String::from_utf8_lossy(&got[3].body).contains("19000.3"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let invalid = loop {
-        let rows = s
-            .list(ListFilter {
-                status: Some(Status::Dead),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        if let Some(r) = rows.into_iter().find(|r| r.session_id == "19000.3") {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "never dead");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let invalid = wait_dead(&s, |r| r.session_id == "19000.3").await;
     assert_eq!(invalid.last_status.as_deref(), Some("invalid"));
     assert!(
         invalid
@@ -370,14 +366,9 @@ async fn ownership_is_balanced_and_follows_leaves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_call_state_is_kept_per_pbx_for_the_next_owner() {
-    use callhook::cluster::calls::CallBucket;
     let nats = NatsCluster::start("calls").await;
-    let a = CallBucket::new(&instance(&nats, "a", "t6").await)
-        .await
-        .unwrap();
-    let b = CallBucket::new(&instance(&nats, "b", "t6").await)
-        .await
-        .unwrap();
+    let a = call_bucket(&nats, "a", "t6").await;
+    let b = call_bucket(&nats, "b", "t6").await;
     assert!(b.load("east").await.unwrap().is_empty());
     let state = |s: &str| Some(format!("state of {s}").into_bytes());
     a.save(
@@ -440,4 +431,49 @@ async fn live_call_state_is_kept_per_pbx_for_the_next_owner() {
     .unwrap();
     assert!(b.load("east").await.unwrap().is_empty());
     assert_eq!(s.get_info().await.unwrap().state.messages, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_call_states_are_purged_by_the_load_that_finds_them() {
+    use callhook::cluster::names::{digest, token};
+    use callhook::metrics::metrics;
+    let nats = NatsCluster::start("badcalls").await;
+    let a = call_bucket(&nats, "a", "t7").await;
+    a.save(
+        "east",
+        vec![("1795375684.197".into(), Some(b"state".to_vec()))],
+    )
+    .await
+    .unwrap();
+    // Written by something else, or damaged: not an envelope; an envelope
+    // whose state is not base64. West's damaged entry is not east's load's.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let kv = js.get_key_value("t7_calls").await.unwrap();
+    let east = token("east");
+    let bad = [
+        (format!("{east}.garbage"), b"\x00garbage".to_vec()),
+        (
+            format!("{east}.{}", digest(&["1795375684.200"], 12)),
+            br#"{"session":"1795375684.200","state":"not base64!"}"#.to_vec(),
+        ),
+    ];
+    for (k, v) in &bad {
+        kv.put(k, v.clone().into()).await.unwrap();
+    }
+    kv.put(format!("{}.garbage", token("west")), "garbage".into())
+        .await
+        .unwrap();
+    let before = metrics().cluster_undecodable_call_states.get();
+    let good = vec![("1795375684.197".to_string(), b"state".to_vec())];
+    assert_eq!(a.load("east").await.unwrap(), good);
+    assert_eq!(metrics().cluster_undecodable_call_states.get() - before, 2);
+    // Gone, with no marker: the stream holds east's call and west's entry.
+    for (k, _) in &bad {
+        assert!(kv.entry(k).await.unwrap().is_none(), "{k} left");
+    }
+    let s = js.get_stream("KV_t7_calls").await.unwrap();
+    assert_eq!(s.get_info().await.unwrap().state.messages, 2);
+    // The next load finds nothing more to purge.
+    assert_eq!(a.load("east").await.unwrap(), good);
+    assert_eq!(metrics().cluster_undecodable_call_states.get() - before, 2);
 }

@@ -103,7 +103,6 @@ async fn dedupe_by_key_and_by_waiting_event() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(5));
     assert_eq!(ob.enqueue(&[a]).await.unwrap().inserted, 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -149,7 +148,6 @@ async fn cap_rejects_new_rows_and_keeps_old_ones() {
         .unwrap();
     let o = ob.enqueue(&reqs[3..]).await.unwrap();
     assert_eq!((o.inserted, o.rejected_full), (1, 1));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -231,7 +229,6 @@ async fn one_head_per_call_and_target() {
     assert_eq!(p.claimed.len(), 1);
     assert_eq!(p.claimed[0].id, b);
     assert_eq!(p.claimed[0].attempts, 0, "attempts reset by retry");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -273,7 +270,6 @@ async fn crash_recovery_requeues_inflight_and_keeps_keys() {
     assert!(ids.contains(&"s0-ringing".to_string()));
     shutdown.cancel();
     h.stopped().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Child half of `a_real_crash_loses_nothing`: only acts when started by it.
@@ -329,7 +325,6 @@ async fn a_real_crash_loses_nothing() {
         let first = r.iter().find(|x| x.session_id == c.session_id).unwrap();
         assert_eq!(c.id, first.id);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -415,7 +410,6 @@ async fn admin_list_stats_retry_and_prune() {
     assert_eq!(ob.prune(now() + 61.0).await.unwrap(), 1);
     let s = ob.stats().await.unwrap();
     assert_eq!((s.pending, s.done), (3, 0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -428,7 +422,6 @@ async fn schema_version_is_checked() {
     }
     let e = Outbox::open(&dir, OutboxOptions::default()).unwrap_err();
     assert!(e.to_string().contains("99"), "{e}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Figures for the report: enqueue latency with FULL vs NORMAL and the
@@ -497,7 +490,6 @@ async fn measure_enqueue_latency() {
             20_000.0 / took.as_secs_f64()
         );
         drop(ob);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -603,7 +595,6 @@ async fn batched_outcomes_and_claims_keep_one_head_per_call() {
         .await
         .unwrap();
     assert!(!f.recorded);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Slots the dispatcher offers are filled by the enqueue itself, in its
@@ -647,7 +638,6 @@ async fn offered_slots_are_claimed_by_the_enqueue_that_stores_the_rows() {
     ids.sort();
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert!(ids.iter().all(|e| e.contains("ringing")));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The poll flag goes up with a commit that may have left ready rows no
@@ -732,5 +722,4 @@ async fn the_poll_flag_says_when_a_hand_off_left_rows_behind() {
         .unwrap());
     assert_eq!(ob.retry_all_dead().await.unwrap(), 1);
     assert!(flag.take());
-    let _ = std::fs::remove_dir_all(&dir);
 }

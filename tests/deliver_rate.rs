@@ -80,7 +80,6 @@ async fn rate_limit_20_per_second_holds_in_every_window() {
     );
     shutdown.cancel();
     h.stopped().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Figures for the report: deliveries per second to a local sink, FULL vs
@@ -175,6 +174,5 @@ async fn measure_throughput() {
         shutdown.cancel();
         h.stopped().await;
         drop(outbox);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -211,5 +211,4 @@ async fn the_timer_backfill_enqueues_into_the_outbox_the_daemon_delivers() {
     assert!(!err.contains("warning"), "{err}");
     drop(d);
     assert_eq!(sink.count(), 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }

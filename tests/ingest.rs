@@ -177,7 +177,6 @@ async fn burst_through_the_daemon(pbx: &str, calls: usize, ami_extra: &str) -> B
     let resyncs = sim.stats().action_count("CoreShowChannels");
     token.cancel();
     task.await.unwrap().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
     Burst {
         calls: got,
         answered,

@@ -424,5 +424,4 @@ async fn the_daemon_table_after_login_and_at_the_end() {
         .expect("the daemon stops")
         .unwrap()
         .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -46,7 +46,6 @@ fn defaults_and_secrets() {
         .unwrap()
         .push
         .is_none());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -117,6 +117,24 @@ fn ws_key(head: &[u8]) -> Option<String> {
     })
 }
 
+/// The next burst to send, skipping over any this client lagged behind on;
+/// `None` once the bench stops or the sender is gone.
+async fn next_burst(
+    rx: &mut broadcast::Receiver<Arc<Burst>>,
+    stop: &CancellationToken,
+) -> Option<Arc<Burst>> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            b = rx.recv() => match b {
+                Ok(b) => return Some(b),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+        }
+    }
+}
+
 async fn raw(
     mut sock: TcpStream,
     mut rx: broadcast::Receiver<Arc<Burst>>,
@@ -146,13 +164,8 @@ async fn raw(
     }
     drop(out);
     loop {
-        let b = tokio::select! {
-            _ = stop.cancelled() => return,
-            b = rx.recv() => match b {
-                Ok(b) => b,
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+        let Some(b) = next_burst(&mut rx, &stop).await else {
+            return;
         };
         let done = if rx.is_empty() {
             sock.write_all(&b.frames).await
@@ -185,13 +198,8 @@ async fn tungstenite(
         }
     }
     loop {
-        let b = tokio::select! {
-            _ = stop.cancelled() => return,
-            b = rx.recv() => match b {
-                Ok(b) => b,
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+        let Some(b) = next_burst(&mut rx, &stop).await else {
+            return;
         };
         let mut bursts = vec![b];
         while let Ok(b) = rx.try_recv() {

@@ -12,7 +12,14 @@
 //! its own keys, however many other PBXs and teams the bucket holds. A
 //! call that ended has its subject purged from the stream (no delete
 //! marker is left behind), so the bucket holds exactly the calls in
-//! progress. The owner writes the calls a batch changed before it takes
+//! progress. An entry that cannot be decoded (not an envelope, or a state
+//! that is not base64: written by something else, or damaged) is of no use
+//! to any owner; the load that finds it purges it (up to its own revision,
+//! so a newer write of the key survives), with a warning and
+//! `callhook_cluster_undecodable_call_states_total`, instead of leaving it
+//! to be skipped by every owner after. (A state that decodes but that the
+//! normalizer cannot use is deleted by the owner's rewrite after a take.)
+//! The owner writes the calls a batch changed before it takes
 //! the next batch; the next owner reads them before its AMI client logs
 //! in, and the post-login reconciliation closes or continues them.
 //!
@@ -29,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use super::names::{digest, token};
 use super::{Cluster, ClusterError};
+use crate::metrics::metrics;
 
 /// What is stored per call.
 #[derive(Debug, Serialize, Deserialize)]
@@ -108,7 +116,7 @@ impl CallBucket {
 
     /// The calls of `pbx` in progress: (session id, state bytes). Only
     /// `pbx`'s subjects are listed (see the module). An entry that cannot
-    /// be decoded is skipped with a log line.
+    /// be decoded is left out and purged (see the module).
     pub async fn load(&self, pbx: &str) -> Result<Vec<(String, Vec<u8>)>, ClusterError> {
         let mut subjects = self
             .kv
@@ -125,28 +133,85 @@ impl CallBucket {
         }
         let mut out = Vec::with_capacity(mine.len());
         for k in mine {
-            let Some(v) = self
+            let Some(e) = self
                 .kv
-                .get(&k)
+                .entry(&k)
                 .await
                 .map_err(|e| ClusterError::js("call state get", e))?
             else {
                 continue;
             };
-            let decoded = serde_json::from_slice::<Envelope>(&v).ok().and_then(|e| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(e.state)
-                    .ok()
-                    .map(|b| (e.session, b))
-            });
-            match decoded {
+            if e.operation != kv::Operation::Put {
+                continue;
+            }
+            match decode(&e.value) {
                 Some(c) => out.push(c),
-                None => {
-                    tracing::warn!(target: "callhook::cluster", pbx, key = %k, "undecodable live call state skipped")
-                }
+                None => self.purge_undecodable(pbx, &k, e.revision).await,
             }
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Removes an entry [`decode`] refused: the messages of its key up to
+    /// and including `revision` (a value written since then is kept; the
+    /// bucket's stream denies single-message deletes). A failure leaves it
+    /// for the next load.
+    async fn purge_undecodable(&self, pbx: &str, k: &str, revision: u64) {
+        let purged = self
+            .kv
+            .stream
+            .purge()
+            .filter(format!("{}{k}", self.kv.prefix))
+            .sequence(revision.saturating_add(1))
+            .await;
+        match purged {
+            Ok(_) => {
+                metrics().cluster_undecodable_call_states.inc();
+                tracing::warn!(target: "callhook::cluster", pbx, key = %k, revision, "undecodable live call state purged from the calls bucket");
+            }
+            Err(e) => {
+                tracing::warn!(target: "callhook::cluster", pbx, key = %k, revision, error = %e, "undecodable live call state skipped; purging it failed (tried again at the next load)")
+            }
+        }
+    }
+}
+
+/// A stored entry as (session id, state bytes); `None` when it is not an
+/// envelope or its state is not base64.
+fn decode(v: &[u8]) -> Option<(String, Vec<u8>)> {
+    let e = serde_json::from_slice::<Envelope>(v).ok()?;
+    let state = base64::engine::general_purpose::STANDARD
+        .decode(e.state)
+        .ok()?;
+    Some((e.session, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_envelopes_with_base64_states_decode() {
+        let good = serde_json::to_vec(&Envelope {
+            session: "1795375684.197".into(),
+            state: base64::engine::general_purpose::STANDARD.encode(b"\x00state"),
+        })
+        .unwrap();
+        assert_eq!(
+            decode(&good),
+            Some(("1795375684.197".to_string(), b"\x00state".to_vec()))
+        );
+        for bad in [
+            &b"garbage"[..],
+            b"",
+            b"{}",
+            br#"{"session":"1.2"}"#,
+            br#"{"session":"1.2","state":"not base64!"}"#,
+            br#"{"session":7,"state":""}"#,
+            b"\xff\xfe{\"session\"",
+        ] {
+            assert_eq!(decode(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -154,8 +154,12 @@ mod tests {
 
     #[test]
     fn saves_and_loads() {
-        let dir = std::env::temp_dir().join(format!("callhook-cursor-{}", std::process::id()));
-        let path = dir.join("x.json");
+        let dir = tempfile::Builder::new()
+            .prefix("callhook-cursor-")
+            .tempdir()
+            .unwrap();
+        // A directory that does not exist yet: saving creates it.
+        let path = dir.path().join("state").join("x.json");
         assert!(Cursor::load(&path).unwrap().is_none());
         let c = Cursor {
             version: 1,
@@ -168,6 +172,5 @@ mod tests {
         assert_eq!(Cursor::load(&path).unwrap(), Some(c));
         std::fs::write(&path, "{broken").unwrap();
         assert!(Cursor::load(&path).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -636,8 +636,11 @@ crm:
 
     #[test]
     fn bad_tls_files_are_errors() {
-        let dir = std::env::temp_dir().join(format!("callhook-target-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("callhook-target-tls-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         std::fs::write(dir.join("ca.pem"), "not a certificate\n").unwrap();
         std::fs::write(
             dir.join("c.pem"),
@@ -649,7 +652,7 @@ crm:
         let raw = parse(
             "crm: { tls: { ca_file: ca.pem, client_cert_file: c.pem, client_key_file: k.pem }, signing: { secret_file: secret } }",
         );
-        let errs = validate_targets(&raw, &dir).unwrap_err();
+        let errs = validate_targets(&raw, dir).unwrap_err();
         let paths: Vec<String> = errs.iter().map(|e| e.path.to_string()).collect();
         for p in [
             "targets.crm.tls.ca_file",
@@ -658,6 +661,5 @@ crm:
         ] {
             assert!(paths.iter().any(|x| x == p), "{errs:#?}");
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
