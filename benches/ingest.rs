@@ -96,7 +96,7 @@ fn main() {
 
     if let Some(what) = args.iter().find_map(|a| a.strip_prefix("--profile=")) {
         // One path in a loop, for `perf record`.
-        for _ in 0..10 {
+        for i in 0..10 {
             match what {
                 "replay" => {
                     replay_records(&capture);
@@ -111,6 +111,18 @@ fn main() {
                 "run" => {
                     let fake = FakeAmi::start(Arc::new(events.clone()));
                     daemon(fake.addr, "profile", calls);
+                    fake.stop();
+                }
+                "burst-run" => {
+                    let fake = FakeAmi::start(Arc::new(burst_events.clone()));
+                    let got = daemon(fake.addr, &format!("profile-burst-{i}"), burst_calls);
+                    let spent = got.done.since(fake.streaming());
+                    println!(
+                        "burst run: {} records, {} dropped, {:.0} events/s CPU",
+                        got.records,
+                        got.dropped,
+                        n_burst as f64 / spent.cpu.as_secs_f64()
+                    );
                     fake.stop();
                 }
                 "codec" => {
@@ -137,7 +149,7 @@ fn main() {
                         t.elapsed()
                     );
                 }
-                _ => panic!("--profile=replay|run|codec|burst"),
+                _ => panic!("--profile=replay|run|codec|burst|burst-run"),
             }
         }
         return;
