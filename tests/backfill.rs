@@ -4,6 +4,8 @@
 //! keys, and running a backfill twice (or after the live daemon) enqueues
 //! every key once.
 
+mod support_app;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -209,15 +211,7 @@ fn every_fixture_cdr_backfills_to_its_truth() {
 fn config_including(rule_file: &str) -> Config {
     std::env::set_var("CRM_TOKEN", "test-token");
     let text = format!("state_dir: /nonexistent\ninclude: [rules/{rule_file}]\n");
-    Config::from_text(&text, root()).unwrap_or_else(|e| {
-        panic!(
-            "{rule_file}: {}",
-            e.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })
+    support_app::config(&text, root())
 }
 
 /// The requests a backfill of `cdr` would send (`--dry-run`, JSON lines).

@@ -26,15 +26,7 @@ fn config_including(rule_file: &str) -> Config {
         "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     );
     let text = format!("state_dir: /nonexistent\ninclude: [rules/{rule_file}]\n");
-    Config::from_text(&text, root()).unwrap_or_else(|e| {
-        panic!(
-            "{rule_file}: {}",
-            e.iter()
-                .map(|x| x.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
-    })
+    support_app::config(&text, root())
 }
 
 fn requests(cfg: &Config, capture: &str) -> Vec<DeliveryRequest> {
