@@ -59,7 +59,10 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "live/baseline.rs"]
 mod baseline;
+#[path = "../tests/support_tmp/mod.rs"]
+mod support_tmp;
 use baseline::{Burst, Kind};
+use support_tmp::TestDir;
 
 const KEY: &str = "bench-live-key-0123456789";
 
@@ -406,9 +409,7 @@ struct Run {
 }
 
 async fn bench(n: usize) {
-    let dir = std::env::temp_dir().join(format!("callhook-bench-live-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TestDir::new("bench-live");
     let (t0_a, log_a) = (dir.join("t0-callhook.json"), dir.join("log.json"));
     let a = run_callhook(n, &dir, &t0_a, &log_a).await;
     let schedule = schedule(&log_a, &t0_a);
@@ -417,7 +418,6 @@ async fn bench(n: usize) {
         base.push(run_baseline(kind, n, &dir, &schedule).await);
     }
     report(n, &a, &base);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 async fn run_callhook(

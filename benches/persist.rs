@@ -12,6 +12,8 @@
 
 #[path = "../tests/support_app/mod.rs"]
 mod support_app;
+#[path = "../tests/support_tmp/mod.rs"]
+mod support_tmp;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use callhook::normalize::{Normalizer, NormalizerConfig};
 use callhook::replay::{Routed, Router};
 use callhook::rules::RuleSet;
 use callhook::source::SourceEvent;
+use support_tmp::TestDir;
 use tokio_util::codec::Decoder;
 
 /// Events taken from the capture (≈ 40 calls).
@@ -91,11 +94,7 @@ struct Run {
 }
 
 async fn run(events: &[SourceEvent], rules: &RuleSet, batch: usize, persist: bool) -> Run {
-    let dir = std::env::temp_dir().join(format!(
-        "callhook-bench-persist-{}-{batch}-{persist}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = TestDir::new(&format!("bench-persist-{batch}-{persist}"));
     let outbox = Outbox::open(&dir, OutboxOptions::default()).expect("outbox");
     let mut n = Normalizer::new(NormalizerConfig::default());
     if persist {
@@ -128,7 +127,7 @@ async fn run(events: &[SourceEvent], rules: &RuleSet, batch: usize, persist: boo
     }
     let took = started.elapsed();
     outbox.close();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     Run {
         took,
         commits,

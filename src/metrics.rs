@@ -19,12 +19,14 @@ use prometheus::{
 };
 
 mod agi;
+mod cluster;
 mod labels;
 mod process;
 mod proxy;
 mod series;
 
 pub use agi::AgiMetrics;
+pub use cluster::ClusterMetrics;
 pub use labels::{action_label, event_label};
 pub use process::ProcessMetrics;
 pub use proxy::ProxyMetrics;
@@ -160,16 +162,6 @@ pub struct Metrics {
     pub outbox_waiting: IntGaugeVec,
     /// Age of the oldest waiting delivery, by target (0 when none waits).
     pub outbox_oldest_waiting_age_seconds: GaugeVec,
-    /// Cluster mode: live instances this one sees.
-    pub cluster_members: IntGauge,
-    /// Cluster mode: leases this instance holds, by kind (`pbx`, `team`).
-    pub cluster_owned: IntGaugeVec,
-    /// Cluster mode: model events not turned into deliveries because this
-    /// instance no longer owned their PBX or team (after a lost lease).
-    pub cluster_fenced_events: IntCounter,
-    /// Cluster mode: entries of the calls bucket that could not be decoded,
-    /// purged by the load that found them (`cluster::calls`).
-    pub cluster_undecodable_call_states: IntCounter,
     /// Targets whose outbox gauges were set (to reset them to 0 when drained).
     outbox_targets: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Process metrics (standard names, refreshed at every render).
@@ -178,6 +170,8 @@ pub struct Metrics {
     pub agi: AgiMetrics,
     /// The AMI proxy's metrics.
     pub ami_proxy: ProxyMetrics,
+    /// Cluster mode's metrics.
+    pub cluster: ClusterMetrics,
 }
 
 /// The settings a reload can only apply at the next restart: the `key`
@@ -624,42 +618,10 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| panic!("{e}")),
             ),
-            cluster_members: register(
-                &r,
-                "callhook_cluster_members",
-                IntGauge::new(
-                    "callhook_cluster_members",
-                    "Cluster mode: live instances this one sees",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
-            ),
-            cluster_owned: gauge_vec(
-                &r,
-                "callhook_cluster_owned",
-                "Cluster mode: leases this instance holds, by kind",
-                &["kind"],
-            ),
-            cluster_fenced_events: register(
-                &r,
-                "callhook_cluster_fenced_events_total",
-                IntCounter::new(
-                    "callhook_cluster_fenced_events_total",
-                    "Cluster mode: events dropped because their PBX or team is no longer owned here",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
-            ),
-            cluster_undecodable_call_states: register(
-                &r,
-                "callhook_cluster_undecodable_call_states_total",
-                IntCounter::new(
-                    "callhook_cluster_undecodable_call_states_total",
-                    "Cluster mode: entries of the calls bucket that could not be decoded, purged",
-                )
-                .unwrap_or_else(|e| panic!("{e}")),
-            ),
             outbox_targets: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             process: ProcessMetrics::new(&r),
             ami_proxy: ProxyMetrics::new(&r),
+            cluster: ClusterMetrics::new(&r),
             agi: AgiMetrics::new(&r),
             registry: r,
         }

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use callhook::ami::client::{self, AmiError, AuthMode, ConnectionState};
+use callhook::ami::client::{self, AmiError, AuthMode, ClientConfig, ConnectionState};
 use callhook::ami::simulator::{AfterCapture, SimSession, Simulator};
 use callhook::ami::{Action, AmiMessage};
 use callhook::metrics::metrics;
@@ -21,6 +21,21 @@ fn sim(sessions: Vec<SimSession>) -> Simulator {
     let mut s = Simulator::new(USER, SECRET);
     s.sessions = sessions;
     s
+}
+
+/// A client of `cfg` feeding a queue of `cap` events, and its stop token.
+fn spawn(
+    cfg: ClientConfig,
+    cap: usize,
+) -> (
+    client::AmiHandle,
+    mpsc::Receiver<SourceEvent>,
+    CancellationToken,
+) {
+    let (tx, rx) = mpsc::channel(cap);
+    let token = CancellationToken::new();
+    let h = client::spawn(cfg, tx, token.clone());
+    (h, rx, token)
 }
 
 async fn stop(handle: &client::AmiHandle, token: &CancellationToken) {
@@ -40,9 +55,7 @@ async fn md5_login_then_unsolicited_events_in_order() {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(10_000);
-    let token = CancellationToken::new();
-    let h = client::spawn(config("t-md5", sim.local_addr()), tx, token.clone());
+    let (h, mut rx, token) = spawn(config("t-md5", sim.local_addr()), 10_000);
 
     // The post-login resync comes first (no call up: empty).
     assert!(next_snapshot(&mut rx).await.is_empty());
@@ -82,11 +95,9 @@ async fn plain_login() {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(100);
-    let token = CancellationToken::new();
     let mut cfg = config("t-plain", sim.local_addr());
     cfg.auth = AuthMode::Plain;
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 100);
     next_snapshot(&mut rx).await;
     assert_eq!(h.state(), ConnectionState::LoggedIn);
     let stats = sim.stats();
@@ -100,13 +111,11 @@ async fn plain_login() {
 #[tokio::test]
 async fn wrong_secret_backs_off() {
     let sim = sim(vec![]).start().await.unwrap();
-    let (tx, mut rx) = mpsc::channel(100);
-    let token = CancellationToken::new();
     let mut cfg = config("t-badauth", sim.local_addr());
     cfg.secret = "wrong".into();
     cfg.backoff_initial = Duration::from_millis(100);
     cfg.backoff_max = Duration::from_secs(1);
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 100);
 
     let first = timeout(WAIT, sim.wait_for(|s| s.failed_logins >= 1))
         .await
@@ -163,9 +172,7 @@ async fn reconnect_scenario(dir: &str, pbx: &str, list_item: &str) {
     .start()
     .await
     .unwrap();
-    let (tx, mut rx) = mpsc::channel(10_000);
-    let token = CancellationToken::new();
-    let h = client::spawn(config(pbx, sim.local_addr()), tx, token.clone());
+    let (h, mut rx, token) = spawn(config(pbx, sim.local_addr()), 10_000);
 
     assert!(next_snapshot(&mut rx).await.is_empty());
     assert_eq!(next_ami(&mut rx, exp1.len()).await, exp1);
@@ -208,9 +215,7 @@ async fn action_routing(dir: &str, pbx: &str, snapshot_item: &str) {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(10_000);
-    let token = CancellationToken::new();
-    let h = client::spawn(config(pbx, sim.local_addr()), tx, token.clone());
+    let (h, mut rx, token) = spawn(config(pbx, sim.local_addr()), 10_000);
 
     let snap = next_snapshot(&mut rx).await;
     assert_eq!(snap.len(), 4, "{snap:?}");
@@ -284,9 +289,7 @@ async fn originate_response_is_forwarded() {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(10_000);
-    let token = CancellationToken::new();
-    let h = client::spawn(config("t-orig", sim.local_addr()), tx, token.clone());
+    let (h, mut rx, token) = spawn(config("t-orig", sim.local_addr()), 10_000);
     next_snapshot(&mut rx).await;
     assert_eq!(next_ami(&mut rx, expected.len()).await, expected);
     stop(&h, &token).await;
@@ -302,12 +305,10 @@ async fn ping_timeout_reconnects() {
     .start()
     .await
     .unwrap();
-    let (tx, mut rx) = mpsc::channel(100);
-    let token = CancellationToken::new();
     let mut cfg = config("t-ping", sim.local_addr());
     cfg.ping_interval = Duration::from_millis(200);
     cfg.ping_timeout = Duration::from_millis(200);
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 100);
 
     next_snapshot(&mut rx).await;
     let t0 = Instant::now();
@@ -344,11 +345,9 @@ async fn originate_is_not_resent_after_reconnect() {
     .start()
     .await
     .unwrap();
-    let (tx, mut rx) = mpsc::channel(100);
-    let token = CancellationToken::new();
     let mut cfg = config("t-noresend", sim.local_addr());
     cfg.backoff_initial = Duration::from_millis(400);
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 100);
     next_snapshot(&mut rx).await;
 
     let originate = || {
@@ -400,13 +399,11 @@ async fn slow_consumer_gets_every_event_through_backpressure() {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(1);
-    let token = CancellationToken::new();
     let mut cfg = config("t-slow", sim.local_addr());
     // Generous: on a loaded machine this test's consumer may be descheduled
     // for longer than the 50 ms default (the give-up path is test 7b).
     cfg.max_stall = Duration::from_secs(30);
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 1);
 
     assert!(next_snapshot(&mut rx).await.is_empty());
     let mut got = Vec::new();
@@ -445,9 +442,7 @@ async fn full_queue_drops_after_max_stall_then_resyncs() {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(1);
-    let token = CancellationToken::new();
-    let h = client::spawn(config("t-full", sim.local_addr()), tx, token.clone());
+    let (h, mut rx, token) = spawn(config("t-full", sim.local_addr()), 1);
 
     // Nobody reads: the login snapshot fills the queue, yet the replay
     // completes and the client answers actions again.
@@ -483,12 +478,10 @@ async fn a_long_batch_that_empties_the_queue_drops_nothing() {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(256);
-    let token = CancellationToken::new();
     let mut cfg = config("t-long-batch", sim.local_addr());
     cfg.max_stall = Duration::from_millis(300);
     cfg.action_timeout = Duration::from_secs(30);
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 256);
     assert!(next_snapshot(&mut rx).await.is_empty());
     let dropped = || {
         metrics()
@@ -548,11 +541,9 @@ async fn a_paused_consumer_loses_nothing_that_fits_the_read_ahead() {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(1);
-    let token = CancellationToken::new();
     let mut cfg = config("t-pause", sim.local_addr());
     cfg.action_timeout = Duration::from_secs(10);
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 1);
     timeout(WAIT, sim.wait_for(|s| s.replays_completed >= 1))
         .await
         .unwrap();
@@ -584,9 +575,7 @@ async fn shutdown_logs_off() {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(100);
-    let token = CancellationToken::new();
-    let h = client::spawn(config("t-shutdown", sim.local_addr()), tx, token.clone());
+    let (h, mut rx, token) = spawn(config("t-shutdown", sim.local_addr()), 100);
     next_snapshot(&mut rx).await;
 
     token.cancel();
@@ -625,11 +614,9 @@ async fn oversized_packet_is_skipped() {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(100);
-    let token = CancellationToken::new();
     let mut cfg = config("t-skip", sim.local_addr());
     cfg.max_packet = 1024;
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 100);
     next_snapshot(&mut rx).await;
     let got = next_ami(&mut rx, 2).await;
     assert_eq!(names(&got), ["Newchannel", "Hangup"]);
@@ -651,11 +638,9 @@ async fn action_timeout() {
         .start()
         .await
         .unwrap();
-    let (tx, mut rx) = mpsc::channel(100);
-    let token = CancellationToken::new();
     let mut cfg = config("t-timeout", sim.local_addr());
     cfg.action_timeout = Duration::from_millis(300);
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 100);
     next_snapshot(&mut rx).await;
     let t0 = Instant::now();
     let r = h.send(Action::new("QueueStatus")).await;
@@ -679,9 +664,7 @@ async fn idempotent_action_is_resent_after_reconnect() {
     .start()
     .await
     .unwrap();
-    let (tx, mut rx) = mpsc::channel(100);
-    let token = CancellationToken::new();
-    let h = client::spawn(config("t-resend", sim.local_addr()), tx, token.clone());
+    let (h, mut rx, token) = spawn(config("t-resend", sim.local_addr()), 100);
     next_snapshot(&mut rx).await;
     let r = h
         .send(Action::new("QueueStatus").field("Queue", "ventas"))
@@ -720,9 +703,7 @@ async fn a_flapping_link_reconnects_at_once_after_sessions_that_delivered_events
     let mut cfg = config("t-flap", sim.local_addr());
     cfg.backoff_initial = Duration::from_millis(500);
     cfg.backoff_max = Duration::from_secs(30);
-    let (tx, mut rx) = mpsc::channel(100_000);
-    let token = CancellationToken::new();
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 100_000);
     let mut blind = Vec::new();
     let mut down_at = None;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -773,9 +754,7 @@ async fn sessions_without_events_still_back_off() {
     let mut cfg = config("t-flap-empty", sim.local_addr());
     cfg.backoff_initial = Duration::from_millis(500);
     cfg.backoff_max = Duration::from_secs(30);
-    let (tx, mut rx) = mpsc::channel(100_000);
-    let token = CancellationToken::new();
-    let h = client::spawn(cfg, tx, token.clone());
+    let (h, mut rx, token) = spawn(cfg, 100_000);
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
     tokio::time::sleep(Duration::from_secs(3)).await;
     let n = sim.connections();

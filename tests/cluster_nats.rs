@@ -463,10 +463,10 @@ async fn undecodable_call_states_are_purged_by_the_load_that_finds_them() {
     kv.put(format!("{}.garbage", token("west")), "garbage".into())
         .await
         .unwrap();
-    let before = metrics().cluster_undecodable_call_states.get();
+    let before = metrics().cluster.undecodable_call_states.get();
     let good = vec![("1795375684.197".to_string(), b"state".to_vec())];
     assert_eq!(a.load("east").await.unwrap(), good);
-    assert_eq!(metrics().cluster_undecodable_call_states.get() - before, 2);
+    assert_eq!(metrics().cluster.undecodable_call_states.get() - before, 2);
     // Gone, with no marker: the stream holds east's call and west's entry.
     for (k, _) in &bad {
         assert!(kv.entry(k).await.unwrap().is_none(), "{k} left");
@@ -475,5 +475,5 @@ async fn undecodable_call_states_are_purged_by_the_load_that_finds_them() {
     assert_eq!(s.get_info().await.unwrap().state.messages, 2);
     // The next load finds nothing more to purge.
     assert_eq!(a.load("east").await.unwrap(), good);
-    assert_eq!(metrics().cluster_undecodable_call_states.get() - before, 2);
+    assert_eq!(metrics().cluster.undecodable_call_states.get() - before, 2);
 }

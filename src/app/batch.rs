@@ -40,7 +40,7 @@ pub(super) fn take(
         | SourceEvent::AmiDisconnected { pbx, .. } => (pbx, false),
     };
     if !owns(ownership, pbx, team) {
-        metrics().cluster_fenced_events.inc();
+        metrics().cluster.fenced_events.inc();
         if let SourceEvent::Push { ack: Some(a), .. } = ev {
             let _ = a.send(Err("this instance no longer owns the team".into()));
         }
@@ -95,7 +95,8 @@ pub(super) async fn finish_batch(
         });
         changes.retain(|c| owns(ownership, &c.pbx, normalizer.is_push_team(&c.pbx)));
         metrics()
-            .cluster_fenced_events
+            .cluster
+            .fenced_events
             .inc_by((before - out.len()) as u64);
     }
     let calls: Vec<LiveCallWrite> = changes

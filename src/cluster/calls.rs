@@ -101,7 +101,7 @@ impl CallBucket {
                         .kv
                         .stream
                         .purge()
-                        .filter(format!("{}{k}", self.kv.prefix))
+                        .filter(self.subject(&k))
                         .await
                         .map(|_| ())
                         .map_err(|e| ClusterError::js("call state purge", e)),
@@ -153,6 +153,11 @@ impl CallBucket {
         Ok(out)
     }
 
+    /// The stream subject that holds key `k`'s messages.
+    fn subject(&self, k: &str) -> String {
+        format!("{}{k}", self.kv.prefix)
+    }
+
     /// Removes an entry [`decode`] refused: the messages of its key up to
     /// and including `revision` (a value written since then is kept; the
     /// bucket's stream denies single-message deletes). A failure leaves it
@@ -162,12 +167,12 @@ impl CallBucket {
             .kv
             .stream
             .purge()
-            .filter(format!("{}{k}", self.kv.prefix))
+            .filter(self.subject(k))
             .sequence(revision.saturating_add(1))
             .await;
         match purged {
             Ok(_) => {
-                metrics().cluster_undecodable_call_states.inc();
+                metrics().cluster.undecodable_call_states.inc();
                 tracing::warn!(target: "callhook::cluster", pbx, key = %k, revision, "undecodable live call state purged from the calls bucket");
             }
             Err(e) => {

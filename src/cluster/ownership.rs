@@ -555,12 +555,12 @@ impl Task {
                     .collect(),
                 owners,
             };
-            let m = metrics();
-            m.cluster_members.set(live.len() as i64);
-            m.cluster_owned
+            let m = &metrics().cluster;
+            m.members.set(live.len() as i64);
+            m.owned
                 .with_label_values(&["pbx"])
                 .set(owned.iter().filter(|i| i.0 == Kind::Pbx).count() as i64);
-            m.cluster_owned
+            m.owned
                 .with_label_values(&["team"])
                 .set(owned.iter().filter(|i| i.0 == Kind::Team).count() as i64);
             if **self.tx.borrow() != owned {
