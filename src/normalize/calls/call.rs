@@ -310,6 +310,7 @@ impl PbxCalls {
                 self.tombstone(session.to_compact_string(), t);
             }
             for a in call.aliases {
+                self.renamed.remove(&a);
                 if !call.members.contains(&a) {
                     self.tombstone(a, t);
                 }

@@ -134,7 +134,7 @@ impl PbxCalls {
             Self::ignored("late");
             return None;
         }
-        let session = info.linkedid.unwrap_or(uid);
+        let session = info.linkedid.map_or(uid, |l| self.current(l));
         if self.at_capacity(cfg, session) {
             return None;
         }
@@ -214,11 +214,10 @@ impl PbxCalls {
                 ch.connected_num = Some(c.to_compact_string());
             }
             if let Some(l) = info.linkedid {
-                let absorbed = self
-                    .calls
-                    .get(&ch.call)
-                    .is_some_and(|c| c.aliases.iter().any(|a| a == l));
-                if ch.linked && l != ch.call && !absorbed && !self.tombstones.contains_key(l) {
+                // A call merged into this one (a pickup) or this call's
+                // own former key is not a move.
+                let l = self.renamed.get(l).map_or(l, |k| k.as_str());
+                if ch.linked && l != ch.call && !self.tombstones.contains_key(l) {
                     move_to = Some(l.to_compact_string());
                 }
             }
@@ -243,6 +242,7 @@ impl PbxCalls {
                     }
                 }
                 self.calls.insert(target.to_compact_string(), call);
+                self.rename(&from, target);
             }
             return;
         }

@@ -110,6 +110,7 @@ impl PbxCalls {
         k.announced |= g.announced;
         k.approximate |= g.approximate;
         k.last_activity = t;
+        self.rename(gone, keep);
     }
 
     pub(super) fn decide_orphan(

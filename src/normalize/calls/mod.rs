@@ -8,7 +8,11 @@
 //! the Local `;1`/`;2` name stem, `AgentCalled`/`AgentConnect`,
 //! `Masquerade`, a snapshot's bridged peer. The survivor is the call whose
 //! first channel is older, so the session id is the Uniqueid of the call's
-//! first channel — what the PBX itself records as the linkedid.
+//! first channel — what the PBX itself records as the linkedid. A call's
+//! former keys (the call merged into it, the key it had before a Linkedid
+//! re-keyed it) stay its aliases while it lives: a channel or Linkedid
+//! naming one joins it, never a second call under the old key (whose
+//! leg ids the live call carries), and at its end they become tombstones.
 //!
 //! Two ≤ 11 situations have no tie in the stream and are decided by rule
 //! (documented in the README):
@@ -112,6 +116,12 @@ pub struct PbxCalls {
     chans: FastMap<Str, Box<Chan>>,
     by_name: FastMap<Str, Str>,
     calls: FastMap<Str, Box<Call>>,
+    /// Former keys of live calls (merged into another, or re-keyed under a
+    /// new Linkedid) → the key the call has now: a channel or Linkedid that
+    /// names one joins that call instead of opening a new one under the
+    /// old key (whose leg ids the live call still carries). Entries go
+    /// when the call ends (its aliases become tombstones).
+    renamed: FastMap<Str, Str>,
     tombstones: FastMap<Str, f64>,
     tomb_order: VecDeque<(f64, Str)>,
     /// ≤ 11 ringing channels not tied to anything yet: (uid, decide at, rang at).
@@ -155,6 +165,7 @@ impl PbxCalls {
             chans: FastMap::default(),
             by_name: FastMap::default(),
             calls: FastMap::default(),
+            renamed: FastMap::default(),
             tombstones: FastMap::default(),
             tomb_order: VecDeque::new(),
             pending: Vec::new(),
@@ -165,6 +176,26 @@ impl PbxCalls {
             dirty: Default::default(),
             named: Vec::new(),
             pbx,
+        }
+    }
+
+    /// The key of the live call `key` names: itself, or the call it was
+    /// merged into or re-keyed as.
+    fn current<'a>(&'a self, key: &'a str) -> &'a str {
+        self.renamed.get(key).map_or(key, |k| k.as_str())
+    }
+
+    /// Call `call`'s former key `old` (and every key it had before) now
+    /// names `call`.
+    fn rename(&mut self, old: &str, call: &str) {
+        let Some(c) = self.calls.get_mut(call) else {
+            return;
+        };
+        if old != call && !c.aliases.iter().any(|a| a == old) {
+            push_exact(&mut c.aliases, Str::from(old));
+        }
+        for a in &c.aliases {
+            self.renamed.insert(a.clone(), c.session.clone());
         }
     }
 

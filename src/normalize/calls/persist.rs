@@ -197,6 +197,9 @@ impl PbxCalls {
                 }
                 self.chans.insert(c.uid.clone(), Box::new(c));
             }
+            for a in &snap.call.aliases {
+                self.renamed.insert(a.clone(), session.clone());
+            }
             self.calls.insert(session, Box::new(snap.call));
             r.calls += 1;
         }

@@ -21,7 +21,7 @@
 //! it is not in `extensions_rung` (it dialed a code, it did not ring) — and
 //! the ringing phone's leg ends with its channel.
 
-use super::{push_exact, PbxCalls, Str};
+use super::{PbxCalls, Str};
 use crate::model::{ModelEvent, State};
 use crate::normalize::canonical::ChanState;
 use crate::normalize::channel::Party;
@@ -50,10 +50,8 @@ impl PbxCalls {
         if from != into {
             // Whatever the Linkedids say (12+ changes the picker's only
             // when the call ends), the picker is in the ringing call now.
+            // (The picker's old call becomes an alias of the ringing one.)
             self.merge(&into, &from, t);
-            if let Some(call) = self.calls.get_mut(&into) {
-                push_exact(&mut call.aliases, from);
-            }
         }
         let Some(call) = self.calls.get_mut(&into) else {
             return;
