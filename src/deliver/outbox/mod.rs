@@ -117,7 +117,7 @@ mod types;
 mod writer;
 
 pub use admin::{mask_url, sensitive_name};
-pub use completion::Finished;
+pub use completion::{Finished, Recording};
 pub use handoff::{Handed, PollFlag};
 pub use live::{LiveCall, LiveCallWrite};
 use schema::WAITING;
