@@ -33,7 +33,7 @@ use std::task::{Context, Poll};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::schema::WAITING;
+use super::schema::waiting_sql;
 use super::tx::claim_ready;
 use super::writer::{Finish, Job, WriterState};
 use super::{excerpt, Claimed, Completion, Outbox, OutboxError, Result};
@@ -269,22 +269,28 @@ fn claim_next(
 fn record(c: &Connection, p: &Pending, now: f64, left: &mut i64) -> Result<Finished> {
     let cut = |s: &Option<String>| s.as_deref().map(excerpt);
     let key = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
-    const RET: &str = "AND status = 'inflight' RETURNING target, session_id";
+    macro_rules! ret {
+        () => {
+            " AND status = 'inflight' RETURNING target, session_id"
+        };
+    }
     let chain: Option<(String, String)> = match &p.how {
         Completion::Delivered { status } => c
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "UPDATE deliveries SET status = 'done', head = 0, attempts = attempts + 1, \
-                 last_status = ?2, last_error = NULL, updated_at = ?3 WHERE id = ?1 {RET}"
+                 last_status = ?2, last_error = NULL, updated_at = ?3 WHERE id = ?1",
+                ret!()
             ))?
             .query_row(params![p.id, status.to_string(), now], key)
             .optional()?,
         Completion::Retry { at, status, error } => {
             // Stays its call's head, waiting for its next attempt.
             let hit = c
-                .prepare_cached(&format!(
+                .prepare_cached(concat!(
                     "UPDATE deliveries SET status = 'pending', attempts = attempts + 1, \
                      next_attempt_at = ?2, last_status = ?3, last_error = ?4, updated_at = ?5 \
-                     WHERE id = ?1 {RET}"
+                     WHERE id = ?1",
+                    ret!()
                 ))?
                 .query_row(params![p.id, at, status, cut(error), now], key)
                 .optional()?;
@@ -294,16 +300,18 @@ fn record(c: &Connection, p: &Pending, now: f64, left: &mut i64) -> Result<Finis
             });
         }
         Completion::Dead { status, error } => c
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "UPDATE deliveries SET status = 'dead', head = 0, attempts = attempts + 1, \
-                 last_status = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1 {RET}"
+                 last_status = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1",
+                ret!()
             ))?
             .query_row(params![p.id, status, cut(error), now], key)
             .optional()?,
         Completion::Expired => c
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "UPDATE deliveries SET status = 'expired', head = 0, updated_at = ?2 \
-                 WHERE id = ?1 {RET}"
+                 WHERE id = ?1",
+                ret!()
             ))?
             .query_row(params![p.id, now], key)
             .optional()?,
@@ -326,11 +334,12 @@ fn record(c: &Connection, p: &Pending, now: f64, left: &mut i64) -> Result<Finis
 /// nothing else in flight per call (`fix_head`), so no other head can
 /// exist here: one statement instead of `fix_head`'s four.
 fn next_head(c: &Connection, target: &str, session: &str) -> Result<()> {
-    c.prepare_cached(&format!(
+    c.prepare_cached(concat!(
         "UPDATE deliveries SET head = 1 WHERE id = (\
          SELECT id FROM deliveries INDEXED BY deliveries_chain \
-         WHERE target = ?1 AND session_id = ?2 AND {WAITING} ORDER BY id LIMIT 1) \
-         AND status = 'pending' AND head = 0"
+         WHERE target = ?1 AND session_id = ?2 AND ",
+        waiting_sql!(),
+        " ORDER BY id LIMIT 1) AND status = 'pending' AND head = 0"
     ))?
     .execute(params![target, session])?;
     Ok(())
