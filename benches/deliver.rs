@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callhook::deliver::outbox::{Durability, Outbox, OutboxOptions};
+use callhook::deliver::outbox::{Durability, Outbox, OutboxOptions, CHECKPOINT_EVERY};
 use callhook::deliver::{self, DeliveryRequest, Target};
 use support::{
     arrival_latencies, direct_latency, direct_throughput, percentile, request, targets, Sink,
@@ -113,17 +113,18 @@ struct Running {
 }
 
 fn start(durability: Durability, tag: &str) -> Running {
-    let dir = TestDir::new(&format!("bench-{durability:?}-{tag}"));
-    let outbox = Arc::new(
-        Outbox::open(
-            &dir,
-            OutboxOptions {
-                durability,
-                ..Default::default()
-            },
-        )
-        .expect("outbox"),
-    );
+    start_with(
+        OutboxOptions {
+            durability,
+            ..Default::default()
+        },
+        tag,
+    )
+}
+
+fn start_with(opts: OutboxOptions, tag: &str) -> Running {
+    let dir = TestDir::new(&format!("bench-{:?}-{tag}", opts.durability));
+    let outbox = Arc::new(Outbox::open(&dir, opts).expect("outbox"));
     let (tx, rx) = tokio::sync::watch::channel(targets(CONCURRENCY));
     let token = CancellationToken::new();
     let handle = deliver::spawn(outbox.clone(), rx, token.clone());
@@ -221,8 +222,9 @@ async fn outbox_serial(s: &Sink, durability: Durability) -> (f64, Cpu) {
 /// The outbox latency run: per sample, submit to arrival at the sink (ms),
 /// and its two stages: submit to the commit (the receipt resolving: the
 /// writer and, FULL, the fsync) and the commit to the arrival (hand-off,
-/// dispatcher, HTTP); and the submit time's phase in the outbox's 1 s
-/// checkpoint cycle (seconds since the outbox was opened, modulo 1).
+/// dispatcher, HTTP); and the submit time's phase in the outbox's
+/// checkpoint cycle (time since the outbox was opened, modulo the
+/// checkpoint period, as a fraction of it).
 struct Latency {
     total: Vec<f64>,
     commit: Vec<f64>,
@@ -232,10 +234,17 @@ struct Latency {
 
 /// One event per commit at RATE/s; event time = submit time, latency to
 /// the arrival at the sink.
-async fn outbox_latency(durability: Durability) -> Latency {
+async fn outbox_latency(durability: Durability, checkpoint_every: Duration) -> Latency {
     let s = Sink::start(true).await;
     let opened = Instant::now();
-    let r = start(durability, "latency");
+    let r = start_with(
+        OutboxOptions {
+            durability,
+            checkpoint_every,
+            ..Default::default()
+        },
+        "latency",
+    );
     let mut sent = Vec::new();
     let mut commits = Vec::new();
     let total = (RATE * LOAD_SECS) as usize;
@@ -285,10 +294,10 @@ async fn outbox_latency(durability: Durability) -> Latency {
     out
 }
 
-/// Where the slowest samples (above the p99) fall in the 1 s checkpoint
-/// cycle: counts per tenth of a second since the outbox opened (a
-/// checkpoint starts at about 0.0; the cycle drifts by the checkpoints'
-/// own durations).
+/// Where the slowest samples (above the p99) fall in the checkpoint
+/// cycle: counts per tenth of the period since the outbox opened (a
+/// checkpoint starts at about 0.0 plus the time the open took; the cycle
+/// drifts by the checkpoints' own durations).
 fn tail_phases(l: &Latency, p99: f64) -> String {
     let mut bins = [0usize; 10];
     for (t, ph) in l.total.iter().zip(&l.phase) {
@@ -425,8 +434,21 @@ fn main() {
         }
         let mut lat_direct = baseline_latency().await;
         let mut lat_fsync = baseline_durable_latency().await;
-        let mut lat_full = outbox_latency(Durability::Full).await;
-        let mut lat_normal = outbox_latency(Durability::Normal).await;
+        // The outbox at its default checkpoint period and at 1 s (the
+        // period before this build), alternated so that load changes
+        // during the run hit both.
+        let slow = Duration::from_secs(1);
+        let every = CHECKPOINT_EVERY;
+        let runs = [
+            (Durability::Full, every),
+            (Durability::Full, slow),
+            (Durability::Normal, every),
+            (Durability::Normal, slow),
+        ];
+        let mut lats = Vec::new();
+        for (d, e) in runs {
+            lats.push((d, e, outbox_latency(d, e).await));
+        }
         let d50 = percentile(&mut lat_direct, 0.5);
         let d99 = percentile(&mut lat_direct, 0.99);
         let f50 = percentile(&mut lat_fsync, 0.5);
@@ -437,20 +459,22 @@ fn main() {
             "  fdatasync group commit + reqwest (baseline of FULL)     p50 {f50:>6.2}  p99 {f99:>6.2}  ({} samples)",
             lat_fsync.len()
         );
-        for (name, v, b50, b99) in [
-            ("outbox FULL  ", &mut lat_full, f50, f99),
-            ("outbox NORMAL", &mut lat_normal, d50, d99),
-        ] {
+        for (d, e, v) in &lats {
+            let (b50, b99) = match d {
+                Durability::Full => (f50, f99),
+                Durability::Normal => (d50, d99),
+            };
+            let name = format!("outbox {d:?}, checkpoint every {e:?}");
             let p50 = percentile(&mut v.total.clone(), 0.5);
             let p99 = percentile(&mut v.total.clone(), 0.99);
             println!(
-                "  {name} (submit to arrival)                     p50 {p50:>6.2}  p99 {p99:>6.2}  ({:.1}x / {:.1}x its baseline, {} samples)",
+                "  {name:<38} (submit to arrival) p50 {p50:>6.2}  p99 {p99:>6.2}  ({:.1}x / {:.1}x its baseline, {} samples)",
                 p50 / b50,
                 p99 / b99,
                 v.total.len()
             );
             println!(
-                "      submit to commit p50 {:.2} p99 {:.2}; commit to arrival p50 {:.2} p99 {:.2}; samples over p99 per 0.1 s of the 1 s checkpoint cycle: {}",
+                "      submit to commit p50 {:.2} p99 {:.2}; commit to arrival p50 {:.2} p99 {:.2}; samples over p99 per tenth of the checkpoint period: {}",
                 percentile(&mut v.commit.clone(), 0.5),
                 percentile(&mut v.commit.clone(), 0.99),
                 percentile(&mut v.dispatch.clone(), 0.5),
