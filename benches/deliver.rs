@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use callhook::deliver::outbox::{Durability, Outbox, OutboxOptions};
+use callhook::deliver::outbox::{Durability, Outbox, OutboxOptions, CHECKPOINT_EVERY};
 use callhook::deliver::{self, DeliveryRequest, Target};
 use support::{
     arrival_latencies, direct_latency, direct_throughput, percentile, request, targets, Sink,
@@ -113,17 +113,18 @@ struct Running {
 }
 
 fn start(durability: Durability, tag: &str) -> Running {
-    let dir = TestDir::new(&format!("bench-{durability:?}-{tag}"));
-    let outbox = Arc::new(
-        Outbox::open(
-            &dir,
-            OutboxOptions {
-                durability,
-                ..Default::default()
-            },
-        )
-        .expect("outbox"),
-    );
+    start_with(
+        OutboxOptions {
+            durability,
+            ..Default::default()
+        },
+        tag,
+    )
+}
+
+fn start_with(opts: OutboxOptions, tag: &str) -> Running {
+    let dir = TestDir::new(&format!("bench-{:?}-{tag}", opts.durability));
+    let outbox = Arc::new(Outbox::open(&dir, opts).expect("outbox"));
     let (tx, rx) = tokio::sync::watch::channel(targets(CONCURRENCY));
     let token = CancellationToken::new();
     let handle = deliver::spawn(outbox.clone(), rx, token.clone());
@@ -218,35 +219,96 @@ async fn outbox_serial(s: &Sink, durability: Durability) -> (f64, Cpu) {
     (tput, cpu)
 }
 
+/// The outbox latency run: per sample, submit to arrival at the sink (ms),
+/// and its two stages: submit to the commit (the receipt resolving: the
+/// writer and, FULL, the fsync) and the commit to the arrival (hand-off,
+/// dispatcher, HTTP); and the submit time's phase in the outbox's
+/// checkpoint cycle (time since the outbox was opened, modulo the
+/// checkpoint period, as a fraction of it).
+struct Latency {
+    total: Vec<f64>,
+    commit: Vec<f64>,
+    dispatch: Vec<f64>,
+    phase: Vec<f64>,
+}
+
 /// One event per commit at RATE/s; event time = submit time, latency to
 /// the arrival at the sink.
-async fn outbox_latency(durability: Durability) -> Vec<f64> {
-    let r = start(durability, "latency");
+async fn outbox_latency(durability: Durability, checkpoint_every: Duration) -> Latency {
     let s = Sink::start(true).await;
+    let opened = Instant::now();
+    let r = start_with(
+        OutboxOptions {
+            durability,
+            checkpoint_every,
+            ..Default::default()
+        },
+        "latency",
+    );
     let mut sent = Vec::new();
+    let mut commits = Vec::new();
     let total = (RATE * LOAD_SECS) as usize;
     let start = Instant::now();
     for i in 0..total {
         let due = start + Duration::from_secs_f64(i as f64 / RATE);
         tokio::time::sleep_until(due.into()).await;
         let at = Instant::now();
-        // Queued at once; the receipt (commit) is not awaited: latency is
-        // measured at the sink.
-        drop(r.outbox.submit(vec![request(
+        // Queued at once; the receipt (commit) is awaited on the side:
+        // latency is measured at the sink.
+        let receipt = r.outbox.submit(vec![request(
             &s.url,
             "pop",
             i,
             callhook::source::now_epoch(),
-        )]));
+        )]);
+        commits.push(tokio::spawn(async move {
+            let _ = receipt.await;
+            Instant::now()
+        }));
         sent.push((format!("/pop?i={i}"), at));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while s.count() < total && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let lat = arrival_latencies(&s.seen, &sent);
+    let seen = s.seen.lock().map(|m| m.clone()).unwrap_or_default();
+    let mut out = Latency {
+        total: Vec::new(),
+        commit: Vec::new(),
+        dispatch: Vec::new(),
+        phase: Vec::new(),
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    for ((key, at), c) in sent.iter().zip(commits) {
+        let (Some(arrived), Ok(committed)) = (seen.get(key), c.await) else {
+            continue;
+        };
+        out.total.push(ms(arrived.duration_since(*at)));
+        out.commit.push(ms(committed.duration_since(*at)));
+        out.dispatch
+            .push(ms(arrived.saturating_duration_since(committed)));
+        out.phase
+            .push(at.duration_since(opened).as_secs_f64().fract());
+    }
     stop(r).await;
-    lat
+    out
+}
+
+/// Where the slowest samples (above the p99) fall in the checkpoint
+/// cycle: counts per tenth of the period since the outbox opened (a
+/// checkpoint starts at about 0.0 plus the time the open took; the cycle
+/// drifts by the checkpoints' own durations).
+fn tail_phases(l: &Latency, p99: f64) -> String {
+    let mut bins = [0usize; 10];
+    for (t, ph) in l.total.iter().zip(&l.phase) {
+        if *t > p99 {
+            bins[((ph * 10.0) as usize).min(9)] += 1;
+        }
+    }
+    bins.iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The best possible durable path, the baseline of the FULL latency: a
@@ -372,8 +434,21 @@ fn main() {
         }
         let mut lat_direct = baseline_latency().await;
         let mut lat_fsync = baseline_durable_latency().await;
-        let mut lat_full = outbox_latency(Durability::Full).await;
-        let mut lat_normal = outbox_latency(Durability::Normal).await;
+        // The outbox at its default checkpoint period and at 1 s (the
+        // period before this build), alternated so that load changes
+        // during the run hit both.
+        let slow = Duration::from_secs(1);
+        let every = CHECKPOINT_EVERY;
+        let runs = [
+            (Durability::Full, every),
+            (Durability::Full, slow),
+            (Durability::Normal, every),
+            (Durability::Normal, slow),
+        ];
+        let mut lats = Vec::new();
+        for (d, e) in runs {
+            lats.push((d, e, outbox_latency(d, e).await));
+        }
         let d50 = percentile(&mut lat_direct, 0.5);
         let d99 = percentile(&mut lat_direct, 0.99);
         let f50 = percentile(&mut lat_fsync, 0.5);
@@ -384,17 +459,27 @@ fn main() {
             "  fdatasync group commit + reqwest (baseline of FULL)     p50 {f50:>6.2}  p99 {f99:>6.2}  ({} samples)",
             lat_fsync.len()
         );
-        for (name, v, b50, b99) in [
-            ("outbox FULL  ", &mut lat_full, f50, f99),
-            ("outbox NORMAL", &mut lat_normal, d50, d99),
-        ] {
-            let p50 = percentile(v, 0.5);
-            let p99 = percentile(v, 0.99);
+        for (d, e, v) in &lats {
+            let (b50, b99) = match d {
+                Durability::Full => (f50, f99),
+                Durability::Normal => (d50, d99),
+            };
+            let name = format!("outbox {d:?}, checkpoint every {e:?}");
+            let p50 = percentile(&mut v.total.clone(), 0.5);
+            let p99 = percentile(&mut v.total.clone(), 0.99);
             println!(
-                "  {name} (submit to arrival)                     p50 {p50:>6.2}  p99 {p99:>6.2}  ({:.1}x / {:.1}x its baseline, {} samples)",
+                "  {name:<38} (submit to arrival) p50 {p50:>6.2}  p99 {p99:>6.2}  ({:.1}x / {:.1}x its baseline, {} samples)",
                 p50 / b50,
                 p99 / b99,
-                v.len()
+                v.total.len()
+            );
+            println!(
+                "      submit to commit p50 {:.2} p99 {:.2}; commit to arrival p50 {:.2} p99 {:.2}; samples over p99 per tenth of the checkpoint period: {}",
+                percentile(&mut v.commit.clone(), 0.5),
+                percentile(&mut v.commit.clone(), 0.99),
+                percentile(&mut v.dispatch.clone(), 0.5),
+                percentile(&mut v.dispatch.clone(), 0.99),
+                tail_phases(v, p99)
             );
         }
     });

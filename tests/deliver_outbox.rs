@@ -553,7 +553,7 @@ async fn batched_outcomes_and_claims_keep_one_head_per_call() {
                 seen.lock()
                     .unwrap()
                     .push((row.session_id.clone(), row.event_id.clone()));
-                let f = ob
+                let mut f = ob
                     .complete_and_claim(
                         row.id,
                         Completion::Delivered { status: 200 },
@@ -563,7 +563,7 @@ async fn batched_outcomes_and_claims_keep_one_head_per_call() {
                     .unwrap();
                 assert!(f.recorded);
                 assert!(f.damaged.is_empty());
-                next = f.next;
+                next = f.next.pop();
             }
         }));
     }
@@ -595,6 +595,110 @@ async fn batched_outcomes_and_claims_keep_one_head_per_call() {
         .await
         .unwrap();
     assert!(!f.recorded);
+}
+
+/// Slots that send their next delivery while the last outcome is being
+/// recorded (`Outbox::record`, claiming up to two rows ahead, as the
+/// dispatcher's slots do): every row once, each call in creation order, a
+/// call's next row only after its previous one is recorded done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_outcomes_keep_call_order() {
+    let dir = state_dir("pipelined");
+    let ob = Arc::new(Outbox::open(&dir, OutboxOptions::default()).unwrap());
+    let url = "http://127.0.0.1:9/x";
+    let mut reqs = Vec::new();
+    for state in ["ringing", "answered", "hungup", "ended"] {
+        for s in 0..30 {
+            reqs.push(request("t-pipe", &format!("c{s}"), state, url));
+        }
+    }
+    ob.enqueue(&reqs).await.unwrap();
+    let p = ob.poll(now(), want("t-pipe", 8)).await.unwrap();
+    assert_eq!(p.claimed.len(), 8);
+    // (call, event) per send, and the calls whose last row is recorded
+    // done, in order.
+    type Log = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+    let (sent, done): (Log, Log) = Default::default();
+    let mut slots = Vec::new();
+    for row in p.claimed {
+        let (ob, sent, done) = (ob.clone(), sent.clone(), done.clone());
+        slots.push(tokio::spawn(async move {
+            let mut ahead = std::collections::VecDeque::from([row]);
+            let mut last: Option<(callhook::deliver::outbox::Recording, (String, String))> = None;
+            loop {
+                let row = match ahead.pop_front() {
+                    Some(r) => r,
+                    None => match last.take() {
+                        Some((rec, key)) => {
+                            let f = rec.await.unwrap();
+                            assert!(f.recorded);
+                            done.lock().unwrap().push(key);
+                            ahead.extend(f.next);
+                            if ahead.is_empty() {
+                                break;
+                            }
+                            continue;
+                        }
+                        None => break,
+                    },
+                };
+                let key = (row.session_id.clone(), row.event_id.clone());
+                {
+                    // Sent only after every earlier row of its call is done.
+                    let d = done.lock().unwrap();
+                    let before = sent
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .filter(|(c, _)| *c == key.0)
+                        .count();
+                    let finished = d.iter().filter(|(c, _)| *c == key.0).count();
+                    assert_eq!(
+                        before, finished,
+                        "{key:?} sent before its call's previous row was done"
+                    );
+                }
+                sent.lock().unwrap().push(key.clone());
+                tokio::task::yield_now().await;
+                if let Some((rec, k)) = last.take() {
+                    let f = rec.await.unwrap();
+                    assert!(f.recorded);
+                    done.lock().unwrap().push(k);
+                    ahead.extend(f.next);
+                }
+                let n = 2 - ahead.len().min(2);
+                let claim = (n > 0).then(|| ("t-pipe".to_string(), n));
+                last = Some((
+                    ob.record(row.id, Completion::Delivered { status: 200 }, claim),
+                    key,
+                ));
+            }
+        }));
+    }
+    for s in slots {
+        tokio::time::timeout(Duration::from_secs(60), s)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let sent = sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 120, "every row sent");
+    let unique: std::collections::BTreeSet<_> = sent.iter().collect();
+    assert_eq!(unique.len(), 120, "every row sent once");
+    for s in 0..30 {
+        let call = format!("c{s}");
+        let order: Vec<&str> = sent
+            .iter()
+            .filter(|(c, _)| *c == call)
+            .map(|(_, e)| e.as_str())
+            .collect();
+        for (e, state) in order.iter().zip(["ringing", "answered", "hungup", "ended"]) {
+            assert!(e.contains(state), "{call}: {order:?}");
+        }
+    }
+    let st = ob.stats().await.unwrap();
+    assert_eq!((st.done, st.pending, st.inflight), (120, 0, 0));
+    ob.close();
 }
 
 /// Slots the dispatcher offers are filled by the enqueue itself, in its

@@ -1,9 +1,11 @@
 //! One slot's attempts: wait for the target's pause and rate limit, check
 //! freshness and the breaker, send, judge the answer (`super::outcome`),
-//! record the outcome and take the next ready delivery of the target in the
-//! same transaction (see the dispatcher's module docs: **Per attempt**,
-//! **Slots**, **Observer**).
+//! record the outcome and take the next ready deliveries of the target in
+//! the same transaction, sending the next one while this outcome is being
+//! recorded (see the dispatcher's module docs: **Per attempt**, **Slots**,
+//! **Observer**).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,7 +19,7 @@ use crate::source::now_epoch;
 use super::breaker::Admit;
 use super::dispatcher::TargetRt;
 use super::http;
-use super::outbox::{Claimed, Completion, Outbox};
+use super::outbox::{Claimed, Completion, Outbox, Recording};
 use super::outcome::{judge, Decision};
 
 /// What one attempt did, for live displays.
@@ -77,9 +79,24 @@ pub(super) fn report_damaged(rows: &[(i64, String)]) {
     }
 }
 
+/// Deliveries a slot keeps claimed beyond the one it is sending: the
+/// next one goes out while the last outcome is being recorded.
+const AHEAD: usize = 1;
+
+/// An attempt's outcome, being recorded.
+struct Recorded {
+    id: i64,
+    /// `callhook_deliveries_total` outcome once recorded (None: a retry).
+    outcome: Option<&'static str>,
+    recording: Recording,
+}
+
 /// One slot of a target: attempts for the claimed delivery and, while the
-/// target takes requests, for the next ready one it claims when it records
-/// the outcome (same transaction), until none is ready.
+/// target takes requests, for the next ready ones claimed when it records
+/// each outcome (same transaction), until none is ready. The slot sends a
+/// delivery only once the commit that claimed it is done, and has one
+/// outcome at a time being recorded: the one before the request on the
+/// wire (so at most `AHEAD` + 2 rows of a slot are `inflight`).
 pub(super) async fn attempt(
     rt: Arc<TargetRt>,
     row: Claimed,
@@ -87,9 +104,62 @@ pub(super) async fn attempt(
     outbox: Arc<Outbox>,
     shutdown: CancellationToken,
 ) {
-    let mut next = Some(row);
-    while let Some(row) = next.take() {
-        next = attempt_one(&rt, row, &outbox, &shutdown).await;
+    let mut ahead = VecDeque::from([row]);
+    let mut last: Option<Recorded> = None;
+    loop {
+        let Some(row) = ahead.pop_front() else {
+            match last.take() {
+                Some(r) => {
+                    ahead.extend(settle(&rt, r).await);
+                    if ahead.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                None => break,
+            }
+        };
+        let ended = attempt_one(&rt, row, &outbox, &shutdown).await;
+        if let Some(r) = last.take() {
+            ahead.extend(settle(&rt, r).await);
+        }
+        if let Some((id, completion, outcome)) = ended {
+            let want = if takes_more(&rt, &shutdown) {
+                (AHEAD + 1).saturating_sub(ahead.len())
+            } else {
+                0
+            };
+            let claim = (want > 0).then(|| (rt.target.name.clone(), want));
+            last = Some(Recorded {
+                id,
+                outcome,
+                recording: outbox.record(id, completion, claim),
+            });
+        }
+    }
+}
+
+/// Waits for an outcome's commit; returns the rows it claimed.
+async fn settle(rt: &TargetRt, r: Recorded) -> Vec<Claimed> {
+    match r.recording.await {
+        Ok(f) if f.recorded => {
+            if let Some(o) = r.outcome {
+                metrics()
+                    .deliveries
+                    .with_label_values(&[&rt.target.name, o])
+                    .inc();
+            }
+            report_damaged(&f.damaged);
+            f.next
+        }
+        Ok(f) => {
+            tracing::warn!(target: "callhook::deliver", id = r.id, "delivery was no longer in flight when its attempt ended");
+            f.next
+        }
+        Err(e) => {
+            tracing::error!(target: "callhook::deliver", id = r.id, error = %e, "cannot record an attempt (it will be sent again)");
+            Vec::new()
+        }
     }
 }
 
@@ -104,14 +174,15 @@ pub(super) fn takes_more(rt: &TargetRt, shutdown: &CancellationToken) -> bool {
         && matches!(rt.breaker.peek(now), Admit::Yes)
 }
 
-/// One attempt for one claimed delivery; returns the next delivery claimed
-/// for this slot, if any.
+/// One attempt for one claimed delivery; returns its outcome to record
+/// (row id, completion, `callhook_deliveries_total` outcome), or None when
+/// nothing is left to record (put back, expired).
 async fn attempt_one(
     rt: &Arc<TargetRt>,
     row: Claimed,
     outbox: &Arc<Outbox>,
     shutdown: &CancellationToken,
-) -> Option<Claimed> {
+) -> Option<(i64, Completion, Option<&'static str>)> {
     let t = rt.target.clone();
     let name = t.name.as_str();
     let m = metrics();
@@ -213,23 +284,6 @@ async fn attempt_one(
             Some("dead"),
         ),
     };
-    let claim = takes_more(rt, shutdown).then(|| t.name.clone());
-    let mut next = None;
-    match outbox.complete_and_claim(row.id, completion, claim).await {
-        Ok(f) if f.recorded => {
-            if let Some(o) = outcome {
-                m.deliveries.with_label_values(&[name, o]).inc();
-            }
-            report_damaged(&f.damaged);
-            next = f.next;
-        }
-        Ok(_) => {
-            tracing::warn!(target: "callhook::deliver", id = row.id, "delivery was no longer in flight when its attempt ended")
-        }
-        Err(e) => {
-            tracing::error!(target: "callhook::deliver", id = row.id, error = %e, "cannot record an attempt (it will be sent again)")
-        }
-    }
     observe(|| AttemptReport {
         id: row.id,
         target: row.target.clone(),
@@ -244,5 +298,5 @@ async fn attempt_one(
         attempt: attempts,
         outcome: observed_outcome,
     });
-    next
+    Some((row.id, completion, outcome))
 }

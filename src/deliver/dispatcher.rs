@@ -20,9 +20,16 @@
 //! target's next ready head in the same transaction, and sends that one,
 //! for as long as the target takes requests (breaker closed, no pause, not
 //! disabled or replaced by a reload, no shutdown) and something is ready.
-//! Under load a delivery thus costs one writer round trip after its
-//! request, shared with every other slot's (the outbox records all queued
-//! outcomes in one job), instead of an outcome commit plus a poll.
+//! It does not wait for that commit either: it keeps one more delivery
+//! claimed ahead and sends it while the last outcome is being recorded
+//! ([`Outbox::record`]; a row is sent only once the commit that claimed it
+//! is done, and each outcome claims as many as keep one ahead). Under load
+//! the writer's round trip is thus off the HTTP path: a delivery costs one
+//! share of an outcome job (the outbox records all queued outcomes in one),
+//! not an outcome commit plus a poll, and a slot never idles for it. A
+//! slot has at most three rows `inflight`: on the wire, being recorded,
+//! and one ahead (put back like any other when the target stops taking
+//! requests).
 //!
 //! **Hand-off.** Before it sleeps, the loop offers the free slots of the
 //! targets that take requests to the outbox ([`Outbox::offer_slots`]); an

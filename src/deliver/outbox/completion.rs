@@ -11,8 +11,11 @@
 //! `inflight`) and, when the row left the queue (`done`, `dead`,
 //! `expired`), one `UPDATE` that makes its call's next row the head. With
 //! `complete_and_claim` the same transaction also claims the target's next
-//! ready head, so a dispatcher slot goes straight from one request to the
-//! next without a separate poll. The job's outcomes share one savepoint
+//! ready heads, so a dispatcher slot goes straight from one request to the
+//! next without a separate poll. [`Outbox::record`] queues an outcome
+//! without waiting for it: a slot sends its next delivery (claimed by its
+//! previous outcome's transaction, so committed `inflight`) while this
+//! one is recorded, and the writer's round trip stays off the HTTP path. The job's outcomes share one savepoint
 //! (a savepoint per outcome made SQLite copy the same hot pages into its
 //! statement journal once per outcome: ~40 % of the writer's CPU); only
 //! when something in it fails are they recorded again one by one, each in
@@ -22,12 +25,15 @@
 //! a done-mark lost to a power cut only means the request is sent again
 //! with the same `webhook-id` and `Idempotency-Key` (at-least-once).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::schema::WAITING;
+use super::schema::waiting_sql;
 use super::tx::claim_ready;
 use super::writer::{Finish, Job, WriterState};
 use super::{excerpt, Claimed, Completion, Outbox, OutboxError, Result};
@@ -39,9 +45,9 @@ pub struct Finished {
     /// The outcome was recorded; false when the row was no longer in flight
     /// (a restart had put it back).
     pub recorded: bool,
-    /// The target's next ready head, now `inflight` (when one was asked for
-    /// and one was ready).
-    pub next: Option<Claimed>,
+    /// The target's next ready heads, now `inflight`, oldest due first (as
+    /// many as were asked for and ready).
+    pub next: Vec<Claimed>,
     /// Rows met while claiming that could not be decoded and were moved
     /// aside (dead with the reason): (id, what is wrong).
     pub damaged: Vec<(i64, String)>,
@@ -51,8 +57,9 @@ pub struct Finished {
 struct Pending {
     id: i64,
     how: Completion,
-    /// Claim this target's next ready head in the same transaction.
-    claim: Option<String>,
+    /// Claim up to this many of this target's next ready heads in the same
+    /// transaction.
+    claim: Option<(String, usize)>,
     reply: oneshot::Sender<Result<Finished>>,
 }
 
@@ -66,11 +73,24 @@ impl Queue {
     }
 }
 
+/// Resolves once a queued outcome is committed (see [`Outbox::record`]).
+#[must_use = "the outcome is recorded (and the claimed rows handed) after the commit"]
+pub struct Recording(oneshot::Receiver<Result<Finished>>);
+
+impl Future for Recording {
+    type Output = Result<Finished>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(OutboxError::Closed)))
+    }
+}
+
 impl Outbox {
     /// Records the end of an attempt on an `inflight` row; false when the
     /// row was not in flight (already recovered by a restart).
     pub async fn complete(&self, id: i64, how: Completion) -> Result<bool> {
-        Ok(self.complete_and_claim(id, how, None).await?.recorded)
+        Ok(self.record(id, how, None).await?.recorded)
     }
 
     /// Records the end of an attempt like [`complete`](Self::complete) and,
@@ -82,6 +102,15 @@ impl Outbox {
         how: Completion,
         claim: Option<String>,
     ) -> Result<Finished> {
+        self.record(id, how, claim.map(|t| (t, 1))).await
+    }
+
+    /// Queues the end of an attempt for the writer's next job without
+    /// waiting (no I/O on the caller's thread) and, with `claim` =
+    /// `(target, n)`, claims up to `n` of that target's ready heads in the
+    /// same transaction. The returned [`Recording`] resolves after the
+    /// commit; the claimed rows may be sent only then.
+    pub fn record(&self, id: i64, how: Completion, claim: Option<(String, usize)>) -> Recording {
         let (reply, rx) = oneshot::channel();
         let first = {
             let mut q = self.done.lock();
@@ -104,7 +133,7 @@ impl Outbox {
                 self.done.lock().clear();
             }
         }
-        rx.await.unwrap_or(Err(OutboxError::Closed))
+        Recording(rx)
     }
 }
 
@@ -166,10 +195,8 @@ fn all(
             let mut left = 0;
             let mut f = record(c, p, now, &mut left)?;
             st.waiting -= left;
-            if let (true, Some(target)) = (f.recorded, &p.claim) {
-                let mut claimed = Vec::new();
-                claim_ready(c, st, target, now, 1, &mut claimed, &mut f.damaged)?;
-                f.next = claimed.pop();
+            if let (true, Some((target, n))) = (f.recorded, &p.claim) {
+                claim_ready(c, st, target, now, *n, &mut f.next, &mut f.damaged)?;
             }
             Ok(Ok(f))
         })
@@ -193,8 +220,8 @@ fn one(c: &Connection, st: &mut WriterState, p: &Pending, now: f64) -> Result<Fi
     c.prepare_cached("SAVEPOINT outcome")?.execute([])?;
     let mut left = 0;
     let r = record(c, p, now, &mut left).and_then(|mut f| {
-        if let (true, Some(target)) = (f.recorded, &p.claim) {
-            claim_next(c, st, target, now, &mut f)?;
+        if let (true, Some((target, n))) = (f.recorded, &p.claim) {
+            claim_next(c, st, target, *n, now, &mut f)?;
         }
         Ok(f)
     });
@@ -211,21 +238,22 @@ fn one(c: &Connection, st: &mut WriterState, p: &Pending, now: f64) -> Result<Fi
     r
 }
 
-/// Claims the target's next ready head for the slot. Bookkeeping on top of
+/// Claims the target's next ready heads for the slot. Bookkeeping on top of
 /// the outcome: should it fail, the outcome stands and the slot goes back
 /// to the dispatcher's loop.
 fn claim_next(
     c: &Connection,
     st: &mut WriterState,
     target: &str,
+    n: usize,
     now: f64,
     f: &mut Finished,
 ) -> Result<()> {
     let (damaged, waiting) = (f.damaged.len(), st.waiting);
     c.prepare_cached("SAVEPOINT claim")?.execute([])?;
     let mut claimed = Vec::new();
-    match claim_ready(c, st, target, now, 1, &mut claimed, &mut f.damaged) {
-        Ok(()) => f.next = claimed.pop(),
+    match claim_ready(c, st, target, now, n, &mut claimed, &mut f.damaged) {
+        Ok(()) => f.next = claimed,
         Err(e) => {
             tracing::debug!(target: "callhook::deliver", error = %e, "outbox: claiming a slot's next delivery failed (the loop's poll will)");
             c.prepare_cached("ROLLBACK TO claim")?.execute([])?;
@@ -241,22 +269,28 @@ fn claim_next(
 fn record(c: &Connection, p: &Pending, now: f64, left: &mut i64) -> Result<Finished> {
     let cut = |s: &Option<String>| s.as_deref().map(excerpt);
     let key = |r: &rusqlite::Row<'_>| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
-    const RET: &str = "AND status = 'inflight' RETURNING target, session_id";
+    macro_rules! ret {
+        () => {
+            " AND status = 'inflight' RETURNING target, session_id"
+        };
+    }
     let chain: Option<(String, String)> = match &p.how {
         Completion::Delivered { status } => c
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "UPDATE deliveries SET status = 'done', head = 0, attempts = attempts + 1, \
-                 last_status = ?2, last_error = NULL, updated_at = ?3 WHERE id = ?1 {RET}"
+                 last_status = ?2, last_error = NULL, updated_at = ?3 WHERE id = ?1",
+                ret!()
             ))?
             .query_row(params![p.id, status.to_string(), now], key)
             .optional()?,
         Completion::Retry { at, status, error } => {
             // Stays its call's head, waiting for its next attempt.
             let hit = c
-                .prepare_cached(&format!(
+                .prepare_cached(concat!(
                     "UPDATE deliveries SET status = 'pending', attempts = attempts + 1, \
                      next_attempt_at = ?2, last_status = ?3, last_error = ?4, updated_at = ?5 \
-                     WHERE id = ?1 {RET}"
+                     WHERE id = ?1",
+                    ret!()
                 ))?
                 .query_row(params![p.id, at, status, cut(error), now], key)
                 .optional()?;
@@ -266,16 +300,18 @@ fn record(c: &Connection, p: &Pending, now: f64, left: &mut i64) -> Result<Finis
             });
         }
         Completion::Dead { status, error } => c
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "UPDATE deliveries SET status = 'dead', head = 0, attempts = attempts + 1, \
-                 last_status = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1 {RET}"
+                 last_status = ?2, last_error = ?3, updated_at = ?4 WHERE id = ?1",
+                ret!()
             ))?
             .query_row(params![p.id, status, cut(error), now], key)
             .optional()?,
         Completion::Expired => c
-            .prepare_cached(&format!(
+            .prepare_cached(concat!(
                 "UPDATE deliveries SET status = 'expired', head = 0, updated_at = ?2 \
-                 WHERE id = ?1 {RET}"
+                 WHERE id = ?1",
+                ret!()
             ))?
             .query_row(params![p.id, now], key)
             .optional()?,
@@ -298,11 +334,12 @@ fn record(c: &Connection, p: &Pending, now: f64, left: &mut i64) -> Result<Finis
 /// nothing else in flight per call (`fix_head`), so no other head can
 /// exist here: one statement instead of `fix_head`'s four.
 fn next_head(c: &Connection, target: &str, session: &str) -> Result<()> {
-    c.prepare_cached(&format!(
+    c.prepare_cached(concat!(
         "UPDATE deliveries SET head = 1 WHERE id = (\
          SELECT id FROM deliveries INDEXED BY deliveries_chain \
-         WHERE target = ?1 AND session_id = ?2 AND {WAITING} ORDER BY id LIMIT 1) \
-         AND status = 'pending' AND head = 0"
+         WHERE target = ?1 AND session_id = ?2 AND ",
+        waiting_sql!(),
+        " ORDER BY id LIMIT 1) AND status = 'pending' AND head = 0"
     ))?
     .execute(params![target, session])?;
     Ok(())

@@ -84,10 +84,18 @@ CREATE TABLE IF NOT EXISTS live_calls (
 ) WITHOUT ROWID;
 "#;
 
-pub(super) const COLS: &str =
-    "id, target, rule, session_id, pbx, event_id, method, url, headers, body, \
-     idempotency_key, created_at, expires_at, enqueued_at, status, attempts, next_attempt_at, \
-     last_status, last_error, updated_at, refused, secrets";
+/// The columns every row read selects, as a literal (for `concat!`: the
+/// writer's hot statements are `&'static str`, not formatted per call).
+macro_rules! cols_sql {
+    () => {
+        "id, target, rule, session_id, pbx, event_id, method, url, headers, body, \
+         idempotency_key, created_at, expires_at, enqueued_at, status, attempts, next_attempt_at, \
+         last_status, last_error, updated_at, refused, secrets"
+    };
+}
+pub(super) use cols_sql;
+
+pub(super) const COLS: &str = cols_sql!();
 
 /// Columns added after version 1, with their type.
 const ADDED: [(&str, &str); 2] = [("refused", "TEXT"), ("secrets", "TEXT")];
@@ -295,4 +303,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 /// Prepared statements the writer keeps.
 const STATEMENT_CACHE: usize = 128;
 
-pub(super) const WAITING: &str = "status IN ('pending', 'inflight')";
+/// A waiting row (`pending` or `inflight`), as a literal for `concat!`.
+macro_rules! waiting_sql {
+    () => {
+        "status IN ('pending', 'inflight')"
+    };
+}
+pub(super) use waiting_sql;
+
+pub(super) const WAITING: &str = waiting_sql!();

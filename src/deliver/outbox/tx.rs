@@ -6,7 +6,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::handoff::Claim;
-use super::schema::{COLS, WAITING};
+use super::schema::{cols_sql, WAITING};
 use super::writer::WriterState;
 use super::OutboxError;
 use super::{excerpt, ClaimWant, Claimed, EnqueueOutcome, PollResult, Result, Status};
@@ -463,8 +463,10 @@ pub(super) fn claim_ready(
     claimed: &mut Vec<Claimed>,
     damaged: &mut Vec<(i64, String)>,
 ) -> Result<()> {
-    let mut select = c.prepare_cached(&format!(
-        "SELECT {COLS} FROM deliveries INDEXED BY deliveries_ready \
+    let mut select = c.prepare_cached(concat!(
+        "SELECT ",
+        cols_sql!(),
+        " FROM deliveries INDEXED BY deliveries_ready \
          WHERE target = ?1 AND status = 'pending' AND head = 1 \
          AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT ?3"
     ))?;

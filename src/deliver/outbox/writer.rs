@@ -6,15 +6,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc;
 use std::task::{Context, Poll as TaskPoll};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::tx::EnqueueDetail;
-use super::{
-    Durability, EnqueueOutcome, OutboxError, OutboxOptions, Result, CHECKPOINT_EVERY, GROUP_MAX,
-    WAITING,
-};
+use super::{Durability, EnqueueOutcome, OutboxError, OutboxOptions, Result, GROUP_MAX, WAITING};
 use crate::log_limit::LogLimiter;
 use crate::metrics::metrics;
 
@@ -65,12 +63,13 @@ impl Future for EnqueueReceipt {
     }
 }
 
-/// Copies the WAL back into the database once a second (PASSIVE: never
-/// blocks the writer or readers), so the WAL stays small and the writer's
-/// commits never pay for the database fsync.
-pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>) {
+/// Copies the WAL back into the database every `every` (PASSIVE: never
+/// blocks the writer or readers), so the WAL stays small, each
+/// checkpoint's fsync of it short, and the writer's commits never pay for
+/// the database fsync.
+pub(super) fn checkpoint_loop(conn: Connection, stop: mpsc::Receiver<()>, every: Duration) {
     // Anything but a timeout (the sender dropped) means stop.
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
         if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
             tracing::debug!(target: "callhook::deliver", error = %e, "outbox checkpoint failed");
         }
