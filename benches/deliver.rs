@@ -6,7 +6,11 @@
 //!
 //! The FULL latency has a second baseline: the best possible durable path
 //! (append to a file, one fdatasync per group of events, then reqwest), so
-//! that the fsync the disk needs is not counted against the outbox.
+//! that the fsync the disk needs is not counted against the outbox. Each
+//! outbox latency line runs at the default checkpoint period and at 1 s
+//! (the period before), and is split into submit → commit (the receipt:
+//! writer and fsync) and commit → arrival (hand-off, dispatcher, HTTP),
+//! with where its samples over the p99 fall in the checkpoint cycle.
 //!
 //! Throughput counts a delivery when the sink got it AND the outbox has it
 //! `done`. The enqueues come the way the daemon's pipeline makes them
