@@ -54,10 +54,11 @@
 //! concurrent submits are group-committed at ≈ 30 000 rows/s in both modes.
 //! End to end to a local sink (`benches/deliver.rs`, ratios to direct
 //! reqwest in the same run, on a shared machine whose load moved the
-//! baseline itself by 1.3× within the run): 0.33–0.44× (FULL) and
-//! 0.36–0.48× (NORMAL) of the baseline's deliveries/s, ~50 µs of the
-//! writer's CPU per delivery; see the README's Performance section for
-//! the latency and its fsync baseline. FULL is the default.
+//! baseline itself by up to 2× within a run): 0.28–0.45× (FULL) of the
+//! baseline's deliveries/s, bound by CPU (~99 µs per delivery, 43 of them
+//! in the writer, against ~34 µs per direct request); see the README's
+//! Performance section for the latency and its fsync baseline. FULL is
+//! the default.
 //!
 //! **Deduplication** (a request that is a duplicate is not inserted, and
 //! counts in `callhook_deliveries_duplicate_total`):
