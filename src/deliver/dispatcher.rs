@@ -28,8 +28,8 @@
 //! share of an outcome job (the outbox records all queued outcomes in one),
 //! not an outcome commit plus a poll, and a slot never idles for it. A
 //! slot has at most three rows `inflight`: on the wire, being recorded,
-//! and one ahead (put back like any other when the target stops taking
-//! requests).
+//! and one ahead (which meets the same checks as any other before it is
+//! sent: put back on an open breaker, a disabled target or a shutdown).
 //!
 //! **Hand-off.** Before it sleeps, the loop offers the free slots of the
 //! targets that take requests to the outbox ([`Outbox::offer_slots`]); an

@@ -15,9 +15,10 @@
 //! next without a separate poll. [`Outbox::record`] queues an outcome
 //! without waiting for it: a slot sends its next delivery (claimed by its
 //! previous outcome's transaction, so committed `inflight`) while this
-//! one is recorded, and the writer's round trip stays off the HTTP path. The job's outcomes share one savepoint
-//! (a savepoint per outcome made SQLite copy the same hot pages into its
-//! statement journal once per outcome: ~40 % of the writer's CPU); only
+//! one is recorded, and the writer's round trip stays off the HTTP path.
+//! The job's outcomes share one savepoint (a savepoint per outcome made
+//! SQLite copy the same hot pages into its statement journal once per
+//! outcome: ~40 % of the writer's CPU); only
 //! when something in it fails are they recorded again one by one, each in
 //! its own savepoint, so one that fails does not undo the others.
 //!

@@ -30,15 +30,19 @@
 //! the commit; [`Outbox::enqueue`] is `submit(..).await`. Reads for the admin
 //! API ([`Outbox::list`], [`Outbox::stats`]) use a second, read-only
 //! connection on a blocking thread, so they never hold up writes. A third
-//! thread (`callhook-outbox-ckpt`) copies the WAL into the database every
-//! 100 ms (`PRAGMA wal_checkpoint(PASSIVE)`, automatic checkpoints are off),
-//! so the writer's commits never pay for the database fsync. Often, because
-//! each checkpoint first fsyncs the WAL written since the last one: at
-//! 1 000 events/s that is ~50 MB a second (every commit writes each page it
-//! changed as a 4 KiB frame), and a once-a-second checkpoint's fsync of it
-//! stalled the writer's WAL writes behind it (the samples over NORMAL's p99
-//! gathered right after each checkpoint; at 100 ms they spread evenly and
-//! the p99 fell from 3.9 to 1.4–2.3 ms in the same runs). Hot queries name
+//! thread (`callhook-outbox-ckpt`) copies the WAL into the database
+//! (`PRAGMA wal_checkpoint(PASSIVE)`, automatic checkpoints are off), so
+//! the writer's commits never pay for the database fsync: once a second
+//! with `synchronous=FULL`, every 100 ms with NORMAL. With NORMAL the
+//! checkpoint is the only fsync of the WAL, of everything written since
+//! the last one: at 1 000 events/s ~50 MB a second (every commit writes
+//! each page it changed as a 4 KiB frame), and a once-a-second
+//! checkpoint's fsync of that stalled the writer's WAL writes behind it
+//! (NORMAL's samples over its p99 gathered right after each checkpoint; at
+//! 100 ms they spread and the p99 halved in the same runs). With FULL each
+//! commit has fsynced the WAL already and a checkpoint adds the database's
+//! fsync, which competes with the commits': FULL's p99 was higher at
+//! 100 ms than at 1 s. Hot queries name
 //! their index (`INDEXED BY`): without statistics SQLite would otherwise
 //! pick the `status` index and scan every waiting row (a 10× slowdown with a
 //! backlog of a few thousand rows).
@@ -50,10 +54,11 @@
 //! concurrent submits are group-committed at ≈ 30 000 rows/s in both modes.
 //! End to end to a local sink (`benches/deliver.rs`, ratios to direct
 //! reqwest in the same run, on a shared machine whose load moved the
-//! baseline itself by 1.3× within the run): 0.33–0.44× (FULL) and
-//! 0.36–0.48× (NORMAL) of the baseline's deliveries/s, ~50 µs of the
-//! writer's CPU per delivery; see the README's Performance section for
-//! the latency and its fsync baseline. FULL is the default.
+//! baseline itself by up to 2× within a run): 0.28–0.45× (FULL) of the
+//! baseline's deliveries/s, bound by CPU (~99 µs per delivery, 43 of them
+//! in the writer, against ~34 µs per direct request); see the README's
+//! Performance section for the latency and its fsync baseline. FULL is
+//! the default.
 //!
 //! **Deduplication** (a request that is a duplicate is not inserted, and
 //! counts in `callhook_deliveries_duplicate_total`):
@@ -150,8 +155,14 @@ pub const EXCERPT_MAX: usize = 2048;
 pub const MAX_QUEUED: usize = 100_000;
 /// Operations committed together at most.
 const GROUP_MAX: usize = 512;
-/// How often the WAL is checkpointed into the database, by default.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// How often the WAL is checkpointed into the database with
+/// [`Durability::Normal`], by default: often, because there the checkpoint
+/// is the only fsync of the WAL (see the module docs).
+pub const CHECKPOINT_EVERY_NORMAL: Duration = Duration::from_millis(100);
+/// The same with [`Durability::Full`]: every commit has fsynced the WAL
+/// already, a checkpoint adds the database's fsync, which competes with
+/// the commits' (FULL's p99 was higher at 100 ms than at 1 s).
+pub const CHECKPOINT_EVERY_FULL: Duration = Duration::from_secs(1);
 /// Rows deleted per prune transaction.
 const PRUNE_CHUNK: usize = 5000;
 
@@ -177,9 +188,10 @@ pub struct OutboxOptions {
     pub dedupe_window: Duration,
     /// Commit durability of enqueues.
     pub durability: Durability,
-    /// How often the checkpoint thread copies the WAL into the database
-    /// ([`CHECKPOINT_EVERY`]; not a config key: for measurements).
-    pub checkpoint_every: Duration,
+    /// How often the checkpoint thread copies the WAL into the database;
+    /// `None`: by durability ([`CHECKPOINT_EVERY_FULL`],
+    /// [`CHECKPOINT_EVERY_NORMAL`]). Not a config key: for measurements.
+    pub checkpoint_every: Option<Duration>,
 }
 
 impl Default for OutboxOptions {
@@ -189,7 +201,7 @@ impl Default for OutboxOptions {
             done_retention: Duration::from_secs(24 * 3600),
             dedupe_window: Duration::from_secs(7 * 24 * 3600),
             durability: Durability::Full,
-            checkpoint_every: CHECKPOINT_EVERY,
+            checkpoint_every: None,
         }
     }
 }
@@ -329,7 +341,10 @@ impl Outbox {
         let checkpointer = std::thread::Builder::new()
             .name("callhook-outbox-ckpt".into())
             .spawn({
-                let every = opts.checkpoint_every;
+                let every = opts.checkpoint_every.unwrap_or(match opts.durability {
+                    Durability::Full => CHECKPOINT_EVERY_FULL,
+                    Durability::Normal => CHECKPOINT_EVERY_NORMAL,
+                });
                 move || checkpoint_loop(checkpoint_conn, stop_rx, every)
             })
             .map_err(|e| OutboxError::Db(format!("cannot start the checkpoint thread: {e}")))?;
