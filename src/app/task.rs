@@ -11,8 +11,8 @@
 //! long drops events by policy. So while a commit is in flight the task
 //! keeps taking events:
 //! * **single node**: AMI events are normalized into the next batch
-//!   already, up to one batch's limits ([`MAX_BATCH_EVENTS`],
-//!   [`MAX_BATCH_OUT`]). AMI calls are never rolled back (a failed commit
+//!   already, up to [`MAX_BATCH_EVENTS`] of them ([`MAX_AHEAD_OUT`] model
+//!   events). AMI calls are never rolled back (a failed commit
 //!   only marks their calls to be written again), so this changes nothing
 //!   a commit decides. Anything a commit may undo — pushes, ticks
 //!   (settling pushed calls), handovers — waits for the commit: the
