@@ -280,19 +280,9 @@ impl NormalizerTask {
                 }
                 _ = tick.tick() => n.tick(now_epoch(), &mut b.out),
                 ev = inp.events.next(), if !b.full() => match ev {
-                    Some(ev) => {
-                        b.taken += 1;
-                        take(n, &self.ownership, ev, &mut b.out, &mut b.acks);
-                        while !b.full() {
-                            match inp.events.try_next() {
-                                Some(ev) => {
-                                    b.taken += 1;
-                                    take(n, &self.ownership, ev, &mut b.out, &mut b.acks);
-                                }
-                                None => break,
-                            }
-                        }
-                    }
+                    Some(ev) => fill(n, &self.ownership, b, ev, |b| !b.full(), || {
+                        inp.events.try_next()
+                    }),
                     None => open = false,
                 },
                 () = std::future::ready(()), if !b.is_empty() || (stored && n.has_dirty()) => {}
@@ -316,17 +306,9 @@ impl NormalizerTask {
                         // None: read ahead.
                         let Some(ev) = ev else { continue };
                         let n = &mut self.normalizer;
-                        b.taken += 1;
-                        take(n, &self.ownership, ev, &mut b.out, &mut b.acks);
-                        while b.room_while_committing() {
-                            match inp.events.try_next_overlapping() {
-                                Some(ev) => {
-                                    b.taken += 1;
-                                    take(n, &self.ownership, ev, &mut b.out, &mut b.acks);
-                                }
-                                None => break,
-                            }
-                        }
+                        fill(n, &self.ownership, b, ev, Batch::room_while_committing, || {
+                            inp.events.try_next_overlapping()
+                        });
                     }
                 }
             };
@@ -379,6 +361,24 @@ impl NormalizerTask {
             &mut acks,
             max_snapshots,
         )
+    }
+}
+
+/// Takes `first` into the batch, then what `next` has ready for as long
+/// as `room` says the batch has room.
+fn fill(
+    n: &mut Normalizer,
+    ownership: &Option<OwnershipHandle>,
+    b: &mut Batch,
+    first: SourceEvent,
+    room: fn(&Batch) -> bool,
+    mut next: impl FnMut() -> Option<SourceEvent>,
+) {
+    let mut ev = Some(first);
+    while let Some(e) = ev {
+        b.taken += 1;
+        take(n, ownership, e, &mut b.out, &mut b.acks);
+        ev = if room(b) { next() } else { None };
     }
 }
 
