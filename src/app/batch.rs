@@ -1,7 +1,9 @@
 //! The normalizer task's batches: feeding source events to the normalizer
-//! (fenced by ownership in cluster mode), evaluating the rules, and
-//! committing a batch's deliveries with its live-call writes before the
-//! pushes are answered and the next batch is taken.
+//! (fenced by ownership in cluster mode), evaluating the rules, starting
+//! the commit of a batch's deliveries with its live-call writes
+//! (`start_batch`: the commit owns what it writes, so the task may take
+//! the next batch meanwhile), and, once it is durable, answering the
+//! pushes and showing the events (`end_batch`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
