@@ -37,9 +37,10 @@
 
 #[path = "../tests/support_app/mod.rs"]
 mod support_app;
+#[path = "../tests/support_fast_ami/mod.rs"]
+mod support_fast_ami;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -53,6 +54,7 @@ use callhook::metrics::metrics;
 use callhook::model::ModelEvent;
 use callhook::normalize::{Normalizer, NormalizerConfig};
 use callhook::replay::replay_from;
+use support_fast_ami::FastAmi;
 use tokio::io::AsyncReadExt;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
@@ -610,67 +612,25 @@ fn daemon(addr: SocketAddr, pbx: &str, calls: usize) -> Got {
     }
 }
 
-/// A fake Asterisk for one connection: banner, any login accepted (MD5 or
-/// plain), `CoreShowChannels` answered with an empty list, then the stream
-/// written as fast as the socket takes it; `Ping` and `Logoff` answered.
+/// The fast fake AMI, with the moment its stream started on the CPU clock
+/// of the thread that will read it (the calling thread).
 struct FakeAmi {
     addr: SocketAddr,
     started: mpsc::Receiver<Stamp>,
-    threads: Vec<thread::JoinHandle<()>>,
+    ami: FastAmi,
 }
 
 impl FakeAmi {
-    /// Serves one connection; the stream's start is stamped on the calling
-    /// thread's CPU clock (the thread that will read it).
     fn start(stream: Arc<Vec<u8>>) -> Self {
         let reader_clock = thread_clock();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (started_tx, started) = mpsc::channel();
-        let (conn_tx, conn_rx) = mpsc::channel::<TcpStream>();
-        let (action_tx, action_rx) = mpsc::channel::<(String, Option<String>)>();
-        let acceptor = thread::spawn(move || {
-            let Ok((sock, _)) = listener.accept() else {
-                return;
-            };
-            let _ = sock.set_nodelay(true);
-            let reader = sock.try_clone().expect("clone");
-            let _ = conn_tx.send(sock);
-            read_actions(reader, action_tx);
-        });
-        let writer = thread::spawn(move || {
-            let Ok(mut sock) = conn_rx.recv() else {
-                return;
-            };
-            let _ = sock.write_all(BANNER);
-            let mut streamed = false;
-            loop {
-                let Ok((name, id)) = action_rx.recv() else {
-                    return;
-                };
-                if answer(&mut sock, &name, id.as_deref()).is_err() {
-                    return;
-                }
-                if name.eq_ignore_ascii_case("CoreShowChannels") && !streamed {
-                    streamed = true;
-                    let _ = started_tx.send(Stamp::of(reader_clock));
-                    for chunk in stream.chunks(64 * 1024) {
-                        if sock.write_all(chunk).is_err() {
-                            return;
-                        }
-                        while let Ok((name, id)) = action_rx.try_recv() {
-                            if answer(&mut sock, &name, id.as_deref()).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
+        let (tx, started) = mpsc::channel();
+        let ami = FastAmi::start(stream, move || {
+            let _ = tx.send(Stamp::of(reader_clock));
         });
         Self {
-            addr,
+            addr: ami.addr,
             started,
-            threads: vec![acceptor, writer],
+            ami,
         }
     }
 
@@ -682,49 +642,6 @@ impl FakeAmi {
     }
 
     fn stop(self) {
-        // The client has gone (or goes now): both threads end on EOF.
-        for t in self.threads {
-            let _ = t.join();
-        }
+        self.ami.stop();
     }
-}
-
-/// Reads actions until EOF, forwarding `(name, ActionID)`.
-fn read_actions(mut sock: TcpStream, tx: mpsc::Sender<(String, Option<String>)>) {
-    let mut codec = AmiCodec::new().without_banner();
-    let mut buf = BytesMut::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = match sock.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        while let Ok(Some(f)) = codec.decode(&mut buf) {
-            if let AmiFrame::Message(m) = f {
-                let name = m.get("Action").unwrap_or_default().to_string();
-                if tx.send((name, m.action_id().map(str::to_string))).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-fn answer(sock: &mut TcpStream, action: &str, id: Option<&str>) -> std::io::Result<()> {
-    let id = id.unwrap_or("");
-    let text = match action.to_ascii_lowercase().as_str() {
-        "challenge" => format!("Response: Success\r\nActionID: {id}\r\nChallenge: 840223142\r\n\r\n"),
-        "coreshowchannels" => format!(
-            "Response: Success\r\nActionID: {id}\r\nEventList: start\r\nMessage: Channels will follow\r\n\r\nEvent: CoreShowChannelsComplete\r\nActionID: {id}\r\nEventList: Complete\r\nListItems: 0\r\n\r\n"
-        ),
-        "ping" => format!("Response: Success\r\nActionID: {id}\r\nPing: Pong\r\n\r\n"),
-        "logoff" => {
-            sock.write_all(format!("Response: Goodbye\r\nActionID: {id}\r\nMessage: Thanks\r\n\r\n").as_bytes())?;
-            let _ = sock.shutdown(std::net::Shutdown::Both);
-            return Err(std::io::Error::other("logged off"));
-        }
-        _ => format!("Response: Success\r\nActionID: {id}\r\nMessage: Authentication accepted\r\n\r\n"),
-    };
-    sock.write_all(text.as_bytes())
 }

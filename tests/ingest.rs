@@ -7,6 +7,7 @@
 
 mod support;
 mod support_app;
+mod support_fast_ami;
 mod support_tmp;
 
 use std::collections::{BTreeMap, HashSet};
@@ -22,6 +23,7 @@ use callhook::model::{CallRecord, ModelEvent};
 use callhook::normalize::{Normalizer, NormalizerConfig};
 use callhook::replay::replay;
 use support::{fixture, SECRET, USER};
+use support_fast_ami::FastAmi;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -90,6 +92,81 @@ fn a_burst_on_one_thread_with_the_default_stall_loses_nothing() {
     got.assert_whole(20_000);
 }
 
+/// A commit held up by the disk (here another connection holds the
+/// outbox's write lock, as a slow or busy disk would) while a burst is
+/// written as fast as loopback takes it (the fast fake AMI, not the paced
+/// simulator) to a daemon on one thread with the default 50 ms
+/// `max_stall`. The normalizer must keep taking events while the commit
+/// waits: until the reader has framed [`HELD_FOR`] events — more than the
+/// sources' queue and the read-ahead hold, so a normalizer that waited
+/// for the commit would have made the reader give up and drop — then the
+/// lock is released. Nothing may be dropped, every record must come.
+#[test]
+fn a_commit_held_up_by_the_disk_does_not_stop_the_events() {
+    const HELD_FOR: u64 = 30_000;
+    let calls = 10_000;
+    let pbx = "burst-held";
+    let dir = support_state_dir();
+    let db = dir.join("outbox.sqlite3");
+    let (lock_tx, lock_rx) = std::sync::mpsc::channel();
+    // Logged in (the daemon's outbox is open): the lock is taken before
+    // the first event is written.
+    let ami = FastAmi::start(Arc::new(burst(calls)), move || {
+        let c = rusqlite::Connection::open(&db).expect("open the outbox");
+        c.busy_timeout(Duration::from_secs(10)).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE")
+            .expect("take the write lock");
+        let _ = lock_tx.send(c);
+    });
+    let framed = move || -> u64 {
+        ["Newchannel", "DialBegin", "Newstate", "Hangup"]
+            .iter()
+            .map(|e| metrics().ami_events.with_label_values(&[pbx, e]).get())
+            .sum()
+    };
+    let holder = std::thread::spawn(move || {
+        let lock = lock_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the stream never started");
+        // Under the daemon's busy timeout (10 s): its commit waits, it
+        // does not fail.
+        let held = std::time::Instant::now();
+        while framed() < HELD_FOR && held.elapsed() < Duration::from_secs(8) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let got = (framed(), held.elapsed());
+        lock.execute_batch("ROLLBACK").unwrap();
+        got
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (got, answered, dropped) = rt.block_on(through_the_daemon(
+        &dir,
+        pbx,
+        ami.addr.port(),
+        "bench",
+        "bench",
+        calls,
+        "",
+    ));
+    drop(rt);
+    let (framed, held) = holder.join().unwrap();
+    let got = Burst {
+        calls: got,
+        answered,
+        dropped,
+        resyncs: ami.action_count("CoreShowChannels"),
+    };
+    ami.stop();
+    assert!(
+        framed >= HELD_FOR,
+        "the reader framed only {framed} events in the {held:?} a commit waited for the disk"
+    );
+    got.assert_whole(calls);
+}
+
 /// What came out of a burst.
 struct Burst {
     calls: usize,
@@ -124,10 +201,40 @@ async fn burst_through_the_daemon(pbx: &str, calls: usize, ami_extra: &str) -> B
         .await
         .unwrap();
     let dir = support_state_dir();
+    let (got, answered, dropped) = through_the_daemon(
+        &dir,
+        pbx,
+        sim.local_addr().port(),
+        USER,
+        SECRET,
+        calls,
+        ami_extra,
+    )
+    .await;
+    Burst {
+        calls: got,
+        answered,
+        dropped,
+        resyncs: sim.stats().action_count("CoreShowChannels"),
+    }
+}
+
+/// Runs the daemon (state in `dir`) against the AMI on `port` (PBX `pbx`,
+/// `ami_extra` added to its `ami:` map) until `calls` records came, or
+/// events were dropped and records stopped coming: (records, answered
+/// ones, events dropped).
+async fn through_the_daemon(
+    dir: &Path,
+    pbx: &str,
+    port: u16,
+    user: &str,
+    secret: &str,
+    calls: usize,
+    ami_extra: &str,
+) -> (usize, usize, u64) {
     let text = format!(
-        "state_dir: {}\npbx:\n  - id: {pbx}\n    ami: {{ host: 127.0.0.1, port: {}, username: {USER}, secret: \"{SECRET}\"{ami_extra} }}\n",
+        "state_dir: {}\npbx:\n  - id: {pbx}\n    ami: {{ host: 127.0.0.1, port: {port}, username: {user}, secret: \"{secret}\"{ami_extra} }}\n",
         dir.display(),
-        sim.local_addr().port()
     );
     let cfg = support_app::config(&text, Path::new("."));
 
@@ -174,15 +281,9 @@ async fn burst_through_the_daemon(pbx: &str, calls: usize, ami_extra: &str) -> B
         }
     }
     let (got, answered) = *count_rx.borrow();
-    let resyncs = sim.stats().action_count("CoreShowChannels");
     token.cancel();
     task.await.unwrap().unwrap();
-    Burst {
-        calls: got,
-        answered,
-        dropped: dropped.get(),
-        resyncs,
-    }
+    (got, answered, dropped.get())
 }
 
 fn support_state_dir() -> support_tmp::TestDir {

@@ -1,23 +1,28 @@
 //! The normalizer task's batches: feeding source events to the normalizer
-//! (fenced by ownership in cluster mode), evaluating the rules, and
-//! committing a batch's deliveries with its live-call writes before the
-//! pushes are answered and the next batch is taken.
+//! (fenced by ownership in cluster mode), evaluating the rules, starting
+//! the commit of a batch's deliveries with its live-call writes
+//! (`start_batch`: the commit owns what it writes, so the task may take
+//! the next batch meanwhile), and, once it is durable, answering the
+//! pushes and showing the events (`end_batch`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use tracing::{error, info, warn};
 
 use super::handover::owns;
 use super::Observer;
 use crate::cluster::ownership::OwnershipHandle;
-use crate::deliver::outbox::LiveCallWrite;
-use crate::deliver::store::DeliveryStore;
+use crate::deliver::outbox::{EnqueueOutcome, LiveCallWrite};
+use crate::deliver::store::{DeliveryStore, StoreError};
 use crate::deliver::DeliveryRequest;
 use crate::log_limit::LogLimiter;
 use crate::metrics::metrics;
 use crate::model::ModelEvent;
-use crate::normalize::Normalizer;
+use crate::normalize::{CallChange, Normalizer};
 use crate::rules::RuleSet;
 use crate::source::{PushAck, PushReceipt, SourceEvent};
 
@@ -70,21 +75,37 @@ fn event_pbx(e: &ModelEvent) -> &str {
     }
 }
 
-/// Ends a batch: commits its deliveries, then keeps (or, if they could not
-/// be committed, rolls back) the batch's changes to pushed calls, answers
-/// the pushes and shows the events to the observer.
+/// A batch on its way to the store: what is done with it once the
+/// commit has ended ([`end_batch`]).
+pub(super) struct Committing {
+    out: Vec<ModelEvent>,
+    acks: Vec<(PushAck, PushReceipt)>,
+    changes: Vec<CallChange>,
+}
+
+/// The commit of a batch: resolves once it is durable, or says why not.
+pub(super) type Commit = BoxFuture<'static, Result<(), String>>;
+
+/// Starts the commit of a batch: takes its model events and acks (`out`
+/// and `acks` are left empty for the next one), the changed calls (at
+/// most `max_snapshots` snapshots, see `Normalizer::take_dirty_upto`),
+/// evaluates the rules, and hands deliveries and calls to the store. The
+/// commit owns what it writes: the normalizer may take the next batch's
+/// events while it runs.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn finish_batch(
+pub(super) fn start_batch(
     rules: &RuleSet,
-    outbox: &dyn DeliveryStore,
+    store: &Arc<dyn DeliveryStore>,
     ownership: &Option<OwnershipHandle>,
-    ok: &AtomicBool,
+    ok: &Arc<AtomicBool>,
     normalizer: &mut Normalizer,
     out: &mut Vec<ModelEvent>,
     acks: &mut Vec<(PushAck, PushReceipt)>,
-    observer: &mut Option<Observer>,
-) {
-    let mut changes = normalizer.take_dirty();
+    max_snapshots: usize,
+) -> (Committing, Commit) {
+    let mut out = std::mem::take(out);
+    let acks = std::mem::take(acks);
+    let mut changes = normalizer.take_dirty_upto(max_snapshots);
     if ownership.is_some() {
         // Cluster mode: what an instance no longer owns is neither sent nor
         // stored (the next owner writes that PBX's calls now).
@@ -107,14 +128,31 @@ pub(super) async fn finish_batch(
             snapshot: c.snapshot.clone(),
         })
         .collect();
-    let result = if out.is_empty() && calls.is_empty() {
-        Ok(())
+    let reqs = requests(rules, &out, |p| normalizer.clock_offset(p));
+    let commit: Commit = if reqs.is_empty() && calls.is_empty() {
+        Box::pin(std::future::ready(Ok(())))
     } else {
-        deliver_batch(rules, outbox, ok, out, calls, |p| {
-            normalizer.clock_offset(p)
-        })
-        .await
+        let stored = store.commit_batch(reqs, calls);
+        let ok = ok.clone();
+        Box::pin(async move { judge(stored.await, &ok) })
     };
+    (Committing { out, acks, changes }, commit)
+}
+
+/// Ends a batch once its commit has: keeps (or, if its deliveries could
+/// not be committed, rolls back) the batch's changes to pushed calls,
+/// answers the pushes and shows the events to the observer.
+pub(super) fn end_batch(
+    normalizer: &mut Normalizer,
+    batch: Committing,
+    result: Result<(), String>,
+    observer: &mut Option<Observer>,
+) {
+    let Committing {
+        mut out,
+        acks,
+        changes,
+    } = batch;
     match &result {
         Ok(()) => normalizer.commit_batch(),
         Err(e) if e.starts_with(OUTBOX_FULL) => {
@@ -139,13 +177,12 @@ pub(super) async fn finish_batch(
     }
     if !out.is_empty() {
         if let Some(o) = observer.as_mut() {
-            o(out);
+            o(&out);
         }
     }
-    for (ack, receipt) in acks.drain(..) {
+    for (ack, receipt) in acks {
         let _ = ack.send(result.clone().map(|()| receipt));
     }
-    out.clear();
 }
 
 /// How a refusal by the cap or the backlog starts (the batch's calls were
@@ -170,15 +207,32 @@ pub async fn deliver_batch(
     calls: Vec<LiveCallWrite>,
     clock_offset: impl Fn(&str) -> f64,
 ) -> Result<(), String> {
+    let reqs = requests(rules, events, clock_offset);
+    if reqs.is_empty() && calls.is_empty() {
+        return Ok(());
+    }
+    judge(outbox.commit_batch(reqs, calls).await, ok)
+}
+
+/// The deliveries the rules make of a batch's model events, their times
+/// on the local clock (`clock_offset(pbx)`: event time minus local time).
+fn requests(
+    rules: &RuleSet,
+    events: &[ModelEvent],
+    clock_offset: impl Fn(&str) -> f64,
+) -> Vec<DeliveryRequest> {
     let mut reqs: Vec<DeliveryRequest> = events.iter().flat_map(|e| rules.evaluate(e)).collect();
     for r in &mut reqs {
         let local = r.created_at - clock_offset(&r.pbx);
         r.rebase(local);
     }
-    if reqs.is_empty() && calls.is_empty() {
-        return Ok(());
-    }
-    match outbox.commit_batch(reqs, calls).await {
+    reqs
+}
+
+/// What a commit's outcome means for the batch (logged; `ok` says whether
+/// the store accepts writes).
+fn judge(stored: Result<EnqueueOutcome, StoreError>, ok: &AtomicBool) -> Result<(), String> {
+    match stored {
         Ok(o) => {
             if !ok.swap(true, Ordering::Relaxed) {
                 info!("the outbox accepts writes again");

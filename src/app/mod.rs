@@ -456,6 +456,7 @@ pub async fn run_until(
         ownership: ownership.clone(),
         ok: outbox_ok.clone(),
         observer,
+        next: Default::default(),
     };
     let mut inputs = Inputs {
         events: task::Events::new(rx),

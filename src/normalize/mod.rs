@@ -103,6 +103,9 @@ pub struct Normalizer {
     batch: bool,
     /// Track the calls each batch changes ([`Normalizer::take_dirty`]).
     persist: bool,
+    /// Which PBX's changes [`Normalizer::take_dirty_upto`] takes first
+    /// (it turns, so one PBX's burst cannot keep the others' waiting).
+    first_pick: usize,
 }
 
 /// One call a batch changed, for the live-call store: its snapshot
@@ -126,6 +129,7 @@ impl Normalizer {
             teams: FastMap::default(),
             batch: false,
             persist: false,
+            first_pick: 0,
         }
     }
 
@@ -142,9 +146,24 @@ impl Normalizer {
     /// sessions), to be stored atomically with the deliveries the same
     /// events caused.
     pub fn take_dirty(&mut self) -> Vec<CallChange> {
+        self.take_dirty_upto(usize::MAX)
+    }
+
+    /// [`take_dirty`](Self::take_dirty), with at most `snapshots` AMI
+    /// calls' snapshots (those that changed first; the others stay marked
+    /// for the next time). Deletions and push sessions are all taken.
+    pub fn take_dirty_upto(&mut self, snapshots: usize) -> Vec<CallChange> {
+        let mut budget = snapshots;
         let mut out = Vec::new();
-        for (pbx, p) in &mut self.pbxs {
-            for (session, snapshot) in p.take_dirty() {
+        let n = self.pbxs.len().max(1);
+        self.first_pick = (self.first_pick + 1) % n;
+        let (later, first) = {
+            let mut all: Vec<_> = self.pbxs.iter_mut().collect();
+            let first = all.split_off(self.first_pick.min(all.len()));
+            (all, first)
+        };
+        for (pbx, p) in first.into_iter().chain(later) {
+            for (session, snapshot) in p.take_dirty_upto(&mut budget) {
                 out.push(CallChange {
                     pbx: pbx.clone(),
                     session,
@@ -162,6 +181,12 @@ impl Normalizer {
             }
         }
         out
+    }
+
+    /// Whether AMI calls' changes wait to be taken (left by
+    /// [`take_dirty_upto`](Self::take_dirty_upto)).
+    pub fn has_dirty(&self) -> bool {
+        self.pbxs.values().any(calls::PbxCalls::has_dirty)
     }
 
     /// Marks changes again whose store failed (or whose pushed calls were

@@ -56,7 +56,7 @@ use std::collections::VecDeque;
 
 use tracing::debug;
 
-use super::{FastMap, FastSet, NormalizerConfig};
+use super::{FastMap, NormalizerConfig};
 use crate::metrics::metrics;
 use crate::model::{EndReason, ModelEvent};
 use crate::source::PbxId;
@@ -134,8 +134,9 @@ pub struct PbxCalls {
     /// time-driven decisions ([`Normalizer::tick`](super::Normalizer::tick))
     /// run on the PBX's clock, whatever the local one says.
     skew: f64,
-    /// Calls changed since the last `take_dirty` (see `persist`).
-    dirty: FastSet<Str>,
+    /// Calls changed since they were last taken to be stored (see
+    /// `persist`).
+    dirty: persist::Dirty,
     /// The headers of the event being handled that name a channel: (field
     /// index, by id), see `persist::mark_named`.
     named: Vec<(u32, bool)>,

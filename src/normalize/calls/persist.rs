@@ -11,6 +11,15 @@
 //! snapshot misses is at most a detail of an unannounced change; what
 //! ends a call (its record) always marks it, so a stored call is removed
 //! in the same commit as its record.
+//!
+//! The changed calls wait in the order they first changed; a commit may
+//! take only the oldest few snapshots ([`PbxCalls::take_dirty_upto`]: a
+//! burst touches thousands of calls per batch, and writing them all would
+//! make each commit as long as the burst is wide). The rest stay marked
+//! for the next commit; the deletions of calls that are over are always
+//! taken, so the invariant above holds.
+
+use std::collections::VecDeque;
 
 use compact_str::ToCompactString;
 use serde::{Deserialize, Serialize};
@@ -41,6 +50,27 @@ pub struct Restored {
     /// Snapshots that could not be used (other version, damaged, a call
     /// already known).
     pub skipped: usize,
+}
+
+/// The calls changed since they were last taken, each once, oldest change
+/// first.
+#[derive(Debug, Default)]
+pub(super) struct Dirty {
+    set: FastSet<Str>,
+    order: VecDeque<Str>,
+}
+
+impl Dirty {
+    fn insert(&mut self, session: Str) {
+        if !self.set.contains(&session) {
+            self.order.push_back(session.clone());
+            self.set.insert(session);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
+    }
 }
 
 /// Whether an AMI header names a channel (by Uniqueid or Linkedid) or a
@@ -131,7 +161,9 @@ impl PbxCalls {
             .iter()
             .filter_map(|(u, _, _)| self.chans.get(u).map(|c| c.call.clone()))
             .collect();
-        self.dirty.extend(waiting);
+        for s in waiting {
+            self.dirty.insert(s);
+        }
     }
 
     /// Marks one call.
@@ -142,19 +174,58 @@ impl PbxCalls {
     /// Marks every call (after a reconciliation).
     pub fn mark_all(&mut self) {
         let all: Vec<Str> = self.calls.keys().cloned().collect();
-        self.dirty.extend(all);
+        for s in all {
+            self.dirty.insert(s);
+        }
     }
 
-    /// The calls changed since the last call: (session, snapshot), `None`
-    /// for a call that is over (or merged into another).
-    pub fn take_dirty(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
-        let dirty: FastSet<Str> = std::mem::take(&mut self.dirty);
-        let mut out = Vec::with_capacity(dirty.len());
-        for s in dirty {
-            let snap = self.calls.get(&s).and_then(|c| self.encode(c));
+    /// Whether some change waits to be taken.
+    pub fn has_dirty(&self) -> bool {
+        self.dirty.len() > 0
+    }
+
+    /// The calls changed since they were last taken: (session, snapshot),
+    /// `None` for a call that is over (or merged into another). Every
+    /// deletion, and the snapshots of the calls that changed first, up to
+    /// `*budget` of them (decreased by those taken); the other calls stay
+    /// marked, in order.
+    pub fn take_dirty_upto(&mut self, budget: &mut usize) -> Vec<(String, Option<Vec<u8>>)> {
+        let order = std::mem::take(&mut self.dirty.order);
+        let mut out = Vec::with_capacity(order.len().min(*budget));
+        if order.len() <= *budget {
+            self.dirty.set.clear();
+            for s in order {
+                let snap = self.calls.get(&s).and_then(|c| self.encode(c));
+                *budget -= usize::from(snap.is_some());
+                out.push((s.to_string(), snap));
+            }
+            return out;
+        }
+        let mut rest = VecDeque::new();
+        for s in order {
+            let snap = match self.calls.get(&s) {
+                None => None,
+                Some(c) if *budget > 0 => {
+                    *budget -= 1;
+                    self.encode(c)
+                }
+                Some(_) => {
+                    rest.push_back(s);
+                    continue;
+                }
+            };
+            self.dirty.set.remove(&s);
             out.push((s.to_string(), snap));
         }
+        self.dirty.order = rest;
         out
+    }
+
+    /// Every change: [`take_dirty_upto`](Self::take_dirty_upto) without a
+    /// limit.
+    pub fn take_dirty(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut all = usize::MAX;
+        self.take_dirty_upto(&mut all)
     }
 
     fn encode(&self, call: &Call) -> Option<Vec<u8>> {
@@ -327,6 +398,46 @@ mod tests {
         let mut again = Vec::new();
         m.tick(crate::source::now_epoch() + 1.0, &mut again);
         assert!(records(&again).is_empty());
+    }
+
+    /// A commit may take only the snapshots of the calls that changed
+    /// first: the others stay marked, in order, for the next one, while
+    /// the deletion of a call that is over is always taken at once.
+    #[test]
+    fn a_limited_take_keeps_the_rest_in_order_and_takes_every_deletion() {
+        let pbx: PbxId = Arc::from("main");
+        let mut bytes = crate::ami::synthetic::BANNER.to_vec();
+        bytes.extend(crate::ami::synthetic::burst(6));
+        let events = source_events(&bytes, &pbx);
+        let mut n = Normalizer::new(NormalizerConfig::default());
+        n.track_changes();
+        let mut out = Vec::new();
+        let session = |i: usize| format!("1800000000.{}", 2 * i);
+        let taken = |changes: Vec<crate::normalize::CallChange>| -> Vec<(String, bool)> {
+            changes
+                .into_iter()
+                .map(|c| (c.session, c.snapshot.is_some()))
+                .collect()
+        };
+        // Six calls ringing and answered (three events each).
+        for ev in &events[..18] {
+            n.handle(ev, &mut out);
+        }
+        let first = taken(n.take_dirty_upto(4));
+        assert_eq!(
+            first,
+            (0..4).map(|i| (session(i), true)).collect::<Vec<_>>()
+        );
+        assert!(n.has_dirty());
+        // The first call ends (its two hangups).
+        for ev in &events[18..20] {
+            n.handle(ev, &mut out);
+        }
+        assert!(records(&out).iter().any(|c| c.session_id == session(0)));
+        let second = taken(n.take_dirty_upto(1));
+        assert_eq!(second, vec![(session(4), true), (session(0), false)]);
+        assert_eq!(taken(n.take_dirty()), vec![(session(5), true)]);
+        assert!(!n.has_dirty());
     }
 
     const CAPTURES: [&str; 6] = [
