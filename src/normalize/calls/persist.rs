@@ -70,11 +70,12 @@ impl PbxCalls {
     pub fn mark_named(&mut self, msg: &AmiMessage) {
         let mut named = std::mem::take(&mut self.named);
         named.clear();
+        let mut last = None;
         for (i, (k, v)) in msg.fields().enumerate() {
             let (id, name) = names_channel(k);
             if id || name {
                 named.push((u32::try_from(i).unwrap_or(u32::MAX), id));
-                self.mark_value(v, id);
+                self.mark_value(v, id, &mut last);
             }
         }
         self.named = named;
@@ -85,27 +86,38 @@ impl PbxCalls {
     /// without scanning the message again.
     pub fn mark_named_again(&mut self, msg: &AmiMessage) {
         let named = std::mem::take(&mut self.named);
+        let mut last = None;
         for &(i, id) in &named {
             if let Some((_, v)) = msg.field(i as usize) {
-                self.mark_value(v, id);
+                self.mark_value(v, id, &mut last);
             }
         }
         self.named = named;
     }
 
     /// Marks the call of the channel `v` names: by Uniqueid/Linkedid when
-    /// `id` (a call's own id included), else by channel name.
+    /// `id` (a call's own id included), else by channel name. `last`: the
+    /// call this event marked last (an event's headers mostly name one
+    /// call: it is inserted once).
     #[inline]
-    fn mark_value(&mut self, v: &str, id: bool) {
+    fn mark_value(&mut self, v: &str, id: bool, last: &mut Option<Str>) {
         let v = v.trim();
-        if id {
-            if let Some(c) = self.chans.get(v) {
-                self.dirty.insert(c.call.clone());
-            } else if self.calls.contains_key(v) {
-                self.dirty.insert(v.to_compact_string());
+        let call = if id {
+            match self.chans.get(v) {
+                Some(c) => Some(&c.call),
+                None => self.calls.get_key_value(v).map(|(k, _)| k),
             }
-        } else if let Some(c) = self.by_name.get(v).and_then(|u| self.chans.get(u)) {
-            self.dirty.insert(c.call.clone());
+        } else {
+            self.by_name
+                .get(v)
+                .and_then(|u| self.chans.get(u))
+                .map(|c| &c.call)
+        };
+        if let Some(call) = call {
+            if last.as_ref() != Some(call) {
+                *last = Some(call.clone());
+                self.dirty.insert(call.clone());
+            }
         }
     }
 
