@@ -43,6 +43,20 @@ pub struct Restored {
     pub skipped: usize,
 }
 
+/// Whether a header of this length and last letter (lower case) can be
+/// one [`names_channel`] accepts: most headers are rejected here, from
+/// the message's key tags, without reading their text.
+#[inline]
+fn may_name_channel(len: usize, last: u8) -> bool {
+    match last {
+        b'd' => len >= 8,
+        b'l' => len >= 7,
+        b'e' => len == 5,
+        b't' => len == 6,
+        _ => false,
+    }
+}
+
 /// Whether an AMI header names a channel (by Uniqueid or Linkedid) or a
 /// channel name. Most headers are rejected by their last letter alone.
 #[inline]
@@ -71,7 +85,7 @@ impl PbxCalls {
         let mut named = std::mem::take(&mut self.named);
         named.clear();
         let mut last = None;
-        for (i, (k, v)) in msg.fields().enumerate() {
+        for (i, k, v) in msg.fields_where(may_name_channel) {
             let (id, name) = names_channel(k);
             if id || name {
                 named.push((u32::try_from(i).unwrap_or(u32::MAX), id));
@@ -279,6 +293,48 @@ mod tests {
     /// into a new normalizer and reconciled with an empty channel list,
     /// give each call that was live at the cut exactly one record, marked
     /// approximate, and the stored set follows the model exactly.
+    #[test]
+    fn the_tag_filter_keeps_every_header_that_names_a_channel() {
+        use super::{may_name_channel, names_channel};
+        use crate::ami::AmiMessage;
+        let keys = [
+            "Uniqueid",
+            "UniqueID",
+            "DestUniqueid",
+            "Linkedid",
+            "DestLinkedID",
+            "Channel",
+            "DestChannel",
+            "CHANNEL",
+            "Original",
+            "Clone",
+            "Target",
+            "BridgeUniqueid",
+            "TransfererUniqueid",
+            "Event",
+            "Exten",
+            "Context",
+            "CallerIDName",
+            "Privilege",
+            "Id",
+            "d",
+            "Xchannel",
+            "Clones",
+        ];
+        let m = AmiMessage::from_pairs(keys.iter().map(|k| (*k, "v")));
+        let kept: Vec<&str> = m.fields_where(may_name_channel).map(|f| f.1).collect();
+        for k in keys {
+            let (id, name) = names_channel(k);
+            if id || name {
+                assert!(
+                    kept.contains(&k),
+                    "{k} named a channel but was filtered out"
+                );
+            }
+        }
+        assert!(!kept.contains(&"Event") && !kept.contains(&"Exten"));
+    }
+
     #[test]
     fn stored_calls_restore_and_close_exactly_once_at_every_cut() {
         for name in CAPTURES {
