@@ -159,12 +159,14 @@ fn main() {
     let mut losses = Losses::default();
     // The presence thread's CPU per daemon row: (row, events, least).
     let mut presence: Vec<(&str, usize, Duration)> = Vec::new();
-    let mut note_presence = |row: &'static str, events: usize, got: &Got| match presence
-        .iter_mut()
-        .find(|(r, ..)| *r == row)
-    {
-        Some(e) => e.2 = e.2.min(got.presence),
-        None => presence.push((row, events, got.presence)),
+    let mut note_presence = |row: &'static str, events: usize, got: &Got| {
+        let Some(cpu) = got.presence else {
+            return;
+        };
+        match presence.iter_mut().find(|(r, ..)| *r == row) {
+            Some(e) => e.2 = e.2.min(cpu),
+            None => presence.push((row, events, cpu)),
+        }
     };
     for round in 0..rounds {
         // Memory.
@@ -267,7 +269,7 @@ fn main() {
     }
     for (row, events, cpu) in &presence {
         println!(
-            "{row}: the presence thread (not in the figures above) used {:.0} ms of CPU ({:.0} events/s of its CPU; least of {rounds})",
+            "{row}: the presence thread (not in the figures above) used {:.0} ms of CPU ({:.0} events/s of its CPU; least of the complete rounds)",
             cpu.as_secs_f64() * 1e3,
             *events as f64 / cpu.as_secs_f64().max(1e-9),
         );
@@ -541,8 +543,9 @@ struct Got {
     done: Stamp,
     records: usize,
     dropped: u64,
-    /// CPU time of the presence thread when the last record came.
-    presence: Duration,
+    /// CPU time of the presence thread when the last record came (`None`:
+    /// it never came).
+    presence: Option<Duration>,
 }
 
 /// CPU time (user + system) of the live threads named `name` (their
@@ -671,7 +674,7 @@ fn daemon(addr: SocketAddr, pbx: &str, calls: usize) -> Got {
         done: got.1,
         records: got.0,
         dropped: metrics().ami_queue_dropped.with_label_values(&[pbx]).get(),
-        presence: prx.try_recv().unwrap_or_default(),
+        presence: prx.try_recv().ok(),
     }
 }
 
