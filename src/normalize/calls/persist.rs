@@ -289,10 +289,6 @@ mod tests {
             .collect()
     }
 
-    /// A capture cut at every event: the calls stored at the cut, restored
-    /// into a new normalizer and reconciled with an empty channel list,
-    /// give each call that was live at the cut exactly one record, marked
-    /// approximate, and the stored set follows the model exactly.
     #[test]
     fn the_tag_filter_keeps_every_header_that_names_a_channel() {
         use super::{may_name_channel, names_channel};
@@ -335,6 +331,10 @@ mod tests {
         assert!(!kept.contains(&"Event") && !kept.contains(&"Exten"));
     }
 
+    /// A capture cut at every event: the calls stored at the cut, restored
+    /// into a new normalizer and reconciled with an empty channel list,
+    /// give each call that was live at the cut exactly one record, marked
+    /// approximate, and the stored set follows the model exactly.
     #[test]
     fn stored_calls_restore_and_close_exactly_once_at_every_cut() {
         for name in CAPTURES {
