@@ -27,8 +27,9 @@
 //! reads the socket and runs the normalizer, read from the moment the fake
 //! AMI starts streaming), so other processes on a shared machine change
 //! the figures much less than they change wall time. The daemon's other
-//! threads (the outbox writer storing live-call snapshots) are not in it;
-//! wall-clock rates are printed beside.
+//! threads (the outbox writer storing live-call snapshots, the presence
+//! tracker following the model) are not in it; wall-clock rates are
+//! printed beside, and the presence thread's CPU below the table.
 //!
 //! `cargo bench --bench ingest` (5 interleaved rounds: each row's best,
 //! and the median and range of the per-round ratios); `-- --quick` uses ×5
@@ -158,6 +159,17 @@ fn main() {
     }
     let mut best = Best::default();
     let mut losses = Losses::default();
+    // The presence thread's CPU per daemon row: (row, events, least).
+    let mut presence: Vec<(&str, usize, Duration)> = Vec::new();
+    let mut note_presence = |row: &'static str, events: usize, got: &Got| {
+        let Some(cpu) = got.presence else {
+            return;
+        };
+        match presence.iter_mut().find(|(r, ..)| *r == row) {
+            Some(e) => e.2 = e.2.min(cpu),
+            None => presence.push((row, events, cpu)),
+        }
+    };
     for round in 0..rounds {
         // Memory.
         let t = Stamp::now();
@@ -186,6 +198,7 @@ fn main() {
             got.done.since(fake.streaming()),
         );
         losses.note("socket callhook", calls, &got);
+        note_presence("run (loopback socket)", n_events, &got);
         fake.stop();
 
         // Burst.
@@ -204,6 +217,7 @@ fn main() {
             got.done.since(fake.streaming()),
         );
         losses.note("burst callhook", burst_calls, &got);
+        note_presence("run, burst", n_burst, &got);
         fake.stop();
         println!("round {} done", round + 1);
     }
@@ -254,6 +268,13 @@ fn main() {
         if ratio < floor {
             failed.push(format!("{what}: {ratio:.2} < {floor}"));
         }
+    }
+    for (row, events, cpu) in &presence {
+        println!(
+            "{row}: the presence thread (not in the figures above) used {:.0} ms of CPU ({:.0} events/s of its CPU; least of the complete rounds)",
+            cpu.as_secs_f64() * 1e3,
+            *events as f64 / cpu.as_secs_f64().max(1e-9),
+        );
     }
     for (row, records, calls, dropped) in &losses.0 {
         failed.push(format!(
@@ -524,6 +545,48 @@ struct Got {
     done: Stamp,
     records: usize,
     dropped: u64,
+    /// CPU time of the presence thread when the last record came (`None`:
+    /// it never came).
+    presence: Option<Duration>,
+}
+
+/// CPU time (user + system) of the live threads named `name` (their
+/// `comm`, at most 15 bytes, found in `/proc/self/task`); zero when
+/// nothing matches.
+fn threads_cpu(name: &str) -> Duration {
+    let comm = &name.as_bytes()[..name.len().min(15)];
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let mut total = Duration::ZERO;
+    for t in tasks.flatten() {
+        let named = std::fs::read(t.path().join("comm"))
+            .is_ok_and(|c| c.strip_suffix(b"\n").unwrap_or(&c) == comm);
+        let tid = t
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::clockid_t>().ok());
+        if let (true, Some(tid)) = (named, tid) {
+            // Linux's CPU clock of a thread by id (what glibc's
+            // pthread_getcpuclockid makes: CPUCLOCK_PERTHREAD | SCHED).
+            total += clock_or_zero((!tid << 3) | 6);
+        }
+    }
+    total
+}
+
+/// [`clock`], or zero when the clock cannot be read (the thread ended).
+fn clock_or_zero(id: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; an invalid clock id is an error
+    // return, not undefined behaviour.
+    if unsafe { libc::clock_gettime(id, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Runs the daemon against the fake AMI on a single-threaded runtime until
@@ -547,6 +610,7 @@ fn daemon(addr: SocketAddr, pbx: &str, calls: usize) -> Got {
     let (tx, rx) = tokio::sync::watch::channel((0usize, None::<Stamp>));
     let bench_thread = thread::current().id();
     let mut records = 0;
+    let (ptx, prx) = mpsc::channel();
     let observer = Box::new(move |evs: &[ModelEvent]| {
         for e in evs {
             if let ModelEvent::Call(_) = e {
@@ -556,6 +620,9 @@ fn daemon(addr: SocketAddr, pbx: &str, calls: usize) -> Got {
         // The normalizer runs on the runtime's one thread: its CPU clock.
         assert_eq!(thread::current().id(), bench_thread);
         let done = (records >= calls).then(Stamp::now);
+        if done.is_some() {
+            let _ = ptx.send(threads_cpu(callhook::presence::task::THREAD_NAME));
+        }
         tx.send_if_modified(|v| {
             let changed = v.0 != records;
             *v = (records, v.1.or(done));
@@ -609,6 +676,7 @@ fn daemon(addr: SocketAddr, pbx: &str, calls: usize) -> Got {
         done: got.1,
         records: got.0,
         dropped: metrics().ami_queue_dropped.with_label_values(&[pbx]).get(),
+        presence: prx.try_recv().ok(),
     }
 }
 

@@ -501,6 +501,25 @@ impl AmiCodec {
         None
     }
 
+    /// The hot path of an ignored event (most of a real stream's lines):
+    /// takes a line of it that [`Self::header_line`] would only count —
+    /// not its end, not a possible `ActionID`, not over the limit — and
+    /// says so; any other line is left to [`Self::on_line`].
+    #[inline]
+    fn skips_line(&mut self, line: &[u8], raw_len: usize) -> bool {
+        if self.ignored.is_none() || self.mode != Mode::Headers {
+            return false;
+        }
+        let line = strip_cr(line);
+        if line.is_empty() || may_be_action_id(line) || self.too_big(raw_len) {
+            return false;
+        }
+        self.packet_bytes += raw_len;
+        self.lines += 1;
+        self.spans_skipped = true;
+        true
+    }
+
     /// The first line of a packet: `Response: Follows`, or an ignored event.
     fn first_field(&mut self, key: &[u8], value: &[u8]) {
         if key.eq_ignore_ascii_case(b"Response") {
@@ -669,6 +688,9 @@ impl Decoder for AmiCodec {
                     pos = end + 1;
                     self.line_start = pos;
                     self.next_index = pos;
+                    if self.skips_line(buf.get(begin..end).unwrap_or_default(), pos - begin) {
+                        continue;
+                    }
                     if let Some(frame) = self.on_line(buf, begin, end, pos - begin) {
                         self.consumed(buf, pos);
                         return Ok(Some(frame));

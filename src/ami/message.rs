@@ -173,6 +173,20 @@ impl AmiMessage {
             .map(|s| (self.key_of(s), self.value_of(s)))
     }
 
+    /// The fields (index in wire order, key, value) whose key passes
+    /// `keep(length, last byte ASCII-lower-cased)`, decided from the
+    /// key's tag without reading the text (a key longer than 65,535 bytes
+    /// has length 65,535 there).
+    pub fn fields_where(
+        &self,
+        keep: impl Fn(usize, u8) -> bool,
+    ) -> impl Iterator<Item = (usize, &str, &str)> {
+        self.spans.iter().enumerate().filter_map(move |(i, s)| {
+            let (len, last) = ((s.tag >> 16) as usize, (s.tag & 0xff) as u8);
+            keep(len, last).then(|| (i, self.key_of(s), self.value_of(s)))
+        })
+    }
+
     /// The field at `i` in wire order.
     pub fn field(&self, i: usize) -> Option<(&str, &str)> {
         self.spans
@@ -429,6 +443,21 @@ mod tests {
         assert_eq!(m.get_raw(""), Some("raw line"));
         assert!(m.is_event("x"));
         assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn fields_where_sees_length_and_last_letter() {
+        let m = AmiMessage::from_pairs([
+            ("Event", "Dial"),
+            ("UniqueID", "1.2"),
+            ("Channel", "SIP/1"),
+            ("", "raw"),
+        ]);
+        let ids: Vec<_> = m.fields_where(|_, last| last == b'd').collect();
+        assert_eq!(ids, [(1, "UniqueID", "1.2")]);
+        let long: Vec<_> = m.fields_where(|len, _| len >= 7).map(|f| f.0).collect();
+        assert_eq!(long, [1, 2]);
+        assert_eq!(m.fields_where(|len, _| len == 0).count(), 1);
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub const MAX_IN_FLIGHT: usize = 16;
 pub const MAX_EXTENSION_STATES: usize = 2000;
 /// Minimum time between two overflow-triggered state resyncs.
 pub const RESYNC_MIN_INTERVAL: Duration = Duration::from_secs(5);
+/// Unsolicited presence events kept before they are handed over, at most
+/// (a read brings a few hundred events at most).
+const PASS_ON: usize = 256;
 
 /// Where an unsolicited event goes besides (or instead of) the normalizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +126,10 @@ pub struct StateSync {
     per_extension: bool,
     held: VecDeque<PresenceSourceEvent>,
     max_held: usize,
+    /// Unsolicited events not handed over yet: they go together at the
+    /// end of each read ([`StateSync::flush`]), so the presence thread is
+    /// woken once per read, not once per event.
+    outgoing: Vec<PresenceSourceEvent>,
     resync_needed: bool,
     last_resync: Option<Instant>,
     overflow_logged: bool,
@@ -142,6 +149,7 @@ impl StateSync {
             per_extension: false,
             held: VecDeque::new(),
             max_held: max_held.max(1),
+            outgoing: Vec::new(),
             resync_needed: false,
             last_resync: None,
             overflow_logged: false,
@@ -280,8 +288,25 @@ impl StateSync {
                 self.dropped();
             }
         } else {
-            self.deliver(ev);
+            self.outgoing.push(ev);
+            if self.outgoing.len() >= PASS_ON {
+                self.flush();
+            }
         }
+    }
+
+    /// Hands over the unsolicited events [`forward`](Self::forward) kept
+    /// (the client calls it once it has handled what a read brought).
+    pub fn flush(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let mut evs = std::mem::take(&mut self.outgoing);
+        for ev in evs.drain(..) {
+            self.send(ev);
+        }
+        // The buffer is kept for the next read.
+        self.outgoing = evs;
     }
 
     fn flush_held(&mut self) {
@@ -290,8 +315,14 @@ impl StateSync {
         }
     }
 
-    /// `try_send` to presence; never waits.
+    /// `try_send` to presence, after what was kept (in order); never
+    /// waits.
     fn deliver(&mut self, ev: PresenceSourceEvent) {
+        self.flush();
+        self.send(ev);
+    }
+
+    fn send(&mut self, ev: PresenceSourceEvent) {
         match self.out.tx.try_send(ev) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => self.dropped(),

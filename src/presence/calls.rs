@@ -74,19 +74,37 @@ impl LiveCall {
         self.state == State::Answered
     }
 
-    /// The public view.
-    pub fn view(&self, held: bool) -> PresenceCall {
-        let phase = match (self.state, self.role) {
+    /// Where the extension stands in the call.
+    fn phase(&self, held: bool) -> CallPhase {
+        match (self.state, self.role) {
             (State::Answered, _) if held => CallPhase::OnHold,
             (State::Answered, _) | (State::Hungup, _) => CallPhase::Talking,
             (State::Ringing, Role::Callee) => CallPhase::Ringing,
             (State::Ringing, Role::Caller) => CallPhase::Dialing,
-        };
+        }
+    }
+
+    /// True when [`view`](Self::view) would give `v` (without building it).
+    pub fn shows_as(&self, held: bool, v: &PresenceCall) -> bool {
+        self.session_id == v.session_id
+            && self.leg_id == v.leg_id
+            && self.role == v.role
+            && self.phase(held) == v.phase
+            && self.direction == v.direction
+            && self.caller_number == v.caller_number
+            && self.caller_name == v.caller_name
+            && self.dialed_number == v.dialed_number
+            && self.queue == v.queue
+            && Timestamp(self.since) == v.since
+    }
+
+    /// The public view.
+    pub fn view(&self, held: bool) -> PresenceCall {
         PresenceCall {
             session_id: self.session_id.clone(),
             leg_id: self.leg_id.clone(),
             role: self.role,
-            phase,
+            phase: self.phase(held),
             direction: self.direction,
             caller_number: self.caller_number.clone(),
             caller_name: self.caller_name.clone(),

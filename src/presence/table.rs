@@ -481,24 +481,33 @@ impl Tenant {
             confirm_dialing: self.ami,
             now: self.now,
         });
-        let mut calls: Vec<&LiveCall> = x.calls.values().collect();
-        calls.sort_by(|a, b| a.since.total_cmp(&b.since));
-        let calls: Vec<PresenceCall> = calls
-            .into_iter()
-            .map(|c| c.view(x.held.iter().any(|h| *h == c.session_id)))
-            .collect();
-        let hint = x.hint.as_ref().map(|h| h.text.clone());
+        let mut live: Vec<&LiveCall> = x.calls.values().collect();
+        live.sort_by(|a, b| a.since.total_cmp(&b.since));
+        let held = |c: &LiveCall| x.held.iter().any(|h| *h == c.session_id);
+        // Most refreshes change nothing: the views (and the hint) are only
+        // built when they differ from the row's.
+        let same_calls = x.row.calls.len() == live.len()
+            && live
+                .iter()
+                .zip(&x.row.calls)
+                .all(|(c, v)| c.shows_as(held(c), v));
+        let calls: Option<Vec<PresenceCall>> =
+            (!same_calls).then(|| live.iter().map(|c| c.view(held(c))).collect());
+        let hint_text = x.hint.as_ref().map(|h| h.text.as_str());
+        let hint = (x.row.hint.as_deref() != hint_text).then(|| hint_text.map(str::to_string));
         let id = self.id.clone();
         let Some(x) = self.exts.get_mut(name) else {
             return;
         };
         let row = &mut x.row;
         row.registered = registered;
-        row.hint = hint;
+        if let Some(hint) = hint {
+            row.hint = hint;
+        }
         row.source = source;
         let state_changed =
             row.state != reported.state || row.call_waiting != reported.call_waiting;
-        if !state_changed && row.calls == calls {
+        if !state_changed && calls.is_none() {
             return;
         }
         let previous = row.state;
@@ -512,7 +521,9 @@ impl Tenant {
         }
         row.state = reported.state;
         row.call_waiting = reported.call_waiting;
-        row.calls = calls;
+        if let Some(calls) = calls {
+            row.calls = calls;
+        }
         self.seq += 1;
         out.push(PresenceEvent {
             pbx: id.to_string(),

@@ -8,11 +8,20 @@
 //! fresh state lists; a dropped model batch is repaired by the call's
 //! record or, for a leg that never ends, by `presence.max_ringing` /
 //! `calls.max_age`).
+//!
+//! The task runs on a thread of its own (`callhook-presence`, with a
+//! single-threaded runtime for its tick), not on the daemon's runtime:
+//! the AMI readers and the normalizer task never wait behind presence's
+//! work, whatever the runtime's number of workers (one core's worth of
+//! ingest is the readers and the normalizer; presence follows on
+//! another).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use super::hub::PresenceHub;
 use crate::model::ModelEvent;
@@ -91,7 +100,8 @@ pub struct PresenceWiring {
     sources: Option<mpsc::Sender<PresenceSourceEvent>>,
     model: Option<mpsc::Sender<Vec<ModelEvent>>>,
     token: CancellationToken,
-    task: Option<tokio::task::JoinHandle<()>>,
+    /// Resolves when the task (on its thread) has ended.
+    task: Option<oneshot::Receiver<()>>,
 }
 
 impl PresenceWiring {
@@ -120,7 +130,7 @@ impl PresenceWiring {
         }
         let (stx, srx) = mpsc::channel(cfg.queue_capacity.max(1));
         let (mtx, mrx) = mpsc::channel(MODEL_QUEUE);
-        let task = tokio::spawn(run(hub.clone(), srx, mrx, token.clone()));
+        let task = spawn_thread((hub.clone(), srx, mrx, token.clone()));
         Self {
             hub,
             sources: Some(stx),
@@ -155,9 +165,69 @@ impl PresenceWiring {
         self.sources = None;
         self.token.cancel();
         if let Some(task) = self.task.take() {
+            // Err: the thread is gone already (its end was sent or dropped).
             let _ = task.await;
         }
     }
+}
+
+/// Name of the presence thread (`top -H`, `/proc/PID/task/*/comm`).
+pub const THREAD_NAME: &str = "callhook-presence";
+
+/// The task's inputs: the hub, both queues, the stop token.
+type TaskInputs = (
+    PresenceHub,
+    mpsc::Receiver<PresenceSourceEvent>,
+    mpsc::Receiver<Vec<ModelEvent>>,
+    CancellationToken,
+);
+
+/// Runs [`run`] on a thread of its own; the receiver resolves when it has
+/// ended. If no thread (or runtime) can be made, the task runs on the
+/// caller's runtime instead, with a warning: presence still works, it
+/// only shares the readers' thread.
+fn spawn_thread(inputs: TaskInputs) -> oneshot::Receiver<()> {
+    let (done_tx, done_rx) = oneshot::channel();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!(error = %e, "cannot build the presence runtime; presence shares the daemon's");
+            spawn_here(inputs, done_tx);
+            return done_rx;
+        }
+    };
+    // The inputs travel in a slot: if the thread cannot be spawned they
+    // are taken back and the task runs here.
+    let slot = Arc::new(Mutex::new(Some((inputs, done_tx))));
+    let theirs = slot.clone();
+    let spawned = std::thread::Builder::new()
+        .name(THREAD_NAME.into())
+        .spawn(move || {
+            let taken = theirs.lock().ok().and_then(|mut g| g.take());
+            if let Some(((hub, sources, model, token), done)) = taken {
+                rt.block_on(run(hub, sources, model, token));
+                let _ = done.send(());
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the presence thread; presence shares the daemon's");
+        if let Some((inputs, done)) = slot.lock().ok().and_then(|mut g| g.take()) {
+            spawn_here(inputs, done);
+        }
+    }
+    done_rx
+}
+
+/// The task on the caller's runtime (when it cannot have a thread).
+fn spawn_here(inputs: TaskInputs, done: oneshot::Sender<()>) {
+    let (hub, sources, model, token) = inputs;
+    tokio::spawn(async move {
+        run(hub, sources, model, token).await;
+        let _ = done.send(());
+    });
 }
 
 /// What starts an AMI client's presence side: the presence queue and the

@@ -204,6 +204,11 @@ impl Client {
                 }
             }
             if framed {
+                // This read's presence events go together (one wake-up of
+                // the presence thread per read, not per event).
+                if let Some(p) = self.presence.as_mut() {
+                    p.flush();
+                }
                 // Let the normalizer take this read's events while they are
                 // still in the cache (on a single-threaded runtime it would
                 // otherwise only run once the queue is full).
@@ -292,6 +297,9 @@ impl Client {
         }
         if sess.writer.is_finished() {
             return Err(Lost("writing to the PBX failed".into()));
+        }
+        if let Some(p) = self.presence.as_mut() {
+            p.flush();
         }
         if self.presence.as_mut().is_some_and(StateSync::wants_resync) {
             info!(target: LOG_TARGET, pbx = %self.pbx, "presence queue has room again; asking for the state lists");

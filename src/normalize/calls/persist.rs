@@ -73,6 +73,20 @@ impl Dirty {
     }
 }
 
+/// Whether a header of this length and last letter (lower case) can be
+/// one [`names_channel`] accepts: most headers are rejected here, from
+/// the message's key tags, without reading their text.
+#[inline]
+fn may_name_channel(len: usize, last: u8) -> bool {
+    match last {
+        b'd' => len >= 8,
+        b'l' => len >= 7,
+        b'e' => len == 5,
+        b't' => len == 6,
+        _ => false,
+    }
+}
+
 /// Whether an AMI header names a channel (by Uniqueid or Linkedid) or a
 /// channel name. Most headers are rejected by their last letter alone.
 #[inline]
@@ -100,11 +114,12 @@ impl PbxCalls {
     pub fn mark_named(&mut self, msg: &AmiMessage) {
         let mut named = std::mem::take(&mut self.named);
         named.clear();
-        for (i, (k, v)) in msg.fields().enumerate() {
+        let mut last = None;
+        for (i, k, v) in msg.fields_where(may_name_channel) {
             let (id, name) = names_channel(k);
             if id || name {
                 named.push((u32::try_from(i).unwrap_or(u32::MAX), id));
-                self.mark_value(v, id);
+                self.mark_value(v, id, &mut last);
             }
         }
         self.named = named;
@@ -115,27 +130,38 @@ impl PbxCalls {
     /// without scanning the message again.
     pub fn mark_named_again(&mut self, msg: &AmiMessage) {
         let named = std::mem::take(&mut self.named);
+        let mut last = None;
         for &(i, id) in &named {
             if let Some((_, v)) = msg.field(i as usize) {
-                self.mark_value(v, id);
+                self.mark_value(v, id, &mut last);
             }
         }
         self.named = named;
     }
 
     /// Marks the call of the channel `v` names: by Uniqueid/Linkedid when
-    /// `id` (a call's own id included), else by channel name.
+    /// `id` (a call's own id included), else by channel name. `last`: the
+    /// call this event marked last (an event's headers mostly name one
+    /// call: it is inserted once).
     #[inline]
-    fn mark_value(&mut self, v: &str, id: bool) {
+    fn mark_value(&mut self, v: &str, id: bool, last: &mut Option<Str>) {
         let v = v.trim();
-        if id {
-            if let Some(c) = self.chans.get(v) {
-                self.dirty.insert(c.call.clone());
-            } else if self.calls.contains_key(v) {
-                self.dirty.insert(v.to_compact_string());
+        let call = if id {
+            match self.chans.get(v) {
+                Some(c) => Some(&c.call),
+                None => self.calls.get_key_value(v).map(|(k, _)| k),
             }
-        } else if let Some(c) = self.by_name.get(v).and_then(|u| self.chans.get(u)) {
-            self.dirty.insert(c.call.clone());
+        } else {
+            self.by_name
+                .get(v)
+                .and_then(|u| self.chans.get(u))
+                .map(|c| &c.call)
+        };
+        if let Some(call) = call {
+            if last.as_ref() != Some(call) {
+                *last = Some(call.clone());
+                self.dirty.insert(call.clone());
+            }
         }
     }
 
@@ -335,6 +361,48 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn the_tag_filter_keeps_every_header_that_names_a_channel() {
+        use super::{may_name_channel, names_channel};
+        use crate::ami::AmiMessage;
+        let keys = [
+            "Uniqueid",
+            "UniqueID",
+            "DestUniqueid",
+            "Linkedid",
+            "DestLinkedID",
+            "Channel",
+            "DestChannel",
+            "CHANNEL",
+            "Original",
+            "Clone",
+            "Target",
+            "BridgeUniqueid",
+            "TransfererUniqueid",
+            "Event",
+            "Exten",
+            "Context",
+            "CallerIDName",
+            "Privilege",
+            "Id",
+            "d",
+            "Xchannel",
+            "Clones",
+        ];
+        let m = AmiMessage::from_pairs(keys.iter().map(|k| (*k, "v")));
+        let kept: Vec<&str> = m.fields_where(may_name_channel).map(|f| f.1).collect();
+        for k in keys {
+            let (id, name) = names_channel(k);
+            if id || name {
+                assert!(
+                    kept.contains(&k),
+                    "{k} named a channel but was filtered out"
+                );
+            }
+        }
+        assert!(!kept.contains(&"Event") && !kept.contains(&"Exten"));
     }
 
     /// A capture cut at every event: the calls stored at the cut, restored
