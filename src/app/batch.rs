@@ -86,10 +86,10 @@ pub(super) struct Committing {
 /// The commit of a batch: resolves once it is durable, or says why not.
 pub(super) type Commit = BoxFuture<'static, Result<(), String>>;
 
-/// Starts the commit of a batch: takes its model events and acks (`out`
-/// and `acks` are left empty for the next one), the changed calls (at
-/// most `max_snapshots` snapshots, see `Normalizer::take_dirty_upto`),
-/// evaluates the rules, and hands deliveries and calls to the store. The
+/// Starts the commit of a batch: its model events and acks, the changed
+/// calls (at most `max_snapshots` snapshots, see
+/// `Normalizer::take_dirty_upto`), evaluates the rules, and hands
+/// deliveries and calls to the store. The
 /// commit owns what it writes: the normalizer may take the next batch's
 /// events while it runs.
 #[allow(clippy::too_many_arguments)]
@@ -99,12 +99,10 @@ pub(super) fn start_batch(
     ownership: &Option<OwnershipHandle>,
     ok: &Arc<AtomicBool>,
     normalizer: &mut Normalizer,
-    out: &mut Vec<ModelEvent>,
-    acks: &mut Vec<(PushAck, PushReceipt)>,
+    mut out: Vec<ModelEvent>,
+    acks: Vec<(PushAck, PushReceipt)>,
     max_snapshots: usize,
 ) -> (Committing, Commit) {
-    let mut out = std::mem::take(out);
-    let acks = std::mem::take(acks);
     let mut changes = normalizer.take_dirty_upto(max_snapshots);
     if ownership.is_some() {
         // Cluster mode: what an instance no longer owns is neither sent nor

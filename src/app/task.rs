@@ -350,15 +350,14 @@ impl NormalizerTask {
     /// Starts the commit of the batch taken so far (see `start_batch`).
     fn start(&mut self, max_snapshots: usize) -> (super::batch::Committing, super::batch::Commit) {
         let b = std::mem::take(&mut self.next);
-        let (mut out, mut acks) = (b.out, b.acks);
         start_batch(
             &self.rules,
             &self.store,
             &self.ownership,
             &self.ok,
             &mut self.normalizer,
-            &mut out,
-            &mut acks,
+            b.out,
+            b.acks,
             max_snapshots,
         )
     }

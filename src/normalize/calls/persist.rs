@@ -218,26 +218,17 @@ impl PbxCalls {
     pub fn take_dirty_upto(&mut self, budget: &mut usize) -> Vec<(String, Option<Vec<u8>>)> {
         let order = std::mem::take(&mut self.dirty.order);
         let mut out = Vec::with_capacity(order.len().min(*budget));
-        if order.len() <= *budget {
-            self.dirty.set.clear();
-            for s in order {
-                let snap = self.calls.get(&s).and_then(|c| self.encode(c));
-                *budget -= usize::from(snap.is_some());
-                out.push((s.to_string(), snap));
-            }
-            return out;
-        }
         let mut rest = VecDeque::new();
         for s in order {
             let snap = match self.calls.get(&s) {
                 None => None,
-                Some(c) if *budget > 0 => {
-                    *budget -= 1;
-                    self.encode(c)
-                }
-                Some(_) => {
+                Some(_) if *budget == 0 => {
                     rest.push_back(s);
                     continue;
+                }
+                Some(c) => {
+                    *budget -= 1;
+                    self.encode(c)
                 }
             };
             self.dirty.set.remove(&s);
