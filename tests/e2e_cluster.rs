@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use callhook::ami::simulator::{AfterCapture, SimSession, Simulator, SimulatorHandle};
 use serde_json::Value;
 use support_daemon::{assert_success, fixture, free_port, temp_dir, Daemon};
-use support_http::{Received, Sink};
+use support_http::{Received, Reply, Sink};
 use support_nats::NatsCluster;
 use support_tmp::TestDir;
 
@@ -875,4 +875,270 @@ async fn a_killed_nats_node_loses_no_accepted_event() {
     for s in &sessions {
         assert!(keys.contains_key(&format!("call-cc1-{s}")), "{s}");
     }
+}
+
+/// The deliveries consumer `name` as the server sees it.
+async fn consumer_info(
+    c: &callhook::cluster::Cluster,
+    name: &str,
+) -> Option<async_nats::jetstream::consumer::Info> {
+    let s = c.js.get_stream(c.names.deliveries_stream()).await.ok()?;
+    s.consumer_info(name).await.ok()
+}
+
+/// Polls consumer `name` until `pred` holds (or `within` passes: false).
+async fn wait_consumer(
+    c: &callhook::cluster::Cluster,
+    name: &str,
+    within: Duration,
+    pred: impl Fn(&async_nats::jetstream::consumer::Info) -> bool,
+) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if consumer_info(c, name).await.is_some_and(|i| pred(&i)) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// For the hold tests: one NATS server, instance A (the real binary, which
+/// the tests stop and continue) as the only dispatcher, and the library's
+/// view of the cluster as another instance (B: it stores deliveries and,
+/// once started, dispatches them too).
+struct Held {
+    _nats: NatsCluster,
+    sink: Sink,
+    a: Daemon,
+    _dir: TestDir,
+    b: callhook::cluster::Cluster,
+    store: std::sync::Arc<callhook::cluster::store::ClusterStore>,
+    target: &'static str,
+    partitions: u32,
+}
+
+impl Held {
+    async fn start(name: &str, partitions: u32, target: &'static str) -> Held {
+        use callhook::cluster::{store::ClusterStore, Cluster, ClusterConfig};
+        let nats = NatsCluster::start_n(name, 1).await;
+        let sink = Sink::start().await;
+        let dir = temp_dir(name);
+        let text = format!(
+            "listen: 127.0.0.1:{}\nstate_dir: {}\ncluster:\n  nats: {{ servers: {} }}\n  instance: held-a\n  replicas: 1\n  partitions: {partitions}\npbx: []\npush:\n  teams:\n    cc1: {{ token: \"{TEAM}\" }}\ntargets:\n  {target}\nrules: []\n",
+            free_port(),
+            dir.join("state").display(),
+            nats.servers_yaml()
+        );
+        let a = Daemon::start(&text, &dir, &[]);
+        a.wait_http().await;
+        let mut cfg = ClusterConfig::new(nats.urls(), "held-b");
+        cfg.replicas = 1;
+        cfg.partitions = partitions;
+        let b = Cluster::connect(cfg).await.expect("connect");
+        let store = std::sync::Arc::new(ClusterStore::new(&b).await.unwrap());
+        Held {
+            _nats: nats,
+            sink,
+            a,
+            _dir: dir,
+            b,
+            store,
+            target,
+            partitions,
+        }
+    }
+
+    fn signal(&self, s: &str) {
+        let pid = self.a.child.id().to_string();
+        assert!(std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success())
+    }
+
+    /// The consumer of the partition `session` falls in.
+    fn consumer(&self, session: &str) -> String {
+        let p = callhook::cluster::names::partition("main", session, self.partitions);
+        self.b.names.delivery_consumer("crm", p)
+    }
+
+    async fn submit(&self, session: &str) {
+        use callhook::deliver::store::DeliveryStore;
+        let url = self.sink.url("/hook");
+        self.store
+            .submit(vec![support_http::request("crm", session, "ringing", &url)])
+            .await
+            .unwrap();
+    }
+
+    /// How many times `session`'s delivery reached the sink.
+    fn sent(&self, session: &str) -> usize {
+        let key = format!("{session}-ringing");
+        self.sink
+            .received()
+            .iter()
+            .filter(|r| r.header("idempotency-key").as_deref() == Some(key.as_str()))
+            .count()
+    }
+
+    async fn wait_sent(&self, session: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.sent(session) < n {
+            assert!(
+                Instant::now() < deadline,
+                "{session} sent {} times, not {n}",
+                self.sent(session)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// B's dispatcher (stopped when the token is cancelled).
+    fn dispatch_b(&self) -> (callhook::cluster::dispatch::ClusterDispatcher, CancelOnDrop) {
+        let (targets, rx) = support_http::target_channel(self.target);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let d = callhook::cluster::dispatch::spawn(
+            self.b.clone(),
+            self.store.clone(),
+            rx,
+            stop.clone(),
+        );
+        (
+            d,
+            CancelOnDrop {
+                stop,
+                _targets: targets,
+            },
+        )
+    }
+
+    /// While A is stopped holding `session`'s delivery: B's dispatcher
+    /// gets it after the ack wait, sends and acknowledges it; then A is
+    /// continued, and must not send it again.
+    async fn b_sends_then_a_continues(&self, session: &str) {
+        let (_b, _stop) = self.dispatch_b();
+        self.wait_sent(session, 1).await;
+        assert!(
+            wait_consumer(
+                &self.b,
+                &self.consumer(session),
+                Duration::from_secs(30),
+                |i| { i.num_ack_pending == 0 && i.num_pending == 0 }
+            )
+            .await,
+            "B never acknowledged {session}"
+        );
+        self.signal("-CONT");
+        let lost = self.after_continue(session).await;
+        assert_eq!(self.sent(session), 1, "{session} sent twice");
+        assert!(lost >= 1.0);
+    }
+
+    /// After A was continued holding `session`'s delivery, which another
+    /// instance has sent since: A either finds it does not hold it any
+    /// more (counted) or sends it again (the bug). The count.
+    async fn after_continue(&self, session: &str) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let lost = self
+                .a
+                .metric("callhook_cluster_lost_holds_total")
+                .await
+                .unwrap_or(0.0);
+            if lost >= 1.0 || self.sent(session) > 1 {
+                return lost;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "A never looked at the delivery it held; its log:\n{}",
+                self.a.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Stops a dispatcher when dropped (and keeps its targets' sender open).
+struct CancelOnDrop {
+    stop: tokio_util::sync::CancellationToken,
+    _targets: tokio::sync::watch::Sender<support_http::Targets>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_a_stopped_instance_was_waiting_to_send_is_not_sent_again() {
+    // A holds a delivery while it waits out a Retry-After pause of the
+    // target (another call's answer asked for it); it is stopped. After the
+    // ack wait JetStream hands the delivery to B, which sends it. When A
+    // continues and its pause ends it must not send it too.
+    let h = Held::start("c-held-wait", 2, "crm: { timeout: 2s }").await;
+    // Two calls in different partitions.
+    let x = "30000.1";
+    let y = (2..100)
+        .map(|i| format!("30000.{i}"))
+        .find(|s| h.consumer(s) != h.consumer(x))
+        .unwrap();
+    h.sink
+        .queue("/hook", [Reply::status(503).header("Retry-After", "20")]);
+    h.submit(x).await;
+    h.wait_sent(x, 1).await;
+    // y reaches A, which holds it until the pause is over.
+    h.submit(&y).await;
+    assert!(
+        wait_consumer(&h.b, &h.consumer(&y), Duration::from_secs(30), |i| {
+            i.num_ack_pending == 1 && i.num_pending == 0
+        })
+        .await,
+        "{y} never reached A"
+    );
+    assert_eq!(h.sent(&y), 0, "A sent {y} during the pause");
+    h.signal("-STOP");
+    h.b_sends_then_a_continues(&y).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_handed_to_a_stopped_instance_is_not_sent_again_when_it_continues() {
+    // A's pull request is the only one waiting when a delivery is stored
+    // while A is stopped: the server hands it to A, where it waits in the
+    // socket. After the ack wait JetStream hands it to B, which sends it.
+    // When A continues it reads it, must find out it is not its own any
+    // more, and leave it.
+    let h = Held::start("c-held-sock", 1, "crm: { timeout: 2s }").await;
+    let consumer = h.consumer("30000.0");
+    // (Should A's pull request expire in the instant between the look and
+    // the stop, A gets the delivery once continued and sends it; the next
+    // round tries again.)
+    let mut session = None;
+    for round in 0..3 {
+        assert!(
+            wait_consumer(&h.b, &consumer, Duration::from_secs(60), |i| i.num_waiting
+                >= 1)
+            .await,
+            "A never pulled"
+        );
+        h.signal("-STOP");
+        let s = format!("30000.{round}");
+        h.submit(&s).await;
+        let handed = wait_consumer(&h.b, &consumer, Duration::from_secs(8), |i| {
+            i.num_ack_pending == 1 && i.num_pending == 0
+        })
+        .await;
+        if handed {
+            session = Some(s);
+            break;
+        }
+        h.signal("-CONT");
+        h.wait_sent(&s, 1).await;
+    }
+    let s = session.expect("the delivery never reached the stopped instance");
+    h.b_sends_then_a_continues(&s).await;
 }

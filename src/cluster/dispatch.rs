@@ -7,12 +7,18 @@
 //! instance pulled it, so the deliveries of one call to one target go out
 //! one at a time and in order, with any number of dispatchers. A retry is
 //! a negative acknowledgement with the backoff as delay (the partition
-//! waits for it; other partitions go on). While a request runs the
-//! dispatcher sends in-progress acks every [`PROGRESS_EVERY`], so a slow
-//! CRM is not mistaken for a dead dispatcher; a dispatcher that dies
-//! mid-request stops sending them and JetStream redelivers the message
-//! after [`ACK_WAIT`] to another instance (same `webhook-id` and
-//! `Idempotency-Key`).
+//! waits for it; other partitions go on). Each partition task has one pull
+//! request for one message out at a time, on an inbox of its own, sent
+//! when the previous message arrives (it waits at the server behind that
+//! one); the time it was sent bounds how long the message is surely held
+//! ([`super::hold`]). While a message is worked on the dispatcher sends
+//! confirmed in-progress acks every [`PROGRESS_EVERY`], so a slow CRM is
+//! not mistaken for a dead dispatcher; a dispatcher that dies mid-request
+//! stops sending them and JetStream redelivers the message after
+//! [`ACK_WAIT`] to another instance (same `webhook-id` and
+//! `Idempotency-Key`). A dispatcher that was paused past that (or whose
+//! message waited in its socket meanwhile) finds out before it sends,
+//! acks or naks, and leaves the message to the instance that has it now.
 //!
 //! Per attempt it does what the single-node dispatcher does: Retry-After
 //! pause, rate limit (cluster-wide, [`super::rate`]), concurrency slots
@@ -29,10 +35,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, consumer, AckKind};
+use async_nats::StatusCode;
 use futures::StreamExt;
 use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::hold::Hold;
+pub use super::hold::{ACK_WAIT, PROGRESS_EVERY};
 use super::rate::SharedLimiter;
 use super::store::{ClusterStore, Wire};
 use super::Cluster;
@@ -45,10 +54,11 @@ use crate::deliver::target::Target;
 use crate::metrics::metrics;
 use crate::source::now_epoch;
 
-/// Redelivery after a dispatcher stopped acknowledging.
-pub const ACK_WAIT: Duration = Duration::from_secs(10);
-/// In-progress acks while a delivery is being worked on.
-pub const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// How long a pull request waits at the server for a message (well
+/// within [`ACK_WAIT`]: a message it brings is surely held for the rest).
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How much longer than that the server's end of a request is awaited.
+const PULL_SLACK: Duration = Duration::from_secs(2);
 /// Gauges refresh period.
 const STATS_EVERY: Duration = Duration::from_secs(15);
 
@@ -102,6 +112,8 @@ enum End {
         error: Option<String>,
     },
     Release(&'static str, Duration),
+    /// Not held any more: left alone (`super::hold`).
+    Lost,
 }
 
 /// Starts the dispatcher.
@@ -250,60 +262,138 @@ async fn consumer_of(
     }
 }
 
+/// A pull request for one message, on an inbox of its own.
+struct Pull {
+    sub: async_nats::Subscriber,
+    /// When it was sent (before the server could see it).
+    asked: Instant,
+    /// When the server's answer (a message, or the end at expiry) is
+    /// given up for.
+    ends: Instant,
+}
+
+async fn pull(
+    cluster: &Cluster,
+    c: &consumer::Consumer<consumer::pull::Config>,
+) -> Result<Pull, String> {
+    let inbox = cluster.client.new_inbox();
+    let sub = cluster
+        .client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let asked = Instant::now();
+    let req = consumer::pull::BatchConfig {
+        batch: 1,
+        expires: Some(PULL_EXPIRES),
+        ..Default::default()
+    };
+    c.request_batch(req, inbox.into())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Pull {
+        sub,
+        asked,
+        ends: asked + PULL_EXPIRES + PULL_SLACK,
+    })
+}
+
 async fn partition(cluster: Cluster, rt: Arc<Rt>, p: u32, store: Arc<ClusterStore>) {
     let name = rt.target.name.clone();
-    let Some(c) = consumer_of(&cluster, &name, p, &rt.stop).await else {
+    let Some(mut c) = consumer_of(&cluster, &name, p, &rt.stop).await else {
         return;
     };
-    'outer: while !rt.stop.is_cancelled() {
-        let mut messages = match c
-            .stream()
-            .max_messages_per_batch(1)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(target: "callhook::cluster", delivery_target = %name, partition = p, error = %e, "pull failed, retrying");
-                tokio::select! {
-                    _ = rt.stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        loop {
-            let next = tokio::select! {
-                _ = rt.stop.cancelled() => break 'outer,
-                m = messages.next() => m,
-            };
-            match next {
-                None => continue 'outer,
-                Some(Err(e)) => {
-                    tracing::debug!(target: "callhook::cluster", delivery_target = %name, partition = p, error = %e, "pull interrupted");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue 'outer;
-                }
-                Some(Ok(msg)) => {
-                    handle(&cluster, &rt, msg, &store).await;
-                    if rt.disabled.load(Ordering::Acquire) {
-                        // Parked until a reload replaces this target.
-                        rt.stop.cancelled().await;
-                        break 'outer;
+    let mut next: Option<Pull> = None;
+    while !rt.stop.is_cancelled() {
+        let mut req = match next.take() {
+            Some(r) => r,
+            None => match pull(&cluster, &c).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(target: "callhook::cluster", delivery_target = %name, partition = p, error = %e, "pull failed, retrying");
+                    tokio::select! {
+                        _ = rt.stop.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
                     }
                 }
+            },
+        };
+        // A message already received is taken even when the request's
+        // time is up (after a pause): its hold is checked, not assumed.
+        let got = tokio::select! {
+            biased;
+            _ = rt.stop.cancelled() => break,
+            m = req.sub.next() => m,
+            _ = tokio::time::sleep_until(req.ends.into()) => {
+                if req.ends.elapsed() > PULL_SLACK {
+                    // Woken long after the time (a pause): what the socket
+                    // holds for this request is read first.
+                    req.ends = Instant::now() + PULL_SLACK;
+                    next = Some(req);
+                }
+                continue;
             }
+        };
+        let Some(m) = got else { continue };
+        match m.status {
+            None | Some(StatusCode::OK) => {}
+            Some(StatusCode::IDLE_HEARTBEAT) => {
+                next = Some(req);
+                continue;
+            }
+            // The request expired with nothing for it.
+            Some(StatusCode::TIMEOUT) => continue,
+            Some(status) => {
+                tracing::debug!(target: "callhook::cluster", delivery_target = %name, partition = p, %status, description = ?m.description, "pull request ended");
+                if m.description.as_deref() == Some("Consumer Deleted") {
+                    match consumer_of(&cluster, &name, p, &rt.stop).await {
+                        Some(again) => c = again,
+                        None => break,
+                    }
+                }
+                tokio::select! {
+                    _ = rt.stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
+        }
+        let asked = req.asked;
+        drop(req);
+        // The next request waits at the server behind this message.
+        next = pull(&cluster, &c).await.ok();
+        let msg = jetstream::Message {
+            message: m,
+            context: cluster.js.clone(),
+        };
+        handle(&cluster, &rt, &c, msg, asked, &store).await;
+        if rt.disabled.load(Ordering::Acquire) {
+            // Parked until a reload replaces this target.
+            rt.stop.cancelled().await;
+            break;
         }
     }
 }
 
-async fn handle(cluster: &Cluster, rt: &Rt, msg: jetstream::Message, _store: &ClusterStore) {
+async fn handle(
+    cluster: &Cluster,
+    rt: &Rt,
+    c: &consumer::Consumer<consumer::pull::Config>,
+    msg: jetstream::Message,
+    asked: Instant,
+    _store: &ClusterStore,
+) {
     let name = rt.target.name.as_str();
     let (seq, delivered) = match msg.info() {
         Ok(i) => (i.stream_sequence, i.delivered.max(1) as u32),
         Err(_) => (0, 1),
     };
+    let hold = Hold::new(&msg, c, asked);
+    // A message that waited long for this instance (behind the previous
+    // one, or in the socket during a pause) is checked at once, so the
+    // in-progress acks can keep it.
+    if !hold.confirm("work").await {
+        return;
+    }
     let wire = match Wire::decode(&msg.payload) {
         Ok(w) => w,
         Err(e) => {
@@ -312,8 +402,10 @@ async fn handle(cluster: &Cluster, rt: &Rt, msg: jetstream::Message, _store: &Cl
             headers.insert("Callhook-Undecodable", e.as_str());
             headers.insert("Nats-Msg-Id", format!("dead-{seq}").as_str());
             if publish_dead(cluster, name, headers, msg.payload.clone()).await {
-                let _ = msg.double_ack().await;
-            } else {
+                if hold.confirm("ack").await {
+                    let _ = msg.double_ack().await;
+                }
+            } else if hold.confirm("nak").await {
                 let _ = msg
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                     .await;
@@ -325,7 +417,9 @@ async fn handle(cluster: &Cluster, rt: &Rt, msg: jetstream::Message, _store: &Cl
         Ok(r) => r,
         Err(e) => {
             tracing::error!(target: "callhook::cluster", seq, error = %e, "undecodable delivery body");
-            let _ = msg.ack_with(AckKind::Term).await;
+            if hold.confirm("term").await {
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
             return;
         }
     };
@@ -348,20 +442,28 @@ async fn handle(cluster: &Cluster, rt: &Rt, msg: jetstream::Message, _store: &Cl
         secrets: req.secrets,
     };
     // The attempt, with in-progress acks while it runs.
-    let work = attempt(rt, &row);
-    tokio::pin!(work);
-    let mut progress = tokio::time::interval(PROGRESS_EVERY);
-    progress.tick().await;
-    let end = loop {
-        tokio::select! {
-            end = &mut work => break end,
-            _ = progress.tick() => {
-                let _ = msg.ack_with(AckKind::Progress).await;
-            }
-        }
+    let end = tokio::select! {
+        end = attempt(rt, &row, &hold) => end,
+        // (never ends)
+        _ = hold.keep() => End::Lost,
     };
     let m = metrics();
+    let act = match &end {
+        End::Lost => false,
+        End::Delivered => hold.confirm("ack").await,
+        End::Expired => hold.confirm("ack").await,
+        End::Retry(_) | End::Release(..) => hold.confirm("nak").await,
+        End::Dead { .. } => hold.confirm("dead").await,
+    };
+    if !act {
+        if matches!(end, End::Delivered) {
+            m.deliveries.with_label_values(&[name, "delivered"]).inc();
+            tracing::warn!(target: "callhook::cluster", delivery_target = %name, seq, "delivered, but held past the ack wait meanwhile: another instance may send it again (same ids)");
+        }
+        return;
+    }
     match end {
+        End::Lost => {}
         End::Delivered => {
             if let Err(e) = msg.double_ack().await {
                 tracing::warn!(target: "callhook::cluster", seq, error = %e, "delivered, but the ack was not confirmed (it may be sent again)");
@@ -427,7 +529,7 @@ async fn publish_dead(
 
 /// One attempt (the single-node dispatcher's steps, see `deliver::dispatcher`;
 /// the answer is judged by `deliver::outcome`, as there).
-async fn attempt(rt: &Rt, row: &Claimed) -> End {
+async fn attempt(rt: &Rt, row: &Claimed, hold: &Hold<'_>) -> End {
     let t = rt.target.clone();
     let name = t.name.as_str();
     let m = metrics();
@@ -460,6 +562,11 @@ async fn attempt(rt: &Rt, row: &Claimed) -> End {
     let now = now_epoch();
     if row.expires_at.is_some_and(|e| now >= e) {
         return End::Expired;
+    }
+    // Still ours after the waits (or a pause)? Else another instance may
+    // be sending it.
+    if !hold.confirm("send").await {
+        return End::Lost;
     }
     let probe = match rt.breaker.admit(Instant::now()) {
         Admit::Yes => false,

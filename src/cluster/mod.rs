@@ -15,6 +15,8 @@
 //! - [`names`]: stream/subject/bucket names and the deterministic ids;
 //! - [`store`]: the delivery store on JetStream ([`crate::deliver::DeliveryStore`]);
 //! - [`dispatch`]: the dispatcher that pulls the partitions;
+//! - [`hold`]: whether a pulled delivery is still this instance's to send,
+//!   acknowledge or retry;
 //! - [`rate`]: the cluster-wide per-target rate limit;
 //! - [`ownership`]: leases on PBXs and push teams, members, balancing;
 //! - [`push`]: pushes stored in the replicated stream and consumed by the team's owner;
@@ -31,6 +33,9 @@
 //! partition, `max_ack_pending = 1`). A dispatcher that dies mid-request
 //! leads to a redelivery after `ack_wait` (at-least-once, same
 //! `webhook-id` and `Idempotency-Key`); slow requests send in-progress acks.
+//! One that was paused past `ack_wait` with a message in hand (or in its
+//! socket) does not send, ack or nak it once it runs again: it checks it
+//! still holds it first ([`hold`]).
 //! The same event processed twice (a handover) has the same `Nats-Msg-Id`
 //! and is dropped by the stream within `dedupe_window`; idempotency keys
 //! block a second delivery for `idempotency_window`.
@@ -38,6 +43,7 @@
 pub mod calls;
 pub mod config;
 pub mod dispatch;
+pub mod hold;
 pub mod names;
 pub mod ownership;
 pub mod push;

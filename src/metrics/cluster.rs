@@ -16,6 +16,11 @@ pub struct ClusterMetrics {
     /// Entries of the calls bucket that could not be decoded, purged by
     /// the load that found them (`cluster::calls`).
     pub undecodable_call_states: IntCounter,
+    /// Pulled deliveries this instance left to JetStream without sending,
+    /// acknowledging or retrying them, because it could not confirm it
+    /// still held them (held past the ack wait: paused, stalled;
+    /// `cluster::hold`).
+    pub lost_holds: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -43,6 +48,12 @@ impl ClusterMetrics {
                 r,
                 "callhook_cluster_undecodable_call_states_total",
                 "Cluster mode: entries of the calls bucket that could not be decoded, purged",
+                IntCounter::with_opts,
+            ),
+            lost_holds: single(
+                r,
+                "callhook_cluster_lost_holds_total",
+                "Cluster mode: pulled deliveries left to JetStream unsent or unacknowledged, held past the ack wait",
                 IntCounter::with_opts,
             ),
         }
