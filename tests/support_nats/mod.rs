@@ -1,8 +1,12 @@
 //! A real 3-node NATS JetStream cluster on loopback for tests: three
 //! `nats-server` processes (Debian's 2.9.x, installed by `.ci/run`) with
 //! routes between them, free ports, temporary store directories; `start`
-//! returns once the cluster has a JetStream meta leader (asked through the
-//! client), and dropping it kills the processes and removes the stores.
+//! returns once JetStream is ready by the servers' own word (every node's
+//! monitoring `/healthz` is ok — it knows the meta leader and is current
+//! with it — and the meta leader's `/jsz` counts every node in the meta
+//! group, all current), and dropping it kills the processes and removes
+//! the stores. A node that exits while starting (its port taken by another
+//! test in the meantime) restarts the cluster on fresh ports.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -13,6 +17,8 @@ use crate::support_tmp::TestDir;
 
 /// Upper bound of the waits (a safety net on a loaded machine).
 pub const NATS_WAIT: Duration = Duration::from_secs(60);
+/// Starts on fresh ports after a node could not bind its own.
+const START_TRIES: usize = 3;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -33,6 +39,8 @@ pub struct Node {
     pub name: String,
     pub port: u16,
     pub cluster_port: u16,
+    /// The monitoring port (`/healthz`, `/jsz`).
+    pub http_port: u16,
     pub conf: PathBuf,
     child: Option<Child>,
 }
@@ -76,17 +84,51 @@ impl NatsCluster {
 
     async fn start_opts(name: &str, n: usize, auth: Option<(String, String)>) -> NatsCluster {
         let dir = TestDir::new(&format!("nats-{name}"));
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let mut nodes = Vec::new();
-        for (i, (port, cport)) in ports.iter().enumerate() {
+        let mut c = NatsCluster {
+            nodes: Vec::new(),
+            dir,
+            auth,
+        };
+        for attempt in 1..=START_TRIES {
+            c.configure(n);
+            for i in 0..n {
+                c.start_node(i);
+            }
+            match c.wait_ready().await {
+                Ok(took) => {
+                    eprintln!("NATS ({n} node(s)) ready after {took:?}");
+                    return c;
+                }
+                Err(exited)
+                    if attempt < START_TRIES && exited.contains("address already in use") =>
+                {
+                    eprintln!("NATS start on fresh ports: {exited}");
+                    for i in 0..n {
+                        c.kill_node(i);
+                    }
+                }
+                Err(exited) => panic!("{exited}"),
+            }
+        }
+        unreachable!("the last try returns or panics")
+    }
+
+    /// Fresh ports, empty stores and the config of `n` nodes.
+    fn configure(&mut self, n: usize) {
+        let ports: Vec<(u16, u16, u16)> = (0..n)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        self.nodes.clear();
+        for (i, (port, cport, hport)) in ports.iter().enumerate() {
             let node = format!("n{}", i + 1);
-            let store = dir.join(&node);
+            let store = self.dir.join(&node);
+            let _ = std::fs::remove_dir_all(&store);
             std::fs::create_dir_all(&store).unwrap();
             let routes: Vec<String> = ports
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(_, (_, c))| format!("nats-route://127.0.0.1:{c}"))
+                .map(|(_, (_, c, _))| format!("nats-route://127.0.0.1:{c}"))
                 .collect();
             let cluster = if n > 1 {
                 format!(
@@ -96,34 +138,29 @@ impl NatsCluster {
             } else {
                 String::new()
             };
-            let conf = dir.join(format!("{node}.conf"));
-            let authorization = match &auth {
+            let conf = self.dir.join(format!("{node}.conf"));
+            let authorization = match &self.auth {
                 Some((u, p)) => format!("authorization {{\n  user: {u}\n  password: \"{p}\"\n}}\n"),
                 None => String::new(),
             };
             std::fs::write(
                 &conf,
                 format!(
-                    "server_name: {node}\nlisten: 127.0.0.1:{port}\n\
+                    "server_name: {node}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{hport}\n\
                      jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 1GB\n}}\n{cluster}{authorization}",
                     store.display()
                 ),
             )
             .unwrap();
-            nodes.push(Node {
+            self.nodes.push(Node {
                 name: node,
                 port: *port,
                 cluster_port: *cport,
+                http_port: *hport,
                 conf,
                 child: None,
             });
         }
-        let mut c = NatsCluster { nodes, dir, auth };
-        for i in 0..n {
-            c.start_node(i);
-        }
-        c.wait_ready().await;
-        c
     }
 
     /// Starts (or restarts) node `i` with its store as it was.
@@ -195,49 +232,91 @@ impl NatsCluster {
         }
     }
 
-    /// Waits until JetStream has a meta leader: an R`n` stream can be
-    /// created (and deleted). (Account info is not asked: async-nats
-    /// expects fields 2.9 servers do not send.)
-    pub async fn wait_ready(&self) {
-        let client = self.client().await;
-        let js = async_nats::jetstream::new(client);
-        let deadline = Instant::now() + NATS_WAIT;
-        let replicas = self.nodes.iter().filter(|n| n.child.is_some()).count();
+    /// Waits until JetStream is ready on every running node: each one's
+    /// `/healthz` is ok (it knows the meta leader and is current with it)
+    /// and, clustered, the meta leader's `/jsz` counts every running node
+    /// in the meta group, the others current. How long that took; `Err`
+    /// (with its log) when a node exited meanwhile: it never gets ready.
+    pub async fn wait_ready(&mut self) -> Result<Duration, String> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let deadline = started + NATS_WAIT;
         loop {
-            let probe = async {
-                let s = js
-                    .get_or_create_stream(async_nats::jetstream::stream::Config {
-                        name: "CALLHOOK_TEST_PROBE".into(),
-                        subjects: vec!["callhook-test-probe".into()],
-                        num_replicas: replicas,
-                        storage: async_nats::jetstream::stream::StorageType::Memory,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                drop(s);
-                js.delete_stream("CALLHOOK_TEST_PROBE")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<(), String>(())
+            for n in &mut self.nodes {
+                let Some(child) = n.child.as_mut() else {
+                    continue;
+                };
+                if let Ok(Some(status)) = child.try_wait() {
+                    n.child = None;
+                    let log = std::fs::read_to_string(self.dir.join(format!("{}.log", n.name)))
+                        .unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                    return Err(format!(
+                        "nats-server {} exited ({status}) while starting: {}",
+                        n.name,
+                        tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                    ));
+                }
+            }
+            let not_yet = match self.ready(&http).await {
+                Ok(()) => return Ok(started.elapsed()),
+                Err(why) => why,
             };
-            match tokio::time::timeout(Duration::from_secs(5), probe).await {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) if Instant::now() >= deadline => {
-                    panic!(
-                        "JetStream never became ready: {e}; logs in {}",
-                        self.dir.display()
-                    )
-                }
-                Err(_) if Instant::now() >= deadline => {
-                    panic!(
-                        "JetStream never became ready (timeout); logs in {}",
-                        self.dir.display()
-                    )
-                }
-                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            assert!(
+                Instant::now() < deadline,
+                "JetStream never became ready within {NATS_WAIT:?}: {not_yet}; logs in {}",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Ready, or what is not yet.
+    async fn ready(&self, http: &reqwest::Client) -> Result<(), String> {
+        let running: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
+        let get = |n: &Node, path: &str| {
+            let url = format!("http://127.0.0.1:{}{path}", n.http_port);
+            let name = n.name.clone();
+            async move {
+                let r = http
+                    .get(url)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))?;
+                let ok = r.status().is_success();
+                let text = r.text().await.map_err(|e| format!("{name}: {e}"))?;
+                Ok::<(bool, String), String>((ok, text))
+            }
+        };
+        for n in &running {
+            let (ok, text) = get(n, "/healthz").await?;
+            if !ok {
+                return Err(format!("{}: {text}", n.name));
             }
         }
+        if running.len() < 2 {
+            return Ok(());
+        }
+        for n in &running {
+            let (_, text) = get(n, "/jsz").await?;
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let meta = &v["meta_cluster"];
+            if meta["leader"].as_str() != Some(n.name.as_str()) {
+                continue;
+            }
+            let size = meta["cluster_size"].as_u64().unwrap_or(0) as usize;
+            let current = meta["replicas"]
+                .as_array()
+                .map_or(0, |r| r.iter().filter(|p| p["current"] == true).count());
+            if size == running.len() && current + 1 == running.len() {
+                return Ok(());
+            }
+            return Err(format!("meta leader {}: {meta}", n.name));
+        }
+        Err("no meta leader yet".into())
     }
 }
 
