@@ -113,7 +113,15 @@ fn main() {
                 }
                 "run" => {
                     let fake = FakeAmi::start(Arc::new(events.clone()));
-                    daemon(fake.addr, "profile", calls);
+                    let got = daemon(fake.addr, &format!("profile-{i}"), calls);
+                    let spent = got.done.since(fake.streaming());
+                    println!(
+                        "run: {} records, {} dropped, {:.0} events/s CPU, {:.0} wall",
+                        got.records,
+                        got.dropped,
+                        n_events as f64 / spent.cpu.as_secs_f64(),
+                        n_events as f64 / spent.wall.as_secs_f64()
+                    );
                     fake.stop();
                 }
                 "burst-run" => {

@@ -91,7 +91,9 @@
 //! NAME on that list (case-insensitive, surrounding spaces ignored) and whose
 //! first `ActionID` header, if any, is empty, becomes [`AmiFrame::Ignored`]:
 //! it is framed and size-checked like any packet, but no message is built
-//! and nothing is allocated. Anything else is built normally, so a caller
+//! and nothing is allocated. After its first line, the lines that can only
+//! be counted (neither empty nor a possible `ActionID`) are taken in runs,
+//! found by one search each ([`super::skim`]), not line by line. Anything else is built normally, so a caller
 //! that filters built messages by the same list sees the same stream either
 //! way; the list only saves work.
 //!
@@ -114,7 +116,7 @@ use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;
 
 use super::message::{is_no_value, Span};
-use super::AmiMessage;
+use super::{skim, AmiMessage};
 
 /// The start of the greeting line.
 const BANNER_PREFIX: &[u8] = b"Asterisk Call Manager/";
@@ -211,7 +213,8 @@ pub struct AmiCodec {
     /// Fields were not recorded (an ignored event, so far): found again
     /// from the packet's text if it is built after all.
     spans_skipped: bool,
-    /// Lines of the current packet (0: between packets).
+    /// Lines of the current packet (0: between packets; a run of an
+    /// ignored event's lines taken at once counts as one).
     lines: usize,
     /// Bytes of the current packet (line ends included).
     packet_bytes: usize,
@@ -520,6 +523,44 @@ impl AmiCodec {
         true
     }
 
+    /// The short path of an ignored event's lines: takes, at once, the run
+    /// of its complete lines from `pos` on that [`Self::header_line`]
+    /// would only count (see [`super::skim`]), searching only bytes not
+    /// searched yet and no further than the packet limit allows (a line
+    /// that would cross it is left to the line-by-line path, which knows
+    /// what to do). Returns the run's length.
+    #[inline]
+    fn plain_run(&mut self, buf: &[u8], pos: usize) -> Option<usize> {
+        if self.ignored.is_none()
+            || self.mode != Mode::Headers
+            || self.lines == 0
+            || self.next_index > pos
+        {
+            return None;
+        }
+        // The line end before `pos` (of this packet's last line) starts
+        // the search, so the line at `pos` is judged too.
+        let room = self.max_packet.saturating_sub(self.packet_bytes);
+        let end = buf.len().min(pos.saturating_add(room));
+        let rest = buf.get(pos.checked_sub(1)?..end)?;
+        if rest.first() != Some(&b'\n') {
+            return None;
+        }
+        let run = skim::plain_run(rest)?;
+        // Searched: the run, and when no line ended it, the rest too (it
+        // holds no line end).
+        let searched = if run.ended { run.len } else { rest.len() - 1 };
+        self.next_index = self.next_index.max(pos + searched);
+        #[cfg(test)]
+        {
+            self.scanned += searched;
+        }
+        self.packet_bytes += run.len;
+        self.lines += 1;
+        self.spans_skipped = true;
+        Some(run.len)
+    }
+
     /// The first line of a packet: `Response: Follows`, or an ignored event.
     fn first_field(&mut self, key: &[u8], value: &[u8]) {
         if key.eq_ignore_ascii_case(b"Response") {
@@ -674,6 +715,10 @@ impl Decoder for AmiCodec {
         // once per frame (or when it holds no complete line any more).
         let mut pos = self.line_start;
         loop {
+            if let Some(run) = self.plain_run(buf, pos) {
+                pos += run;
+                self.line_start = pos;
+            }
             let from = self.next_index.max(pos);
             let rest = buf.get(from..).unwrap_or_default();
             let found = memchr::memchr(b'\n', rest);
@@ -1291,6 +1336,69 @@ mod tests {
         assert_eq!(
             messages(&f)[0].get_raw("Value").map(str::len),
             Some(256 * 1024)
+        );
+    }
+
+    /// Ignored events taken in runs of lines (`skim`) frame exactly as
+    /// line by line: at every split offset, with an `ActionID` that makes
+    /// one built after all, a limit crossed inside a run, and a long
+    /// ignored line fed byte by byte (nothing searched twice).
+    #[test]
+    fn skimmed_ignored_events_frame_as_line_by_line() {
+        const NOISE: &[&str] = &["VarSet"];
+        let mut input = Vec::new();
+        for i in 0..3 {
+            input.extend_from_slice(b"Event: VarSet\r\nPrivilege: dialplan,all\r\n");
+            for j in 0..12 {
+                input.extend_from_slice(format!("Variable{j}: {i}\r\n").as_bytes());
+            }
+            input.extend_from_slice(b"AccountCode: \r\nUniqueid: 1.2\r\n\r\n");
+        }
+        input.extend_from_slice(b"Event: VarSet\nChannel: x\n\tContinued: y\nActionID: 9\n\n");
+        input.extend_from_slice(b"Event: Newstate\r\nChannel: x\r\n\r\n");
+        let whole = frames(AmiCodec::new().without_banner().ignoring(NOISE), &input);
+        let ignored = whole
+            .iter()
+            .filter(|f| matches!(f, AmiFrame::Ignored { .. }))
+            .count();
+        assert_eq!(ignored, 3, "{whole:?}");
+        let built: Vec<_> = messages(&whole).iter().map(|m| m.event()).collect();
+        assert_eq!(built, [Some("VarSet"), Some("Newstate")]);
+        for cut in 0..=input.len() {
+            let mut codec = AmiCodec::new().without_banner().ignoring(NOISE);
+            let got = decode_chunks(&mut codec, [&input[..cut], &input[cut..]]);
+            assert_eq!(got, whole, "split at {cut}");
+        }
+        // A limit crossed inside a run: oversized at the same line as the
+        // codec without a noise list.
+        for max in [40, 100, 180, 300] {
+            let skimmed = frames(
+                AmiCodec::with_max_packet(max)
+                    .without_banner()
+                    .ignoring(NOISE),
+                &input,
+            );
+            let plain = frames(AmiCodec::with_max_packet(max).without_banner(), &input);
+            let skips = |f: &[AmiFrame]| -> Vec<usize> {
+                f.iter()
+                    .filter_map(|f| match f {
+                        AmiFrame::Skipped { bytes, .. } => Some(*bytes),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            assert_eq!(skips(&skimmed), skips(&plain), "max {max}");
+        }
+        let mut long = b"Event: VarSet\r\nValue: ".to_vec();
+        long.extend(std::iter::repeat_n(b'v', 64 * 1024));
+        long.extend_from_slice(b"\r\nUniqueid: 1\r\n\r\n");
+        let f = bytewise(AmiCodec::new().without_banner().ignoring(NOISE), &long);
+        assert_eq!(
+            f,
+            [AmiFrame::Ignored {
+                event: "VarSet",
+                bytes: long.len()
+            }]
         );
     }
 

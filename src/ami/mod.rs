@@ -16,6 +16,7 @@ pub mod sim_originate;
 pub(crate) mod sim_state;
 mod sim_wire;
 pub mod simulator;
+mod skim;
 pub mod state_sync;
 pub mod synthetic;
 

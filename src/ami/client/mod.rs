@@ -113,7 +113,7 @@
 //! # Reading and backpressure policy
 //!
 //! Writes go through a separate writer task; the reader
-//! ([`super::reader::FrameReader`]) reads up to 64 KiB at a time and hands
+//! ([`super::reader::FrameReader`]) reads up to 1 MiB at a time and hands
 //! every frame of a read to the routing below before it reads again.
 //!
 //! * Pure noise that the normalizer never uses is dropped first
@@ -220,7 +220,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// `writetimeout`.
 pub const DEFAULT_MAX_STALL: Duration = Duration::from_millis(50);
 /// Bytes read ahead from the socket while the queue is full, before
-/// reading stops (about 4,000 typical events).
+/// reading stops (about 4,000 typical events; the read that crosses it
+/// may add up to one more read, 1 MiB).
 const READ_AHEAD: usize = 2 * 1024 * 1024;
 /// Events buffered for each subscriber of [`AmiHandle::subscribe_events`].
 pub const TAP_CAPACITY: usize = 4096;
