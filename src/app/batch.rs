@@ -80,6 +80,7 @@ fn event_pbx(e: &ModelEvent) -> &str {
 pub(super) struct Committing {
     out: Vec<ModelEvent>,
     acks: Vec<(PushAck, PushReceipt)>,
+    /// The calls the commit writes (their snapshots moved to the store).
     changes: Vec<CallChange>,
 }
 
@@ -118,12 +119,14 @@ pub(super) fn start_batch(
             .fenced_events
             .inc_by((before - out.len()) as u64);
     }
+    // The snapshots move to the store; the batch keeps which calls they
+    // were (all `end_batch` needs to mark them again).
     let calls: Vec<LiveCallWrite> = changes
-        .iter()
+        .iter_mut()
         .map(|c| LiveCallWrite {
             pbx: c.pbx.to_string(),
             session: c.session.clone(),
-            snapshot: c.snapshot.clone(),
+            snapshot: c.snapshot.take(),
         })
         .collect();
     let reqs = requests(rules, &out, |p| normalizer.clock_offset(p));

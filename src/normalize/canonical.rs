@@ -8,6 +8,7 @@
 //! [`canonicalize`] maps all of them to [`Canon`], so the call state machine
 //! handles one shape only. Events callhook has no use for map to `None`.
 
+use super::fields::{Fields, Key as K};
 use crate::ami::AmiMessage;
 
 /// Channel state, from `ChannelState` (number), `ChannelStateDesc` or 1.4's `State`.
@@ -218,58 +219,58 @@ pub struct OriginateOutcome<'a> {
 
 /// Header names of one channel block (plain or `Dest`-prefixed).
 struct Keys {
-    uid: &'static str,
-    channel: &'static str,
-    linkedid: &'static str,
-    state: &'static str,
-    state_desc: &'static str,
-    state14: &'static str,
-    cid_num: &'static str,
-    cid14: &'static str,
-    cid_name: &'static str,
-    con_num: &'static str,
-    con_name: &'static str,
-    context: &'static str,
-    exten: &'static str,
-    extension: &'static str,
+    uid: K,
+    channel: K,
+    linkedid: K,
+    state: K,
+    state_desc: K,
+    state14: K,
+    cid_num: K,
+    cid14: K,
+    cid_name: K,
+    con_num: K,
+    con_name: K,
+    context: K,
+    exten: K,
+    extension: K,
 }
 
 const PLAIN: Keys = Keys {
-    uid: "Uniqueid",
-    channel: "Channel",
-    linkedid: "Linkedid",
-    state: "ChannelState",
-    state_desc: "ChannelStateDesc",
-    state14: "State",
-    cid_num: "CallerIDNum",
-    cid14: "CallerID",
-    cid_name: "CallerIDName",
-    con_num: "ConnectedLineNum",
-    con_name: "ConnectedLineName",
-    context: "Context",
-    exten: "Exten",
-    extension: "Extension",
+    uid: K::Uniqueid,
+    channel: K::Channel,
+    linkedid: K::Linkedid,
+    state: K::ChannelState,
+    state_desc: K::ChannelStateDesc,
+    state14: K::State,
+    cid_num: K::CallerIdNum,
+    cid14: K::CallerId,
+    cid_name: K::CallerIdName,
+    con_num: K::ConnectedLineNum,
+    con_name: K::ConnectedLineName,
+    context: K::Context,
+    exten: K::Exten,
+    extension: K::Extension,
 };
 
 const DEST: Keys = Keys {
-    uid: "DestUniqueid",
-    channel: "DestChannel",
-    linkedid: "DestLinkedid",
-    state: "DestChannelState",
-    state_desc: "DestChannelStateDesc",
-    state14: "DestState",
-    cid_num: "DestCallerIDNum",
-    cid14: "DestCallerID",
-    cid_name: "DestCallerIDName",
-    con_num: "DestConnectedLineNum",
-    con_name: "DestConnectedLineName",
-    context: "DestContext",
-    exten: "DestExten",
-    extension: "DestExtension",
+    uid: K::DestUniqueid,
+    channel: K::DestChannel,
+    linkedid: K::DestLinkedid,
+    state: K::DestChannelState,
+    state_desc: K::DestChannelStateDesc,
+    state14: K::DestState,
+    cid_num: K::DestCallerIdNum,
+    cid14: K::DestCallerId,
+    cid_name: K::DestCallerIdName,
+    con_num: K::DestConnectedLineNum,
+    con_name: K::DestConnectedLineName,
+    context: K::DestContext,
+    exten: K::DestExten,
+    extension: K::DestExtension,
 };
 
 /// Reads a channel block described by `k`.
-fn chan_info<'a>(m: &'a AmiMessage, k: &Keys) -> ChanInfo<'a> {
+fn chan_info<'a>(m: &Fields<'a>, k: &Keys) -> ChanInfo<'a> {
     ChanInfo {
         uid: m.get(k.uid),
         name: m.get(k.channel),
@@ -292,8 +293,8 @@ fn chan_ref<'a>(uid: Option<&'a str>, name: Option<&'a str>) -> ChanRef<'a> {
 }
 
 /// Maps one AMI event (any generation) to its canonical form.
-pub fn canonicalize(m: &AmiMessage) -> Option<Canon<'_>> {
-    let event = m.event()?;
+pub fn canonicalize(msg: &AmiMessage) -> Option<Canon<'_>> {
+    let event = msg.event()?;
     // Lower-cased on the stack: every event name callhook knows is short.
     let mut buf = [0u8; 32];
     let owned;
@@ -308,6 +309,9 @@ pub fn canonicalize(m: &AmiMessage) -> Option<Canon<'_>> {
             owned.as_str()
         }
     };
+    // The headers, read in one pass when the first is asked for (never
+    // for an event callhook has no use for).
+    let m = &Fields::new(msg);
     Some(match ev {
         "newchannel" => Canon::NewChannel(chan_info(m, &PLAIN)),
         "newstate" => Canon::NewState(chan_info(m, &PLAIN)),
@@ -315,144 +319,144 @@ pub fn canonicalize(m: &AmiMessage) -> Option<Canon<'_>> {
         "newconnectedline" => Canon::ConnectedLine(chan_info(m, &PLAIN)),
         "newexten" => Canon::Exten(chan_info(m, &PLAIN)),
         "dialbegin" => Canon::DialBegin {
-            caller: m.get("Channel").map(|_| chan_info(m, &PLAIN)),
+            caller: m.get(K::Channel).map(|_| chan_info(m, &PLAIN)),
             dest: chan_info(m, &DEST),
-            dialstring: m.get("DialString"),
+            dialstring: m.get(K::DialString),
         },
         "dialend" => Canon::DialEnd {
-            caller: chan_ref(m.get("Uniqueid"), m.get("Channel")),
-            dest: Some(chan_ref(m.get("DestUniqueid"), m.get("DestChannel"))),
-            status: m.get("DialStatus").unwrap_or(""),
+            caller: chan_ref(m.get(K::Uniqueid), m.get(K::Channel)),
+            dest: Some(chan_ref(m.get(K::DestUniqueid), m.get(K::DestChannel))),
+            status: m.get(K::DialStatus).unwrap_or(""),
         },
         "dial" => {
             // 1.6–11: SubEvent Begin/End; 1.4: no SubEvent (always a begin).
-            let sub = m.get("SubEvent").unwrap_or("Begin");
+            let sub = m.get(K::SubEvent).unwrap_or("Begin");
             if sub.eq_ignore_ascii_case("End") {
                 Canon::DialEnd {
-                    caller: chan_ref(m.get("UniqueID"), m.get("Channel")),
+                    caller: chan_ref(m.get(K::Uniqueid), m.get(K::Channel)),
                     dest: None,
-                    status: m.get("DialStatus").unwrap_or(""),
+                    status: m.get(K::DialStatus).unwrap_or(""),
                 }
             } else {
                 let caller = ChanInfo {
-                    uid: m.get("UniqueID").or_else(|| m.get("SrcUniqueID")),
-                    name: m.get("Channel").or_else(|| m.get("Source")),
-                    caller_num: m.get("CallerIDNum").or_else(|| m.get("CallerID")),
-                    caller_name: m.get("CallerIDName"),
-                    connected_num: m.get("ConnectedLineNum"),
-                    connected_name: m.get("ConnectedLineName"),
+                    uid: m.get(K::Uniqueid).or_else(|| m.get(K::SrcUniqueId)),
+                    name: m.get(K::Channel).or_else(|| m.get(K::Source)),
+                    caller_num: m.get(K::CallerIdNum).or_else(|| m.get(K::CallerId)),
+                    caller_name: m.get(K::CallerIdName),
+                    connected_num: m.get(K::ConnectedLineNum),
+                    connected_name: m.get(K::ConnectedLineName),
                     ..ChanInfo::default()
                 };
                 let dest = ChanInfo {
-                    uid: m.get("DestUniqueID"),
-                    name: m.get("Destination"),
+                    uid: m.get(K::DestUniqueid),
+                    name: m.get(K::Destination),
                     ..ChanInfo::default()
                 };
                 Canon::DialBegin {
                     caller: Some(caller),
                     dest,
-                    dialstring: m.get("Dialstring"),
+                    dialstring: m.get(K::DialString),
                 }
             }
         }
         "bridge" | "link" => {
-            let state = m.get("Bridgestate").unwrap_or("Link");
+            let state = m.get(K::Bridgestate).unwrap_or("Link");
             if ev == "bridge" && !state.eq_ignore_ascii_case("Link") {
                 return None;
             }
             Canon::Tie(
-                chan_ref(m.get("Uniqueid1"), m.get("Channel1")),
-                chan_ref(m.get("Uniqueid2"), m.get("Channel2")),
+                chan_ref(m.get(K::Uniqueid1), m.get(K::Channel1)),
+                chan_ref(m.get(K::Uniqueid2), m.get(K::Channel2)),
             )
         }
         "localbridge" => {
             // 12+: LocalOne*/LocalTwo* blocks (already share a Linkedid);
             // ≤ 11: Channel1/2, Uniqueid1/2.
             let a = chan_ref(
-                m.get("Uniqueid1").or_else(|| m.get("LocalOneUniqueid")),
-                m.get("Channel1").or_else(|| m.get("LocalOneChannel")),
+                m.get(K::Uniqueid1).or_else(|| m.get(K::LocalOneUniqueid)),
+                m.get(K::Channel1).or_else(|| m.get(K::LocalOneChannel)),
             );
             let b = chan_ref(
-                m.get("Uniqueid2").or_else(|| m.get("LocalTwoUniqueid")),
-                m.get("Channel2").or_else(|| m.get("LocalTwoChannel")),
+                m.get(K::Uniqueid2).or_else(|| m.get(K::LocalTwoUniqueid)),
+                m.get(K::Channel2).or_else(|| m.get(K::LocalTwoChannel)),
             );
             Canon::Tie(a, b)
         }
         "masquerade" => Canon::Masquerade {
-            clone: chan_ref(None, m.get("Clone")),
-            original: chan_ref(None, m.get("Original")),
+            clone: chan_ref(None, m.get(K::Clone)),
+            original: chan_ref(None, m.get(K::Original)),
         },
         "pickup" => Canon::Pickup {
             picker: chan_info(m, &PLAIN),
-            target: chan_ref(m.get("TargetUniqueid"), m.get("TargetChannel")),
+            target: chan_ref(m.get(K::TargetUniqueid), m.get(K::TargetChannel)),
         },
         "rename" => Canon::Rename {
-            uid: m.get("Uniqueid"),
-            old: m.get("Channel").or_else(|| m.get("Oldname")),
-            new: m.get("Newname")?,
+            uid: m.get(K::Uniqueid),
+            old: m.get(K::Channel).or_else(|| m.get(K::Oldname)),
+            new: m.get(K::Newname)?,
         },
         "queuecallerjoin" | "join" => Canon::QueueJoin {
             chan: chan_info(m, &PLAIN),
-            queue: m.get("Queue")?,
+            queue: m.get(K::Queue)?,
         },
         "queuecallerleave" | "leave" => Canon::QueueLeave {
-            chan: chan_ref(m.get("Uniqueid"), m.get("Channel")),
-            queue: m.get("Queue"),
+            chan: chan_ref(m.get(K::Uniqueid), m.get(K::Channel)),
+            queue: m.get(K::Queue),
         },
         "queuecallerabandon" => Canon::QueueAbandon {
-            chan: chan_ref(m.get("Uniqueid"), m.get("Channel")),
-            queue: m.get("Queue"),
+            chan: chan_ref(m.get(K::Uniqueid), m.get(K::Channel)),
+            queue: m.get(K::Queue),
         },
         "agentcalled" => {
-            if m.has("DestUniqueid") || m.has("DestChannel") {
+            if m.has(K::DestUniqueid) || m.has(K::DestChannel) {
                 Canon::AgentCalled {
-                    caller: chan_ref(m.get("Uniqueid"), m.get("Channel")),
-                    dest: chan_ref(m.get("DestUniqueid"), m.get("DestChannel")),
-                    interface: m.get("Interface"),
-                    queue: m.get("Queue"),
+                    caller: chan_ref(m.get(K::Uniqueid), m.get(K::Channel)),
+                    dest: chan_ref(m.get(K::DestUniqueid), m.get(K::DestChannel)),
+                    interface: m.get(K::Interface),
+                    queue: m.get(K::Queue),
                 }
             } else {
                 // ≤ 11: Uniqueid = caller, ChannelCalling = caller name,
                 // DestinationChannel = member channel name, AgentCalled = interface.
                 Canon::AgentCalled {
-                    caller: chan_ref(m.get("Uniqueid"), m.get("ChannelCalling")),
-                    dest: chan_ref(None, m.get("DestinationChannel")),
-                    interface: m.get("AgentCalled"),
-                    queue: m.get("Queue"),
+                    caller: chan_ref(m.get(K::Uniqueid), m.get(K::ChannelCalling)),
+                    dest: chan_ref(None, m.get(K::DestinationChannel)),
+                    interface: m.get(K::AgentCalled),
+                    queue: m.get(K::Queue),
                 }
             }
         }
         "agentconnect" => {
-            if m.has("DestUniqueid") || m.has("DestChannel") {
+            if m.has(K::DestUniqueid) || m.has(K::DestChannel) {
                 Canon::AgentConnect {
-                    caller: chan_ref(m.get("Uniqueid"), m.get("Channel")),
-                    dest: chan_ref(m.get("DestUniqueid"), m.get("DestChannel")),
-                    queue: m.get("Queue"),
+                    caller: chan_ref(m.get(K::Uniqueid), m.get(K::Channel)),
+                    dest: chan_ref(m.get(K::DestUniqueid), m.get(K::DestChannel)),
+                    queue: m.get(K::Queue),
                 }
             } else {
                 // ≤ 11: Channel = MEMBER channel, BridgedChannel = member's uniqueid.
                 Canon::AgentConnect {
-                    caller: chan_ref(m.get("Uniqueid"), None),
-                    dest: chan_ref(m.get("BridgedChannel"), m.get("Channel")),
-                    queue: m.get("Queue"),
+                    caller: chan_ref(m.get(K::Uniqueid), None),
+                    dest: chan_ref(m.get(K::BridgedChannel), m.get(K::Channel)),
+                    queue: m.get(K::Queue),
                 }
             }
         }
         "hangup" => Canon::Hangup {
             chan: chan_info(m, &PLAIN),
-            cause: m.get("Cause").and_then(|c| c.trim().parse().ok()),
+            cause: m.get(K::Cause).and_then(|c| c.trim().parse().ok()),
         },
         "originateresponse" => Canon::OriginateResponse(OriginateOutcome {
-            action_id: m.action_id(),
+            action_id: m.get(K::ActionId),
             uid: m
-                .get("Uniqueid")
+                .get(K::Uniqueid)
                 .filter(|u| !u.trim().is_empty() && *u != "<null>"),
-            channel: m.get("Channel"),
-            exten: m.get("Exten").filter(|e| !e.trim().is_empty()),
+            channel: m.get(K::Channel),
+            exten: m.get(K::Exten).filter(|e| !e.trim().is_empty()),
             success: m
-                .get("Response")
+                .get(K::Response)
                 .is_some_and(|r| r.eq_ignore_ascii_case("Success")),
-            reason: m.get("Reason").and_then(|r| r.trim().parse().ok()),
+            reason: m.get(K::Reason).and_then(|r| r.trim().parse().ok()),
         }),
         "bridgeenter" | "bridgeleave" | "musiconholdstart" | "musiconholdstop"
         | "hanguprequest" | "softhanguprequest" | "agentcomplete" | "agentringnoanswer"

@@ -14,6 +14,7 @@
 pub mod calls;
 pub mod canonical;
 pub mod channel;
+mod fields;
 pub mod push;
 
 use std::collections::{HashMap, HashSet};

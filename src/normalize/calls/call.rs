@@ -304,6 +304,7 @@ impl PbxCalls {
             out.push(ModelEvent::Call(rec));
         }
         if let Some(call) = self.calls.remove(session) {
+            self.regrouped = true;
             // The session id itself: a late channel or Linkedid naming it
             // must not reopen the call.
             if !call.members.iter().any(|m| m == session) {

@@ -165,6 +165,7 @@ impl PbxCalls {
             cause: None,
             zombie: false,
         };
+        self.regrouped = true;
         self.by_name.insert(name.clone(), uid.to_compact_string());
         self.chans.insert(uid.to_compact_string(), Box::new(chan));
         let call = self
@@ -232,6 +233,7 @@ impl PbxCalls {
         let Some(from) = self.chans.get(uid).map(|c| c.call.clone()) else {
             return;
         };
+        self.regrouped = true;
         if !self.calls.contains_key(target) {
             // The target call is not known (yet): re-key this call under it.
             if let Some(mut call) = self.calls.remove(&from) {

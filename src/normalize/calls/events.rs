@@ -157,6 +157,7 @@ impl PbxCalls {
                     .or_else(|| old.and_then(|o| self.by_name.get(o).cloned()));
                 if let Some(u) = target {
                     let party = cfg.classifier.classify(new, None);
+                    self.regrouped = true;
                     if let Some(ch) = self.chans.get_mut(&u) {
                         let oldname = std::mem::replace(&mut ch.name, new.to_compact_string());
                         ch.party = party;

@@ -62,6 +62,7 @@ impl PbxCalls {
         let Some(g) = self.calls.remove(gone) else {
             return;
         };
+        self.regrouped = true;
         if g.announced {
             debug!(pbx = %self.pbx, keep, gone, "merging a call that already emitted events");
             Self::ignored("merged_after_announce");

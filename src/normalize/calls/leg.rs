@@ -373,6 +373,7 @@ impl PbxCalls {
         let name = ch.name.clone();
         let session = ch.call.clone();
         if self.by_name.get(&name).is_some_and(|u| u == uid) {
+            self.regrouped = true;
             self.by_name.remove(&name);
         }
         self.pending.retain(|(u, _, _)| u != uid);

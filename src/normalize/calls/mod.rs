@@ -140,6 +140,11 @@ pub struct PbxCalls {
     /// The headers of the event being handled that name a channel: (field
     /// index, by id), see `persist::mark_named`.
     named: Vec<(u32, bool)>,
+    /// A channel, a call or a channel name came, went or moved to another
+    /// call since `persist::mark_named` (set by every change of the
+    /// channel, name and call tables' keys and of a channel's call): only
+    /// then can the headers of the event name other calls after it.
+    regrouped: bool,
 }
 
 fn meaningful_exten(e: &str) -> bool {
@@ -176,6 +181,7 @@ impl PbxCalls {
             skew: 0.0,
             dirty: Default::default(),
             named: Vec::new(),
+            regrouped: false,
             pbx,
         }
     }

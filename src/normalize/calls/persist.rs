@@ -35,11 +35,20 @@ use crate::normalize::FastSet;
 /// skipped when restoring (counted, logged by the caller).
 pub const SNAPSHOT_VERSION: u32 = 1;
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Snapshot {
     v: u32,
     call: Call,
     chans: Vec<Chan>,
+}
+
+/// A [`Snapshot`] as it is written: the same fields, borrowed from the
+/// tables (nothing is cloned to store a call).
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    v: u32,
+    call: &'a Call,
+    chans: Vec<&'a Chan>,
 }
 
 /// What [`PbxCalls::restore`] did.
@@ -61,10 +70,10 @@ pub(super) struct Dirty {
 }
 
 impl Dirty {
+    /// Marks `session` (once: hashed once).
     fn insert(&mut self, session: Str) {
-        if !self.set.contains(&session) {
-            self.order.push_back(session.clone());
-            self.set.insert(session);
+        if self.set.insert(session.clone()) {
+            self.order.push_back(session);
         }
     }
 
@@ -114,6 +123,7 @@ impl PbxCalls {
     pub fn mark_named(&mut self, msg: &AmiMessage) {
         let mut named = std::mem::take(&mut self.named);
         named.clear();
+        self.regrouped = false;
         let mut last = None;
         for (i, k, v) in msg.fields_where(may_name_channel) {
             let (id, name) = names_channel(k);
@@ -127,8 +137,13 @@ impl PbxCalls {
 
     /// After the event is applied: marks the calls of the channels the
     /// same headers name now (a merge, a move, a channel just created),
-    /// without scanning the message again.
+    /// without scanning the message again. When no channel, call or name
+    /// came, went or moved meanwhile (`regrouped`, most events), they name
+    /// the calls marked before, and nothing is looked up again.
     pub fn mark_named_again(&mut self, msg: &AmiMessage) {
+        if !self.regrouped {
+            return;
+        }
         let named = std::mem::take(&mut self.named);
         let mut last = None;
         for &(i, id) in &named {
@@ -145,7 +160,7 @@ impl PbxCalls {
     /// call: it is inserted once).
     #[inline]
     fn mark_value(&mut self, v: &str, id: bool, last: &mut Option<Str>) {
-        let v = v.trim();
+        let v = crate::normalize::fields::trim(v);
         let call = if id {
             match self.chans.get(v) {
                 Some(c) => Some(&c.call),
@@ -246,14 +261,14 @@ impl PbxCalls {
     }
 
     fn encode(&self, call: &Call) -> Option<Vec<u8>> {
-        let chans: Vec<Chan> = call
+        let chans: Vec<&Chan> = call
             .members
             .iter()
-            .filter_map(|u| self.chans.get(u).map(|c| (**c).clone()))
+            .filter_map(|u| self.chans.get(u).map(|c| &**c))
             .collect();
-        serde_json::to_vec(&Snapshot {
+        serde_json::to_vec(&SnapshotRef {
             v: SNAPSHOT_VERSION,
-            call: call.clone(),
+            call,
             chans,
         })
         .ok()
@@ -264,6 +279,7 @@ impl PbxCalls {
     /// channel already known is left as it is.
     pub fn restore(&mut self, snapshots: &[Vec<u8>]) -> Restored {
         let mut r = Restored::default();
+        self.regrouped = true;
         for bytes in snapshots {
             let snap = match serde_json::from_slice::<Snapshot>(bytes) {
                 Ok(s) if s.v == SNAPSHOT_VERSION => s,

@@ -108,6 +108,7 @@ impl PbxCalls {
             && c.up_at.is_some()
             && matches!(c.party, Party::Extension(_));
         let session = o.call.clone();
+        self.regrouped = true;
         if let Some(mut o) = self.chans.remove(original) {
             if let Some(c) = self.chans.get_mut(clone) {
                 c.swap_device(&mut o);
