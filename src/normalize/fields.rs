@@ -5,8 +5,9 @@
 //! for up to 30 of them (the channel block, its `Dest*` copy, a few
 //! event-specific ones); looking each up on its own scans the headers
 //! once per key. [`Fields`] scans them once, at the first question: each
-//! header's length and last letter (the message's key tag: most headers
-//! are passed over without reading their text) pick the few known keys it
+//! header's length and last letter (the message's key tag; a header whose
+//! tag matches no known key is passed over without reading its text, though
+//! on real events most headers do match one) pick the few known keys it
 //! can be (tables built at compile time), and the first header of each
 //! key wins, as
 //! [`AmiMessage::get_raw`] has it. [`Fields::get`] then is
