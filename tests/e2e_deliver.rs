@@ -352,10 +352,13 @@ async fn kill_9_and_restart_lose_no_accepted_delivery() {
             "accepted delivery {id} never arrived"
         );
     }
+    // Per slot (concurrency 2) at most two requests are sent but not yet
+    // recorded at the kill: the one whose outcome is being recorded and
+    // the next one, which a slot sends meanwhile (deliver::dispatcher).
     let dups: usize = seen.values().map(|n| n - 1).sum();
     assert!(
-        dups <= 2,
-        "only the 2 requests in flight at the kill may repeat, got {dups}"
+        dups <= 4,
+        "only the 4 requests sent but not recorded at the kill (2 per slot) may repeat, got {dups}"
     );
     assert_eq!(rows.len(), seen.len());
     let (_, status, stderr) = tokio::task::block_in_place(|| d.stop());
